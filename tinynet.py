@@ -1,0 +1,758 @@
+"""tinynet: a NumPy-only neural-network library with hand-written backward passes.
+
+Every layer, loss, optimizer and scheduler computes what its PyTorch namesake
+computes (same names, arguments and defaults); `test_tinynet.py` proves it in
+float64. Images are NCHW. Parameters are float32 by default; a layer computes
+in the dtype of its input and parameters, and `model.astype(np.float64)`
+converts everything in place.
+
+Sections, in order: parameters and base layer · layers · losses · optimizers ·
+schedulers · Sequential and History · gradient check · data · plots.
+Only numpy is imported at module level; tqdm, matplotlib and scipy are
+imported inside the functions that need them.
+"""
+import contextlib
+import json
+import math
+import os
+import time
+import zipfile
+
+import numpy as np
+
+__version__ = "0.1.0"
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Parameters and base layer
+# ════════════════════════════════════════════════════════════════════════════
+
+_rng = np.random.Generator(np.random.PCG64())   # the one generator: init, dropout, shuffling
+
+
+def manual_seed(seed):
+    """Reseed the generator used for initialisation, dropout masks and shuffling (in place)."""
+    _rng.bit_generator.state = np.random.PCG64(seed).state
+
+
+@contextlib.contextmanager
+def _atomic_open(path, mode="wb"):
+    """Write to `<path>.tmp` and rename it to `path` only when the block completes."""
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, mode) as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class Parameter:
+    """A learnable array: `.data`, and `.grad` of the same shape that backward adds into."""
+
+    def __init__(self, data):
+        self.data = np.asarray(data)
+        self.grad = np.zeros_like(self.data)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def zero_grad(self):
+        self.grad[...] = 0
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+def _uniform(shape, bound, dtype=np.float32):
+    """U(-bound, bound) from the tinynet generator: PyTorch's default Linear/Conv init."""
+    return _rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+class Layer:
+    """Base class. Subclasses define forward(x) -> y and backward(grad_y) -> grad_x.
+
+    backward *adds* into the `.grad` of the layer's parameters. Parameters are
+    the attributes of type Parameter, in the order they were assigned (weight,
+    then bias, as in PyTorch); `buffers` names the non-learnable state arrays.
+    The constructor arguments are remembered (for `repr` and `Sequential.save`).
+    """
+    buffers = ()
+    training = True
+    needs_input_grad = True   # False lets backward skip grad_x (the first layer in fit, as torch)
+    _cache = None             # what forward saved for backward
+
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls)
+        self.init_args = (args, kwargs)
+        return self
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, grad):
+        raise NotImplementedError
+
+    def named_parameters(self):
+        return [(k, v) for k, v in vars(self).items() if isinstance(v, Parameter)]
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self):
+        return [(k, getattr(self, k)) for k in self.buffers]
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.zero_grad()
+
+    def train(self, mode=True):
+        self.training = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def astype(self, dtype):
+        """Convert every parameter (and its grad) and buffer to `dtype`, in place."""
+        for p in self.parameters():
+            p.data, p.grad = p.data.astype(dtype), p.grad.astype(dtype)
+        for k, b in self.named_buffers():
+            setattr(self, k, b.astype(dtype))
+        return self
+
+    def _check_input(self, x, ndim, size=None, name=None):
+        """Raise a ValueError naming the layer unless x has `ndim` dims and x.shape[1] == size."""
+        x = np.asarray(x)
+        if x.ndim != ndim or (size is not None and x.shape[1] != size):
+            want = f"{ndim}-D input" + (f" with {size} {name or 'features'} on axis 1" if size else "")
+            raise ValueError(f"{self!r}: expected {want}, got shape {x.shape}")
+        return x
+
+    def __repr__(self):
+        args, kwargs = self.init_args
+        parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    def config(self):
+        """{"class", "args", "kwargs"}: enough to rebuild this layer (see Sequential.save)."""
+        args, kwargs = self.init_args
+        return {"class": type(self).__name__, "args": list(args), "kwargs": dict(kwargs)}
+
+    def _named_state(self):
+        """(name, Parameter or buffer ndarray) pairs, parameters first, as torch's state_dict."""
+        return self.named_parameters() + self.named_buffers()
+
+    def state_dict(self):
+        """{name: copy of the array}, with torch's key names."""
+        return {k: np.array(v.data if isinstance(v, Parameter) else v) for k, v in self._named_state()}
+
+    def load_state_dict(self, state):
+        """Copy arrays (NumPy or torch tensors) into the parameters and buffers, in place.
+
+        Keys and shapes must match exactly (torch's `num_batches_tracked` is ignored);
+        values are cast to the layer's dtype.
+        """
+        own = dict(self._named_state())
+        state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+        missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+        if missing or unexpected:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: missing keys {missing}, "
+                             f"unexpected keys {unexpected}")
+        for k, v in state.items():
+            v = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+            target = own[k].data if isinstance(own[k], Parameter) else own[k]
+            if v.shape != target.shape:
+                raise ValueError(f"{type(self).__name__}.load_state_dict: {k!r} has shape {v.shape}, "
+                                 f"expected {target.shape}")
+            target[...] = v
+        return self
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Layers
+# ════════════════════════════════════════════════════════════════════════════
+
+class Linear(Layer):
+    """y = x @ weight.T + bias.  x: (N, in_features) -> y: (N, out_features).
+
+    weight: (out_features, in_features); weight and bias ~ U(-1/sqrt(in), 1/sqrt(in)).
+    """
+
+    def __init__(self, in_features, out_features, bias=True):
+        self.in_features, self.out_features = in_features, out_features
+        bound = 1 / math.sqrt(in_features)
+        self.weight = Parameter(_uniform((out_features, in_features), bound))
+        self.bias = Parameter(_uniform((out_features,), bound)) if bias else None
+
+    def forward(self, x):
+        self._cache = x = self._check_input(x, 2, self.in_features)
+        y = x @ self.weight.data.T
+        if self.bias is not None:
+            y += self.bias.data
+        return y
+
+    def backward(self, grad):                        # grad: (N, out_features)
+        self.weight.grad += grad.T @ self._cache
+        if self.bias is not None:
+            self.bias.grad += grad.sum(axis=0)
+        return grad @ self.weight.data if self.needs_input_grad else None
+
+
+class ReLU(Layer):
+    """y = max(x, 0); dy/dx = 1 where x > 0, else 0 (0 at x = 0, as torch)."""
+
+    def forward(self, x):
+        self._cache = x > 0
+        return np.maximum(x, 0)
+
+    def backward(self, grad):
+        return grad * self._cache
+
+
+class LeakyReLU(Layer):
+    """y = x if x > 0 else negative_slope * x."""
+
+    def __init__(self, negative_slope=0.01):
+        self.negative_slope = negative_slope
+
+    def forward(self, x):
+        self._cache = x > 0
+        return np.where(self._cache, x, x * self.negative_slope)
+
+    def backward(self, grad):
+        return np.where(self._cache, grad, grad * self.negative_slope)
+
+
+class Sigmoid(Layer):
+    """y = 1 / (1 + exp(-x)), computed from exp(-|x|) so that no exp overflows; dy/dx = y (1 - y)."""
+
+    def forward(self, x):
+        e = np.exp(-np.abs(x))
+        self._cache = y = np.where(x >= 0, 1, e) / (1 + e)
+        return y
+
+    def backward(self, grad):
+        y = self._cache
+        return grad * y * (1 - y)
+
+
+class Tanh(Layer):
+    """y = tanh(x); dy/dx = 1 - y^2."""
+
+    def forward(self, x):
+        self._cache = y = np.tanh(x)
+        return y
+
+    def backward(self, grad):
+        return grad * (1 - self._cache ** 2)
+
+
+def _log_softmax(x, dim):
+    """log(softmax(x)) = x - max - log(sum(exp(x - max))): no overflow, no log(0)."""
+    z = x - x.max(axis=dim, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=dim, keepdims=True))
+
+
+class Softmax(Layer):
+    """y = exp(x) / sum(exp(x)) along `dim`; backward is the true Jacobian-vector product
+    grad_x = y * (grad - sum(grad * y, dim))."""
+
+    def __init__(self, dim=1):
+        self.dim = dim
+
+    def forward(self, x):
+        self._cache = y = np.exp(_log_softmax(x, self.dim))
+        return y
+
+    def backward(self, grad):
+        y = self._cache
+        return y * (grad - (grad * y).sum(axis=self.dim, keepdims=True))
+
+
+class LogSoftmax(Layer):
+    """y = x - logsumexp(x, dim); grad_x = grad - softmax(x) * sum(grad, dim)."""
+
+    def __init__(self, dim=1):
+        self.dim = dim
+
+    def forward(self, x):
+        y = _log_softmax(x, self.dim)
+        self._cache = np.exp(y)
+        return y
+
+    def backward(self, grad):
+        return grad - self._cache * grad.sum(axis=self.dim, keepdims=True)
+
+
+class Flatten(Layer):
+    """(N, d1, d2, ...) -> (N, d1 * d2 * ...), as torch.nn.Flatten()."""
+
+    def forward(self, x):
+        self._cache = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, grad):
+        return grad.reshape(self._cache)
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training y = x * mask / (1 - p), mask ~ Bernoulli(1 - p); identity in eval."""
+
+    def __init__(self, p=0.5):
+        if not 0 <= p < 1:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            self._cache = None
+            return x
+        keep = _rng.random(x.shape, dtype=np.float32) >= self.p
+        self._cache = keep.astype(x.dtype) / x.dtype.type(1 - self.p)
+        return x * self._cache
+
+    def backward(self, grad):
+        return grad if self._cache is None else grad * self._cache
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Losses: forward(pred, target) -> float (mean over the batch); backward() -> grad wrt pred
+# ════════════════════════════════════════════════════════════════════════════
+
+class Loss:
+    """Base class: `loss(pred, target)` is `loss.forward(pred, target)`."""
+
+    def __call__(self, pred, target):
+        return self.forward(pred, target)
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+    def _check_labels(self, pred, target):
+        """pred (N, C) and integer labels (N,) in [0, C), else a ValueError/TypeError naming the loss."""
+        name, pred, target = type(self).__name__, np.asarray(pred), np.asarray(target)
+        if pred.ndim != 2:
+            raise ValueError(f"{name}: expected pred of shape (N, C), got {pred.shape}")
+        if target.shape != pred.shape[:1]:
+            raise ValueError(f"{name}: expected target of shape ({pred.shape[0]},) for pred "
+                             f"{pred.shape}, got {target.shape}")
+        if not np.issubdtype(target.dtype, np.integer):
+            raise TypeError(f"{name}: expected integer class labels, got dtype {target.dtype}")
+        if target.size and (target.min() < 0 or target.max() >= pred.shape[1]):
+            raise ValueError(f"{name}: labels must be in [0, {pred.shape[1]}), "
+                             f"got min {target.min()} max {target.max()}")
+        return pred, target
+
+
+class CrossEntropyLoss(Loss):
+    """loss = mean_i [logsumexp(x_i) - x_i[t_i]]  (log-softmax fused with NLL).
+
+    pred: logits (N, C); target: int labels (N,). grad = (softmax(x) - onehot(t)) / N.
+    """
+
+    def forward(self, pred, target):
+        pred, target = self._check_labels(pred, target)
+        logp = _log_softmax(pred, 1)
+        self._cache = logp, target
+        return float(-logp[np.arange(len(target)), target].mean())
+
+    def backward(self):
+        logp, target = self._cache
+        grad = np.exp(logp)
+        grad[np.arange(len(target)), target] -= 1
+        return grad / logp.dtype.type(len(target))
+
+
+class NLLLoss(Loss):
+    """loss = -mean_i logp_i[t_i];  pred: log-probabilities (N, C), target: int labels (N,)."""
+
+    def forward(self, pred, target):
+        pred, target = self._check_labels(pred, target)
+        self._cache = pred, target
+        return float(-pred[np.arange(len(target)), target].mean())
+
+    def backward(self):
+        pred, target = self._cache
+        grad = np.zeros_like(pred)
+        grad[np.arange(len(target)), target] = -1 / len(target)
+        return grad
+
+
+class MSELoss(Loss):
+    """loss = mean((pred - target)^2) over every element; grad = 2 (pred - target) / pred.size."""
+
+    def forward(self, pred, target):
+        pred, target = np.asarray(pred), np.asarray(target)
+        if pred.shape != target.shape:
+            raise ValueError(f"MSELoss: pred and target must have the same shape, got {pred.shape} "
+                             f"and {target.shape} (use one_hot(y, C) for class labels)")
+        self._cache = diff = pred - target.astype(pred.dtype, copy=False)
+        return float(np.mean(diff * diff))
+
+    def backward(self):
+        diff = self._cache
+        return diff * diff.dtype.type(2 / diff.size)
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Sequential and History
+# ════════════════════════════════════════════════════════════════════════════
+
+class History:
+    """What `fit` returns: `.history[key]` holds one value per epoch, as Keras's History."""
+
+    def __init__(self):
+        self.epoch, self.history = [], {}
+
+    def append(self, epoch, logs):
+        self.epoch.append(epoch)
+        for k, v in logs.items():
+            self.history.setdefault(k, []).append(v)
+
+    def to_csv(self, path):
+        """Write epoch and every metric as CSV (atomically)."""
+        keys = list(self.history)
+        with _atomic_open(path, "w") as f:
+            f.write(",".join(["epoch"] + keys) + "\n")
+            for i, e in enumerate(self.epoch):
+                f.write(",".join([str(e)] + [repr(self.history[k][i]) for k in keys]) + "\n")
+
+
+class Sequential(Layer):
+    """A stack of layers run in order, with Keras's compile/fit/evaluate/predict.
+
+    `Sequential([l1, l2])`, `Sequential(l1, l2)` or `add(layer)`. State-dict keys are
+    torch.nn.Sequential's ("0.weight", "1.running_mean", ...).
+    """
+
+    def __init__(self, *layers):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = layers[0]
+        self.layers = []
+        for layer in layers:
+            self.add(layer)
+        self.optimizer = self.loss = self.scheduler = self._input_shape = None
+        self.metrics = ()
+
+    def add(self, layer):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential.add: expected a Layer, got {type(layer).__name__}")
+        self.layers.append(layer)
+        return self
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __repr__(self):
+        return "Sequential(\n" + "".join(f"  ({i}): {l!r}\n" for i, l in enumerate(self.layers)) + ")"
+
+    # -- forward, backward, state ---------------------------------------------
+    def forward(self, x):
+        self._input_shape = np.shape(x)[1:]
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, grad, input_grad=True):
+        """Run every layer's backward in reverse; returns grad wrt the input
+        (None with input_grad=False, which lets the first layer skip that work)."""
+        for layer in reversed(self.layers[1:]):
+            grad = layer.backward(grad)
+        first = self.layers[0]
+        first.needs_input_grad = input_grad
+        try:
+            return first.backward(grad)
+        finally:
+            first.needs_input_grad = True
+
+    def named_parameters(self):
+        return [(f"{i}.{k}", p) for i, l in enumerate(self.layers) for k, p in l.named_parameters()]
+
+    def named_buffers(self):
+        return [(f"{i}.{k}", b) for i, l in enumerate(self.layers) for k, b in l.named_buffers()]
+
+    def _named_state(self):
+        return [(f"{i}.{k}", v) for i, l in enumerate(self.layers) for k, v in l._named_state()]
+
+    def train(self, mode=True):
+        self.training = mode
+        for layer in self.layers:
+            layer.train(mode)
+        return self
+
+    def astype(self, dtype):
+        for layer in self.layers:
+            layer.astype(dtype)
+        return self
+
+    def _dtype(self):
+        params = self.parameters()
+        return params[0].data.dtype if params else np.dtype(np.float32)
+
+    # -- Keras-style training ---------------------------------------------------
+    def compile(self, optimizer, loss, metrics=("accuracy",), scheduler=None):
+        """Set the optimizer, the loss (a Loss instance), the metrics and an optional LR scheduler."""
+        if not isinstance(loss, Loss):
+            raise TypeError(f"Sequential.compile: loss must be a Loss instance such as "
+                            f"CrossEntropyLoss(), got {loss!r}")
+        unknown = set(metrics) - {"accuracy"}
+        if unknown:
+            raise ValueError(f"Sequential.compile: unknown metrics {sorted(unknown)}; known: ['accuracy']")
+        self.optimizer, self.loss, self.metrics, self.scheduler = optimizer, loss, tuple(metrics), scheduler
+        return self
+
+    def _check_data(self, where, X, y):
+        """Cast X to the model's dtype; reject mismatched lengths and NaN/Inf."""
+        X, y = np.asarray(X), np.asarray(y)
+        if len(X) != len(y):
+            raise ValueError(f"Sequential.{where}: X has {len(X)} samples but y has {len(y)}")
+        for name, a in (("X", X), ("y", y)):
+            if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
+                raise ValueError(f"Sequential.{where}: {name} contains NaN or Inf")
+        return X.astype(self._dtype(), copy=False), y
+
+    def _correct(self, out, y):
+        """Number of rows whose arg-max matches the label (or the one-hot target's arg-max)."""
+        return int((out.argmax(axis=1) == (y.argmax(axis=1) if y.ndim == 2 else y)).sum())
+
+    def fit(self, X, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0,
+            shuffle=True, verbose=1):
+        """Train on (X, y) for `epochs` passes of minibatches; returns a History.
+
+        `validation_split` holds out the last fraction of X before shuffling (as Keras).
+        The scheduler steps after every batch for OneCycleLR, else after every epoch;
+        ReduceLROnPlateau is given val_loss, or the training loss without validation data.
+        history: loss, accuracy, val_loss, val_accuracy, and lr (the lr each epoch started with).
+        verbose: 0 silent, 1 a tqdm bar per epoch, 2 one line per epoch.
+        """
+        if self.optimizer is None:
+            raise RuntimeError("Sequential.fit: call compile(optimizer, loss) first")
+        X, y = self._check_data("fit", X, y)
+        if validation_split:
+            if not 0 < validation_split < 1:
+                raise ValueError(f"Sequential.fit: validation_split must be in (0, 1), got {validation_split}")
+            cut = int(len(X) * (1 - validation_split))
+            X, y, validation_data = X[:cut], y[:cut], (X[cut:], y[cut:])
+        per_batch = isinstance(self.scheduler, OneCycleLR)
+        history = History()
+        for epoch in range(epochs):
+            self.train()
+            logs, lr = {}, self.optimizer.lr
+            total, correct, seen = 0.0, 0, 0
+            batches = minibatches(X, y, batch_size, shuffle)
+            if verbose == 1:
+                from tqdm.auto import tqdm
+                batches = tqdm(batches, total=math.ceil(len(X) / batch_size), desc=f"epoch {epoch + 1}/{epochs}")
+            for b, (xb, yb) in enumerate(batches):
+                out = self.forward(xb)
+                loss = self.loss.forward(out, yb)
+                if not math.isfinite(loss):
+                    raise ValueError(f"Sequential.fit: the loss became {loss} at epoch {epoch + 1}, "
+                                     f"batch {b + 1} (lr {self.optimizer.lr:g}); try a smaller learning rate")
+                self.optimizer.zero_grad()
+                self.backward(self.loss.backward(), input_grad=False)
+                self.optimizer.step()
+                if per_batch:
+                    self.scheduler.step()
+                total, seen = total + loss * len(xb), seen + len(xb)
+                if "accuracy" in self.metrics:
+                    correct += self._correct(out, yb)
+                if verbose == 1:
+                    batches.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
+            logs["loss"] = total / seen
+            if "accuracy" in self.metrics:
+                logs["accuracy"] = correct / seen
+            if validation_data is not None:
+                logs.update({"val_" + k: v for k, v in self.evaluate(*validation_data).items()})
+            logs["lr"] = lr
+            if isinstance(self.scheduler, ReduceLROnPlateau):
+                self.scheduler.step(logs.get("val_loss", logs["loss"]))
+            elif self.scheduler is not None and not per_batch:
+                self.scheduler.step()
+            history.append(epoch, logs)
+            line = " - ".join(f"{k}: {v:.4g}" for k, v in logs.items())
+            if verbose == 1:
+                batches.set_postfix_str(line)
+                batches.close()
+            elif verbose == 2:
+                print(f"epoch {epoch + 1}/{epochs} - {line}", flush=True)
+        return history
+
+    def _run(self, X, batch_size):
+        """Yield, batch by batch in eval mode, the list of every layer's output; drop caches after."""
+        was_training = self.training
+        self.eval()
+        X = np.asarray(X).astype(self._dtype(), copy=False)
+        try:
+            for i in range(0, len(X), batch_size):
+                outs, x = [], X[i:i + batch_size]
+                for layer in self.layers:
+                    x = layer.forward(x)
+                    outs.append(x)
+                yield outs
+        finally:
+            for layer in self.layers:
+                layer._cache = None
+            self.train(was_training)
+
+    def predict(self, X, batch_size=256):
+        """The model's outputs for X, computed in batches in eval mode."""
+        return np.concatenate([outs[-1] for outs in self._run(X, batch_size)])
+
+    def activations(self, X, batch_size=256):
+        """[output of every layer] for X, in eval mode: the hidden representations."""
+        return [np.concatenate(col) for col in zip(*self._run(X, batch_size))]
+
+    def evaluate(self, X, y, batch_size=256):
+        """{"loss": mean loss, "accuracy": fraction correct} on (X, y), in eval mode."""
+        if self.loss is None:
+            raise RuntimeError("Sequential.evaluate: call compile(optimizer, loss) first")
+        X, y = self._check_data("evaluate", X, y)
+        out = self.predict(X, batch_size)
+        result = {"loss": self.loss.forward(out, y)}
+        self.loss._cache = None
+        if "accuracy" in self.metrics:
+            result["accuracy"] = self._correct(out, y) / len(y)
+        return result
+
+    def summary(self, input_shape=None):
+        """A table of layer, output shape and parameter count, with the total.
+
+        input_shape (without the batch axis) defaults to the last input seen, or
+        (in_features,) when the first layer is Linear.
+        """
+        shape = input_shape or self._input_shape
+        if shape is None and isinstance(self.layers[0], Linear):
+            shape = (self.layers[0].in_features,)
+        if shape is None:
+            raise ValueError("Sequential.summary: give input_shape without the batch axis, e.g. (1, 28, 28)")
+        [outs] = list(self._run(np.zeros((1, *shape)), 1))
+        rows = [(f"{i}: {l!r}", str((None, *o.shape[1:])), sum(p.data.size for p in l.parameters()))
+                for i, (l, o) in enumerate(zip(self.layers, outs))]
+        w = max(len(r[0]) for r in rows) + 2
+        lines = [f"{'Layer':<{w}}{'Output shape':<20}{'Param #':>12}", "=" * (w + 32)]
+        lines += [f"{name:<{w}}{out:<20}{n:>12,}" for name, out, n in rows]
+        lines += ["=" * (w + 32), f"Total params: {sum(r[2] for r in rows):,}"]
+        return "\n".join(lines)
+
+    # -- saving -----------------------------------------------------------------
+    def config(self):
+        return {"class": "Sequential", "layers": [l.config() for l in self.layers]}
+
+    def save(self, path):
+        """One .npz with every weight and buffer plus the architecture (JSON), written atomically."""
+        arrays = dict(self.state_dict(), __architecture__=np.array(json.dumps(self.config())))
+        with _atomic_open(path) as f:
+            np.savez(f, **arrays)
+
+    @staticmethod
+    def load(path):
+        """Rebuild a model written by `save`: architecture, dtype, weights and buffers."""
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = dict(f)
+            config = json.loads(str(arrays.pop("__architecture__")))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            raise ValueError(f"Sequential.load: {path} is not a tinynet model file ({e})") from None
+        model = _from_config(config)
+        if arrays:
+            model.astype(next(iter(arrays.values())).dtype)
+        return model.load_state_dict(arrays)
+
+
+def _from_config(config):
+    """Build a layer (or Sequential) from {"class", "args", "kwargs"} / {"class", "layers"}."""
+    cls = globals().get(config.get("class"))
+    if not (isinstance(cls, type) and issubclass(cls, Layer)):
+        raise ValueError(f"Sequential.load: unknown layer class {config.get('class')!r}")
+    if cls is Sequential:
+        return Sequential([_from_config(c) for c in config["layers"]])
+    return cls(*config.get("args", ()), **config.get("kwargs", {}))
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Gradient checking
+# ════════════════════════════════════════════════════════════════════════════
+
+def numerical_gradient(f, x, eps=1e-6):
+    """Central differences (f(x + eps e_i) - f(x - eps e_i)) / (2 eps) of the scalar f(x).
+
+    x (float64) is perturbed in place, one element at a time, and restored.
+    """
+    if x.dtype != np.float64:
+        raise TypeError(f"numerical_gradient: x must be float64, got {x.dtype}")
+    grad, flat = np.zeros(x.size), x.reshape(-1)
+    if not np.shares_memory(flat, x):
+        raise ValueError("numerical_gradient: x must be a contiguous array")
+    for i in range(x.size):
+        old = flat[i]
+        flat[i] = old + eps
+        plus = f(x)
+        flat[i] = old - eps
+        minus = f(x)
+        flat[i] = old
+        grad[i] = (plus - minus) / (2 * eps)
+    return grad.reshape(x.shape)
+
+
+def gradcheck(layer, x, eps=1e-6):
+    """Largest relative error between backward and central differences, over the
+    input gradient and every parameter gradient, for f = sum(layer(x) * r), r fixed.
+
+    The layer must be float64 (`layer.astype(np.float64)`) and deterministic
+    (Dropout in eval mode). Buffers (BatchNorm's running statistics) are restored after.
+    Relative error of an array: max|analytic - numeric| / max(|analytic|, |numeric|).
+    """
+    if any(p.data.dtype != np.float64 for p in layer.parameters()):
+        raise TypeError(f"gradcheck: {layer!r} must be float64; call .astype(np.float64) first")
+    x = np.array(x, dtype=np.float64)
+    state = layer.state_dict()
+    r = np.random.default_rng(0).standard_normal(np.shape(layer.forward(x)))
+    layer.zero_grad()
+    pairs = [(layer.backward(r), x)] + [(p.grad.copy(), p.data) for p in layer.parameters()]
+    f = lambda _: float(np.sum(layer.forward(x) * r))  # noqa: E731
+    errors = []
+    for analytic, at in pairs:
+        numeric = numerical_gradient(f, at, eps)
+        scale = max(np.abs(analytic).max(initial=0), np.abs(numeric).max(initial=0), 1e-12)
+        errors.append(np.abs(analytic - numeric).max(initial=0) / scale)
+    layer.load_state_dict(state)
+    return max(errors)
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Data
+# ════════════════════════════════════════════════════════════════════════════
+
+def one_hot(y, num_classes):
+    """Integer labels (N,) -> float32 (N, num_classes) with a single 1 per row."""
+    y = np.asarray(y)
+    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
+        raise TypeError(f"one_hot: expected 1-D integer labels, got dtype {y.dtype} shape {y.shape}")
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"one_hot: labels must be in [0, {num_classes}), got min {y.min()} max {y.max()}")
+    out = np.zeros((len(y), num_classes), np.float32)
+    out[np.arange(len(y)), y] = 1
+    return out
+
+
+def minibatches(X, y, batch_size, shuffle=True):
+    """Yield (X[idx], y[idx]) covering every sample exactly once; the last batch may be
+    smaller. The order is shuffled by the tinynet generator (see manual_seed)."""
+    if len(X) != len(y):
+        raise ValueError(f"minibatches: X has {len(X)} samples but y has {len(y)}")
+    if int(batch_size) < 1:
+        raise ValueError(f"minibatches: batch_size must be >= 1, got {batch_size}")
+    order = _rng.permutation(len(X)) if shuffle else np.arange(len(X))
+    for start in range(0, len(X), batch_size):
+        idx = order[start:start + batch_size]
+        yield X[idx], y[idx]
