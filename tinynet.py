@@ -12,11 +12,16 @@ Only numpy is imported at module level; tqdm, matplotlib and scipy are
 imported inside the functions that need them.
 """
 import contextlib
+import gzip
+import hashlib
+import http.client
 import json
 import math
 import os
 import time
+import urllib.request
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -164,12 +169,15 @@ class Layer:
         if missing or unexpected:
             raise ValueError(f"{type(self).__name__}.load_state_dict: missing keys {missing}, "
                              f"unexpected keys {unexpected}")
+        pairs = []                                   # check every shape before copying anything
         for k, v in state.items():
             v = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
             target = own[k].data if isinstance(own[k], Parameter) else own[k]
             if v.shape != target.shape:
                 raise ValueError(f"{type(self).__name__}.load_state_dict: {k!r} has shape {v.shape}, "
                                  f"expected {target.shape}")
+            pairs.append((target, v))
+        for target, v in pairs:
             target[...] = v
         return self
 
@@ -592,6 +600,7 @@ class Sequential(Layer):
         was_training = self.training
         self.eval()
         X = np.asarray(X).astype(self._dtype(), copy=False)
+        self._input_shape = X.shape[1:]               # for summary()
         try:
             for i in range(0, len(X), batch_size):
                 outs, x = [], X[i:i + batch_size]
@@ -661,7 +670,7 @@ class Sequential(Layer):
             with np.load(path, allow_pickle=False) as f:
                 arrays = dict(f)
             config = json.loads(str(arrays.pop("__architecture__")))
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        except (OSError, EOFError, TypeError, ValueError, KeyError, zipfile.BadZipFile) as e:   # empty file, .npy
             raise ValueError(f"Sequential.load: {path} is not a tinynet model file ({e})") from None
         model = _from_config(config)
         if arrays:
@@ -756,3 +765,229 @@ def minibatches(X, y, batch_size, shuffle=True):
     for start in range(0, len(X), batch_size):
         idx = order[start:start + batch_size]
         yield X[idx], y[idx]
+
+
+# Where downloads come from (tried in order) and the published MD5 of every file.
+# Plain dicts, so a test can point them at a local server with monkeypatch.setitem.
+DATA_MIRRORS = {
+    "mnist": ["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"],
+    "svhn": ["http://ufldl.stanford.edu/housenumbers/"],
+}
+DATA_MD5 = {
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    "train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373",
+    "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3",
+    "extra_32x32.mat": "a93ce644f1a588dc4d68dda5feec44a7",
+}
+
+# IDX type byte -> big-endian dtype of the data
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def load_idx(path):
+    """Read an IDX file (the MNIST format), gzip-compressed or raw, into an array.
+
+    Layout: two zero bytes, a type byte (0x08 uint8, 0x09 int8, 0x0B int16,
+    0x0C int32, 0x0D float32, 0x0E float64), a dimension-count byte, one
+    big-endian uint32 per dimension, then the data, big-endian, C order.
+    gzip is recognised by its magic bytes 1f 8b, not by the file name. Returns
+    an array of the file's type (in native byte order) and shape; a corrupt or
+    truncated file raises a ValueError naming it.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise ValueError(f"load_idx: {path}: corrupt or truncated gzip stream ({e})") from None
+    if len(raw) < 4:
+        raise ValueError(f"load_idx: {path}: truncated header ({len(raw)} bytes)")
+    if raw[:2] != b"\0\0":
+        raise ValueError(f"load_idx: {path}: bad magic number {raw[:4].hex()}, expected 0000 then type and rank")
+    if raw[2] not in _IDX_DTYPES:
+        raise ValueError(f"load_idx: {path}: unknown type byte 0x{raw[2]:02x}, "
+                         f"expected one of {', '.join(f'0x{t:02x}' for t in _IDX_DTYPES)}")
+    dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
+    start = 4 + 4 * ndim
+    if len(raw) < start:
+        raise ValueError(f"load_idx: {path}: truncated header ({ndim} dimensions need {start} bytes, "
+                         f"got {len(raw)})")
+    shape = tuple(int(s) for s in np.frombuffer(raw, ">u4", ndim, 4))
+    size = math.prod(shape) * dtype.itemsize
+    if len(raw) - start != size:
+        problem = "truncated payload" if len(raw) - start < size else "trailing bytes"
+        raise ValueError(f"load_idx: {path}: {problem}: shape {shape} of {dtype.name} needs "
+                         f"{size} data bytes, got {len(raw) - start}")
+    return np.frombuffer(raw, dtype, math.prod(shape), start).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+_DATA_BESIDE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")   # data/ beside tinynet.py
+
+
+def _data_dir(data_dir=None):
+    """`data_dir` if given, else $TINYNET_DATA, else data/ beside tinynet.py."""
+    return os.fspath(data_dir or os.environ.get("TINYNET_DATA") or _DATA_BESIDE)
+
+
+def _download(name, urls, md5, dest):
+    """Fetch `name` from each of `urls` in turn into `dest`, checking its MD5.
+
+    The bytes go to `dest + ".part"`, renamed to `dest` only when complete and
+    verified; the .part file is removed on any failure. Raises OSError listing
+    every URL tried with its failure when none works.
+    """
+    from tqdm import tqdm
+    part, failures = dest + ".part", []
+    for url in urls:
+        try:
+            request = urllib.request.Request(url, headers={"User-Agent": "tinynet"})
+            with urllib.request.urlopen(request, timeout=60) as r, open(part, "wb") as f:
+                total, got, h = int(r.headers.get("Content-Length") or 0), 0, hashlib.md5()
+                with tqdm(total=total or None, unit="B", unit_scale=True, desc=name, disable=None) as bar:
+                    while chunk := r.read(1 << 20):
+                        f.write(chunk)
+                        h.update(chunk)
+                        bar.update(len(chunk))
+                        got += len(chunk)
+            if total and got != total:   # urllib returns a short body without an error
+                failures.append(f"{url}: connection closed after {got} of {total} bytes")
+            elif h.hexdigest() != md5:
+                failures.append(f"{url}: MD5 {h.hexdigest()}, expected {md5}")
+            else:
+                os.replace(part, dest)
+                return dest
+        except (OSError, http.client.HTTPException) as e:
+            failures.append(f"{url}: {e}")
+        finally:
+            if os.path.exists(part):
+                os.remove(part)
+    raise OSError(f"could not download {name}; tried:\n  " + "\n  ".join(failures)
+                  + f"\nDownload it by hand (MD5 {md5}) and save it as {dest}")
+
+
+def _find(dataset, name, folder, download, caller):
+    """Path of file `name` in `folder`, downloaded from DATA_MIRRORS[dataset] if missing."""
+    path = os.path.join(folder, name)
+    if not os.path.exists(path):
+        urls = [mirror + name for mirror in DATA_MIRRORS[dataset]]
+        if not download:
+            raise FileNotFoundError(f"{caller}: {path} not found; download it (e.g. from {urls[0]}, "
+                                    f"MD5 {DATA_MD5[name]}) and put it there, or pass download=True")
+        os.makedirs(folder, exist_ok=True)
+        _download(name, urls, DATA_MD5[name], path)
+    return path
+
+
+def load_mnist(data_dir=None, download=True):
+    """MNIST from the four official IDX .gz files in <data_dir>/mnist/ (downloaded if missing).
+
+    Returns (X_train, y_train, X_test, y_test): X float32 (N, 1, 28, 28) in
+    [0, 1], y int64; N = 60000 for train, 10000 for test.
+    """
+    folder = os.path.join(_data_dir(data_dir), "mnist")
+    out = []
+    for split in ("train", "t10k"):
+        paths = [_find("mnist", f"{split}-{kind}-idx{d}-ubyte.gz", folder, download, "load_mnist")
+                 for kind, d in (("images", 3), ("labels", 1))]
+        X, y = load_idx(paths[0]), load_idx(paths[1])
+        if X.dtype != np.uint8 or X.shape[1:] != (28, 28) or y.dtype != np.uint8 or y.shape != X.shape[:1]:
+            raise ValueError(f"load_mnist: expected uint8 images (N, 28, 28) and labels (N,), got "
+                             f"{X.dtype} {X.shape} in {paths[0]} and {y.dtype} {y.shape} in {paths[1]}")
+        out += [(X / np.float32(255)).reshape(-1, 1, 28, 28), y.astype(np.int64)]
+    return tuple(out)
+
+
+def load_svhn(split="train", data_dir=None, download=True):
+    """SVHN cropped digits from <data_dir>/svhn/<split>_32x32.mat (downloaded if missing).
+
+    split: "train" (73,257 images), "test" (26,032) or "extra" (531,131).
+    The file holds X (32, 32, 3, N) uint8 and y (N, 1) with 10 for digit 0.
+    Returns X float32 (N, 3, 32, 32) in [0, 1] and y int64 0..9. Only one
+    float32 copy of the images is made (the uint8 array is transposed first).
+    """
+    from scipy.io import loadmat
+    if split not in ("train", "test", "extra"):
+        raise ValueError(f"load_svhn: split must be 'train', 'test' or 'extra', got {split!r}")
+    path = _find("svhn", f"{split}_32x32.mat", os.path.join(_data_dir(data_dir), "svhn"), download, "load_svhn")
+    mat = loadmat(path, variable_names=("X", "y"))
+    if "X" not in mat or "y" not in mat:
+        raise ValueError(f"load_svhn: {path} must hold arrays 'X' and 'y'")
+    X, y = mat.pop("X"), mat.pop("y")     # popped: the file's uint8 X is freed once transposed
+    if X.dtype != np.uint8 or X.ndim != 4 or X.shape[:3] != (32, 32, 3) or y.size != X.shape[-1]:
+        raise ValueError(f"load_svhn: {path}: expected X uint8 (32, 32, 3, N) and y (N, 1), "
+                         f"got X {X.dtype} {X.shape} and y {y.shape}")
+    y = y.ravel()
+    if y.size and (y.min() < 1 or y.max() > 10):
+        raise ValueError(f"load_svhn: {path}: labels must be 1..10 (10 = digit 0), got {y.min()}..{y.max()}")
+    X = np.ascontiguousarray(X.transpose(3, 2, 0, 1))   # (32, 32, 3, N) -> (N, 3, 32, 32), still uint8
+    return X / np.float32(255), (y % 10).astype(np.int64)
+
+
+def load_iris(path=None):
+    """Fisher's Iris: X float32 (150, 4) (sepal/petal length/width, cm), y int64 0..2.
+
+    Reads a CSV in scikit-learn's layout: a header `n_samples,n_features,
+    class names...`, then one row of features and an integer label per sample.
+    path=None: $TINYNET_DATA/iris.csv if it exists, else data/iris.csv beside tinynet.py.
+    """
+    if path is None:
+        path = os.path.join(_data_dir(), "iris.csv")
+        if not os.path.exists(path):
+            path = os.path.join(_DATA_BESIDE, "iris.csv")
+    with open(path) as f:
+        header = f.readline().strip().split(",")
+        try:
+            n, d = int(header[0]), int(header[1])
+            data = np.loadtxt(f, delimiter=",", ndmin=2)
+        except (ValueError, IndexError) as e:
+            raise ValueError(f"load_iris: {path}: expected a header 'n_samples,n_features,names...' "
+                             f"and numeric rows ({e})") from None
+    classes = len(header) - 2
+    if data.shape != (n, d + 1):
+        raise ValueError(f"load_iris: {path}: header says {n} rows of {d} features and a label, got {data.shape}")
+    y = data[:, d].astype(np.int64)
+    if (y != data[:, d]).any() or y.min() < 0 or y.max() >= classes:
+        raise ValueError(f"load_iris: {path}: labels must be integers 0..{classes - 1}")
+    return data[:, :d].astype(np.float32), y
+
+
+def train_val_split(X, y, val_size, shuffle=True, stratify=False):
+    """Split into (X_train, y_train, X_val, y_val).
+
+    val_size: a fraction in (0, 1) (rounded to the nearest count) or a number
+    of samples. shuffle draws the order from the tinynet generator (repeatable
+    under manual_seed); with shuffle=False the last samples are the validation
+    set, as in Keras' validation_split, and both parts keep their order.
+    stratify=True gives every class (value of y) the same share in both parts,
+    up to rounding (largest remainder).
+    """
+    X, y = np.asarray(X), np.asarray(y)
+    n = len(y)
+    if len(X) != n:
+        raise ValueError(f"train_val_split: X and y must have the same length, got {len(X)} and {n}")
+    if isinstance(val_size, (int, np.integer)) and not isinstance(val_size, bool):
+        n_val = int(val_size)
+    elif isinstance(val_size, (float, np.floating)) and 0 < val_size < 1:
+        n_val = round(val_size * n)
+    else:
+        raise ValueError(f"train_val_split: val_size must be a fraction in (0, 1) or a count, got {val_size!r}")
+    if not 0 < n_val < n:
+        raise ValueError(f"train_val_split: val_size={val_size!r} gives {n_val} of {n} samples for "
+                         "validation; both parts need at least one")
+    order = _rng.permutation(n) if shuffle else np.arange(n)
+    group, counts = (np.unique(y, axis=0, return_inverse=True, return_counts=True)[1:] if stratify
+                     else (np.zeros(n, np.int64), np.array([n])))
+    quota = counts * (n_val / n)
+    k = np.floor(quota).astype(np.int64)                  # validation samples per class
+    k[np.argsort(k - quota, kind="stable")[:n_val - k.sum()]] += 1
+    by_class = order[np.argsort(group.ravel()[order], kind="stable")]   # each class in `order`
+    rank = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
+    in_val = np.zeros(n, bool)
+    in_val[by_class[rank >= np.repeat(counts - k, counts)]] = True      # the last k of each class
+    train, val = order[~in_val[order]], order[in_val[order]]
+    return X[train], y[train], X[val], y[val]
