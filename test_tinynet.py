@@ -3,17 +3,1442 @@ gradient checks, data loaders, training scripts and the benchmark. Run: pytest t
 import gzip
 import hashlib
 import http.server
+import json
 import os
 import re
+import subprocess
+import sys
 import threading
+import time
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import tinynet as tn
 # HEADER-END
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Foundation: layers, losses, Sequential, weights, gradient checking
+# ════════════════════════════════════════════════════════════════════════════
+
+# ════════════════════════════════════════════════════════════════════════════
+# Helpers: float64 parity against PyTorch, with the worst relative error tracked
+# ════════════════════════════════════════════════════════════════════════════
+
+PARITY_ERRORS = []   # max|ours - torch| / max|torch| of every array compared by assert_parity
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_parity(request):
+    """Print, at the end of the module, how many arrays were compared and the worst relative error."""
+    yield
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+    if PARITY_ERRORS and reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"\nPyTorch parity: {len(PARITY_ERRORS)} arrays compared, worst relative "
+                                f"error max|ours - torch| / max|torch| = {max(PARITY_ERRORS):.3g}")
+
+
+def T(a, requires_grad=True):
+    """A float64 torch tensor from a NumPy array (a copy)."""
+    return torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=requires_grad)
+
+
+def assert_parity(ours, theirs, what=""):
+    """ours (float64) equals theirs (torch tensor or array) to rtol 1e-8; records the relative error."""
+    theirs = theirs.detach().numpy() if torch.is_tensor(theirs) else np.asarray(theirs)
+    ours = np.asarray(ours)
+    assert ours.dtype == np.float64, f"{what}: computed in {ours.dtype}, expected float64"
+    assert ours.shape == theirs.shape, f"{what}: shape {ours.shape}, torch {theirs.shape}"
+    scale = float(np.abs(theirs).max(initial=0.0))
+    err = float(np.abs(ours - theirs).max(initial=0.0)) / (scale or 1.0)
+    PARITY_ERRORS.append(err)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-8, atol=1e-12 * scale, err_msg=what)
+
+
+def layer_parity(layer, torch_fn, x, g):
+    """Forward and backward of a float64 layer vs torch_fn on x with upstream gradient g."""
+    x0 = x.copy()
+    xt = T(x)
+    yt = torch_fn(xt)
+    yt.backward(T(g, False))
+    y = layer.forward(x)
+    gx = layer.backward(g.copy())
+    np.testing.assert_array_equal(x, x0, err_msg=f"{layer!r} modified its input")
+    assert_parity(y, yt, f"{layer!r} forward")
+    assert_parity(gx, xt.grad, f"{layer!r} input gradient")
+
+
+SHAPES_ND = [(7,), (4, 5), (2, 3, 4), (2, 3, 4, 5)]
+
+
+def randn(seed, shape, zeros=False):
+    x = np.random.default_rng(seed).standard_normal(shape)
+    if zeros:
+        x.reshape(-1)[::4] = 0.0          # exercise the kink of ReLU / LeakyReLU (torch: x > 0 branch)
+    return x
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Layer parity (float64, vs torch)
+# ════════════════════════════════════════════════════════════════════════════
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("n,fin,fout", [(1, 1, 1), (5, 3, 4), (16, 10, 7), (33, 64, 2)])
+def test_parity_linear(n, fin, fout, bias):
+    tn.manual_seed(n + fin)
+    layer = tn.Linear(fin, fout, bias=bias).astype(np.float64)
+    ref = torch.nn.Linear(fin, fout, bias=bias, dtype=torch.float64)
+    ref.load_state_dict({k: torch.from_numpy(v) for k, v in layer.state_dict().items()})
+    x, g = randn(n, (n, fin)), randn(n + 1, (n, fout))
+    layer_parity(layer, ref, x, g)
+    assert_parity(layer.weight.grad, ref.weight.grad, "weight.grad")
+    if bias:
+        assert_parity(layer.bias.grad, ref.bias.grad, "bias.grad")
+    else:
+        assert layer.bias is None and layer.parameters() == [layer.weight]
+
+
+@pytest.mark.parametrize("shape", SHAPES_ND)
+@pytest.mark.parametrize("name", ["ReLU", "Sigmoid", "Tanh"])
+def test_parity_activation(name, shape):
+    ref = {"ReLU": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh}[name]
+    seed = len(shape)
+    layer_parity(getattr(tn, name)(), ref, 3 * randn(seed, shape, zeros=True), randn(seed + 1, shape))
+
+
+@pytest.mark.parametrize("shape", SHAPES_ND)
+@pytest.mark.parametrize("slope", [0.01, 0.2, 1.5, -0.3])
+def test_parity_leaky_relu(slope, shape):
+    x, g = randn(len(shape), shape, zeros=True), randn(9, shape)
+    layer_parity(tn.LeakyReLU(slope), lambda t: F.leaky_relu(t, slope), x, g)
+
+
+def test_leaky_relu_default_slope_is_torchs():
+    assert tn.LeakyReLU().negative_slope == torch.nn.LeakyReLU().negative_slope == 0.01
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_parity_sigmoid_extreme_inputs_no_overflow(dtype):
+    x = np.array([[-1e4, -800.0, -50.0, -1e-8, 0.0, 1e-8, 50.0, 800.0, 1e4]], dtype=dtype)
+    g = np.linspace(-1, 1, x.size).reshape(x.shape).astype(dtype)
+    layer = tn.Sigmoid()
+    # underflow (exp(-1e4) == 0) is benign and happens in torch too; overflow, 0/0 and inf/inf are bugs
+    with warnings.catch_warnings(), np.errstate(over="raise", divide="raise", invalid="raise"):
+        warnings.simplefilter("error")
+        y, gx = layer.forward(x), layer.backward(g)
+    assert y.dtype == gx.dtype == dtype
+    assert np.isfinite(y).all() and np.isfinite(gx).all()
+    assert y[0, 0] == 0 and y[0, -1] == 1 and y[0, 4] == 0.5
+    if dtype == np.float64:
+        layer_parity(tn.Sigmoid(), torch.sigmoid, x, g)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e3])
+@pytest.mark.parametrize("shape,dim", [((1, 4), 1), ((6, 5), 1), ((6, 5), 0), ((3, 4, 5), -1), ((3, 4, 5), 1),
+                                       ((2, 3, 4, 2), 2)])
+@pytest.mark.parametrize("name", ["Softmax", "LogSoftmax"])
+def test_parity_softmax(name, shape, dim, scale):
+    ref = {"Softmax": torch.softmax, "LogSoftmax": torch.log_softmax}[name]
+    x, g = scale * randn(len(shape) + dim, shape), randn(7, shape)    # arbitrary upstream grad: the full JVP
+    with np.errstate(over="raise", divide="raise", invalid="raise"):
+        layer_parity(getattr(tn, name)(dim=dim), lambda t: ref(t, dim), x, g)
+
+
+def test_softmax_default_dim_is_1():
+    assert tn.Softmax().dim == 1 and tn.LogSoftmax().dim == 1
+
+
+@pytest.mark.parametrize("shape", [(4, 7), (2, 3, 4), (5, 1, 2, 2), (3, 2, 1, 4, 2)])
+def test_parity_flatten(shape):
+    layer_parity(tn.Flatten(), torch.nn.Flatten(), randn(1, shape), randn(2, (shape[0], int(np.prod(shape[1:])))))
+
+
+@pytest.mark.parametrize("shape", SHAPES_ND)
+def test_parity_dropout_eval_is_identity(shape):
+    layer = tn.Dropout(0.5).eval()
+    layer_parity(layer, torch.nn.Dropout(0.5).eval(), randn(3, shape), randn(4, shape))
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Dropout in training
+# ════════════════════════════════════════════════════════════════════════════
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+def test_dropout_training_mask_and_scaling(p):
+    tn.manual_seed(0)
+    layer = tn.Dropout(p)
+    assert layer.training
+    x = np.ones((200, 500))
+    y = layer.forward(x)
+    kept = y != 0
+    n = x.size
+    assert abs((~kept).mean() - p) < 5 * np.sqrt(p * (1 - p) / n)          # Bernoulli(p) zeros
+    np.testing.assert_allclose(y[kept], 1 / (1 - p), rtol=1e-15)            # inverted-dropout scale
+    assert abs(y.mean() - 1) < 5 * np.sqrt(p / (1 - p) / n)                  # unbiased
+    g = randn(1, x.shape)
+    np.testing.assert_array_equal(layer.backward(g), g * y)                  # the same mask and scale
+    assert not np.array_equal(layer.forward(x), y)                           # a fresh mask each call
+
+
+def test_dropout_mask_is_elementwise_and_keeps_dtype():
+    tn.manual_seed(1)
+    x = randn(0, (4, 3, 8, 8)).astype(np.float32)
+    y = tn.Dropout(0.5).forward(x)
+    assert y.dtype == np.float32 and y.shape == x.shape
+    kept = y != 0
+    np.testing.assert_allclose(y[kept], 2 * x[kept], rtol=1e-7)
+    assert 0 < kept[:, 0].mean() < 1 and 0 < kept[0].mean() < 1
+
+
+def test_dropout_p0_is_identity_in_training():
+    x, g = randn(0, (8, 9)).astype(np.float32), randn(1, (8, 9)).astype(np.float32)
+    layer = tn.Dropout(0.0)
+    y, gx = layer.forward(x), layer.backward(g)
+    assert y.dtype == gx.dtype == np.float32
+    np.testing.assert_array_equal(y, x)
+    np.testing.assert_array_equal(gx, g)
+
+
+def test_dropout_eval_keeps_no_mask_and_backward_is_identity():
+    layer = tn.Dropout(0.5)
+    layer.forward(np.ones((4, 4)))
+    layer.eval()
+    x, g = randn(0, (4, 4)), randn(1, (4, 4))
+    np.testing.assert_array_equal(layer.forward(x), x)
+    np.testing.assert_array_equal(layer.backward(g), g)
+
+
+def test_dropout_deterministic_under_manual_seed():
+    x = np.ones((50, 50))
+    tn.manual_seed(7)
+    a = tn.Dropout(0.5).forward(x)
+    tn.manual_seed(7)
+    b = tn.Dropout(0.5).forward(x)
+    tn.manual_seed(8)
+    c = tn.Dropout(0.5).forward(x)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Loss parity
+# ════════════════════════════════════════════════════════════════════════════
+
+@pytest.mark.parametrize("scale", [1.0, 1e3])
+@pytest.mark.parametrize("n,c", [(1, 2), (8, 3), (32, 10), (5, 100)])
+@pytest.mark.parametrize("name", ["CrossEntropyLoss", "NLLLoss"])
+def test_parity_classification_loss(name, n, c, scale):
+    pred = scale * randn(n * c, (n, c))
+    if name == "NLLLoss":
+        pred = pred - np.log(np.exp(pred - pred.max(1, keepdims=True)).sum(1, keepdims=True)) - pred.max(1, keepdims=True)
+    target = np.random.default_rng(c).integers(0, c, n)
+    loss = getattr(tn, name)()
+    with np.errstate(over="raise", divide="raise", invalid="raise"):
+        value = loss.forward(pred, target)
+        grad = loss.backward()
+    pt = T(pred)
+    ref = getattr(torch.nn, name)()(pt, torch.from_numpy(target))
+    ref.backward()
+    assert isinstance(value, float)
+    assert_parity(value, ref, f"{name} value")
+    assert_parity(grad, pt.grad, f"{name} gradient")
+
+
+@pytest.mark.parametrize("shape", [(1,), (6,), (8, 3), (4, 10), (2, 3, 4)])
+def test_parity_mse_loss(shape):
+    pred, target = randn(1, shape), randn(2, shape)
+    loss = tn.MSELoss()
+    value, grad = loss.forward(pred, target), loss.backward()
+    pt = T(pred)
+    ref = torch.nn.MSELoss()(pt, T(target, False))
+    ref.backward()
+    assert isinstance(value, float)
+    assert_parity(value, ref, "MSELoss value")
+    assert_parity(grad, pt.grad, "MSELoss gradient")
+
+
+@pytest.mark.parametrize("label_dtype", [np.int64, np.int32, np.uint8])
+def test_losses_accept_any_integer_label_dtype(label_dtype):
+    pred, y = randn(0, (6, 4)), np.array([0, 1, 2, 3, 3, 0])
+    assert tn.CrossEntropyLoss()(pred, y.astype(label_dtype)) == tn.CrossEntropyLoss()(pred, y)
+    assert tn.NLLLoss()(pred, y.astype(label_dtype)) == tn.NLLLoss()(pred, y)
+
+
+@pytest.mark.parametrize("name", ["CrossEntropyLoss", "NLLLoss", "MSELoss"])
+def test_loss_gradient_keeps_float32(name):
+    pred = randn(0, (5, 3)).astype(np.float32)
+    labels = np.array([0, 1, 2, 0, 1])
+    target = tn.one_hot(labels, 3).astype(np.float64) if name == "MSELoss" else labels    # float64 target too
+    loss = getattr(tn, name)()
+    loss.forward(pred, target)
+    assert loss.backward().dtype == np.float32
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Initialisation, parameters, dtype
+# ════════════════════════════════════════════════════════════════════════════
+
+@pytest.mark.parametrize("fin,fout", [(1, 3), (20, 50), (784, 100)])
+def test_linear_init_matches_pytorch(fin, fout):
+    tn.manual_seed(0)
+    layer = tn.Linear(fin, fout)
+    ref = torch.nn.Linear(fin, fout)
+    bound = 1 / np.sqrt(fin)
+    assert layer.weight.data.dtype == layer.bias.data.dtype == np.float32
+    assert layer.weight.grad.dtype == np.float32 and not layer.weight.grad.any()
+    for ours, theirs in [(layer.weight.data, ref.weight.detach().numpy()), (layer.bias.data, ref.bias.detach().numpy())]:
+        assert ours.shape == theirs.shape
+        assert np.abs(ours).max() <= bound and np.abs(theirs).max() <= bound
+    if fin * fout > 10_000:   # U(-b, b): std b / sqrt(3), fills the interval; torch's does the same
+        for w in (layer.weight.data, ref.weight.detach().numpy()):
+            assert abs(w.std() - bound / np.sqrt(3)) < 0.02 * bound
+            assert abs(w.mean()) < 0.01 * bound and np.abs(w).max() > 0.99 * bound
+
+
+def test_manual_seed_makes_init_repeatable():
+    tn.manual_seed(3)
+    a = tn.Linear(5, 4)
+    tn.manual_seed(3)
+    b = tn.Linear(5, 4)
+    c = tn.Linear(5, 4)
+    np.testing.assert_array_equal(a.weight.data, b.weight.data)
+    assert not np.array_equal(b.weight.data, c.weight.data)
+
+
+def test_parameters_order_and_accumulation():
+    layer = tn.Linear(3, 2).astype(np.float64)
+    assert layer.parameters() == [layer.weight, layer.bias]
+    x, g = randn(0, (4, 3)), randn(1, (4, 2))
+    layer(x)
+    layer.backward(g)
+    once = layer.weight.grad.copy(), layer.bias.grad.copy()
+    layer(x)
+    layer.backward(g)                                         # backward adds into .grad, as torch
+    np.testing.assert_allclose(layer.weight.grad, 2 * once[0])
+    np.testing.assert_allclose(layer.bias.grad, 2 * once[1])
+    layer.zero_grad()
+    assert not layer.weight.grad.any() and not layer.bias.grad.any()
+
+
+@pytest.mark.parametrize("make", [lambda: tn.Linear(6, 4), tn.ReLU, tn.LeakyReLU, tn.Sigmoid, tn.Tanh,
+                                  tn.Softmax, tn.LogSoftmax, tn.Flatten, lambda: tn.Dropout(0.3)],
+                         ids=["Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
+                              "Flatten", "Dropout"])
+def test_float32_in_float32_out(make):
+    layer = make()
+    x = randn(0, (5, 6)).astype(np.float32)
+    y = layer(x)
+    assert y.dtype == np.float32
+    assert layer.backward(np.ones_like(y)).dtype == np.float32
+    assert all(p.grad.dtype == np.float32 for p in layer.parameters())
+
+
+def test_astype_converts_params_and_grads():
+    model = tn.Sequential(tn.Linear(3, 4), tn.ReLU(), tn.Linear(4, 2))
+    model.astype(np.float64)
+    assert all(p.data.dtype == p.grad.dtype == np.float64 for p in model.parameters())
+    assert model.predict(np.ones((2, 3), np.float32)).dtype == np.float64
+
+
+def test_train_eval_flags_and_call():
+    model = tn.Sequential(tn.Linear(3, 4), tn.Dropout(0.5))
+    assert model.eval() is model and not model.training and not any(l.training for l in model.layers)
+    model.train()
+    assert model.training and all(l.training for l in model.layers)
+    layer, x = tn.Tanh(), randn(0, (2, 3))
+    np.testing.assert_array_equal(layer(x), layer.forward(x))
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Numerical gradient checks
+# ════════════════════════════════════════════════════════════════════════════
+
+def away_from_kinks(seed, shape):
+    x = randn(seed, shape)
+    return np.sign(x) * (0.1 + np.abs(x))
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: tn.Linear(4, 3), (5, 4)),
+    (lambda: tn.Linear(4, 3, bias=False), (5, 4)),
+    (tn.ReLU, (3, 4)),
+    (lambda: tn.LeakyReLU(0.2), (3, 2, 2)),
+    (tn.Sigmoid, (3, 4)),
+    (tn.Tanh, (3, 4)),
+    (tn.Softmax, (3, 5)),
+    (lambda: tn.Softmax(dim=-1), (2, 3, 4)),
+    (tn.LogSoftmax, (3, 5)),
+    (lambda: tn.LogSoftmax(dim=0), (2, 3, 4)),
+    (tn.Flatten, (2, 3, 2)),
+    (lambda: tn.Dropout(0.5).eval(), (3, 4)),
+    (lambda: tn.Dropout(0.0), (3, 4)),
+    (lambda: tn.Sequential(tn.Linear(4, 5), tn.Tanh(), tn.Linear(5, 3), tn.LogSoftmax()), (6, 4)),
+], ids=["Linear", "Linear-nobias", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "Softmax-3d",
+        "LogSoftmax", "LogSoftmax-3d", "Flatten", "Dropout-eval", "Dropout-p0", "Sequential"])
+def test_gradcheck_layer(make, shape):
+    tn.manual_seed(0)
+    layer = make().astype(np.float64)
+    before = layer.state_dict()
+    assert tn.gradcheck(layer, away_from_kinks(1, shape)) < 1e-6
+    for k, v in layer.state_dict().items():       # parameters restored
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_numerical_gradient_dropout_training_with_fixed_mask():
+    layer, x, r = tn.Dropout(0.4), randn(0, (4, 5)), randn(1, (4, 5))
+
+    def f(x):
+        tn.manual_seed(11)                 # the same mask every call
+        return float(np.sum(layer.forward(x) * r))
+    f(x)
+    analytic = layer.backward(r)
+    np.testing.assert_allclose(analytic, tn.numerical_gradient(f, x.copy()), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", ["CrossEntropyLoss", "NLLLoss", "MSELoss"])
+def test_numerical_gradient_loss(name):
+    pred = randn(0, (6, 4))
+    target = randn(1, (6, 4)) if name == "MSELoss" else np.array([0, 3, 1, 1, 2, 0])
+    loss = getattr(tn, name)()
+    loss.forward(pred, target)
+    analytic = loss.backward()
+    numeric = tn.numerical_gradient(lambda p: loss.forward(p, target), pred.copy())
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_numerical_gradient_known_function_and_restores_x():
+    x = randn(0, (3, 4))
+    x0 = x.copy()
+    grad = tn.numerical_gradient(lambda v: float(np.sum(v ** 3)), x)
+    np.testing.assert_allclose(grad, 3 * x0 ** 2, rtol=1e-7, atol=1e-9)
+    np.testing.assert_array_equal(x, x0)
+    with pytest.raises(TypeError, match="numerical_gradient.*float64.*float32"):
+        tn.numerical_gradient(lambda v: 0.0, x.astype(np.float32))
+
+
+class _WrongTanh(tn.Tanh):
+    def backward(self, grad):
+        return grad * (1 - self._cache)           # should be 1 - y**2
+
+
+class _WrongLinear(tn.Linear):
+    def backward(self, grad):
+        gx = super().backward(grad)
+        self.bias.grad *= 0.5                     # a wrong parameter gradient
+        return gx
+
+
+@pytest.mark.parametrize("make", [_WrongTanh, lambda: _WrongLinear(3, 2)], ids=["input-grad", "param-grad"])
+def test_gradcheck_catches_wrong_backward(make):
+    assert tn.gradcheck(make().astype(np.float64), away_from_kinks(0, (4, 3))) > 1e-2
+
+
+def test_gradcheck_rejects_float32_layer():
+    with pytest.raises(TypeError, match=r"gradcheck.*Linear\(3, 2\).*float64"):
+        tn.gradcheck(tn.Linear(3, 2), randn(0, (4, 3)))
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# End-to-end Sequential MLP vs torch.nn.Sequential
+# ════════════════════════════════════════════════════════════════════════════
+
+def mlp_pair(n_in, h1, h2, c, head=None, seed=0):
+    """tinynet and torch Linear-ReLU-Linear-Tanh-Linear[-head] in float64 with the same weights."""
+    tn.manual_seed(seed)
+    layers = [tn.Linear(n_in, h1), tn.ReLU(), tn.Linear(h1, h2), tn.Tanh(), tn.Linear(h2, c)]
+    mods = [torch.nn.Linear(n_in, h1), torch.nn.ReLU(), torch.nn.Linear(h1, h2), torch.nn.Tanh(), torch.nn.Linear(h2, c)]
+    if head:
+        layers.append(getattr(tn, head)(dim=1))
+        mods.append(getattr(torch.nn, head)(dim=1))
+    model = tn.Sequential(layers).astype(np.float64)
+    ref = torch.nn.Sequential(*mods).double()
+    ref.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    return model, ref
+
+
+@pytest.mark.parametrize("variant", ["nll", "cross_entropy", "softmax_mse"])
+@pytest.mark.parametrize("n,n_in,h1,h2,c,seed", [(1, 3, 4, 5, 2, 0), (8, 4, 16, 8, 3, 1), (64, 20, 32, 16, 10, 2)])
+def test_parity_sequential_mlp(variant, n, n_in, h1, h2, c, seed):
+    head, loss, ref_loss = {"nll": ("LogSoftmax", tn.NLLLoss(), torch.nn.NLLLoss()),
+                            "cross_entropy": (None, tn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss()),
+                            "softmax_mse": ("Softmax", tn.MSELoss(), torch.nn.MSELoss())}[variant]
+    model, ref = mlp_pair(n_in, h1, h2, c, head, seed)
+    x = randn(seed, (n, n_in))
+    y = np.random.default_rng(seed).integers(0, c, n)
+    target, ref_target = ((tn.one_hot(y, c).astype(np.float64), T(tn.one_hot(y, c), False)) if variant == "softmax_mse"
+                          else (y, torch.from_numpy(y)))
+    xt = T(x)
+    ref_value = ref_loss(ref(xt), ref_target)
+    ref_value.backward()
+    value = loss.forward(model.forward(x), target)
+    gx = model.backward(loss.backward())
+    assert_parity(value, ref_value, "loss")
+    assert_parity(gx, xt.grad, "input gradient")
+    ours, theirs = dict(model.named_parameters()), dict(ref.named_parameters())
+    assert list(ours) == list(theirs)
+    for k in ours:
+        assert_parity(ours[k].grad, theirs[k].grad, k)
+
+
+def test_sequential_backward_without_input_grad():
+    model, _ = mlp_pair(4, 6, 5, 3)
+    x = randn(0, (7, 4))
+    model.forward(x)
+    full = model.backward(np.ones((7, 3)))
+    grads = [p.grad.copy() for p in model.parameters()]
+    model.zero_grad()
+    model.forward(x)
+    assert full.shape == x.shape and model.backward(np.ones((7, 3)), input_grad=False) is None
+    for p, g in zip(model.parameters(), grads):
+        np.testing.assert_array_equal(p.grad, g)
+
+
+def test_sequential_constructors_and_add():
+    a = tn.Sequential([tn.Linear(2, 3), tn.ReLU()])
+    b = tn.Sequential(tn.Linear(2, 3), tn.ReLU())
+    c = tn.Sequential().add(tn.Linear(2, 3)).add(tn.ReLU())
+    assert [repr(l) for l in a] == [repr(l) for l in b] == [repr(l) for l in c] == ["Linear(2, 3)", "ReLU()"]
+    assert len(a) == 2 and isinstance(a[1], tn.ReLU)
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# State dicts: torch interop, errors, save/load
+# ════════════════════════════════════════════════════════════════════════════
+
+def test_state_dict_keys_are_torchs():
+    model = tn.Sequential(tn.Linear(4, 8), tn.ReLU(), tn.Dropout(0.1), tn.Linear(8, 3, bias=False))
+    ref = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Dropout(0.1),
+                              torch.nn.Linear(8, 3, bias=False))
+    assert list(model.state_dict()) == list(ref.state_dict()) == ["0.weight", "0.bias", "3.weight"]
+    sd = model.state_dict()
+    sd["0.weight"][...] = 0                           # a copy, not a view
+    assert model[0].weight.data.any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_state_dict_torch_to_tinynet(seed, dtype):
+    torch.manual_seed(seed)
+    ref = torch.nn.Sequential(torch.nn.Linear(5, 12), torch.nn.ReLU(), torch.nn.Linear(12, 6), torch.nn.Tanh(),
+                              torch.nn.Linear(6, 3), torch.nn.Softmax(dim=1))
+    model, _ = mlp_pair(5, 12, 6, 3, "Softmax", seed=seed + 10)
+    model.astype(dtype)
+    if dtype == np.float64:
+        ref.double()
+    assert model.load_state_dict(ref.state_dict()) is model
+    assert all(p.data.dtype == dtype for p in model.parameters())
+    x = randn(seed, (9, 5)).astype(dtype)
+    out = model.predict(x)
+    expected = ref(torch.from_numpy(x)).detach()
+    if dtype == np.float64:
+        assert_parity(out, expected, "outputs after loading torch weights")
+    else:
+        assert out.dtype == np.float32
+        np.testing.assert_allclose(out, expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_state_dict_tinynet_to_torch(seed):
+    model, _ = mlp_pair(5, 12, 6, 3, "LogSoftmax", seed=seed)
+    model.astype(np.float32)
+    torch.manual_seed(seed + 100)
+    ref = torch.nn.Sequential(torch.nn.Linear(5, 12), torch.nn.ReLU(), torch.nn.Linear(12, 6), torch.nn.Tanh(),
+                              torch.nn.Linear(6, 3), torch.nn.LogSoftmax(dim=1))
+    ref.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})   # strict: same keys
+    x = randn(seed, (9, 5)).astype(np.float32)
+    np.testing.assert_allclose(model.predict(x), ref(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def _small_model():
+    tn.manual_seed(0)
+    return tn.Sequential(tn.Linear(4, 8), tn.ReLU(), tn.Linear(8, 3))
+
+
+@pytest.mark.parametrize("edit,pattern", [
+    (lambda sd: sd.pop("2.bias"), r"Sequential\.load_state_dict: missing keys \['2\.bias'\]"),
+    (lambda sd: sd.update({"5.weight": np.zeros((3, 8))}), r"Sequential\.load_state_dict:.*unexpected keys \['5\.weight'\]"),
+    (lambda sd: sd.update({"2.weight": np.zeros((8, 3))}), r"Sequential\.load_state_dict: '2\.weight' has shape \(8, 3\), expected \(3, 8\)"),
+    (lambda sd: sd.update({"0.bias": torch.zeros(7)}), r"'0\.bias' has shape \(7,\), expected \(8,\)"),
+], ids=["missing", "unexpected", "mis-shaped", "mis-shaped-tensor"])
+def test_load_state_dict_errors_name_the_key(edit, pattern):
+    model, other = _small_model(), _small_model()
+    for p in other.parameters():
+        p.data += 1
+    sd = other.state_dict()
+    edit(sd)
+    before = model.state_dict()
+    with pytest.raises(ValueError, match=pattern):
+        model.load_state_dict(sd)
+    for k, v in model.state_dict().items():              # a failed load changes nothing
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+
+
+def test_load_state_dict_ignores_num_batches_tracked():
+    model = _small_model()
+    sd = dict(model.state_dict(), **{"1.num_batches_tracked": torch.tensor(5)})
+    model.load_state_dict(sd)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_save_load_round_trip(tmp_path, dtype):
+    tn.manual_seed(0)
+    model = tn.Sequential(tn.Flatten(), tn.Linear(12, 8), tn.LeakyReLU(0.2), tn.Dropout(p=0.25),
+                          tn.Linear(8, 6, bias=False), tn.Sigmoid(), tn.Linear(6, 5), tn.Tanh(),
+                          tn.Linear(5, 3), tn.Softmax(dim=1)).astype(dtype)
+    path = tmp_path / "model.npz"
+    model.save(str(path))
+    assert os.listdir(tmp_path) == ["model.npz"]                         # no .tmp left behind
+    loaded = tn.Sequential.load(str(path))
+    assert isinstance(loaded, tn.Sequential) and loaded is not model
+    assert [repr(l) for l in loaded] == [repr(l) for l in model]
+    assert loaded[3].p == 0.25 and loaded[2].negative_slope == 0.2 and loaded[4].bias is None
+    assert all(p.data.dtype == dtype for p in loaded.parameters())
+    x = randn(0, (7, 3, 4)).astype(dtype)
+    out = loaded.predict(x)
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out, model.predict(x))
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    path = str(tmp_path / "m.npz")
+    old = _small_model()
+    old.save(path)
+
+    def broken_savez(f, **arrays):
+        f.write(b"PK\x03\x04 half a file")
+        raise OSError("disk full")
+    monkeypatch.setattr(np, "savez", broken_savez)
+    new = _small_model()
+    for p in new.parameters():
+        p.data += 1
+    with pytest.raises(OSError, match="disk full"):
+        new.save(path)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["m.npz"]
+    x = randn(0, (3, 4)).astype(np.float32)
+    np.testing.assert_array_equal(tn.Sequential.load(path).predict(x), old.predict(x))   # the old file intact
+
+
+@pytest.mark.parametrize("content", [b"this is not a model", b"PK\x03\x04truncated zip", None, b""],
+                         ids=["garbage", "truncated-zip", "npz-without-architecture", "empty"])
+def test_load_corrupt_file_names_it(tmp_path, content):
+    path = tmp_path / "broken.npz"
+    if content is None:
+        np.savez(path, w=np.zeros(3))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"Sequential\.load: .*broken\.npz"):
+        tn.Sequential.load(str(path))
+
+
+def test_load_truncated_saved_model(tmp_path):
+    path = tmp_path / "cut.npz"
+    _small_model().save(str(path))
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"cut\.npz"):
+        tn.Sequential.load(str(path))
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Error messages (issue 2, item 8)
+# ════════════════════════════════════════════════════════════════════════════
+
+@pytest.mark.parametrize("shape", [(2, 5), (2, 3), (4,), (2, 4, 1), (2, 1, 4)])
+def test_linear_wrong_input_width_or_rank(shape):
+    with pytest.raises(ValueError, match=rf"Linear\(4, 3\): expected 2-D input with 4 features.*"
+                                         rf"got shape {re.escape(str(shape))}"):
+        tn.Linear(4, 3)(np.zeros(shape))
+
+
+def test_sequential_wrong_width_names_the_inner_layer():
+    model = tn.Sequential(tn.Linear(4, 8), tn.ReLU(), tn.Linear(7, 2))
+    with pytest.raises(ValueError, match=r"Linear\(7, 2\).*7 features.*\(3, 8\)"):
+        model.predict(np.zeros((3, 4)))
+
+
+@pytest.mark.parametrize("name", ["CrossEntropyLoss", "NLLLoss"])
+@pytest.mark.parametrize("labels,exc,pattern", [
+    ([0, 1, 3], ValueError, r"labels must be in \[0, 3\), got min 0 max 3"),
+    ([0, 7, 2], ValueError, r"labels must be in \[0, 3\), got min 0 max 7"),
+    ([0, -1, 2], ValueError, r"labels must be in \[0, 3\), got min -1 max 2"),
+    ([0.0, 1.0, 2.0], TypeError, r"expected integer class labels, got dtype float64"),
+    ([0.5, 1.0, 2.0], TypeError, r"expected integer class labels, got dtype float64"),
+    ([True, False, True], TypeError, r"expected integer class labels, got dtype bool"),
+], ids=["too-large", "much-too-large", "negative", "integral-floats", "floats", "bools"])
+def test_classification_loss_bad_labels(name, labels, exc, pattern):
+    with pytest.raises(exc, match=f"{name}: {pattern}"):
+        getattr(tn, name)()(np.zeros((3, 3)), np.array(labels))
+
+
+@pytest.mark.parametrize("name", ["CrossEntropyLoss", "NLLLoss"])
+@pytest.mark.parametrize("pred_shape,target_shape,pattern", [
+    ((4, 3), (5,), r"expected target of shape \(4,\) for pred \(4, 3\), got \(5,\)"),
+    ((4, 3), (4, 3), r"expected target of shape \(4,\) for pred \(4, 3\), got \(4, 3\)"),
+    ((4,), (4,), r"expected pred of shape \(N, C\), got \(4,\)"),
+    ((2, 3, 4), (2,), r"expected pred of shape \(N, C\), got \(2, 3, 4\)"),
+], ids=["target-longer", "target-2d", "pred-1d", "pred-3d"])
+def test_classification_loss_shape_mismatch(name, pred_shape, target_shape, pattern):
+    with pytest.raises(ValueError, match=f"{name}: {pattern}"):
+        getattr(tn, name)()(np.zeros(pred_shape), np.zeros(target_shape, np.int64))
+
+
+@pytest.mark.parametrize("pred_shape,target_shape", [((4, 3), (4,)), ((4,), (4, 1)), ((4, 3), (3, 4))])
+def test_mse_shape_mismatch(pred_shape, target_shape):
+    with pytest.raises(ValueError, match=rf"MSELoss: .*same shape, got {re.escape(str(pred_shape))} "
+                                         rf"and {re.escape(str(target_shape))}"):
+        tn.MSELoss()(np.zeros(pred_shape), np.zeros(target_shape))
+
+
+def _compiled(lr=0.1, loss=None, **kw):
+    model = _small_model()
+    return model.compile(tn.SGD(model.parameters(), lr=lr, **kw), loss or tn.CrossEntropyLoss())
+
+
+def test_fit_xy_length_mismatch():
+    with pytest.raises(ValueError, match=r"Sequential\.fit: X has 10 samples but y has 9"):
+        _compiled().fit(np.zeros((10, 4)), np.zeros(9, np.int64), verbose=0)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", ["X", "y"])
+def test_fit_rejects_non_finite_inputs(where, bad):
+    X, y = randn(0, (10, 4)), tn.one_hot(np.arange(10) % 3, 3)
+    (X if where == "X" else y)[3, 1] = bad
+    model = _compiled(loss=tn.MSELoss())
+    with pytest.raises(ValueError, match=rf"Sequential\.fit: {where} contains NaN or Inf"):
+        model.fit(X, y, verbose=0)
+
+
+def test_fit_non_finite_loss_names_epoch_and_batch():
+    X, y = randn(0, (64, 4)), np.arange(64) % 3
+    model = _compiled(lr=1e30)
+    with np.errstate(all="ignore"), pytest.raises(ValueError, match=r"Sequential\.fit: the loss became (nan|inf) "
+                                                                     r"at epoch 1, batch 2 \(lr 1e\+30\)"):
+        model.fit(X, y, epochs=3, batch_size=16, verbose=0)
+
+
+def test_fit_non_finite_loss_in_a_later_epoch():
+    X, y = randn(0, (32, 4)), np.arange(32) % 3
+    model = _compiled()
+    model.fit(X, y, epochs=1, batch_size=16, verbose=0)
+    model.optimizer.lr = 1e30
+    with np.errstate(all="ignore"), pytest.raises(ValueError, match=r"at epoch 2, batch 1"):
+        model.fit(X, y, epochs=2, batch_size=32, verbose=0)
+
+
+@pytest.mark.parametrize("p", [-0.1, 1, 1.0, 1.5, float("nan")])
+def test_dropout_p_out_of_range(p):
+    with pytest.raises(ValueError, match=rf"Dropout: p must be in \[0, 1\), got {re.escape(str(p))}"):
+        tn.Dropout(p)
+
+
+@pytest.mark.parametrize("lr", [-0.1, -1e-5])
+def test_negative_learning_rate(lr):
+    with pytest.raises(ValueError, match=rf"SGD: .*lr.*{re.escape(str(lr))}"):
+        tn.SGD(tn.Linear(2, 2).parameters(), lr=lr)
+
+
+def test_fit_and_evaluate_need_compile():
+    with pytest.raises(RuntimeError, match=r"Sequential\.fit: call compile"):
+        _small_model().fit(np.zeros((4, 4)), np.zeros(4, np.int64), verbose=0)
+    with pytest.raises(RuntimeError, match=r"Sequential\.evaluate: call compile"):
+        _small_model().evaluate(np.zeros((4, 4)), np.zeros(4, np.int64))
+
+
+def test_compile_and_add_type_errors():
+    model = _small_model()
+    with pytest.raises(TypeError, match=r"Sequential\.compile: loss must be a Loss instance.*'mse'"):
+        model.compile(tn.SGD(model.parameters(), lr=0.1), "mse")
+    with pytest.raises(TypeError, match=r"Sequential\.compile: loss must be a Loss instance"):
+        model.compile(tn.SGD(model.parameters(), lr=0.1), tn.MSELoss)
+    with pytest.raises(ValueError, match=r"Sequential\.compile: unknown metrics \['f1'\]"):
+        model.compile(tn.SGD(model.parameters(), lr=0.1), tn.MSELoss(), metrics=("accuracy", "f1"))
+    with pytest.raises(TypeError, match=r"Sequential\.add: expected a Layer, got function"):
+        tn.Sequential(tn.Linear(2, 2), lambda x: x)
+
+
+def test_fit_validation_split_out_of_range():
+    with pytest.raises(ValueError, match=r"Sequential\.fit: validation_split must be in \(0, 1\), got 1\.5"):
+        _compiled().fit(np.zeros((8, 4)), np.zeros(8, np.int64), validation_split=1.5, verbose=0)
+
+
+def test_one_hot_and_minibatches_errors():
+    np.testing.assert_array_equal(tn.one_hot(np.array([2, 0]), 3), [[0, 0, 1], [1, 0, 0]])
+    assert tn.one_hot(np.array([1]), 2).dtype == np.float32
+    with pytest.raises(ValueError, match=r"one_hot: labels must be in \[0, 3\), got min 0 max 3"):
+        tn.one_hot(np.array([0, 3]), 3)
+    with pytest.raises(ValueError, match=r"one_hot: labels must be in \[0, 3\), got min -2 max 1"):
+        tn.one_hot(np.array([-2, 1]), 3)
+    with pytest.raises(TypeError, match=r"one_hot: expected 1-D integer labels, got dtype float64"):
+        tn.one_hot(np.array([0.0, 1.0]), 3)
+    with pytest.raises(ValueError, match=r"minibatches: X has 5 samples but y has 4"):
+        next(tn.minibatches(np.zeros((5, 2)), np.zeros(4), 2))
+    with pytest.raises(ValueError, match=r"minibatches: batch_size must be >= 1, got 0"):
+        next(tn.minibatches(np.zeros((5, 2)), np.zeros(5), 0))
+
+
+def test_minibatches_partial_last_batch_and_pairing():
+    X, y = np.arange(23)[:, None] * np.ones((1, 2)), np.arange(23)
+    tn.manual_seed(0)
+    batches = list(tn.minibatches(X, y, 5))
+    assert [len(b[1]) for b in batches] == [5, 5, 5, 5, 3]
+    seen = np.concatenate([b[1] for b in batches])
+    assert sorted(seen) == list(range(23)) and not np.array_equal(seen, np.arange(23))
+    assert all(np.array_equal(xb[:, 0], yb) for xb, yb in batches)       # X and y rows stay paired
+    tn.manual_seed(0)
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in tn.minibatches(X, y, 5)]), seen)
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in tn.minibatches(X, y, 5, shuffle=False)]), y)
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# fit / evaluate / predict / summary / activations
+# ════════════════════════════════════════════════════════════════════════════
+
+class Spy(tn.Layer):
+    """Identity layer that records, per forward, (training flag, first column of x)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def forward(self, x):
+        self.calls.append((self.training, x[:, 0].copy()))
+        self._cache = True
+        return x
+
+    def backward(self, grad):
+        return grad
+
+
+def _spied(n_in=4, c=3, lr=0.05, dropout=0.0):
+    tn.manual_seed(0)
+    spy = Spy()
+    model = tn.Sequential(spy, tn.Linear(n_in, 8), tn.ReLU(), tn.Dropout(dropout), tn.Linear(8, c))
+    model.compile(tn.SGD(model.parameters(), lr=lr), tn.CrossEntropyLoss())
+    return model, spy
+
+
+def _id_data(n, n_in=4, c=3):
+    """Column 0 is the sample index (to see which samples fit used), the rest noise."""
+    X = randn(n, (n, n_in)).astype(np.float32)
+    X[:, 0] = np.arange(n)
+    return X, np.arange(n) % c
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_fit_keeps_last_partial_batch(shuffle):
+    model, spy = _spied()
+    X, y = _id_data(50)
+    model.fit(X, y, epochs=2, batch_size=16, shuffle=shuffle, verbose=0)
+    assert [len(ids) for _, ids in spy.calls] == [16, 16, 16, 2] * 2
+    assert all(training for training, _ in spy.calls)
+    for epoch in (spy.calls[:4], spy.calls[4:]):
+        ids = np.concatenate([c[1] for c in epoch])
+        assert sorted(ids) == list(range(50))
+        assert np.array_equal(ids, np.arange(50)) != shuffle
+
+
+def test_fit_validation_split_takes_the_tail():
+    model, spy = _spied()
+    X, y = _id_data(40)
+    hist = model.fit(X, y, epochs=2, batch_size=8, validation_split=0.25, verbose=0)
+    train_ids = np.concatenate([ids for training, ids in spy.calls if training])
+    val_ids = np.concatenate([ids for training, ids in spy.calls if not training])
+    assert sorted(train_ids) == sorted(list(range(30)) * 2)                # 30 training samples, each epoch
+    np.testing.assert_array_equal(val_ids, np.tile(np.arange(30, 40), 2))
+    assert hist.history["val_loss"][-1] == model.evaluate(X[30:], y[30:])["loss"]
+
+
+def test_fit_history_keys_and_lengths():
+    model, _ = _spied(lr=0.1)
+    X, y = _id_data(30)
+    X[:, 0] = 0
+    hist = model.fit(X, y, epochs=3, batch_size=8, validation_data=(X[:10], y[:10]), verbose=0)
+    assert isinstance(hist, tn.History) and hist.epoch == [0, 1, 2]
+    assert set(hist.history) == {"loss", "accuracy", "val_loss", "val_accuracy", "lr"}
+    assert all(len(v) == 3 for v in hist.history.values())
+    assert hist.history["lr"] == [0.1, 0.1, 0.1]
+    assert all(0 <= a <= 1 for a in hist.history["accuracy"] + hist.history["val_accuracy"])
+    hist = model.fit(X, y, epochs=2, verbose=0)
+    assert set(hist.history) == {"loss", "accuracy", "lr"}
+
+
+def test_history_to_csv(tmp_path):
+    model, _ = _spied()
+    X, y = _id_data(20)
+    hist = model.fit(X, y, epochs=2, verbose=0)
+    path = tmp_path / "history.csv"
+    hist.to_csv(str(path))
+    assert os.listdir(tmp_path) == ["history.csv"]
+    rows = path.read_text().splitlines()
+    assert rows[0] == "epoch,loss,accuracy,lr" and len(rows) == 3
+    assert [float(v) for v in rows[2].split(",")] == [1, hist.history["loss"][1], hist.history["accuracy"][1], 0.05]
+
+
+def test_fit_loss_is_sample_weighted_epoch_mean():
+    model, _ = _spied(lr=0.0)                     # lr 0: the weights never move
+    X, y = _id_data(50)
+    X[:, 0] = 0
+    hist = model.fit(X, y, epochs=1, batch_size=16, verbose=0)
+    res = model.evaluate(X, y)
+    assert hist.history["loss"][0] == pytest.approx(res["loss"], rel=1e-6)
+    assert hist.history["accuracy"][0] == res["accuracy"]
+
+
+def test_fit_verbose_0_silent_and_2_one_line_per_epoch(capsys):
+    model, _ = _spied()
+    X, y = _id_data(20)
+    model.fit(X, y, epochs=3, verbose=0)
+    assert capsys.readouterr() == ("", "")
+    model.fit(X, y, epochs=3, validation_split=0.2, verbose=2)
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert len(lines) == 3 and err == ""
+    for i, line in enumerate(lines):
+        assert line.startswith(f"epoch {i + 1}/3") and "loss" in line and "val_accuracy" in line
+
+
+def test_fit_verbose_1_progress_bar(capsys):
+    model, _ = _spied()
+    X, y = _id_data(20)
+    model.fit(X, y, epochs=2, batch_size=8, verbose=1)
+    out, err = capsys.readouterr()
+    assert "epoch 1/2" in err and "epoch 2/2" in err and "loss" in err
+
+
+def test_fit_steps_scheduler_per_epoch_or_per_batch():
+    class Counting:
+        steps = 0
+
+        def step(self):
+            self.steps += 1
+
+    class OneCycle(tn.OneCycleLR):
+        def __init__(self):
+            self.steps = 0
+
+        def step(self):
+            self.steps += 1
+
+    class Plateau(tn.ReduceLROnPlateau):
+        def __init__(self):
+            self.metrics = []
+
+        def step(self, metric):
+            self.metrics.append(metric)
+
+    X, y = _id_data(20)
+    for scheduler, expected in [(Counting(), 3), (OneCycle(), 3 * 3)]:
+        model, _ = _spied()
+        model.compile(model.optimizer, model.loss, scheduler=scheduler)
+        model.fit(X, y, epochs=3, batch_size=8, verbose=0)
+        assert scheduler.steps == expected
+    for split, key in [(0.25, "val_loss"), (0.0, "loss")]:
+        model, _ = _spied()
+        scheduler = Plateau()
+        model.compile(model.optimizer, model.loss, scheduler=scheduler)
+        hist = model.fit(X, y, epochs=3, batch_size=8, validation_split=split, verbose=0)
+        assert scheduler.metrics == hist.history[key]
+
+
+def _no_caches(model):
+    return all(layer._cache is None for layer in model.layers)
+
+
+def test_predict_evaluate_activations_batched_eval_mode_no_caches():
+    model, spy = _spied(dropout=0.5)
+    X, y = _id_data(10)
+    model.forward(X)                             # leaves training caches behind
+    spy.calls.clear()
+    out = model.predict(X, batch_size=4)
+    assert [len(ids) for _, ids in spy.calls] == [4, 4, 2] and not any(t for t, _ in spy.calls)
+    assert model.training and all(l.training for l in model.layers)     # mode restored
+    assert _no_caches(model)
+    model.eval()
+    np.testing.assert_allclose(out, model.forward(X), rtol=1e-6, atol=1e-6)     # dropout off in predict
+    model.train()
+    np.testing.assert_allclose(model.predict(X, batch_size=3), out, rtol=1e-6, atol=1e-6)
+    res = model.evaluate(X, y, batch_size=3)
+    assert _no_caches(model) and model.loss._cache is None
+    assert set(res) == {"loss", "accuracy"}
+    assert res["loss"] == pytest.approx(tn.CrossEntropyLoss()(out, y), rel=1e-6)
+    assert res["accuracy"] == np.mean(out.argmax(1) == y)
+    acts = model.activations(X, batch_size=4)
+    assert _no_caches(model)
+    assert [a.shape for a in acts] == [(10, 4), (10, 8), (10, 8), (10, 8), (10, 3)]
+    np.testing.assert_array_equal(acts[-1], out)
+    np.testing.assert_array_equal(acts[2], np.maximum(acts[1], 0))
+
+
+def test_evaluate_accuracy_with_one_hot_targets():
+    model, _ = _spied()
+    model.compile(model.optimizer, tn.MSELoss())
+    X, y = _id_data(12)
+    res = model.evaluate(X, tn.one_hot(y, 3))
+    assert res["accuracy"] == np.mean(model.predict(X).argmax(1) == y)
+
+
+def test_summary():
+    model = tn.Sequential(tn.Linear(4, 16), tn.ReLU(), tn.Dropout(0.2), tn.Linear(16, 3), tn.Softmax())
+    text = model.summary()
+    for piece in ["Linear(4, 16)", "(None, 16)", "80", "ReLU()", "Dropout(0.2)", "Linear(16, 3)", "(None, 3)", "51",
+                  "Softmax()", "Total params: 131"]:
+        assert piece in text, piece
+    assert len(text.splitlines()) == 5 + 4 and _no_caches(model)
+    conv_like = tn.Sequential(tn.Flatten(), tn.Linear(12, 50), tn.Tanh(), tn.Linear(50, 20))
+    with pytest.raises(ValueError, match=r"Sequential\.summary: give input_shape"):
+        conv_like.summary()
+    text = conv_like.summary(input_shape=(3, 4))
+    assert "(None, 12)" in text and "650" in text and "Total params: 1,670" in text
+    conv_like.predict(np.zeros((2, 3, 4)))
+    assert conv_like.summary() == text                                  # the last input shape is remembered
+
+
+def test_fit_is_deterministic_under_manual_seed():
+    def run(seed):
+        tn.manual_seed(seed)
+        model = tn.Sequential(tn.Linear(4, 16), tn.ReLU(), tn.Dropout(0.3), tn.Linear(16, 3))
+        model.compile(tn.SGD(model.parameters(), lr=0.1, momentum=0.9), tn.CrossEntropyLoss())
+        X, y = _id_data(40)
+        hist = model.fit(X / 40, y, epochs=3, batch_size=8, validation_split=0.2, verbose=0)
+        return hist.history, model.state_dict()
+    (h1, w1), (h2, w2), (h3, w3) = run(0), run(0), run(1)
+    assert h1 == h2
+    assert all(np.array_equal(w1[k], w2[k]) for k in w1)
+    assert h1 != h3
+
+
+def test_fit_casts_float64_inputs_to_model_dtype():
+    model, spy = _spied()
+    X, y = _id_data(10)
+    model.fit(X.astype(np.float64), y, epochs=1, verbose=0)
+    assert all(p.data.dtype == np.float32 for p in model.parameters())
+    assert model.predict(X.astype(np.float64)).dtype == np.float32
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Iris, end to end
+# ════════════════════════════════════════════════════════════════════════════
+
+def test_fit_iris_reaches_093_test_accuracy():
+    start = time.perf_counter()
+    X, y = tn.load_iris()
+    assert X.shape == (150, 4) and X.dtype == np.float32 and y.dtype == np.int64
+    assert np.bincount(y).tolist() == [50, 50, 50]
+    tn.manual_seed(0)
+    X_train, y_train, X_test, y_test = tn.train_val_split(X, y, 0.3)
+    assert len(X_train) == 105 and len(X_test) == 45
+    mean, std = X_train.mean(0), X_train.std(0)
+    X_train, X_test = (X_train - mean) / std, (X_test - mean) / std
+    model = tn.Sequential(tn.Linear(4, 16), tn.ReLU(), tn.Linear(16, 3))
+    model.compile(tn.SGD(model.parameters(), lr=0.05, momentum=0.9), tn.CrossEntropyLoss())
+    hist = model.fit(X_train, y_train, epochs=60, batch_size=16, verbose=0)
+    assert hist.history["loss"][-1] < hist.history["loss"][0] / 3
+    assert model.evaluate(X_test, y_test)["accuracy"] >= 0.93
+    assert time.perf_counter() - start < 10
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Dependencies
+# ════════════════════════════════════════════════════════════════════════════
+
+def test_import_loads_only_numpy_and_stdlib():
+    code = ("import json, sys; before = set(sys.modules); import tinynet; "
+            "print(json.dumps(sorted(set(sys.modules) - before)))")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.abspath(tn.__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    loaded = json.loads(out)
+    assert "tinynet" in loaded and "numpy" in loaded
+    foreign = [m for m in loaded if m.split(".")[0] not in sys.stdlib_module_names | {"numpy", "tinynet"}
+               and not re.fullmatch(r"_?cython_\w+", m)]     # registered by numpy's Cython extensions
+    assert foreign == []
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Optimizers and schedulers
+# ════════════════════════════════════════════════════════════════════════════
+
+# ── optimizers and schedulers against torch.optim, side by side ──────────────
+
+OPT_SHAPES = [(5, 3), (7,), (2, 3, 4, 4)]
+
+
+def _drive(opt_name, opt_kw, steps=60, sched=None, sched_kw=None, metrics=None, shapes=OPT_SHAPES):
+    """Run tinynet's and torch's optimizer (and scheduler) on the same random float64 gradients.
+
+    Returns, for each side: the parameters at the end, and per step the lr, get_last_lr()[0]
+    and momentum (SGD/RMSprop `momentum`, else `betas[0]`) in force for that step.
+    """
+    rng = np.random.default_rng(0)
+    init = [rng.standard_normal(s) for s in shapes]
+    ours = [tn.Parameter(a.copy()) for a in init]
+    theirs = [torch.tensor(a, requires_grad=True) for a in init]
+    opt, topt = getattr(tn, opt_name)(ours, **opt_kw), getattr(torch.optim, opt_name)(theirs, **opt_kw)
+    if sched:
+        s, ts = getattr(tn, sched)(opt, **sched_kw), getattr(torch.optim.lr_scheduler, sched)(topt, **sched_kw)
+    mom = "betas" if opt_name.startswith("Adam") else "momentum"
+    rec, trec = [], []
+    for i in range(steps):
+        group = topt.param_groups[0]
+        rec.append((opt.lr, s.get_last_lr()[0] if sched else opt.lr, np.ravel(getattr(opt, mom, 0.0))[0]))
+        trec.append((group["lr"], ts.get_last_lr()[0] if sched else group["lr"], np.ravel(group.get(mom, 0.0))[0]))
+        grads = [rng.standard_normal(sh) for sh in shapes]
+        opt.zero_grad()
+        for p, g in zip(ours, grads):
+            p.grad += g
+        opt.step()
+        for t, g in zip(theirs, grads):
+            t.grad = torch.tensor(g)
+        topt.step()
+        if sched:
+            args = () if metrics is None else (metrics[i],)
+            s.step(*args)
+            ts.step(*args)
+    return ([p.data for p in ours], np.array(rec)), ([t.detach().numpy() for t in theirs], np.array(trec))
+
+
+OPTIMIZER_CONFIGS = [
+    ("SGD", dict(lr=0.1)),
+    ("SGD", dict(lr=0.05, momentum=0.9)),
+    ("SGD", dict(lr=0.05, momentum=0.9, dampening=0.5)),
+    ("SGD", dict(lr=0.1, weight_decay=0.05)),
+    ("SGD", dict(lr=0.05, momentum=0.8, dampening=0.3, weight_decay=0.05)),
+    ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True)),
+    ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1)),
+    ("RMSprop", dict()),
+    ("RMSprop", dict(lr=0.005, alpha=0.9, eps=1e-4)),
+    ("RMSprop", dict(weight_decay=0.1)),
+    ("RMSprop", dict(momentum=0.9)),
+    ("RMSprop", dict(centered=True)),
+    ("RMSprop", dict(lr=0.003, alpha=0.95, momentum=0.5, centered=True, weight_decay=0.05)),
+    ("Adagrad", dict()),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.05)),
+    ("Adagrad", dict(weight_decay=0.1)),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.01, weight_decay=0.05, initial_accumulator_value=0.5, eps=1e-3)),
+    ("Adam", dict()),
+    ("Adam", dict(lr=0.01, betas=(0.8, 0.99), eps=1e-3)),
+    ("Adam", dict(lr=0.01, weight_decay=0.1)),
+    ("Adam", dict(lr=0.01, amsgrad=True)),
+    ("Adam", dict(lr=0.01, betas=(0.5, 0.9), weight_decay=0.05, amsgrad=True)),
+    ("AdamW", dict()),
+    ("AdamW", dict(lr=0.01, weight_decay=0.3)),
+    ("AdamW", dict(lr=0.01, weight_decay=0.0, betas=(0.7, 0.95))),
+    ("AdamW", dict(lr=0.01, weight_decay=0.1, amsgrad=True)),
+]
+
+
+@pytest.mark.parametrize("name, kw", OPTIMIZER_CONFIGS)
+def test_optimizer_matches_torch(name, kw):
+    (ours, _), (theirs, _) = _drive(name, kw, steps=60)
+    for a, b, a0 in zip(ours, theirs, _drive(name, kw, steps=0)[0][0]):
+        assert not np.allclose(a, a0)          # the parameters did move
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+def _lion_reference(p, grads, lr, betas, weight_decay):
+    """Chen et al. 2023, Algorithm 2 (Lion), written out step by step."""
+    beta1, beta2 = betas
+    m = np.zeros_like(p)
+    for g in grads:
+        c = beta1 * m + (1 - beta1) * g                  # interpolation
+        p = p - lr * (np.sign(c) + weight_decay * p)     # sign update + decoupled weight decay
+        m = beta2 * m + (1 - beta2) * g                  # momentum update
+    return p
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(lr=1e-3, betas=(0.95, 0.98), weight_decay=0.1),
+                                dict(lr=3e-3, betas=(0.0, 0.5), weight_decay=1.0)])
+def test_lion_matches_paper(kw):
+    rng = np.random.default_rng(1)
+    init = [rng.standard_normal(s) for s in OPT_SHAPES]
+    params = [tn.Parameter(a.copy()) for a in init]
+    opt = tn.Lion(params, **kw)
+    grads = [[rng.standard_normal(s) for s in OPT_SHAPES] for _ in range(60)]
+    for step in grads:
+        opt.zero_grad()
+        for p, g in zip(params, step):
+            p.grad += g
+        opt.step()
+    full = dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0) | kw
+    for i, (p, a) in enumerate(zip(params, init)):
+        np.testing.assert_allclose(p.data, _lion_reference(a, [s[i] for s in grads], **full), rtol=1e-10, atol=1e-13)
+
+
+ALL_OPTIMIZERS = [(n, kw) for n, kw in OPTIMIZER_CONFIGS if n != "SGD" or kw.get("momentum")] + [
+    ("Lion", dict(weight_decay=0.1))]
+
+
+@pytest.mark.parametrize("name, kw", ALL_OPTIMIZERS)
+def test_optimizer_keeps_float32_and_keys_state_by_parameter(name, kw):
+    a, b = tn.Parameter(np.ones((3, 2), np.float32)), tn.Parameter(np.ones((3, 2), np.float32))
+    opt = getattr(tn, name)([a, b], **kw)
+    for _ in range(3):
+        a.grad[...], b.grad[...] = 0.5, -0.25
+        opt.step()
+    assert set(opt.state) == {a, b}                      # one entry per Parameter object, same shapes
+    assert a.data.dtype == b.data.dtype == np.float32
+    assert all(v.dtype == np.float32 for st in opt.state.values() for v in st.values() if isinstance(v, np.ndarray))
+    assert not np.allclose(a.data, b.data)               # their states did not mix
+
+
+def test_optimizer_lr_is_writable_and_zero_grad():
+    p = tn.Parameter(np.ones(3, np.float32))
+    opt = tn.SGD([p], lr=0.1)
+    opt.lr = np.float64(0.5)
+    assert opt.lr == 0.5 and type(opt.lr) is float      # a NumPy scalar would promote float32 math
+    p.grad[...] = 1.0
+    opt.step()
+    np.testing.assert_array_equal(p.data, 0.5)
+    opt.zero_grad()
+    np.testing.assert_array_equal(p.grad, 0.0)
+
+
+OPTIMIZER_INVALID = [
+    ("SGD", dict(lr=-0.1), "SGD: expected lr >= 0, got -0.1"),
+    ("SGD", dict(lr=0.1, momentum=-0.5), "SGD: expected momentum >= 0, got -0.5"),
+    ("SGD", dict(lr=0.1, weight_decay=-1e-4), "SGD: expected weight_decay >= 0, got -0.0001"),
+    ("SGD", dict(lr=0.1, nesterov=True), r"SGD: nesterov=True expects momentum > 0 and dampening = 0, got momentum=0"),
+    ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.1, nesterov=True), r"dampening = 0, got .*dampening=0.1"),
+    ("RMSprop", dict(lr=-1.0), "RMSprop: expected lr >= 0, got -1.0"),
+    ("RMSprop", dict(alpha=-0.5), "RMSprop: expected alpha >= 0, got -0.5"),
+    ("RMSprop", dict(eps=-1e-8), "RMSprop: expected eps >= 0, got -1e-08"),
+    ("RMSprop", dict(momentum=-0.9), "RMSprop: expected momentum >= 0, got -0.9"),
+    ("RMSprop", dict(weight_decay=-0.1), "RMSprop: expected weight_decay >= 0, got -0.1"),
+    ("Adagrad", dict(lr=-0.01), "Adagrad: expected lr >= 0, got -0.01"),
+    ("Adagrad", dict(lr_decay=-0.1), "Adagrad: expected lr_decay >= 0, got -0.1"),
+    ("Adagrad", dict(weight_decay=-0.1), "Adagrad: expected weight_decay >= 0, got -0.1"),
+    ("Adagrad", dict(initial_accumulator_value=-1.0), "Adagrad: expected initial_accumulator_value >= 0, got -1.0"),
+    ("Adagrad", dict(eps=-1.0), "Adagrad: expected eps >= 0, got -1.0"),
+    ("Adam", dict(lr=-1e-3), "Adam: expected lr >= 0, got -0.001"),
+    ("Adam", dict(eps=-1e-8), "Adam: expected eps >= 0, got -1e-08"),
+    ("Adam", dict(betas=(1.0, 0.999)), r"Adam: expected betas\[0\] in \[0, 1\), got 1.0"),
+    ("Adam", dict(betas=(-0.1, 0.999)), r"Adam: expected betas\[0\] in \[0, 1\), got -0.1"),
+    ("Adam", dict(betas=(0.9, 1.5)), r"Adam: expected betas\[1\] in \[0, 1\), got 1.5"),
+    ("Adam", dict(weight_decay=-0.1), "Adam: expected weight_decay >= 0, got -0.1"),
+    ("AdamW", dict(lr=-1e-3), "AdamW: expected lr >= 0, got -0.001"),
+    ("AdamW", dict(eps=-1.0), "AdamW: expected eps >= 0, got -1.0"),
+    ("AdamW", dict(betas=(0.9, 1.0)), r"AdamW: expected betas\[1\] in \[0, 1\), got 1.0"),
+    ("AdamW", dict(weight_decay=-0.01), "AdamW: expected weight_decay >= 0, got -0.01"),
+    ("Lion", dict(lr=-1e-4), "Lion: expected lr >= 0, got -0.0001"),
+    ("Lion", dict(betas=(1.0, 0.99)), r"Lion: expected betas\[0\] in \[0, 1\), got 1.0"),
+    ("Lion", dict(betas=(0.9, -0.99)), r"Lion: expected betas\[1\] in \[0, 1\), got -0.99"),
+    ("Lion", dict(weight_decay=-1.0), "Lion: expected weight_decay >= 0, got -1.0"),
+]
+
+
+@pytest.mark.parametrize("name, kw, match", OPTIMIZER_INVALID)
+def test_optimizer_validation(name, kw, match):
+    with pytest.raises(ValueError, match=match):
+        getattr(tn, name)([tn.Parameter(np.zeros(2))], **kw)
+    if name != "Lion":                                   # torch rejects the same arguments
+        with pytest.raises(ValueError):
+            getattr(torch.optim, name)([torch.zeros(2, requires_grad=True)], **kw)
+
+
+@pytest.mark.parametrize("name", ["SGD", "RMSprop", "Adagrad", "Adam", "AdamW", "Lion"])
+def test_optimizer_rejects_empty_or_non_parameters(name):
+    with pytest.raises(ValueError, match=f"{name}: expected a non-empty iterable of Parameters, got an empty one"):
+        getattr(tn, name)(iter([]), lr=0.1)
+    with pytest.raises(TypeError, match=f"{name}: expected Parameters, got ndarray"):
+        getattr(tn, name)([np.zeros(2)], lr=0.1)
+
+
+# ── schedulers ────────────────────────────────────────────────────────────────
+
+SCHEDULER_CONFIGS = [
+    ("StepLR", dict(step_size=7, gamma=0.5)),
+    ("StepLR", dict(step_size=30)),
+    ("MultiStepLR", dict(milestones=[10, 30, 30, 80], gamma=0.5)),
+    ("MultiStepLR", dict(milestones=[0, 50, 100])),
+    ("ExponentialLR", dict(gamma=0.97)),
+    ("ExponentialLR", dict(gamma=0.9)),
+    ("LinearLR", dict()),
+    ("LinearLR", dict(start_factor=0.05, total_iters=40)),
+    ("LinearLR", dict(start_factor=1.0, end_factor=0.1, total_iters=60)),
+    ("CosineAnnealingLR", dict(T_max=30)),
+    ("CosineAnnealingLR", dict(T_max=100, eta_min=0.001)),
+    ("CosineAnnealingWarmRestarts", dict(T_0=10)),
+    ("CosineAnnealingWarmRestarts", dict(T_0=5, T_mult=2, eta_min=0.01)),
+    ("OneCycleLR", dict(max_lr=1.0, total_steps=150)),
+    ("OneCycleLR", dict(max_lr=0.5, total_steps=150, anneal_strategy="linear")),
+    ("OneCycleLR", dict(max_lr=0.3, total_steps=150, pct_start=0.25, three_phase=True)),
+    ("OneCycleLR", dict(max_lr=0.3, epochs=10, steps_per_epoch=15, anneal_strategy="linear", three_phase=True,
+                        div_factor=10.0, final_div_factor=100.0, cycle_momentum=False)),
+]
+
+
+@pytest.mark.parametrize("sched, kw", SCHEDULER_CONFIGS)
+def test_scheduler_matches_torch(sched, kw):
+    opt_kw = dict(lr=0.1, momentum=0.9)
+    (ours, rec), (theirs, trec) = _drive("SGD", opt_kw, steps=150, sched=sched, sched_kw=kw)
+    assert len(set(rec[:, 0])) > 2                       # the lr does change
+    np.testing.assert_allclose(rec, trec, rtol=1e-13, atol=0)   # lr, get_last_lr and momentum at every step
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("opt_name, opt_kw", [("Adam", dict(lr=0.01)), ("AdamW", dict(betas=(0.9, 0.9))),
+                                              ("SGD", dict(lr=0.1)), ("RMSprop", dict())])
+@pytest.mark.parametrize("kw", [dict(max_lr=0.05, total_steps=100),
+                                dict(max_lr=0.02, total_steps=120, base_momentum=0.7, max_momentum=0.9,
+                                     three_phase=True, anneal_strategy="linear")])
+def test_one_cycle_cycles_momentum_like_torch(opt_name, opt_kw, kw):
+    (ours, rec), (theirs, trec) = _drive(opt_name, opt_kw, steps=kw["total_steps"], sched="OneCycleLR", sched_kw=kw)
+    lo, hi = kw.get("base_momentum", 0.85), kw.get("max_momentum", 0.95)
+    np.testing.assert_allclose(rec[:, 2].min(), lo), np.testing.assert_allclose(rec[:, 2].max(), hi)
+    np.testing.assert_allclose(rec, trec, rtol=1e-13, atol=0)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_one_cycle_lion_cycles_beta1():
+    opt = tn.Lion([tn.Parameter(np.zeros(2))])
+    sched = tn.OneCycleLR(opt, max_lr=1e-3, total_steps=10)
+    assert opt.betas == (0.95, 0.99)
+    for _ in range(3):
+        sched.step()
+    assert 0.85 <= opt.betas[0] < 0.95 and opt.betas[1] == 0.99
+
+
+def _plateau_metrics():
+    rng = np.random.default_rng(2)
+    return np.concatenate([np.linspace(1.0, 0.5, 20), np.full(15, 0.5), 0.5 - 1e-6 * np.arange(12),
+                           0.49 - 3e-4 * np.arange(12),   # steps above rel 1e-4, below abs 1e-3
+                           np.linspace(0.48, 0.3, 10), 0.3 + 0.05 * rng.random(30), np.full(13, 0.2)])
+
+
+@pytest.mark.parametrize("kw, sign, lr", [
+    (dict(), 1, 0.1),
+    (dict(mode="max", factor=0.5, patience=3, threshold=0.01, cooldown=2), -1, 0.1),
+    (dict(threshold_mode="abs", threshold=0.001, patience=2, cooldown=1, factor=0.5, min_lr=1e-4), 1, 0.1),
+    (dict(mode="max", threshold_mode="abs", threshold=0.0, patience=0, factor=0.5), 1, 1e-6),   # eps stops it
+])
+def test_reduce_lr_on_plateau_matches_torch(kw, sign, lr):
+    metrics = sign * _plateau_metrics()
+    (ours, rec), (theirs, trec) = _drive("SGD", dict(lr=lr, momentum=0.9), steps=len(metrics),
+                                         sched="ReduceLROnPlateau", sched_kw=kw, metrics=metrics)
+    assert len(metrics) >= 100 and len(set(rec[:, 0])) > 2
+    np.testing.assert_allclose(rec, trec, rtol=1e-13, atol=0)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+SCHEDULER_INVALID = [
+    ("LinearLR", dict(start_factor=0.0), r"LinearLR: expected start_factor in \(0, 1\], got 0.0"),
+    ("LinearLR", dict(end_factor=1.5), r"LinearLR: expected end_factor in \[0, 1\], got 1.5"),
+    ("CosineAnnealingWarmRestarts", dict(T_0=0), "CosineAnnealingWarmRestarts: expected a positive integer T_0, got 0"),
+    ("CosineAnnealingWarmRestarts", dict(T_0=10, T_mult=0), "expected an integer T_mult >= 1, got 0"),
+    ("OneCycleLR", dict(max_lr=0.1), r"OneCycleLR: expected a positive integer total_steps \(or epochs and "
+                                     r"steps_per_epoch\), got None"),
+    ("OneCycleLR", dict(max_lr=0.1, total_steps=0), "expected a positive integer total_steps .*got 0"),
+    ("OneCycleLR", dict(max_lr=0.1, epochs=0, steps_per_epoch=10),
+     "OneCycleLR: expected a positive integer epochs, got 0"),
+    ("OneCycleLR", dict(max_lr=0.1, total_steps=10, pct_start=1.5), r"expected a float pct_start in \[0, 1\], got 1.5"),
+    ("OneCycleLR", dict(max_lr=0.1, total_steps=10, anneal_strategy="exp"),
+     "OneCycleLR: expected anneal_strategy 'cos' or 'linear', got 'exp'"),
+    ("ReduceLROnPlateau", dict(factor=1.0), "ReduceLROnPlateau: expected factor < 1.0, got 1.0"),
+    ("ReduceLROnPlateau", dict(mode="mean"), "ReduceLROnPlateau: expected mode 'min' or 'max', got 'mean'"),
+    ("ReduceLROnPlateau", dict(threshold_mode="pct"), "expected threshold_mode 'rel' or 'abs', got 'pct'"),
+]
+
+
+@pytest.mark.parametrize("name, kw, match", SCHEDULER_INVALID)
+def test_scheduler_validation(name, kw, match):
+    with pytest.raises(ValueError, match=match):
+        getattr(tn, name)(tn.SGD([tn.Parameter(np.zeros(2))], lr=0.1), **kw)
+    with pytest.raises(ValueError):
+        getattr(torch.optim.lr_scheduler, name)(torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1), **kw)
+
+
+def test_scheduler_errors_beyond_torch_validation():
+    opt = tn.Adagrad([tn.Parameter(np.zeros(2))])
+    with pytest.raises(ValueError, match="OneCycleLR: cycle_momentum=True expects an optimizer with momentum or "
+                                         "betas, got Adagrad"):
+        tn.OneCycleLR(opt, max_lr=0.1, total_steps=10)
+    sched = tn.OneCycleLR(opt, max_lr=0.1, total_steps=3, cycle_momentum=False)
+    for _ in range(3):
+        sched.step()
+    with pytest.raises(ValueError, match="OneCycleLR: stepped 4 times, but total_steps is 3"):
+        sched.step()
+    with pytest.raises(TypeError, match="StepLR: expected an Optimizer, got list"):
+        tn.StepLR([], step_size=2)
+    with pytest.raises(TypeError, match="ReduceLROnPlateau: expected an Optimizer, got NoneType"):
+        tn.ReduceLROnPlateau(None)
+
+
+# ── schedulers with Sequential.fit ───────────────────────────────────────────
+
+def _fit_data(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 4)).astype(np.float32)
+    return X, (X @ rng.standard_normal((4, 3))).argmax(1)
+
+
+def _fit_model(opt_cls=None, **opt_kw):
+    tn.manual_seed(0)
+    model = tn.Sequential([tn.Linear(4, 8), tn.ReLU(), tn.Linear(8, 3)])
+    return model, (opt_cls or tn.SGD)(model.parameters(), **opt_kw)
+
+
+def _torch_lrs(sched, kw, steps, metrics=None, lr=0.1):
+    """torch's lr before each of `steps` scheduler steps, and after the last (metrics: ReduceLROnPlateau's)."""
+    topt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr, momentum=0.9)
+    ts, lrs = getattr(torch.optim.lr_scheduler, sched)(topt, **kw), []
+    for i in range(steps):
+        lrs.append(topt.param_groups[0]["lr"])
+        topt.step()
+        ts.step(*(() if metrics is None else (metrics[i],)))
+    return lrs + [topt.param_groups[0]["lr"]]
+
+
+def test_fit_steps_epoch_scheduler_per_epoch():
+    X, y = _fit_data()
+    model, opt = _fit_model(lr=0.1, momentum=0.9)
+    model.compile(opt, tn.CrossEntropyLoss(), scheduler=tn.CosineAnnealingLR(opt, T_max=4, eta_min=0.01))
+    hist = model.fit(X, y, epochs=6, batch_size=16, verbose=0)
+    expected = _torch_lrs("CosineAnnealingLR", dict(T_max=4, eta_min=0.01), 6)
+    np.testing.assert_allclose(hist.history["lr"], expected[:6], rtol=1e-13)
+    assert opt.lr == pytest.approx(expected[6], rel=1e-13)
+
+
+def test_fit_steps_one_cycle_per_batch():
+    X, y = _fit_data()                                         # 64 samples / 16 = 4 batches per epoch
+    model, opt = _fit_model(tn.Adam)
+    sched = tn.OneCycleLR(opt, max_lr=0.05, epochs=3, steps_per_epoch=4)
+    model.compile(opt, tn.CrossEntropyLoss(), scheduler=sched)
+    hist = model.fit(X, y, epochs=3, batch_size=16, verbose=0)
+    expected = _torch_lrs("OneCycleLR", dict(max_lr=0.05, total_steps=12), 12)
+    np.testing.assert_allclose(hist.history["lr"], expected[:12:4], rtol=1e-13)
+    assert sched.last_epoch == 12 and opt.lr == pytest.approx(expected[12], rel=1e-13)
+
+
+def test_fit_feeds_val_loss_to_reduce_lr_on_plateau():
+    X, y = _fit_data()
+    Xv, yv = X[:32], (y[:32] + 1) % 3                     # wrong labels: val_loss rises while loss falls
+    model, opt = _fit_model(lr=0.1, momentum=0.9)
+    kw = dict(patience=0, factor=0.5)
+    model.compile(opt, tn.CrossEntropyLoss(), scheduler=tn.ReduceLROnPlateau(opt, **kw))
+    hist = model.fit(X, y, epochs=8, batch_size=16, validation_data=(Xv, yv), verbose=0).history
+    expected = _torch_lrs("ReduceLROnPlateau", kw, 8, hist["val_loss"])
+    assert expected != _torch_lrs("ReduceLROnPlateau", kw, 8, hist["loss"])   # the test tells them apart
+    np.testing.assert_allclose(hist["lr"] + [opt.lr], expected, rtol=1e-13)
+
+
+def test_fit_feeds_train_loss_to_reduce_lr_on_plateau_without_validation():
+    X, y = _fit_data()
+    model, opt = _fit_model(lr=0.1, momentum=0.9)
+    kw = dict(mode="max", patience=1, factor=0.5)         # a falling loss is "no improvement" in max mode
+    model.compile(opt, tn.CrossEntropyLoss(), scheduler=tn.ReduceLROnPlateau(opt, **kw))
+    hist = model.fit(X, y, epochs=8, batch_size=16, verbose=0).history
+    expected = _torch_lrs("ReduceLROnPlateau", kw, 8, hist["loss"])
+    assert len(set(expected)) > 2
+    np.testing.assert_allclose(hist["lr"] + [opt.lr], expected, rtol=1e-13)
 
 
 # ════════════════════════════════════════════════════════════════════════════

@@ -11,6 +11,7 @@ schedulers · Sequential and History · gradient check · data · plots.
 Only numpy is imported at module level; tqdm, matplotlib and scipy are
 imported inside the functions that need them.
 """
+from collections import Counter
 import contextlib
 import gzip
 import hashlib
@@ -409,6 +410,530 @@ class MSELoss(Loss):
 
 
 # ════════════════════════════════════════════════════════════════════════════
+# Optimizers
+# ════════════════════════════════════════════════════════════════════════════
+
+class Optimizer:
+    """Base class: `step()` updates every parameter in place from its `.grad`.
+
+    Holds one parameter group: the hyperparameters are attributes (`lr`,
+    `momentum`, `betas`, ...) that may be changed between steps (schedulers
+    write `lr`, and OneCycleLR `momentum` or `betas[0]`). `state[p]` is the
+    per-parameter state (a dict, keyed by the Parameter object itself),
+    created at p's first step in the dtype of `p.data`. `initial_lr` is set
+    by the first scheduler attached (PyTorch's `param_group["initial_lr"]`).
+    Updates are in place and stay in the dtype of `p.data`.
+    """
+
+    def __init__(self, params, lr, **hyper):
+        name = type(self).__name__
+        self.params = list(params)
+        if not self.params:
+            raise ValueError(f"{name}: expected a non-empty iterable of Parameters, got an empty one")
+        for p in self.params:
+            if not isinstance(p, Parameter):
+                raise TypeError(f"{name}: expected Parameters, got {type(p).__name__}")
+        for k, v in dict(lr=lr, **hyper).items():     # PyTorch's checks: every number >= 0
+            if k == "betas":
+                for i, b in enumerate(v):
+                    if not 0.0 <= b < 1.0:
+                        raise ValueError(f"{name}: expected betas[{i}] in [0, 1), got {b}")
+            elif not isinstance(v, bool) and not v >= 0.0:
+                raise ValueError(f"{name}: expected {k} >= 0, got {v}")
+        self.lr, self.initial_lr, self.state = lr, None, {}
+        for k, v in hyper.items():   # plain Python floats: a NumPy float64 scalar would promote float32 math
+            setattr(self, k, v if isinstance(v, bool) else tuple(map(float, v)) if k == "betas" else float(v))
+
+    @property
+    def lr(self):
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        self._lr = float(value)
+
+    def zero_grad(self):
+        for p in self.params:
+            p.zero_grad()
+
+    def _grad(self, p):
+        """g = p.grad + weight_decay * p.data: PyTorch's (coupled) L2 weight decay."""
+        if not self.weight_decay:
+            return p.grad
+        g = p.data * self.weight_decay
+        g += p.grad
+        return g
+
+    def step(self):
+        raise NotImplementedError
+
+    def __repr__(self):
+        hyper = {k.lstrip("_"): v for k, v in vars(self).items() if k not in ("params", "initial_lr", "state")}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in hyper.items())})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, optionally with momentum (PyTorch's form).
+
+        g = grad + weight_decay * p
+        b = g                                   at the first step (no dampening)
+        b = momentum * b + (1 - dampening) * g  afterwards
+        g = g + momentum * b  if nesterov  else  b        (when momentum != 0)
+        p = p - lr * g
+    """
+
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False):
+        super().__init__(params, lr, momentum=momentum, dampening=dampening,
+                         weight_decay=weight_decay, nesterov=nesterov)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError(f"SGD: nesterov=True expects momentum > 0 and dampening = 0, "
+                             f"got momentum={momentum}, dampening={dampening}")
+
+    def step(self):
+        lr, mu = self.lr, self.momentum
+        for p in self.params:
+            g = self._grad(p)
+            if mu:
+                st = self.state.setdefault(p, {})
+                b = st.get("momentum_buffer")
+                if b is None:
+                    b = st["momentum_buffer"] = g.copy()
+                else:
+                    b *= mu
+                    b += (1 - self.dampening) * g
+                g = g + mu * b if self.nesterov else b
+            p.data -= lr * g
+
+
+class RMSprop(Optimizer):
+    """RMSprop (Hinton), PyTorch's form, all buffers starting at zero:
+
+        g = grad + weight_decay * p
+        v = alpha * v + (1 - alpha) * g²
+        centered:  gbar = alpha * gbar + (1 - alpha) * g,  d = sqrt(v - gbar²) + eps
+        else:      d = sqrt(v) + eps
+        momentum > 0:  b = momentum * b + g / d,  p = p - lr * b
+        else:          p = p - lr * g / d
+    """
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False):
+        super().__init__(params, lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                         momentum=momentum, centered=centered)
+
+    def step(self):
+        lr, alpha, mu = self.lr, self.alpha, self.momentum
+        for p in self.params:
+            st = self.state.get(p)
+            if st is None:
+                st = self.state[p] = {"step": 0, "square_avg": np.zeros_like(p.data)}
+                if mu > 0:
+                    st["momentum_buffer"] = np.zeros_like(p.data)
+                if self.centered:
+                    st["grad_avg"] = np.zeros_like(p.data)
+            st["step"] += 1
+            g, v = self._grad(p), st["square_avg"]
+            v *= alpha
+            v += (1 - alpha) * np.square(g)
+            if self.centered:
+                gbar = st["grad_avg"]
+                gbar *= alpha
+                gbar += (1 - alpha) * g
+                d = v - np.square(gbar)
+                np.sqrt(d, out=d)
+            else:
+                d = np.sqrt(v)
+            d += self.eps
+            np.divide(g, d, out=d)                                   # d = g / d
+            if mu > 0:
+                b = st["momentum_buffer"]
+                b *= mu
+                b += d
+                d = lr * b
+            else:
+                d *= lr
+            p.data -= d
+
+
+class Adagrad(Optimizer):
+    """Adagrad (Duchi et al. 2011), PyTorch's form, at step t = 1, 2, ...:
+
+        g = grad + weight_decay * p
+        s = s + g²                       (s starts at initial_accumulator_value)
+        p = p - lr / (1 + (t - 1) * lr_decay) * g / (sqrt(s) + eps)
+    """
+
+    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10):
+        super().__init__(params, lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                         initial_accumulator_value=initial_accumulator_value, eps=eps)
+
+    def step(self):
+        for p in self.params:
+            st = self.state.get(p)
+            if st is None:
+                st = self.state[p] = {"step": 0, "sum": np.full_like(p.data, self.initial_accumulator_value)}
+            st["step"] += 1
+            g, s = self._grad(p), st["sum"]
+            s += np.square(g)
+            d = np.sqrt(s)
+            d += self.eps
+            np.divide(g, d, out=d)
+            d *= self.lr / (1 + (st["step"] - 1) * self.lr_decay)
+            p.data -= d
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015), PyTorch's form, at step t = 1, 2, ...:
+
+        g = grad + weight_decay * p                 (AdamW: p = p * (1 - lr * weight_decay) instead)
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g²
+        amsgrad:  vmax = max(vmax, v), and vmax replaces v below
+        p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+    """
+    decoupled = False     # AdamW: weight decay shrinks p directly instead of entering g
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False):
+        super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+
+    def step(self):
+        lr, (beta1, beta2) = self.lr, self.betas
+        for p in self.params:
+            st = self.state.get(p)
+            if st is None:
+                st = self.state[p] = {"step": 0, "exp_avg": np.zeros_like(p.data),
+                                      "exp_avg_sq": np.zeros_like(p.data)}
+                if self.amsgrad:
+                    st["max_exp_avg_sq"] = np.zeros_like(p.data)
+            t = st["step"] = st["step"] + 1
+            if self.decoupled:
+                p.data *= 1 - lr * self.weight_decay
+                g = p.grad
+            else:
+                g = self._grad(p)
+            m, v = st["exp_avg"], st["exp_avg_sq"]
+            m *= beta1
+            m += (1 - beta1) * g
+            v *= beta2
+            v += (1 - beta2) * np.square(g)
+            if self.amsgrad:
+                v = np.maximum(st["max_exp_avg_sq"], v, out=st["max_exp_avg_sq"])
+            d = np.sqrt(v)
+            d /= math.sqrt(1 - beta2 ** t)
+            d += self.eps
+            np.divide(m, d, out=d)
+            d *= lr / (1 - beta1 ** t)
+            p.data -= d
+
+
+class AdamW(Adam):
+    """AdamW (Loshchilov & Hutter 2019): Adam with decoupled weight decay.
+
+        p = p * (1 - lr * weight_decay)        first, then Adam's update with g = grad
+    """
+    decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
+
+
+class Lion(Optimizer):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"):
+
+        p = p * (1 - lr * weight_decay)                       (decoupled, as AdamW)
+        p = p - lr * sign(beta1 * m + (1 - beta1) * g)
+        m = beta2 * m + (1 - beta2) * g                       (m starts at zero)
+    """
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0):
+        super().__init__(params, lr, betas=betas, weight_decay=weight_decay)
+
+    def step(self):
+        lr, (beta1, beta2) = self.lr, self.betas
+        for p in self.params:
+            st = self.state.get(p)
+            if st is None:
+                st = self.state[p] = {"exp_avg": np.zeros_like(p.data)}
+            g, m = p.grad, st["exp_avg"]
+            c = m * beta1
+            c += (1 - beta1) * g
+            d = np.sign(c)              # (not out=c: NumPy's in-place sign is ~10x slower)
+            d *= lr
+            if self.weight_decay:
+                p.data *= 1 - lr * self.weight_decay
+            p.data -= d
+            m *= beta2
+            m += (1 - beta2) * g
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Learning-rate schedulers
+# ════════════════════════════════════════════════════════════════════════════
+
+class LRScheduler:
+    """Base class: `step()` sets `optimizer.lr = get_lr()` for the next epoch.
+
+    Like PyTorch, the constructor records `optimizer.initial_lr` (the first
+    scheduler's starting lr, `base_lr` here) and performs the initial step, so
+    `optimizer.lr` and `get_last_lr()` equal PyTorch's from the start. Most
+    schedules are PyTorch's recursive ("chainable") forms, which update the
+    current lr, so the float results match PyTorch's exactly.
+    `last_epoch` counts the steps taken (0 after the constructor).
+    """
+
+    def __init__(self, optimizer):
+        self._attach(optimizer)
+        if optimizer.initial_lr is None:
+            optimizer.initial_lr = optimizer.lr
+        self.base_lr = optimizer.initial_lr
+        self.last_epoch = -1
+        self.step()
+
+    def _attach(self, optimizer):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{type(self).__name__}: expected an Optimizer, got {type(optimizer).__name__}")
+        self.optimizer = optimizer
+
+    def get_lr(self):
+        raise NotImplementedError
+
+    def step(self):
+        self.last_epoch += 1
+        self.optimizer.lr = self.get_lr()
+        self._last_lr = [self.optimizer.lr]
+
+    def get_last_lr(self):
+        return self._last_lr
+
+
+class StepLR(LRScheduler):
+    """lr = base_lr * gamma ** (epoch // step_size)."""
+
+    def __init__(self, optimizer, step_size, gamma=0.1):
+        self.step_size, self.gamma = step_size, gamma
+        super().__init__(optimizer)
+
+    def get_lr(self):
+        e, lr = self.last_epoch, self.optimizer.lr
+        return lr * self.gamma if e > 0 and e % self.step_size == 0 else lr
+
+
+class MultiStepLR(LRScheduler):
+    """lr = base_lr * gamma ** (number of milestones <= epoch); a repeated milestone counts twice."""
+
+    def __init__(self, optimizer, milestones, gamma=0.1):
+        self.milestones, self.gamma = Counter(milestones), gamma
+        super().__init__(optimizer)
+
+    def get_lr(self):
+        return self.optimizer.lr * self.gamma ** self.milestones[self.last_epoch]
+
+
+class ExponentialLR(LRScheduler):
+    """lr = base_lr * gamma ** epoch."""
+
+    def __init__(self, optimizer, gamma):
+        self.gamma = gamma
+        super().__init__(optimizer)
+
+    def get_lr(self):
+        return self.optimizer.lr * self.gamma if self.last_epoch > 0 else self.optimizer.lr
+
+
+class LinearLR(LRScheduler):
+    """Linear warm-up (or decay) of the lr factor from start_factor to end_factor over total_iters:
+
+        lr = base_lr * (start + (end - start) * min(epoch, total_iters) / total_iters)
+    computed recursively, as PyTorch does:
+        lr = lr * (1 + (end - start) / (total_iters * start + (epoch - 1) * (end - start)))
+    """
+
+    def __init__(self, optimizer, start_factor=1.0 / 3, end_factor=1.0, total_iters=5):
+        if not 0 < start_factor <= 1:
+            raise ValueError(f"LinearLR: expected start_factor in (0, 1], got {start_factor}")
+        if not 0 <= end_factor <= 1:
+            raise ValueError(f"LinearLR: expected end_factor in [0, 1], got {end_factor}")
+        self.start_factor, self.end_factor, self.total_iters = start_factor, end_factor, total_iters
+        super().__init__(optimizer)
+
+    def get_lr(self):
+        e, lr, s, f = self.last_epoch, self.optimizer.lr, self.start_factor, self.end_factor
+        if e == 0:
+            return lr * s
+        if e > self.total_iters:
+            return lr
+        return lr * (1.0 + (f - s) / (self.total_iters * s + (e - 1) * (f - s)))
+
+
+class CosineAnnealingLR(LRScheduler):
+    """lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2, continued past T_max
+    (it rises again). PyTorch's recursive form:
+
+        lr = eta_min + (lr - eta_min) * (1 + cos(pi * e / T_max)) / (1 + cos(pi * (e - 1) / T_max))
+        and lr += (base_lr - eta_min) * (1 - cos(pi / T_max)) / 2 at e = T_max + 1 (mod 2 T_max).
+    """
+
+    def __init__(self, optimizer, T_max, eta_min=0.0):
+        self.T_max, self.eta_min = T_max, eta_min
+        super().__init__(optimizer)
+
+    def get_lr(self):
+        e, lr, T, lo = self.last_epoch, self.optimizer.lr, self.T_max, self.eta_min
+        if e == 0:
+            return lr
+        if (e - 1 - T) % (2 * T) == 0:
+            return lr + (self.base_lr - lo) * (1 - math.cos(math.pi / T)) / 2
+        return (1 + math.cos(math.pi * e / T)) / (1 + math.cos(math.pi * (e - 1) / T)) * (lr - lo) + lo
+
+
+class CosineAnnealingWarmRestarts(LRScheduler):
+    """SGDR (Loshchilov & Hutter 2017): lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * T_cur / T_i)) / 2.
+
+    T_cur counts the steps since the last restart; at T_cur = T_i it restarts
+    from 0 and the period becomes T_i * T_mult (T_i starts at T_0).
+    """
+
+    def __init__(self, optimizer, T_0, T_mult=1, eta_min=0.0):
+        if not isinstance(T_0, int) or T_0 <= 0:
+            raise ValueError(f"CosineAnnealingWarmRestarts: expected a positive integer T_0, got {T_0!r}")
+        if not isinstance(T_mult, int) or T_mult < 1:
+            raise ValueError(f"CosineAnnealingWarmRestarts: expected an integer T_mult >= 1, got {T_mult!r}")
+        self.T_0, self.T_i, self.T_mult, self.eta_min, self.T_cur = T_0, T_0, T_mult, eta_min, -1
+        super().__init__(optimizer)
+
+    def step(self):
+        self.T_cur += 1
+        if self.T_cur >= self.T_i:
+            self.T_cur, self.T_i = self.T_cur - self.T_i, self.T_i * self.T_mult
+        super().step()
+
+    def get_lr(self):
+        return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * self.T_cur / self.T_i)) / 2
+
+
+class OneCycleLR(LRScheduler):
+    """1cycle policy (Smith & Topin 2019), stepped after every batch, PyTorch's phases.
+
+    initial_lr = max_lr / div_factor, min_lr = initial_lr / final_div_factor, T = total_steps
+    (or epochs * steps_per_epoch). Each phase anneals (cos or linear) from a start to an end
+    value as pct = (step - phase start) / (phase end - phase start) goes from 0 to 1:
+        two-phase:   initial_lr -> max_lr up to step pct_start*T - 1, then max_lr -> min_lr up to T - 1
+        three_phase: initial_lr -> max_lr up to pct_start*T - 1, max_lr -> initial_lr up to
+                     2*pct_start*T - 2, then initial_lr -> min_lr up to T - 1
+        cos: end + (start - end) * (1 + cos(pi * pct)) / 2;   linear: start + (end - start) * pct
+    cycle_momentum (default, as in PyTorch) anneals SGD/RMSprop `momentum`, or Adam/AdamW/Lion
+    `betas[0]`, inversely: max_momentum -> base_momentum while the lr rises, and back
+    (the third phase keeps max_momentum).
+    """
+
+    def __init__(self, optimizer, max_lr, total_steps=None, epochs=None, steps_per_epoch=None, pct_start=0.3,
+                 anneal_strategy="cos", cycle_momentum=True, base_momentum=0.85, max_momentum=0.95,
+                 div_factor=25.0, final_div_factor=1e4, three_phase=False):
+        self._attach(optimizer)
+        if total_steps is None and epochs is not None and steps_per_epoch is not None:
+            for name, v in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch)):
+                if not isinstance(v, int) or v <= 0:
+                    raise ValueError(f"OneCycleLR: expected a positive integer {name}, got {v!r}")
+            total_steps = epochs * steps_per_epoch
+        if not isinstance(total_steps, int) or total_steps <= 0:
+            raise ValueError(f"OneCycleLR: expected a positive integer total_steps "
+                             f"(or epochs and steps_per_epoch), got {total_steps!r}")
+        if not isinstance(pct_start, float) or not 0 <= pct_start <= 1:
+            raise ValueError(f"OneCycleLR: expected a float pct_start in [0, 1], got {pct_start!r}")
+        if anneal_strategy not in ("cos", "linear"):
+            raise ValueError(f"OneCycleLR: expected anneal_strategy 'cos' or 'linear', got {anneal_strategy!r}")
+        self.use_beta1 = hasattr(optimizer, "betas")
+        if cycle_momentum and not (self.use_beta1 or hasattr(optimizer, "momentum")):
+            raise ValueError(f"OneCycleLR: cycle_momentum=True expects an optimizer with momentum or betas, "
+                             f"got {type(optimizer).__name__} (pass cycle_momentum=False)")
+        self.total_steps, self.anneal_strategy, self.cycle_momentum = total_steps, anneal_strategy, cycle_momentum
+        lr0 = optimizer.initial_lr = max_lr / div_factor
+        lr_min, T = lr0 / final_div_factor, total_steps
+        m_lo, m_hi = float(base_momentum), float(max_momentum)
+        # phases: (end step, start lr, end lr, start momentum, end momentum)
+        if three_phase:
+            self.phases = [(float(pct_start * T) - 1, lr0, max_lr, m_hi, m_lo),
+                           (float(2 * pct_start * T) - 2, max_lr, lr0, m_lo, m_hi),
+                           (T - 1, lr0, lr_min, m_hi, m_hi)]
+        else:
+            self.phases = [(float(pct_start * T) - 1, lr0, max_lr, m_hi, m_lo),
+                           (T - 1, max_lr, lr_min, m_lo, m_hi)]
+        super().__init__(optimizer)
+
+    def _anneal(self, start, end, pct):
+        if self.anneal_strategy == "cos":
+            return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+        return (end - start) * pct + start
+
+    def get_lr(self):
+        t = self.last_epoch
+        if t > self.total_steps:
+            raise ValueError(f"OneCycleLR: stepped {t} times, but total_steps is {self.total_steps}")
+        start = 0.0
+        for i, (end, lr_a, lr_b, m_a, m_b) in enumerate(self.phases):
+            if t <= end or i == len(self.phases) - 1:
+                pct = (t - start) / (end - start)
+                break
+            start = end
+        if self.cycle_momentum:
+            m, opt = self._anneal(m_a, m_b, pct), self.optimizer
+            if self.use_beta1:
+                opt.betas = (m, opt.betas[1])
+            else:
+                opt.momentum = m
+        return self._anneal(lr_a, lr_b, pct)
+
+
+class ReduceLROnPlateau(LRScheduler):
+    """Multiply lr by `factor` when the metric passed to `step(metric)` stops improving.
+
+    A metric improves on the best so far when (mode min / max, threshold_mode rel / abs)
+    metric < best * (1 - threshold) / metric > best * (1 + threshold) (rel),
+    metric < best - threshold / metric > best + threshold (abs).
+    After more than `patience` epochs without improvement, lr = max(lr * factor, min_lr)
+    (skipped if that changes lr by eps or less); then `cooldown` epochs are not counted.
+    No initial step: the lr is left unchanged until the first reduction.
+    """
+
+    def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4, threshold_mode="rel",
+                 cooldown=0, min_lr=0, eps=1e-8):
+        self._attach(optimizer)
+        if factor >= 1.0:
+            raise ValueError(f"ReduceLROnPlateau: expected factor < 1.0, got {factor}")
+        if mode not in ("min", "max"):
+            raise ValueError(f"ReduceLROnPlateau: expected mode 'min' or 'max', got {mode!r}")
+        if threshold_mode not in ("rel", "abs"):
+            raise ValueError(f"ReduceLROnPlateau: expected threshold_mode 'rel' or 'abs', got {threshold_mode!r}")
+        self.mode, self.factor, self.patience, self.threshold = mode, factor, patience, threshold
+        self.threshold_mode, self.cooldown, self.min_lr, self.eps = threshold_mode, cooldown, min_lr, eps
+        self.best = math.inf if mode == "min" else -math.inf
+        self.num_bad_epochs = self.cooldown_counter = self.last_epoch = 0
+        self._last_lr = [optimizer.lr]
+
+    def _is_better(self, a, best):
+        if self.threshold_mode == "rel":
+            return a < best * (1 - self.threshold) if self.mode == "min" else a > best * (self.threshold + 1)
+        return a < best - self.threshold if self.mode == "min" else a > best + self.threshold
+
+    def step(self, metrics):
+        current = float(metrics)
+        self.last_epoch += 1
+        if self._is_better(current, self.best):
+            self.best, self.num_bad_epochs = current, 0
+        else:
+            self.num_bad_epochs += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0                 # bad epochs in cooldown do not count
+        if self.num_bad_epochs > self.patience:
+            old = self.optimizer.lr
+            new = max(old * self.factor, self.min_lr)
+            if old - new > self.eps:
+                self.optimizer.lr = new
+            self.cooldown_counter, self.num_bad_epochs = self.cooldown, 0
+        self._last_lr = [self.optimizer.lr]
+
+
+# ════════════════════════════════════════════════════════════════════════════
 # Sequential and History
 # ════════════════════════════════════════════════════════════════════════════
 
@@ -666,13 +1191,15 @@ class Sequential(Layer):
     @staticmethod
     def load(path):
         """Rebuild a model written by `save`: architecture, dtype, weights and buffers."""
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                arrays = dict(f)
-            config = json.loads(str(arrays.pop("__architecture__")))
-        except (OSError, EOFError, TypeError, ValueError, KeyError, zipfile.BadZipFile) as e:   # empty file, .npy
-            raise ValueError(f"Sequential.load: {path} is not a tinynet model file ({e})") from None
-        model = _from_config(config)
+        with open(path, "rb") as fh:          # a missing file raises FileNotFoundError
+            try:
+                with np.load(fh, allow_pickle=False) as f:
+                    arrays = dict(f)
+                config = json.loads(str(arrays.pop("__architecture__")))
+                model = _from_config(config)
+            except (OSError, EOFError, TypeError, ValueError, KeyError, AttributeError,
+                    zipfile.BadZipFile) as e:   # empty file, .npy, not an architecture
+                raise ValueError(f"Sequential.load: {path} is not a tinynet model file ({e})") from None
         if arrays:
             model.astype(next(iter(arrays.values())).dtype)
         return model.load_state_dict(arrays)
