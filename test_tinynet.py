@@ -1,11 +1,13 @@
 """The tinynet test suite: every layer, loss, optimizer and scheduler against PyTorch in float64,
 gradient checks, data loaders, training scripts and the benchmark. Run: pytest test_tinynet.py"""
+import argparse
 import gzip
 import hashlib
 import http.server
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +21,6 @@ import torch
 import torch.nn.functional as F
 
 import tinynet as tn
-# HEADER-END
 
 
 # ════════════════════════════════════════════════════════════════════════════
@@ -1061,6 +1062,290 @@ def test_import_loads_only_numpy_and_stdlib():
 
 
 # ════════════════════════════════════════════════════════════════════════════
+# Convolution, pooling and batch normalization
+# ════════════════════════════════════════════════════════════════════════════
+
+# ── conv, pooling, batch norm: parity with torch.nn in float64 ────────────────
+
+def _copy_params(ours, theirs):
+    """ours <- theirs (float64): parameters and buffers."""
+    ours.astype(np.float64).load_state_dict(theirs.state_dict())
+
+
+def _assert_same_step(ours, theirs, x, rtol=1e-8):
+    """One forward and backward on both; compare output, input grad and every param grad."""
+    rng = np.random.default_rng(1)
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    yt = theirs(xt)
+    g = rng.standard_normal(tuple(yt.shape))
+    yt.backward(torch.tensor(g))
+    ours.zero_grad()
+    y = ours.forward(x)
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=rtol, atol=1e-12)
+    np.testing.assert_allclose(ours.backward(g), xt.grad.numpy(), rtol=rtol, atol=1e-12)
+    for (name, p), tp in zip(ours.named_parameters(), theirs.parameters(), strict=True):
+        np.testing.assert_allclose(p.grad, tp.grad.numpy(), rtol=rtol, atol=1e-12, err_msg=name)
+        tp.grad = None
+
+
+CONV_CONFIGS = [  # in, out, kernel, stride, padding, bias, input (H, W)
+    (3, 5, 3, 1, 0, True, (9, 9)),
+    (2, 4, 3, 2, 1, True, (11, 10)),
+    (4, 3, 5, 3, 2, True, (13, 9)),
+    (3, 6, 1, 1, 0, False, (7, 5)),
+    (1, 8, 5, 1, 0, True, (12, 12)),
+    (3, 2, (3, 2), (2, 1), (1, 0), True, (8, 7)),
+    (2, 3, [2, 4], [1, 3], [2, 1], True, (6, 11)),   # lists, as a JSON config gives them back
+    (5, 4, 3, 1, 1, True, (3, 3)),
+    (2, 3, 2, 2, 0, True, (7, 9)),                   # stride == kernel: the reshape path, odd sizes
+]
+
+
+@pytest.mark.parametrize("cin, cout, k, s, p, bias, hw", CONV_CONFIGS)
+def test_conv2d_matches_torch(cin, cout, k, s, p, bias, hw):
+    to_torch = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731
+    theirs = torch.nn.Conv2d(cin, cout, to_torch(k), to_torch(s), to_torch(p), bias=bias).double()
+    ours = tn.Conv2d(cin, cout, k, stride=s, padding=p, bias=bias)
+    _copy_params(ours, theirs)
+    x = np.random.default_rng(0).standard_normal((3, cin) + hw)
+    _assert_same_step(ours, theirs, x)
+    _assert_same_step(ours, theirs, 2 * x)           # again: caches are refreshed, grads accumulate from zero
+
+
+POOL_CONFIGS = [  # kernel, stride, padding, input (H, W)
+    (2, None, 0, (8, 8)),
+    (2, None, 0, (9, 7)),                            # odd sizes are floored
+    (3, 2, 1, (9, 9)),                               # overlapping windows, padding
+    (3, 1, 0, (6, 7)),
+    (3, 3, 1, (10, 8)),
+    ((2, 3), (1, 2), (1, 1), (7, 9)),
+    (5, 2, 2, (11, 6)),
+    ([3, 2], [2, 2], [1, 0], (7, 6)),
+    ((2, 3), None, 0, (7, 10)),                      # non-square, stride == kernel
+    ((2, 3), (2, 1), 0, (8, 9)),
+]
+
+
+@pytest.mark.parametrize("cls", ["MaxPool2d", "AvgPool2d"])
+@pytest.mark.parametrize("k, s, p, hw", POOL_CONFIGS)
+def test_pool2d_matches_torch(cls, k, s, p, hw):
+    to_torch = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731
+    theirs = getattr(torch.nn, cls)(to_torch(k), to_torch(s), to_torch(p))
+    ours = getattr(tn, cls)(k, stride=s, padding=p)
+    x = np.random.default_rng(0).standard_normal((2, 3) + hw)
+    _assert_same_step(ours, theirs, x)
+
+
+@pytest.mark.parametrize("k, s, p", [(2, None, 0), (3, 2, 1), (3, 1, 1), ((2, 3), 1, 0)])
+def test_maxpool2d_ties_route_to_one_element_as_torch(k, s, p):
+    rng = np.random.default_rng(0)
+    for x in (np.ones((2, 2, 7, 8)), rng.integers(0, 3, (2, 2, 7, 8)).astype(np.float64)):
+        _assert_same_step(tn.MaxPool2d(k, stride=s, padding=p), torch.nn.MaxPool2d(k, s, p), x)
+    # each window sends its gradient to exactly one element: the total is preserved
+    ours = tn.MaxPool2d(2)
+    ours.forward(np.zeros((1, 1, 4, 4)))
+    np.testing.assert_array_equal(ours.backward(np.ones((1, 1, 2, 2)))[0, 0],
+                                  [[1, 0, 1, 0], [0, 0, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]])
+
+
+def test_maxpool2d_propagates_nan_as_torch():
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    x[0, 0, 1, 0] = np.nan
+    _assert_same_step(tn.MaxPool2d(2), torch.nn.MaxPool2d(2), x)
+
+
+@pytest.mark.parametrize("cls, shape", [("BatchNorm1d", (8, 5)), ("BatchNorm1d", (3, 4)),
+                                        ("BatchNorm2d", (4, 3, 5, 6)), ("BatchNorm2d", (2, 4, 3, 3)),
+                                        ("BatchNorm2d", (5, 2, 1, 7)), ("BatchNorm2d", (2, 1, 4, 4))])
+@pytest.mark.parametrize("momentum, eps", [(0.1, 1e-5), (0.3, 1e-3)])
+def test_batchnorm_matches_torch_in_training_then_eval(cls, shape, momentum, eps):
+    rng = np.random.default_rng(0)
+    theirs = getattr(torch.nn, cls)(shape[1], eps=eps, momentum=momentum).double()
+    with torch.no_grad():                            # non-trivial affine parameters
+        theirs.weight.copy_(torch.tensor(rng.uniform(0.5, 2, shape[1])))
+        theirs.bias.copy_(torch.tensor(rng.standard_normal(shape[1])))
+    ours = getattr(tn, cls)(shape[1], eps=eps, momentum=momentum)
+    _copy_params(ours, theirs)
+    for step in range(4):                            # batch statistics and running statistics
+        x = rng.standard_normal(shape) * (step + 1) + step
+        _assert_same_step(ours, theirs, x)
+        np.testing.assert_allclose(ours.running_mean, theirs.running_mean.numpy(), rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(ours.running_var, theirs.running_var.numpy(), rtol=1e-8, atol=1e-12)
+    ours.eval(), theirs.eval()                       # normalised by the running statistics
+    _assert_same_step(ours, theirs, rng.standard_normal(shape) + 1)
+
+
+# ── initialisation, dtype, configuration ─────────────────────────────────────
+
+def test_conv2d_init_like_torch():
+    tn.manual_seed(0)
+    layer = tn.Conv2d(3, 16, (5, 3))
+    bound = 1 / np.sqrt(3 * 5 * 3)
+    assert [n for n, _ in layer.named_parameters()] == ["weight", "bias"]
+    assert layer.weight.data.shape == (16, 3, 5, 3) and layer.bias.data.shape == (16,)
+    for p in layer.parameters():
+        assert p.data.dtype == np.float32
+        assert np.abs(p.data).max() <= bound and np.abs(p.data).max() > 0.8 * bound
+    assert tn.Conv2d(3, 16, 3, bias=False).bias is None and len(tn.Conv2d(3, 16, 3, bias=False).parameters()) == 1
+    tn.manual_seed(0)
+    np.testing.assert_array_equal(tn.Conv2d(3, 16, [5, 3]).weight.data, layer.weight.data)
+
+
+def test_batchnorm_init_like_torch():
+    bn = tn.BatchNorm2d(4)
+    assert bn.buffers == ("running_mean", "running_var")
+    assert [n for n, _ in bn.named_parameters()] == ["weight", "bias"]
+    for a, value in ((bn.weight.data, 1), (bn.bias.data, 0), (bn.running_mean, 0), (bn.running_var, 1)):
+        assert a.dtype == np.float32 and a.shape == (4,) and np.all(a == value)
+    assert (bn.eps, bn.momentum) == (1e-5, 0.1)
+
+
+@pytest.mark.parametrize("layer, shape", [(lambda: tn.Conv2d(3, 4, 3, stride=2, padding=1), (2, 3, 9, 8)),
+                                          (lambda: tn.MaxPool2d(3, 2, 1), (2, 3, 9, 8)),
+                                          (lambda: tn.AvgPool2d(2), (2, 3, 9, 8)),
+                                          (lambda: tn.BatchNorm2d(3), (2, 3, 9, 8)),
+                                          (lambda: tn.BatchNorm1d(3), (4, 3))])
+def test_float32_stays_float32(layer, shape):
+    layer = layer()
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    y = layer.forward(x)
+    dx = layer.backward(np.ones_like(y))
+    assert y.dtype == dx.dtype == np.float32 and dx.shape == x.shape
+    assert all(p.grad.dtype == np.float32 for p in layer.parameters())
+    assert all(b.dtype == np.float32 for _, b in layer.named_buffers())
+    assert y.flags.c_contiguous and dx.shape == x.shape
+
+
+def test_conv2d_float32_close_to_torch():
+    rng = np.random.default_rng(0)
+    theirs = torch.nn.Conv2d(8, 16, 3, padding=1)
+    ours = tn.Conv2d(8, 16, 3, padding=1).load_state_dict(theirs.state_dict())
+    x = rng.standard_normal((4, 8, 12, 12), dtype=np.float32)
+    np.testing.assert_allclose(ours.forward(x), theirs(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_conv2d_first_layer_can_skip_the_input_gradient():
+    layer = tn.Conv2d(2, 3, 3).astype(np.float64)
+    x = np.random.default_rng(0).standard_normal((2, 2, 6, 6))
+    layer.backward(np.ones_like(layer.forward(x)))
+    expected = layer.weight.grad.copy()
+    layer.zero_grad()
+    layer.needs_input_grad = False
+    layer.forward(x)
+    assert layer.backward(np.ones((2, 3, 4, 4))) is None
+    np.testing.assert_allclose(layer.weight.grad, expected)
+
+
+@pytest.mark.parametrize("layer", [lambda: tn.Conv2d(2, 3, 3, padding=1), lambda: tn.BatchNorm2d(2)])
+def test_backward_adds_into_grads(layer):
+    layer = layer().astype(np.float64)
+    x = np.random.default_rng(0).standard_normal((2, 2, 5, 5))
+    g = np.random.default_rng(1).standard_normal((2, layer.weight.shape[0], 5, 5))
+    layer.forward(x), layer.backward(g)
+    once = [p.grad.copy() for p in layer.parameters()]
+    layer.forward(x), layer.backward(g)
+    for p, p1 in zip(layer.parameters(), once):
+        np.testing.assert_allclose(p.grad, 2 * p1)
+
+
+def test_repr_and_config_round_trip():
+    layer = tn.Conv2d(3, 8, (3, 5), stride=2, padding=[1, 2])
+    assert repr(layer) == "Conv2d(3, 8, (3, 5), stride=2, padding=[1, 2])"
+    assert (layer.kernel_size, layer.stride, layer.padding) == ((3, 5), (2, 2), (1, 2))
+    assert tn.MaxPool2d(2).stride == (2, 2) and tn.AvgPool2d(3, 1).stride == (1, 1)
+
+
+def test_sequential_save_load_round_trip(tmp_path):
+    model = tn.Sequential(tn.Conv2d(1, 2, (3, 2), padding=(1, 0)), tn.BatchNorm2d(2), tn.MaxPool2d(2),
+                          tn.AvgPool2d(2, 1))
+    x = np.random.default_rng(0).standard_normal((4, 1, 8, 9)).astype(np.float32)
+    model.forward(x)                                 # running statistics move away from 0 / 1
+    model.eval()
+    model.save(tmp_path / "m.npz")
+    loaded = tn.Sequential.load(tmp_path / "m.npz").eval()
+    np.testing.assert_array_equal(loaded.forward(x), model.forward(x))
+
+
+# ── numerical gradient checks ────────────────────────────────────────────────
+
+@pytest.mark.parametrize("layer, shape", [
+    (lambda: tn.Conv2d(2, 3, 3, stride=2, padding=1), (2, 2, 5, 6)),
+    (lambda: tn.Conv2d(2, 2, (2, 3), padding=(0, 2)), (2, 2, 4, 3)),
+    (lambda: tn.MaxPool2d(3, 2, 1), (2, 2, 5, 6)),
+    (lambda: tn.MaxPool2d(2), (2, 2, 4, 5)),
+    (lambda: tn.AvgPool2d(3, 2, 1), (2, 2, 5, 6)),
+    (lambda: tn.BatchNorm1d(3), (5, 3)),
+    (lambda: tn.BatchNorm2d(2), (3, 2, 3, 2)),
+    (lambda: tn.BatchNorm2d(2).eval(), (3, 2, 3, 2)),
+])
+def test_gradcheck(layer, shape):
+    layer = layer().astype(np.float64)
+    for p in layer.parameters():                     # away from the ones / zeros init
+        p.data[...] = np.random.default_rng(2).uniform(0.5, 1.5, p.data.shape)
+    x = np.random.default_rng(0).permutation(np.prod(shape)).reshape(shape) / 10.0   # no ties
+    assert tn.gradcheck(layer, x) < 1e-6
+
+
+# ── bad input ────────────────────────────────────────────────────────────────
+
+@pytest.mark.parametrize("layer, shape, match", [
+    (lambda: tn.Conv2d(3, 4, 3), (2, 4, 8, 8), r"Conv2d\(3, 4, 3\).*3 channels.*\(2, 4, 8, 8\)"),
+    (lambda: tn.Conv2d(3, 4, 3), (3, 8, 8), r"Conv2d\(3, 4, 3\).*4-D.*\(3, 8, 8\)"),
+    (lambda: tn.Conv2d(3, 4, 5, padding=1), (2, 3, 2, 9),
+     r"Conv2d\(3, 4, 5, padding=1\).*kernel \(5, 5\).*larger.*\(4, 11\).*\(2, 3, 2, 9\)"),
+    (lambda: tn.MaxPool2d(3), (2, 3, 2, 9), r"MaxPool2d\(3\).*kernel \(3, 3\).*larger.*\(2, 9\)"),
+    (lambda: tn.AvgPool2d(2), (2, 8, 8), r"AvgPool2d\(2\).*4-D.*\(2, 8, 8\)"),
+    (lambda: tn.BatchNorm2d(3), (2, 4, 5, 5), r"BatchNorm2d\(3\).*3 features.*\(2, 4, 5, 5\)"),
+    (lambda: tn.BatchNorm2d(3), (2, 3, 5), r"BatchNorm2d\(3\).*4-D.*\(2, 3, 5\)"),
+    (lambda: tn.BatchNorm1d(3), (2, 3, 5), r"BatchNorm1d\(3\).*2-D.*\(2, 3, 5\)"),
+    (lambda: tn.BatchNorm1d(3), (1, 3), r"BatchNorm1d\(3\).*more than 1 value per channel.*\(1, 3\)"),
+])
+def test_bad_input_raises_naming_layer_and_shapes(layer, shape, match):
+    with pytest.raises(ValueError, match=match):
+        layer().forward(np.zeros(shape, np.float32))
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match=r"Conv2d: kernel_size.*\(3, 3, 3\)"):
+        tn.Conv2d(1, 1, (3, 3, 3))
+    with pytest.raises(TypeError, match=r"MaxPool2d: stride.*1.5"):
+        tn.MaxPool2d(2, 1.5)
+    with pytest.raises(ValueError, match=r"MaxPool2d: padding \(2, 2\).*half.*\(3, 3\)"):
+        tn.MaxPool2d(3, padding=2)
+    with pytest.raises(ValueError, match=r"Conv2d: stride must be >= 1, got \(1, 0\)"):
+        tn.Conv2d(1, 1, 3, stride=(1, 0))
+    with pytest.raises(ValueError, match=r"AvgPool2d: padding must be >= 0, got -1"):
+        tn.AvgPool2d(3, padding=-1)
+
+
+# ── end to end: a CNN against torch.nn.Sequential ────────────────────────────
+
+def test_cnn_sequential_matches_torch():
+    torch.manual_seed(0)
+    theirs = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(4, 6, (3, 2), stride=(1, 2)), torch.nn.Flatten(), torch.nn.Linear(6 * 3 * 2, 5)).double()
+    ours = tn.Sequential(
+        tn.Conv2d(1, 4, 3, padding=1), tn.BatchNorm2d(4), tn.ReLU(), tn.MaxPool2d(2),
+        tn.Conv2d(4, 6, (3, 2), stride=(1, 2)), tn.Flatten(), tn.Linear(6 * 3 * 2, 5)).astype(np.float64)
+    ours.load_state_dict(theirs.state_dict())
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((8, 1, 10, 9)), rng.integers(0, 5, 8)
+    loss_t = torch.nn.CrossEntropyLoss()(theirs(torch.tensor(x)), torch.tensor(y))
+    loss_t.backward()
+    loss_fn = tn.CrossEntropyLoss()
+    loss = loss_fn.forward(ours.forward(x), y)
+    ours.backward(loss_fn.backward())
+    np.testing.assert_allclose(loss, loss_t.item(), rtol=1e-10)
+    named_t = dict(theirs.named_parameters())
+    assert [k for k, _ in ours.named_parameters()] == list(named_t)
+    for k, p in ours.named_parameters():
+        np.testing.assert_allclose(p.grad, named_t[k].grad.numpy(), rtol=1e-8, atol=1e-12, err_msg=k)
+    for k, b in ours.named_buffers():
+        np.testing.assert_allclose(b, theirs.state_dict()[k].numpy(), rtol=1e-10, err_msg=k)
+
+
+# ════════════════════════════════════════════════════════════════════════════
 # Optimizers and schedulers
 # ════════════════════════════════════════════════════════════════════════════
 
@@ -1903,3 +2188,204 @@ def test_train_val_split_deterministic_under_manual_seed():
         for u, v in zip(a, b):
             np.testing.assert_array_equal(u, v)
         assert not np.array_equal(a[2], c[2])
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Training scripts and plots
+# ════════════════════════════════════════════════════════════════════════════
+
+# ── plot helpers ──────────────────────────────────────────────────────────────
+
+def _png_ok(path, min_side=150):
+    import matplotlib.image
+    img = matplotlib.image.imread(path)
+    assert img.ndim == 3 and min(img.shape[:2]) >= min_side, f"{path}: image of shape {img.shape}"
+    assert img[..., :3].std() > 0.01, f"{path}: a blank image"
+    assert not os.path.exists(f"{path}.tmp")
+
+
+def test_confusion_matrix_counts_pairs():
+    y_true, y_pred = np.array([0, 1, 2, 2, 1, 0, 2]), np.array([0, 2, 2, 1, 1, 0, 2])
+    cm = tn.confusion_matrix(y_true, y_pred, 4)
+    expected = np.zeros((4, 4), int)
+    for t, p in zip(y_true, y_pred):
+        expected[t, p] += 1
+    np.testing.assert_array_equal(cm, expected)
+    assert tn.confusion_matrix(y_true, y_pred).shape == (3, 3)
+    with pytest.raises(ValueError, match="confusion_matrix"):
+        tn.confusion_matrix(y_true, y_pred[:3])
+    with pytest.raises(ValueError, match=r"confusion_matrix: labels must be integers in \[0, 2\)"):
+        tn.confusion_matrix(y_true, y_pred, 2)
+
+
+def test_pca_matches_torch():
+    X = np.random.default_rng(0).standard_normal((200, 6)) * [5, 3, 1, 0.5, 0.2, 0.1]
+    Z = tn.pca(X, 2)
+    U, S, V = torch.pca_lowrank(torch.tensor(X), q=2, center=True, niter=10)
+    theirs = (torch.tensor(X) - torch.tensor(X).mean(0)) @ V
+    np.testing.assert_allclose(np.abs(Z), np.abs(theirs.numpy()), rtol=1e-6, atol=1e-8)   # up to sign
+    assert Z[:, 0].var() > Z[:, 1].var()
+
+
+def test_plot_helpers_write_pngs(tmp_path):
+    rng = np.random.default_rng(0)
+    h = tn.History()
+    for e in range(4):
+        h.append(e, {"loss": 1 / (e + 1), "accuracy": e / 4, "val_loss": 1.2 / (e + 1), "val_accuracy": e / 5})
+    y = rng.integers(0, 10, 60)
+    y_pred = np.where(rng.random(60) < 0.7, y, (y + 1) % 10)
+    tn.plot_history(h, tmp_path / "h.png", keys=("loss", "accuracy"))
+    tn.plot_curves({"a": h, "b": h.history}, tmp_path / "c.png")
+    tn.plot_confusion_matrix(y, y_pred, tmp_path / "cm.png", [f"c{i}" for i in range(10)])
+    tn.plot_predictions(rng.random((60, 3, 32, 32)), y, y_pred, tmp_path / "p.png", n=12)
+    tn.plot_predictions(rng.random((60, 1, 28, 28)), y, y, tmp_path / "p1.png", n=10)
+    tn.plot_embeddings({"a": rng.standard_normal((60, 2)), "b": rng.random((60, 2))}, y, tmp_path / "e.png")
+    for name in ("h", "c", "cm", "p", "p1", "e"):
+        _png_ok(tmp_path / f"{name}.png")
+
+
+def test_make_optimizer_and_scheduler():
+    params = tn.Linear(3, 2).parameters()
+    opt = tn.make_optimizer("momentum", params, 0.1, weight_decay=1e-4)
+    assert type(opt) is tn.SGD and opt.momentum == 0.9 and opt.weight_decay == 1e-4 and opt.lr == 0.1
+    assert tn.make_optimizer("sgd", params, 0.1).momentum == 0
+    for name, cls in (("rmsprop", tn.RMSprop), ("adam", tn.Adam), ("adamw", tn.AdamW), ("lion", tn.Lion)):
+        assert type(tn.make_optimizer(name, params, 1e-3)) is cls
+    with pytest.raises(ValueError, match="make_optimizer"):
+        tn.make_optimizer("adamax", params, 1e-3)
+    assert tn.make_scheduler("none", opt, 10, 5) is None
+    for name, cls in (("step", tn.MultiStepLR), ("exponential", tn.ExponentialLR),
+                      ("cosine", tn.CosineAnnealingLR), ("warm-restarts", tn.CosineAnnealingWarmRestarts),
+                      ("onecycle", tn.OneCycleLR)):
+        assert type(tn.make_scheduler(name, tn.make_optimizer("adam", params, 1e-3), 10, 5)) is cls
+    sched = tn.make_scheduler("onecycle", tn.make_optimizer("adam", params, 3e-3), 10, 5)
+    assert sched.total_steps == 50
+
+
+def test_add_common_args_defaults_and_print_table(tmp_path, capsys):
+    parser = tn.add_common_args(argparse.ArgumentParser(prog="train_x.py"), epochs=7, lr=0.5)
+    args = parser.parse_args(["--optimizer", "lion", "--scheduler", "warm-restarts", "--quick"])
+    assert (args.epochs, args.lr, args.optimizer, args.scheduler, args.quick, args.no_plots) == \
+        (7, 0.5, "lion", "warm-restarts", True, False)
+    assert args.out == os.path.join("runs", "train_x")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--optimizer", "adamax"])
+    tn.print_table([{"run": "a", "acc": 0.5}, {"run": "bb", "acc": 0.25}], tmp_path / "t.csv")
+    assert capsys.readouterr().out.splitlines()[1].split() == ["a", "0.5"]
+    assert (tmp_path / "t.csv").read_text() == "run,acc\na,0.5\nbb,0.25\n"
+
+
+# ── the training scripts, as subprocesses ────────────────────────────────────
+
+SCRIPTS = os.path.dirname(os.path.abspath(tn.__file__))   # the scripts sit beside tinynet.py
+LAST_LINE = re.compile(r"^test accuracy: 0\.\d{4}$")
+
+
+def _run(script, *args, env=None):
+    # one BLAS thread: on a busy 2-core machine OpenBLAS threads wait on each other (2-5x slower)
+    env = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", **os.environ, **(env or {})}
+    env.pop("DISPLAY", None)
+    env.pop("MPLBACKEND", None)      # the scripts must pick Agg themselves
+    return subprocess.run([sys.executable, os.path.join(SCRIPTS, script), *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def _check_run(r, out, pngs):
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert LAST_LINE.match(r.stdout.splitlines()[-1]), r.stdout[-500:]
+    assert re.search(r"^epoch 1/1 - loss: \d+\.\d{4} - accuracy: \d\.\d{4} - val_loss: \d+\.\d{4} - val_accuracy: \d\.\d{4} - lr: ",
+                     r.stdout, re.M)
+    tn.Sequential.load(out / "model.npz")
+    assert (out / "history.csv").read_text().splitlines()[0] == "epoch,loss,accuracy,val_loss,val_accuracy,lr"
+    for name in pngs:
+        _png_ok(out / name)
+
+
+def _data_dir():
+    d = os.environ.get("TINYNET_DATA")
+    if not d or not os.path.isdir(os.path.join(d, "mnist")):
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("set TINYNET_DATA to the folder holding mnist/")
+    return d
+
+
+STANDARD_PNGS = ("loss.png", "accuracy.png", "confusion.png", "predictions.png")
+
+
+@pytest.mark.parametrize("script", ["train_mnist.py", "train_svhn.py", "train_iris.py"])
+def test_script_help(script):
+    r = _run(script, "--help")
+    assert r.returncode == 0, r.stderr
+    for flag in ("--epochs", "--batch-size", "--lr", "--optimizer", "--scheduler", "--weight-decay", "--seed",
+                 "--data-dir", "--out", "--quick", "--no-plots"):
+        assert flag in r.stdout
+
+
+def test_train_iris_quick(tmp_path):
+    r = _run("train_iris.py", "--quick", "--out", tmp_path)     # data/iris.csv is in the repository
+    _check_run(r, tmp_path, ("loss.png", "accuracy.png", "confusion.png"))
+
+
+def test_train_mnist_quick_embeddings_and_optimizers(tmp_path):
+    r = _run("train_mnist.py", "--quick", "--embeddings", "--compare-optimizers", "--out", tmp_path,
+             "--data-dir", _data_dir())
+    _check_run(r, tmp_path, STANDARD_PNGS + ("embeddings.png", "optimizers.png"))
+    assert len(re.findall(r"even/odd linear probe on .*: test accuracy 0\.\d{4}", r.stdout)) == 2
+    rows = (tmp_path / "optimizers.csv").read_text().splitlines()
+    assert rows[0] == "run,val_accuracy,val_loss,s_per_epoch" and len(rows) == 8
+    for name in ("sgd", "momentum", "rmsprop", "adam", "adamw", "lion", "onecycle"):
+        assert name in r.stdout.split("run ")[-1]
+
+
+def test_train_mnist_quick_cnn_mse(tmp_path):
+    r = _run("train_mnist.py", "--quick", "--model", "cnn", "--loss", "mse", "--embeddings", "--no-plots",
+             "--out", tmp_path, "--data-dir", _data_dir())
+    _check_run(r, tmp_path, ())
+    model = tn.Sequential.load(tmp_path / "model.npz")
+    assert isinstance(model[0], tn.Conv2d) and isinstance(model[-1], tn.Softmax)
+    assert not any(name.endswith(".png") for name in os.listdir(tmp_path))
+
+
+@pytest.fixture
+def svhn_dir(tmp_path):
+    """Small synthetic SVHN files in the official layout: X (32, 32, 3, N) uint8, y (N, 1), 10 for digit 0."""
+    from scipy.io import savemat
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "data" / "svhn"
+    folder.mkdir(parents=True)
+    for split, n in (("train", 300), ("test", 100)):
+        savemat(folder / f"{split}_32x32.mat", {"X": rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8),
+                                                "y": rng.integers(1, 11, (n, 1)).astype(np.uint8)})
+    return tmp_path / "data"
+
+
+def test_train_svhn_quick_cnn_batchnorm(tmp_path, svhn_dir):
+    out = tmp_path / "out"
+    r = _run("train_svhn.py", "--quick", "--model", "cnn", "--batchnorm", "--data-dir", svhn_dir, "--out", out)
+    _check_run(r, out, STANDARD_PNGS)
+    assert "train 210, validation 90, test 100 images" in r.stdout
+    assert any(isinstance(layer, tn.BatchNorm2d) for layer in tn.Sequential.load(out / "model.npz"))
+
+
+def test_train_svhn_sweep(tmp_path, svhn_dir):
+    out = tmp_path / "out"
+    r = _run("train_svhn.py", "--quick", "--sweep", "--data-dir", svhn_dir, "--out", out)
+    runs = [f"lr{lr}_{opt}_{bn}" for lr in ("0.001", "0.01") for opt in ("adam", "momentum")
+            for bn in ("nobn", "bn")]
+    _check_run(r, out, STANDARD_PNGS + ("sweep.png",) + tuple(f"loss_{name}.png" for name in runs))
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[0] == "lr,optimizer,batchnorm,train_loss,val_loss,val_accuracy,time_s" and len(rows) == 9
+    assert re.search(r"^best configuration: lr0\.01?_(adam|momentum)_(no)?bn \(val accuracy 0\.\d{4}\)$",
+                     r.stdout, re.M)
+
+
+def test_train_svhn_without_data_fails_cleanly(tmp_path):
+    with socket.socket() as s:        # a closed local port: every download attempt is refused at once
+        s.bind(("127.0.0.1", 0))
+        proxy = f"http://127.0.0.1:{s.getsockname()[1]}"
+    env = {k: proxy for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")}
+    r = _run("train_svhn.py", "--quick", "--data-dir", tmp_path / "empty", "--out", tmp_path / "out",
+             env={**env, "no_proxy": "", "NO_PROXY": ""})
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    assert "http://ufldl.stanford.edu/housenumbers/" in r.stderr and "train_32x32.mat" in r.stderr
+    assert not os.listdir(tmp_path / "empty" / "svhn")      # no partial download left behind

@@ -19,6 +19,7 @@ import http.client
 import json
 import math
 import os
+import sys
 import time
 import urllib.request
 import zipfile
@@ -328,6 +329,265 @@ class Dropout(Layer):
 
     def backward(self, grad):
         return grad if self._cache is None else grad * self._cache
+
+
+def _pair(value, name, low=1):
+    """An int or an (h, w) pair (tuple or list, as JSON gives it back) -> (h, w) of ints >= low."""
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pair):
+        raise TypeError(f"{name} must be an int or an (h, w) pair of ints, got {value!r}")
+    if min(pair) < low:
+        raise ValueError(f"{name} must be >= {low}, got {value!r}")
+    return tuple(int(v) for v in pair)
+
+
+_CHWN = (1, 2, 3, 0)     # Conv2d's memory order for (N, C, H, W) arrays: the batch innermost
+
+
+def _full(shape, value, dtype, order=(0, 1, 2, 3)):
+    """np.full(shape, value) whose axes are stored in memory order `order` (e.g. _CHWN)."""
+    return np.full([shape[a] for a in order], value, dtype).transpose(np.argsort(order))
+
+
+def _pad(x, padding, value=0.0, order=(0, 1, 2, 3)):
+    """x (N, C, H, W) padded on H and W by padding = (pH, pW) with `value`, stored in
+    memory order `order`; x itself when there is nothing to do."""
+    (ph, pw), (n, c, h, w) = padding, x.shape
+    if padding == (0, 0) and order == (0, 1, 2, 3):
+        return x
+    out = _full((n, c, h + 2 * ph, w + 2 * pw), value, x.dtype, order)
+    out[:, :, ph:ph + h, pw:pw + w] = x
+    return out
+
+
+def _windows(x, kernel, stride):
+    """Read-only view (N, C, OH, OW, kH, kW) of the kH x kW windows of x (N, C, H, W) at
+    `stride`, without a copy (im2col before the copy). OH = (H - kH) // sH + 1 as torch.
+
+    Non-overlapping windows (stride == kernel) are a plain reshape (N, C, OH, kH, OW, kW).
+    """
+    (kh, kw), (sh, sw) = kernel, stride
+    n, c, h, w = x.shape
+    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+    if (kh, kw) == (sh, sw):
+        return x[:, :, :oh * kh, :ow * kw].reshape(n, c, oh, kh, ow, kw).transpose(0, 1, 2, 4, 3, 5)
+    return np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+
+
+def _col2im(grad_at, out, kernel, stride):
+    """The adjoint of _windows: add grad_at(i, j), the (N, C, OH, OW) gradient of window
+    element (i, j), into out (N, C, Hp, Wp) for every kernel offset: kH * kW strided adds."""
+    (kh, kw), (sh, sw) = kernel, stride
+    for i in range(kh):
+        for j in range(kw):
+            g = grad_at(i, j)
+            out[:, :, i:i + sh * g.shape[2]:sh, j:j + sw * g.shape[3]:sw] += g
+    return out
+
+
+def _check_window(layer, x, kernel, padding):
+    """ValueError naming the layer if the kernel is larger than the padded input."""
+    hp, wp = x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1]
+    if kernel[0] > hp or kernel[1] > wp:
+        raise ValueError(f"{layer!r}: kernel {kernel} is larger than the padded input "
+                         f"({hp}, {wp}) (input shape {x.shape}, padding {padding})")
+
+
+class Conv2d(Layer):
+    """2-D cross-correlation, as torch.nn.Conv2d (zero padding, no dilation or groups).
+
+    y[n, o, i, j] = bias[o] + sum_{c, p, q} weight[o, c, p, q] * xpad[n, c, sH*i + p, sW*j + q]
+    x: (N, C, H, W) -> y: (N, O, OH, OW), OH = (H + 2 pH - kH) // sH + 1.
+    weight: (O, C, kH, kW); weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = C kH kW.
+
+    im2col: the windows are copied once into a (C kH kW, OH OW N) matrix and multiplied by
+    the (O, C kH kW) weight. Columns are ordered with the batch innermost, so that the copy
+    and the backward's kH * kW scatter-adds run over long contiguous rows.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = _pair(kernel_size, "Conv2d: kernel_size")
+        self.stride = _pair(stride, "Conv2d: stride")
+        self.padding = _pair(padding, "Conv2d: padding", low=0)
+        bound = 1 / math.sqrt(in_channels * self.kernel_size[0] * self.kernel_size[1])
+        self.weight = Parameter(_uniform((out_channels, in_channels) + self.kernel_size, bound))
+        self.bias = Parameter(_uniform((out_channels,), bound)) if bias else None
+
+    def forward(self, x):
+        x = self._check_input(x, 4, self.in_channels, "channels")
+        _check_window(self, x, self.kernel_size, self.padding)
+        xp = _pad(x, self.padding, order=_CHWN)    # (N, C, Hp, Wp), batch innermost
+        win = _windows(xp, self.kernel_size, self.stride)             # (N, C, OH, OW, kH, kW)
+        n, c, oh, ow, kh, kw = win.shape
+        cols = np.ascontiguousarray(win.transpose(1, 4, 5, 2, 3, 0)).reshape(c * kh * kw, -1)
+        self._cache = cols, x.shape, xp.shape
+        y = self.weight.data.reshape(self.out_channels, -1) @ cols    # (O, OH OW N)
+        if self.bias is not None:
+            y += self.bias.data[:, None]
+        return np.ascontiguousarray(y.reshape(-1, oh, ow, n).transpose(3, 0, 1, 2))
+
+    def backward(self, grad):                                        # grad: (N, O, OH, OW)
+        n, o, oh, ow = grad.shape
+        cols, (_, c, h, wd), padded = self._cache
+        g = np.ascontiguousarray(grad.transpose(1, 2, 3, 0)).reshape(o, -1)   # (O, OH OW N)
+        w = self.weight.data.reshape(o, -1)
+        self.weight.grad += (cols @ g.T).T.reshape(self.weight.shape)   # faster in OpenBLAS than g @ cols.T
+        if self.bias is not None:
+            self.bias.grad += g.sum(axis=1)
+        if not self.needs_input_grad:
+            return None
+        kh, kw = self.kernel_size
+        dcols = (w.T @ g).reshape(c, kh, kw, oh, ow, n).transpose(5, 0, 3, 4, 1, 2)  # (N, C, OH, OW, kH, kW)
+        dx = _col2im(lambda i, j: dcols[..., i, j], _full(padded, 0, g.dtype, _CHWN),
+                     self.kernel_size, self.stride)
+        ph, pw = self.padding
+        return np.ascontiguousarray(dx[:, :, ph:ph + h, pw:pw + wd])
+
+
+class _Pool2d(Layer):
+    """Shared by MaxPool2d and AvgPool2d: x (N, C, H, W) -> (N, C, OH, OW), one value per
+    kH x kW window; OH = (H + 2 pH - kH) // sH + 1, stride defaults to the kernel size.
+    Both loop over the kH * kW window offsets with whole-batch array operations.
+    Subclasses define _pool(windows) -> (y, state for backward) and
+    _window_grad(grad, state) -> grad_at(i, j), the gradient of window element (i, j)."""
+    pad_value = 0.0
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        name = type(self).__name__
+        self.kernel_size = _pair(kernel_size, f"{name}: kernel_size")
+        self.stride = self.kernel_size if stride is None else _pair(stride, f"{name}: stride")
+        self.padding = _pair(padding, f"{name}: padding", low=0)
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
+            raise ValueError(f"{name}: padding {self.padding} must be at most half the kernel size "
+                             f"{self.kernel_size}")
+
+    def forward(self, x):
+        x = self._check_input(x, 4)
+        _check_window(self, x, self.kernel_size, self.padding)
+        xp = _pad(x, self.padding, self.pad_value)
+        y, state = self._pool(_windows(xp, self.kernel_size, self.stride))   # windows: (N, C, OH, OW, kH, kW)
+        self._cache = x.shape, xp.shape, state
+        return y
+
+    def backward(self, grad):                                        # grad: (N, C, OH, OW)
+        (_, _, h, w), padded, state = self._cache
+        dx = _col2im(self._window_grad(grad, state), np.zeros(padded, grad.dtype),
+                     self.kernel_size, self.stride)
+        ph, pw = self.padding
+        return dx[:, :, ph:ph + h, pw:pw + w]
+
+
+class MaxPool2d(_Pool2d):
+    """y = max over each window (padding counts as -inf), as torch.nn.MaxPool2d.
+    The gradient goes to one arg-max per window: the first in row-major window order
+    (torch's choice on ties); a NaN counts as the maximum, as in torch."""
+    pad_value = -np.inf
+
+    def _pool(self, win):
+        """-> (y, argmax): the max and its flat window offset i * kW + j, both (N, C, OH, OW)."""
+        offsets = list(np.ndindex(*self.kernel_size))               # (i, j), row-major
+        y = win[..., 0, 0].copy()
+        argmax = np.zeros(y.shape, np.min_scalar_type(len(offsets) - 1))
+        for k, (i, j) in enumerate(offsets[1:], 1):
+            v = win[..., i, j]
+            better = (v > y) | np.isnan(v)            # strictly greater: the first maximum keeps a tie
+            np.maximum(argmax, better * argmax.dtype.type(k), out=argmax)   # k only grows
+            np.maximum(y, v, out=y)                    # a NaN propagates
+        return y, argmax
+
+    def _window_grad(self, grad, argmax):
+        kw = self.kernel_size[1]
+        return lambda i, j: grad * (argmax == i * kw + j)
+
+
+class AvgPool2d(_Pool2d):
+    """y = mean over each window, padding zeros included (torch's count_include_pad=True)."""
+
+    def _pool(self, win):
+        y = sum(win[..., i, j] for i, j in np.ndindex(*self.kernel_size))
+        return y / (self.kernel_size[0] * self.kernel_size[1]), None
+
+    def _window_grad(self, grad, _):
+        g = grad / (self.kernel_size[0] * self.kernel_size[1])
+        return lambda i, j: g
+
+
+class _BatchNorm(Layer):
+    """Batch normalisation over every axis but the channel axis 1, as torch.nn.BatchNorm1d/2d.
+
+    training: y = (x - mean) / sqrt(var + eps) * weight + bias with the batch mean and
+    biased variance; running_mean <- (1 - momentum) running_mean + momentum mean and
+    running_var <- (1 - momentum) running_var + momentum var * n / (n - 1) (unbiased).
+    eval: the same with running_mean and running_var. weight = 1, bias = 0 initially.
+    backward (training), xhat = (x - mean) / sqrt(var + eps), n values per channel:
+    dx = weight / sqrt(var + eps) * (dy - mean(dy) - xhat * mean(dy * xhat)).
+    """
+    buffers = ("running_mean", "running_var")
+    ndim, dims = None, None          # subclasses: input rank and einsum letters (channel = "c")
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.weight = Parameter(np.ones(num_features, np.float32))
+        self.bias = Parameter(np.zeros(num_features, np.float32))
+        self.running_mean = np.zeros(num_features, np.float32)
+        self.running_var = np.ones(num_features, np.float32)
+
+    def _sum(self, *arrays):
+        """Per-channel sum of the product of `arrays` -> (C,)."""
+        return np.einsum(",".join([self.dims] * len(arrays)) + "->c", *arrays)
+
+    def _per_channel(self, v, x):
+        """(C,) -> a contiguous array of shape x.shape[1:], (C,) or (C, H, W): NumPy
+        broadcasts it over the batch in long inner loops (much faster than (C, 1, 1))."""
+        return np.ascontiguousarray(np.broadcast_to(v.reshape((-1,) + (1,) * (x.ndim - 2)), x.shape[1:]))
+
+    def forward(self, x):
+        x = self._check_input(x, self.ndim, self.num_features)
+        if self.training:
+            n = x.size // self.num_features
+            if n < 2:
+                raise ValueError(f"{self!r}: training needs more than 1 value per channel, "
+                                 f"got input shape {x.shape}")
+            mean = self._sum(x) / n
+            xc = x - self._per_channel(mean, x)
+            var = self._sum(xc, xc) / n
+            m = self.momentum
+            self.running_mean = (1 - m) * self.running_mean + m * mean.astype(self.running_mean.dtype)
+            self.running_var = (1 - m) * self.running_var + m * (var * (n / (n - 1))).astype(self.running_var.dtype)
+        else:
+            xc = x - self._per_channel(self.running_mean, x)
+            var = self.running_var
+        inv_std = 1 / np.sqrt(var + self.eps)
+        self._cache = xc, inv_std                                    # xhat = xc * inv_std
+        y = xc * self._per_channel(self.weight.data * inv_std, x)
+        y += self._per_channel(self.bias.data, x)
+        return y
+
+    def backward(self, grad):
+        xc, inv_std = self._cache
+        sum_g, sum_gxhat = self._sum(grad), self._sum(grad, xc) * inv_std
+        self.weight.grad += sum_gxhat
+        self.bias.grad += sum_g
+        scale = self.weight.data * inv_std
+        if not self.training:
+            return grad * self._per_channel(scale, grad)
+        n = grad.size // self.num_features
+        dx = xc * self._per_channel(-inv_std * sum_gxhat / n, grad)
+        dx += grad
+        dx -= self._per_channel(sum_g / n, grad)
+        dx *= self._per_channel(scale, grad)
+        return dx
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of x (N, C) per feature; see _BatchNorm for the formulas."""
+    ndim, dims = 2, "nc"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation of x (N, C, H, W) per channel over N, H and W; see _BatchNorm."""
+    ndim, dims = 4, "nchw"
 
 
 # ════════════════════════════════════════════════════════════════════════════
@@ -1065,7 +1325,7 @@ class Sequential(Layer):
         The scheduler steps after every batch for OneCycleLR, else after every epoch;
         ReduceLROnPlateau is given val_loss, or the training loss without validation data.
         history: loss, accuracy, val_loss, val_accuracy, and lr (the lr each epoch started with).
-        verbose: 0 silent, 1 a tqdm bar per epoch, 2 one line per epoch.
+        verbose: 0 silent, 1 a tqdm bar per epoch then its line, 2 one line per epoch.
         """
         if self.optimizer is None:
             raise RuntimeError("Sequential.fit: call compile(optimizer, loss) first")
@@ -1100,7 +1360,10 @@ class Sequential(Layer):
                 if "accuracy" in self.metrics:
                     correct += self._correct(out, yb)
                 if verbose == 1:
-                    batches.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
+                    live = {"loss": f"{total / seen:.4f}"}
+                    if "accuracy" in self.metrics:
+                        live["accuracy"] = f"{correct / seen:.4f}"
+                    batches.set_postfix(live, refresh=False)
             logs["loss"] = total / seen
             if "accuracy" in self.metrics:
                 logs["accuracy"] = correct / seen
@@ -1112,12 +1375,11 @@ class Sequential(Layer):
             elif self.scheduler is not None and not per_batch:
                 self.scheduler.step()
             history.append(epoch, logs)
-            line = " - ".join(f"{k}: {v:.4g}" for k, v in logs.items())
             if verbose == 1:
-                batches.set_postfix_str(line)
                 batches.close()
-            elif verbose == 2:
-                print(f"epoch {epoch + 1}/{epochs} - {line}", flush=True)
+            if verbose:
+                print(f"epoch {epoch + 1}/{epochs} - " + " - ".join(f"{k}: {v:{'.3g' if k == 'lr' else '.4f'}}" for k, v in logs.items()),
+                      flush=True)
         return history
 
     def _run(self, X, batch_size):
@@ -1518,3 +1780,244 @@ def train_val_split(X, y, val_size, shuffle=True, stratify=False):
     in_val[by_class[rank >= np.repeat(counts - k, counts)]] = True      # the last k of each class
     train, val = order[~in_val[order]], order[in_val[order]]
     return X[train], y[train], X[val], y[val]
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Plots
+# ════════════════════════════════════════════════════════════════════════════
+
+def _pyplot():
+    """matplotlib.pyplot, on the Agg backend when there is no display and no backend was chosen."""
+    import matplotlib
+    if not os.environ.get("DISPLAY") and "MPLBACKEND" not in os.environ and "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path):
+    """Write `fig` to `path` as a PNG (atomically) and close it."""
+    plt = _pyplot()
+    try:
+        fig.tight_layout()
+        with _atomic_open(path) as f:
+            fig.savefig(f, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+
+
+def _as_dict(history):
+    return history.history if isinstance(history, History) else history
+
+
+def _epoch_panel(ax, key, title):
+    """Label a per-epoch panel: integer epochs on x, `key` on y, a light grid."""
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="epoch", ylabel=key, title=f"{title} - {key}" if title else key)
+    ax.grid(alpha=0.3)
+
+
+def confusion_matrix(y_true, y_pred, num_classes=None):
+    """counts[i, j] = number of samples of class i predicted as j (rows: true, columns: predicted)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1:
+        raise ValueError(f"confusion_matrix: expected two 1-D label arrays of the same length, "
+                         f"got shapes {y_true.shape} and {y_pred.shape}")
+    both = np.concatenate([y_true, y_pred])
+    n = num_classes or int(both.max(initial=-1) + 1)
+    if both.size and (both.min() < 0 or both.max() >= n):
+        raise ValueError(f"confusion_matrix: labels must be integers in [0, {n}), got {both.min()}..{both.max()}")
+    return np.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)
+
+
+def pca(X, n_components=2):
+    """Project the rows of X (N, ...) on their first principal components -> (N, n_components)."""
+    X = np.asarray(X, dtype=np.float64).reshape(len(X), -1)
+    X = X - X.mean(axis=0)
+    _, _, Vt = np.linalg.svd(X, full_matrices=False)
+    return X @ Vt[:n_components].T
+
+
+def plot_history(history, path, keys=("loss", "accuracy"), title=None):
+    """One panel per key: the training curve and, when recorded, the validation curve (val_<key>)."""
+    plt, h = _pyplot(), _as_dict(history)
+    keys = [k for k in keys if k in h]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for k, label in ((key, "train"), ("val_" + key, "validation")):
+            if k in h:
+                ax.plot(np.arange(1, len(h[k]) + 1), h[k], marker="o", ms=3, label=label)
+        _epoch_panel(ax, key, title)
+        ax.legend()
+    _save(fig, path)
+
+
+def plot_curves(histories, path, keys=("val_accuracy", "val_loss"), title=None):
+    """Compare runs: one panel per key, one line per run. histories: {label: History or dict}."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys) + 2, 4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for label, history in histories.items():
+            values = _as_dict(history).get(key, [])
+            ax.plot(np.arange(1, len(values) + 1), values, marker="o", ms=3, label=label)
+        _epoch_panel(ax, key, title)
+    axes[0, -1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))
+    _save(fig, path)
+
+
+def plot_confusion_matrix(y_true, y_pred, path, class_names=None):
+    """Confusion matrix (rows: true class, columns: predicted), counts written in each cell."""
+    plt = _pyplot()
+    names = list(class_names) if class_names is not None else None
+    cm = confusion_matrix(y_true, y_pred, len(names) if names else None)
+    n = len(cm)
+    names = names or [str(i) for i in range(n)]
+    fig, ax = plt.subplots(figsize=(1.5 + 0.55 * n, 1 + 0.5 * n))
+    im = ax.imshow(cm, cmap="Blues")
+    fig.colorbar(im, ax=ax)
+    for (i, j), c in np.ndenumerate(cm):
+        ax.text(j, i, str(c), ha="center", va="center", fontsize=8,
+                color="white" if c > cm.max() / 2 else "black")
+    ax.set(xticks=range(n), yticks=range(n), xticklabels=names, yticklabels=names,
+           xlabel="predicted", ylabel="true",
+           title=f"confusion matrix (accuracy {np.trace(cm) / max(cm.sum(), 1):.4f})")
+    _save(fig, path)
+
+
+def plot_predictions(X, y_true, y_pred, path, class_names=None, n=32):
+    """A grid of n images (NCHW, values in [0, 1]) titled "pred (true)": up to n/2 misclassified
+    ones first, framed and titled in red, then correctly classified ones."""
+    plt = _pyplot()
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    wrong, right = np.flatnonzero(y_true != y_pred), np.flatnonzero(y_true == y_pred)
+    idx = np.concatenate([wrong[:n // 2], right])[:n]
+    names = class_names if class_names is not None else range(max(y_true.max(), y_pred.max()) + 1)
+    cols = min(8, len(idx))
+    rows = -(-len(idx) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, idx):
+        img = np.asarray(X[i]).transpose(1, 2, 0)      # (C, H, W) -> (H, W, C)
+        ax.imshow(img[..., 0] if img.shape[2] == 1 else img.clip(0, 1), cmap="gray", vmin=0, vmax=1)
+        bad = y_true[i] != y_pred[i]
+        ax.set_title(f"{names[y_pred[i]]} ({names[y_true[i]]})", fontsize=8, color="red" if bad else "black")
+        if bad:
+            ax.axis("on")
+            ax.set(xticks=[], yticks=[])
+            for s in ax.spines.values():
+                s.set(color="red", linewidth=2)
+    fig.suptitle(f"predicted (true); {len(wrong)} of {len(y_true)} misclassified, in red")
+    _save(fig, path)
+
+
+def plot_embeddings(embeddings, y, path, class_names=None):
+    """Side-by-side 2-D scatter plots coloured by class. embeddings: {title: (N, 2) array}."""
+    plt = _pyplot()
+    y = np.asarray(y)
+    fig, axes = plt.subplots(1, len(embeddings), figsize=(5.5 * len(embeddings), 5), squeeze=False)
+    for ax, (title, Z) in zip(axes[0], embeddings.items()):
+        sc = ax.scatter(Z[:, 0], Z[:, 1], c=y, cmap="tab10", s=6, vmin=-0.5, vmax=9.5)
+        ax.set(title=title, xticks=[], yticks=[])
+    names = list(class_names) if class_names is not None else [str(c) for c in range(int(y.max()) + 1)]
+    fig.legend(sc.legend_elements()[0], [names[c] for c in np.unique(y)], loc="center right", title="class")
+    fig.subplots_adjust(right=0.9)
+    _save(fig, path)
+
+
+# -- Training-script helpers (shared by train_mnist.py, train_svhn.py, train_iris.py) --------
+
+OPTIMIZER_CHOICES = ("sgd", "momentum", "rmsprop", "adam", "adamw", "lion")
+SCHEDULER_CHOICES = ("none", "step", "exponential", "cosine", "warm-restarts", "onecycle")
+
+
+def add_common_args(parser, epochs=10, batch_size=128, lr=1e-3, optimizer="adam", scheduler="none",
+                    weight_decay=0.0):
+    """Add the flags every training script takes, with the script's defaults; returns the parser."""
+    name = os.path.splitext(os.path.basename(parser.prog))[0]
+    parser.add_argument("--epochs", type=int, default=epochs, help="passes over the training set (%(default)s)")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help="minibatch size (%(default)s)")
+    parser.add_argument("--lr", type=float, default=lr, help="learning rate; max_lr for onecycle (%(default)s)")
+    parser.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, default=optimizer,
+                        help="momentum is SGD with momentum 0.9 (%(default)s)")
+    parser.add_argument("--scheduler", choices=SCHEDULER_CHOICES, default=scheduler,
+                        help="learning-rate schedule (%(default)s)")
+    parser.add_argument("--weight-decay", type=float, default=weight_decay,
+                        help="L2 penalty; decoupled for adamw and lion (%(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="tinynet.manual_seed (%(default)s)")
+    parser.add_argument("--data-dir", default=None, help="data folder (default: $TINYNET_DATA, else data/)")
+    parser.add_argument("--out", default=os.path.join("runs", name), help="output folder (%(default)s)")
+    parser.add_argument("--quick", action="store_true", help="a small subset and 1 epoch (smoke test)")
+    parser.add_argument("--no-plots", action="store_true", help="do not draw the PNG figures")
+    return parser
+
+
+def make_optimizer(name, params, lr, weight_decay=0.0):
+    """An optimizer from its OPTIMIZER_CHOICES name ("momentum": SGD with momentum 0.9)."""
+    if name not in OPTIMIZER_CHOICES:
+        raise ValueError(f"make_optimizer: expected one of {OPTIMIZER_CHOICES}, got {name!r}")
+    if name in ("sgd", "momentum"):
+        return SGD(params, lr, momentum=0.9 if name == "momentum" else 0, weight_decay=weight_decay)
+    cls = {"rmsprop": RMSprop, "adam": Adam, "adamw": AdamW, "lion": Lion}[name]
+    return cls(params, lr=lr, weight_decay=weight_decay)
+
+
+def make_scheduler(name, optimizer, epochs, steps_per_epoch):
+    """A scheduler from its SCHEDULER_CHOICES name (None for "none"), for a run of `epochs` epochs:
+    step: x0.1 at 1/2 and 3/4 of the run; exponential: gamma 0.8; cosine: T_max = epochs;
+    warm-restarts: T_0 = epochs // 3; onecycle: max_lr = optimizer.lr, stepped per batch."""
+    if name not in SCHEDULER_CHOICES:
+        raise ValueError(f"make_scheduler: expected one of {SCHEDULER_CHOICES}, got {name!r}")
+    if name == "none":
+        return None
+    if name == "step":
+        return MultiStepLR(optimizer, [max(1, epochs // 2), max(1, epochs * 3 // 4)], gamma=0.1)
+    if name == "exponential":
+        return ExponentialLR(optimizer, gamma=0.8)
+    if name == "cosine":
+        return CosineAnnealingLR(optimizer, T_max=epochs)
+    if name == "warm-restarts":
+        return CosineAnnealingWarmRestarts(optimizer, T_0=max(1, epochs // 3))
+    return OneCycleLR(optimizer, max_lr=optimizer.lr, total_steps=epochs * steps_per_epoch)
+
+
+def fit_with_args(model, args, X, y, validation_data, loss=None):
+    """Compile `model` with args.optimizer/lr/weight_decay/scheduler and `loss` (default
+    CrossEntropyLoss), fit it with a tqdm bar and a line per epoch; -> History."""
+    optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay)
+    steps = -(-len(X) // args.batch_size)
+    model.compile(optimizer, loss or CrossEntropyLoss(),
+                  scheduler=make_scheduler(args.scheduler, optimizer, args.epochs, steps))
+    return model.fit(X, y, epochs=args.epochs, batch_size=args.batch_size,
+                     validation_data=validation_data, verbose=1)
+
+
+def save_run(model, history, X_test, y_test, out, plots=True, class_names=None, images=True):
+    """Save model.npz and history.csv under `out` and, with `plots`, loss.png, accuracy.png,
+    confusion.png and (for images) predictions.png of the test set; -> test accuracy."""
+    os.makedirs(out, exist_ok=True)
+    y_pred = model.predict(X_test).argmax(axis=1)
+    model.save(os.path.join(out, "model.npz"))
+    history.to_csv(os.path.join(out, "history.csv"))
+    if plots:
+        plot_history(history, os.path.join(out, "loss.png"), keys=("loss",))
+        plot_history(history, os.path.join(out, "accuracy.png"), keys=("accuracy",))
+        plot_confusion_matrix(y_test, y_pred, os.path.join(out, "confusion.png"), class_names)
+        if images:
+            plot_predictions(X_test, y_test, y_pred, os.path.join(out, "predictions.png"), class_names)
+    return float(np.mean(y_pred == y_test))
+
+
+def print_table(rows, path=None):
+    """Print rows (a list of dicts with the same keys) as an aligned table; with `path`, also
+    write them as CSV (atomically)."""
+    keys = list(rows[0])
+    cells = [keys] + [[f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(keys))]
+    for c in cells:
+        print("  ".join(s.ljust(w) for s, w in zip(c, widths)).rstrip())
+    if path:
+        with _atomic_open(path, "w") as f:
+            f.write("\n".join(",".join(c) for c in [keys] + [[repr(r[k]) if isinstance(r[k], float)
+                                                              else str(r[k]) for k in keys] for r in rows]) + "\n")

@@ -5,8 +5,7 @@ validation; features standardized with the training statistics. Saves
 model.npz, history.csv, loss.png, accuracy.png and confusion.png under --out.
 """
 import argparse
-
-import numpy as np
+import os
 
 import tinynet as tn
 
@@ -26,7 +25,7 @@ def main():
     tn.manual_seed(args.seed)
     print("config:", vars(args))
 
-    X, y = tn.load_iris(None if args.data_dir is None else f"{args.data_dir}/iris.csv")
+    X, y = tn.load_iris(args.data_dir and os.path.join(args.data_dir, "iris.csv"))
     X_train, y_train, X_test, y_test = tn.train_val_split(X, y, 0.2, stratify=True)
     X_train, y_train, X_val, y_val = tn.train_val_split(X_train, y_train, 0.2, stratify=True)
     mean, std = X_train.mean(axis=0), X_train.std(axis=0)
