@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -131,37 +130,39 @@ def bench_layers(repeats):
     return rows
 
 
-def rss_mb():
-    """Current resident set size of this process, in MB (Linux /proc)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def status_mb(field):
+    """A memory field of /proc/self/status (VmRSS: now, VmHWM: peak), in MB (Linux)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
 
 
 def memory_child(library, workload, n, epochs):
-    """Run in a fresh process: train `epochs` epochs of one workload; print JSON with
-    the peak RSS and the RSS after each epoch (to see whether memory grows)."""
+    """Run in a fresh process: train `epochs` epochs of one workload; print JSON with the
+    RSS before training, the peak RSS during the first epoch, and the RSS after each epoch."""
     X, y = load(n)
-    after = []
     if library == "tinynet":
         model = tn.Sequential([getattr(tn, name)(*args) for name, args in WORKLOADS[workload]])
         model.compile(tn.Adam(model.parameters(), lr=LR), tn.CrossEntropyLoss())
-        for _ in range(epochs):
-            model.fit(X, y, epochs=1, batch_size=BATCH, verbose=0)
-            after.append(rss_mb())
+        epoch = lambda: model.fit(X, y, epochs=1, batch_size=BATCH, verbose=0)  # noqa: E731
     else:
         import torch
         tmodel = torch.nn.Sequential(*[getattr(torch.nn, name)(*args) for name, args in WORKLOADS[workload]])
         topt = torch.optim.Adam(tmodel.parameters(), lr=LR)
         Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-        for _ in range(epochs):
-            torch_epoch(tmodel, topt, Xt, yt)
-            after.append(rss_mb())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"peak_rss_mb": peak, "rss_after_epoch_mb": after}))
+        epoch = lambda: torch_epoch(tmodel, topt, Xt, yt)  # noqa: E731
+    before = status_mb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:   # reset the peak (VmHWM) to the current RSS
+        f.write("5")
+    epoch()
+    peak, after = status_mb("VmHWM"), [status_mb("VmRSS")]     # the first epoch's peak
+    for _ in range(epochs - 1):
+        epoch()
+        after.append(status_mb("VmRSS"))
+    print(json.dumps({"rss_before_mb": before, "peak_rss_mb": peak, "rss_after_epoch_mb": after}))
 
 
 def bench_memory(n, epochs):
-    """Peak RSS of training, each library and workload in a fresh subprocess."""
+    """Peak RSS of a training epoch, each library and workload in a fresh subprocess."""
     rows = {}
     for workload in WORKLOADS:
         row = {}
@@ -171,10 +172,12 @@ def bench_memory(n, epochs):
                                  capture_output=True, text=True, check=True).stdout
             r = json.loads(out.strip().splitlines()[-1])
             row[f"{library}_peak_mb"] = r["peak_rss_mb"]
+            row[f"{library}_epoch_mb"] = r["peak_rss_mb"] - r["rss_before_mb"]
             row[f"{library}_growth_mb"] = r["rss_after_epoch_mb"][-1] - r["rss_after_epoch_mb"][0]
         rows[workload] = row
-        print(f"  {workload:<10} peak RSS  tinynet {row['tinynet_peak_mb']:6.0f} MB   torch "
-              f"{row['torch_peak_mb']:6.0f} MB   growth over {epochs} epochs: tinynet "
+        print(f"  {workload:<10} peak RSS in epoch 1  tinynet {row['tinynet_peak_mb']:5.0f} MB "
+              f"(+{row['tinynet_epoch_mb']:.0f} over the start)   torch {row['torch_peak_mb']:5.0f} MB "
+              f"(+{row['torch_epoch_mb']:.0f})   growth over {epochs} epochs: tinynet "
               f"{row['tinynet_growth_mb']:+.1f} MB, torch {row['torch_growth_mb']:+.1f} MB", flush=True)
     return rows
 

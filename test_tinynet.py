@@ -1213,7 +1213,8 @@ def test_float32_stays_float32(layer, shape):
     assert y.dtype == dx.dtype == np.float32 and dx.shape == x.shape
     assert all(p.grad.dtype == np.float32 for p in layer.parameters())
     assert all(b.dtype == np.float32 for _, b in layer.named_buffers())
-    assert y.flags.c_contiguous and dx.shape == x.shape
+    # Conv2d keeps the batch innermost: its output is an NCHW view of (C, H, W, N) memory
+    assert (y.transpose(1, 2, 3, 0) if isinstance(layer, tn.Conv2d) else y).flags.c_contiguous
 
 
 def test_conv2d_float32_close_to_torch():
@@ -2302,10 +2303,8 @@ def _check_run(r, out, pngs):
 
 
 def _data_dir():
-    d = os.environ.get("TINYNET_DATA")
-    if not d or not os.path.isdir(os.path.join(d, "mnist")):
-        (pytest.fail if os.environ.get("CI") else pytest.skip)("set TINYNET_DATA to the folder holding mnist/")
-    return d
+    need(os.path.join(DATA, "mnist"))
+    return DATA
 
 
 STANDARD_PNGS = ("loss.png", "accuracy.png", "confusion.png", "predictions.png")
@@ -2389,3 +2388,20 @@ def test_train_svhn_without_data_fails_cleanly(tmp_path):
     assert "Traceback" not in r.stderr
     assert "http://ufldl.stanford.edu/housenumbers/" in r.stderr and "train_32x32.mat" in r.stderr
     assert not os.listdir(tmp_path / "empty" / "svhn")      # no partial download left behind
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Benchmark
+# ════════════════════════════════════════════════════════════════════════════
+
+def test_bench_quick_runs_and_writes_every_table(tmp_path):
+    """bench_tinynet.py --quick works end to end; no timing is asserted (timings live in the benchmark)."""
+    r = _run("bench_tinynet.py", "--quick", "--out", tmp_path / "bench.json", env={"TINYNET_DATA": _data_dir()})
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "bench.json").read_text())
+    assert set(res["epochs"]) == set(res["memory"]) == {"mlp", "cnn-small", "cnn-32-64"}
+    assert len(res["layers"]) == 7
+    for row in list(res["epochs"].values()) + list(res["layers"].values()):
+        assert all(v > 0 for v in row.values())
+    for row in res["memory"].values():
+        assert row["tinynet_peak_mb"] > 0 and row["torch_peak_mb"] > 0

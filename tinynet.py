@@ -344,16 +344,30 @@ def _pair(value, name, low=1):
 _CHWN = (1, 2, 3, 0)     # Conv2d's memory order for (N, C, H, W) arrays: the batch innermost
 
 
+def _layout(x):
+    """The memory order of x's axes, outermost first: (0, 1, 2, 3) for C order, _CHWN for
+    Conv2d's outputs. The pools keep their input's layout: mixed layouts make every op slow."""
+    return tuple(int(a) for a in np.argsort([-s for s in x.strides], kind="stable"))
+
+
+def _in_layout(x, order):
+    """x itself if its axes are stored in memory order `order`, else a copy that is."""
+    if _layout(x) == order:
+        return x
+    return np.ascontiguousarray(x.transpose(order)).transpose(np.argsort(order))
+
+
 def _full(shape, value, dtype, order=(0, 1, 2, 3)):
     """np.full(shape, value) whose axes are stored in memory order `order` (e.g. _CHWN)."""
     return np.full([shape[a] for a in order], value, dtype).transpose(np.argsort(order))
 
 
-def _pad(x, padding, value=0.0, order=(0, 1, 2, 3)):
+def _pad(x, padding, value=0.0, order=None):
     """x (N, C, H, W) padded on H and W by padding = (pH, pW) with `value`, stored in
-    memory order `order`; x itself when there is nothing to do."""
+    memory order `order` (default: x's own); x itself when there is nothing to do."""
     (ph, pw), (n, c, h, w) = padding, x.shape
-    if padding == (0, 0) and order == (0, 1, 2, 3):
+    order = order or _layout(x)
+    if padding == (0, 0) and order == _layout(x):
         return x
     out = _full((n, c, h + 2 * ph, w + 2 * pw), value, x.dtype, order)
     out[:, :, ph:ph + h, pw:pw + w] = x
@@ -402,7 +416,10 @@ class Conv2d(Layer):
 
     im2col: the windows are copied once into a (C kH kW, OH OW N) matrix and multiplied by
     the (O, C kH kW) weight. Columns are ordered with the batch innermost, so that the copy
-    and the backward's kH * kW scatter-adds run over long contiguous rows.
+    and the backward's kH * kW scatter-adds run over long contiguous rows. y and grad_x are
+    returned as transposed views of that (C, H, W, N) memory, not copied back to C order:
+    ReLU, the pools and BatchNorm keep their input's layout, so that the next Conv2d
+    gets its input, and its gradient, already batch innermost.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
@@ -425,7 +442,7 @@ class Conv2d(Layer):
         y = self.weight.data.reshape(self.out_channels, -1) @ cols    # (O, OH OW N)
         if self.bias is not None:
             y += self.bias.data[:, None]
-        return np.ascontiguousarray(y.reshape(-1, oh, ow, n).transpose(3, 0, 1, 2))
+        return y.reshape(-1, oh, ow, n).transpose(3, 0, 1, 2)          # a view, memory order CHWN
 
     def backward(self, grad):                                        # grad: (N, O, OH, OW)
         n, o, oh, ow = grad.shape
@@ -442,13 +459,14 @@ class Conv2d(Layer):
         dx = _col2im(lambda i, j: dcols[..., i, j], _full(padded, 0, g.dtype, _CHWN),
                      self.kernel_size, self.stride)
         ph, pw = self.padding
-        return np.ascontiguousarray(dx[:, :, ph:ph + h, pw:pw + wd])
+        return dx[:, :, ph:ph + h, pw:pw + wd]                       # a view, memory order CHWN
 
 
 class _Pool2d(Layer):
     """Shared by MaxPool2d and AvgPool2d: x (N, C, H, W) -> (N, C, OH, OW), one value per
     kH x kW window; OH = (H + 2 pH - kH) // sH + 1, stride defaults to the kernel size.
-    Both loop over the kH * kW window offsets with whole-batch array operations.
+    Both loop over the kH * kW window offsets with whole-batch array operations, and
+    keep the memory layout of x (see _layout) in y and grad_x.
     Subclasses define _pool(windows) -> (y, state for backward) and
     _window_grad(grad, state) -> grad_at(i, j), the gradient of window element (i, j)."""
     pad_value = 0.0
@@ -467,12 +485,13 @@ class _Pool2d(Layer):
         _check_window(self, x, self.kernel_size, self.padding)
         xp = _pad(x, self.padding, self.pad_value)
         y, state = self._pool(_windows(xp, self.kernel_size, self.stride))   # windows: (N, C, OH, OW, kH, kW)
-        self._cache = x.shape, xp.shape, state
+        self._cache = x.shape, xp.shape, _layout(xp), state
         return y
 
     def backward(self, grad):                                        # grad: (N, C, OH, OW)
-        (_, _, h, w), padded, state = self._cache
-        dx = _col2im(self._window_grad(grad, state), np.zeros(padded, grad.dtype),
+        (_, _, h, w), padded, order, state = self._cache
+        grad = _in_layout(grad, order)                # e.g. from Flatten, in C order
+        dx = _col2im(self._window_grad(grad, state), _full(padded, 0, grad.dtype, order),
                      self.kernel_size, self.stride)
         ph, pw = self.padding
         return dx[:, :, ph:ph + h, pw:pw + w]
@@ -487,8 +506,8 @@ class MaxPool2d(_Pool2d):
     def _pool(self, win):
         """-> (y, argmax): the max and its flat window offset i * kW + j, both (N, C, OH, OW)."""
         offsets = list(np.ndindex(*self.kernel_size))               # (i, j), row-major
-        y = win[..., 0, 0].copy()
-        argmax = np.zeros(y.shape, np.min_scalar_type(len(offsets) - 1))
+        y = win[..., 0, 0].copy(order="K")                          # keeps the input's layout
+        argmax = np.zeros_like(y, np.min_scalar_type(len(offsets) - 1))
         for k, (i, j) in enumerate(offsets[1:], 1):
             v = win[..., i, j]
             better = (v > y) | np.isnan(v)            # strictly greater: the first maximum keeps a tie
@@ -538,9 +557,11 @@ class _BatchNorm(Layer):
         return np.einsum(",".join([self.dims] * len(arrays)) + "->c", *arrays)
 
     def _per_channel(self, v, x):
-        """(C,) -> a contiguous array of shape x.shape[1:], (C,) or (C, H, W): NumPy
-        broadcasts it over the batch in long inner loops (much faster than (C, 1, 1))."""
-        return np.ascontiguousarray(np.broadcast_to(v.reshape((-1,) + (1,) * (x.ndim - 2)), x.shape[1:]))
+        """(C,) -> an array that broadcasts against x in long inner loops: a contiguous
+        (C,) or (C, H, W) for C-order x (much faster than (C, 1, 1)), but (C, 1, 1) when
+        the batch is innermost in memory (Conv2d's outputs)."""
+        v = v.reshape((-1,) + (1,) * (x.ndim - 2))
+        return v if _layout(x)[-1] == 0 else np.ascontiguousarray(np.broadcast_to(v, x.shape[1:]))
 
     def forward(self, x):
         x = self._check_input(x, self.ndim, self.num_features)
@@ -1951,6 +1972,18 @@ def add_common_args(parser, epochs=10, batch_size=128, lr=1e-3, optimizer="adam"
     parser.add_argument("--quick", action="store_true", help="a small subset and 1 epoch (smoke test)")
     parser.add_argument("--no-plots", action="store_true", help="do not draw the PNG figures")
     return parser
+
+
+def parse_args(parser):
+    """Parse a script's flags and start the run: --quick means 1 epoch; seed the tinynet
+    generator with --seed; print the configuration; create the --out folder."""
+    args = parser.parse_args()
+    if args.quick:
+        args.epochs = 1
+    manual_seed(args.seed)
+    print("config:", vars(args))
+    os.makedirs(args.out, exist_ok=True)
+    return args
 
 
 def make_optimizer(name, params, lr, weight_decay=0.0):

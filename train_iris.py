@@ -19,11 +19,7 @@ def build_model():
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     tn.add_common_args(parser, epochs=100, batch_size=16, lr=1e-3)
-    args = parser.parse_args()
-    if args.quick:
-        args.epochs = 1
-    tn.manual_seed(args.seed)
-    print("config:", vars(args))
+    args = tn.parse_args(parser)
 
     X, y = tn.load_iris(args.data_dir and os.path.join(args.data_dir, "iris.csv"))
     X_train, y_train, X_test, y_test = tn.train_val_split(X, y, 0.2, stratify=True)

@@ -102,12 +102,7 @@ def main():
     parser.add_argument("--embeddings", action="store_true", help="plot and linearly probe the learned features")
     parser.add_argument("--tsne", action="store_true", help="with --embeddings: t-SNE (needs scikit-learn), not PCA")
     parser.add_argument("--compare-optimizers", action="store_true", help="also train with every optimizer")
-    args = parser.parse_args()
-    if args.quick:
-        args.epochs = 1
-    tn.manual_seed(args.seed)
-    print("config:", vars(args))
-    os.makedirs(args.out, exist_ok=True)
+    args = tn.parse_args(parser)
 
     X_train, y_train, X_test, y_test = tn.load_mnist(args.data_dir)
     X_train, y_train, X_val, y_val = X_train[:-10000], y_train[:-10000], X_train[-10000:], y_train[-10000:]

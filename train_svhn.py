@@ -82,12 +82,7 @@ def main():
     parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="architecture (%(default)s)")
     parser.add_argument("--batchnorm", action="store_true", help="add BatchNorm after the hidden layers")
     parser.add_argument("--sweep", action="store_true", help="run the lr x optimizer x batchnorm grid")
-    args = parser.parse_args()
-    if args.quick:
-        args.epochs = 1
-    tn.manual_seed(args.seed)
-    print("config:", vars(args))
-    os.makedirs(args.out, exist_ok=True)
+    args = tn.parse_args(parser)
 
     X_train, y_train, X_val, y_val, X_test, y_test = load_data(args)
     print(f"train {len(X_train)}, validation {len(X_val)}, test {len(X_test)} images")
