@@ -7,13 +7,8 @@ Softmax on the output and trains with MSELoss on one-hot targets.
 linearly; --compare-optimizers races the optimizers. Saves model.npz,
 history.csv and PNG figures under --out.
 """
-import os
-
-# One BLAS thread, set before NumPy loads: as fast as two on a 2-core machine, and several times
-# faster when other processes share the cores (OpenBLAS threads then wait on each other).
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
 import argparse
+import os
 import time
 
 import numpy as np

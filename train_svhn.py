@@ -9,14 +9,9 @@ the coursework's grid lr {1e-3, 1e-2} x optimizer {adam, momentum} x batchnorm
 reports the test accuracy of the best run. Saves model.npz, history.csv and
 PNG figures under --out.
 """
-import os
-
-# One BLAS thread, set before NumPy loads: as fast as two on a 2-core machine, and several times
-# faster when other processes share the cores (OpenBLAS threads then wait on each other).
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
 import argparse
 import itertools
+import os
 import sys
 import time
 
