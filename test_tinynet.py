@@ -856,6 +856,14 @@ def test_fit_validation_split_takes_the_tail():
     assert hist.history["val_loss"][-1] == model.evaluate(X[30:], y[30:])["loss"]
 
 
+def test_fit_validation_data_wins_over_validation_split():
+    model, spy = _spied()
+    X, y = _id_data(40)
+    model.fit(X, y, epochs=1, batch_size=8, validation_data=(X[:5], y[:5]), validation_split=0.25, verbose=0)
+    assert sorted(np.concatenate([ids for training, ids in spy.calls if training])) == list(range(40))
+    np.testing.assert_array_equal(np.concatenate([ids for training, ids in spy.calls if not training]), range(5))
+
+
 def test_fit_history_keys_and_lengths():
     model, _ = _spied(lr=0.1)
     X, y = _id_data(30)

@@ -1342,7 +1342,8 @@ class Sequential(Layer):
             shuffle=True, verbose=1):
         """Train on (X, y) for `epochs` passes of minibatches; returns a History.
 
-        `validation_split` holds out the last fraction of X before shuffling (as Keras).
+        `validation_split` holds out the last fraction of X before shuffling (as Keras;
+        ignored when validation_data is given).
         The scheduler steps after every batch for OneCycleLR, else after every epoch;
         ReduceLROnPlateau is given val_loss, or the training loss without validation data.
         history: loss, accuracy, val_loss, val_accuracy, and lr (the lr each epoch started with).
@@ -1351,7 +1352,7 @@ class Sequential(Layer):
         if self.optimizer is None:
             raise RuntimeError("Sequential.fit: call compile(optimizer, loss) first")
         X, y = self._check_data("fit", X, y)
-        if validation_split:
+        if validation_split and validation_data is None:     # validation_data wins, as in Keras
             if not 0 < validation_split < 1:
                 raise ValueError(f"Sequential.fit: validation_split must be in (0, 1), got {validation_split}")
             cut = int(len(X) * (1 - validation_split))
