@@ -715,6 +715,8 @@ def test_fit_rejects_non_finite_inputs(where, bad):
     model = _compiled(loss=tn.MSELoss())
     with pytest.raises(ValueError, match=rf"Sequential\.fit: {where} contains NaN or Inf"):
         model.fit(X, y, verbose=0)
+    with pytest.raises(ValueError, match=rf"Sequential\.fit \(validation_data\): {where} contains NaN or Inf"):
+        model.fit(np.zeros((4, 4)), tn.one_hot(np.arange(4) % 3, 3), validation_data=(X, y), verbose=0)
 
 
 def test_fit_non_finite_loss_names_epoch_and_batch():

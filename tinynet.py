@@ -1357,6 +1357,8 @@ class Sequential(Layer):
                 raise ValueError(f"Sequential.fit: validation_split must be in (0, 1), got {validation_split}")
             cut = int(len(X) * (1 - validation_split))
             X, y, validation_data = X[:cut], y[:cut], (X[cut:], y[cut:])
+        elif validation_data is not None:                      # checked once, not every epoch
+            validation_data = self._check_data("fit (validation_data)", *validation_data)
         per_batch = isinstance(self.scheduler, OneCycleLR)
         history = History()
         for epoch in range(epochs):
@@ -1390,7 +1392,7 @@ class Sequential(Layer):
             if "accuracy" in self.metrics:
                 logs["accuracy"] = correct / seen
             if validation_data is not None:
-                logs.update({"val_" + k: v for k, v in self.evaluate(*validation_data).items()})
+                logs.update({"val_" + k: v for k, v in self._evaluate(*validation_data).items()})
             logs["lr"] = lr
             if isinstance(self.scheduler, ReduceLROnPlateau):
                 self.scheduler.step(logs.get("val_loss", logs["loss"]))
@@ -1434,7 +1436,10 @@ class Sequential(Layer):
         """{"loss": mean loss, "accuracy": fraction correct} on (X, y), in eval mode."""
         if self.loss is None:
             raise RuntimeError("Sequential.evaluate: call compile(optimizer, loss) first")
-        X, y = self._check_data("evaluate", X, y)
+        return self._evaluate(*self._check_data("evaluate", X, y), batch_size)
+
+    def _evaluate(self, X, y, batch_size=256):
+        """evaluate, on data already checked and cast by _check_data."""
         out = self.predict(X, batch_size)
         result = {"loss": self.loss.forward(out, y)}
         self.loss._cache = None
