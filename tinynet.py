@@ -7,27 +7,30 @@ in the dtype of its input and parameters, and `model.astype(np.float64)`
 converts everything in place.
 
 Sections, in order: parameters and base layer · layers · losses · optimizers ·
-schedulers · Sequential and History · gradient check · data · plots.
-Only numpy is imported at module level; tqdm, matplotlib and scipy are
-imported inside the functions that need them.
+schedulers · Sequential, History and callbacks · saving, loading and PyTorch
+interop · gradient check · data · plots · training-script helpers.
+A layer copies out alone with `Parameter`, `Layer` (the core, ~40 lines) and
+`_rng`; saving and loading add methods to Layer in their own section.
+Only numpy is imported at module level; tqdm, matplotlib, scipy, scikit-learn
+and torch are imported inside the functions that need them.
 """
-from collections import Counter
+from bisect import bisect_right
 import contextlib
 import gzip
 import hashlib
 import http.client
+import inspect
 import json
 import math
 import os
 import sys
-import time
 import urllib.request
 import zipfile
 import zlib
 
 import numpy as np
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 # ════════════════════════════════════════════════════════════════════════════
@@ -42,24 +45,13 @@ def manual_seed(seed):
     _rng.bit_generator.state = np.random.PCG64(seed).state
 
 
-@contextlib.contextmanager
-def _atomic_open(path, mode="wb"):
-    """Write to `<path>.tmp` and rename it to `path` only when the block completes."""
-    tmp = f"{path}.tmp"
-    try:
-        with open(tmp, mode) as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 class Parameter:
-    """A learnable array: `.data`, and `.grad` of the same shape that backward adds into."""
+    """A learnable array `.data` and its gradient `.grad` (same shape; backward adds into it).
+    Integer and boolean data become float32; float data keeps its dtype."""
 
     def __init__(self, data):
-        self.data = np.asarray(data)
+        data = np.asarray(data)
+        self.data = data if np.issubdtype(data.dtype, np.floating) else data.astype(np.float32)
         self.grad = np.zeros_like(self.data)
 
     @property
@@ -69,54 +61,30 @@ class Parameter:
     def zero_grad(self):
         self.grad[...] = 0
 
-    def __repr__(self):
-        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
-
-
-def _uniform(shape, bound, dtype=np.float32):
-    """U(-bound, bound) from the tinynet generator: PyTorch's default Linear/Conv init."""
-    return _rng.uniform(-bound, bound, size=shape).astype(dtype)
-
 
 class Layer:
-    """Base class. Subclasses define forward(x) -> y and backward(grad_y) -> grad_x.
-
-    backward *adds* into the `.grad` of the layer's parameters. Parameters are
-    the attributes of type Parameter, in the order they were assigned (weight,
-    then bias, as in PyTorch); `buffers` names the non-learnable state arrays.
-    The constructor arguments are remembered (for `repr` and `Sequential.save`).
-    """
-    buffers = ()
+    """Base class: forward(x) -> y; backward(grad_y) -> grad_x, which also ADDS into the `.grad`
+    of the layer's parameters (its attributes with `.data` and `.grad` arrays, e.g. Parameter)."""
     training = True
-    needs_input_grad = True   # False lets backward skip grad_x (the first layer in fit, as torch)
-    _cache = None             # what forward saved for backward
-
-    def __new__(cls, *args, **kwargs):
-        self = super().__new__(cls)
-        self.init_args = (args, kwargs)
-        return self
+    needs_input_grad = True   # False lets backward skip grad_x (the first layer of a model)
+    _cache = None             # what forward keeps for backward
 
     def __call__(self, x):
         return self.forward(x)
 
-    def forward(self, x):
-        raise NotImplementedError
-
-    def backward(self, grad):
-        raise NotImplementedError
-
-    def named_parameters(self):
-        return [(k, v) for k, v in vars(self).items() if isinstance(v, Parameter)]
+    def _saved(self):
+        """What forward cached; a RuntimeError naming the layer if forward has not run."""
+        if self._cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        return self._cache
 
     def parameters(self):
-        return [p for _, p in self.named_parameters()]
-
-    def named_buffers(self):
-        return [(k, getattr(self, k)) for k in self.buffers]
+        """Attributes with .data and .grad, in the order they were set (weight, then bias)."""
+        return [v for v in vars(self).values() if hasattr(v, "data") and hasattr(v, "grad")]
 
     def zero_grad(self):
         for p in self.parameters():
-            p.zero_grad()
+            p.grad[...] = 0
 
     def train(self, mode=True):
         self.training = mode
@@ -125,108 +93,61 @@ class Layer:
     def eval(self):
         return self.train(False)
 
-    def astype(self, dtype):
-        """Convert every parameter (and its grad) and buffer to `dtype`, in place."""
-        for p in self.parameters():
-            p.data, p.grad = p.data.astype(dtype), p.grad.astype(dtype)
-        for k, b in self.named_buffers():
-            setattr(self, k, b.astype(dtype))
-        return self
-
-    def _check_input(self, x, ndim, size=None, name=None):
-        """Raise a ValueError naming the layer unless x has `ndim` dims and x.shape[1] == size."""
-        x = np.asarray(x)
-        if x.ndim != ndim or (size is not None and x.shape[1] != size):
-            want = f"{ndim}-D input" + (f" with {size} {name or 'features'} on axis 1" if size else "")
-            raise ValueError(f"{self!r}: expected {want}, got shape {x.shape}")
-        return x
-
-    def __repr__(self):
-        args, kwargs = self.init_args
-        parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
-        return f"{type(self).__name__}({', '.join(parts)})"
-
-    def config(self):
-        """{"class", "args", "kwargs"}: enough to rebuild this layer (see Sequential.save)."""
-        args, kwargs = self.init_args
-        return {"class": type(self).__name__, "args": list(args), "kwargs": dict(kwargs)}
-
-    def _named_state(self):
-        """(name, Parameter or buffer ndarray) pairs, parameters first, as torch's state_dict."""
-        return self.named_parameters() + self.named_buffers()
-
-    def state_dict(self):
-        """{name: copy of the array}, with torch's key names."""
-        return {k: np.array(v.data if isinstance(v, Parameter) else v) for k, v in self._named_state()}
-
-    def load_state_dict(self, state):
-        """Copy arrays (NumPy or torch tensors) into the parameters and buffers, in place.
-
-        Keys and shapes must match exactly (torch's `num_batches_tracked` is ignored);
-        values are cast to the layer's dtype.
-        """
-        own = dict(self._named_state())
-        state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-        missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
-        if missing or unexpected:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: missing keys {missing}, "
-                             f"unexpected keys {unexpected}")
-        pairs = []                                   # check every shape before copying anything
-        for k, v in state.items():
-            v = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
-            target = own[k].data if isinstance(own[k], Parameter) else own[k]
-            if v.shape != target.shape:
-                raise ValueError(f"{type(self).__name__}.load_state_dict: {k!r} has shape {v.shape}, "
-                                 f"expected {target.shape}")
-            pairs.append((target, v))
-        for target, v in pairs:
-            target[...] = v
-        return self
-
 
 # ════════════════════════════════════════════════════════════════════════════
 # Layers
 # ════════════════════════════════════════════════════════════════════════════
 
-class Linear(Layer):
-    """y = x @ weight.T + bias.  x: (N, in_features) -> y: (N, out_features).
+def _check_input(layer, x, ndim, size=None, what="features"):
+    """x as an array; a ValueError naming the layer unless x.ndim == ndim and x.shape[1] == size."""
+    x = np.asarray(x)
+    if x.ndim != ndim or (size is not None and x.shape[1] != size):
+        want = f"{ndim}-D input" + (f" with {size} {what} on axis 1" if size is not None else "")
+        raise ValueError(f"{type(layer).__name__}: expected {want}, got shape {x.shape}")
+    return x
 
-    weight: (out_features, in_features); weight and bias ~ U(-1/sqrt(in), 1/sqrt(in)).
+
+class Linear(Layer):
+    """y = x W^T + b.   x: (N, in_features) -> y: (N, out_features); W: (out, in), b: (out,).
+
+    backward: dW = dy^T x,  db = sum_n dy,  dx = dy W.
+    W and b ~ U(-1/sqrt(in_features), 1/sqrt(in_features)), as torch.
     """
 
     def __init__(self, in_features, out_features, bias=True):
         self.in_features, self.out_features = in_features, out_features
         bound = 1 / math.sqrt(in_features)
-        self.weight = Parameter(_uniform((out_features, in_features), bound))
-        self.bias = Parameter(_uniform((out_features,), bound)) if bias else None
+        self.weight = Parameter(_rng.uniform(-bound, bound, (out_features, in_features)).astype(np.float32))
+        self.bias = Parameter(_rng.uniform(-bound, bound, out_features).astype(np.float32)) if bias else None
 
     def forward(self, x):
-        self._cache = x = self._check_input(x, 2, self.in_features)
+        self._cache = x = _check_input(self, x, 2, self.in_features)
         y = x @ self.weight.data.T
         if self.bias is not None:
             y += self.bias.data
         return y
 
-    def backward(self, grad):                        # grad: (N, out_features)
-        self.weight.grad += grad.T @ self._cache
+    def backward(self, grad):                         # grad: (N, out_features)
+        x = self._saved()
+        self.weight.grad += grad.T @ x
         if self.bias is not None:
             self.bias.grad += grad.sum(axis=0)
         return grad @ self.weight.data if self.needs_input_grad else None
 
 
 class ReLU(Layer):
-    """y = max(x, 0); dy/dx = 1 where x > 0, else 0 (0 at x = 0, as torch)."""
+    """y = max(x, 0);  dx = dy where x > 0, else 0 (0 at x = 0, as torch)."""
 
     def forward(self, x):
         self._cache = x > 0
         return np.maximum(x, 0)
 
     def backward(self, grad):
-        return grad * self._cache
+        return grad * self._saved()
 
 
 class LeakyReLU(Layer):
-    """y = x if x > 0 else negative_slope * x."""
+    """y = x if x > 0 else negative_slope * x;  dx = dy or negative_slope * dy likewise."""
 
     def __init__(self, negative_slope=0.01):
         self.negative_slope = negative_slope
@@ -236,11 +157,11 @@ class LeakyReLU(Layer):
         return np.where(self._cache, x, x * self.negative_slope)
 
     def backward(self, grad):
-        return np.where(self._cache, grad, grad * self.negative_slope)
+        return np.where(self._saved(), grad, grad * self.negative_slope)
 
 
 class Sigmoid(Layer):
-    """y = 1 / (1 + exp(-x)), computed from exp(-|x|) so that no exp overflows; dy/dx = y (1 - y)."""
+    """y = 1 / (1 + exp(-x)), from exp(-|x|) so that no exp overflows;  dx = dy * y * (1 - y)."""
 
     def forward(self, x):
         e = np.exp(-np.abs(x))
@@ -248,30 +169,29 @@ class Sigmoid(Layer):
         return y
 
     def backward(self, grad):
-        y = self._cache
+        y = self._saved()
         return grad * y * (1 - y)
 
 
 class Tanh(Layer):
-    """y = tanh(x); dy/dx = 1 - y^2."""
+    """y = tanh(x);  dx = dy * (1 - y^2)."""
 
     def forward(self, x):
         self._cache = y = np.tanh(x)
         return y
 
     def backward(self, grad):
-        return grad * (1 - self._cache ** 2)
+        return grad * (1 - self._saved() ** 2)
 
 
 def _log_softmax(x, dim):
-    """log(softmax(x)) = x - max - log(sum(exp(x - max))): no overflow, no log(0)."""
+    """log(softmax(x)) = z - log(sum(exp(z))) with z = x - max(x): no overflow, no log(0)."""
     z = x - x.max(axis=dim, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=dim, keepdims=True))
 
 
 class Softmax(Layer):
-    """y = exp(x) / sum(exp(x)) along `dim`; backward is the true Jacobian-vector product
-    grad_x = y * (grad - sum(grad * y, dim))."""
+    """y = exp(x) / sum(exp(x)) along `dim`;  dx = y * (dy - sum(dy * y, dim))."""
 
     def __init__(self, dim=1):
         self.dim = dim
@@ -281,12 +201,12 @@ class Softmax(Layer):
         return y
 
     def backward(self, grad):
-        y = self._cache
+        y = self._saved()
         return y * (grad - (grad * y).sum(axis=self.dim, keepdims=True))
 
 
 class LogSoftmax(Layer):
-    """y = x - logsumexp(x, dim); grad_x = grad - softmax(x) * sum(grad, dim)."""
+    """y = x - logsumexp(x, dim);  dx = dy - softmax(x) * sum(dy, dim)."""
 
     def __init__(self, dim=1):
         self.dim = dim
@@ -297,22 +217,23 @@ class LogSoftmax(Layer):
         return y
 
     def backward(self, grad):
-        return grad - self._cache * grad.sum(axis=self.dim, keepdims=True)
+        return grad - self._saved() * grad.sum(axis=self.dim, keepdims=True)
 
 
 class Flatten(Layer):
-    """(N, d1, d2, ...) -> (N, d1 * d2 * ...), as torch.nn.Flatten()."""
+    """(N, d1, d2, ...) -> (N, d1 * d2 * ...), as torch.nn.Flatten(); backward reshapes back."""
 
     def forward(self, x):
         self._cache = x.shape
         return x.reshape(x.shape[0], -1)
 
     def backward(self, grad):
-        return grad.reshape(self._cache)
+        return grad.reshape(self._saved())
 
 
 class Dropout(Layer):
-    """Inverted dropout: in training y = x * mask / (1 - p), mask ~ Bernoulli(1 - p); identity in eval."""
+    """Inverted dropout. Training: y = x * m / (1 - p) with m ~ Bernoulli(1 - p) per element;
+    dx = dy * m / (1 - p). Eval (or p = 0): y = x, dx = dy."""
 
     def __init__(self, p=0.5):
         if not 0 <= p < 1:
@@ -321,14 +242,43 @@ class Dropout(Layer):
 
     def forward(self, x):
         if not self.training or self.p == 0:
-            self._cache = None
+            self._cache = np.ones((), x.dtype)   # no mask: dx = dy
             return x
         keep = _rng.random(x.shape, dtype=np.float32) >= self.p
         self._cache = keep.astype(x.dtype) / x.dtype.type(1 - self.p)
         return x * self._cache
 
     def backward(self, grad):
-        return grad if self._cache is None else grad * self._cache
+        return grad * self._saved()
+
+
+class Normalize(Layer):
+    """y = (x - mean) / std per channel (axis 1), as torchvision's transforms.Normalize;  dx = dy / std.
+
+    A fixed standardisation kept with the model: mean and std (C,) are buffers, saved and
+    loaded with the weights, so evaluation uses the training set's statistics.
+    """
+    buffers = ("mean", "std")
+
+    def __init__(self, mean, std):
+        self.mean, self.std = np.array(mean, np.float32).ravel(), np.array(std, np.float32).ravel()
+        if self.mean.shape != self.std.shape or not (self.std > 0).all():
+            raise ValueError(f"Normalize: expected mean and std of the same length, std > 0, "
+                             f"got {self.mean.shape} and {self.std.shape} (min std {self.std.min(initial=0)})")
+
+    def _per_channel(self, v, x):
+        return v.reshape((-1,) + (1,) * (x.ndim - 2))      # (C,) -> (C, 1, ...) to broadcast on axis 1
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if x.ndim < 2 or x.shape[1] != len(self.mean):
+            raise ValueError(f"Normalize: expected input (N, {len(self.mean)}, ...), got shape {x.shape}")
+        self._cache = x.ndim
+        return (x - self._per_channel(self.mean, x)) / self._per_channel(self.std, x)
+
+    def backward(self, grad):
+        self._saved()
+        return grad / self._per_channel(self.std, grad)
 
 
 def _pair(value, name, low=1):
@@ -403,7 +353,7 @@ def _check_window(layer, x, kernel, padding):
     """ValueError naming the layer if the kernel is larger than the padded input."""
     hp, wp = x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1]
     if kernel[0] > hp or kernel[1] > wp:
-        raise ValueError(f"{layer!r}: kernel {kernel} is larger than the padded input "
+        raise ValueError(f"{type(layer).__name__}: kernel {kernel} is larger than the padded input "
                          f"({hp}, {wp}) (input shape {x.shape}, padding {padding})")
 
 
@@ -428,11 +378,11 @@ class Conv2d(Layer):
         self.stride = _pair(stride, "Conv2d: stride")
         self.padding = _pair(padding, "Conv2d: padding", low=0)
         bound = 1 / math.sqrt(in_channels * self.kernel_size[0] * self.kernel_size[1])
-        self.weight = Parameter(_uniform((out_channels, in_channels) + self.kernel_size, bound))
-        self.bias = Parameter(_uniform((out_channels,), bound)) if bias else None
+        self.weight = Parameter(_rng.uniform(-bound, bound, (out_channels, in_channels) + self.kernel_size).astype(np.float32))
+        self.bias = Parameter(_rng.uniform(-bound, bound, out_channels).astype(np.float32)) if bias else None
 
     def forward(self, x):
-        x = self._check_input(x, 4, self.in_channels, "channels")
+        x = _check_input(self, x, 4, self.in_channels, "channels")
         _check_window(self, x, self.kernel_size, self.padding)
         xp = _pad(x, self.padding, order=_CHWN)    # (N, C, Hp, Wp), batch innermost
         win = _windows(xp, self.kernel_size, self.stride)             # (N, C, OH, OW, kH, kW)
@@ -445,11 +395,11 @@ class Conv2d(Layer):
         return y.reshape(-1, oh, ow, n).transpose(3, 0, 1, 2)          # a view, memory order CHWN
 
     def backward(self, grad):                                        # grad: (N, O, OH, OW)
+        cols, (_, c, h, wd), padded = self._saved()
         n, o, oh, ow = grad.shape
-        cols, (_, c, h, wd), padded = self._cache
         g = np.ascontiguousarray(grad.transpose(1, 2, 3, 0)).reshape(o, -1)   # (O, OH OW N)
         w = self.weight.data.reshape(o, -1)
-        self.weight.grad += (cols @ g.T).T.reshape(self.weight.shape)   # faster in OpenBLAS than g @ cols.T
+        self.weight.grad += (cols @ g.T).T.reshape(self.weight.data.shape)   # faster in OpenBLAS than g @ cols.T
         if self.bias is not None:
             self.bias.grad += g.sum(axis=1)
         if not self.needs_input_grad:
@@ -481,7 +431,7 @@ class _Pool2d(Layer):
                              f"{self.kernel_size}")
 
     def forward(self, x):
-        x = self._check_input(x, 4)
+        x = _check_input(self, x, 4)
         _check_window(self, x, self.kernel_size, self.padding)
         xp = _pad(x, self.padding, self.pad_value)
         y, state = self._pool(_windows(xp, self.kernel_size, self.stride))   # windows: (N, C, OH, OW, kH, kW)
@@ -489,7 +439,7 @@ class _Pool2d(Layer):
         return y
 
     def backward(self, grad):                                        # grad: (N, C, OH, OW)
-        (_, _, h, w), padded, order, state = self._cache
+        (_, _, h, w), padded, order, state = self._saved()
         grad = _in_layout(grad, order)                # e.g. from Flatten, in C order
         dx = _col2im(self._window_grad(grad, state), _full(padded, 0, grad.dtype, order),
                      self.kernel_size, self.stride)
@@ -564,11 +514,11 @@ class _BatchNorm(Layer):
         return v if _layout(x)[-1] == 0 else np.ascontiguousarray(np.broadcast_to(v, x.shape[1:]))
 
     def forward(self, x):
-        x = self._check_input(x, self.ndim, self.num_features)
+        x = _check_input(self, x, self.ndim, self.num_features)
         if self.training:
             n = x.size // self.num_features
             if n < 2:
-                raise ValueError(f"{self!r}: training needs more than 1 value per channel, "
+                raise ValueError(f"{type(self).__name__}: training needs more than 1 value per channel, "
                                  f"got input shape {x.shape}")
             mean = self._sum(x) / n
             xc = x - self._per_channel(mean, x)
@@ -586,7 +536,7 @@ class _BatchNorm(Layer):
         return y
 
     def backward(self, grad):
-        xc, inv_std = self._cache
+        xc, inv_std = self._saved()
         sum_g, sum_gxhat = self._sum(grad), self._sum(grad, xc) * inv_std
         self.weight.grad += sum_gxhat
         self.bias.grad += sum_g
@@ -616,7 +566,9 @@ class BatchNorm2d(_BatchNorm):
 # ════════════════════════════════════════════════════════════════════════════
 
 class Loss:
-    """Base class: `loss(pred, target)` is `loss.forward(pred, target)`."""
+    """Base class: `loss(pred, target)` is `loss.forward(pred, target)`; `backward()` returns dloss/dpred.
+    `hint`: the usual causes of a loss that becomes NaN or infinite (fit's error message)."""
+    hint = "a learning rate too large (try one 10x smaller) or inputs that are not standardised"
 
     def __call__(self, pred, target):
         return self.forward(pred, target)
@@ -641,9 +593,9 @@ class Loss:
 
 
 class CrossEntropyLoss(Loss):
-    """loss = mean_i [logsumexp(x_i) - x_i[t_i]]  (log-softmax fused with NLL).
+    """loss = mean_n [logsumexp(x_n) - x_n[t_n]]  (log-softmax and NLL fused, stable).
 
-    pred: logits (N, C); target: int labels (N,). grad = (softmax(x) - onehot(t)) / N.
+    pred: logits (N, C); target: int labels (N,).  grad = (softmax(x) - onehot(t)) / N.
     """
 
     def forward(self, pred, target):
@@ -660,10 +612,20 @@ class CrossEntropyLoss(Loss):
 
 
 class NLLLoss(Loss):
-    """loss = -mean_i logp_i[t_i];  pred: log-probabilities (N, C), target: int labels (N,)."""
+    """loss = -mean_n logp_n[t_n];  pred: log-probabilities (N, C), target: int labels (N,).
+    grad = -onehot(t) / N. Input that is not log-probabilities (a value > 0, or rows whose
+    exp does not sum to 1 within 1e-3) raises a ValueError: add LogSoftmax before it."""
+    hint = "inputs that are not log-probabilities (add LogSoftmax, or use CrossEntropyLoss on logits), " \
+           "or a learning rate too large"
 
     def forward(self, pred, target):
         pred, target = self._check_labels(pred, target)
+        total = np.exp(pred).sum(axis=1)
+        if np.any(pred > 0) or np.any(np.abs(total - 1) > 1e-3):
+            bad = int(np.argmax((pred > 0).any(axis=1) | (np.abs(total - 1) > 1e-3)))
+            raise ValueError(f"NLLLoss: expected log-probabilities (every value <= 0, each row's exp summing "
+                             f"to 1), got row {bad} with max {pred[bad].max():.4g} and exp-sum {total[bad]:.4g}; "
+                             "add LogSoftmax() as the model's last layer, or use CrossEntropyLoss on logits")
         self._cache = pred, target
         return float(-pred[np.arange(len(target)), target].mean())
 
@@ -675,7 +637,7 @@ class NLLLoss(Loss):
 
 
 class MSELoss(Loss):
-    """loss = mean((pred - target)^2) over every element; grad = 2 (pred - target) / pred.size."""
+    """loss = mean((pred - target)^2) over every element;  grad = 2 (pred - target) / pred.size."""
 
     def forward(self, pred, target):
         pred, target = np.asarray(pred), np.asarray(target)
@@ -690,71 +652,160 @@ class MSELoss(Loss):
         return diff * diff.dtype.type(2 / diff.size)
 
 
+class BCEWithLogitsLoss(Loss):
+    """Binary cross-entropy on logits, sigmoid fused in (stable for any x):
+
+        loss = mean(max(x, 0) - x t + log(1 + exp(-|x|)))  =  mean(-t log s(x) - (1 - t) log(1 - s(x)))
+        grad = (sigmoid(x) - t) / x.size
+    pred: logits (N,) or (N, 1); target: the same shape, values in [0, 1] (labels 0/1).
+    """
+
+    def forward(self, pred, target):
+        pred, target = np.asarray(pred), np.asarray(target)
+        if pred.shape != target.shape or pred.ndim not in (1, 2) or (pred.ndim == 2 and pred.shape[1] != 1):
+            raise ValueError(f"BCEWithLogitsLoss: expected logits (N,) or (N, 1) and targets of the same shape, "
+                             f"got {pred.shape} and {target.shape}")
+        t = target.astype(pred.dtype, copy=False)
+        if t.size and (t.min() < 0 or t.max() > 1):
+            raise ValueError(f"BCEWithLogitsLoss: targets must be in [0, 1], got {t.min()}..{t.max()}")
+        e = np.exp(-np.abs(pred))
+        self._cache = np.where(pred >= 0, 1, e) / (1 + e) - t            # sigmoid(x) - t
+        return float(np.mean(np.maximum(pred, 0) - pred * t + np.log1p(e)))
+
+    def backward(self):
+        diff = self._cache
+        return diff / diff.dtype.type(diff.size)
+
+
 # ════════════════════════════════════════════════════════════════════════════
 # Optimizers
 # ════════════════════════════════════════════════════════════════════════════
 
 class Optimizer:
-    """Base class: `step()` updates every parameter in place from its `.grad`.
+    """Base class, as torch.optim.Optimizer: `step()` updates every parameter in place from its `.grad`.
 
-    Holds one parameter group: the hyperparameters are attributes (`lr`,
-    `momentum`, `betas`, ...) that may be changed between steps (schedulers
-    write `lr`, and OneCycleLR `momentum` or `betas[0]`). `state[p]` is the
-    per-parameter state (a dict, keyed by the Parameter object itself),
-    created at p's first step in the dtype of `p.data`. `initial_lr` is set
-    by the first scheduler attached (PyTorch's `param_group["initial_lr"]`).
-    Updates are in place and stay in the dtype of `p.data`.
+    params: parameters (any objects with `.data` and `.grad` arrays), or torch-style groups
+    [{"params": [...], "lr": 0.1, ...}, ...]; a hyper-parameter a group does not give takes the
+    constructor's value. `param_groups` is that list of dicts (schedulers write their "lr");
+    `state[p]` is parameter p's state (arrays in p's dtype, created at its first step).
+    Subclasses define `update(p, state, group)`, the rule for one parameter.
     """
 
-    def __init__(self, params, lr, **hyper):
+    def __init__(self, params, defaults):
+        self.defaults, self.state, self.param_groups, self._buffers = defaults, {}, [], {}
+        params = list(params)
+        if not params:
+            raise ValueError(f"{type(self).__name__}: expected a non-empty iterable of parameters, got an empty one")
+        for group in params if isinstance(params[0], dict) else [{"params": params}]:
+            self.add_param_group(group)
+
+    def add_param_group(self, group):
+        """Add {"params": [...], hyper-parameter: value, ...}; missing values come from the defaults."""
         name = type(self).__name__
-        self.params = list(params)
-        if not self.params:
-            raise ValueError(f"{name}: expected a non-empty iterable of Parameters, got an empty one")
-        for p in self.params:
-            if not isinstance(p, Parameter):
-                raise TypeError(f"{name}: expected Parameters, got {type(p).__name__}")
-        for k, v in dict(lr=lr, **hyper).items():     # PyTorch's checks: every number >= 0
+        group = {**self.defaults, **group, "params": list(group["params"])}
+        for p in group["params"]:
+            if not (isinstance(getattr(p, "data", None), np.ndarray) and isinstance(getattr(p, "grad", None), np.ndarray)):
+                raise TypeError(f"{name}: expected parameters with .data and .grad arrays, got {type(p).__name__}")
+        for k, v in group.items():                   # torch's checks: every number >= 0, betas in [0, 1)
             if k == "betas":
                 for i, b in enumerate(v):
                     if not 0.0 <= b < 1.0:
                         raise ValueError(f"{name}: expected betas[{i}] in [0, 1), got {b}")
-            elif not isinstance(v, bool) and not v >= 0.0:
-                raise ValueError(f"{name}: expected {k} >= 0, got {v}")
-        self.lr, self.initial_lr, self.state = lr, None, {}
-        for k, v in hyper.items():   # plain Python floats: a NumPy float64 scalar would promote float32 math
-            setattr(self, k, v if isinstance(v, bool) else tuple(map(float, v)) if k == "betas" else float(v))
+                group[k] = tuple(map(float, v))     # plain floats: NumPy scalars would promote float32 math
+            elif k != "params" and not isinstance(v, bool):
+                if not v >= 0.0:
+                    raise ValueError(f"{name}: expected {k} >= 0, got {v}")
+                group[k] = float(v)
+        self.param_groups.append(group)
 
     @property
     def lr(self):
-        return self._lr
+        """The learning rate, when there is a single parameter group."""
+        return self._single_group("lr")["lr"]
 
     @lr.setter
     def lr(self, value):
-        self._lr = float(value)
+        self._single_group("lr")["lr"] = float(value)
+
+    def _single_group(self, what):
+        if len(self.param_groups) != 1:
+            raise AttributeError(f"{type(self).__name__} has {len(self.param_groups)} parameter groups: "
+                                 f"use param_groups[i][{what!r}]")
+        return self.param_groups[0]
 
     def zero_grad(self):
-        for p in self.params:
-            p.zero_grad()
-
-    def _grad(self, p):
-        """g = p.grad + weight_decay * p.data: PyTorch's (coupled) L2 weight decay."""
-        if not self.weight_decay:
-            return p.grad
-        g = p.data * self.weight_decay
-        g += p.grad
-        return g
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad[...] = 0
 
     def step(self):
-        raise NotImplementedError
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.update(p, self.state.setdefault(p, {}), group)
+
+    def _scratch(self, p):
+        """A reusable array like p.data for the update's intermediate results: allocating fresh
+        large temporaries every step costs more than the arithmetic (page faults)."""
+        key = (p.data.shape, p.data.dtype)
+        if key not in self._buffers:
+            self._buffers[key] = np.empty_like(p.data)
+        return self._buffers[key]
+
+    @staticmethod
+    def _l2(p, weight_decay):
+        """g = grad + weight_decay * p: torch's (coupled) L2 weight decay."""
+        return p.grad + weight_decay * p.data if weight_decay else p.grad
 
     def __repr__(self):
-        hyper = {k.lstrip("_"): v for k, v in vars(self).items() if k not in ("params", "initial_lr", "state")}
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in hyper.items())})"
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
+        return f"{type(self).__name__}({groups[0] if len(groups) == 1 else groups})"
+
+    def state_dict(self):
+        """{"state": {index: {name: array or int}}, "param_groups": [{..., "params": [indices]}]}:
+        torch's structure, parameters numbered in order across groups (copies of the arrays)."""
+        index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
+        groups = [{**g, "params": [index[id(p)] for p in g["params"]]} for g in self.param_groups]
+        state = {index[id(p)]: {k: np.array(v) if isinstance(v, np.ndarray) else v for k, v in s.items()}
+                 for p, s in self.state.items() if s}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        """Restore a state_dict() of this optimizer, or a torch.optim optimizer's (tensors are
+        converted; torch-only options must be off). Group sizes must match."""
+        name, groups = type(self).__name__, state_dict["param_groups"]
+        if [len(g["params"]) for g in groups] != [len(g["params"]) for g in self.param_groups]:
+            raise ValueError(f"{name}.load_state_dict: parameter groups of sizes "
+                             f"{[len(g['params']) for g in groups]}, expected "
+                             f"{[len(g['params']) for g in self.param_groups]}")
+        params = {}
+        for own, saved in zip(self.param_groups, groups):
+            for k, v in saved.items():
+                if k == "params":
+                    params.update(zip(v, own["params"]))
+                elif k in own or k in _SCHEDULER_GROUP_KEYS:
+                    own[k] = tuple(map(float, v)) if k == "betas" else _plain(v)
+                elif v and not (k == "decoupled_weight_decay" and getattr(self, "decoupled", False)):
+                    raise ValueError(f"{name}.load_state_dict: torch option {k}={v} is not supported")
+        self.state = {}
+        for i, s in state_dict["state"].items():
+            p = params[int(i)]
+            self.state[p] = {k: int(_plain(v)) if k == "step" else _plain(v).astype(p.data.dtype)
+                             for k, v in s.items()}
+
+
+_SCHEDULER_GROUP_KEYS = ("initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum")
+
+
+def _plain(v):
+    """A torch tensor as a NumPy array (a 0-d one as a Python float); anything else unchanged."""
+    if hasattr(v, "detach"):
+        v = v.detach().cpu().numpy()
+        return float(v) if v.ndim == 0 else v
+    return v
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent, optionally with momentum (PyTorch's form).
+    """Stochastic gradient descent, optionally with momentum (PyTorch's form):
 
         g = grad + weight_decay * p
         b = g                                   at the first step (no dampening)
@@ -764,75 +815,69 @@ class SGD(Optimizer):
     """
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False):
-        super().__init__(params, lr, momentum=momentum, dampening=dampening,
-                         weight_decay=weight_decay, nesterov=nesterov)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError(f"SGD: nesterov=True expects momentum > 0 and dampening = 0, "
                              f"got momentum={momentum}, dampening={dampening}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=nesterov))
 
-    def step(self):
-        lr, mu = self.lr, self.momentum
-        for p in self.params:
-            g = self._grad(p)
-            if mu:
-                st = self.state.setdefault(p, {})
-                b = st.get("momentum_buffer")
-                if b is None:
-                    b = st["momentum_buffer"] = g.copy()
-                else:
-                    b *= mu
-                    b += (1 - self.dampening) * g
-                g = g + mu * b if self.nesterov else b
-            p.data -= lr * g
+    def update(self, p, state, group):
+        g, mu, tmp = self._l2(p, group["weight_decay"]), group["momentum"], self._scratch(p)
+        if mu:
+            b = state.get("momentum_buffer")
+            if b is None:
+                b = state["momentum_buffer"] = g.copy()
+            else:
+                b *= mu
+                b += np.multiply(g, 1 - group["dampening"], out=tmp)
+            g = np.add(g, np.multiply(b, mu, out=tmp), out=tmp) if group["nesterov"] else b
+        p.data -= np.multiply(g, group["lr"], out=tmp)
 
 
 class RMSprop(Optimizer):
-    """RMSprop (Hinton), PyTorch's form, all buffers starting at zero:
+    """RMSprop (Hinton), PyTorch's form, every buffer starting at zero:
 
         g = grad + weight_decay * p
         v = alpha * v + (1 - alpha) * g²
-        centered:  gbar = alpha * gbar + (1 - alpha) * g,  d = sqrt(v - gbar²) + eps
-        else:      d = sqrt(v) + eps
-        momentum > 0:  b = momentum * b + g / d,  p = p - lr * b
-        else:          p = p - lr * g / d
+        centered:  m = alpha * m + (1 - alpha) * g,  denom = sqrt(v - m²) + eps
+        else:      denom = sqrt(v) + eps
+        momentum > 0:  b = momentum * b + g / denom,  p = p - lr * b
+        else:          p = p - lr * g / denom
     """
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False):
-        super().__init__(params, lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                         momentum=momentum, centered=centered)
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                      momentum=momentum, centered=centered))
 
-    def step(self):
-        lr, alpha, mu = self.lr, self.alpha, self.momentum
-        for p in self.params:
-            st = self.state.get(p)
-            if st is None:
-                st = self.state[p] = {"step": 0, "square_avg": np.zeros_like(p.data)}
-                if mu > 0:
-                    st["momentum_buffer"] = np.zeros_like(p.data)
-                if self.centered:
-                    st["grad_avg"] = np.zeros_like(p.data)
-            st["step"] += 1
-            g, v = self._grad(p), st["square_avg"]
-            v *= alpha
-            v += (1 - alpha) * np.square(g)
-            if self.centered:
-                gbar = st["grad_avg"]
-                gbar *= alpha
-                gbar += (1 - alpha) * g
-                d = v - np.square(gbar)
-                np.sqrt(d, out=d)
-            else:
-                d = np.sqrt(v)
-            d += self.eps
-            np.divide(g, d, out=d)                                   # d = g / d
+    def update(self, p, state, group):
+        alpha, mu = group["alpha"], group["momentum"]
+        if not state:
+            state.update(step=0, square_avg=np.zeros_like(p.data))
             if mu > 0:
-                b = st["momentum_buffer"]
-                b *= mu
-                b += d
-                d = lr * b
-            else:
-                d *= lr
-            p.data -= d
+                state["momentum_buffer"] = np.zeros_like(p.data)
+            if group["centered"]:
+                state["grad_avg"] = np.zeros_like(p.data)
+        state["step"] += 1
+        g, v, tmp = self._l2(p, group["weight_decay"]), state["square_avg"], self._scratch(p)
+        v *= alpha
+        v += np.multiply(np.square(g, out=tmp), 1 - alpha, out=tmp)
+        if group["centered"]:
+            m = state["grad_avg"]
+            m *= alpha
+            m += np.multiply(g, 1 - alpha, out=tmp)
+            denom = np.sqrt(np.subtract(v, np.square(m, out=tmp), out=tmp), out=tmp)
+        else:
+            denom = np.sqrt(v, out=tmp)
+        denom += group["eps"]
+        step = np.divide(g, denom, out=tmp)
+        if mu > 0:
+            b = state["momentum_buffer"]
+            b *= mu
+            b += step
+            step = np.multiply(b, group["lr"], out=tmp)
+        else:
+            step *= group["lr"]
+        p.data -= step
 
 
 class Adagrad(Optimizer):
@@ -844,22 +889,20 @@ class Adagrad(Optimizer):
     """
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10):
-        super().__init__(params, lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                         initial_accumulator_value=initial_accumulator_value, eps=eps)
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value, eps=eps))
 
-    def step(self):
-        for p in self.params:
-            st = self.state.get(p)
-            if st is None:
-                st = self.state[p] = {"step": 0, "sum": np.full_like(p.data, self.initial_accumulator_value)}
-            st["step"] += 1
-            g, s = self._grad(p), st["sum"]
-            s += np.square(g)
-            d = np.sqrt(s)
-            d += self.eps
-            np.divide(g, d, out=d)
-            d *= self.lr / (1 + (st["step"] - 1) * self.lr_decay)
-            p.data -= d
+    def update(self, p, state, group):
+        if not state:
+            state.update(step=0, sum=np.full_like(p.data, group["initial_accumulator_value"]))
+        state["step"] += 1
+        g, s, tmp = self._l2(p, group["weight_decay"]), state["sum"], self._scratch(p)
+        s += np.square(g, out=tmp)
+        denom = np.sqrt(s, out=tmp)
+        denom += group["eps"]
+        step = np.divide(g, denom, out=tmp)
+        step *= group["lr"] / (1 + (state["step"] - 1) * group["lr_decay"])
+        p.data -= step
 
 
 class Adam(Optimizer):
@@ -874,36 +917,31 @@ class Adam(Optimizer):
     decoupled = False     # AdamW: weight decay shrinks p directly instead of entering g
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False):
-        super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad))
 
-    def step(self):
-        lr, (beta1, beta2) = self.lr, self.betas
-        for p in self.params:
-            st = self.state.get(p)
-            if st is None:
-                st = self.state[p] = {"step": 0, "exp_avg": np.zeros_like(p.data),
-                                      "exp_avg_sq": np.zeros_like(p.data)}
-                if self.amsgrad:
-                    st["max_exp_avg_sq"] = np.zeros_like(p.data)
-            t = st["step"] = st["step"] + 1
-            if self.decoupled:
-                p.data *= 1 - lr * self.weight_decay
-                g = p.grad
-            else:
-                g = self._grad(p)
-            m, v = st["exp_avg"], st["exp_avg_sq"]
-            m *= beta1
-            m += (1 - beta1) * g
-            v *= beta2
-            v += (1 - beta2) * np.square(g)
-            if self.amsgrad:
-                v = np.maximum(st["max_exp_avg_sq"], v, out=st["max_exp_avg_sq"])
-            d = np.sqrt(v)
-            d /= math.sqrt(1 - beta2 ** t)
-            d += self.eps
-            np.divide(m, d, out=d)
-            d *= lr / (1 - beta1 ** t)
-            p.data -= d
+    def update(self, p, state, group):
+        lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
+        if not state:
+            state.update(step=0, exp_avg=np.zeros_like(p.data), exp_avg_sq=np.zeros_like(p.data))
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = np.zeros_like(p.data)
+        t = state["step"] = state["step"] + 1
+        if self.decoupled:
+            p.data *= 1 - lr * wd
+        g = p.grad if self.decoupled else self._l2(p, wd)
+        m, v, tmp = state["exp_avg"], state["exp_avg_sq"], self._scratch(p)
+        m *= beta1
+        m += np.multiply(g, 1 - beta1, out=tmp)
+        v *= beta2
+        v += np.multiply(np.square(g, out=tmp), 1 - beta2, out=tmp)
+        if group["amsgrad"]:
+            v = np.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
+        denom = np.sqrt(v, out=tmp)
+        denom /= math.sqrt(1 - beta2 ** t)
+        denom += group["eps"]
+        step = np.divide(m, denom, out=tmp)
+        step *= lr / (1 - beta1 ** t)
+        p.data -= step
 
 
 class AdamW(Adam):
@@ -926,24 +964,40 @@ class Lion(Optimizer):
     """
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0):
-        super().__init__(params, lr, betas=betas, weight_decay=weight_decay)
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
 
-    def step(self):
-        lr, (beta1, beta2) = self.lr, self.betas
-        for p in self.params:
-            st = self.state.get(p)
-            if st is None:
-                st = self.state[p] = {"exp_avg": np.zeros_like(p.data)}
-            g, m = p.grad, st["exp_avg"]
-            c = m * beta1
-            c += (1 - beta1) * g
-            d = np.sign(c)              # (not out=c: NumPy's in-place sign is ~10x slower)
-            d *= lr
-            if self.weight_decay:
-                p.data *= 1 - lr * self.weight_decay
-            p.data -= d
-            m *= beta2
-            m += (1 - beta2) * g
+    def update(self, p, state, group):
+        lr, (beta1, beta2) = group["lr"], group["betas"]
+        if not state:
+            state["exp_avg"] = np.zeros_like(p.data)
+        g, m = p.grad, state["exp_avg"]
+        c = np.multiply(m, beta1, out=self._scratch(p))
+        c += (1 - beta1) * g
+        step = np.sign(c)              # (not out=c: NumPy's in-place sign is ~10x slower)
+        step *= lr
+        if group["weight_decay"]:
+            p.data *= 1 - lr * group["weight_decay"]
+        p.data -= step
+        m *= beta2
+        m += (1 - beta2) * g
+
+
+def clip_grad_norm_(parameters, max_norm, norm_type=2.0):
+    """Scale every gradient in place so that their joint norm is at most max_norm, as torch:
+
+        total = (sum_p ||grad_p||^norm_type)^(1/norm_type)   (max |grad| for norm_type inf)
+        grad_p *= min(1, max_norm / (total + 1e-6))
+    Returns total, the norm before clipping (a float)."""
+    grads = [p.grad for p in parameters]
+    if not grads:
+        return 0.0
+    norm_type = float(norm_type)
+    norms = [np.linalg.norm(g.ravel(), norm_type) for g in grads]
+    total = float(max(norms) if norm_type == math.inf else np.linalg.norm(norms, norm_type))
+    coef = min(1.0, max_norm / (total + 1e-6))
+    for g in grads:
+        g *= coef
+    return total
 
 
 # ════════════════════════════════════════════════════════════════════════════
@@ -951,39 +1005,101 @@ class Lion(Optimizer):
 # ════════════════════════════════════════════════════════════════════════════
 
 class LRScheduler:
-    """Base class: `step()` sets `optimizer.lr = get_lr()` for the next epoch.
+    """Base class, as torch's: `step()` sets every parameter group's "lr" to `get_lr()`.
 
-    Like PyTorch, the constructor records `optimizer.initial_lr` (the first
-    scheduler's starting lr, `base_lr` here) and performs the initial step, so
-    `optimizer.lr` and `get_last_lr()` equal PyTorch's from the start. Most
-    schedules are PyTorch's recursive ("chainable") forms, which update the
-    current lr, so the float results match PyTorch's exactly.
-    `last_epoch` counts the steps taken (0 after the constructor).
+    The constructor records each group's starting lr as its "initial_lr" (`base_lrs`) and takes
+    the first step (`last_epoch` becomes 0), so the lr equals torch's from the start. Most
+    schedules below are torch's recursive ("chainable") forms, `_lr(lr, base_lr)` per group, so
+    the floats match torch's exactly. `step_every` tells `Sequential.fit` when to step:
+    "epoch" (the default) or "batch"; `needs_metric` that step takes a metric (val_loss).
+
+    A schedule of your own: subclass, set your attributes BEFORE `super().__init__` (which
+    already calls get_lr), and return one lr per group from get_lr(), e.g. warm-up then cosine,
+    stepped after every batch:
+
+        class WarmupCosine(tn.LRScheduler):
+            step_every = "batch"
+
+            def __init__(self, optimizer, warmup, total):
+                self.warmup, self.total = warmup, total
+                super().__init__(optimizer)
+
+            def get_lr(self):
+                t = self.last_epoch
+                f = (t + 1) / self.warmup if t < self.warmup else \\
+                    0.5 * (1 + math.cos(math.pi * (t - self.warmup) / (self.total - self.warmup)))
+                return [base * f for base in self.base_lrs]
     """
+    step_every, needs_metric = "epoch", False
 
     def __init__(self, optimizer):
         self._attach(optimizer)
-        if optimizer.initial_lr is None:
-            optimizer.initial_lr = optimizer.lr
-        self.base_lr = optimizer.initial_lr
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        self.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
         self.last_epoch = -1
         self.step()
 
     def _attach(self, optimizer):
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"{type(self).__name__}: expected an Optimizer, got {type(optimizer).__name__}")
+        if not hasattr(optimizer, "param_groups"):
+            raise TypeError(f"{type(self).__name__}: expected an optimizer, got {type(optimizer).__name__}")
         self.optimizer = optimizer
 
     def get_lr(self):
-        raise NotImplementedError
+        """The lr of every group at step `last_epoch`: by default `_lr(current lr, base lr)` per group."""
+        return [self._lr(group["lr"], base) for group, base in zip(self.optimizer.param_groups, self.base_lrs)]
 
     def step(self):
         self.last_epoch += 1
-        self.optimizer.lr = self.get_lr()
-        self._last_lr = [self.optimizer.lr]
+        self._set_lrs(self.get_lr())
+
+    def _set_lrs(self, lrs):
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = float(lr)
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def _restart(self):
+        """Go back to step 0 (SequentialLR at a milestone), with the closed form where torch has one."""
+        self.last_epoch = 0
+        closed = getattr(self, "_closed_form", None)
+        self._set_lrs([closed(base) for base in self.base_lrs] if closed else self.get_lr())
 
     def get_last_lr(self):
+        """The lr of every parameter group after the last step."""
         return self._last_lr
+
+    def state_dict(self):
+        """Every attribute but the optimizer (and functions), as torch's."""
+        return {k: v for k, v in vars(self).items() if k not in ("optimizer", "lr_lambdas", "schedulers")}
+
+    def load_state_dict(self, state_dict):
+        self.__dict__.update(state_dict)
+
+
+class LambdaLR(LRScheduler):
+    """lr = base_lr * lr_lambda(epoch); lr_lambda: a function of the step, or one per group."""
+
+    def __init__(self, optimizer, lr_lambda):
+        n = len(optimizer.param_groups)
+        self.lr_lambdas = list(lr_lambda) if isinstance(lr_lambda, (list, tuple)) else [lr_lambda] * n
+        if len(self.lr_lambdas) != n:
+            raise ValueError(f"{type(self).__name__}: expected {n} lr_lambdas, got {len(self.lr_lambdas)}")
+        super().__init__(optimizer)
+
+    def get_lr(self):
+        return [base * f(self.last_epoch) for f, base in zip(self.lr_lambdas, self.base_lrs)]
+
+
+class MultiplicativeLR(LambdaLR):
+    """lr = lr * lr_lambda(epoch) for epoch >= 1 (unchanged at the first step)."""
+
+    def get_lr(self):
+        e, groups = self.last_epoch, self.optimizer.param_groups
+        return [g["lr"] * f(e) if e > 0 else g["lr"] for f, g in zip(self.lr_lambdas, groups)]
+
+    def _restart(self):                     # at a SequentialLR milestone torch multiplies by f(0)
+        self.last_epoch = 0
+        self._set_lrs([g["lr"] * f(0) for f, g in zip(self.lr_lambdas, self.optimizer.param_groups)])
 
 
 class StepLR(LRScheduler):
@@ -993,20 +1109,26 @@ class StepLR(LRScheduler):
         self.step_size, self.gamma = step_size, gamma
         super().__init__(optimizer)
 
-    def get_lr(self):
-        e, lr = self.last_epoch, self.optimizer.lr
+    def _lr(self, lr, base):
+        e = self.last_epoch
         return lr * self.gamma if e > 0 and e % self.step_size == 0 else lr
+
+    def _closed_form(self, base):
+        return base * self.gamma ** (self.last_epoch // self.step_size)
 
 
 class MultiStepLR(LRScheduler):
     """lr = base_lr * gamma ** (number of milestones <= epoch); a repeated milestone counts twice."""
 
     def __init__(self, optimizer, milestones, gamma=0.1):
-        self.milestones, self.gamma = Counter(milestones), gamma
+        self.milestones, self.gamma = sorted(milestones), gamma
         super().__init__(optimizer)
 
-    def get_lr(self):
-        return self.optimizer.lr * self.gamma ** self.milestones[self.last_epoch]
+    def _lr(self, lr, base):
+        return lr * self.gamma ** self.milestones.count(self.last_epoch)
+
+    def _closed_form(self, base):
+        return base * self.gamma ** bisect_right(self.milestones, self.last_epoch)
 
 
 class ExponentialLR(LRScheduler):
@@ -1016,8 +1138,11 @@ class ExponentialLR(LRScheduler):
         self.gamma = gamma
         super().__init__(optimizer)
 
-    def get_lr(self):
-        return self.optimizer.lr * self.gamma if self.last_epoch > 0 else self.optimizer.lr
+    def _lr(self, lr, base):
+        return lr * self.gamma if self.last_epoch > 0 else lr
+
+    def _closed_form(self, base):
+        return base * self.gamma ** self.last_epoch
 
 
 class LinearLR(LRScheduler):
@@ -1036,13 +1161,17 @@ class LinearLR(LRScheduler):
         self.start_factor, self.end_factor, self.total_iters = start_factor, end_factor, total_iters
         super().__init__(optimizer)
 
-    def get_lr(self):
-        e, lr, s, f = self.last_epoch, self.optimizer.lr, self.start_factor, self.end_factor
+    def _lr(self, lr, base):
+        e, s, f = self.last_epoch, self.start_factor, self.end_factor
         if e == 0:
             return lr * s
         if e > self.total_iters:
             return lr
         return lr * (1.0 + (f - s) / (self.total_iters * s + (e - 1) * (f - s)))
+
+    def _closed_form(self, base):
+        s, f = self.start_factor, self.end_factor
+        return base * (s + (f - s) * min(self.total_iters, self.last_epoch) / self.total_iters)
 
 
 class CosineAnnealingLR(LRScheduler):
@@ -1057,13 +1186,16 @@ class CosineAnnealingLR(LRScheduler):
         self.T_max, self.eta_min = T_max, eta_min
         super().__init__(optimizer)
 
-    def get_lr(self):
-        e, lr, T, lo = self.last_epoch, self.optimizer.lr, self.T_max, self.eta_min
+    def _lr(self, lr, base):
+        e, T, lo = self.last_epoch, self.T_max, self.eta_min
         if e == 0:
             return lr
         if (e - 1 - T) % (2 * T) == 0:
-            return lr + (self.base_lr - lo) * (1 - math.cos(math.pi / T)) / 2
+            return lr + (base - lo) * (1 - math.cos(math.pi / T)) / 2
         return (1 + math.cos(math.pi * e / T)) / (1 + math.cos(math.pi * (e - 1) / T)) * (lr - lo) + lo
+
+    def _closed_form(self, base):
+        return self.eta_min + (base - self.eta_min) * (1 + math.cos(math.pi * self.last_epoch / self.T_max)) / 2
 
 
 class CosineAnnealingWarmRestarts(LRScheduler):
@@ -1087,24 +1219,25 @@ class CosineAnnealingWarmRestarts(LRScheduler):
             self.T_cur, self.T_i = self.T_cur - self.T_i, self.T_i * self.T_mult
         super().step()
 
-    def get_lr(self):
-        return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * self.T_cur / self.T_i)) / 2
+    def _lr(self, lr, base):
+        return self.eta_min + (base - self.eta_min) * (1 + math.cos(math.pi * self.T_cur / self.T_i)) / 2
 
 
 class OneCycleLR(LRScheduler):
     """1cycle policy (Smith & Topin 2019), stepped after every batch, PyTorch's phases.
 
-    initial_lr = max_lr / div_factor, min_lr = initial_lr / final_div_factor, T = total_steps
+    Per group: initial_lr = max_lr / div_factor, min_lr = initial_lr / final_div_factor, T = total_steps
     (or epochs * steps_per_epoch). Each phase anneals (cos or linear) from a start to an end
     value as pct = (step - phase start) / (phase end - phase start) goes from 0 to 1:
         two-phase:   initial_lr -> max_lr up to step pct_start*T - 1, then max_lr -> min_lr up to T - 1
         three_phase: initial_lr -> max_lr up to pct_start*T - 1, max_lr -> initial_lr up to
                      2*pct_start*T - 2, then initial_lr -> min_lr up to T - 1
         cos: end + (start - end) * (1 + cos(pi * pct)) / 2;   linear: start + (end - start) * pct
-    cycle_momentum (default, as in PyTorch) anneals SGD/RMSprop `momentum`, or Adam/AdamW/Lion
-    `betas[0]`, inversely: max_momentum -> base_momentum while the lr rises, and back
-    (the third phase keeps max_momentum).
+    cycle_momentum (default, as in PyTorch) anneals SGD/RMSprop "momentum", or Adam/AdamW/Lion
+    "betas"[0], inversely: max_momentum -> base_momentum while the lr rises, and back
+    (the third phase keeps max_momentum). max_lr may be one value per group.
     """
+    step_every = "batch"
 
     def __init__(self, optimizer, max_lr, total_steps=None, epochs=None, steps_per_epoch=None, pct_start=0.3,
                  anneal_strategy="cos", cycle_momentum=True, base_momentum=0.85, max_momentum=0.95,
@@ -1122,22 +1255,23 @@ class OneCycleLR(LRScheduler):
             raise ValueError(f"OneCycleLR: expected a float pct_start in [0, 1], got {pct_start!r}")
         if anneal_strategy not in ("cos", "linear"):
             raise ValueError(f"OneCycleLR: expected anneal_strategy 'cos' or 'linear', got {anneal_strategy!r}")
-        self.use_beta1 = hasattr(optimizer, "betas")
-        if cycle_momentum and not (self.use_beta1 or hasattr(optimizer, "momentum")):
+        groups = optimizer.param_groups
+        self.use_beta1 = "betas" in groups[0]
+        if cycle_momentum and not (self.use_beta1 or "momentum" in groups[0]):
             raise ValueError(f"OneCycleLR: cycle_momentum=True expects an optimizer with momentum or betas, "
                              f"got {type(optimizer).__name__} (pass cycle_momentum=False)")
         self.total_steps, self.anneal_strategy, self.cycle_momentum = total_steps, anneal_strategy, cycle_momentum
-        lr0 = optimizer.initial_lr = max_lr / div_factor
-        lr_min, T = lr0 / final_div_factor, total_steps
-        m_lo, m_hi = float(base_momentum), float(max_momentum)
-        # phases: (end step, start lr, end lr, start momentum, end momentum)
+        max_lrs = max_lr if isinstance(max_lr, (list, tuple)) else [max_lr] * len(groups)
+        for group, top in zip(groups, max_lrs):
+            group.update(initial_lr=top / div_factor, max_lr=top, min_lr=top / div_factor / final_div_factor,
+                         max_momentum=float(max_momentum), base_momentum=float(base_momentum))
+        T = total_steps     # phases: (end step, start lr, end lr, start momentum, end momentum): group keys
+        self.phases = [(float(pct_start * T) - 1, "initial_lr", "max_lr", "max_momentum", "base_momentum")]
         if three_phase:
-            self.phases = [(float(pct_start * T) - 1, lr0, max_lr, m_hi, m_lo),
-                           (float(2 * pct_start * T) - 2, max_lr, lr0, m_lo, m_hi),
-                           (T - 1, lr0, lr_min, m_hi, m_hi)]
+            self.phases += [(float(2 * pct_start * T) - 2, "max_lr", "initial_lr", "base_momentum", "max_momentum"),
+                            (T - 1, "initial_lr", "min_lr", "max_momentum", "max_momentum")]
         else:
-            self.phases = [(float(pct_start * T) - 1, lr0, max_lr, m_hi, m_lo),
-                           (T - 1, max_lr, lr_min, m_lo, m_hi)]
+            self.phases += [(T - 1, "max_lr", "min_lr", "base_momentum", "max_momentum")]
         super().__init__(optimizer)
 
     def _anneal(self, start, end, pct):
@@ -1155,13 +1289,59 @@ class OneCycleLR(LRScheduler):
                 pct = (t - start) / (end - start)
                 break
             start = end
-        if self.cycle_momentum:
-            m, opt = self._anneal(m_a, m_b, pct), self.optimizer
-            if self.use_beta1:
-                opt.betas = (m, opt.betas[1])
-            else:
-                opt.momentum = m
-        return self._anneal(lr_a, lr_b, pct)
+        lrs = []
+        for group in self.optimizer.param_groups:
+            lrs.append(self._anneal(group[lr_a], group[lr_b], pct))
+            if self.cycle_momentum:
+                m = self._anneal(group[m_a], group[m_b], pct)
+                if self.use_beta1:
+                    group["betas"] = (m, group["betas"][1])
+                else:
+                    group["momentum"] = m
+        return lrs
+
+
+class SequentialLR(LRScheduler):
+    """Run `schedulers` one after another: schedulers[i] from step milestones[i - 1] on, restarted at
+    its step 0 there (e.g. LinearLR warm-up for 5 steps, then CosineAnnealingLR: milestones=[5]).
+    The schedulers must share the optimizer; their own first steps are undone, as in torch."""
+
+    def __init__(self, optimizer, schedulers, milestones):
+        self._attach(optimizer)
+        if not schedulers or len(milestones) != len(schedulers) - 1:
+            raise ValueError(f"SequentialLR: expected one more scheduler than milestones, "
+                             f"got {len(schedulers)} schedulers and {len(milestones)} milestones")
+        for i, s in enumerate(schedulers):
+            if s.optimizer is not optimizer or s.needs_metric:
+                raise ValueError(f"SequentialLR: scheduler {i} ({type(s).__name__}) must share the optimizer "
+                                 "and take no metric")
+        self.schedulers, self.milestones, self.last_epoch = list(schedulers), list(milestones), 0
+        self.step_every = schedulers[0].step_every
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"]
+        for s in schedulers:
+            s.last_epoch -= 1
+        first = self.schedulers[bisect_right(self.milestones, 0)]
+        first.step()
+        self._last_lr = first.get_last_lr()
+
+    def step(self):
+        self.last_epoch += 1
+        i = bisect_right(self.milestones, self.last_epoch)
+        if i > 0 and self.milestones[i - 1] == self.last_epoch:
+            self.schedulers[i]._restart()
+        else:
+            self.schedulers[i].step()
+        self._last_lr = self.schedulers[i].get_last_lr()
+
+    def state_dict(self):
+        return {**super().state_dict(), "schedulers": [s.state_dict() for s in self.schedulers]}
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        for s, d in zip(self.schedulers, state_dict.pop("schedulers")):
+            s.load_state_dict(d)
+        super().load_state_dict(state_dict)
 
 
 class ReduceLROnPlateau(LRScheduler):
@@ -1170,10 +1350,11 @@ class ReduceLROnPlateau(LRScheduler):
     A metric improves on the best so far when (mode min / max, threshold_mode rel / abs)
     metric < best * (1 - threshold) / metric > best * (1 + threshold) (rel),
     metric < best - threshold / metric > best + threshold (abs).
-    After more than `patience` epochs without improvement, lr = max(lr * factor, min_lr)
-    (skipped if that changes lr by eps or less); then `cooldown` epochs are not counted.
+    After more than `patience` epochs without improvement, every group's lr = max(lr * factor,
+    min_lr) (skipped if that changes lr by eps or less); then `cooldown` epochs are not counted.
     No initial step: the lr is left unchanged until the first reduction.
     """
+    needs_metric = True
 
     def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4, threshold_mode="rel",
                  cooldown=0, min_lr=0, eps=1e-8):
@@ -1184,11 +1365,13 @@ class ReduceLROnPlateau(LRScheduler):
             raise ValueError(f"ReduceLROnPlateau: expected mode 'min' or 'max', got {mode!r}")
         if threshold_mode not in ("rel", "abs"):
             raise ValueError(f"ReduceLROnPlateau: expected threshold_mode 'rel' or 'abs', got {threshold_mode!r}")
+        n = len(optimizer.param_groups)
+        self.min_lrs = list(min_lr) if isinstance(min_lr, (list, tuple)) else [min_lr] * n
         self.mode, self.factor, self.patience, self.threshold = mode, factor, patience, threshold
-        self.threshold_mode, self.cooldown, self.min_lr, self.eps = threshold_mode, cooldown, min_lr, eps
+        self.threshold_mode, self.cooldown, self.eps = threshold_mode, cooldown, eps
         self.best = math.inf if mode == "min" else -math.inf
         self.num_bad_epochs = self.cooldown_counter = self.last_epoch = 0
-        self._last_lr = [optimizer.lr]
+        self._last_lr = [group["lr"] for group in optimizer.param_groups]
 
     def _is_better(self, a, best):
         if self.threshold_mode == "rel":
@@ -1206,25 +1389,54 @@ class ReduceLROnPlateau(LRScheduler):
             self.cooldown_counter -= 1
             self.num_bad_epochs = 0                 # bad epochs in cooldown do not count
         if self.num_bad_epochs > self.patience:
-            old = self.optimizer.lr
-            new = max(old * self.factor, self.min_lr)
-            if old - new > self.eps:
-                self.optimizer.lr = new
+            for group, low in zip(self.optimizer.param_groups, self.min_lrs):
+                new = max(group["lr"] * self.factor, low)
+                if group["lr"] - new > self.eps:
+                    group["lr"] = new
             self.cooldown_counter, self.num_bad_epochs = self.cooldown, 0
-        self._last_lr = [self.optimizer.lr]
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
 
 # ════════════════════════════════════════════════════════════════════════════
-# Sequential and History
+# Sequential, History and callbacks
 # ════════════════════════════════════════════════════════════════════════════
 
-class History:
-    """What `fit` returns: `.history[key]` holds one value per epoch, as Keras's History."""
+class Callback:
+    """Base class of fit's callbacks, as Keras's: override any method; `self.model` is the model.
+
+    on_epoch_end gets the epoch's logs (loss, accuracy, val_loss, val_accuracy, lr);
+    on_batch_end {"loss": the batch's loss, "size": its samples, "accuracy": the batch's}.
+    Setting `self.model.stop_training = True` ends fit after the current epoch.
+    """
+    model = None
+
+    def set_model(self, model):
+        self.model = model
+
+    def on_train_begin(self, logs=None): pass
+
+    def on_train_end(self, logs=None): pass
+
+    def on_epoch_begin(self, epoch, logs=None): pass
+
+    def on_epoch_end(self, epoch, logs=None): pass
+
+    def on_batch_begin(self, batch, logs=None): pass
+
+    def on_batch_end(self, batch, logs=None): pass
+
+
+class History(Callback):
+    """What fit returns: `history[key]` has one value per epoch (as Keras's History), `epoch` the
+    epoch numbers, and `batch_loss` the training loss of every optimizer step, in order."""
 
     def __init__(self):
-        self.epoch, self.history = [], {}
+        self.epoch, self.history, self.batch_loss = [], {}, []
 
-    def append(self, epoch, logs):
+    def on_batch_end(self, batch, logs=None):
+        self.batch_loss.append(logs["loss"])
+
+    def on_epoch_end(self, epoch, logs=None):
         self.epoch.append(epoch)
         for k, v in logs.items():
             self.history.setdefault(k, []).append(v)
@@ -1238,8 +1450,111 @@ class History:
                 f.write(",".join([str(e)] + [repr(self.history[k][i]) for k in keys]) + "\n")
 
 
+def _monitor_is_better(mode, monitor):
+    """Keras's mode "auto": a metric is better when larger if it is an accuracy, else smaller."""
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"expected mode 'auto', 'min' or 'max', got {mode!r}")
+    return mode == "max" or (mode == "auto" and "acc" in monitor)
+
+
+class EarlyStopping(Callback):
+    """Stop training when `monitor` has not improved for `patience` epochs, as Keras's.
+
+    Improved: better than the best so far by more than min_delta (min: value < best - min_delta;
+    max: value > best + min_delta). After `patience` epochs without improvement (and not before
+    the second epoch) it sets model.stop_training; restore_best_weights=True then loads the
+    weights of the best epoch (or of the first, if none improved). `best_epoch` and
+    `stopped_epoch` are 0-based, as Keras's.
+    """
+
+    def __init__(self, monitor="val_loss", min_delta=0, patience=0, mode="auto", restore_best_weights=False):
+        self.monitor, self.min_delta, self.patience = monitor, abs(min_delta), patience
+        self.restore_best_weights, self.larger = restore_best_weights, _monitor_is_better(mode, monitor)
+
+    def on_train_begin(self, logs=None):
+        self.wait, self.stopped_epoch, self.best_epoch, self.best_weights = 0, 0, 0, None
+        self.best = -math.inf if self.larger else math.inf
+
+    def _improved(self, value):
+        return value - self.min_delta > self.best if self.larger else value + self.min_delta < self.best
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = logs.get(self.monitor)
+        if value is None:
+            raise KeyError(f"EarlyStopping: no {self.monitor!r} in the logs; available: {sorted(logs)}")
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights = self.model.state_dict()
+        self.wait += 1
+        if self._improved(value):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best_weights:
+                self.best_weights = self.model.state_dict()
+        elif self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch, self.model.stop_training = epoch, True
+            if self.restore_best_weights:
+                self.model.load_state_dict(self.best_weights)
+
+
+class ModelCheckpoint(Callback):
+    """Save the model (Sequential.save) after every epoch, as Keras's ModelCheckpoint.
+
+    filepath may hold fields of the epoch (1-based) and its logs, e.g. "model-{epoch:02d}-
+    {val_loss:.3f}.npz". save_best_only: save only when `monitor` beats the best so far.
+    """
+
+    def __init__(self, filepath, monitor="val_loss", save_best_only=False, mode="auto"):
+        self.filepath, self.monitor, self.save_best_only = os.fspath(filepath), monitor, save_best_only
+        self.larger = _monitor_is_better(mode, monitor)
+        self.best = -math.inf if self.larger else math.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_best_only:
+            value = logs.get(self.monitor)
+            if value is None:
+                raise KeyError(f"ModelCheckpoint: no {self.monitor!r} in the logs; available: {sorted(logs)}")
+            if not (value > self.best if self.larger else value < self.best):
+                return
+            self.best = value
+        self.model.save(self.filepath.format(epoch=epoch + 1, **logs))
+
+
+class ProgressLog(Callback):
+    """fit's output. verbose=1: a tqdm bar per epoch when the output is a terminal or a notebook,
+    then one line per epoch; verbose=2: the line only; 0: nothing."""
+
+    def __init__(self, verbose, epochs, steps):
+        self.verbose, self.epochs, self.steps, self.bar = verbose, epochs, steps, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.seen, self.sums = 0, {}
+        if self.verbose == 1 and (sys.stderr.isatty() or "ipykernel" in sys.modules):
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False)
+
+    def on_batch_end(self, batch, logs=None):
+        if self.bar is not None:
+            self.seen += logs["size"]
+            for k in ("loss", "accuracy"):
+                if k in logs:
+                    self.sums[k] = self.sums.get(k, 0.0) + logs[k] * logs["size"]
+            self.bar.set_postfix({k: f"{v / self.seen:.4f}" for k, v in self.sums.items()}, refresh=False)
+            self.bar.update()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.verbose:
+            print(f"epoch {epoch + 1}/{self.epochs} - "
+                  + " - ".join(f"{k}: {v:{'.3g' if k == 'lr' else '.4f'}}" for k, v in logs.items()), flush=True)
+
+
+class NonFiniteLoss(ValueError):
+    """The training loss became NaN or infinite (raised by train_step; fit adds the epoch and batch)."""
+
+
 class Sequential(Layer):
-    """A stack of layers run in order, with Keras's compile/fit/evaluate/predict.
+    """A stack of layers run in order, with Keras's compile / fit / evaluate / predict.
 
     `Sequential([l1, l2])`, `Sequential(l1, l2)` or `add(layer)`. State-dict keys are
     torch.nn.Sequential's ("0.weight", "1.running_mean", ...).
@@ -1252,7 +1567,7 @@ class Sequential(Layer):
         for layer in layers:
             self.add(layer)
         self.optimizer = self.loss = self.scheduler = self._input_shape = None
-        self.metrics = ()
+        self.metrics, self.stop_training = (), False
 
     def add(self, layer):
         if not isinstance(layer, Layer):
@@ -1269,7 +1584,7 @@ class Sequential(Layer):
     def __repr__(self):
         return "Sequential(\n" + "".join(f"  ({i}): {l!r}\n" for i, l in enumerate(self.layers)) + ")"
 
-    # -- forward, backward, state ---------------------------------------------
+    # -- the model: forward, backward, parameters -------------------------------
     def forward(self, x):
         self._input_shape = np.shape(x)[1:]
         for layer in self.layers:
@@ -1277,8 +1592,8 @@ class Sequential(Layer):
         return x
 
     def backward(self, grad, input_grad=True):
-        """Run every layer's backward in reverse; returns grad wrt the input
-        (None with input_grad=False, which lets the first layer skip that work)."""
+        """Every layer's backward, last to first; returns grad wrt the input (None with
+        input_grad=False, which lets the first layer skip that work, as torch does)."""
         for layer in reversed(self.layers[1:]):
             grad = layer.backward(grad)
         first = self.layers[0]
@@ -1288,14 +1603,17 @@ class Sequential(Layer):
         finally:
             first.needs_input_grad = True
 
+    def parameters(self):
+        return [p for layer in self.layers for p in layer.parameters()]
+
     def named_parameters(self):
         return [(f"{i}.{k}", p) for i, l in enumerate(self.layers) for k, p in l.named_parameters()]
 
     def named_buffers(self):
         return [(f"{i}.{k}", b) for i, l in enumerate(self.layers) for k, b in l.named_buffers()]
 
-    def _named_state(self):
-        return [(f"{i}.{k}", v) for i, l in enumerate(self.layers) for k, v in l._named_state()]
+    def _state_arrays(self):               # layer by layer, as torch.nn.Sequential's state_dict
+        return {f"{i}.{k}": v for i, l in enumerate(self.layers) for k, v in l._state_arrays().items()}
 
     def train(self, mode=True):
         self.training = mode
@@ -1312,7 +1630,7 @@ class Sequential(Layer):
         params = self.parameters()
         return params[0].data.dtype if params else np.dtype(np.float32)
 
-    # -- Keras-style training ---------------------------------------------------
+    # -- training ---------------------------------------------------------------
     def compile(self, optimizer, loss, metrics=("accuracy",), scheduler=None):
         """Set the optimizer, the loss (a Loss instance), the metrics and an optional LR scheduler."""
         if not isinstance(loss, Loss):
@@ -1321,8 +1639,88 @@ class Sequential(Layer):
         unknown = set(metrics) - {"accuracy"}
         if unknown:
             raise ValueError(f"Sequential.compile: unknown metrics {sorted(unknown)}; known: ['accuracy']")
+        if scheduler is not None and getattr(scheduler, "step_every", "epoch") not in ("epoch", "batch"):
+            raise ValueError(f"Sequential.compile: the scheduler's step_every must be 'epoch' or 'batch', "
+                             f"got {scheduler.step_every!r}")
         self.optimizer, self.loss, self.metrics, self.scheduler = optimizer, loss, tuple(metrics), scheduler
         return self
+
+    def train_step(self, x, y):
+        """One update on the batch (x, y) -> (loss, output): what every step of fit does."""
+        out = self.forward(x)
+        loss = self.loss.forward(out, y)
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(f"the loss became {loss} (lr {self.optimizer.param_groups[0]['lr']:g}); "
+                                f"usual causes for {type(self.loss).__name__}: {self.loss.hint}")
+        self.optimizer.zero_grad()
+        self.backward(self.loss.backward(), input_grad=False)   # no gradient wrt the data
+        self.optimizer.step()
+        if self.scheduler is not None and getattr(self.scheduler, "step_every", "epoch") == "batch":
+            self.scheduler.step()
+        return loss, out
+
+    def fit(self, X, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0,
+            shuffle=True, verbose=1, callbacks=None):
+        """Train on (X, y) for `epochs` passes of minibatches, one `train_step` each; -> History.
+
+        The scheduler steps after every batch or every epoch, as its `step_every` says; one that
+        `needs_metric` (ReduceLROnPlateau) gets val_loss, or the training loss without validation
+        data. `validation_split` holds out the last fraction of X before shuffling (as Keras;
+        ignored when validation_data is given). history: loss, accuracy, val_loss, val_accuracy,
+        and lr (the lr each epoch started with). verbose: see ProgressLog.
+        """
+        if self.optimizer is None:
+            raise RuntimeError("Sequential.fit: call compile(optimizer, loss) first")
+        X, y, validation_data = self._fit_data(X, y, validation_data, validation_split)
+        history = History()
+        callbacks = [history, ProgressLog(verbose, epochs, math.ceil(len(X) / batch_size)), *(callbacks or [])]
+        for callback in callbacks:
+            callback.set_model(self)
+        self.stop_training = False
+        _notify(callbacks, "on_train_begin", {})
+        for epoch in range(epochs):
+            self.train()
+            logs, lr, total, correct = {}, self.optimizer.param_groups[0]["lr"], 0.0, 0
+            _notify(callbacks, "on_epoch_begin", epoch, logs)
+            for batch, (xb, yb) in enumerate(minibatches(X, y, batch_size, shuffle)):
+                try:
+                    loss, out = self.train_step(xb, yb)
+                except NonFiniteLoss as e:
+                    raise NonFiniteLoss(f"Sequential.fit: at epoch {epoch + 1}, batch {batch + 1}, {e}") from None
+                batch_logs = {"loss": loss, "size": len(xb)}
+                if "accuracy" in self.metrics:
+                    batch_logs["accuracy"] = self._correct(out, yb) / len(xb)
+                    correct += self._correct(out, yb)
+                total += loss * len(xb)
+                _notify(callbacks, "on_batch_end", batch, batch_logs)
+            logs["loss"] = total / len(X)
+            if "accuracy" in self.metrics:
+                logs["accuracy"] = correct / len(X)
+            if validation_data is not None:
+                logs.update({"val_" + k: v for k, v in self._evaluate(*validation_data).items()})
+            logs["lr"] = lr
+            if self.scheduler is not None and getattr(self.scheduler, "step_every", "epoch") == "epoch":
+                if getattr(self.scheduler, "needs_metric", False):
+                    self.scheduler.step(logs.get("val_loss", logs["loss"]))
+                else:
+                    self.scheduler.step()
+            _notify(callbacks, "on_epoch_end", epoch, logs)
+            if self.stop_training:
+                break
+        _notify(callbacks, "on_train_end", {})
+        return history
+
+    def _fit_data(self, X, y, validation_data, validation_split):
+        """(X, y, validation_data) checked and cast; validation_split takes the tail of X."""
+        X, y = self._check_data("fit", X, y)
+        if validation_data is not None:                      # validation_data wins, as in Keras
+            return X, y, self._check_data("fit (validation_data)", *validation_data)
+        if validation_split:
+            if not 0 < validation_split < 1:
+                raise ValueError(f"Sequential.fit: validation_split must be in (0, 1), got {validation_split}")
+            cut = int(len(X) * (1 - validation_split))
+            return X[:cut], y[:cut], (X[cut:], y[cut:])
+        return X, y, None
 
     def _check_data(self, where, X, y):
         """Cast X to the model's dtype; reject mismatched lengths and NaN/Inf."""
@@ -1334,79 +1732,16 @@ class Sequential(Layer):
                 raise ValueError(f"Sequential.{where}: {name} contains NaN or Inf")
         return X.astype(self._dtype(), copy=False), y
 
-    def _correct(self, out, y):
-        """Number of rows whose arg-max matches the label (or the one-hot target's arg-max)."""
+    @staticmethod
+    def _correct(out, y):
+        """Number of rows whose arg-max matches the label (or the one-hot target's arg-max);
+        one output column: the logit's sign against a 0/1 target."""
+        if out.ndim == 2 and out.shape[1] == 1:
+            return int(((out[:, 0] > 0) == (np.reshape(y, len(y)) > 0.5)).sum())
         return int((out.argmax(axis=1) == (y.argmax(axis=1) if y.ndim == 2 else y)).sum())
 
-    def fit(self, X, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0,
-            shuffle=True, verbose=1):
-        """Train on (X, y) for `epochs` passes of minibatches; returns a History.
-
-        `validation_split` holds out the last fraction of X before shuffling (as Keras;
-        ignored when validation_data is given).
-        The scheduler steps after every batch for OneCycleLR, else after every epoch;
-        ReduceLROnPlateau is given val_loss, or the training loss without validation data.
-        history: loss, accuracy, val_loss, val_accuracy, and lr (the lr each epoch started with).
-        verbose: 0 silent, 1 a tqdm bar per epoch then its line, 2 one line per epoch.
-        """
-        if self.optimizer is None:
-            raise RuntimeError("Sequential.fit: call compile(optimizer, loss) first")
-        X, y = self._check_data("fit", X, y)
-        if validation_split and validation_data is None:     # validation_data wins, as in Keras
-            if not 0 < validation_split < 1:
-                raise ValueError(f"Sequential.fit: validation_split must be in (0, 1), got {validation_split}")
-            cut = int(len(X) * (1 - validation_split))
-            X, y, validation_data = X[:cut], y[:cut], (X[cut:], y[cut:])
-        elif validation_data is not None:                      # checked once, not every epoch
-            validation_data = self._check_data("fit (validation_data)", *validation_data)
-        per_batch = isinstance(self.scheduler, OneCycleLR)
-        history = History()
-        for epoch in range(epochs):
-            self.train()
-            logs, lr = {}, self.optimizer.lr
-            total, correct, seen = 0.0, 0, 0
-            batches = minibatches(X, y, batch_size, shuffle)
-            if verbose == 1:
-                from tqdm.auto import tqdm
-                batches = tqdm(batches, total=math.ceil(len(X) / batch_size), desc=f"epoch {epoch + 1}/{epochs}")
-            for b, (xb, yb) in enumerate(batches):
-                out = self.forward(xb)
-                loss = self.loss.forward(out, yb)
-                if not math.isfinite(loss):
-                    raise ValueError(f"Sequential.fit: the loss became {loss} at epoch {epoch + 1}, "
-                                     f"batch {b + 1} (lr {self.optimizer.lr:g}); try a smaller learning rate")
-                self.optimizer.zero_grad()
-                self.backward(self.loss.backward(), input_grad=False)
-                self.optimizer.step()
-                if per_batch:
-                    self.scheduler.step()
-                total, seen = total + loss * len(xb), seen + len(xb)
-                if "accuracy" in self.metrics:
-                    correct += self._correct(out, yb)
-                if verbose == 1:
-                    live = {"loss": f"{total / seen:.4f}"}
-                    if "accuracy" in self.metrics:
-                        live["accuracy"] = f"{correct / seen:.4f}"
-                    batches.set_postfix(live, refresh=False)
-            logs["loss"] = total / seen
-            if "accuracy" in self.metrics:
-                logs["accuracy"] = correct / seen
-            if validation_data is not None:
-                logs.update({"val_" + k: v for k, v in self._evaluate(*validation_data).items()})
-            logs["lr"] = lr
-            if isinstance(self.scheduler, ReduceLROnPlateau):
-                self.scheduler.step(logs.get("val_loss", logs["loss"]))
-            elif self.scheduler is not None and not per_batch:
-                self.scheduler.step()
-            history.append(epoch, logs)
-            if verbose == 1:
-                batches.close()
-            if verbose:
-                print(f"epoch {epoch + 1}/{epochs} - " + " - ".join(f"{k}: {v:{'.3g' if k == 'lr' else '.4f'}}" for k, v in logs.items()),
-                      flush=True)
-        return history
-
-    def _run(self, X, batch_size):
+    # -- inference ----------------------------------------------------------------
+    def _outputs(self, X, batch_size):
         """Yield, batch by batch in eval mode, the list of every layer's output; drop caches after."""
         was_training = self.training
         self.eval()
@@ -1426,11 +1761,11 @@ class Sequential(Layer):
 
     def predict(self, X, batch_size=256):
         """The model's outputs for X, computed in batches in eval mode."""
-        return np.concatenate([outs[-1] for outs in self._run(X, batch_size)])
+        return np.concatenate([outs[-1] for outs in self._outputs(X, batch_size)])
 
     def activations(self, X, batch_size=256):
         """[output of every layer] for X, in eval mode: the hidden representations."""
-        return [np.concatenate(col) for col in zip(*self._run(X, batch_size))]
+        return [np.concatenate(col) for col in zip(*self._outputs(X, batch_size))]
 
     def evaluate(self, X, y, batch_size=256):
         """{"loss": mean loss, "accuracy": fraction correct} on (X, y), in eval mode."""
@@ -1458,7 +1793,7 @@ class Sequential(Layer):
             shape = (self.layers[0].in_features,)
         if shape is None:
             raise ValueError("Sequential.summary: give input_shape without the batch axis, e.g. (1, 28, 28)")
-        [outs] = list(self._run(np.zeros((1, *shape)), 1))
+        [outs] = list(self._outputs(np.zeros((1, *shape)), 1))
         rows = [(f"{i}: {l!r}", str((None, *o.shape[1:])), sum(p.data.size for p in l.parameters()))
                 for i, (l, o) in enumerate(zip(self.layers, outs))]
         w = max(len(r[0]) for r in rows) + 2
@@ -1467,41 +1802,258 @@ class Sequential(Layer):
         lines += ["=" * (w + 32), f"Total params: {sum(r[2] for r in rows):,}"]
         return "\n".join(lines)
 
-    # -- saving -----------------------------------------------------------------
+    # -- saving and converting (see the next section) -----------------------------
     def config(self):
         return {"class": "Sequential", "layers": [l.config() for l in self.layers]}
 
     def save(self, path):
         """One .npz with every weight and buffer plus the architecture (JSON), written atomically."""
-        arrays = dict(self.state_dict(), __architecture__=np.array(json.dumps(self.config())))
         with _atomic_open(path) as f:
-            np.savez(f, **arrays)
+            np.savez(f, **_model_arrays(self))
 
     @staticmethod
-    def load(path):
-        """Rebuild a model written by `save`: architecture, dtype, weights and buffers."""
-        with open(path, "rb") as fh:          # a missing file raises FileNotFoundError
-            try:
-                with np.load(fh, allow_pickle=False) as f:
-                    arrays = dict(f)
-                config = json.loads(str(arrays.pop("__architecture__")))
-                model = _from_config(config)
-            except (OSError, EOFError, TypeError, ValueError, KeyError, AttributeError,
-                    zipfile.BadZipFile) as e:   # empty file, .npy, not an architecture
-                raise ValueError(f"Sequential.load: {path} is not a tinynet model file ({e})") from None
+    def load(path, custom_objects=None):
+        """Rebuild a model written by `save` (or `save_checkpoint`): architecture, dtype, weights and
+        buffers. custom_objects: {"ClassName": class} for layers that are not tinynet's, as Keras."""
+        arrays, config = _read_model_file(path, "Sequential.load")
+        model = _from_config(config, custom_objects, f"Sequential.load: {path}")
         if arrays:
             model.astype(next(iter(arrays.values())).dtype)
         return model.load_state_dict(arrays)
 
+    def to_torch(self):
+        """The same model as a torch.nn.Sequential, with the same weights, buffers, dtype and mode."""
+        return _to_torch(self)
 
-def _from_config(config):
-    """Build a layer (or Sequential) from {"class", "args", "kwargs"} / {"class", "layers"}."""
-    cls = globals().get(config.get("class"))
+    @staticmethod
+    def from_torch(module):
+        """A tinynet model from a torch.nn.Sequential of layers tinynet has (weights copied)."""
+        return _from_torch(module)
+
+
+def _notify(callbacks, event, *args):
+    for callback in callbacks:
+        getattr(callback, event)(*args)
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Saving, loading and PyTorch interop
+# ════════════════════════════════════════════════════════════════════════════
+# What Sequential.save/load, checkpoints, torch interop and astype need. These methods are
+# added to every Layer here, apart from its core, so that a layer copied out alone does not
+# drag them along (it works without them).
+
+@contextlib.contextmanager
+def _atomic_open(path, mode="wb"):
+    """Write to `<path>.tmp` and rename it to `path` only when the block completes."""
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, mode) as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class LayerState:
+    """The saving and loading methods of every Layer (added to Layer below).
+
+    A layer's state is its parameters, then its `buffers` (names of non-learnable arrays, e.g.
+    BatchNorm's running statistics), with torch's key names. Its config is its class and
+    constructor arguments, read back from the attributes of the same names (as torch's layers
+    keep them; a Parameter or None stands for the `bias` flag); a layer of your own that keeps
+    them otherwise defines config().
+    """
+    buffers = ()
+
+    def named_parameters(self):
+        return [(k, v) for k, v in vars(self).items() if hasattr(v, "data") and hasattr(v, "grad")]
+
+    def named_buffers(self):
+        return [(k, getattr(self, k)) for k in self.buffers]
+
+    def _state_arrays(self):
+        """{name: the live array}: parameters' data, then buffers."""
+        return {k: p.data for k, p in self.named_parameters()} | dict(self.named_buffers())
+
+    def state_dict(self):
+        """{name: copy of the array}, parameters then buffers, with torch's key names."""
+        return {k: np.array(v) for k, v in self._state_arrays().items()}
+
+    def load_state_dict(self, state):
+        """Copy arrays (NumPy or torch tensors) into the parameters and buffers, in place.
+
+        Keys and shapes must match exactly (torch's `num_batches_tracked` is ignored);
+        values are cast to the layer's dtype. Nothing is copied unless everything matches.
+        """
+        name, own = type(self).__name__, self._state_arrays()
+        state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+        missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+        if missing or unexpected:
+            raise ValueError(f"{name}.load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        pairs = []                                   # check every shape before copying anything
+        for k, v in state.items():
+            v = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+            if v.shape != own[k].shape:
+                raise ValueError(f"{name}.load_state_dict: {k!r} has shape {v.shape}, expected {own[k].shape}")
+            pairs.append((own[k], v))
+        for target, v in pairs:
+            target[...] = v
+        return self
+
+    def astype(self, dtype):
+        """Convert every parameter (and its grad) and buffer to `dtype`, in place."""
+        for p in self.parameters():
+            p.data, p.grad = p.data.astype(dtype), p.grad.astype(dtype)
+        for k, b in self.named_buffers():
+            setattr(self, k, b.astype(dtype))
+        return self
+
+    def config(self):
+        """{"class": name, "kwargs": constructor arguments}: enough to rebuild the layer."""
+        kwargs = {}
+        for arg, spec in _init_args(type(self)):
+            v = getattr(self, arg, spec.default)
+            if v is spec.empty:
+                raise ValueError(f"{type(self).__name__}: keep the constructor argument {arg!r} as self.{arg} "
+                                 "(or define config()) so that the layer can be saved")
+            if hasattr(v, "grad") or (v is None and isinstance(spec.default, bool)):
+                v = v is not None                                     # the bias flag
+            kwargs[arg] = v.tolist() if isinstance(v, np.ndarray) else list(v) if isinstance(v, tuple) else v
+        return {"class": type(self).__name__, "kwargs": kwargs}
+
+    def __repr__(self):
+        kwargs = self.config()["kwargs"]
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+
+
+for _name in ("buffers", "named_parameters", "named_buffers", "_state_arrays", "state_dict", "load_state_dict", "astype",
+              "config", "__repr__"):
+    if _name not in vars(Layer):
+        setattr(Layer, _name, vars(LayerState)[_name])
+
+
+def _init_args(cls):
+    """[(name, inspect.Parameter)] of the named arguments of cls's constructor."""
+    return [(name, spec) for name, spec in list(inspect.signature(cls.__init__).parameters.items())[1:]
+            if spec.kind not in (spec.VAR_POSITIONAL, spec.VAR_KEYWORD)]
+
+
+def _model_arrays(model):
+    """model.state_dict() plus its architecture as JSON, under "__architecture__"."""
+    return dict(model.state_dict(), __architecture__=np.array(json.dumps(model.config())))
+
+
+def _read_model_file(path, caller):
+    """(weights and buffers, architecture) from a file written by save or save_checkpoint."""
+    with open(path, "rb") as fh:              # a missing file raises FileNotFoundError
+        try:
+            with np.load(fh, allow_pickle=False) as f:
+                arrays = dict(f)
+            config = json.loads(str(arrays.pop("__architecture__")))
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:   # empty, .npy, not ours
+            raise ValueError(f"{caller}: {path} is not a tinynet model file ({e})") from None
+    return {k: v for k, v in arrays.items() if not (k.startswith("__") or "/" in k)}, config
+
+
+def _from_config(config, custom_objects=None, where="Sequential.load"):
+    """Build a layer (or Sequential) from {"class", "kwargs"} (or {"class", "layers"})."""
+    name = config.get("class")
+    cls = (custom_objects or {}).get(name) or globals().get(name)
     if not (isinstance(cls, type) and issubclass(cls, Layer)):
-        raise ValueError(f"Sequential.load: unknown layer class {config.get('class')!r}")
+        raise ValueError(f"{where}: unknown layer class {name!r}; if it is your own, pass it as "
+                         f"Sequential.load(path, custom_objects={{{name!r}: {name}}})")
     if cls is Sequential:
-        return Sequential([_from_config(c) for c in config["layers"]])
+        return Sequential([_from_config(c, custom_objects, where) for c in config["layers"]])
     return cls(*config.get("args", ()), **config.get("kwargs", {}))
+
+
+def save_checkpoint(path, model, optimizer=None, scheduler=None, **info):
+    """Save what resuming training needs, in one .npz written atomically: the model (as `save`),
+    the optimizer's and the scheduler's state_dict(), tinynet's random generator (shuffling,
+    dropout) and `info` (e.g. epoch=2). Resume with load_checkpoint: bit for bit the same run."""
+    arrays, meta = _model_arrays(model), {"generator": _rng.bit_generator.state, "info": info}
+    if optimizer is not None:
+        state = optimizer.state_dict()
+        meta["optimizer"] = {"param_groups": state["param_groups"], "state": {}}
+        for i, s in state["state"].items():
+            meta["optimizer"]["state"][i] = {k: v for k, v in s.items() if not isinstance(v, np.ndarray)}
+            arrays.update({f"optimizer/{i}/{k}": v for k, v in s.items() if isinstance(v, np.ndarray)})
+    if scheduler is not None:
+        meta["scheduler"] = scheduler.state_dict()
+    arrays["__checkpoint__"] = np.array(json.dumps(meta))
+    with _atomic_open(path) as f:
+        np.savez(f, **arrays)
+
+
+def load_checkpoint(path, model, optimizer=None, scheduler=None):
+    """Load a save_checkpoint file into model (and optimizer and scheduler, built as before:
+    `Sequential.load(path)` rebuilds the model) and restore the random generator; -> info."""
+    weights, _ = _read_model_file(path, "load_checkpoint")
+    with np.load(path, allow_pickle=False) as f:
+        if "__checkpoint__" not in f:
+            raise ValueError(f"load_checkpoint: {path} is a model file, not a checkpoint (see save_checkpoint)")
+        meta = json.loads(str(f["__checkpoint__"]))
+        arrays = {k: f[k] for k in f.files if k.startswith("optimizer/")}
+    model.load_state_dict(weights)
+    if optimizer is not None:
+        state = {int(i): dict(s) for i, s in meta["optimizer"]["state"].items()}
+        for key, v in arrays.items():
+            _, i, k = key.split("/")
+            state.setdefault(int(i), {})[k] = v
+        optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+    if scheduler is not None:
+        scheduler.load_state_dict(meta["scheduler"])
+    _rng.bit_generator.state = meta["generator"]
+    return meta["info"]
+
+
+# tinynet's layers that torch.nn has under the same name and arguments; torch options they must keep
+_TORCH_LAYERS = ("Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout",
+                 "Flatten", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax")
+_TORCH_DEFAULTS = {"dilation": (1, (1, 1)), "groups": (1,), "padding_mode": ("zeros",), "ceil_mode": (False,),
+                   "return_indices": (False,), "count_include_pad": (True,), "divisor_override": (None,),
+                   "affine": (True,), "track_running_stats": (True,), "start_dim": (1,), "end_dim": (-1,)}
+
+
+def _to_torch(model):
+    """Sequential.to_torch: torch.nn.Sequential of the same layers, weights, buffers, dtype, mode."""
+    import torch
+    layers = []
+    for i, layer in enumerate(model.layers):
+        config = layer.config()
+        if config["class"] not in _TORCH_LAYERS:
+            raise ValueError(f"Sequential.to_torch: layer {i} ({layer!r}) has no torch.nn equivalent; "
+                             f"convertible: {', '.join(_TORCH_LAYERS)}")
+        layers.append(getattr(torch.nn, config["class"])(**config["kwargs"]))
+    net = torch.nn.Sequential(*layers).to(getattr(torch, model._dtype().name)).train(model.training)
+    missing, unexpected = net.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()},
+                                              strict=False)
+    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), (missing, unexpected)
+    return net
+
+
+def _from_torch(module):
+    """Sequential.from_torch: a tinynet model from a torch.nn.Sequential (weights copied)."""
+    layers = []
+    for i, m in enumerate(module):
+        name = type(m).__name__
+        if name not in _TORCH_LAYERS:
+            raise ValueError(f"Sequential.from_torch: module {i} ({m}) is not supported; "
+                             f"tinynet has {', '.join(_TORCH_LAYERS)}")
+        for option, allowed in _TORCH_DEFAULTS.items():
+            if hasattr(m, option) and getattr(m, option) not in allowed:
+                raise ValueError(f"Sequential.from_torch: module {i} ({m}): {option}="
+                                 f"{getattr(m, option)!r} is not supported")
+        cls = globals()[name]
+        layers.append(cls(**{a: (getattr(m, a) is not None) if a == "bias" else getattr(m, a)
+                             for a, _ in _init_args(cls)}))
+    model = Sequential(layers)
+    tensors = list(module.parameters())
+    if tensors:
+        model.astype(np.dtype(str(tensors[0].dtype).removeprefix("torch.")))
+    return model.load_state_dict(module.state_dict()).train(module.training)
 
 
 # ════════════════════════════════════════════════════════════════════════════
@@ -1530,26 +2082,31 @@ def numerical_gradient(f, x, eps=1e-6):
 
 
 def gradcheck(layer, x, eps=1e-6):
-    """Largest relative error between backward and central differences, over the
-    input gradient and every parameter gradient, for f = sum(layer(x) * r), r fixed.
+    """Largest relative error between backward and central differences, over the input
+    gradient and every parameter gradient, of f = sum(layer(x) * r) for a fixed projection r.
 
-    The layer must be float64 (`layer.astype(np.float64)`) and deterministic
-    (Dropout in eval mode). Buffers (BatchNorm's running statistics) are restored after.
+    r is a deterministic, equidistributed sequence in [-1, 1) (golden-ratio steps), not drawn
+    from any random generator, so it cannot coincide with the caller's input (with r = x, the
+    gradient of a BatchNorm nearly cancels and a correct layer would look wrong).
+    The layer must be float64 (`layer.astype(np.float64)`) and deterministic (Dropout in eval
+    mode). Buffers (BatchNorm's running statistics) are restored after.
     Relative error of an array: max|analytic - numeric| / max(|analytic|, |numeric|).
     """
     if any(p.data.dtype != np.float64 for p in layer.parameters()):
         raise TypeError(f"gradcheck: {layer!r} must be float64; call .astype(np.float64) first")
     x = np.array(x, dtype=np.float64)
     state = layer.state_dict()
-    r = np.random.default_rng(0).standard_normal(np.shape(layer.forward(x)))
+    shape = np.shape(layer.forward(x))
+    r = (np.arange(math.prod(shape)) * 0.6180339887498949 + 0.5) % 1.0 * 2 - 1
+    r = r.reshape(shape)
     layer.zero_grad()
     pairs = [(layer.backward(r), x)] + [(p.grad.copy(), p.data) for p in layer.parameters()]
     f = lambda _: float(np.sum(layer.forward(x) * r))  # noqa: E731
     errors = []
     for analytic, at in pairs:
         numeric = numerical_gradient(f, at, eps)
-        scale = max(np.abs(analytic).max(initial=0), np.abs(numeric).max(initial=0), 1e-12)
-        errors.append(np.abs(analytic - numeric).max(initial=0) / scale)
+        scale = max(np.abs(analytic).max(initial=0), np.abs(numeric).max(initial=0))
+        errors.append(np.abs(analytic - numeric).max(initial=0) / scale if scale else 0.0)
     layer.load_state_dict(state)
     return max(errors)
 
@@ -1752,9 +2309,14 @@ def load_iris(path=None):
     path=None: $TINYNET_DATA/iris.csv if it exists, else data/iris.csv beside tinynet.py.
     """
     if path is None:
-        path = os.path.join(_data_dir(), "iris.csv")
-        if not os.path.exists(path):
-            path = os.path.join(_DATA_BESIDE, "iris.csv")
+        tried = [os.path.join(_data_dir(), "iris.csv"), os.path.join(_DATA_BESIDE, "iris.csv")]
+        path = next((p for p in tried if os.path.exists(p)), None)
+        if path is None:
+            raise FileNotFoundError(
+                "load_iris: iris.csv not found; looked in " + " and ".join(dict.fromkeys(tried)) + ". It comes "
+                "with tinynet (data/iris.csv in its repository), or as sklearn.datasets' iris.csv (header "
+                "'150,4,setosa,versicolor,virginica'): put it in one of those places, set TINYNET_DATA to "
+                "its folder, or pass load_iris(path)")
     with open(path) as f:
         header = f.readline().strip().split(",")
         try:
@@ -1822,26 +2384,71 @@ def _pyplot():
     return plt
 
 
+def _figure(width, height, ncols=1, **kw):
+    """(fig, axes (1, ncols)) with constrained layout: matplotlib makes room for every title,
+    tick label, colour bar and "outside" legend, so no text is cut or overlaps the data."""
+    return _pyplot().subplots(1, ncols, figsize=(width, height), layout="constrained", squeeze=False, **kw)
+
+
 def _save(fig, path):
     """Write `fig` to `path` as a PNG (atomically) and close it."""
     plt = _pyplot()
     try:
-        fig.tight_layout()
         with _atomic_open(path) as f:
             fig.savefig(f, format="png", dpi=100)
     finally:
         plt.close(fig)
 
 
+def _suptitle(fig, text, fontsize=12):
+    """Title the figure with `text`, wrapped to the figure's width (about 0.6 em per character)."""
+    if text:
+        import textwrap
+        fig.suptitle(textwrap.fill(text, max(20, int(fig.get_figwidth() * 72 / (0.6 * fontsize)))),
+                     fontsize=fontsize)
+
+
+def _legend_outside(fig, axes, **kw):
+    """One legend for the whole figure, each label once, right of the last panel and level
+    with its top: outside the data, below the figure's title (constrained layout makes room)."""
+    entries = {}
+    for ax in np.ravel(axes):
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if entries:
+        np.ravel(axes)[-1].legend(entries.values(), entries.keys(), loc="upper left",
+                                  bbox_to_anchor=(1.03, 1), borderaxespad=0, **kw)
+
+
+def _styles(n):
+    """n line styles {color, linestyle, marker}, every one a different colour and, up to 20,
+    a different (line style, marker) pair too, so a grey-scale print still tells them apart:
+    tab20's ten dark hues (tab10's colours), then its ten light ones; line styles cycle every
+    4 and markers every 5. Beyond 20, colours are spread over the turbo colour map."""
+    plt = _pyplot()
+    if n <= 20:
+        tab20 = plt.get_cmap("tab20").colors
+        colors = tab20[0::2] + tab20[1::2]
+    else:
+        colors = plt.get_cmap("turbo")(np.linspace(0, 1, n))
+    return [dict(color=colors[i], linestyle=("-", "--", "-.", ":")[i % 4], marker="osD^v"[i % 5])
+            for i in range(n)]
+
+
 def _as_dict(history):
     return history.history if isinstance(history, History) else history
 
 
-def _epoch_panel(ax, key, title):
-    """Label a per-epoch panel: integer epochs on x, `key` on y, a light grid."""
+def _epoch_panel(ax, key):
+    """Label a per-epoch panel: integer epochs on x, `key` on y and as the title, a light grid."""
     from matplotlib.ticker import MaxNLocator
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="epoch", ylabel=key, title=f"{title} - {key}" if title else key)
+    epochs = max((len(line.get_xdata()) for line in ax.get_lines()), default=0)
+    if epochs < 3:                  # one or two points: whole epochs only, not 0.975, 1.0, 1.025
+        ax.set_xticks(range(1, epochs + 1))
+        ax.set_xlim(0.5, epochs + 0.5)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="epoch", ylabel=key, title=key)
     ax.grid(alpha=0.3)
 
 
@@ -1867,93 +2474,220 @@ def pca(X, n_components=2):
 
 
 def plot_history(history, path, keys=("loss", "accuracy"), title=None):
-    """One panel per key: the training curve and, when recorded, the validation curve (val_<key>)."""
-    plt, h = _pyplot(), _as_dict(history)
-    keys = [k for k in keys if k in h]
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        for k, label in ((key, "train"), ("val_" + key, "validation")):
+    """One panel per key: the training curve and, when recorded, the validation curve
+    (val_<key>), per epoch. title names the run, e.g. "MNIST mlp, adam lr 0.003"."""
+    h = _as_dict(history)
+    found = [k for k in keys if k in h]
+    if not found:
+        raise ValueError(f"plot_history: none of the keys {list(keys)} is in the history (it has {sorted(h)})")
+    fig, axes = _figure(4.2 * len(found) + 1.6, 3.6, len(found))
+    for ax, key in zip(axes[0], found):
+        for k, label, style in zip((key, "val_" + key), ("training", "validation"), _styles(2)):
             if k in h:
-                ax.plot(np.arange(1, len(h[k]) + 1), h[k], marker="o", ms=3, label=label)
-        _epoch_panel(ax, key, title)
-        ax.legend()
+                ax.plot(np.arange(1, len(h[k]) + 1), h[k], label=label, ms=4,
+                        markevery=max(1, len(h[k]) // 15), **style)
+        _epoch_panel(ax, key)
+    _legend_outside(fig, axes)
+    _suptitle(fig, title and f"{title}: {' and '.join(found)} per epoch")
     _save(fig, path)
 
 
 def plot_curves(histories, path, keys=("val_accuracy", "val_loss"), title=None):
-    """Compare runs: one panel per key, one line per run. histories: {label: History or dict}."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys) + 2, 4), squeeze=False)
+    """Compare runs: one panel per key, one line per run (each in its own colour, line style
+    and marker), one legend right of the panels. histories: {label: History or dict}."""
+    if not histories:
+        raise ValueError("plot_curves: expected at least one history, got none")
+    styles = _styles(len(histories))
+    longest = max(len(str(label)) for label in histories)
+    fig, axes = _figure(4.5 * len(keys) + 0.8 + 0.075 * longest, max(3.8, 0.24 * len(histories) + 1.3), len(keys))
     for ax, key in zip(axes[0], keys):
-        for label, history in histories.items():
+        for (label, history), style in zip(histories.items(), styles):
             values = _as_dict(history).get(key, [])
-            ax.plot(np.arange(1, len(values) + 1), values, marker="o", ms=3, label=label)
-        _epoch_panel(ax, key, title)
-    axes[0, -1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))
+            ax.plot(np.arange(1, len(values) + 1), values, label=label, ms=4,
+                    markevery=max(1, len(values) // 15), **style)
+        _epoch_panel(ax, key)
+    _legend_outside(fig, axes, fontsize="small")
+    _suptitle(fig, title and f"{title}: {' and '.join(keys)} per epoch")
     _save(fig, path)
 
 
-def plot_confusion_matrix(y_true, y_pred, path, class_names=None):
-    """Confusion matrix (rows: true class, columns: predicted), counts written in each cell."""
-    plt = _pyplot()
-    names = list(class_names) if class_names is not None else None
+def plot_confusion_matrix(y_true, y_pred, path, class_names=None, title=None):
+    """Confusion matrix (rows: true class, columns: predicted), the count written in each cell.
+
+    The figure grows with the number of classes and the longest class name; column names
+    are slanted when they are wider than a cell. title names the data set and model.
+    """
+    names = [str(c) for c in class_names] if class_names is not None else None
     cm = confusion_matrix(y_true, y_pred, len(names) if names else None)
     n = len(cm)
     names = names or [str(i) for i in range(n)]
-    fig, ax = plt.subplots(figsize=(1.5 + 0.55 * n, 1 + 0.5 * n))
-    im = ax.imshow(cm, cmap="Blues")
-    fig.colorbar(im, ax=ax)
+    cell = 0.75 if n <= 5 else 0.45 if n <= 12 else 0.38         # inches per cell
+    fontsize = 9 if n <= 12 else 7
+    name_in = 0.085 * max(map(len, names)) * fontsize / 9       # inches of the longest name
+    # column names: level when they fit in a cell, else slanted 45 degrees when their boxes
+    # still clear the next one, else vertical
+    rotation = 0 if name_in < 0.8 * cell else 45 if 0.71 * name_in + 0.1 < cell else 90
+    fig, axes = _figure(n * cell + name_in + 2.2, n * cell + name_in * (0, 0.75, 1)[rotation // 45] + 2.1)
+    ax = axes[0, 0]
+    im = ax.imshow(cm, cmap="Blues", vmin=0)
+    fig.colorbar(im, ax=ax, label="samples", shrink=0.9)
     for (i, j), c in np.ndenumerate(cm):
-        ax.text(j, i, str(c), ha="center", va="center", fontsize=8,
+        ax.text(j, i, str(c), ha="center", va="center", fontsize=fontsize - (1 if c >= 1000 else 0),
                 color="white" if c > cm.max() / 2 else "black")
-    ax.set(xticks=range(n), yticks=range(n), xticklabels=names, yticklabels=names,
-           xlabel="predicted", ylabel="true",
-           title=f"confusion matrix (accuracy {np.trace(cm) / max(cm.sum(), 1):.4f})")
+    ax.set_xticks(range(n), names, fontsize=fontsize, rotation=rotation,
+                  ha="right" if rotation else "center", rotation_mode="anchor")
+    ax.set_yticks(range(n), names, fontsize=fontsize)
+    ax.set(xlabel="predicted class", ylabel="true class")
+    ax.set_title(f"accuracy {np.trace(cm) / max(cm.sum(), 1):.4f} ({np.trace(cm)}/{cm.sum()})", fontsize=10)
+    _suptitle(fig, f"{title}: confusion matrix" if title else "confusion matrix", fontsize=11)
     _save(fig, path)
 
 
-def plot_predictions(X, y_true, y_pred, path, class_names=None, n=32):
-    """A grid of n images (NCHW, values in [0, 1]) titled "pred (true)": up to n/2 misclassified
-    ones first, framed and titled in red, then correctly classified ones."""
-    plt = _pyplot()
+def plot_predictions(X, y_true, y_pred, path, class_names=None, n=32, title=None):
+    """A grid of n images (NCHW, values in [0, 1]) titled "predicted (true)": up to n/2
+    misclassified ones first, framed and titled in red, then correctly classified ones.
+    title names the data set and model."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     wrong, right = np.flatnonzero(y_true != y_pred), np.flatnonzero(y_true == y_pred)
     idx = np.concatenate([wrong[:n // 2], right])[:n]
-    names = class_names if class_names is not None else range(max(y_true.max(), y_pred.max()) + 1)
+    names = [str(c) for c in (class_names if class_names is not None
+                              else range(max(y_true.max(), y_pred.max()) + 1))]
+    captions = [f"{names[y_pred[i]]} ({names[y_true[i]]})" for i in idx]
     cols = min(8, len(idx))
     rows = -(-len(idx) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.6 * rows), squeeze=False)
+    width = max(1.3, 0.065 * max(map(len, captions)) + 0.25)    # inches per image, room for its caption
+    fig = _pyplot().figure(figsize=(max(width * cols, 5), 1.5 * rows + 0.8), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, i in zip(axes.flat, idx):
+    for ax, i, caption in zip(axes.flat, idx, captions):
         img = np.asarray(X[i]).transpose(1, 2, 0)      # (C, H, W) -> (H, W, C)
         ax.imshow(img[..., 0] if img.shape[2] == 1 else img.clip(0, 1), cmap="gray", vmin=0, vmax=1)
         bad = y_true[i] != y_pred[i]
-        ax.set_title(f"{names[y_pred[i]]} ({names[y_true[i]]})", fontsize=8, color="red" if bad else "black")
+        ax.set_title(caption, fontsize=8, color="red" if bad else "black")
         if bad:
             ax.axis("on")
             ax.set(xticks=[], yticks=[])
             for s in ax.spines.values():
                 s.set(color="red", linewidth=2)
-    fig.suptitle(f"predicted (true); {len(wrong)} of {len(y_true)} misclassified, in red")
+    _suptitle(fig, f"{title + ': ' if title else ''}predicted (true) test images; {len(wrong):,} of "
+              f"{len(y_true):,} misclassified, shown first in red", fontsize=11)
     _save(fig, path)
 
 
-def plot_embeddings(embeddings, y, path, class_names=None):
-    """Side-by-side 2-D scatter plots coloured by class. embeddings: {title: (N, 2) array}."""
-    plt = _pyplot()
+def plot_embeddings(embeddings, y, path, class_names=None, title=None):
+    """Side-by-side 2-D scatter plots, one colour and marker per class, the legend right of
+    the panels. embeddings: {panel title: (N, 2) array}; title names the data set and model."""
+    import textwrap
     y = np.asarray(y)
-    fig, axes = plt.subplots(1, len(embeddings), figsize=(5.5 * len(embeddings), 5), squeeze=False)
-    for ax, (title, Z) in zip(axes[0], embeddings.items()):
-        sc = ax.scatter(Z[:, 0], Z[:, 1], c=y, cmap="tab10", s=6, vmin=-0.5, vmax=9.5)
-        ax.set(title=title, xticks=[], yticks=[])
-    names = list(class_names) if class_names is not None else [str(c) for c in range(int(y.max()) + 1)]
-    fig.legend(sc.legend_elements()[0], [names[c] for c in np.unique(y)], loc="center right", title="class")
-    fig.subplots_adjust(right=0.9)
+    classes = np.unique(y)
+    names = [str(c) for c in class_names] if class_names is not None else [str(c) for c in range(int(y.max()) + 1)]
+    columns = 1 if len(classes) <= 12 else 2
+    fig, axes = _figure(4.6 * len(embeddings) + 0.5 + 0.08 * max(map(len, names)) * columns, 5.0, len(embeddings))
+    for ax, (panel, Z) in zip(axes[0], embeddings.items()):
+        Z = np.asarray(Z)
+        for c, style in zip(classes, _styles(len(classes))):
+            ax.scatter(*Z[y == c].T, s=10, color=style["color"], marker=style["marker"], label=names[c],
+                       linewidths=0)
+        ax.set(xticks=[], yticks=[])
+        ax.set_title(textwrap.fill(panel, 48), fontsize=10)
+    _legend_outside(fig, axes, title="class", markerscale=1.8, ncols=columns)
+    _suptitle(fig, title)
     _save(fig, path)
 
 
-# -- Training-script helpers (shared by train_mnist.py, train_svhn.py, train_iris.py) --------
+def plot_batch_loss(history, path, title=None):
+    """The training loss of every optimizer step (history.batch_loss, or a list of floats)
+    against the update number, with its running mean and the ends of epochs; a log scale
+    when the loss spans more than two decades. title names the data set and model."""
+    losses = np.asarray(history.batch_loss if isinstance(history, History) else history, dtype=np.float64)
+    if losses.ndim != 1 or not losses.size:
+        raise ValueError(f"plot_batch_loss: expected history.batch_loss, a non-empty list of floats, "
+                         f"got shape {losses.shape}")
+    steps = np.arange(1, len(losses) + 1)
+    (first, second), window = _styles(2), max(1, len(losses) // 50)
+    fig, axes = _figure(8, 3.8)
+    ax = axes[0, 0]
+    ax.plot(steps, losses, color=first["color"], lw=0.8, alpha=0.6, label="loss of each update")
+    if window > 1:
+        mean = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1:], mean, color=second["color"], linestyle="--", lw=2,
+                label=f"mean of the last {window}")
+    epochs = len(history.epoch) if isinstance(history, History) else 0
+    if epochs > 1 and len(losses) % epochs == 0:      # an epoch axis on top; dotted lines up to 20 epochs
+        per = len(losses) // epochs
+        ax.secondary_xaxis("top", functions=(lambda s: s / per, lambda e: e * per)).set_xlabel("epoch")
+        for e in range(1, epochs if epochs <= 20 else 0):
+            ax.axvline(e * per + 0.5, color="0.5", lw=0.7, linestyle=":", label="end of an epoch" if e == 1 else None)
+    if losses.min() > 0 and losses.max() > 100 * losses.min():
+        ax.set_yscale("log")
+    ax.set(xlabel="update (optimizer step)", ylabel="training loss of the batch")
+    ax.grid(alpha=0.3)
+    _legend_outside(fig, axes, fontsize="small")
+    _suptitle(fig, f"{title + ': ' if title else ''}training loss after every update")
+    _save(fig, path)
+
+
+def optimizer_path(build_optimizer, grad_fn, start, steps):
+    """Run an optimizer on a function of two variables; -> its path, (steps + 1, 2) float64.
+
+    build_optimizer([p]) returns the optimizer for one Parameter p (e.g.
+    `lambda params: Adam(params, lr=0.1)`); grad_fn(x, y) returns the gradient
+    (df/dx, df/dy) at (x, y). Row 0 is `start`; row t the point after t steps.
+    """
+    p = Parameter(np.array(start, dtype=np.float64))
+    if p.data.shape != (2,):
+        raise ValueError(f"optimizer_path: expected a start point (x, y), got shape {p.data.shape}")
+    optimizer = build_optimizer([p])
+    path = np.empty((steps + 1, 2))
+    path[0] = p.data
+    for t in range(steps):
+        optimizer.zero_grad()
+        p.grad += np.asarray(grad_fn(*p.data), dtype=np.float64)
+        optimizer.step()
+        path[t + 1] = p.data
+    return path
+
+
+def plot_optimizer_paths(panels, path, title=None):
+    """Optimizer paths drawn over the contour lines of the function they minimise.
+
+    panels: {panel title: (f, paths) or (f, paths, minimum)}, one panel each, side by side;
+    f(x, y) evaluates on arrays, paths is {label: (steps + 1, 2) array} as optimizer_path
+    returns, minimum the (x, y) marked with a star. The i-th path of every panel has the i-th
+    colour, line style and marker, a black dot at its start and a large marker at its end;
+    each panel's legend sits below it. The view covers every path and the minimum. Contour levels are quantiles of f
+    over the view, so narrow valleys (Rosenbrock's) show too.
+    """
+    import textwrap
+    most = max(len(paths) for _, paths, *_ in panels.values())
+    fig, axes = _figure(5.2 * len(panels), 4.6 + 0.22 * (most + 2) // 2, len(panels))
+    for ax, (panel, (f, paths, *minimum)) in zip(axes[0], panels.items()):
+        points = np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in paths.values()]
+                                + [np.reshape(minimum, (-1, 2))])
+        lo, hi = points.min(axis=0), points.max(axis=0)
+        lo, hi = lo - 0.1 * (hi - lo) - 0.1, hi + 0.1 * (hi - lo) + 0.1
+        gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 200), np.linspace(lo[1], hi[1], 200))
+        z = f(gx, gy)
+        ax.contour(gx, gy, z, levels=np.unique(np.quantile(z, np.linspace(0.03, 1, 16) ** 2)),
+                   colors="0.65", linewidths=0.7)
+        for (label, p), style in zip(paths.items(), _styles(len(paths))):
+            p = np.asarray(p)
+            ax.plot(*p.T, label=label, lw=1.4, ms=4, markevery=max(1, (len(p) - 1) // 12), **style)
+            ax.plot(*p[0], "o", color="black", ms=5)
+            ax.plot(*p[-1], marker=style["marker"], color=style["color"], mec="black", ms=9, zorder=4)
+        if minimum:
+            ax.plot(*minimum[0], "*", color="gold", mec="black", ms=14, label="minimum", zorder=5)
+        ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]), xlabel="x", ylabel="y")
+        ax.set_title(textwrap.fill(panel, 52), fontsize=10)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=2, fontsize="small")
+    _suptitle(fig, title)
+    _save(fig, path)
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Training-script helpers (shared by train_mnist.py, train_svhn.py, train_iris.py)
+# ════════════════════════════════════════════════════════════════════════════
 
 OPTIMIZER_CHOICES = ("sgd", "momentum", "rmsprop", "adam", "adamw", "lion")
 SCHEDULER_CHOICES = ("none", "step", "exponential", "cosine", "warm-restarts", "onecycle")
@@ -1980,16 +2714,36 @@ def add_common_args(parser, epochs=10, batch_size=128, lr=1e-3, optimizer="adam"
     return parser
 
 
-def parse_args(parser):
-    """Parse a script's flags and start the run: --quick means 1 epoch; seed the tinynet
-    generator with --seed; print the configuration; create the --out folder."""
-    args = parser.parse_args()
-    if args.quick:
-        args.epochs = 1
-    manual_seed(args.seed)
-    print("config:", vars(args))
-    os.makedirs(args.out, exist_ok=True)
-    return args
+def flags_typed(parser, argv=None):
+    """The option strings (e.g. "--lr") typed on the command line argv (default sys.argv[1:]),
+    abbreviations and --flag=value forms included, whether or not the value is the default."""
+    import argparse
+    unset = object()
+    typed = parser.parse_args(argv, argparse.Namespace(**{a.dest: unset for a in parser._actions}))
+    return {s for a in parser._actions if a.option_strings and getattr(typed, a.dest, unset) is not unset
+            for s in a.option_strings if s.startswith("--")}
+
+
+def reject_flags(parser, flags, reason, argv=None):
+    """Stop with parser.error (usage and exit status 2) when any of `flags` (option strings)
+    was typed on the command line: the run would ignore it, `reason` says why."""
+    typed = [f for f in flags if f in flags_typed(parser, argv)]
+    if typed:
+        parser.error(f"{' and '.join(typed)} {'has' if len(typed) == 1 else 'have'} no effect {reason}; "
+                     f"remove {'it' if len(typed) == 1 else 'them'}")
+
+
+def exit_missing_data(script, dataset, error, files, data_dir, subfolder, source):
+    """Print to stderr why `dataset` could not be loaded (error: the loader's exception, which
+    lists what was tried) and how to provide `files` (from `source`) in <data_dir>/<subfolder>,
+    then exit with status 1, no traceback. data_dir None: $TINYNET_DATA, else data/."""
+    folder = os.path.abspath(os.path.join(_data_dir(data_dir), subfolder))
+    them = "it" if len(files) == 1 else "them"
+    sys.exit(f"{script}: {dataset} is not available.\n{error}\n\n"
+             f"What to do: get {', '.join(files)} ({source})\n"
+             f"and put {them} in {folder}{os.sep}, or run with --data-dir DIR (or set the\n"
+             f"TINYNET_DATA environment variable to DIR) where DIR/{subfolder + '/' if subfolder else ''} "
+             f"holds {them}.")
 
 
 def make_optimizer(name, params, lr, weight_decay=0.0):
@@ -2021,31 +2775,23 @@ def make_scheduler(name, optimizer, epochs, steps_per_epoch):
     return OneCycleLR(optimizer, max_lr=optimizer.lr, total_steps=epochs * steps_per_epoch)
 
 
-def fit_with_args(model, args, X, y, validation_data, loss=None):
-    """Compile `model` with args.optimizer/lr/weight_decay/scheduler and `loss` (default
-    CrossEntropyLoss), fit it with a tqdm bar and a line per epoch; -> History."""
-    optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay)
-    steps = -(-len(X) // args.batch_size)
-    model.compile(optimizer, loss or CrossEntropyLoss(),
-                  scheduler=make_scheduler(args.scheduler, optimizer, args.epochs, steps))
-    return model.fit(X, y, epochs=args.epochs, batch_size=args.batch_size,
-                     validation_data=validation_data, verbose=1)
-
-
-def save_run(model, history, X_test, y_test, out, plots=True, class_names=None, images=True):
-    """Save model.npz and history.csv under `out` and, with `plots`, loss.png, accuracy.png,
-    confusion.png and (for images) predictions.png of the test set; -> test accuracy."""
-    os.makedirs(out, exist_ok=True)
-    y_pred = model.predict(X_test).argmax(axis=1)
+def save_model_and_history(model, history, out):
+    """Write model.npz (model.save) and history.csv (history.to_csv) into the folder `out`."""
     model.save(os.path.join(out, "model.npz"))
     history.to_csv(os.path.join(out, "history.csv"))
-    if plots:
-        plot_history(history, os.path.join(out, "loss.png"), keys=("loss",))
-        plot_history(history, os.path.join(out, "accuracy.png"), keys=("accuracy",))
-        plot_confusion_matrix(y_test, y_pred, os.path.join(out, "confusion.png"), class_names)
-        if images:
-            plot_predictions(X_test, y_test, y_pred, os.path.join(out, "predictions.png"), class_names)
-    return float(np.mean(y_pred == y_test))
+
+
+def save_run_figures(history, y_test, y_pred, out, title, class_names=None, X_test=None):
+    """Write the figures of a run into `out`: loss.png and accuracy.png (per epoch),
+    batch_loss.png (history.batch_loss), confusion.png of the test set and, when the test
+    images X_test are given, predictions.png. title names the data set and model."""
+    plot_history(history, os.path.join(out, "loss.png"), keys=("loss",), title=title)
+    plot_history(history, os.path.join(out, "accuracy.png"), keys=("accuracy",), title=title)
+    if getattr(history, "batch_loss", None):
+        plot_batch_loss(history, os.path.join(out, "batch_loss.png"), title=title)
+    plot_confusion_matrix(y_test, y_pred, os.path.join(out, "confusion.png"), class_names, title=title)
+    if X_test is not None:
+        plot_predictions(X_test, y_test, y_pred, os.path.join(out, "predictions.png"), class_names, title=title)
 
 
 def print_table(rows, path=None):

@@ -3,12 +3,16 @@
 --model mlp (default) is the coursework's 784-256-ReLU-10; --model cnn a small
 convnet. Validation is the last 10,000 training images. --loss mse puts a
 Softmax on the output and trains with MSELoss on one-hot targets.
---embeddings plots learned features against raw pixels and probes them
-linearly; --compare-optimizers races the optimizers. Saves model.npz,
-history.csv and PNG figures under --out.
+--embeddings draws 1,000 training images in 2-D, raw pixels beside the learned
+features (the input of the last Linear layer), with t-SNE (scikit-learn) or
+--projection pca, and trains an even/odd logistic regression (a linear probe)
+on each; --compare-optimizers races the optimizers. Saves model.npz,
+history.csv and PNG figures (loss, accuracy, batch_loss, confusion,
+predictions) under --out.
 """
 import argparse
 import os
+import sys
 import time
 
 import numpy as np
@@ -27,43 +31,80 @@ def build_model(kind="mlp", loss="ce"):
     return tn.Sequential(layers + [tn.Softmax()] if loss == "mse" else layers)
 
 
-def loss_for(args):
-    return tn.MSELoss() if args.loss == "mse" else tn.CrossEntropyLoss()
+def loss_for(kind):
+    """MSELoss for --loss mse, else CrossEntropyLoss."""
+    return tn.MSELoss() if kind == "mse" else tn.CrossEntropyLoss()
 
 
-def targets(args, y):
-    """What the loss compares the output with: the labels, or one-hot rows for MSELoss."""
-    return tn.one_hot(y, 10) if args.loss == "mse" else y
+def targets_for(kind, y):
+    """What the loss compares the output with: one-hot rows for --loss mse, else the labels."""
+    return tn.one_hot(y, 10) if kind == "mse" else y
+
+
+def load_mnist_or_exit(data_dir, quick=False):
+    """(X_train, y_train, X_val, y_val, X_test, y_test), validation the last 10,000 training
+    images; --quick: 1,000 / 500 / 500 of them. Exits with status 1 and instructions when
+    MNIST is missing and cannot be downloaded."""
+    try:
+        X_train, y_train, X_test, y_test = tn.load_mnist(data_dir)
+    except OSError as e:
+        files = [f"{s}-{k}-idx{d}-ubyte.gz" for s in ("train", "t10k") for k, d in (("images", 3), ("labels", 1))]
+        tn.exit_missing_data("train_mnist.py", "MNIST", e, files, data_dir, "mnist",
+                             "from https://ossci-datasets.s3.amazonaws.com/mnist/")
+    X_train, y_train, X_val, y_val = X_train[:-10000], y_train[:-10000], X_train[-10000:], y_train[-10000:]
+    if quick:
+        return X_train[:1000], y_train[:1000], X_val[:500], y_val[:500], X_test[:500], y_test[:500]
+    return X_train, y_train, X_val, y_val, X_test, y_test
+
+
+def learned_features(model, X):
+    """The input of the model's last Linear layer for images X -> (N, d), 1,000 images at a time
+    (a convnet's activations are big)."""
+    last = max(i for i, layer in enumerate(model) if isinstance(layer, tn.Linear))
+    return np.concatenate([model.activations(X[i:i + 1000])[last - 1].reshape(len(X[i:i + 1000]), -1)
+                           for i in range(0, len(X), 1000)])
+
+
+def train_parity_probe(F_train, y_train, F_test, y_test, epochs, batch_size):
+    """Train a logistic regression, Linear(d, 1) + BCEWithLogitsLoss, to tell even digits from
+    odd ones from the features F (N, d); -> its test accuracy."""
+    probe = tn.Sequential(tn.Linear(F_train.shape[1], 1))
+    probe.compile(tn.Adam(probe.parameters(), lr=1e-3), tn.BCEWithLogitsLoss(), metrics=())
+    odd = (y_train % 2).astype(np.float32).reshape(-1, 1)          # targets: float (N, 1), 1 = odd
+    probe.fit(F_train, odd, epochs=epochs, batch_size=batch_size, verbose=0)
+    return float(np.mean((probe.predict(F_test)[:, 0] > 0) == (y_test % 2 == 1)))
+
+
+def project_2d(F, method, seed):
+    """(N, d) -> (N, 2) by t-SNE (sklearn.manifold.TSNE, PCA-initialised) or by PCA."""
+    if method == "pca":
+        return tn.pca(F, 2)
+    try:
+        from sklearn.manifold import TSNE
+    except ImportError:
+        sys.exit("train_mnist.py: --projection tsne needs scikit-learn (pip install scikit-learn); "
+                 "or run with --projection pca")
+    return TSNE(n_components=2, init="pca", random_state=seed).fit_transform(F)
 
 
 def embeddings(model, args, X_train, y_train, X_test, y_test, n=1000):
-    """Project raw pixels and the learned features (the input of the last Linear layer) of n
-    training images to 2-D and plot them side by side; train an even/odd linear probe on each
-    (10,000 training images) and print both test accuracies."""
-    last = max(i for i, layer in enumerate(model) if isinstance(layer, tn.Linear))
-
-    def features(X):   # model.activations, 1,000 images at a time (conv activations are big)
-        return np.concatenate([model.activations(X[i:i + 1000])[last - 1].reshape(len(X[i:i + 1000]), -1)
-                               for i in range(0, len(X), 1000)])
-
-    project = tn.pca
-    if args.tsne:
-        try:
-            from sklearn.manifold import TSNE
-            project = TSNE(init="pca", random_state=args.seed).fit_transform
-        except ImportError:
-            print("--tsne needs scikit-learn (pip install scikit-learn); using PCA")
+    """Train an even/odd linear probe on the raw pixels and on the learned features of (at most)
+    10,000 training images and print both test accuracies; with plots, project n training
+    images both ways to 2-D (--projection) and draw them side by side (embeddings.png)."""
     panels = {}
-    probe_args = argparse.Namespace(**{**vars(args), "optimizer": "adam", "lr": 1e-3, "scheduler": "none"})
-    for name, f in (("raw pixels", lambda X: X.reshape(len(X), -1)), ("learned features", features)):
-        F_train, F_test = f(X_train[:10000]), f(X_test)
-        probe = tn.Sequential(tn.Linear(F_train.shape[1], 2))
-        tn.fit_with_args(probe, probe_args, F_train, y_train[:10000] % 2, (F_test, y_test % 2))
-        accuracy = probe.evaluate(F_test, y_test % 2)["accuracy"]
+    for name, features in (("raw pixels", lambda X: X.reshape(len(X), -1)),
+                           ("learned features", lambda X: learned_features(model, X))):
+        F_train, F_test = features(X_train[:10000]), features(X_test)
+        accuracy = train_parity_probe(F_train, y_train[:10000], F_test, y_test, args.epochs, args.batch_size)
         print(f"even/odd linear probe on {name} ({F_train.shape[1]} dims): test accuracy {accuracy:.4f}")
-        panels[f"{name}: even/odd probe {accuracy:.4f}"] = project(F_train[:n])
-    if not args.no_plots:
-        tn.plot_embeddings(panels, y_train[:n], os.path.join(args.out, "embeddings.png"))
+        if not args.no_plots:
+            print(f"{args.projection} of the {name} of {min(n, len(F_train)):,} training images ...", flush=True)
+            panels[f"{name} ({F_train.shape[1]} dims); even/odd linear probe: test accuracy {accuracy:.4f}"] = \
+                project_2d(F_train[:n], args.projection, args.seed)
+    if panels:
+        tn.plot_embeddings(panels, y_train[:n], os.path.join(args.out, "embeddings.png"),
+                           title=f"MNIST {args.model}: {'t-SNE' if args.projection == 'tsne' else 'PCA'} of "
+                                 f"{min(n, len(X_train)):,} training images, raw pixels and learned features")
 
 
 def compare_optimizers(args, train, val):
@@ -71,21 +112,24 @@ def compare_optimizers(args, train, val):
     and Adam with OneCycleLR; plot val accuracy and loss per epoch; print final accuracy and time per epoch."""
     runs = [("sgd", 0.1, "none"), ("momentum", 0.01, "none"), ("rmsprop", 1e-3, "none"), ("adam", 1e-3, "none"),
             ("adamw", 1e-3, "none"), ("lion", 1e-4, "none"), ("adam", 3e-3, "onecycle")]
-    histories, rows = {}, []
-    for optimizer, lr, scheduler in runs:
-        label = f"{optimizer} lr={lr:g}" + ("" if scheduler == "none" else f" + {scheduler}")
+    epochs, histories, rows = min(args.epochs, 5), {}, []
+    for name, lr, schedule in runs:
+        label = f"{name} lr={lr:g}" + ("" if schedule == "none" else f" + {schedule}")
         print(f"--- {label}")
         tn.manual_seed(args.seed)
         model = build_model(args.model, args.loss)
-        run = argparse.Namespace(**{**vars(args), "epochs": min(args.epochs, 5), "optimizer": optimizer, "lr": lr,
-                                    "scheduler": scheduler, "weight_decay": 1e-2 if optimizer == "adamw" else 0.0})
+        optimizer = tn.make_optimizer(name, model.parameters(), lr, 1e-2 if name == "adamw" else 0.0)
+        scheduler = tn.make_scheduler(schedule, optimizer, epochs, -(-len(train[0]) // args.batch_size))
+        model.compile(optimizer, loss_for(args.loss), scheduler=scheduler)
         start = time.perf_counter()
-        histories[label] = h = tn.fit_with_args(model, run, *train, val, loss_for(args)).history
+        histories[label] = h = model.fit(*train, epochs=epochs, batch_size=args.batch_size,
+                                         validation_data=val, verbose=2).history
         rows.append({"run": label, "val_accuracy": h["val_accuracy"][-1], "val_loss": h["val_loss"][-1],
-                     "s_per_epoch": (time.perf_counter() - start) / run.epochs})
+                     "s_per_epoch": (time.perf_counter() - start) / epochs})
     tn.print_table(rows, os.path.join(args.out, "optimizers.csv"))
     if not args.no_plots:
-        tn.plot_curves(histories, os.path.join(args.out, "optimizers.png"), title=f"MNIST {args.model}")
+        tn.plot_curves(histories, os.path.join(args.out, "optimizers.png"),
+                       title=f"MNIST {args.model}, {args.loss} loss: optimizers compared")
 
 
 def main():
@@ -94,31 +138,48 @@ def main():
     parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="architecture (%(default)s)")
     parser.add_argument("--loss", choices=("ce", "mse"), default="ce",
                         help="ce: CrossEntropyLoss on logits; mse: Softmax + MSELoss on one-hot (%(default)s)")
-    parser.add_argument("--embeddings", action="store_true", help="plot and linearly probe the learned features")
-    parser.add_argument("--tsne", action="store_true", help="with --embeddings: t-SNE (needs scikit-learn), not PCA")
+    parser.add_argument("--embeddings", action="store_true",
+                        help="draw raw pixels and learned features in 2-D; even/odd linear probe on each")
+    parser.add_argument("--projection", choices=("tsne", "pca"), default="tsne",
+                        help="with --embeddings: t-SNE (scikit-learn) or PCA, the fast one (%(default)s)")
     parser.add_argument("--compare-optimizers", action="store_true", help="also train with every optimizer")
-    args = tn.parse_args(parser)
-
-    X_train, y_train, X_test, y_test = tn.load_mnist(args.data_dir)
-    X_train, y_train, X_val, y_val = X_train[:-10000], y_train[:-10000], X_train[-10000:], y_train[-10000:]
+    args = parser.parse_args()
     if args.quick:
-        X_train, y_train, X_val, y_val, X_test, y_test = (X_train[:1000], y_train[:1000], X_val[:500], y_val[:500],
-                                                          X_test[:500], y_test[:500])
+        tn.reject_flags(parser, ["--epochs"], "with --quick, which trains 1 epoch")
+        args.epochs = 1
+    if not args.embeddings:
+        tn.reject_flags(parser, ["--projection"], "without --embeddings")
+    if args.no_plots:
+        tn.reject_flags(parser, ["--projection"], "with --no-plots, which draws no embeddings")
+    tn.manual_seed(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    print("config:", vars(args))
+
+    X_train, y_train, X_val, y_val, X_test, y_test = load_mnist_or_exit(args.data_dir, args.quick)
     print(f"train {len(X_train)}, validation {len(X_val)}, test {len(X_test)} images")
+    t_train, t_val = targets_for(args.loss, y_train), targets_for(args.loss, y_val)
 
     model = build_model(args.model, args.loss)
     print(model.summary((1, 28, 28)))
+    optimizer = tn.make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay)
+    scheduler = tn.make_scheduler(args.scheduler, optimizer, args.epochs, -(-len(X_train) // args.batch_size))
+    model.compile(optimizer, loss_for(args.loss), scheduler=scheduler)
     start = time.perf_counter()
-    history = tn.fit_with_args(model, args, X_train, targets(args, y_train), (X_val, targets(args, y_val)),
-                                 loss_for(args))
+    history = model.fit(X_train, t_train, epochs=args.epochs, batch_size=args.batch_size,
+                        validation_data=(X_val, t_val), verbose=1)
     print(f"training time: {time.perf_counter() - start:.1f} s")
-    accuracy = tn.save_run(model, history, X_test, y_test, args.out, not args.no_plots)
+
+    y_pred = model.predict(X_test).argmax(axis=1)
+    tn.save_model_and_history(model, history, args.out)
+    if not args.no_plots:
+        title = f"MNIST {args.model}, {args.loss} loss, {args.optimizer} lr {args.lr:g}"
+        tn.save_run_figures(history, y_test, y_pred, args.out, title, X_test=X_test)
     if args.embeddings:
         embeddings(model, args, X_train, y_train, X_test, y_test)
     if args.compare_optimizers:
-        compare_optimizers(args, (X_train, targets(args, y_train)), (X_val, targets(args, y_val)))
+        compare_optimizers(args, (X_train, t_train), (X_val, t_val))
     print(f"saved model.npz, history.csv and figures in {args.out}")
-    print(f"test accuracy: {accuracy:.4f}")
+    print(f"test accuracy: {np.mean(y_pred == y_test):.4f}")
 
 
 if __name__ == "__main__":

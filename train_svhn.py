@@ -3,59 +3,72 @@ http://ufldl.stanford.edu/housenumbers/, downloaded to <data-dir>/svhn/ on first
 
 The default is the coursework's MLP 3072-128-ReLU-10 (--batchnorm adds a
 BatchNorm1d after the hidden Linear; --weight-decay is the L2 penalty);
---model cnn is a convnet. Validation is 30% of the training set. --sweep runs
-the coursework's grid lr {1e-3, 1e-2} x optimizer {adam, momentum} x batchnorm
-{off, on}, writes results.csv, one loss plot per run and a summary plot, and
-reports the test accuracy of the best run. Saves model.npz, history.csv and
-PNG figures under --out.
+--model cnn is a convnet. Both start with Normalize: each colour channel is
+standardised with the training set's mean and standard deviation, saved with
+the model so that evaluation uses the same statistics. Validation is 30% of the
+training set. --sweep runs the coursework's grid lr {1e-3, 1e-2} x optimizer
+{adam, momentum} x batchnorm {off, on} (so it rejects --lr, --optimizer and
+--batchnorm; --scheduler and --weight-decay apply to every run), writes
+results.csv, one loss plot per run and a summary plot, and reports the test
+accuracy of the best run. Saves model.npz, history.csv and PNG figures under --out.
 """
 import argparse
 import itertools
 import os
-import sys
 import time
+
+import numpy as np
 
 import tinynet as tn
 
+SWEEP = {"lr": (1e-3, 1e-2), "optimizer": ("adam", "momentum"), "batchnorm": (False, True)}
 
-def build_model(kind="mlp", batchnorm=False):
-    """3072-128-[BatchNorm1d]-ReLU-10, or a 2-conv-block convnet ([BatchNorm2d] after each conv)."""
+
+def build_model(mean, std, kind="mlp", batchnorm=False):
+    """Normalize(mean, std), then 3072-128-[BatchNorm1d]-ReLU-10, or a 2-conv-block convnet
+    ([BatchNorm2d] after each conv)."""
     if kind == "mlp":
         norm = [tn.BatchNorm1d(128)] if batchnorm else []
-        return tn.Sequential([tn.Flatten(), tn.Linear(3072, 128), *norm, tn.ReLU(), tn.Linear(128, 10)])
-    layers = []
+        return tn.Sequential([tn.Normalize(mean, std), tn.Flatten(), tn.Linear(3072, 128), *norm, tn.ReLU(),
+                              tn.Linear(128, 10)])
+    layers = [tn.Normalize(mean, std)]
     for c_in, c_out in ((3, 32), (32, 64)):   # (N, 3, 32, 32) -> 32 x 16 x 16 -> 64 x 8 x 8
         layers += [tn.Conv2d(c_in, c_out, 3, padding=1), *([tn.BatchNorm2d(c_out)] if batchnorm else []),
                    tn.ReLU(), tn.MaxPool2d(2)]
     return tn.Sequential(layers + [tn.Flatten(), tn.Linear(64 * 8 * 8, 128), tn.ReLU(), tn.Linear(128, 10)])
 
 
-def load_data(args):
-    """(X_train, y_train, X_val, y_val, X_test, y_test); exits with instructions when SVHN is missing."""
+def load_svhn_or_exit(data_dir, quick=False):
+    """(X_train, y_train, X_val, y_val, X_test, y_test), a stratified 70/30 train/validation
+    split; --quick: the first 1,500 training and 500 test images. Exits with status 1 and
+    instructions when SVHN is missing and cannot be downloaded."""
     try:
-        X, y = tn.load_svhn("train", args.data_dir)
-        X_test, y_test = tn.load_svhn("test", args.data_dir)
+        X, y = tn.load_svhn("train", data_dir)
+        X_test, y_test = tn.load_svhn("test", data_dir)
     except OSError as e:
-        sys.exit(f"train_svhn.py: SVHN is not available ({e}).\nGet train_32x32.mat and test_32x32.mat from "
-                 "http://ufldl.stanford.edu/housenumbers/ and put them in <data-dir>/svhn/ "
-                 "(--data-dir, default $TINYNET_DATA or data/ beside tinynet.py).")
-    if args.quick:
+        tn.exit_missing_data("train_svhn.py", "SVHN", e, ["train_32x32.mat", "test_32x32.mat"], data_dir, "svhn",
+                             "from http://ufldl.stanford.edu/housenumbers/")
+    if quick:
         X, y, X_test, y_test = X[:1500], y[:1500], X_test[:500], y_test[:500]
     return (*tn.train_val_split(X, y, 0.3, stratify=True), X_test, y_test)
 
 
-def sweep(args, train, val):
-    """Train every configuration of the grid; write results.csv, a loss plot per run and a
-    summary plot; return the model with the best val accuracy and its history."""
+def sweep(args, train, val, mean, std):
+    """Train every configuration of SWEEP (with --scheduler, --weight-decay, --epochs and
+    --batch-size); write results.csv, a loss plot per run and a summary plot; return the
+    model with the best val accuracy and its history."""
     rows, histories, best = [], {}, None
-    for lr, optimizer, batchnorm in itertools.product((1e-3, 1e-2), ("adam", "momentum"), (False, True)):
+    for lr, optimizer, batchnorm in itertools.product(*SWEEP.values()):
         name = f"lr{lr:g}_{optimizer}_{'bn' if batchnorm else 'nobn'}"
         print(f"--- {name}")
         tn.manual_seed(args.seed)
-        model = build_model(args.model, batchnorm)
-        run_args = argparse.Namespace(**{**vars(args), "lr": lr, "optimizer": optimizer})
+        model = build_model(mean, std, args.model, batchnorm)
+        opt = tn.make_optimizer(optimizer, model.parameters(), lr, args.weight_decay)
+        scheduler = tn.make_scheduler(args.scheduler, opt, args.epochs, -(-len(train[0]) // args.batch_size))
+        model.compile(opt, tn.CrossEntropyLoss(), scheduler=scheduler)
         start = time.perf_counter()
-        histories[name] = history = tn.fit_with_args(model, run_args, *train, val)
+        histories[name] = history = model.fit(*train, epochs=args.epochs, batch_size=args.batch_size,
+                                              validation_data=val, verbose=2)
         h = {k: v[-1] for k, v in history.history.items()}
         rows.append({"lr": lr, "optimizer": optimizer, "batchnorm": batchnorm, "train_loss": h["loss"],
                      "val_loss": h["val_loss"], "val_accuracy": h["val_accuracy"],
@@ -63,12 +76,14 @@ def sweep(args, train, val):
         if best is None or h["val_accuracy"] > best[0]:
             best = h["val_accuracy"], name, model, history
         if not args.no_plots:
-            tn.plot_history(history, os.path.join(args.out, f"loss_{name}.png"), keys=("loss",), title=name)
+            tn.plot_history(history, os.path.join(args.out, f"loss_{name}.png"), keys=("loss",),
+                            title=f"SVHN {args.model} {name}")
     tn.print_table(rows, os.path.join(args.out, "results.csv"))
     if not args.no_plots:
-        tn.plot_curves(histories, os.path.join(args.out, "sweep.png"), title="SVHN sweep")
+        tn.plot_curves(histories, os.path.join(args.out, "sweep.png"),
+                       title=f"SVHN {args.model}: lr x optimizer x batchnorm sweep")
     print(f"best configuration: {best[1]} (val accuracy {best[0]:.4f})")
-    return best[2], best[3]
+    return best[2], best[3], best[1]
 
 
 def main():
@@ -76,20 +91,42 @@ def main():
     tn.add_common_args(parser, epochs=10, batch_size=128, lr=1e-3, optimizer="adam")
     parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="architecture (%(default)s)")
     parser.add_argument("--batchnorm", action="store_true", help="add BatchNorm after the hidden layers")
-    parser.add_argument("--sweep", action="store_true", help="run the lr x optimizer x batchnorm grid")
-    args = tn.parse_args(parser)
-
-    X_train, y_train, X_val, y_val, X_test, y_test = load_data(args)
-    print(f"train {len(X_train)}, validation {len(X_val)}, test {len(X_test)} images")
+    parser.add_argument("--sweep", action="store_true",
+                        help="train the grid lr {1e-3, 1e-2} x optimizer {adam, momentum} x batchnorm {off, on}")
+    args = parser.parse_args()
+    if args.quick:
+        tn.reject_flags(parser, ["--epochs"], "with --quick, which trains 1 epoch")
+        args.epochs = 1
     if args.sweep:
-        model, history = sweep(args, (X_train, y_train), (X_val, y_val))
+        tn.reject_flags(parser, ["--lr", "--optimizer", "--batchnorm"],
+                        "with --sweep, which trains every lr x optimizer x batchnorm of its grid")
+    tn.manual_seed(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    print("config:", vars(args))
+
+    X_train, y_train, X_val, y_val, X_test, y_test = load_svhn_or_exit(args.data_dir, args.quick)
+    print(f"train {len(X_train)}, validation {len(X_val)}, test {len(X_test)} images")
+    mean, std = X_train.mean(axis=(0, 2, 3)), X_train.std(axis=(0, 2, 3))    # per colour channel
+    print(f"channel mean {np.round(mean, 4)}, std {np.round(std, 4)} (the model's Normalize layer)")
+    if args.sweep:
+        model, history, name = sweep(args, (X_train, y_train), (X_val, y_val), mean, std)
+        title = f"SVHN {args.model}, best of the sweep: {name}"
     else:
-        model = build_model(args.model, args.batchnorm)
+        model = build_model(mean, std, args.model, args.batchnorm)
         print(model.summary((3, 32, 32)))
-        history = tn.fit_with_args(model, args, X_train, y_train, (X_val, y_val))
-    accuracy = tn.save_run(model, history, X_test, y_test, args.out, not args.no_plots)
+        optimizer = tn.make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay)
+        scheduler = tn.make_scheduler(args.scheduler, optimizer, args.epochs, -(-len(X_train) // args.batch_size))
+        model.compile(optimizer, tn.CrossEntropyLoss(), scheduler=scheduler)
+        history = model.fit(X_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
+                            validation_data=(X_val, y_val), verbose=1)
+        title = f"SVHN {args.model}{' + batchnorm' if args.batchnorm else ''}, {args.optimizer} lr {args.lr:g}"
+
+    y_pred = model.predict(X_test).argmax(axis=1)
+    tn.save_model_and_history(model, history, args.out)
+    if not args.no_plots:
+        tn.save_run_figures(history, y_test, y_pred, args.out, title, X_test=X_test)
     print(f"saved model.npz, history.csv and figures in {args.out}")
-    print(f"test accuracy: {accuracy:.4f}")
+    print(f"test accuracy: {np.mean(y_pred == y_test):.4f}")
 
 
 if __name__ == "__main__":
