@@ -1,11 +1,17 @@
 """tinynet against PyTorch (CPU) on the same work, in one run: epoch time, layer time, memory.
 
-    python bench_tinynet.py            # full run: a few minutes, writes bench.json
-    python bench_tinynet.py --quick    # subsets, under a minute
+    python bench_tinynet.py            # full run: several minutes, writes bench.json
+    python bench_tinynet.py --quick    # subsets and fewer repeats, about a minute
+    python bench_tinynet.py --busy     # also: MLP epoch with one core kept busy, by BLAS threads
+    python bench_tinynet.py --smoke    # every code path on tiny random data, a few seconds
 
-Every figure is a ratio taken in the same run (same machine, threads, float32,
-data), alternating tinynet and PyTorch, so that it holds on a noisy machine.
-tinynet trains through `Sequential.fit(verbose=0)`, the path users take.
+Every figure is a ratio taken in the same run (same machine, float32, data), alternating
+the libraries, so that it holds on a noisy machine. PyTorch runs at 1 and at 2 threads
+(torch.set_num_threads) and the faster is the reference; the tables say which won.
+tinynet runs with NumPy's default BLAS threads (OpenBLAS: one per core), the way a user
+runs it, and trains through `Sequential.fit(verbose=0)`. Layer rows also give the
+GEMM-bound limit: the layer's matrix products alone, done with np.matmul, so that what
+tinynet spends outside BLAS is visible.
 """
 import argparse
 import json
@@ -20,7 +26,7 @@ import numpy as np
 
 import tinynet as tn
 
-# The three training workloads: layer names and arguments are the same in tinynet and torch.nn.
+# The training workloads: layer names and arguments are the same in tinynet and torch.nn.
 WORKLOADS = {
     "mlp": [("Flatten", ()), ("Linear", (784, 256)), ("ReLU", ()), ("Linear", (256, 10))],
     "cnn-small": [("Conv2d", (1, 8, 5)), ("MaxPool2d", (2,)), ("ReLU", ()),
@@ -31,9 +37,29 @@ WORKLOADS = {
                   ("Flatten", ()), ("Linear", (3136, 128)), ("ReLU", ()), ("Linear", (128, 10))],
 }
 BATCH, LR = 64, 1e-3
+TORCH_THREADS = (1, 2)
+BUSY_WORKLOAD, BUSY_BATCH = "mlp", 128          # train_mnist.py's default model and batch
 
 
-def build(spec):
+def blas_threads(n=None):
+    """A context that sets NumPy's BLAS threads to n (None: leave them) with threadpoolctl."""
+    import contextlib
+    if n is None:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(n, user_api="blas")
+
+
+def blas_info():
+    try:
+        from threadpoolctl import threadpool_info
+        return [{k: d.get(k) for k in ("internal_api", "num_threads", "architecture")}
+                for d in threadpool_info() if d.get("user_api") == "blas"]
+    except ImportError:
+        return "threadpoolctl not installed"
+
+
+def build(spec, batch=BATCH):
     """The same architecture in both libraries, torch's weights copied into tinynet's."""
     import torch
     tmodel = torch.nn.Sequential(*[getattr(torch.nn, name)(*args) for name, args in spec])
@@ -43,90 +69,156 @@ def build(spec):
     return model, tmodel, torch.optim.Adam(tmodel.parameters(), lr=LR)
 
 
-def torch_epoch(tmodel, topt, X, y):
-    """One epoch of PyTorch training, shuffled minibatches of BATCH, as fit does."""
+def torch_epoch(tmodel, topt, X, y, batch=BATCH):
+    """One epoch of PyTorch training, shuffled minibatches, as fit does."""
     import torch
     perm = torch.randperm(len(X))
-    for i in range(0, len(X), BATCH):
-        idx = perm[i:i + BATCH]
+    for i in range(0, len(X), batch):
+        idx = perm[i:i + batch]
         topt.zero_grad()
         torch.nn.functional.cross_entropy(tmodel(X[idx]), y[idx]).backward()
         topt.step()
 
 
-def bench_epochs(X, y, epochs):
-    """Median epoch time of each workload, tinynet and torch alternating."""
+def timed(fn, pause=0.0):
+    time.sleep(pause)               # let the other library's idle threads stop spinning
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def best_torch(times):
+    """{threads: [seconds]} -> (median seconds of the fastest thread count, that count)."""
+    n = min(times, key=lambda k: statistics.median(times[k]))
+    return statistics.median(times[n]), n
+
+
+def bench_epochs(X, y, epochs, pause):
+    """Median epoch time of each workload: tinynet, torch at 1 thread, torch at 2, alternating."""
     import torch
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
     rows = {}
     for name, spec in WORKLOADS.items():
         model, tmodel, topt = build(spec)
-        times = {"tinynet": [], "torch": []}
+        tn_times, torch_times = [], {n: [] for n in TORCH_THREADS}
         for _ in range(epochs):
-            t = time.perf_counter()
-            model.fit(X, y, epochs=1, batch_size=BATCH, verbose=0)
-            times["tinynet"].append(time.perf_counter() - t)
-            t = time.perf_counter()
-            torch_epoch(tmodel, topt, Xt, yt)
-            times["torch"].append(time.perf_counter() - t)
-        tn_s, torch_s = statistics.median(times["tinynet"]), statistics.median(times["torch"])
-        rows[name] = {"tinynet_s": tn_s, "torch_s": torch_s, "ratio": tn_s / torch_s}
-        print(f"  {name:<10} epoch  tinynet {tn_s:7.2f} s   torch {torch_s:7.2f} s   ratio {tn_s / torch_s:5.2f}",
-              flush=True)
+            tn_times.append(timed(lambda: model.fit(X, y, epochs=1, batch_size=BATCH, verbose=0), pause))
+            for n in TORCH_THREADS:
+                torch.set_num_threads(n)
+                torch_times[n].append(timed(lambda: torch_epoch(tmodel, topt, Xt, yt), pause))
+        tn_s = statistics.median(tn_times)
+        torch_s, threads = best_torch(torch_times)
+        rows[name] = {"tinynet_s": tn_s, "torch_s": torch_s, "torch_threads": threads, "ratio": tn_s / torch_s,
+                      "torch_s_by_threads": {str(n): statistics.median(t) for n, t in torch_times.items()}}
+        print(f"  {name:<10} epoch  tinynet {tn_s:7.2f} s   torch {torch_s:7.2f} s ({threads} thr)   "
+              f"ratio {tn_s / torch_s:5.2f}", flush=True)
     return rows
 
 
-def median_ms(fn, repeats):
-    fn()                                                    # warm-up
+def min_ms(fn, repeats):
+    """Fastest of `repeats` calls after a warm-up, in ms (min: the least disturbed by load)."""
+    fn()
     times = []
     for _ in range(repeats):
-        t = time.perf_counter()
+        start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
+        times.append(time.perf_counter() - start)
+    return 1e3 * min(times)
 
 
-def bench_layers(repeats):
-    """Forward, and forward + backward, of single layers in float32, tinynet against torch."""
+def gemm_limit(products, rng):
+    """A function doing the matrix products [(m, k, n), ...] with np.matmul on float32 arrays."""
+    pairs = [(rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32))
+             for m, k, n in products]
+    return lambda: [a @ b for a, b in pairs]
+
+
+def conv_gemms(n, c, h, w, o, k, p):
+    """forward W·cols, dW = dY·colsᵀ, dX's Wᵀ·dY of a stride-1 Conv2d, as (m, k, n) products."""
+    cols = n * (h + 2 * p - k + 1) * (w + 2 * p - k + 1)
+    return [(o, c * k * k, cols), (o, cols, c * k * k), (c * k * k, o, cols)]
+
+
+def layer_cases(n=BATCH):
+    """label, (name, args), input shape, matrix products of forward + backward; batch n."""
+    return [
+        ("Conv2d 32->64 k3 p1 @14", ("Conv2d", (32, 64, 3, 1, 1)), (n, 32, 14, 14), conv_gemms(n, 32, 14, 14, 64, 3, 1)),
+        ("Conv2d 1->32 k3 p1 @28", ("Conv2d", (1, 32, 3, 1, 1)), (n, 1, 28, 28), conv_gemms(n, 1, 28, 28, 32, 3, 1)),
+        ("Conv2d 1->8 k5 @28", ("Conv2d", (1, 8, 5)), (n, 1, 28, 28), conv_gemms(n, 1, 28, 28, 8, 5, 0)),
+        ("Conv2d 8->16 k3 @12", ("Conv2d", (8, 16, 3)), (n, 8, 12, 12), conv_gemms(n, 8, 12, 12, 16, 3, 0)),
+        ("Linear 784->256", ("Linear", (784, 256)), (n, 784), [(n, 784, 256), (256, n, 784), (n, 256, 784)]),
+        ("MaxPool2d(2) @28", ("MaxPool2d", (2,)), (n, 32, 28, 28), []),
+        ("BatchNorm2d(32) @28", ("BatchNorm2d", (32,)), (n, 32, 28, 28), []),
+    ]
+
+
+def bench_layers(repeats, batch=BATCH):
+    """Forward + backward of single layers in float32: tinynet, torch (best threads), GEMM limit.
+    The libraries alternate in rounds; each figure is the fastest call over all rounds."""
     import torch
     rng = np.random.default_rng(0)
-    cases = [
-        ("Linear(784->256)", ("Linear", (784, 256)), (64, 784)),
-        ("Conv2d 1->8 k5 @28", ("Conv2d", (1, 8, 5)), (64, 1, 28, 28)),
-        ("Conv2d 8->16 k3 @12", ("Conv2d", (8, 16, 3)), (64, 8, 12, 12)),
-        ("Conv2d 32->64 k3 p1 @14", ("Conv2d", (32, 64, 3, 1, 1)), (64, 32, 14, 14)),
-        ("MaxPool2d(2) @28", ("MaxPool2d", (2,)), (64, 32, 28, 28)),
-        ("BatchNorm2d(32) @28", ("BatchNorm2d", (32,)), (64, 32, 28, 28)),
-    ]
     rows = {}
-    for label, (name, args), shape in cases:
+    for label, (name, args), shape, products in layer_cases(batch):
         x = rng.standard_normal(shape, dtype=np.float32)
         layer, tlayer = getattr(tn, name)(*args), getattr(torch.nn, name)(*args)
         xt = torch.from_numpy(x).requires_grad_()
         g = rng.standard_normal(layer.forward(x).shape, dtype=np.float32)
         gt = torch.from_numpy(g)
-        rows[label] = {
-            "tinynet_fwd_ms": median_ms(lambda: layer.forward(x), repeats),
-            "torch_fwd_ms": median_ms(lambda: tlayer(xt), repeats),
-            "tinynet_fwdbwd_ms": median_ms(lambda: (layer.forward(x), layer.backward(g)), repeats),
-            "torch_fwdbwd_ms": median_ms(lambda: tlayer(xt).backward(gt), repeats),
-        }
-    logits = rng.standard_normal((64, 10), dtype=np.float32)
-    labels = rng.integers(0, 10, 64)
+        fns = {"tinynet": lambda: (layer.forward(x), layer.backward(g)),
+               "gemm": gemm_limit(products, rng) if products else None}
+        for n in TORCH_THREADS:
+            fns[n] = (lambda n=n: (torch.set_num_threads(n), tlayer(xt).backward(gt)))
+        rows[label] = timing_row(fns, repeats)
+    logits = rng.standard_normal((batch, 10), dtype=np.float32)
+    labels = rng.integers(0, 10, batch)
     loss, tlogits, tlabels = tn.CrossEntropyLoss(), torch.from_numpy(logits).requires_grad_(), torch.from_numpy(labels)
-    rows["CrossEntropyLoss (64, 10)"] = {
-        "tinynet_fwd_ms": median_ms(lambda: loss.forward(logits, labels), repeats),
-        "torch_fwd_ms": median_ms(lambda: torch.nn.functional.cross_entropy(tlogits, tlabels), repeats),
-        "tinynet_fwdbwd_ms": median_ms(lambda: (loss.forward(logits, labels), loss.backward()), repeats),
-        "torch_fwdbwd_ms": median_ms(lambda: torch.nn.functional.cross_entropy(tlogits, tlabels).backward(),
-                                     repeats),
-    }
+    fns = {"tinynet": lambda: (loss.forward(logits, labels), loss.backward()), "gemm": None}
+    for n in TORCH_THREADS:
+        fns[n] = (lambda n=n: (torch.set_num_threads(n),
+                               torch.nn.functional.cross_entropy(tlogits, tlabels).backward()))
+    rows[f"CrossEntropyLoss ({batch}, 10)"] = timing_row(fns, repeats)
     for label, r in rows.items():
-        r["fwd_ratio"] = r["tinynet_fwd_ms"] / r["torch_fwd_ms"]
-        r["fwdbwd_ratio"] = r["tinynet_fwdbwd_ms"] / r["torch_fwdbwd_ms"]
-        print(f"  {label:<26} fwd {r['tinynet_fwd_ms']:7.3f} / {r['torch_fwd_ms']:7.3f} ms ({r['fwd_ratio']:4.2f}x)"
-              f"   fwd+bwd {r['tinynet_fwdbwd_ms']:7.3f} / {r['torch_fwdbwd_ms']:7.3f} ms "
-              f"({r['fwdbwd_ratio']:4.2f}x)", flush=True)
+        gemm = "      -" if r["gemm_ms"] is None else f"{r['gemm_ms']:7.3f}"
+        print(f"  {label:<26} fwd+bwd  tinynet {r['tinynet_ms']:7.3f} ms   torch {r['torch_ms']:7.3f} ms "
+              f"({r['torch_threads']} thr)   ratio {r['ratio']:5.2f}   GEMM limit {gemm} ms", flush=True)
+    return rows
+
+
+def timing_row(fns, repeats, rounds=3):
+    """Alternate the functions over `rounds`; keep each one's fastest call."""
+    best = {k: float("inf") for k, f in fns.items() if f is not None}
+    for _ in range(rounds):
+        for k in best:
+            best[k] = min(best[k], min_ms(fns[k], max(1, repeats // rounds)))
+    threads = min(TORCH_THREADS, key=best.get)
+    return {"tinynet_ms": best["tinynet"], "torch_ms": best[threads], "torch_threads": threads,
+            "torch_ms_by_threads": {str(n): best[n] for n in TORCH_THREADS},
+            "gemm_ms": best.get("gemm"), "ratio": best["tinynet"] / best[threads]}
+
+
+def bench_busy(X, y, epochs, pause):
+    """MLP epoch (train_mnist's default: 784-256-10, batch 128, Adam) at tinynet's default BLAS
+    threads and at 1 and 2 forced, on a quiet machine and with one core kept busy."""
+    rows = {}
+    for state in ("quiet", "busy"):
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if state == "busy" else None
+        try:
+            times = {"default": [], "1": [], "2": []}
+            for _ in range(epochs):
+                for key in times:
+                    model, _, _ = build(WORKLOADS[BUSY_WORKLOAD])
+                    with blas_threads(None if key == "default" else int(key)):
+                        times[key].append(timed(lambda: model.fit(X, y, epochs=1, batch_size=BUSY_BATCH,
+                                                                  verbose=0), pause))
+        finally:
+            if busy is not None:
+                busy.kill()
+                busy.wait()
+        row = {f"{k}_s": statistics.median(v) for k, v in times.items()}
+        row["default_over_best"] = row["default_s"] / min(row["1_s"], row["2_s"])
+        rows[state] = row
+        print(f"  {state:<5} mlp epoch  default threads {row['default_s']:6.2f} s   1 thread {row['1_s']:6.2f} s   "
+              f"2 threads {row['2_s']:6.2f} s   default / best {row['default_over_best']:5.2f}", flush=True)
     return rows
 
 
@@ -136,10 +228,10 @@ def status_mb(field):
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
 
 
-def memory_child(library, workload, n, epochs):
+def memory_child(library, workload, n, epochs, synthetic):
     """Run in a fresh process: train `epochs` epochs of one workload; print JSON with the
     RSS before training, the peak RSS during the first epoch, and the RSS after each epoch."""
-    X, y = load(n)
+    X, y = load(n, synthetic)
     if library == "tinynet":
         model = tn.Sequential([getattr(tn, name)(*args) for name, args in WORKLOADS[workload]])
         model.compile(tn.Adam(model.parameters(), lr=LR), tn.CrossEntropyLoss())
@@ -161,20 +253,30 @@ def memory_child(library, workload, n, epochs):
     print(json.dumps({"rss_before_mb": before, "peak_rss_mb": peak, "rss_after_epoch_mb": after}))
 
 
-def bench_memory(n, epochs):
-    """Peak RSS of a training epoch, each library and workload in a fresh subprocess."""
-    rows = {}
-    for workload in WORKLOADS:
+def bench_memory(n, epochs, workloads, synthetic):
+    """Peak RSS of a training epoch, each library and workload in a fresh subprocess (the two
+    libraries' processes of a workload run side by side: RSS is per process). --smoke runs
+    tinynet's only: a torch child spends seconds importing torch, and its code path is the
+    epoch benchmark's."""
+    rows, libraries = {}, ("tinynet",) if synthetic else ("tinynet", "torch")
+    for workload in workloads:
+        children = {library: subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--memory-child", library, workload, "--n", str(n),
+             "--epochs", str(epochs)] + ["--smoke"] * synthetic, stdout=subprocess.PIPE, text=True)
+            for library in libraries}
         row = {}
-        for library in ("tinynet", "torch"):
-            out = subprocess.run([sys.executable, __file__, "--memory-child", library, workload,
-                                  "--n", str(n), "--epochs", str(epochs)],
-                                 capture_output=True, text=True, check=True).stdout
+        for library, child in children.items():
+            out, _ = child.communicate()
+            if child.returncode:
+                raise RuntimeError(f"memory child {library} {workload} failed with code {child.returncode}")
             r = json.loads(out.strip().splitlines()[-1])
             row[f"{library}_peak_mb"] = r["peak_rss_mb"]
             row[f"{library}_epoch_mb"] = r["peak_rss_mb"] - r["rss_before_mb"]
             row[f"{library}_growth_mb"] = r["rss_after_epoch_mb"][-1] - r["rss_after_epoch_mb"][0]
         rows[workload] = row
+        if synthetic:
+            print(f"  {workload:<10} peak RSS in epoch 1  tinynet {row['tinynet_peak_mb']:5.0f} MB", flush=True)
+            continue
         print(f"  {workload:<10} peak RSS in epoch 1  tinynet {row['tinynet_peak_mb']:5.0f} MB "
               f"(+{row['tinynet_epoch_mb']:.0f} over the start)   torch {row['torch_peak_mb']:5.0f} MB "
               f"(+{row['torch_epoch_mb']:.0f})   growth over {epochs} epochs: tinynet "
@@ -182,41 +284,63 @@ def bench_memory(n, epochs):
     return rows
 
 
-def load(n):
+def load(n, synthetic=False):
+    """The first n MNIST training images, or n random images of the same shape (--smoke)."""
+    if synthetic:
+        rng = np.random.default_rng(0)
+        return rng.random((n, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, n)
     X, y, _, _ = tn.load_mnist()
     return np.ascontiguousarray(X[:n]), y[:n]
 
 
+def write_json(results, path):
+    """Write results to `path` via a temporary file, renamed only when complete."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(tmp, path)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="subsets and fewer repeats: under a minute")
+    p.add_argument("--quick", action="store_true", help="subsets and fewer repeats: about a minute")
+    p.add_argument("--smoke", action="store_true", help="every code path on tiny random data (no timing value)")
+    p.add_argument("--busy", action="store_true", help="also time the MLP epoch with one core kept busy")
     p.add_argument("--epochs", type=int, default=3, help="epochs per workload and library (median taken)")
     p.add_argument("--out", default="bench.json", help="where to write the results as JSON")
     p.add_argument("--memory-child", nargs=2, metavar=("LIBRARY", "WORKLOAD"), help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.memory_child:
-        return memory_child(*args.memory_child, args.n, args.epochs)
+        return memory_child(*args.memory_child, args.n, args.epochs, args.smoke)
 
     import torch
-    n = 2000 if args.quick else 60000
-    epochs = 3 if args.quick or args.epochs < 3 else args.epochs
-    repeats = 5 if args.quick else 30
+    if args.smoke:
+        n, epochs, repeats, pause, mem_n, mem_workloads = 128, 1, 1, 0.0, 128, ["mlp"]
+    elif args.quick:
+        n, epochs, repeats, pause, mem_n, mem_workloads = 2000, 3, 6, 0.2, 2000, list(WORKLOADS)
+    else:
+        n, epochs, repeats, pause, mem_n, mem_workloads = 60000, max(3, args.epochs), 30, 1.0, 20000, list(WORKLOADS)
     info = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "train_samples": n, "quick": args.quick}
-    print("tinynet vs PyTorch CPU, float32, batch 64, Adam lr 1e-3:", json.dumps(info), flush=True)
+            "torch_threads_tried": list(TORCH_THREADS), "tinynet_blas": blas_info(),
+            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"), "train_samples": n,
+            "quick": args.quick, "smoke": args.smoke}
+    print("tinynet vs PyTorch CPU, float32, batch 64, Adam lr 1e-3; torch at its faster of 1 and 2 "
+          "threads, tinynet at NumPy's default BLAS threads:", json.dumps(info), flush=True)
     tn.manual_seed(0)
     torch.manual_seed(0)
-    X, y = load(n)
-    print("epoch time (median of", epochs, "epochs, alternating):", flush=True)
-    results = {"info": info, "epochs": bench_epochs(X, y, epochs)}
-    print(f"layer time (median of {repeats}):", flush=True)
-    results["layers"] = bench_layers(repeats)
+    X, y = load(n, args.smoke)
+    print(f"epoch time (median of {epochs} epochs, alternating, {pause} s pause between runs):", flush=True)
+    results = {"info": info, "epochs": bench_epochs(X, y, epochs, pause)}
+    print(f"layer time, forward + backward (fastest of {repeats} calls, libraries alternating):", flush=True)
+    results["layers"] = bench_layers(repeats, 2 if args.smoke else BATCH)
+    if args.busy or args.smoke:
+        print("BLAS threads, MLP epoch (batch 128), quiet and with one core busy:", flush=True)
+        results["busy"] = bench_busy(X, y, epochs, pause)
     print("memory (fresh process per run):", flush=True)
-    results["memory"] = bench_memory(n if args.quick else 20000, 3)
-    with tn._atomic_open(args.out, "w") as f:
-        json.dump(results, f, indent=1)
+    results["memory"] = bench_memory(mem_n, 2 if args.smoke else 3, mem_workloads, args.smoke)
+    write_json(results, args.out)
     print(f"wrote {args.out}")
 
 

@@ -54,10 +54,6 @@ class Parameter:
         self.data = data if np.issubdtype(data.dtype, np.floating) else data.astype(np.float32)
         self.grad = np.zeros_like(self.data)
 
-    @property
-    def shape(self):
-        return self.data.shape
-
     def zero_grad(self):
         self.grad[...] = 0
 
@@ -72,14 +68,12 @@ class Layer:
     def __call__(self, x):
         return self.forward(x)
 
-    def _saved(self):
-        """What forward cached; a RuntimeError naming the layer if forward has not run."""
+    def _saved(self):                  # what forward cached; a clear error if it has not run
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         return self._cache
 
-    def parameters(self):
-        """Attributes with .data and .grad, in the order they were set (weight, then bias)."""
+    def parameters(self):              # attributes with .data and .grad, in order: weight, bias
         return [v for v in vars(self).values() if hasattr(v, "data") and hasattr(v, "grad")]
 
     def zero_grad(self):
@@ -221,14 +215,18 @@ class LogSoftmax(Layer):
 
 
 class Flatten(Layer):
-    """(N, d1, d2, ...) -> (N, d1 * d2 * ...), as torch.nn.Flatten(); backward reshapes back."""
+    """(N, d1, d2, ...) -> (N, d1 * d2 * ...), as torch.nn.Flatten(); backward reshapes back.
+    The gradient is stored like x (np.empty_like keeps x's memory order), so that the layers
+    before get it in their own order (a Conv2d's outputs are batch-innermost)."""
 
     def forward(self, x):
-        self._cache = x.shape
+        self._cache = x
         return x.reshape(x.shape[0], -1)
 
     def backward(self, grad):
-        return grad.reshape(self._saved())
+        dx = np.empty_like(self._saved())
+        dx[...] = grad.reshape(dx.shape)
+        return dx
 
 
 class Dropout(Layer):
@@ -291,85 +289,37 @@ def _pair(value, name, low=1):
     return tuple(int(v) for v in pair)
 
 
-_CHWN = (1, 2, 3, 0)     # Conv2d's memory order for (N, C, H, W) arrays: the batch innermost
-
-
-def _layout(x):
-    """The memory order of x's axes, outermost first: (0, 1, 2, 3) for C order, _CHWN for
-    Conv2d's outputs. The pools keep their input's layout: mixed layouts make every op slow."""
-    return tuple(int(a) for a in np.argsort([-s for s in x.strides], kind="stable"))
-
-
-def _in_layout(x, order):
-    """x itself if its axes are stored in memory order `order`, else a copy that is."""
-    if _layout(x) == order:
-        return x
-    return np.ascontiguousarray(x.transpose(order)).transpose(np.argsort(order))
-
-
-def _full(shape, value, dtype, order=(0, 1, 2, 3)):
-    """np.full(shape, value) whose axes are stored in memory order `order` (e.g. _CHWN)."""
-    return np.full([shape[a] for a in order], value, dtype).transpose(np.argsort(order))
-
-
-def _pad(x, padding, value=0.0, order=None):
-    """x (N, C, H, W) padded on H and W by padding = (pH, pW) with `value`, stored in
-    memory order `order` (default: x's own); x itself when there is nothing to do."""
-    (ph, pw), (n, c, h, w) = padding, x.shape
-    order = order or _layout(x)
-    if padding == (0, 0) and order == _layout(x):
-        return x
-    out = _full((n, c, h + 2 * ph, w + 2 * pw), value, x.dtype, order)
-    out[:, :, ph:ph + h, pw:pw + w] = x
-    return out
-
-
-def _windows(x, kernel, stride):
-    """Read-only view (N, C, OH, OW, kH, kW) of the kH x kW windows of x (N, C, H, W) at
-    `stride`, without a copy (im2col before the copy). OH = (H - kH) // sH + 1 as torch.
-
-    Non-overlapping windows (stride == kernel) are a plain reshape (N, C, OH, kH, OW, kW).
-    """
-    (kh, kw), (sh, sw) = kernel, stride
-    n, c, h, w = x.shape
-    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
-    if (kh, kw) == (sh, sw):
-        return x[:, :, :oh * kh, :ow * kw].reshape(n, c, oh, kh, ow, kw).transpose(0, 1, 2, 4, 3, 5)
-    return np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
-
-
-def _col2im(grad_at, out, kernel, stride):
-    """The adjoint of _windows: add grad_at(i, j), the (N, C, OH, OW) gradient of window
-    element (i, j), into out (N, C, Hp, Wp) for every kernel offset: kH * kW strided adds."""
-    (kh, kw), (sh, sw) = kernel, stride
-    for i in range(kh):
-        for j in range(kw):
-            g = grad_at(i, j)
-            out[:, :, i:i + sh * g.shape[2]:sh, j:j + sw * g.shape[3]:sw] += g
-    return out
-
-
-def _check_window(layer, x, kernel, padding):
-    """ValueError naming the layer if the kernel is larger than the padded input."""
+def _out_size(layer, x, kernel, stride, padding, channels=None):
+    """(OH, OW) = ((H + 2 pH - kH) // sH + 1, ...) as torch, for x (N, C, H, W); a ValueError naming the
+    layer unless x is 4-D (with `channels` channels) and the kernel fits in the padded input."""
+    if x.ndim != 4 or channels not in (None, x.shape[1]):
+        with_c = f" with {channels} channels on axis 1" if channels else ""
+        raise ValueError(f"{type(layer).__name__}: expected 4-D input{with_c}, got shape {x.shape}")
     hp, wp = x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1]
     if kernel[0] > hp or kernel[1] > wp:
         raise ValueError(f"{type(layer).__name__}: kernel {kernel} is larger than the padded input "
                          f"({hp}, {wp}) (input shape {x.shape}, padding {padding})")
+    return (hp - kernel[0]) // stride[0] + 1, (wp - kernel[1]) // stride[1] + 1
 
+
+# ── Convolution ─────────────────────────────────────────────────────────────
 
 class Conv2d(Layer):
     """2-D cross-correlation, as torch.nn.Conv2d (zero padding, no dilation or groups).
 
-    y[n, o, i, j] = bias[o] + sum_{c, p, q} weight[o, c, p, q] * xpad[n, c, sH*i + p, sW*j + q]
-    x: (N, C, H, W) -> y: (N, O, OH, OW), OH = (H + 2 pH - kH) // sH + 1.
-    weight: (O, C, kH, kW); weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = C kH kW.
+    x (N, C, H, W) -> y (N, O, OH, OW), OH = (H + 2 pH - kH) // sH + 1; weight W (O, C, kH, kW).
+    With cols (C kH kW, OH OW N) the windows of the padded x, one window per column:
+      forward   y  = W · cols + b               (O, C kH kW) · (C kH kW, OH OW N)
+      backward  dW = dY · colsᵀ,  db = Σ dY,  dX = col2im(Wᵀ · dY)
+    col2im adds each row (c, i, j) of Wᵀ · dY back at kernel offset (i, j): kH kW slice adds.
+    weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = C kH kW.
 
-    im2col: the windows are copied once into a (C kH kW, OH OW N) matrix and multiplied by
-    the (O, C kH kW) weight. Columns are ordered with the batch innermost, so that the copy
-    and the backward's kH * kW scatter-adds run over long contiguous rows. y and grad_x are
-    returned as transposed views of that (C, H, W, N) memory, not copied back to C order:
-    ReLU, the pools and BatchNorm keep their input's layout, so that the next Conv2d
-    gets its input, and its gradient, already batch innermost.
+    Speed trick, batch innermost: inside the layer images are stored (C, H, W, N), so that
+    each row of cols is a few long contiguous runs of OW N values: the im2col copy and the
+    col2im adds stream through memory, and each product is one large GEMM. y and dX are
+    returned as (N, C, H, W) views of that memory, not copied back: NumPy's element-wise
+    operations keep the memory order of their input, so the ReLU, pooling and BatchNorm
+    after a Conv2d work on the same long runs, and hand the next Conv2d its layout.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
@@ -378,47 +328,50 @@ class Conv2d(Layer):
         self.stride = _pair(stride, "Conv2d: stride")
         self.padding = _pair(padding, "Conv2d: padding", low=0)
         bound = 1 / math.sqrt(in_channels * self.kernel_size[0] * self.kernel_size[1])
-        self.weight = Parameter(_rng.uniform(-bound, bound, (out_channels, in_channels) + self.kernel_size).astype(np.float32))
+        shape = (out_channels, in_channels) + self.kernel_size
+        self.weight = Parameter(_rng.uniform(-bound, bound, shape).astype(np.float32))
         self.bias = Parameter(_rng.uniform(-bound, bound, out_channels).astype(np.float32)) if bias else None
 
     def forward(self, x):
-        x = _check_input(self, x, 4, self.in_channels, "channels")
-        _check_window(self, x, self.kernel_size, self.padding)
-        xp = _pad(x, self.padding, order=_CHWN)    # (N, C, Hp, Wp), batch innermost
-        win = _windows(xp, self.kernel_size, self.stride)             # (N, C, OH, OW, kH, kW)
-        n, c, oh, ow, kh, kw = win.shape
-        cols = np.ascontiguousarray(win.transpose(1, 4, 5, 2, 3, 0)).reshape(c * kh * kw, -1)
-        self._cache = cols, x.shape, xp.shape
-        y = self.weight.data.reshape(self.out_channels, -1) @ cols    # (O, OH OW N)
+        x = np.asarray(x)
+        oh, ow = _out_size(self, x, self.kernel_size, self.stride, self.padding, self.in_channels)
+        (n, c, h, w), (kh, kw), (sh, sw), (ph, pw) = x.shape, self.kernel_size, self.stride, self.padding
+        dtype = np.result_type(x, self.weight.data)
+        xp = np.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype)              # padded, batch innermost
+        xp[:, ph:ph + h, pw:pw + w] = x.transpose(1, 2, 3, 0)
+        win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]
+        cols = np.ascontiguousarray(win.transpose(0, 4, 5, 1, 2, 3)).reshape(c * kh * kw, -1)
+        self._cache = cols, x.shape
+        y = (self.weight.data.reshape(self.out_channels, -1) @ cols).reshape(-1, oh, ow, n)
         if self.bias is not None:
-            y += self.bias.data[:, None]
-        return y.reshape(-1, oh, ow, n).transpose(3, 0, 1, 2)          # a view, memory order CHWN
+            y += self.bias.data[:, None, None, None]
+        return y.transpose(3, 0, 1, 2)                                # (N, O, OH, OW), a view
 
     def backward(self, grad):                                        # grad: (N, O, OH, OW)
-        cols, (_, c, h, wd), padded = self._saved()
-        n, o, oh, ow = grad.shape
+        cols, (n, c, h, w) = self._saved()
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        _, o, oh, ow = grad.shape
         g = np.ascontiguousarray(grad.transpose(1, 2, 3, 0)).reshape(o, -1)   # (O, OH OW N)
-        w = self.weight.data.reshape(o, -1)
-        self.weight.grad += (cols @ g.T).T.reshape(self.weight.data.shape)   # faster in OpenBLAS than g @ cols.T
+        self.weight.grad += (cols @ g.T).T.reshape(self.weight.data.shape)   # faster than g @ cols.T
         if self.bias is not None:
             self.bias.grad += g.sum(axis=1)
         if not self.needs_input_grad:
             return None
-        kh, kw = self.kernel_size
-        dcols = (w.T @ g).reshape(c, kh, kw, oh, ow, n).transpose(5, 0, 3, 4, 1, 2)  # (N, C, OH, OW, kH, kW)
-        dx = _col2im(lambda i, j: dcols[..., i, j], _full(padded, 0, g.dtype, _CHWN),
-                     self.kernel_size, self.stride)
-        ph, pw = self.padding
-        return dx[:, :, ph:ph + h, pw:pw + wd]                       # a view, memory order CHWN
+        dcols = (self.weight.data.reshape(o, -1).T @ g).reshape(c, kh, kw, oh, ow, n)
+        dxp = np.zeros((c, h + 2 * ph, w + 2 * pw, n), dcols.dtype)
+        for i in range(kh):                                              # col2im
+            for j in range(kw):
+                dxp[:, i:i + sh * oh:sh, j:j + sw * ow:sw] += dcols[:, i, j]
+        return dxp[:, ph:ph + h, pw:pw + w].transpose(3, 0, 1, 2)    # (N, C, H, W), a view
 
+
+# ── Pooling ─────────────────────────────────────────────────────────────────
 
 class _Pool2d(Layer):
-    """Shared by MaxPool2d and AvgPool2d: x (N, C, H, W) -> (N, C, OH, OW), one value per
-    kH x kW window; OH = (H + 2 pH - kH) // sH + 1, stride defaults to the kernel size.
-    Both loop over the kH * kW window offsets with whole-batch array operations, and
-    keep the memory layout of x (see _layout) in y and grad_x.
-    Subclasses define _pool(windows) -> (y, state for backward) and
-    _window_grad(grad, state) -> grad_at(i, j), the gradient of window element (i, j)."""
+    """x (N, C, H, W) -> y (N, C, OH, OW), one value per kH x kW window (MaxPool2d, AvgPool2d);
+    OH = (H + 2 pH - kH) // sH + 1, stride = kernel_size by default. The subclass reduces the
+    kH kW window offsets with _pool(views) -> (y, state); backward adds back, at each offset k,
+    _window_grad(grad, state, k): array operations per offset, none per window or pixel."""
     pad_value = 0.0
 
     def __init__(self, kernel_size, stride=None, padding=0):
@@ -427,64 +380,64 @@ class _Pool2d(Layer):
         self.stride = self.kernel_size if stride is None else _pair(stride, f"{name}: stride")
         self.padding = _pair(padding, f"{name}: padding", low=0)
         if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
-            raise ValueError(f"{name}: padding {self.padding} must be at most half the kernel size "
-                             f"{self.kernel_size}")
+            raise ValueError(f"{name}: padding {self.padding} must be at most half the kernel size {self.kernel_size}")
+
+    def _offsets(self, x, oh, ow):     # [x at offset (i, j) of every window: a view (N, C, OH, OW)]
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        return [x[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] for i, j in np.ndindex(kh, kw)]
 
     def forward(self, x):
-        x = _check_input(self, x, 4)
-        _check_window(self, x, self.kernel_size, self.padding)
-        xp = _pad(x, self.padding, self.pad_value)
-        y, state = self._pool(_windows(xp, self.kernel_size, self.stride))   # windows: (N, C, OH, OW, kH, kW)
-        self._cache = x.shape, xp.shape, _layout(xp), state
+        x = np.asarray(x)
+        oh, ow = _out_size(self, x, self.kernel_size, self.stride, self.padding)
+        (n, c, h, w), (ph, pw) = x.shape, self.padding
+        xp = x
+        if ph or pw:                                   # full_like keeps x's memory order
+            xp = np.full_like(x, self.pad_value, shape=(n, c, h + 2 * ph, w + 2 * pw))
+            xp[:, :, ph:ph + h, pw:pw + w] = x
+        y, state = self._pool(self._offsets(xp, oh, ow))
+        self._cache = xp, state
         return y
 
     def backward(self, grad):                                        # grad: (N, C, OH, OW)
-        (_, _, h, w), padded, order, state = self._saved()
-        grad = _in_layout(grad, order)                # e.g. from Flatten, in C order
-        dx = _col2im(self._window_grad(grad, state), _full(padded, 0, grad.dtype, order),
-                     self.kernel_size, self.stride)
-        ph, pw = self.padding
-        return dx[:, :, ph:ph + h, pw:pw + w]
+        xp, state = self._saved()
+        dxp, (ph, pw), (hp, wp) = np.zeros_like(xp), self.padding, xp.shape[2:]
+        for k, view in enumerate(self._offsets(dxp, *grad.shape[2:])):     # overlapping windows add up
+            view += self._window_grad(grad, state, k)
+        return dxp[:, :, ph:hp - ph, pw:wp - pw]
 
 
 class MaxPool2d(_Pool2d):
-    """y = max over each window (padding counts as -inf), as torch.nn.MaxPool2d.
-    The gradient goes to one arg-max per window: the first in row-major window order
-    (torch's choice on ties); a NaN counts as the maximum, as in torch."""
+    """y = max over each window (padding counts as -inf), as torch.nn.MaxPool2d; the gradient goes
+    to torch's element of each window: the first maximum in row-major order, a NaN as maximum."""
     pad_value = -np.inf
 
-    def _pool(self, win):
-        """-> (y, argmax): the max and its flat window offset i * kW + j, both (N, C, OH, OW)."""
-        offsets = list(np.ndindex(*self.kernel_size))               # (i, j), row-major
-        y = win[..., 0, 0].copy(order="K")                          # keeps the input's layout
-        argmax = np.zeros_like(y, np.min_scalar_type(len(offsets) - 1))
-        for k, (i, j) in enumerate(offsets[1:], 1):
-            v = win[..., i, j]
-            better = (v > y) | np.isnan(v)            # strictly greater: the first maximum keeps a tie
+    def _pool(self, views):              # -> y and argmax, the offset k of each window's maximum
+        y = np.copy(views[0])                                       # np.copy keeps the memory order
+        argmax = np.zeros_like(y, np.min_scalar_type(len(views) - 1))
+        for k, v in enumerate(views[1:], 1):
+            better = (v > y) | np.isnan(v)            # strictly greater: the first of tied maxima keeps it
             np.maximum(argmax, better * argmax.dtype.type(k), out=argmax)   # k only grows
             np.maximum(y, v, out=y)                    # a NaN propagates
         return y, argmax
 
-    def _window_grad(self, grad, argmax):
-        kw = self.kernel_size[1]
-        return lambda i, j: grad * (argmax == i * kw + j)
+    def _window_grad(self, grad, argmax, k):
+        return grad * (argmax == k)
 
 
 class AvgPool2d(_Pool2d):
     """y = mean over each window, padding zeros included (torch's count_include_pad=True)."""
 
-    def _pool(self, win):
-        y = sum(win[..., i, j] for i, j in np.ndindex(*self.kernel_size))
-        return y / (self.kernel_size[0] * self.kernel_size[1]), None
+    def _pool(self, views):
+        return sum(views) / len(views), len(views)
 
-    def _window_grad(self, grad, _):
-        g = grad / (self.kernel_size[0] * self.kernel_size[1])
-        return lambda i, j: g
+    def _window_grad(self, grad, count, k):
+        return grad / count
 
+
+# ── Batch normalisation ─────────────────────────────────────────────────────
 
 class _BatchNorm(Layer):
     """Batch normalisation over every axis but the channel axis 1, as torch.nn.BatchNorm1d/2d.
-
     training: y = (x - mean) / sqrt(var + eps) * weight + bias with the batch mean and
     biased variance; running_mean <- (1 - momentum) running_mean + momentum mean and
     running_var <- (1 - momentum) running_var + momentum var * n / (n - 1) (unbiased).
@@ -492,26 +445,20 @@ class _BatchNorm(Layer):
     backward (training), xhat = (x - mean) / sqrt(var + eps), n values per channel:
     dx = weight / sqrt(var + eps) * (dy - mean(dy) - xhat * mean(dy * xhat)).
     """
-    buffers = ("running_mean", "running_var")
-    ndim, dims = None, None          # subclasses: input rank and einsum letters (channel = "c")
+    buffers = ("running_mean", "running_var")   # subclasses set ndim and dims (einsum letters, channel "c")
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
-        self.weight = Parameter(np.ones(num_features, np.float32))
-        self.bias = Parameter(np.zeros(num_features, np.float32))
+        self.weight, self.bias = Parameter(np.ones(num_features, np.float32)), Parameter(np.zeros(num_features, np.float32))
         self.running_mean = np.zeros(num_features, np.float32)
         self.running_var = np.ones(num_features, np.float32)
 
-    def _sum(self, *arrays):
-        """Per-channel sum of the product of `arrays` -> (C,)."""
+    def _sum(self, *arrays):                 # per-channel sum of the product -> (C,), one pass
         return np.einsum(",".join([self.dims] * len(arrays)) + "->c", *arrays)
 
     def _per_channel(self, v, x):
-        """(C,) -> an array that broadcasts against x in long inner loops: a contiguous
-        (C,) or (C, H, W) for C-order x (much faster than (C, 1, 1)), but (C, 1, 1) when
-        the batch is innermost in memory (Conv2d's outputs)."""
-        v = v.reshape((-1,) + (1,) * (x.ndim - 2))
-        return v if _layout(x)[-1] == 0 else np.ascontiguousarray(np.broadcast_to(v, x.shape[1:]))
+        """(C,) -> (C, 1, ...) that broadcasts against x along its channel axis 1."""
+        return v.reshape((-1,) + (1,) * (x.ndim - 2))
 
     def forward(self, x):
         x = _check_input(self, x, self.ndim, self.num_features)
@@ -521,14 +468,13 @@ class _BatchNorm(Layer):
                 raise ValueError(f"{type(self).__name__}: training needs more than 1 value per channel, "
                                  f"got input shape {x.shape}")
             mean = self._sum(x) / n
-            xc = x - self._per_channel(mean, x)
+            xc = x - self._per_channel(mean.astype(x.dtype), x)
             var = self._sum(xc, xc) / n
-            m = self.momentum
-            self.running_mean = (1 - m) * self.running_mean + m * mean.astype(self.running_mean.dtype)
-            self.running_var = (1 - m) * self.running_var + m * (var * (n / (n - 1))).astype(self.running_var.dtype)
+            m, rm, rv = self.momentum, self.running_mean, self.running_var
+            self.running_mean = (1 - m) * rm + m * mean.astype(rm.dtype)
+            self.running_var = (1 - m) * rv + m * (var * (n / (n - 1))).astype(rv.dtype)
         else:
-            xc = x - self._per_channel(self.running_mean, x)
-            var = self.running_var
+            xc, var = x - self._per_channel(self.running_mean, x), self.running_var
         inv_std = 1 / np.sqrt(var + self.eps)
         self._cache = xc, inv_std                                    # xhat = xc * inv_std
         y = xc * self._per_channel(self.weight.data * inv_std, x)
@@ -538,8 +484,7 @@ class _BatchNorm(Layer):
     def backward(self, grad):
         xc, inv_std = self._saved()
         sum_g, sum_gxhat = self._sum(grad), self._sum(grad, xc) * inv_std
-        self.weight.grad += sum_gxhat
-        self.bias.grad += sum_g
+        self.weight.grad += sum_gxhat; self.bias.grad += sum_g
         scale = self.weight.data * inv_std
         if not self.training:
             return grad * self._per_channel(scale, grad)
@@ -559,8 +504,6 @@ class BatchNorm1d(_BatchNorm):
 class BatchNorm2d(_BatchNorm):
     """Batch normalisation of x (N, C, H, W) per channel over N, H and W; see _BatchNorm."""
     ndim, dims = 4, "nchw"
-
-
 # ════════════════════════════════════════════════════════════════════════════
 # Losses: forward(pred, target) -> float (mean over the batch); backward() -> grad wrt pred
 # ════════════════════════════════════════════════════════════════════════════
