@@ -21,6 +21,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import tracemalloc
 import warnings
 
@@ -1997,6 +1998,43 @@ def test_model_checkpoint_saves_every_epoch_or_the_best(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["best.npz", "m-01.npz", "m-02.npz", "m-03.npz", "m-04.npz"]
     assert saved[0] != saved[1] and saved[1] == saved[2] and saved[2] != saved[3]
     np.testing.assert_array_equal(tn.Sequential.load(tmp_path / "m-04.npz")[0].weight.data, model[0].weight.data)
+
+
+def _blas_threads():
+    from threadpoolctl import threadpool_info
+    return min(d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas")
+
+
+@pytest.mark.parametrize("slow", [1, 2])
+def test_blas_threads_tries_each_count_then_keeps_the_faster(slow):
+    """BlasThreads alternates 1 and 2 threads, two batches a turn, then keeps the count whose
+    timed batches were faster; here the `slow` count is made slower by a sleep."""
+    from threadpoolctl import threadpool_limits
+    X, y = _tiny_data(160)
+    model = _small_model()
+    model.compile(tn.SGD(model.parameters(), lr=0.1), tn.CrossEntropyLoss())
+    seen = []
+
+    class Spy(tn.Callback):
+        def on_batch_begin(self, batch, logs=None):
+            seen.append(_blas_threads())
+            if seen[-1] == slow:
+                time.sleep(0.01)
+
+    choose = tn.BlasThreads(trials=2)
+    with threadpool_limits(2, user_api="blas"):                   # restored after the test
+        model.fit(X, y, epochs=2, batch_size=8, verbose=0, callbacks=[choose, Spy()])
+        assert seen[:8] == [1, 1, 2, 2, 1, 1, 2, 2]
+        assert choose.chosen == 3 - slow and set(seen[8:]) == {3 - slow} and _blas_threads() == 3 - slow
+
+
+def test_threads_flag_sets_blas_threads_or_asks_for_the_callback():
+    from threadpoolctl import threadpool_limits
+    assert [type(c) for c in tn.blas_thread_callbacks("auto")] == [tn.BlasThreads]
+    with threadpool_limits(2, user_api="blas"):
+        assert tn.blas_thread_callbacks("1") == [] and _blas_threads() == 1
+    with pytest.raises(ValueError, match="--threads: expected auto or a positive number, got 'two'"):
+        tn.blas_thread_callbacks("two")
 
 
 def test_stop_training_set_by_a_callback_ends_fit():

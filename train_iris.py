@@ -115,7 +115,7 @@ def main():
     scheduler = tn.make_scheduler(args.scheduler, optimizer, args.epochs, -(-len(X_train) // args.batch_size))
     model.compile(optimizer, tn.NLLLoss() if args.loss == "nll" else tn.CrossEntropyLoss(), scheduler=scheduler)
     history = model.fit(X_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                        validation_data=(X_val, y_val), verbose=1)
+                        validation_data=(X_val, y_val), verbose=1, callbacks=tn.blas_thread_callbacks(args.threads))
 
     y_pred = model.predict(X_test).argmax(axis=1)
     tn.save_model_and_history(model, history, args.out)

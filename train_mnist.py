@@ -122,8 +122,8 @@ def compare_optimizers(args, train, val):
         scheduler = tn.make_scheduler(schedule, optimizer, epochs, -(-len(train[0]) // args.batch_size))
         model.compile(optimizer, loss_for(args.loss), scheduler=scheduler)
         start = time.perf_counter()
-        histories[label] = h = model.fit(*train, epochs=epochs, batch_size=args.batch_size,
-                                         validation_data=val, verbose=2).history
+        histories[label] = h = model.fit(*train, epochs=epochs, batch_size=args.batch_size, validation_data=val,
+                                         verbose=2, callbacks=tn.blas_thread_callbacks(args.threads)).history
         rows.append({"run": label, "val_accuracy": h["val_accuracy"][-1], "val_loss": h["val_loss"][-1],
                      "s_per_epoch": (time.perf_counter() - start) / epochs})
     tn.print_table(rows, os.path.join(args.out, "optimizers.csv"))
@@ -166,7 +166,7 @@ def main():
     model.compile(optimizer, loss_for(args.loss), scheduler=scheduler)
     start = time.perf_counter()
     history = model.fit(X_train, t_train, epochs=args.epochs, batch_size=args.batch_size,
-                        validation_data=(X_val, t_val), verbose=1)
+                        validation_data=(X_val, t_val), verbose=1, callbacks=tn.blas_thread_callbacks(args.threads))
     print(f"training time: {time.perf_counter() - start:.1f} s")
 
     y_pred = model.predict(X_test).argmax(axis=1)

@@ -68,7 +68,8 @@ def sweep(args, train, val, mean, std):
         model.compile(opt, tn.CrossEntropyLoss(), scheduler=scheduler)
         start = time.perf_counter()
         histories[name] = history = model.fit(*train, epochs=args.epochs, batch_size=args.batch_size,
-                                              validation_data=val, verbose=2)
+                                              validation_data=val, verbose=2,
+                                              callbacks=tn.blas_thread_callbacks(args.threads))
         h = {k: v[-1] for k, v in history.history.items()}
         rows.append({"lr": lr, "optimizer": optimizer, "batchnorm": batchnorm, "train_loss": h["loss"],
                      "val_loss": h["val_loss"], "val_accuracy": h["val_accuracy"],
@@ -118,7 +119,8 @@ def main():
         scheduler = tn.make_scheduler(args.scheduler, optimizer, args.epochs, -(-len(X_train) // args.batch_size))
         model.compile(optimizer, tn.CrossEntropyLoss(), scheduler=scheduler)
         history = model.fit(X_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                            validation_data=(X_val, y_val), verbose=1)
+                            validation_data=(X_val, y_val), verbose=1,
+                            callbacks=tn.blas_thread_callbacks(args.threads))
         title = f"SVHN {args.model}{' + batchnorm' if args.batchnorm else ''}, {args.optimizer} lr {args.lr:g}"
 
     y_pred = model.predict(X_test).argmax(axis=1)
