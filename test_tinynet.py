@@ -2021,7 +2021,7 @@ def test_blas_threads_tries_each_count_then_keeps_the_faster(slow):
             if seen[-1] == slow:
                 time.sleep(0.01)
 
-    choose = tn.BlasThreads(trials=2)
+    choose = tn.BlasThreads(turns=2, batches=2)
     with threadpool_limits(2, user_api="blas"):                   # restored after the test
         model.fit(X, y, epochs=2, batch_size=8, verbose=0, callbacks=[choose, Spy()])
         assert seen[:8] == [1, 1, 2, 2, 1, 1, 2, 2]

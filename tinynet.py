@@ -336,10 +336,9 @@ class Conv2d(Layer):
     def forward(self, x):
         x = np.asarray(x)
         oh, ow = _out_size(self, x, self.kernel_size, self.stride, self.padding, self.in_channels)
-        (n, c, h, w), (kh, kw), (sh, sw), (ph, pw) = x.shape, self.kernel_size, self.stride, self.padding
-        dtype = np.result_type(x, self.weight.data)
-        xp = np.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype)              # padded, batch innermost
-        xp[:, ph:ph + h, pw:pw + w] = x.transpose(1, 2, 3, 0)
+        (n, c, _, _), (kh, kw), (sh, sw), (ph, pw) = x.shape, self.kernel_size, self.stride, self.padding
+        xp = x.transpose(1, 2, 3, 0)                        # (C, H, W, N), padded, C-ordered: batch innermost
+        xp = np.pad(xp, ((0, 0), (ph, ph), (pw, pw), (0, 0))) if ph or pw else np.ascontiguousarray(xp)
         win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]
         cols = np.ascontiguousarray(win.transpose(0, 4, 5, 1, 2, 3)).reshape(c * kh * kw, -1)
         self._cache = cols, x.shape
@@ -1467,14 +1466,15 @@ class BlasThreads(Callback):
 
     OpenBLAS's idle threads spin: on a quiet 2-core machine 2 threads train ~1.3x faster than
     1, but with a core busy with another program they are 2-3x slower. So the first batches
-    of training take turns with each count, two batches a turn (the first wakes the threads,
-    the second is timed), `trials` turns each; the count with the smallest median batch time
-    is kept, through threadpoolctl, for the rest of the process (`chosen`). Without
+    of training take turns with each count, `turns` turns each of `batches` batches (the
+    first wakes the threads, the others are timed); the count with the smallest median turn
+    time is kept, through threadpoolctl, for the rest of the process (`chosen`). Without
     threadpoolctl installed it does nothing.
     """
 
-    def __init__(self, counts=(1, 2), trials=3):
-        self.counts, self.trials, self.chosen, self.plan = tuple(counts), trials, None, []
+    def __init__(self, counts=(1, 2), turns=3, batches=5):
+        self.counts, self.chosen, self.plan = tuple(counts), None, []
+        self.turns, self.batches = turns, batches
 
     def on_train_begin(self, logs=None):
         try:
@@ -1482,19 +1482,22 @@ class BlasThreads(Callback):
         except ImportError:
             return
         self.limit = lambda n: threadpool_limits(n, user_api="blas")
-        self.plan = [(n, timed) for _ in range(self.trials) for n in self.counts for timed in (False, True)]
-        self.times = {n: [] for n in self.counts}
+        self.plan = [(n, b) for _ in range(self.turns) for n in self.counts for b in range(self.batches)]
+        self.times = {n: [] for n in self.counts}         # seconds of each turn's timed batches
 
     def on_batch_begin(self, batch, logs=None):
         if self.plan:
-            self.limit(self.plan[0][0])
+            n, b = self.plan[0]
+            if b == 0:
+                self.limit(n)
+                self.times[n].append(0.0)
             self.start = time.perf_counter()
 
     def on_batch_end(self, batch, logs=None):
         if self.plan:
-            n, timed = self.plan.pop(0)
-            if timed:
-                self.times[n].append(time.perf_counter() - self.start)
+            n, b = self.plan.pop(0)
+            if b > 0:
+                self.times[n][-1] += time.perf_counter() - self.start
             if not self.plan:
                 self.chosen = min(self.counts, key=lambda n: np.median(self.times[n]))
                 self.limit(self.chosen)
