@@ -3538,6 +3538,13 @@ def test_train_mnist_without_data_fails_cleanly(tmp_path):
                           str(tmp_path / "empty" / "mnist"))
 
 
+@pytest.mark.parametrize("argv, epochs", [(["--model", "cnn"], 6), ([], 10), (["--model", "cnn", "--epochs", "3"], 3)])
+def test_train_mnist_epochs_default_depends_on_the_model(tmp_path, argv, epochs):
+    r = _run("train_mnist.py", *argv, "--data-dir", tmp_path / "empty", "--out", tmp_path / "out",
+             env=_refused_downloads())                 # stops at the missing data, after the config
+    assert r.returncode == 1 and f"'epochs': {epochs}," in r.stdout
+
+
 # SVHN
 
 @pytest.fixture
