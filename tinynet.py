@@ -445,7 +445,7 @@ class _BatchNorm(Layer):
     backward (training), xhat = (x - mean) / sqrt(var + eps), n values per channel:
     dx = weight / sqrt(var + eps) * (dy - mean(dy) - xhat * mean(dy * xhat)).
     """
-    buffers = ("running_mean", "running_var")   # subclasses set ndim and dims (einsum letters, channel "c")
+    buffers = ("running_mean", "running_var")   # subclasses set ndim and axes (einsum letters, channel "c")
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
@@ -454,7 +454,7 @@ class _BatchNorm(Layer):
         self.running_var = np.ones(num_features, np.float32)
 
     def _sum(self, *arrays):                 # per-channel sum of the product -> (C,), one pass
-        return np.einsum(",".join([self.dims] * len(arrays)) + "->c", *arrays)
+        return np.einsum(",".join([self.axes] * len(arrays)) + "->c", *arrays)
 
     def _per_channel(self, v, x):
         """(C,) -> (C, 1, ...) that broadcasts against x along its channel axis 1."""
@@ -498,12 +498,12 @@ class _BatchNorm(Layer):
 
 class BatchNorm1d(_BatchNorm):
     """Batch normalisation of x (N, C) per feature; see _BatchNorm for the formulas."""
-    ndim, dims = 2, "nc"
+    ndim, axes = 2, "nc"
 
 
 class BatchNorm2d(_BatchNorm):
     """Batch normalisation of x (N, C, H, W) per channel over N, H and W; see _BatchNorm."""
-    ndim, dims = 4, "nchw"
+    ndim, axes = 4, "nchw"
 # ════════════════════════════════════════════════════════════════════════════
 # Losses: forward(pred, target) -> float (mean over the batch); backward() -> grad wrt pred
 # ════════════════════════════════════════════════════════════════════════════
