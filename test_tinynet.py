@@ -1213,6 +1213,10 @@ def test_optimizer_rejects_empty_or_non_parameters(name):
         getattr(tn, name)([np.zeros(2)], lr=0.1)
     with pytest.raises(TypeError, match=f"{name}: expected parameters with .data and .grad arrays, got list"):
         getattr(tn, name)([[1.0, 2.0]], lr=0.1)
+    p, q = tn.Parameter(np.zeros(2)), tn.Parameter(np.zeros(3))
+    with pytest.raises(ValueError, match=f"{name}: some parameters appear in more than one parameter group"):
+        getattr(tn, name)([{"params": [p, q]}, {"params": [q]}], lr=0.1)
+    assert getattr(tn, name)([{"params": p}, {"params": [q]}], lr=0.1).param_groups[0]["params"] == [p]   # as torch
 
 
 # ════════════════════════════════════════════════════════════════════════════
@@ -1403,19 +1407,17 @@ def test_lambda_lr_state_dict_leaves_the_functions_out():
     json.dumps(s.state_dict())
 
 
-class WarmupCosine(tn.LRScheduler):
-    """The LRScheduler docstring's example: linear warm-up, then cosine, per batch."""
-    step_every = "batch"
+def _docstring_example(obj):
+    """The indented code block at the end of obj's docstring, run: {name: value} it defines."""
+    lines = obj.__doc__[obj.__doc__.rindex("e.g."):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(" " * 8))      # the indented block
+    code = textwrap.dedent("\n".join(lines[start:]))
+    namespace = {"tn": tn, "math": math}
+    exec(code, namespace)
+    return namespace
 
-    def __init__(self, optimizer, warmup, total):
-        self.warmup, self.total = warmup, total
-        super().__init__(optimizer)
 
-    def get_lr(self):
-        t = self.last_epoch
-        f = (t + 1) / self.warmup if t < self.warmup else \
-            0.5 * (1 + math.cos(math.pi * (t - self.warmup) / (self.total - self.warmup)))
-        return [base * f for base in self.base_lrs]
+WarmupCosine = _docstring_example(tn.LRScheduler)["WarmupCosine"]      # the docstring's own example
 
 
 def test_custom_scheduler_matches_lambda_lr_in_torch():

@@ -644,11 +644,13 @@ class Optimizer:
 
     def add_param_group(self, group):
         """Add {"params": [...], hyper-parameter: value, ...}; missing values come from the defaults."""
-        name = type(self).__name__
-        group = {**self.defaults, **group, "params": list(group["params"])}
+        name, params = type(self).__name__, group["params"]
+        group = {**self.defaults, **group, "params": [params] if hasattr(params, "grad") else list(params)}
         for p in group["params"]:
             if not (isinstance(getattr(p, "data", None), np.ndarray) and isinstance(getattr(p, "grad", None), np.ndarray)):
                 raise TypeError(f"{name}: expected parameters with .data and .grad arrays, got {type(p).__name__}")
+        if {id(p) for p in group["params"]} & {id(p) for g in self.param_groups for p in g["params"]}:
+            raise ValueError(f"{name}: some parameters appear in more than one parameter group")
         for k, v in group.items():                   # torch's checks: every number >= 0, betas in [0, 1)
             if k == "betas":
                 for i, b in enumerate(v):
