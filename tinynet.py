@@ -9,10 +9,11 @@ converts everything in place.
 Sections, in order: parameters and base layer · layers · losses · optimizers ·
 schedulers · Sequential, History and callbacks · saving, loading and PyTorch
 interop · gradient check · data · plots · training-script helpers.
-A layer copies out alone with `Parameter`, `Layer` (the core, ~40 lines) and
-`_rng`; saving and loading add methods to Layer in their own section.
-Only numpy is imported at module level; tqdm, matplotlib, scipy, scikit-learn
-and torch are imported inside the functions that need them.
+A layer copies out alone with `Layer` (the core: 28 lines), `Parameter`, `_rng`
+and the few helpers it names; saving, loading, astype and repr are added to
+Layer in their own section. Only numpy (and the standard library) is imported at
+module level; tqdm, matplotlib, scipy, scikit-learn, threadpoolctl and torch are
+imported inside the functions that need them.
 """
 from bisect import bisect_right
 import contextlib
@@ -1633,7 +1634,9 @@ class Sequential(Layer):
         return self
 
     def train_step(self, x, y):
-        """One update on the batch (x, y) -> (loss, output): what every step of fit does."""
+        """One update on the batch (x, y) -> (loss, output): forward, loss, zero the gradients,
+        backward (every layer adds into its parameters' .grad), optimizer step, and the scheduler's
+        step if it steps per batch. fit calls it for every batch; override it to change a step."""
         out = self.forward(x)
         loss = self.loss.forward(out, y)
         if not math.isfinite(loss):
