@@ -871,6 +871,20 @@ def test_gradcheck_error_is_relative_even_for_tiny_inputs():
     assert tn.gradcheck(tn.Tanh(), x) < 1e-6
 
 
+@pytest.mark.parametrize("make, shape", [
+    (lambda: tn.Sequential(tn.Linear(4, 5), tn.BatchNorm1d(5), tn.Tanh(), tn.Linear(5, 3)), (6, 4)),
+    (lambda: tn.Sequential(tn.Conv2d(2, 3, 3, padding=1), tn.BatchNorm2d(3), tn.ReLU(), tn.MaxPool2d(2),
+                           tn.Flatten(), tn.Linear(12, 2)), (3, 2, 4, 4))])
+def test_model_gradcheck_with_a_truly_zero_gradient(make, shape):
+    """A bias before BatchNorm has a zero gradient: central differences give rounding noise
+    there, which must not make a correct model look wrong (it reported 1.0)."""
+    tn.manual_seed(0)
+    model = make().astype(np.float64)
+    x = np.random.default_rng(3).standard_normal(shape)
+    assert np.abs(tn.numerical_gradient(lambda _: float(np.sum(model.forward(x) ** 2)), model[0].bias.data)).max() < 1e-6
+    assert tn.gradcheck(model, x) < 1e-7
+
+
 def test_gradcheck_rejects_float32_layer():
     with pytest.raises(TypeError, match=r"^gradcheck: Linear\(in_features=3, out_features=2, bias=True\) "
                                         r"must be float64"):
