@@ -2042,6 +2042,9 @@ def test_blas_threads_tries_each_count_then_keeps_the_faster(slow):
         model.fit(X, y, epochs=2, batch_size=8, verbose=0, callbacks=[choose, Spy()])
         assert seen[:8] == [1, 1, 2, 2, 1, 1, 2, 2]
         assert choose.chosen == 3 - slow and set(seen[8:]) == {3 - slow} and _blas_threads() == 3 - slow
+        short = tn.BlasThreads(turns=3, batches=4)                # more turns than the 3 batches of this fit
+        model.fit(X[:24], y[:24], epochs=1, batch_size=8, verbose=0, callbacks=[short])
+        assert short.chosen == 1 and short.plan == [] and _blas_threads() == 1   # only 1 thread was timed
 
 
 def test_threads_flag_sets_blas_threads_or_asks_for_the_callback():

@@ -1502,8 +1502,17 @@ class BlasThreads(Callback):
             if b > 0:
                 self.times[n][-1] += time.perf_counter() - self.start
             if not self.plan:
-                self.chosen = min(self.counts, key=lambda n: np.median(self.times[n]))
-                self.limit(self.chosen)
+                self._choose()
+
+    def on_train_end(self, logs=None):
+        if self.plan:                   # training ended before the last turn: choose from what was timed
+            self._choose()
+
+    def _choose(self):
+        timed = {n: t for n, t in self.times.items() if any(t)}
+        self.chosen = min(timed, key=lambda n: np.median(timed[n])) if timed else self.counts[-1]
+        self.plan = []
+        self.limit(self.chosen)
 
 
 class ProgressLog(Callback):
