@@ -1689,8 +1689,8 @@ class Sequential(Layer):
                     raise NonFiniteLoss(f"Sequential.fit: at epoch {epoch + 1}, batch {batch + 1}, {e}") from None
                 batch_logs = {"loss": loss, "size": len(xb)}
                 if "accuracy" in self.metrics:
-                    batch_logs["accuracy"] = self._correct(out, yb) / len(xb)
-                    correct += self._correct(out, yb)
+                    right = self._correct(out, yb)
+                    batch_logs["accuracy"], correct = right / len(xb), correct + right
                 total += loss * len(xb)
                 _notify(callbacks, "on_batch_end", batch, batch_logs)
             logs["loss"] = total / len(X)
@@ -2310,16 +2310,17 @@ def load_iris(path=None):
     Reads a CSV in scikit-learn's layout: a header `n_samples,n_features,
     class names...`, then one row of features and an integer label per sample.
     path=None: $TINYNET_DATA/iris.csv if it exists, else data/iris.csv beside tinynet.py.
+    A missing file raises a FileNotFoundError that says where it looked and how to get it.
     """
+    tried = [os.fspath(path)] if path is not None else [os.path.join(_data_dir(), "iris.csv"),
+                                                        os.path.join(_DATA_BESIDE, "iris.csv")]
+    path = next((p for p in tried if os.path.exists(p)), None)
     if path is None:
-        tried = [os.path.join(_data_dir(), "iris.csv"), os.path.join(_DATA_BESIDE, "iris.csv")]
-        path = next((p for p in tried if os.path.exists(p)), None)
-        if path is None:
-            raise FileNotFoundError(
-                "load_iris: iris.csv not found; looked in " + " and ".join(dict.fromkeys(tried)) + ". It comes "
-                "with tinynet (data/iris.csv in its repository), or as sklearn.datasets' iris.csv (header "
-                "'150,4,setosa,versicolor,virginica'): put it in one of those places, set TINYNET_DATA to "
-                "its folder, or pass load_iris(path)")
+        raise FileNotFoundError(
+            "load_iris: iris.csv not found; looked in " + " and ".join(dict.fromkeys(tried)) + ". It comes "
+            "with tinynet (data/iris.csv in its repository), or as sklearn.datasets' iris.csv (header "
+            "'150,4,setosa,versicolor,virginica'): put it in one of those places, set TINYNET_DATA to "
+            "its folder, or pass load_iris(path)")
     with open(path) as f:
         header = f.readline().strip().split(",")
         try:

@@ -28,16 +28,14 @@ def build_model(mean, std, activation="relu", loss="ce"):
 
 
 def load_iris_or_exit(data_dir):
-    """(X, y) from <data_dir>/iris.csv, or (no --data-dir) $TINYNET_DATA/iris.csv, else
-    data/iris.csv beside tinynet.py; exits with status 1 and instructions when none exists."""
-    beside = os.path.join(os.path.dirname(os.path.abspath(tn.__file__)), "data")
-    folders = [data_dir] if data_dir else [os.environ.get("TINYNET_DATA"), beside]
-    tried = [os.path.join(folder, "iris.csv") for folder in folders if folder]
-    for path in tried:
-        if os.path.exists(path):
-            return tn.load_iris(path)
-    tn.exit_missing_data("train_iris.py", "Iris", "looked for: " + ", ".join(tried), ["iris.csv"], data_dir, "",
-                         "the 150-row table in scikit-learn's layout, sklearn/datasets/data/iris.csv")
+    """(X, y) from <data_dir>/iris.csv, or (no --data-dir) where tn.load_iris looks:
+    $TINYNET_DATA/iris.csv, else data/iris.csv beside tinynet.py; exits with status 1 and
+    instructions when it is missing."""
+    try:
+        return tn.load_iris(os.path.join(data_dir, "iris.csv") if data_dir else None)
+    except FileNotFoundError as e:
+        tn.exit_missing_data("train_iris.py", "Iris", e, ["iris.csv"], data_dir, "",
+                             "the 150-row table in scikit-learn's layout, sklearn/datasets/data/iris.csv")
 
 
 # The lab's two test functions and their gradients, for --trajectories.
