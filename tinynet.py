@@ -1894,7 +1894,7 @@ class LayerState:
             raise ValueError(f"{name}.load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
         pairs = []                                   # check every shape before copying anything
         for k, v in state.items():
-            v = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+            v = np.asarray(_plain(v))                   # torch tensors become arrays
             if v.shape != own[k].shape:
                 raise ValueError(f"{name}.load_state_dict: {k!r} has shape {v.shape}, expected {own[k].shape}")
             pairs.append((own[k], v))
