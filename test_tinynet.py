@@ -226,6 +226,17 @@ def test_flatten_matches_torch(shape):
     layer_parity(tn.Flatten(), torch.nn.Flatten(), randn(1, shape), randn(2, (shape[0], int(np.prod(shape[1:])))))
 
 
+def test_flatten_gradient_is_stored_like_its_input():
+    """Flatten's docstring: the gradient keeps the input's memory order (a Conv2d's outputs are
+    batch-innermost views), so the layers before it keep working on long contiguous runs."""
+    x = tn.Conv2d(2, 3, 3).forward(np.random.default_rng(0).standard_normal((4, 2, 5, 5)).astype(np.float32))
+    flat = tn.Flatten()
+    g = np.random.default_rng(1).standard_normal(flat.forward(x).shape).astype(np.float32)
+    dx = flat.backward(g)
+    assert np.argsort(x.strides).tolist() == np.argsort(dx.strides).tolist() != [3, 2, 1, 0]
+    np.testing.assert_array_equal(dx, g.reshape(x.shape))
+
+
 @pytest.mark.parametrize("shape", SHAPES_ND)
 def test_dropout_eval_matches_torch(shape):
     layer = tn.Dropout(0.5).eval()
