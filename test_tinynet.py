@@ -1593,6 +1593,44 @@ def test_sequential_backward_without_input_grad():
         np.testing.assert_array_equal(p.grad, g)
 
 
+def test_sequential_backward_without_input_grad_stops_at_the_first_layer_with_parameters():
+    """As torch's autograd: layers before the first parameter need no backward, and that layer no dx."""
+    class NoBackward(tn.Layer):
+        def forward(self, x):
+            return x
+
+        def backward(self, grad):
+            raise AssertionError("backward of a layer before every parameter")
+
+    class SpyLinear(tn.Linear):
+        def backward(self, grad):
+            self.asked_for_dx = self.needs_input_grad
+            return super().backward(grad)
+
+    tn.manual_seed(0)
+    first = SpyLinear(12, 5)
+    model = tn.Sequential(NoBackward(), tn.Flatten(), first, tn.BatchNorm1d(5), tn.ReLU(), tn.Linear(5, 3)).astype(np.float64)
+    x = randn(1, (8, 3, 4))
+    reference = tn.Sequential(*model.layers[1:])            # the same layers, full backward
+    reference.forward(x)
+    reference.backward(np.ones((8, 3)))
+    full = [p.grad.copy() for p in model.parameters()]
+    assert first.asked_for_dx and first.needs_input_grad
+    model.zero_grad()
+    model.forward(x)
+    assert model.backward(np.ones((8, 3)), input_grad=False) is None
+    assert not first.asked_for_dx and first.needs_input_grad          # restored afterwards
+    for p, g in zip(model.parameters(), full):
+        np.testing.assert_array_equal(p.grad, g)
+    bn_first = tn.Sequential(tn.BatchNorm1d(4), tn.Linear(4, 2))
+    bn_first.forward(randn(2, (6, 4)).astype(np.float32))
+    assert bn_first.backward(np.ones((6, 2), np.float32), input_grad=False) is None
+    assert bn_first[0].weight.grad.any()
+    no_params = tn.Sequential(NoBackward(), tn.ReLU())
+    no_params.forward(np.ones((2, 3)))
+    assert no_params.backward(np.ones((2, 3)), input_grad=False) is None
+
+
 def test_sequential_constructors_and_add():
     a = tn.Sequential([tn.Linear(2, 3), tn.ReLU()])
     b = tn.Sequential(tn.Linear(2, 3), tn.ReLU())

@@ -1589,16 +1589,22 @@ class Sequential(Layer):
         return x
 
     def backward(self, grad, input_grad=True):
-        """Every layer's backward, last to first; returns grad wrt the input (None with
-        input_grad=False, which lets the first layer skip that work, as torch does)."""
-        for layer in reversed(self.layers[1:]):
+        """Every layer's backward, last to first; returns grad wrt the input. With input_grad=False
+        (training: no gradient wrt the data) it returns None and, as torch's autograd, does only
+        the work the parameters need: it stops at the first layer with parameters, which skips
+        its own input gradient (an MLP's Flatten and its first Linear's dx = dy W are not computed)."""
+        first = 0 if input_grad else next((i for i, l in enumerate(self.layers) if l.parameters()), len(self.layers))
+        for layer in reversed(self.layers[first + 1:]):
             grad = layer.backward(grad)
-        first = self.layers[0]
-        first.needs_input_grad = input_grad
+        if first == len(self.layers):                   # no parameters at all: nothing to do
+            return None
+        layer = self.layers[first]
+        layer.needs_input_grad = input_grad
         try:
-            return first.backward(grad)
+            grad = layer.backward(grad)
         finally:
-            first.needs_input_grad = True
+            layer.needs_input_grad = True
+        return grad if input_grad else None
 
     def parameters(self):
         return [p for layer in self.layers for p in layer.parameters()]
