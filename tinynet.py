@@ -882,11 +882,11 @@ class Adam(Optimizer):
         v += np.multiply(np.square(g, out=tmp), 1 - beta2, out=tmp)
         if group["amsgrad"]:
             v = np.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
+        c2 = math.sqrt(1 - beta2 ** t)        # sqrt(v) / c2 + eps = (sqrt(v) + eps c2) / c2: one pass fewer
         denom = np.sqrt(v, out=tmp)
-        denom /= math.sqrt(1 - beta2 ** t)
-        denom += group["eps"]
+        denom += group["eps"] * c2
         step = np.divide(m, denom, out=tmp)
-        step *= lr / (1 - beta1 ** t)
+        step *= lr * c2 / (1 - beta1 ** t)
         p.data -= step
 
 
