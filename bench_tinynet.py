@@ -140,16 +140,26 @@ def conv_gemms(n, c, h, w, o, k, p):
 
 
 def layer_cases(n=BATCH):
-    """label, (name, args), input shape, matrix products of forward + backward; batch n."""
+    """label, (name, args), input shape, matrix products of forward + backward, and the memory
+    order of tinynet's input: "C", or "conv" for a Conv2d's output (batch innermost, see Conv2d),
+    which is what a layer after a Conv2d gets in a network; batch n."""
     return [
-        ("Conv2d 32->64 k3 p1 @14", ("Conv2d", (32, 64, 3, 1, 1)), (n, 32, 14, 14), conv_gemms(n, 32, 14, 14, 64, 3, 1)),
-        ("Conv2d 1->32 k3 p1 @28", ("Conv2d", (1, 32, 3, 1, 1)), (n, 1, 28, 28), conv_gemms(n, 1, 28, 28, 32, 3, 1)),
-        ("Conv2d 1->8 k5 @28", ("Conv2d", (1, 8, 5)), (n, 1, 28, 28), conv_gemms(n, 1, 28, 28, 8, 5, 0)),
-        ("Conv2d 8->16 k3 @12", ("Conv2d", (8, 16, 3)), (n, 8, 12, 12), conv_gemms(n, 8, 12, 12, 16, 3, 0)),
-        ("Linear 784->256", ("Linear", (784, 256)), (n, 784), [(n, 784, 256), (256, n, 784), (n, 256, 784)]),
-        ("MaxPool2d(2) @28", ("MaxPool2d", (2,)), (n, 32, 28, 28), []),
-        ("BatchNorm2d(32) @28", ("BatchNorm2d", (32,)), (n, 32, 28, 28), []),
+        ("Conv2d 32->64 k3 p1 @14", ("Conv2d", (32, 64, 3, 1, 1)), (n, 32, 14, 14), conv_gemms(n, 32, 14, 14, 64, 3, 1), "C"),
+        ("Conv2d 1->32 k3 p1 @28", ("Conv2d", (1, 32, 3, 1, 1)), (n, 1, 28, 28), conv_gemms(n, 1, 28, 28, 32, 3, 1), "C"),
+        ("Conv2d 1->8 k5 @28", ("Conv2d", (1, 8, 5)), (n, 1, 28, 28), conv_gemms(n, 1, 28, 28, 8, 5, 0), "C"),
+        ("Conv2d 8->16 k3 @12", ("Conv2d", (8, 16, 3)), (n, 8, 12, 12), conv_gemms(n, 8, 12, 12, 16, 3, 0), "C"),
+        ("Linear 784->256", ("Linear", (784, 256)), (n, 784), [(n, 784, 256), (256, n, 784), (n, 256, 784)], "C"),
+        ("MaxPool2d(2) @28", ("MaxPool2d", (2,)), (n, 32, 28, 28), [], "C"),
+        ("BatchNorm2d(32) @28", ("BatchNorm2d", (32,)), (n, 32, 28, 28), [], "C"),
+        ("BatchNorm2d(32) @28 conv out", ("BatchNorm2d", (32,)), (n, 32, 28, 28), [], "conv"),
     ]
+
+
+def laid_out_like(a, values):
+    """`values` copied into a new array with a's memory order (np.empty_like keeps it)."""
+    out = np.empty_like(a)
+    out[...] = values
+    return out
 
 
 def bench_layers(repeats, batch=BATCH):
@@ -158,12 +168,16 @@ def bench_layers(repeats, batch=BATCH):
     import torch
     rng = np.random.default_rng(0)
     rows = {}
-    for label, (name, args), shape, products in layer_cases(batch):
-        x = rng.standard_normal(shape, dtype=np.float32)
+    for label, (name, args), shape, products, order in layer_cases(batch):
+        xt = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)).requires_grad_()
+        x = xt.detach().numpy()
+        if order == "conv":                   # tinynet's Conv2d output: (C, H, W, N) memory, an (N, C, H, W) view
+            x = np.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
         layer, tlayer = getattr(tn, name)(*args), getattr(torch.nn, name)(*args)
-        xt = torch.from_numpy(x).requires_grad_()
-        g = rng.standard_normal(layer.forward(x).shape, dtype=np.float32)
-        gt = torch.from_numpy(g)
+        gt = torch.from_numpy(rng.standard_normal(tlayer(xt).shape, dtype=np.float32))
+        # Each library gets the upstream gradient in its own output's memory order, as the
+        # layer after it hands it back in a network (torch's outputs are C-ordered).
+        g = laid_out_like(layer.forward(x), gt.numpy())
         fns = {"tinynet": lambda: (layer.forward(x), layer.backward(g)),
                "gemm": gemm_limit(products, rng) if products else None}
         for n in TORCH_THREADS:
@@ -179,7 +193,7 @@ def bench_layers(repeats, batch=BATCH):
     rows[f"CrossEntropyLoss ({batch}, 10)"] = timing_row(fns, repeats)
     for label, r in rows.items():
         gemm = "      -" if r["gemm_ms"] is None else f"{r['gemm_ms']:7.3f}"
-        print(f"  {label:<26} fwd+bwd  tinynet {r['tinynet_ms']:7.3f} ms   torch {r['torch_ms']:7.3f} ms "
+        print(f"  {label:<30} fwd+bwd  tinynet {r['tinynet_ms']:7.3f} ms   torch {r['torch_ms']:7.3f} ms "
               f"({r['torch_threads']} thr)   ratio {r['ratio']:5.2f}   GEMM limit {gemm} ms", flush=True)
     return rows
 

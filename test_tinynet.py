@@ -187,6 +187,15 @@ def test_activation_matches_torch(name, shape):
     layer_parity(getattr(tn, name)(), ref, 3 * randn(seed, shape, zeros=True), randn(seed + 1, shape))
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_relu_matches_torch_on_special_values_and_keeps_memory_order(dtype):
+    x = np.array([[np.nan, -np.inf, np.inf, -0.0, 0.0, -1.5, 2.5, -1e-30]], dtype=dtype)
+    np.testing.assert_array_equal(tn.ReLU().forward(x), torch.relu(torch.from_numpy(x)).numpy())
+    batch_innermost = np.ascontiguousarray(randn(3, (4, 3, 5, 6)).transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+    y = tn.ReLU().forward(batch_innermost.astype(dtype))
+    assert y.dtype == dtype and y.strides == batch_innermost.astype(dtype).strides
+
+
 @pytest.mark.parametrize("shape", SHAPES_ND)
 @pytest.mark.parametrize("slope", [0.01, 0.2, 1.5, -0.3])
 def test_leaky_relu_matches_torch(slope, shape):
