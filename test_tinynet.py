@@ -2079,12 +2079,10 @@ def _blas_threads():
     return min(d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas")
 
 
-@pytest.mark.parametrize("slow", [1, 2])
-def test_blas_threads_tries_each_count_then_keeps_the_faster(slow):
-    """BlasThreads alternates 1 and 2 threads, two batches a turn, then keeps the count whose
-    timed batches were faster; here the `slow` count is made slower by a sleep."""
-    from threadpoolctl import threadpool_limits
-    X, y = _tiny_data(160)
+def _fit_watching_blas_threads(callback, delay, n=160, batch_size=8):
+    """fit a small model with `callback`; before each batch, record the BLAS thread count and
+    sleep delay(count, batch number at that count) seconds. -> the counts seen."""
+    X, y = _tiny_data(n)
     model = _small_model()
     model.compile(tn.SGD(model.parameters(), lr=0.1), tn.CrossEntropyLoss())
     seen = []
@@ -2092,17 +2090,47 @@ def test_blas_threads_tries_each_count_then_keeps_the_faster(slow):
     class Spy(tn.Callback):
         def on_batch_begin(self, batch, logs=None):
             seen.append(_blas_threads())
-            if seen[-1] == slow:
-                time.sleep(0.01)
+            time.sleep(delay(seen[-1], seen.count(seen[-1])))
 
-    choose = tn.BlasThreads(turns=2, batches=2)
+    model.fit(X, y, epochs=1, batch_size=batch_size, verbose=0, callbacks=[callback, Spy()])
+    return seen
+
+
+@pytest.mark.parametrize("slow", [1, 2])
+def test_blas_threads_tries_each_count_then_keeps_the_faster(slow):
+    """BlasThreads alternates 1 and 2 threads, a turn being one untimed batch and then batches
+    until `seconds` are timed, and keeps the count with the smaller mean; here the `slow`
+    count is made slower by a sleep."""
+    from threadpoolctl import threadpool_limits
     with threadpool_limits(2, user_api="blas"):                   # restored after the test
-        model.fit(X, y, epochs=2, batch_size=8, verbose=0, callbacks=[choose, Spy()])
-        assert seen[:8] == [1, 1, 2, 2, 1, 1, 2, 2]
+        choose = tn.BlasThreads(turns=2, seconds=0, clear=np.inf)   # a turn: 1 untimed + 1 timed batch
+        seen = _fit_watching_blas_threads(choose, lambda n, i: 0.01 * (n == slow))
+        assert seen[:8] == [1, 1, 2, 2, 2, 2, 1, 1]
         assert choose.chosen == 3 - slow and set(seen[8:]) == {3 - slow} and _blas_threads() == 3 - slow
-        short = tn.BlasThreads(turns=3, batches=4)                # more turns than the 3 batches of this fit
-        model.fit(X[:24], y[:24], epochs=1, batch_size=8, verbose=0, callbacks=[short])
-        assert short.chosen == 1 and short.plan == [] and _blas_threads() == 1   # only 1 thread was timed
+        early = tn.BlasThreads(turns=2, seconds=0)                  # the slow count is clearly slower at once
+        seen = _fit_watching_blas_threads(early, lambda n, i: 0.01 * (n == slow))
+        assert seen[:4] == [1, 1, 2, 2] and set(seen[4:]) == {3 - slow} and early.chosen == 3 - slow
+        short = tn.BlasThreads(turns=3, seconds=0)                  # more turns than the 3 batches of this fit
+        assert _fit_watching_blas_threads(short, lambda n, i: 0, n=24) == [1, 1, 2]
+        assert short.chosen == 1 and short.count is None and _blas_threads() == 1   # only 1 thread was timed
+
+
+def test_blas_threads_chooses_by_the_mean_so_that_stalls_count():
+    """With a core busy, 2 threads make most batches fast but some stall for many ms: the count
+    with the smaller mean trains faster, even when its median batch is slower."""
+    from threadpoolctl import threadpool_limits
+    steady, stall = 0.003, 0.02                 # 1 thread: always 3 ms; 2 threads: 0 ms, every 4th 20 ms
+
+    def delay(count, i):
+        return steady if count == 1 else stall * (i % 4 == 0)
+
+    with threadpool_limits(2, user_api="blas"):
+        choose = tn.BlasThreads(turns=3, seconds=0.03)
+        seen = _fit_watching_blas_threads(choose, delay, n=400, batch_size=2)
+        assert choose.chosen == 1 and _blas_threads() == 1
+        timed_2 = choose.timed[2]
+        assert choose.total[2] / timed_2 > steady > 0.001 and timed_2 >= 6    # 2's median batch is the faster
+        assert seen[:3] == [1, 1, 1] and 2 in seen and set(seen[-10:]) == {1}     # turns, then 1 thread
 
 
 def test_threads_flag_sets_blas_threads_or_asks_for_the_callback():

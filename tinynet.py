@@ -1469,16 +1469,19 @@ class BlasThreads(Callback):
     """Train with whichever BLAS thread count (of `counts`) is fastest here and now.
 
     OpenBLAS's idle threads spin: on a quiet 2-core machine 2 threads train ~1.3x faster than
-    1, but with a core busy with another program they are 2-3x slower. So the first batches
-    of training take turns with each count, `turns` turns each of `batches` batches (the
-    first wakes the threads, the others are timed); the count with the smallest median turn
-    time is kept, through threadpoolctl, for the rest of the process (`chosen`). Without
-    threadpoolctl installed it does nothing.
+    1, but with a core busy with another program they are 2-3x slower, and unevenly: most
+    batches are fast, but a batch stalls (up to ~50 ms) whenever the scheduler parks a BLAS
+    thread on the busy core. So the first batches of training take turns with each count
+    (1, 2, 2, 1, 1, 2), `turns` turns each (fewer once a count's mean is `clear` times another's),
+    a turn lasting `seconds` of timed batches (its first batch wakes the threads and is not
+    timed), and the count with the least mean time per batch is kept, through threadpoolctl,
+    for the rest of the process (`chosen`). The mean, as an epoch's time is: a median would
+    hide the stalls. Without threadpoolctl installed it does nothing.
     """
 
-    def __init__(self, counts=(1, 2), turns=3, batches=5):
-        self.counts, self.chosen, self.plan = tuple(counts), None, []
-        self.turns, self.batches = turns, batches
+    def __init__(self, counts=(1, 2), turns=3, seconds=0.02, clear=1.5):
+        self.counts, self.turns, self.seconds, self.clear = tuple(counts), turns, seconds, clear
+        self.chosen, self.queue, self.count = None, [], None
 
     def on_train_begin(self, logs=None):
         try:
@@ -1486,33 +1489,45 @@ class BlasThreads(Callback):
         except ImportError:
             return
         self.limit = lambda n: threadpool_limits(n, user_api="blas")
-        self.plan = [(n, b) for _ in range(self.turns) for n in self.counts for b in range(self.batches)]
-        self.times = {n: [] for n in self.counts}         # seconds of each turn's timed batches
+        # 1, 2, 2, 1, 1, 2, ...: alternating order, so that training's early speed-up favours neither
+        self.queue = [n for i in range(self.turns) for n in (self.counts if i % 2 == 0 else self.counts[::-1])]
+        self.total, self.timed = dict.fromkeys(self.counts, 0.0), dict.fromkeys(self.counts, 0)
+        self._next_turn()
+
+    def _next_turn(self):
+        mean = self._means()
+        if not self.queue or (len(mean) > 1 and max(mean.values()) > self.clear * min(mean.values())):
+            return self._choose()                 # all turns done, or one count already clearly slower
+        self.count, self.turn_time, self.warm = self.queue.pop(0), 0.0, False
+        self.limit(self.count)
 
     def on_batch_begin(self, batch, logs=None):
-        if self.plan:
-            n, b = self.plan[0]
-            if b == 0:
-                self.limit(n)
-                self.times[n].append(0.0)
-            self.start = time.perf_counter()
+        self.start = time.perf_counter()
 
     def on_batch_end(self, batch, logs=None):
-        if self.plan:
-            n, b = self.plan.pop(0)
-            if b > 0:
-                self.times[n][-1] += time.perf_counter() - self.start
-            if not self.plan:
-                self._choose()
+        if self.count is None:
+            return
+        seconds = time.perf_counter() - self.start
+        if not self.warm:                   # the turn's first batch wakes the threads: not timed
+            self.warm = True
+            return
+        self.total[self.count] += seconds
+        self.timed[self.count] += 1
+        self.turn_time += seconds
+        if self.turn_time >= self.seconds:
+            self._next_turn()
 
     def on_train_end(self, logs=None):
-        if self.plan:                   # training ended before the last turn: choose from what was timed
+        if self.count is not None:          # training ended during the turns: choose from what was timed
             self._choose()
 
+    def _means(self):                         # {count: mean seconds per timed batch}
+        return {n: self.total[n] / self.timed[n] for n in self.counts if self.timed[n]}
+
     def _choose(self):
-        timed = {n: t for n, t in self.times.items() if any(t)}
-        self.chosen = min(timed, key=lambda n: np.median(timed[n])) if timed else self.counts[-1]
-        self.plan = []
+        mean = self._means()
+        self.chosen = min(mean, key=mean.get) if mean else self.counts[-1]
+        self.queue, self.count = [], None
         self.limit(self.chosen)
 
 
