@@ -210,33 +210,40 @@ def timing_row(fns, repeats, rounds=3):
             "gemm_ms": best.get("gemm"), "ratio": best["tinynet"] / best[threads]}
 
 
-def bench_busy(X, y, epochs, pause):
+def bench_busy(X, y, repeats, pause):
     """MLP epoch (train_mnist's default: 784-256-10, batch 128, Adam) as train_mnist.py runs it
     (--threads auto: tn.BlasThreads picks 1 or 2 BLAS threads on the first batches), with 1 and
-    2 threads forced, and with NumPy's default (2), on a quiet machine and with one core busy."""
+    2 threads forced, and with NumPy's default (2), on a quiet machine and with one core busy.
+    Each is a fresh one-epoch fit (the worst case for auto: its trial turns are not spread over
+    several epochs), `repeats` times, alternating; medians, with auto's choices counted."""
     rows = {}
     for state in ("quiet", "busy"):
         busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if state == "busy" else None
         try:
-            times = {"auto": [], "default": [], "1": [], "2": []}
-            for _ in range(epochs):
+            times, chosen = {"auto": [], "default": [], "1": [], "2": []}, []
+            for _ in range(repeats):
                 for key in times:
                     model, _, _ = build(WORKLOADS[BUSY_WORKLOAD])
                     callbacks = [tn.BlasThreads()] if key == "auto" else []
                     with blas_threads(int(key) if key.isdigit() else 2):     # restored after each run
                         times[key].append(timed(lambda: model.fit(X, y, epochs=1, batch_size=BUSY_BATCH, verbose=0,
                                                                   callbacks=callbacks), pause))
+                    if callbacks:
+                        chosen.append(callbacks[0].chosen)
         finally:
             if busy is not None:
                 busy.kill()
                 busy.wait()
         row = {f"{k}_s": statistics.median(v) for k, v in times.items()}
+        row["runs_s"], row["auto_chose"] = times, {str(n): chosen.count(n) for n in sorted(set(chosen))}
         row["auto_over_best"] = row["auto_s"] / min(row["1_s"], row["2_s"])
         row["default_over_best"] = row["default_s"] / min(row["1_s"], row["2_s"])
         rows[state] = row
+        spread = "   ".join(f"{k} {min(v):.2f}-{max(v):.2f}" for k, v in times.items())
         print(f"  {state:<5} mlp epoch  auto {row['auto_s']:6.2f} s   1 thread {row['1_s']:6.2f} s   "
               f"2 threads {row['2_s']:6.2f} s   auto / best {row['auto_over_best']:5.2f}   "
-              f"(NumPy's default, 2 threads: {row['default_over_best']:5.2f})", flush=True)
+              f"(NumPy's default, 2 threads: {row['default_over_best']:5.2f})\n"
+              f"        auto chose {row['auto_chose']} threads; range over {repeats} runs: {spread}", flush=True)
     return rows
 
 
@@ -355,7 +362,7 @@ def main():
     results["layers"] = bench_layers(repeats, 2 if args.smoke else BATCH)
     if args.busy or args.smoke:
         print("BLAS threads, MLP epoch (batch 128), quiet and with one core busy:", flush=True)
-        results["busy"] = bench_busy(X, y, epochs, pause)
+        results["busy"] = bench_busy(X, y, 1 if args.smoke else 3 if args.quick else 7, pause)
     print("memory (fresh process per run):", flush=True)
     results["memory"] = bench_memory(mem_n, 2 if args.smoke else 3, mem_workloads, args.smoke)
     write_json(results, args.out)
