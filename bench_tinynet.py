@@ -215,14 +215,16 @@ def bench_busy(X, y, repeats, pause):
     (--threads auto: tn.BlasThreads picks 1 or 2 BLAS threads on the first batches), with 1 and
     2 threads forced, and with NumPy's default (2), on a quiet machine and with one core busy.
     Each is a fresh one-epoch fit (the worst case for auto: its trial turns are not spread over
-    several epochs), `repeats` times, alternating; medians, with auto's choices counted."""
+    several epochs), `repeats` times, alternating, the order rotated each round; medians, with
+    auto's choices counted."""
     rows = {}
     for state in ("quiet", "busy"):
         busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if state == "busy" else None
         try:
             times, chosen = {"auto": [], "default": [], "1": [], "2": []}, []
-            for _ in range(repeats):
-                for key in times:
+            for i in range(repeats):
+                keys = list(times)
+                for key in keys[i % len(keys):] + keys[:i % len(keys)]:      # each goes first in turn
                     model, _, _ = build(WORKLOADS[BUSY_WORKLOAD])
                     callbacks = [tn.BlasThreads()] if key == "auto" else []
                     with blas_threads(int(key) if key.isdigit() else 2):     # restored after each run
