@@ -253,6 +253,11 @@ class Dropout(Layer):
         return grad * self._saved()
 
 
+def _per_channel(v, x):
+    """(C,) -> (C, 1, ...) that broadcasts against x (N, C, ...) along its channel axis 1."""
+    return v.reshape((-1,) + (1,) * (x.ndim - 2))
+
+
 class Normalize(Layer):
     """y = (x - mean) / std per channel (axis 1), as torchvision's transforms.Normalize;  dx = dy / std.
 
@@ -267,19 +272,16 @@ class Normalize(Layer):
             raise ValueError(f"Normalize: expected mean and std of the same length, std > 0, "
                              f"got {self.mean.shape} and {self.std.shape} (min std {self.std.min(initial=0)})")
 
-    def _per_channel(self, v, x):
-        return v.reshape((-1,) + (1,) * (x.ndim - 2))      # (C,) -> (C, 1, ...) to broadcast on axis 1
-
     def forward(self, x):
         x = np.asarray(x)
         if x.ndim < 2 or x.shape[1] != len(self.mean):
             raise ValueError(f"Normalize: expected input (N, {len(self.mean)}, ...), got shape {x.shape}")
         self._cache = x.ndim
-        return (x - self._per_channel(self.mean, x)) / self._per_channel(self.std, x)
+        return (x - _per_channel(self.mean, x)) / _per_channel(self.std, x)
 
     def backward(self, grad):
         self._saved()
-        return grad / self._per_channel(self.std, grad)
+        return grad / _per_channel(self.std, grad)
 
 
 def _pair(value, name, low=1):
@@ -458,10 +460,6 @@ class _BatchNorm(Layer):
     def _sum(self, *arrays):                 # per-channel sum of the product -> (C,), one pass
         return np.einsum(",".join([self.axes] * len(arrays)) + "->c", *arrays)
 
-    def _per_channel(self, v, x):
-        """(C,) -> (C, 1, ...) that broadcasts against x along its channel axis 1."""
-        return v.reshape((-1,) + (1,) * (x.ndim - 2))
-
     def forward(self, x):
         x = _check_input(self, x, self.ndim, self.num_features)
         if self.training:
@@ -470,17 +468,17 @@ class _BatchNorm(Layer):
                 raise ValueError(f"{type(self).__name__}: training needs more than 1 value per channel, "
                                  f"got input shape {x.shape}")
             mean = self._sum(x) / n
-            xc = x - self._per_channel(mean.astype(x.dtype), x)
+            xc = x - _per_channel(mean.astype(x.dtype), x)
             var = self._sum(xc, xc) / n
             m, rm, rv = self.momentum, self.running_mean, self.running_var
             self.running_mean = (1 - m) * rm + m * mean.astype(rm.dtype)
             self.running_var = (1 - m) * rv + m * (var * (n / (n - 1))).astype(rv.dtype)
         else:
-            xc, var = x - self._per_channel(self.running_mean, x), self.running_var
+            xc, var = x - _per_channel(self.running_mean, x), self.running_var
         inv_std = 1 / np.sqrt(var + self.eps)
         self._cache = xc, inv_std                                    # xhat = xc * inv_std
-        y = xc * self._per_channel(self.weight.data * inv_std, x)
-        y += self._per_channel(self.bias.data, x)
+        y = xc * _per_channel(self.weight.data * inv_std, x)
+        y += _per_channel(self.bias.data, x)
         return y
 
     def backward(self, grad):
@@ -489,12 +487,12 @@ class _BatchNorm(Layer):
         self.weight.grad += sum_gxhat; self.bias.grad += sum_g
         scale = self.weight.data * inv_std
         if not self.training:
-            return grad * self._per_channel(scale, grad)
+            return grad * _per_channel(scale, grad)
         n = grad.size // self.num_features
-        dx = xc * self._per_channel(-inv_std * sum_gxhat / n, grad)
+        dx = xc * _per_channel(-inv_std * sum_gxhat / n, grad)
         dx += grad
-        dx -= self._per_channel(sum_g / n, grad)
-        dx *= self._per_channel(scale, grad)
+        dx -= _per_channel(sum_g / n, grad)
+        dx *= _per_channel(scale, grad)
         return dx
 
 
