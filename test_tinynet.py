@@ -2050,7 +2050,7 @@ def test_early_stopping_restores_the_best_weights():
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v, snapshots[1][k])
         assert not np.array_equal(v, snapshots[3][k]) or k.endswith("bias")
-    with pytest.raises(KeyError, match="no 'val_los' in the logs"):
+    with pytest.raises(KeyError, match="EarlyStopping: no 'val_los' in the logs"):
         model.fit(X, y, epochs=1, verbose=0, callbacks=[tn.EarlyStopping(monitor="val_los")])
 
 
@@ -2072,6 +2072,9 @@ def test_model_checkpoint_saves_every_epoch_or_the_best(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["best.npz", "m-01.npz", "m-02.npz", "m-03.npz", "m-04.npz"]
     assert saved[0] != saved[1] and saved[1] == saved[2] and saved[2] != saved[3]
     np.testing.assert_array_equal(tn.Sequential.load(tmp_path / "m-04.npz")[0].weight.data, model[0].weight.data)
+    with pytest.raises(KeyError, match=r"ModelCheckpoint: no 'val_acc' in the logs; available: \['accuracy'"):
+        model.fit(X, y, epochs=1, verbose=0,
+                  callbacks=[tn.ModelCheckpoint(tmp_path / "x.npz", monitor="val_acc", save_best_only=True)])
 
 
 def _blas_threads():

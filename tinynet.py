@@ -1402,6 +1402,14 @@ def _monitor_is_better(mode, monitor):
     return mode == "max" or (mode == "auto" and "acc" in monitor)
 
 
+def _monitored(callback, logs):
+    """logs[callback.monitor], or a KeyError naming the callback and the keys it could use."""
+    value = logs.get(callback.monitor)
+    if value is None:
+        raise KeyError(f"{type(callback).__name__}: no {callback.monitor!r} in the logs; available: {sorted(logs)}")
+    return value
+
+
 class EarlyStopping(Callback):
     """Stop training when `monitor` has not improved for `patience` epochs, as Keras's.
 
@@ -1424,9 +1432,7 @@ class EarlyStopping(Callback):
         return value - self.min_delta > self.best if self.larger else value + self.min_delta < self.best
 
     def on_epoch_end(self, epoch, logs=None):
-        value = logs.get(self.monitor)
-        if value is None:
-            raise KeyError(f"EarlyStopping: no {self.monitor!r} in the logs; available: {sorted(logs)}")
+        value = _monitored(self, logs)
         if self.restore_best_weights and self.best_weights is None:
             self.best_weights = self.model.state_dict()
         self.wait += 1
@@ -1454,9 +1460,7 @@ class ModelCheckpoint(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self.save_best_only:
-            value = logs.get(self.monitor)
-            if value is None:
-                raise KeyError(f"ModelCheckpoint: no {self.monitor!r} in the logs; available: {sorted(logs)}")
+            value = _monitored(self, logs)
             if not (value > self.best if self.larger else value < self.best):
                 return
             self.best = value
