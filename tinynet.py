@@ -1839,7 +1839,7 @@ class Sequential(Layer):
     def load(path, custom_objects=None):
         """Rebuild a model written by `save` (or `save_checkpoint`): architecture, dtype, weights and
         buffers. custom_objects: {"ClassName": class} for layers that are not tinynet's, as Keras."""
-        arrays, config = _read_model_file(path, "Sequential.load")
+        arrays, config, _ = _read_model_file(path, "Sequential.load")
         model = _from_config(config, custom_objects, f"Sequential.load: {path}")
         if arrays:
             model.astype(next(iter(arrays.values())).dtype)
@@ -1970,7 +1970,8 @@ def _model_arrays(model):
 
 
 def _read_model_file(path, caller):
-    """(weights and buffers, architecture) from a file written by save or save_checkpoint."""
+    """(weights and buffers, architecture, the other arrays: a checkpoint's) from a file written
+    by save or save_checkpoint."""
     with open(path, "rb") as fh:              # a missing file raises FileNotFoundError
         try:
             with np.load(fh, allow_pickle=False) as f:
@@ -1978,7 +1979,8 @@ def _read_model_file(path, caller):
             config = json.loads(str(arrays.pop("__architecture__")))
         except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:   # empty, .npy, not ours
             raise ValueError(f"{caller}: {path} is not a tinynet model file ({e})") from None
-    return {k: v for k, v in arrays.items() if not (k.startswith("__") or "/" in k)}, config
+    other = {k: v for k, v in arrays.items() if k.startswith("__") or "/" in k}
+    return {k: v for k, v in arrays.items() if k not in other}, config, other
 
 
 def _from_config(config, custom_objects=None, where="Sequential.load"):
@@ -2014,12 +2016,11 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, **info):
 def load_checkpoint(path, model, optimizer=None, scheduler=None):
     """Load a save_checkpoint file into model (and optimizer and scheduler, built as before:
     `Sequential.load(path)` rebuilds the model) and restore the random generator; -> info."""
-    weights, _ = _read_model_file(path, "load_checkpoint")
-    with np.load(path, allow_pickle=False) as f:
-        if "__checkpoint__" not in f:
-            raise ValueError(f"load_checkpoint: {path} is a model file, not a checkpoint (see save_checkpoint)")
-        meta = json.loads(str(f["__checkpoint__"]))
-        arrays = {k: f[k] for k in f.files if k.startswith("optimizer/")}
+    weights, _, other = _read_model_file(path, "load_checkpoint")
+    if "__checkpoint__" not in other:
+        raise ValueError(f"load_checkpoint: {path} is a model file, not a checkpoint (see save_checkpoint)")
+    meta = json.loads(str(other["__checkpoint__"]))
+    arrays = {k: v for k, v in other.items() if k.startswith("optimizer/")}
     model.load_state_dict(weights)
     if optimizer is not None:
         state = {int(i): dict(s) for i, s in meta["optimizer"]["state"].items()}
