@@ -2799,10 +2799,11 @@ def make_optimizer(name, params, lr, weight_decay=0.0):
     return cls(params, lr=lr, weight_decay=weight_decay)
 
 
-def make_scheduler(name, optimizer, epochs, steps_per_epoch):
-    """A scheduler from its SCHEDULER_CHOICES name (None for "none"), for a run of `epochs` epochs:
-    step: x0.1 at 1/2 and 3/4 of the run; exponential: gamma 0.8; cosine: T_max = epochs;
-    warm-restarts: T_0 = epochs // 3; onecycle: max_lr = optimizer.lr, stepped per batch."""
+def make_scheduler(name, optimizer, epochs, train_size, batch_size):
+    """A scheduler from its SCHEDULER_CHOICES name (None for "none"), for a run of `epochs` epochs
+    over `train_size` samples in batches of `batch_size` (fit's ceil(train_size / batch_size) steps
+    an epoch): step: x0.1 at 1/2 and 3/4 of the run; exponential: gamma 0.8; cosine: T_max =
+    epochs; warm-restarts: T_0 = epochs // 3; onecycle: max_lr = optimizer.lr, stepped per batch."""
     if name not in SCHEDULER_CHOICES:
         raise ValueError(f"make_scheduler: expected one of {SCHEDULER_CHOICES}, got {name!r}")
     if name == "none":
@@ -2815,7 +2816,7 @@ def make_scheduler(name, optimizer, epochs, steps_per_epoch):
         return CosineAnnealingLR(optimizer, T_max=epochs)
     if name == "warm-restarts":
         return CosineAnnealingWarmRestarts(optimizer, T_0=max(1, epochs // 3))
-    return OneCycleLR(optimizer, max_lr=optimizer.lr, total_steps=epochs * steps_per_epoch)
+    return OneCycleLR(optimizer, max_lr=optimizer.lr, total_steps=epochs * math.ceil(train_size / batch_size))
 
 
 def save_model_and_history(model, history, out):

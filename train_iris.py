@@ -110,7 +110,7 @@ def main():
     model = build_model(X_train.mean(axis=0), X_train.std(axis=0), args.activation, args.loss)
     print(model.summary((4,)))
     optimizer = tn.make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay)
-    scheduler = tn.make_scheduler(args.scheduler, optimizer, args.epochs, -(-len(X_train) // args.batch_size))
+    scheduler = tn.make_scheduler(args.scheduler, optimizer, args.epochs, len(X_train), args.batch_size)
     model.compile(optimizer, tn.NLLLoss() if args.loss == "nll" else tn.CrossEntropyLoss(), scheduler=scheduler)
     history = model.fit(X_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
                         validation_data=(X_val, y_val), verbose=1, callbacks=tn.blas_thread_callbacks(args.threads))

@@ -120,7 +120,7 @@ def compare_optimizers(args, train, val):
         tn.manual_seed(args.seed)
         model = build_model(args.model, args.loss)
         optimizer = tn.make_optimizer(name, model.parameters(), lr, 1e-2 if name == "adamw" else 0.0)
-        scheduler = tn.make_scheduler(schedule, optimizer, epochs, -(-len(train[0]) // args.batch_size))
+        scheduler = tn.make_scheduler(schedule, optimizer, epochs, len(train[0]), args.batch_size)
         model.compile(optimizer, loss_for(args.loss), scheduler=scheduler)
         start = time.perf_counter()
         histories[label] = h = model.fit(*train, epochs=epochs, batch_size=args.batch_size, validation_data=val,
@@ -167,7 +167,7 @@ def main():
     model = build_model(args.model, args.loss)
     print(model.summary((1, 28, 28)))
     optimizer = tn.make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay)
-    scheduler = tn.make_scheduler(args.scheduler, optimizer, args.epochs, -(-len(X_train) // args.batch_size))
+    scheduler = tn.make_scheduler(args.scheduler, optimizer, args.epochs, len(X_train), args.batch_size)
     model.compile(optimizer, loss_for(args.loss), scheduler=scheduler)
     start = time.perf_counter()
     history = model.fit(X_train, t_train, epochs=args.epochs, batch_size=args.batch_size,

@@ -64,7 +64,7 @@ def sweep(args, train, val, mean, std):
         tn.manual_seed(args.seed)
         model = build_model(mean, std, args.model, batchnorm)
         opt = tn.make_optimizer(optimizer, model.parameters(), lr, args.weight_decay)
-        scheduler = tn.make_scheduler(args.scheduler, opt, args.epochs, -(-len(train[0]) // args.batch_size))
+        scheduler = tn.make_scheduler(args.scheduler, opt, args.epochs, len(train[0]), args.batch_size)
         model.compile(opt, tn.CrossEntropyLoss(), scheduler=scheduler)
         start = time.perf_counter()
         histories[name] = history = model.fit(*train, epochs=args.epochs, batch_size=args.batch_size,
@@ -116,7 +116,7 @@ def main():
         model = build_model(mean, std, args.model, args.batchnorm)
         print(model.summary((3, 32, 32)))
         optimizer = tn.make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay)
-        scheduler = tn.make_scheduler(args.scheduler, optimizer, args.epochs, -(-len(X_train) // args.batch_size))
+        scheduler = tn.make_scheduler(args.scheduler, optimizer, args.epochs, len(X_train), args.batch_size)
         model.compile(optimizer, tn.CrossEntropyLoss(), scheduler=scheduler)
         history = model.fit(X_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
                             validation_data=(X_val, y_val), verbose=1,
