@@ -3583,6 +3583,7 @@ def test_train_iris_reaches_the_accuracy_bar_with_each_loss_and_activation(tmp_p
         assert r.returncode == 0, r.stderr[-2000:]
         assert float(r.stdout.split()[-1]) >= 0.9667, (args, r.stdout[-300:])
         assert not any(name.endswith(".png") for name in os.listdir(tmp_path / "_".join(args or ("default",))))
+        assert "saved model.npz, history.csv in" in r.stdout and "figures" not in r.stdout
     model = tn.Sequential.load(tmp_path / "--loss_nll_--activation_sigmoid" / "model.npz")
     assert isinstance(model[-1], tn.LogSoftmax) and isinstance(model[2], tn.Sigmoid)
 
@@ -3611,6 +3612,7 @@ def test_train_mnist_quick_cnn_mse(tmp_path):
     model = _check_run(r, tmp_path, ())
     assert isinstance(model[0], tn.Conv2d) and isinstance(model[-1], tn.Softmax)
     assert not any(name.endswith(".png") for name in os.listdir(tmp_path))
+    assert "saved model.npz, history.csv in" in r.stdout and "figures" not in r.stdout
 
 
 def test_train_mnist_parity_probe_is_a_logistic_regression(monkeypatch):
@@ -3675,6 +3677,7 @@ def test_train_svhn_quick_cnn_batchnorm_normalizes_with_training_statistics(tmp_
              "--out", out)
     model = _check_run(r, out, ())                 # the figures: test_train_svhn_sweep
     assert not any(name.endswith(".png") for name in os.listdir(out))
+    assert "saved model.npz, history.csv in" in r.stdout and "figures" not in r.stdout
     assert "train 210, validation 90, test 100 images" in r.stdout
     assert isinstance(model[0], tn.Normalize) and any(isinstance(layer, tn.BatchNorm2d) for layer in model)
     X, _ = tn.load_svhn("train", svhn_dir)

@@ -122,7 +122,7 @@ def main():
         tn.save_run_figures(history, y_test, y_pred, args.out, title, CLASSES)
     if args.trajectories:
         draw_trajectories(os.path.join(args.out, "trajectories.png"))
-    print(f"saved model.npz, history.csv and figures in {args.out}")
+    print(f"saved model.npz, history.csv{'' if args.no_plots else ' and figures'} in {args.out}")
     print(f"test accuracy: {np.mean(y_pred == y_test):.4f}")
 
 

@@ -183,7 +183,7 @@ def main():
         embeddings(model, args, X_train, y_train, X_test, y_test)
     if args.compare_optimizers:
         compare_optimizers(args, (X_train, t_train), (X_val, t_val))
-    print(f"saved model.npz, history.csv and figures in {args.out}")
+    print(f"saved model.npz, history.csv{'' if args.no_plots else ' and figures'} in {args.out}")
     print(f"test accuracy: {np.mean(y_pred == y_test):.4f}")
 
 

@@ -127,7 +127,7 @@ def main():
     tn.save_model_and_history(model, history, args.out)
     if not args.no_plots:
         tn.save_run_figures(history, y_test, y_pred, args.out, title, X_test=X_test)
-    print(f"saved model.npz, history.csv and figures in {args.out}")
+    print(f"saved model.npz, history.csv{'' if args.no_plots else ' and figures'} in {args.out}")
     print(f"test accuracy: {np.mean(y_pred == y_test):.4f}")
 
 
