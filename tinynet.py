@@ -635,7 +635,7 @@ class Optimizer:
     """
 
     def __init__(self, params, defaults):
-        self.defaults, self.state, self.param_groups, self._buffers = defaults, {}, [], {}
+        self.defaults, self.state, self.param_groups = defaults, {}, []
         params = list(params)
         if not params:
             raise ValueError(f"{type(self).__name__}: expected a non-empty iterable of parameters, got an empty one")
@@ -687,14 +687,6 @@ class Optimizer:
         for group in self.param_groups:
             for p in group["params"]:
                 self.update(p, self.state.setdefault(p, {}), group)
-
-    def _scratch(self, p):
-        """A reusable array like p.data for the update's intermediate results: allocating fresh
-        large temporaries every step costs more than the arithmetic (page faults)."""
-        key = (p.data.shape, p.data.dtype)
-        if key not in self._buffers:
-            self._buffers[key] = np.empty_like(p.data)
-        return self._buffers[key]
 
     @staticmethod
     def _l2(p, weight_decay):
@@ -767,16 +759,16 @@ class SGD(Optimizer):
                                       weight_decay=weight_decay, nesterov=nesterov))
 
     def update(self, p, state, group):
-        g, mu, tmp = self._l2(p, group["weight_decay"]), group["momentum"], self._scratch(p)
+        g, mu = self._l2(p, group["weight_decay"]), group["momentum"]
         if mu:
             b = state.get("momentum_buffer")
             if b is None:
                 b = state["momentum_buffer"] = g.copy()
             else:
                 b *= mu
-                b += np.multiply(g, 1 - group["dampening"], out=tmp)
-            g = np.add(g, np.multiply(b, mu, out=tmp), out=tmp) if group["nesterov"] else b
-        p.data -= np.multiply(g, group["lr"], out=tmp)
+                b += (1 - group["dampening"]) * g
+            g = g + mu * b if group["nesterov"] else b
+        p.data -= group["lr"] * g
 
 
 class RMSprop(Optimizer):
@@ -803,26 +795,23 @@ class RMSprop(Optimizer):
             if group["centered"]:
                 state["grad_avg"] = np.zeros_like(p.data)
         state["step"] += 1
-        g, v, tmp = self._l2(p, group["weight_decay"]), state["square_avg"], self._scratch(p)
+        g, v = self._l2(p, group["weight_decay"]), state["square_avg"]
         v *= alpha
-        v += np.multiply(np.square(g, out=tmp), 1 - alpha, out=tmp)
+        v += (1 - alpha) * g * g
         if group["centered"]:
             m = state["grad_avg"]
             m *= alpha
-            m += np.multiply(g, 1 - alpha, out=tmp)
-            denom = np.sqrt(np.subtract(v, np.square(m, out=tmp), out=tmp), out=tmp)
+            m += (1 - alpha) * g
+            denom = np.sqrt(v - m * m) + group["eps"]
         else:
-            denom = np.sqrt(v, out=tmp)
-        denom += group["eps"]
-        step = np.divide(g, denom, out=tmp)
+            denom = np.sqrt(v) + group["eps"]
         if mu > 0:
             b = state["momentum_buffer"]
             b *= mu
-            b += step
-            step = np.multiply(b, group["lr"], out=tmp)
+            b += g / denom
+            p.data -= group["lr"] * b
         else:
-            step *= group["lr"]
-        p.data -= step
+            p.data -= group["lr"] * g / denom
 
 
 class Adagrad(Optimizer):
@@ -841,13 +830,9 @@ class Adagrad(Optimizer):
         if not state:
             state.update(step=0, sum=np.full_like(p.data, group["initial_accumulator_value"]))
         state["step"] += 1
-        g, s, tmp = self._l2(p, group["weight_decay"]), state["sum"], self._scratch(p)
-        s += np.square(g, out=tmp)
-        denom = np.sqrt(s, out=tmp)
-        denom += group["eps"]
-        step = np.divide(g, denom, out=tmp)
-        step *= group["lr"] / (1 + (state["step"] - 1) * group["lr_decay"])
-        p.data -= step
+        g, s, t = self._l2(p, group["weight_decay"]), state["sum"], state["step"]
+        s += g * g
+        p.data -= group["lr"] / (1 + (t - 1) * group["lr_decay"]) * g / (np.sqrt(s) + group["eps"])
 
 
 class Adam(Optimizer):
@@ -874,19 +859,15 @@ class Adam(Optimizer):
         if self.decoupled:
             p.data *= 1 - lr * wd
         g = p.grad if self.decoupled else self._l2(p, wd)
-        m, v, tmp = state["exp_avg"], state["exp_avg_sq"], self._scratch(p)
+        m, v = state["exp_avg"], state["exp_avg_sq"]
         m *= beta1
-        m += np.multiply(g, 1 - beta1, out=tmp)
+        m += (1 - beta1) * g
         v *= beta2
-        v += np.multiply(np.square(g, out=tmp), 1 - beta2, out=tmp)
+        v += (1 - beta2) * g * g
         if group["amsgrad"]:
             v = np.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
-        c2 = math.sqrt(1 - beta2 ** t)        # sqrt(v) / c2 + eps = (sqrt(v) + eps c2) / c2: one pass fewer
-        denom = np.sqrt(v, out=tmp)
-        denom += group["eps"] * c2
-        step = np.divide(m, denom, out=tmp)
-        step *= lr * c2 / (1 - beta1 ** t)
-        p.data -= step
+        denom = np.sqrt(v) / math.sqrt(1 - beta2 ** t) + group["eps"]
+        p.data -= lr / (1 - beta1 ** t) * m / denom
 
 
 class AdamW(Adam):
@@ -916,13 +897,9 @@ class Lion(Optimizer):
         if not state:
             state["exp_avg"] = np.zeros_like(p.data)
         g, m = p.grad, state["exp_avg"]
-        c = np.multiply(m, beta1, out=self._scratch(p))
-        c += (1 - beta1) * g
-        step = np.sign(c)              # (not out=c: NumPy's in-place sign is ~10x slower)
-        step *= lr
         if group["weight_decay"]:
             p.data *= 1 - lr * group["weight_decay"]
-        p.data -= step
+        p.data -= lr * np.sign(beta1 * m + (1 - beta1) * g)
         m *= beta2
         m += (1 - beta2) * g
 
@@ -1606,23 +1583,15 @@ class Sequential(Layer):
             x = layer.forward(x)
         return x
 
-    def backward(self, grad, input_grad=True):
-        """Every layer's backward, last to first; returns grad wrt the input. With input_grad=False
-        (training: no gradient wrt the data) it returns None and, as torch's autograd, does only
-        the work the parameters need: it stops at the first layer with parameters, which skips
-        its own input gradient (an MLP's Flatten and its first Linear's dx = dy W are not computed)."""
-        first = 0 if input_grad else next((i for i, l in enumerate(self.layers) if l.parameters()), len(self.layers))
-        for layer in reversed(self.layers[first + 1:]):
+    def backward(self, grad):
+        """Every layer's backward, last to first; returns grad wrt the input, or None once a layer
+        returns None: after `compile`, the first layer with parameters skips its input gradient
+        (see compile), and the layers before it have nothing to learn."""
+        for layer in reversed(self.layers):
             grad = layer.backward(grad)
-        if first == len(self.layers):                   # no parameters at all: nothing to do
-            return None
-        layer = self.layers[first]
-        layer.needs_input_grad = input_grad
-        try:
-            grad = layer.backward(grad)
-        finally:
-            layer.needs_input_grad = True
-        return grad if input_grad else None
+            if grad is None:
+                break
+        return grad
 
     def parameters(self):
         return [p for layer in self.layers for p in layer.parameters()]
@@ -1653,7 +1622,13 @@ class Sequential(Layer):
 
     # -- training ---------------------------------------------------------------
     def compile(self, optimizer, loss, metrics=("accuracy",), scheduler=None):
-        """Set the optimizer, the loss (a Loss instance), the metrics and an optional LR scheduler."""
+        """Set the optimizer, the loss (a Loss instance), the metrics and an optional LR scheduler.
+
+        Training needs no gradient wrt the data (as torch's autograd when x.requires_grad is
+        False), so compile sets `needs_input_grad = False` on the first layer with parameters:
+        its backward skips dx (an MLP's first dx = dy W) and `backward` stops there. Set it back
+        to True on that layer to get input gradients (saliency maps) from a compiled model.
+        """
         if not isinstance(loss, Loss):
             raise TypeError(f"Sequential.compile: loss must be a Loss instance such as "
                             f"CrossEntropyLoss(), got {loss!r}")
@@ -1664,6 +1639,9 @@ class Sequential(Layer):
             raise ValueError(f"Sequential.compile: the scheduler's step_every must be 'epoch' or 'batch', "
                              f"got {scheduler.step_every!r}")
         self.optimizer, self.loss, self.metrics, self.scheduler = optimizer, loss, tuple(metrics), scheduler
+        first = next((layer for layer in self.layers if layer.parameters()), None)
+        if first is not None:
+            first.needs_input_grad = False
         return self
 
     def train_step(self, x, y):
@@ -1676,7 +1654,7 @@ class Sequential(Layer):
             raise NonFiniteLoss(f"the loss became {loss} (lr {self.optimizer.param_groups[0]['lr']:g}); "
                                 f"usual causes for {type(self.loss).__name__}: {self.loss.hint}")
         self.optimizer.zero_grad()
-        self.backward(self.loss.backward(), input_grad=False)   # no gradient wrt the data
+        self.backward(self.loss.backward())
         self.optimizer.step()
         if self.scheduler is not None and getattr(self.scheduler, "step_every", "epoch") == "batch":
             self.scheduler.step()
@@ -2107,36 +2085,52 @@ def numerical_gradient(f, x, eps=1e-6):
 
 
 def gradcheck(layer, x, eps=1e-6):
-    """Largest relative error between backward and central differences, over the input
-    gradient and every parameter gradient, of f = sum(layer(x) * r) for a fixed projection r.
+    """Largest relative error of backward against central differences, each array judged on
+    its own scale, for f(x) = sum(layer(x) * r) with a fixed projection r.
+
+    For each array a (the input gradient, then every parameter's gradient) with analytic
+    gradient g and central differences d:
+
+        error = max(max_i |g_i - d_i| - noise, 0) / max(max_i |g_i|, max_i |d_i|)   (0 if 0 / 0)
+        noise = 8 * macheps * sum(|layer(x) * r|) / eps
+
+    noise bounds the rounding error of d: f is a sum whose terms are up to |layer(x) * r|, so
+    each of f(x + eps e_i) and f(x - eps e_i) is off by a few macheps (2.2e-16) times their
+    total, and their difference is divided by 2 eps. Differences below it cannot be told from
+    rounding, so a gradient that is truly zero (a Linear bias before a BatchNorm) reports 0,
+    while a gradient off by half reports 0.5 however small the inputs. gradcheck returns the
+    largest error over the arrays; below 1e-7 is correct.
 
     r is a deterministic, equidistributed sequence in [-1, 1) (golden-ratio steps), not drawn
     from any random generator, so it cannot coincide with the caller's input (with r = x, the
     gradient of a BatchNorm nearly cancels and a correct layer would look wrong).
     The layer must be float64 (`layer.astype(np.float64)`) and deterministic (Dropout in eval
-    mode). Buffers (BatchNorm's running statistics) are restored after.
-    The error is relative to the largest gradient: max|analytic - numeric| / max(|analytic|,
-    |numeric|), both maxima over the input and every parameter gradient together, so that a
-    gradient that is truly zero (a Linear bias before a BatchNorm) is not judged on the
-    rounding noise of its central differences alone.
+    mode). Buffers (BatchNorm's running statistics) are restored after. When backward returns
+    None for the input (a compiled model's first layer with parameters skips it, see
+    Sequential.compile), only the parameters are checked.
     """
     if any(p.data.dtype != np.float64 for p in layer.parameters()):
         raise TypeError(f"gradcheck: {layer!r} must be float64; call .astype(np.float64) first")
     x = np.array(x, dtype=np.float64)
     state = layer.state_dict()
-    shape = np.shape(layer.forward(x))
-    r = (np.arange(math.prod(shape)) * 0.6180339887498949 + 0.5) % 1.0 * 2 - 1
-    r = r.reshape(shape)
+    y = layer.forward(x)
+    r = (np.arange(y.size) * 0.6180339887498949 + 0.5) % 1.0 * 2 - 1
+    r = r.reshape(y.shape)
+    noise = 8 * np.finfo(np.float64).eps * float(np.abs(y * r).sum()) / eps
     layer.zero_grad()
-    pairs = [(layer.backward(r), x)] + [(p.grad.copy(), p.data) for p in layer.parameters()]
+    grad_x = layer.backward(r)
+    pairs = [(grad_x, x)] if grad_x is not None else []
+    pairs += [(p.grad.copy(), p.data) for p in layer.parameters()]
     f = lambda _: float(np.sum(layer.forward(x) * r))  # noqa: E731
-    error = scale = 0.0
+    worst = 0.0
     for analytic, at in pairs:
         numeric = numerical_gradient(f, at, eps)
-        error = max(error, np.abs(analytic - numeric).max(initial=0))
-        scale = max(scale, np.abs(analytic).max(initial=0), np.abs(numeric).max(initial=0))
+        error = np.abs(analytic - numeric).max(initial=0) - noise
+        scale = max(np.abs(analytic).max(initial=0), np.abs(numeric).max(initial=0))
+        if error > 0:
+            worst = max(worst, error / scale)
     layer.load_state_dict(state)
-    return error / scale if scale else 0.0
+    return float(worst)
 
 
 # ════════════════════════════════════════════════════════════════════════════
