@@ -1589,20 +1589,25 @@ def test_cnn_sequential_matches_torch():
         np.testing.assert_allclose(b, theirs.state_dict()[k].numpy(), rtol=1e-10, err_msg=k)
 
 
-def test_sequential_backward_without_input_grad():
+def test_sequential_backward_after_compile_skips_the_input_gradient():
     model, _ = mlp_pair(4, 6, 5, 3)
     x = randn(0, (7, 4))
     model.forward(x)
     full = model.backward(np.ones((7, 3)))
     grads = [p.grad.copy() for p in model.parameters()]
+    model.compile(tn.SGD(model.parameters(), lr=0.1), tn.MSELoss())
+    assert [layer.needs_input_grad for layer in model] == [False, True, True, True, True]
     model.zero_grad()
     model.forward(x)
-    assert full.shape == x.shape and model.backward(np.ones((7, 3)), input_grad=False) is None
+    assert full.shape == x.shape and model.backward(np.ones((7, 3))) is None
     for p, g in zip(model.parameters(), grads):
         np.testing.assert_array_equal(p.grad, g)
+    model[0].needs_input_grad = True                    # input gradients again (a saliency map)
+    model.forward(x)
+    np.testing.assert_array_equal(model.backward(np.ones((7, 3))), full)
 
 
-def test_sequential_backward_without_input_grad_stops_at_the_first_layer_with_parameters():
+def test_sequential_backward_after_compile_stops_at_the_first_layer_with_parameters():
     """As torch's autograd: layers before the first parameter need no backward, and that layer no dx."""
     class NoBackward(tn.Layer):
         def forward(self, x):
@@ -1618,26 +1623,27 @@ def test_sequential_backward_without_input_grad_stops_at_the_first_layer_with_pa
 
     tn.manual_seed(0)
     first = SpyLinear(12, 5)
-    model = tn.Sequential(NoBackward(), tn.Flatten(), first, tn.BatchNorm1d(5), tn.ReLU(), tn.Linear(5, 3)).astype(np.float64)
+    model = tn.Sequential(NoBackward(), tn.Flatten(), first, tn.BatchNorm1d(5), tn.ReLU(),
+                          tn.Linear(5, 3)).astype(np.float64)
     x = randn(1, (8, 3, 4))
     reference = tn.Sequential(*model.layers[1:])            # the same layers, full backward
     reference.forward(x)
     reference.backward(np.ones((8, 3)))
     full = [p.grad.copy() for p in model.parameters()]
     assert first.asked_for_dx and first.needs_input_grad
+    model.compile(tn.SGD(model.parameters(), lr=0.1), tn.MSELoss())
     model.zero_grad()
     model.forward(x)
-    assert model.backward(np.ones((8, 3)), input_grad=False) is None
-    assert not first.asked_for_dx and first.needs_input_grad          # restored afterwards
+    assert model.backward(np.ones((8, 3))) is None
+    assert not first.asked_for_dx and not first.needs_input_grad
     for p, g in zip(model.parameters(), full):
         np.testing.assert_array_equal(p.grad, g)
     bn_first = tn.Sequential(tn.BatchNorm1d(4), tn.Linear(4, 2))
+    bn_first.compile(tn.SGD(bn_first.parameters(), lr=0.1), tn.MSELoss())
+    assert not bn_first[0].needs_input_grad and bn_first[1].needs_input_grad
     bn_first.forward(randn(2, (6, 4)).astype(np.float32))
-    assert bn_first.backward(np.ones((6, 2), np.float32), input_grad=False) is None
+    bn_first.backward(np.ones((6, 2), np.float32))
     assert bn_first[0].weight.grad.any()
-    no_params = tn.Sequential(NoBackward(), tn.ReLU())
-    no_params.forward(np.ones((2, 3)))
-    assert no_params.backward(np.ones((2, 3)), input_grad=False) is None
 
 
 def test_sequential_constructors_and_add():

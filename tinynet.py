@@ -60,23 +60,25 @@ class Parameter:
         self.grad[...] = 0
 
 
+def _is_parameter(v):                 # the one definition: anything with .data and .grad
+    return hasattr(v, "data") and hasattr(v, "grad")
+
+
 class Layer:
-    """Base class: forward(x) -> y; backward(grad_y) -> grad_x, which also ADDS into the `.grad`
-    of the layer's parameters (its attributes with `.data` and `.grad` arrays, e.g. Parameter)."""
+    """Base class: forward(x) -> y; backward(grad_y) -> grad_x, adding into its parameters' .grad."""
     training = True
     needs_input_grad = True   # False lets backward skip grad_x (the first layer of a model)
-    _cache = None             # what forward keeps for backward
 
     def __call__(self, x):
         return self.forward(x)
 
-    def _saved(self):                  # what forward cached; a clear error if it has not run
-        if self._cache is None:
+    def _saved(self):                  # forward's self._cache; a clear error if it has not run
+        if getattr(self, "_cache", None) is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         return self._cache
 
     def parameters(self):              # attributes with .data and .grad, in order: weight, bias
-        return [v for v in vars(self).values() if hasattr(v, "data") and hasattr(v, "grad")]
+        return [v for v in vars(self).values() if _is_parameter(v)]
 
     def zero_grad(self):
         for p in self.parameters():
@@ -505,19 +507,60 @@ class BatchNorm2d(_BatchNorm):
     """Batch normalisation of x (N, C, H, W) per channel over N, H and W; see _BatchNorm."""
     ndim, axes = 4, "nchw"
 # ════════════════════════════════════════════════════════════════════════════
-# Losses: forward(pred, target) -> float (mean over the batch); backward() -> grad wrt pred
+# Losses: forward(pred, target) -> float (reduced as `reduction` says); backward() -> grad wrt pred
 # ════════════════════════════════════════════════════════════════════════════
 
 class Loss:
     """Base class: `loss(pred, target)` is `loss.forward(pred, target)`; `backward()` returns dloss/dpred.
+
+    Each loss is made of terms, one per sample (CrossEntropyLoss, NLLLoss) or per element
+    (MSELoss, BCEWithLogitsLoss). reduction, as torch: "mean" (the default) averages them,
+    "sum" adds them (forward returns a float), "none" returns the array of terms. backward(grad)
+    chains the rule: grad is dL/d(what forward returned), 1 by default; with "none" an array
+    of the terms' shape (ones by default: the gradient of their sum).
+    A subclass's forward computes the terms and returns `self._reduce(terms)`; `_grad()` gives
+    d term / d pred (the terms' gradients, pred's shape).
     `hint`: the usual causes of a loss that becomes NaN or infinite (fit's error message)."""
     hint = "a learning rate too large (try one 10x smaller) or inputs that are not standardised"
+    _cache = None             # what forward keeps for backward
+
+    def __init__(self, reduction="mean"):
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"{type(self).__name__}: expected reduction 'mean', 'sum' or 'none', "
+                             f"got {reduction!r}")
+        self.reduction = reduction
 
     def __call__(self, pred, target):
         return self.forward(pred, target)
 
     def __repr__(self):
-        return f"{type(self).__name__}()"
+        args = "" if self.reduction == "mean" else f"reduction={self.reduction!r}"
+        return f"{type(self).__name__}({args})"
+
+    def _saved(self):                  # what forward cached; a clear error if it has not run
+        if self._cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        return self._cache
+
+    def _reduce(self, terms):
+        """The terms -> their mean or sum (a float), or themselves ("none"); notes their shape."""
+        self._terms_shape = terms.shape
+        if self.reduction == "none":
+            return terms
+        return float(terms.mean() if self.reduction == "mean" else terms.sum())
+
+    def backward(self, grad=None):
+        """dloss/dpred = d term / d pred (divided by the number of terms for "mean"), times grad."""
+        d, shape = self._grad(), self._terms_shape
+        if self.reduction == "mean":
+            d /= d.dtype.type(math.prod(shape))
+        if grad is None:
+            return d
+        grad, want = np.asarray(grad, d.dtype), shape if self.reduction == "none" else ()
+        if grad.shape != want:
+            raise ValueError(f"{type(self).__name__}.backward: expected grad of the shape forward "
+                             f"returned, {want}, got {grad.shape}")
+        return d * grad.reshape(want + (1,) * (d.ndim - len(want)))
 
     def _check_labels(self, pred, target):
         """pred (N, C) and integer labels (N,) in [0, C), else a ValueError/TypeError naming the loss."""
@@ -536,28 +579,30 @@ class Loss:
 
 
 class CrossEntropyLoss(Loss):
-    """loss = mean_n [logsumexp(x_n) - x_n[t_n]]  (log-softmax and NLL fused, stable).
+    """term_n = logsumexp(x_n) - x_n[t_n]  (log-softmax and NLL fused, stable), one per sample.
 
-    pred: logits (N, C); target: int labels (N,).  grad = (softmax(x) - onehot(t)) / N.
+    pred: logits (N, C); target: int labels (N,).  d term_n / d x_n = softmax(x_n) - onehot(t_n);
+    "mean" divides by N.
     """
 
     def forward(self, pred, target):
         pred, target = self._check_labels(pred, target)
         logp = _log_softmax(pred, 1)
         self._cache = logp, target
-        return float(-logp[np.arange(len(target)), target].mean())
+        return self._reduce(-logp[np.arange(len(target)), target])
 
-    def backward(self):
-        logp, target = self._cache
+    def _grad(self):
+        logp, target = self._saved()
         grad = np.exp(logp)
         grad[np.arange(len(target)), target] -= 1
-        return grad / logp.dtype.type(len(target))
+        return grad
 
 
 class NLLLoss(Loss):
-    """loss = -mean_n logp_n[t_n];  pred: log-probabilities (N, C), target: int labels (N,).
-    grad = -onehot(t) / N. Input that is not log-probabilities (a value > 0, or rows whose
-    exp does not sum to 1 within 1e-3) raises a ValueError: add LogSoftmax before it."""
+    """term_n = -logp_n[t_n];  pred: log-probabilities (N, C), target: int labels (N,).
+    d term_n / d logp_n = -onehot(t_n); "mean" divides by N. Input that is not log-probabilities
+    (a value > 0, or rows whose exp does not sum to 1 within 1e-3) raises a ValueError: add
+    LogSoftmax before it."""
     hint = "inputs that are not log-probabilities (add LogSoftmax, or use CrossEntropyLoss on logits), " \
            "or a learning rate too large"
 
@@ -570,36 +615,38 @@ class NLLLoss(Loss):
                              f"to 1), got row {bad} with max {pred[bad].max():.4g} and exp-sum {total[bad]:.4g}; "
                              "add LogSoftmax() as the model's last layer, or use CrossEntropyLoss on logits")
         self._cache = pred, target
-        return float(-pred[np.arange(len(target)), target].mean())
+        return self._reduce(-pred[np.arange(len(target)), target])
 
-    def backward(self):
-        pred, target = self._cache
+    def _grad(self):
+        pred, target = self._saved()
         grad = np.zeros_like(pred)
-        grad[np.arange(len(target)), target] = -1 / len(target)
+        grad[np.arange(len(target)), target] = -1
         return grad
 
 
 class MSELoss(Loss):
-    """loss = mean((pred - target)^2) over every element;  grad = 2 (pred - target) / pred.size."""
+    """term = (pred - target)^2 for every element;  d term / d pred = 2 (pred - target);
+    "mean" divides by pred.size. pred and target: the same shape (one-hot for classification)."""
 
     def forward(self, pred, target):
         pred, target = np.asarray(pred), np.asarray(target)
         if pred.shape != target.shape:
             raise ValueError(f"MSELoss: pred and target must have the same shape, got {pred.shape} "
                              f"and {target.shape} (use one_hot(y, C) for class labels)")
+        if not np.issubdtype(pred.dtype, np.floating):
+            pred = pred.astype(np.float64)            # Python lists of ints: compute in float
         self._cache = diff = pred - target.astype(pred.dtype, copy=False)
-        return float(np.mean(diff * diff))
+        return self._reduce(diff * diff)
 
-    def backward(self):
-        diff = self._cache
-        return diff * diff.dtype.type(2 / diff.size)
+    def _grad(self):
+        return 2 * self._saved()
 
 
 class BCEWithLogitsLoss(Loss):
-    """Binary cross-entropy on logits, sigmoid fused in (stable for any x):
+    """Binary cross-entropy on logits, sigmoid fused in (stable for any x), one term per element:
 
-        loss = mean(max(x, 0) - x t + log(1 + exp(-|x|)))  =  mean(-t log s(x) - (1 - t) log(1 - s(x)))
-        grad = (sigmoid(x) - t) / x.size
+        term = max(x, 0) - x t + log(1 + exp(-|x|))  =  -t log s(x) - (1 - t) log(1 - s(x))
+        d term / d x = sigmoid(x) - t;  "mean" divides by x.size
     pred: logits (N,) or (N, 1); target: the same shape, values in [0, 1] (labels 0/1).
     """
 
@@ -613,11 +660,10 @@ class BCEWithLogitsLoss(Loss):
             raise ValueError(f"BCEWithLogitsLoss: targets must be in [0, 1], got {t.min()}..{t.max()}")
         e = np.exp(-np.abs(pred))
         self._cache = np.where(pred >= 0, 1, e) / (1 + e) - t            # sigmoid(x) - t
-        return float(np.mean(np.maximum(pred, 0) - pred * t + np.log1p(e)))
+        return self._reduce(np.maximum(pred, 0) - pred * t + np.log1p(e))
 
-    def backward(self):
-        diff = self._cache
-        return diff / diff.dtype.type(diff.size)
+    def _grad(self):
+        return self._saved().copy()
 
 
 # ════════════════════════════════════════════════════════════════════════════
@@ -645,9 +691,11 @@ class Optimizer:
     def add_param_group(self, group):
         """Add {"params": [...], hyper-parameter: value, ...}; missing values come from the defaults."""
         name, params = type(self).__name__, group["params"]
-        group = {**self.defaults, **group, "params": [params] if hasattr(params, "grad") else list(params)}
+        params = [params] if _is_parameter(params) else list(params)
+        group = {**self.defaults, **group, "params": params}
         for p in group["params"]:
-            if not (isinstance(getattr(p, "data", None), np.ndarray) and isinstance(getattr(p, "grad", None), np.ndarray)):
+            if not (_is_parameter(p) and isinstance(p.data, np.ndarray)
+                    and isinstance(p.grad, np.ndarray)):
                 raise TypeError(f"{name}: expected parameters with .data and .grad arrays, got {type(p).__name__}")
         if {id(p) for p in group["params"]} & {id(p) for g in self.param_groups for p in g["params"]}:
             raise ValueError(f"{name}: some parameters appear in more than one parameter group")
@@ -936,8 +984,8 @@ class LRScheduler:
     "epoch" (the default) or "batch"; `needs_metric` that step takes a metric (val_loss).
 
     A schedule of your own: subclass, set your attributes BEFORE `super().__init__` (which
-    already calls get_lr), and return one lr per group from get_lr(), e.g. warm-up then cosine,
-    stepped after every batch:
+    already calls get_lr), and return one lr per group from get_lr() (one number will do for a
+    single group), e.g. warm-up then cosine, stepped after every batch:
 
         class WarmupCosine(tn.LRScheduler):
             step_every = "batch"
@@ -960,7 +1008,14 @@ class LRScheduler:
             group.setdefault("initial_lr", group["lr"])
         self.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
         self.last_epoch = -1
-        self.step()
+        try:
+            self.step()
+        except AttributeError as e:
+            if e.obj is not self:
+                raise
+            raise AttributeError(f"{type(self).__name__}: get_lr reads self.{e.name}, which is not set "
+                                 "yet: set your attributes BEFORE super().__init__(optimizer), which "
+                                 "already calls get_lr") from e
 
     def _attach(self, optimizer):
         if not hasattr(optimizer, "param_groups"):
@@ -976,7 +1031,16 @@ class LRScheduler:
         self._set_lrs(self.get_lr())
 
     def _set_lrs(self, lrs):
-        for group, lr in zip(self.optimizer.param_groups, lrs):
+        groups, name = self.optimizer.param_groups, type(self).__name__
+        if np.ndim(lrs) == 0:                       # one number: fine for a single group
+            if len(groups) != 1:
+                raise ValueError(f"{name}: get_lr returned one number for {len(groups)} parameter "
+                                 "groups: return one lr per parameter group (a list)")
+            lrs = [lrs]
+        if len(lrs) != len(groups):
+            raise ValueError(f"{name}: get_lr returned {len(lrs)} lrs for {len(groups)} parameter "
+                             "groups: return one lr per parameter group")
+        for group, lr in zip(groups, lrs):
             group["lr"] = float(lr)
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
@@ -1632,6 +1696,9 @@ class Sequential(Layer):
         if not isinstance(loss, Loss):
             raise TypeError(f"Sequential.compile: loss must be a Loss instance such as "
                             f"CrossEntropyLoss(), got {loss!r}")
+        if getattr(loss, "reduction", "mean") == "none":
+            raise ValueError(f"Sequential.compile: {loss!r} gives one loss per sample; fit needs one "
+                             "number per batch: use reduction='mean' (the default) or 'sum'")
         unknown = set(metrics) - {"accuracy"}
         if unknown:
             raise ValueError(f"Sequential.compile: unknown metrics {sorted(unknown)}; known: ['accuracy']")
@@ -1841,9 +1908,9 @@ def _notify(callbacks, event, *args):
 # ════════════════════════════════════════════════════════════════════════════
 # Saving, loading and PyTorch interop
 # ════════════════════════════════════════════════════════════════════════════
-# What Sequential.save/load, checkpoints, torch interop and astype need. These methods are
-# added to every Layer here, apart from its core, so that a layer copied out alone does not
-# drag them along (it works without them).
+# What Sequential.save/load, checkpoints, torch interop and astype need. LayerState holds
+# Layer's saving part and is composed into Layer below, apart from its core, so that a layer
+# copied out alone does not drag it along (it runs without it; it just cannot be saved).
 
 @contextlib.contextmanager
 def _atomic_open(path, mode="wb"):
@@ -1859,7 +1926,7 @@ def _atomic_open(path, mode="wb"):
 
 
 class LayerState:
-    """The saving and loading methods of every Layer (added to Layer below).
+    """The saving and loading methods of every Layer (composed into Layer below).
 
     A layer's state is its parameters, then its `buffers` (names of non-learnable arrays, e.g.
     BatchNorm's running statistics), with torch's key names. Its config is its class and
@@ -1870,7 +1937,7 @@ class LayerState:
     buffers = ()
 
     def named_parameters(self):
-        return [(k, v) for k, v in vars(self).items() if hasattr(v, "data") and hasattr(v, "grad")]
+        return [(k, v) for k, v in vars(self).items() if _is_parameter(v)]
 
     def named_buffers(self):
         return [(k, getattr(self, k)) for k in self.buffers]
@@ -1920,7 +1987,7 @@ class LayerState:
             if v is spec.empty:
                 raise ValueError(f"{type(self).__name__}: keep the constructor argument {arg!r} as self.{arg} "
                                  "(or define config()) so that the layer can be saved")
-            if hasattr(v, "grad") or (v is None and isinstance(spec.default, bool)):
+            if _is_parameter(v) or (v is None and isinstance(spec.default, bool)):
                 v = v is not None                                     # the bias flag
             kwargs[arg] = v.tolist() if isinstance(v, np.ndarray) else list(v) if isinstance(v, tuple) else v
         return {"class": type(self).__name__, "kwargs": kwargs}
@@ -1930,10 +1997,16 @@ class LayerState:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
 
 
-for _name in ("buffers", "named_parameters", "named_buffers", "_state_arrays", "state_dict", "load_state_dict", "astype",
-              "config", "__repr__"):
-    if _name not in vars(Layer):
-        setattr(Layer, _name, vars(LayerState)[_name])
+# Layer = its core (the first section) + LayerState, method by method:
+Layer.buffers = LayerState.buffers
+Layer.named_parameters = LayerState.named_parameters
+Layer.named_buffers = LayerState.named_buffers
+Layer._state_arrays = LayerState._state_arrays
+Layer.state_dict = LayerState.state_dict
+Layer.load_state_dict = LayerState.load_state_dict
+Layer.astype = LayerState.astype
+Layer.config = LayerState.config
+Layer.__repr__ = LayerState.__repr__
 
 
 def _init_args(cls):
