@@ -154,8 +154,7 @@ def _tiny_data(n=48, classes=3, seed=0):
 
 
 HERE = os.path.dirname(os.path.abspath(tn.__file__))      # the project folder: tinynet.py and the scripts
-DATA = os.environ.get("TINYNET_DATA") or os.path.join(os.path.dirname(os.path.abspath(tn.__file__)),
-                                                      "..", "shared", "data")
+DATA = tn._data_dir()      # as tinynet finds its data: $TINYNET_DATA, else data/ (iris.csv ships there)
 
 
 def need(path):
@@ -1332,6 +1331,7 @@ def _plateau_metrics():
     (dict(mode="max", factor=0.5, patience=3, threshold=0.01, cooldown=2), -1, 0.1),
     (dict(threshold_mode="abs", threshold=0.001, patience=2, cooldown=1, factor=0.5, min_lr=1e-4), 1, 0.1),
     (dict(mode="max", threshold_mode="abs", threshold=0.0, patience=0, factor=0.5), 1, 1e-6),   # eps stops it
+    (dict(mode="max", threshold_mode="abs", threshold=1e-3, patience=2, factor=0.5), -1, 0.1),  # rises of 3e-4
 ])
 def test_reduce_lr_on_plateau_matches_torch(kw, sign, lr):
     metrics = sign * _plateau_metrics()
@@ -3737,6 +3737,249 @@ def test_bench_smoke_runs_every_table(tmp_path):
         assert row["tinynet_s" if "tinynet_s" in row else "tinynet_ms"] > 0 and row["ratio"] > 0
     assert res["layers"]["Conv2d 32->64 k3 p1 @14"]["gemm_ms"] > 0
     assert res["memory"]["mlp"]["tinynet_peak_mb"] > 0 and res["info"]["torch_threads_tried"] == [1, 2]
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Reference checks: losses' reduction, gradcheck on each array's scale, errors that
+# name the culprit, and behaviours that once could break unnoticed
+# ════════════════════════════════════════════════════════════════════════════
+
+TORCH_LOSSES = {"CrossEntropyLoss": F.cross_entropy, "NLLLoss": F.nll_loss, "MSELoss": F.mse_loss,
+                "BCEWithLogitsLoss": F.binary_cross_entropy_with_logits}
+
+
+def _loss_case(name, seed=0):
+    """(pred, target) for the loss `name`, float64: logits / log-probabilities and int labels,
+    or predictions and targets of one shape."""
+    rng = np.random.default_rng(seed)
+    if name in ("CrossEntropyLoss", "NLLLoss"):
+        pred = rng.standard_normal((6, 4))
+        return (log_softmax(pred) if name == "NLLLoss" else pred), np.array([0, 3, 1, 1, 2, 0])
+    if name == "MSELoss":
+        return rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
+    return rng.standard_normal((7, 1)) * 3, rng.integers(0, 2, (7, 1)) * 1.0
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name", list(TORCH_LOSSES))
+def test_loss_reduction_matches_torch(name, reduction):
+    pred, target = _loss_case(name)
+    loss = getattr(tn, name)(reduction=reduction)
+    value = loss(pred, target)
+    xt, tt = T(pred), torch.from_numpy(target)
+    tv = TORCH_LOSSES[name](xt, tt, reduction=reduction)
+    assert type(value) is (np.ndarray if reduction == "none" else float)
+    assert_parity(np.asarray(value), tv, f"{loss!r} forward")
+    g = np.random.default_rng(1).standard_normal(tuple(tv.shape))   # dL/d(what forward returned)
+    tv.backward(torch.from_numpy(g))
+    assert_parity(loss.backward(g), xt.grad, f"{loss!r} backward(grad)")
+    xt = T(pred)
+    TORCH_LOSSES[name](xt, tt, reduction=reduction).sum().backward()
+    assert_parity(loss.backward(), xt.grad, f"{loss!r} backward()")       # grad of the sum
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name", list(TORCH_LOSSES))
+def test_loss_reduction_gradcheck(name, reduction):
+    pred, target = _loss_case(name, seed=2)
+    loss = getattr(tn, name)(reduction=reduction)
+    shape = np.shape(loss(pred, target))
+    w = np.random.default_rng(3).standard_normal(shape)         # an upstream gradient: L = sum(w * loss)
+    analytic = loss.backward(w)
+    numeric = tn.numerical_gradient(lambda p: float(np.sum(w * loss.forward(p, target))), pred.copy())
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name", list(TORCH_LOSSES))
+def test_loss_reduction_keeps_float32(name, reduction):
+    pred, target = _loss_case(name)
+    loss = getattr(tn, name)(reduction=reduction)
+    value = loss(pred.astype(np.float32), target)
+    assert reduction != "none" or value.dtype == np.float32
+    assert loss.backward().dtype == np.float32
+    assert loss.backward(np.ones(np.shape(value), np.float64)).dtype == np.float32
+
+
+@pytest.mark.parametrize("name", list(TORCH_LOSSES))
+def test_loss_errors_name_the_loss(name):
+    with pytest.raises(RuntimeError, match=f"^{name}.backward called before forward$"):
+        getattr(tn, name)().backward()
+    with pytest.raises(ValueError, match=f"^{name}: expected reduction 'mean', 'sum' or 'none', got 'avg'$"):
+        getattr(tn, name)(reduction="avg")
+    pred, target = _loss_case(name)
+    loss = getattr(tn, name)(reduction="none")
+    loss(pred, target)
+    with pytest.raises(ValueError, match=rf"^{name}.backward: expected grad of the shape forward "
+                                         rf"returned, \({len(pred)},.*\), got \(3,\)$"):
+        loss.backward(np.ones(3))
+    assert repr(loss) == f"{name}(reduction='none')" and repr(getattr(tn, name)()) == f"{name}()"
+
+
+@pytest.mark.parametrize("name", list(TORCH_LOSSES))
+def test_loss_takes_python_lists(name):
+    pred, target = _loss_case(name)
+    loss, ref = getattr(tn, name)(), getattr(tn, name)()
+    assert loss(pred.tolist(), target.tolist()) == ref(pred, target)
+    np.testing.assert_array_equal(loss.backward(), ref.backward())
+
+
+def test_mse_loss_takes_integer_lists():
+    loss = tn.MSELoss()
+    assert loss([1, 2, 3], [1, 1, 1]) == pytest.approx(5 / 3)
+    np.testing.assert_allclose(loss.backward(), [0, 2 / 3, 4 / 3])
+    assert tn.MSELoss(reduction="sum")([[1, 2]], [[0, 0]]) == 5.0
+
+
+def test_compile_rejects_reduction_none_and_a_sum_trains_as_a_scaled_mean():
+    model = _small_model()
+    with pytest.raises(ValueError, match=r"^Sequential.compile: CrossEntropyLoss\(reduction='none'\) "
+                                         r"gives one loss per sample; .*'mean' \(the default\) or 'sum'"):
+        model.compile(tn.SGD(model.parameters(), lr=0.1), tn.CrossEntropyLoss(reduction="none"))
+    X, y = _tiny_data(16)
+    X = X.astype(np.float64)
+    summed, mean = _small_model().astype(np.float64), _small_model().astype(np.float64)
+    summed.compile(tn.SGD(summed.parameters(), lr=0.01), tn.CrossEntropyLoss(reduction="sum"))
+    mean.compile(tn.SGD(mean.parameters(), lr=0.01 * 16), tn.CrossEntropyLoss())
+    loss_sum, _ = summed.train_step(X, y)
+    loss_mean, _ = mean.train_step(X, y)
+    assert loss_sum == pytest.approx(16 * loss_mean, rel=1e-12)
+    for a, b in zip(summed.parameters(), mean.parameters()):
+        np.testing.assert_allclose(a.data, b.data, rtol=1e-12, atol=1e-15)
+
+
+class _HalfWeightLinear(tn.Linear):
+    def backward(self, grad):
+        gx = super().backward(grad)
+        self.weight.grad *= 0.5                   # half the true weight gradient
+        return gx
+
+
+@pytest.mark.parametrize("seed", [0, 1, 42, 1234])
+def test_gradcheck_judges_each_array_on_its_own_scale(seed):
+    """A weight gradient off by half on inputs of 1e-7 reports ~0.5 (it reported 1e-7 when the
+    error was relative to the largest gradient: the bias's and the input's, 1e7 times larger)."""
+    tn.manual_seed(seed)
+    x = np.random.default_rng(seed).standard_normal((5, 4)) * 1e-7
+    assert 0.45 < tn.gradcheck(_HalfWeightLinear(4, 3).astype(np.float64), x) < 0.55
+    tn.manual_seed(seed)
+    assert tn.gradcheck(tn.Linear(4, 3).astype(np.float64), x) < 1e-7
+
+
+def test_gradcheck_checks_the_parameters_of_a_compiled_model():
+    """compile makes the first layer skip its input gradient: gradcheck checks the parameters."""
+    tn.manual_seed(0)
+    x = away_from_kinks(0, (5, 4))
+    for first, bad in ((_HalfWeightLinear(4, 3), True), (tn.Linear(4, 3), False)):
+        model = tn.Sequential(first, tn.Tanh(), tn.Linear(3, 2)).astype(np.float64)
+        model.compile(tn.SGD(model.parameters(), lr=0.1), tn.MSELoss())
+        model.forward(x)
+        assert model.backward(np.ones((5, 2))) is None
+        assert (tn.gradcheck(model, x) > 0.1) == bad
+
+
+class _OneNumber(tn.LRScheduler):
+    def get_lr(self):
+        return self.base_lrs[0] * 0.5 ** self.last_epoch
+
+
+def test_scheduler_get_lr_may_return_one_number_for_one_group():
+    opt = tn.SGD([tn.Parameter(np.zeros(2))], lr=0.1)
+    sched = _OneNumber(opt)
+    sched.step()
+    sched.step()
+    assert opt.lr == 0.025 and type(opt.lr) is float and sched.get_last_lr() == [0.025]
+    two = tn.SGD([{"params": [tn.Parameter(np.zeros(2))]}, {"params": [tn.Parameter(np.zeros(1))]}], lr=0.1)
+    with pytest.raises(ValueError, match=r"^_OneNumber: get_lr returned one number for 2 parameter "
+                                         r"groups: return one lr per parameter group \(a list\)$"):
+        _OneNumber(two)
+
+    class Three(tn.LRScheduler):
+        def get_lr(self):
+            return [0.1, 0.2, 0.3]
+    with pytest.raises(ValueError, match=r"^Three: get_lr returned 3 lrs for 2 parameter groups: "
+                                         r"return one lr per parameter group$"):
+        Three(two)
+
+
+def test_scheduler_attributes_set_after_super_init_get_an_error_that_says_so():
+    class Late(tn.LRScheduler):
+        def __init__(self, optimizer, warmup):
+            super().__init__(optimizer)
+            self.warmup = warmup
+
+        def get_lr(self):
+            return [base * min(1.0, (self.last_epoch + 1) / self.warmup) for base in self.base_lrs]
+
+    class Buggy(tn.LRScheduler):
+        def get_lr(self):
+            return [self.optimizer.no_such_thing]
+
+    opt = tn.SGD([tn.Parameter(np.zeros(2))], lr=0.1)
+    with pytest.raises(AttributeError, match=r"^Late: get_lr reads self.warmup, which is not set yet: set "
+                                             r"your attributes BEFORE super\(\).__init__\(optimizer\)"):
+        Late(opt, 5)
+    with pytest.raises(AttributeError, match="no_such_thing") as error:    # not about self: as it was
+        Buggy(opt)
+    assert "BEFORE" not in str(error.value)
+
+
+def _numpy_scalars(kw):
+    """kw with every float (and each beta) as a NumPy float64 scalar."""
+    return {k: tuple(map(np.float64, v)) if k == "betas" else np.float64(v) if isinstance(v, float) else v
+            for k, v in kw.items()}
+
+
+def _assert_plain_floats(opt):
+    for group in opt.param_groups:
+        for k, v in group.items():
+            if k != "params":
+                assert type(v) in (float, bool) or (k == "betas" and {type(b) for b in v} == {float}), (k, v)
+
+
+@pytest.mark.parametrize("name, kw", OPTIMIZER_CONFIGS + [("Lion", dict(lr=1e-3, weight_decay=0.1))])
+def test_optimizer_stores_numpy_hyperparameters_as_python_floats(name, kw):
+    """NumPy 2 promotes float32 arrays to float64 in arithmetic with a np.float64 scalar: a
+    hyper-parameter kept as one would make every update of a float32 model float64."""
+    p = tn.Parameter(np.ones(3, np.float32))
+    opt = getattr(tn, name)([p], **_numpy_scalars(kw))
+    _assert_plain_floats(opt)
+    opt.lr = np.float64(0.01)                                      # the setter too
+    state = opt.state_dict()
+    state["param_groups"] = [_numpy_scalars(g) for g in state["param_groups"]]
+    opt.load_state_dict(state)                                     # and a loaded state
+    _assert_plain_floats(opt)
+    p.grad[...] = 0.5
+    opt.step()
+    assert p.data.dtype == np.float32
+
+
+@pytest.mark.parametrize("sched, kw", SCHEDULER_CONFIGS + [("ReduceLROnPlateau", dict(factor=0.5, patience=0,
+                                                                                       min_lr=1e-3))])
+def test_scheduler_writes_python_floats_from_numpy_arguments(sched, kw):
+    opt = tn.SGD([tn.Parameter(np.ones(3, np.float32))], lr=np.float64(0.1), momentum=np.float64(0.9))
+    s = getattr(tn, sched)(opt, **_numpy_scalars(kw))
+    for step in range(12):
+        s.step(np.float64(1.0)) if sched == "ReduceLROnPlateau" else s.step()
+        _assert_plain_floats(opt)
+    assert {type(lr) for lr in s.get_last_lr()} == {float}
+
+
+@pytest.mark.parametrize("val_size, n_val", [(1, 1), (np.int32(1), 1), (19, 19), (0.05, 1), (0.95, 19)])
+def test_train_val_split_takes_an_int_as_a_count_and_a_float_as_a_fraction(val_size, n_val):
+    X, y = np.arange(40).reshape(20, 2), np.arange(20)
+    X_tr, y_tr, X_val, y_val = tn.train_val_split(X, y, val_size, shuffle=False)
+    np.testing.assert_array_equal(y_val, np.arange(20 - n_val, 20))
+    np.testing.assert_array_equal(X_tr[:, 0] // 2, np.arange(20 - n_val))
+
+
+def test_suite_finds_iris_without_tinynet_data():
+    """`pytest test_tinynet.py` with no environment variable reads the iris.csv that ships in data/."""
+    env = {k: v for k, v in os.environ.items() if k != "TINYNET_DATA"}
+    out = subprocess.run([sys.executable, "-c", "import test_tinynet as t; print(t.DATA)"], cwd=HERE,
+                         env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert os.path.samefile(out, os.path.join(HERE, "data"))
+    assert os.path.exists(os.path.join(out, "iris.csv"))
 
 
 # ════════════════════════════════════════════════════════════════════════════

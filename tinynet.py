@@ -782,11 +782,12 @@ _SCHEDULER_GROUP_KEYS = ("initial_lr", "max_lr", "min_lr", "base_momentum", "max
 
 
 def _plain(v):
-    """A torch tensor as a NumPy array (a 0-d one as a Python float); anything else unchanged."""
+    """A torch tensor as a NumPy array (a 0-d one as a Python float), a NumPy scalar as a Python
+    number (NumPy 2 computes float32 * np.float64 in float64); anything else unchanged."""
     if hasattr(v, "detach"):
         v = v.detach().cpu().numpy()
         return float(v) if v.ndim == 0 else v
-    return v
+    return v.item() if isinstance(v, np.generic) else v
 
 
 class SGD(Optimizer):
@@ -1249,7 +1250,8 @@ class OneCycleLR(LRScheduler):
         self.total_steps, self.anneal_strategy, self.cycle_momentum = total_steps, anneal_strategy, cycle_momentum
         max_lrs = max_lr if isinstance(max_lr, (list, tuple)) else [max_lr] * len(groups)
         for group, top in zip(groups, max_lrs):
-            group.update(initial_lr=top / div_factor, max_lr=top, min_lr=top / div_factor / final_div_factor,
+            group.update(initial_lr=float(top / div_factor), max_lr=float(top),
+                         min_lr=float(top / div_factor / final_div_factor),
                          max_momentum=float(max_momentum), base_momentum=float(base_momentum))
         T = total_steps     # phases: (end step, start lr, end lr, start momentum, end momentum): group keys
         self.phases = [(float(pct_start * T) - 1, "initial_lr", "max_lr", "max_momentum", "base_momentum")]
@@ -1378,7 +1380,7 @@ class ReduceLROnPlateau(LRScheduler):
             for group, low in zip(self.optimizer.param_groups, self.min_lrs):
                 new = max(group["lr"] * self.factor, low)
                 if group["lr"] - new > self.eps:
-                    group["lr"] = new
+                    group["lr"] = float(new)
             self.cooldown_counter, self.num_bad_epochs = self.cooldown, 0
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
