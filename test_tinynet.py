@@ -95,7 +95,7 @@ def _copy_params(ours, theirs):
 
 
 def _assert_same_step(ours, theirs, x):
-    """One forward and backward on both; output, input grad and every param grad through assert_parity."""
+    """One forward and backward on both: output, input grad and param grads via assert_parity."""
     rng = np.random.default_rng(1)
     xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     yt = theirs(xt)
@@ -154,7 +154,7 @@ def _tiny_data(n=48, classes=3, seed=0):
 
 
 HERE = os.path.dirname(os.path.abspath(tn.__file__))      # the project folder: tinynet.py and the scripts
-DATA = tn._data_dir()      # as tinynet finds its data: $TINYNET_DATA, else data/ (iris.csv ships there)
+DATA = tn._data_dir()      # as tinynet finds it: $TINYNET_DATA, else data/ (iris.csv ships there)
 
 
 def need(path):
@@ -266,7 +266,7 @@ CONV_CONFIGS = [  # in, out, kernel, stride, padding, bias, input (H, W)
     (3, 2, (3, 2), (2, 1), (1, 0), True, (8, 7)),
     (2, 3, [2, 4], [1, 3], [2, 1], True, (6, 11)),   # lists, as a JSON config gives them back
     (5, 4, 3, 1, 1, True, (3, 3)),
-    (2, 3, 2, 2, 0, True, (7, 9)),                   # stride == kernel: the reshape path, odd sizes
+    (2, 3, 2, 2, 0, True, (7, 9)),                   # stride == kernel: no overlap, odd sizes
 ]
 
 
@@ -1331,7 +1331,7 @@ def _plateau_metrics():
     (dict(mode="max", factor=0.5, patience=3, threshold=0.01, cooldown=2), -1, 0.1),
     (dict(threshold_mode="abs", threshold=0.001, patience=2, cooldown=1, factor=0.5, min_lr=1e-4), 1, 0.1),
     (dict(mode="max", threshold_mode="abs", threshold=0.0, patience=0, factor=0.5), 1, 1e-6),   # eps stops it
-    (dict(mode="max", threshold_mode="abs", threshold=1e-3, patience=2, factor=0.5), -1, 0.1),  # rises of 3e-4
+    (dict(mode="max", threshold_mode="abs", threshold=1e-3, patience=2, factor=0.5), -1, 0.1),
 ])
 def test_reduce_lr_on_plateau_matches_torch(kw, sign, lr):
     metrics = sign * _plateau_metrics()
@@ -3784,9 +3784,10 @@ def test_loss_reduction_gradcheck(name, reduction):
     pred, target = _loss_case(name, seed=2)
     loss = getattr(tn, name)(reduction=reduction)
     shape = np.shape(loss(pred, target))
-    w = np.random.default_rng(3).standard_normal(shape)         # an upstream gradient: L = sum(w * loss)
+    w = np.random.default_rng(3).standard_normal(shape)     # upstream gradient: L = sum(w * loss)
     analytic = loss.backward(w)
-    numeric = tn.numerical_gradient(lambda p: float(np.sum(w * loss.forward(p, target))), pred.copy())
+    numeric = tn.numerical_gradient(lambda p: float(np.sum(w * loss.forward(p, target))),
+                                    pred.copy())
     np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
 
 
@@ -3805,7 +3806,8 @@ def test_loss_reduction_keeps_float32(name, reduction):
 def test_loss_errors_name_the_loss(name):
     with pytest.raises(RuntimeError, match=f"^{name}.backward called before forward$"):
         getattr(tn, name)().backward()
-    with pytest.raises(ValueError, match=f"^{name}: expected reduction 'mean', 'sum' or 'none', got 'avg'$"):
+    with pytest.raises(ValueError,
+                       match=f"^{name}: expected reduction 'mean', 'sum' or 'none', got 'avg'$"):
         getattr(tn, name)(reduction="avg")
     pred, target = _loss_case(name)
     loss = getattr(tn, name)(reduction="none")
@@ -3833,8 +3835,9 @@ def test_mse_loss_takes_integer_lists():
 
 def test_compile_rejects_reduction_none_and_a_sum_trains_as_a_scaled_mean():
     model = _small_model()
-    with pytest.raises(ValueError, match=r"^Sequential.compile: CrossEntropyLoss\(reduction='none'\) "
-                                         r"gives one loss per sample; .*'mean' \(the default\) or 'sum'"):
+    with pytest.raises(ValueError, match=r"^Sequential.compile: CrossEntropyLoss\(reduction="
+                                         r"'none'\) gives one loss per sample; .*'mean' "
+                                         r"\(the default\) or 'sum'"):
         model.compile(tn.SGD(model.parameters(), lr=0.1), tn.CrossEntropyLoss(reduction="none"))
     X, y = _tiny_data(16)
     X = X.astype(np.float64)
@@ -3889,7 +3892,8 @@ def test_scheduler_get_lr_may_return_one_number_for_one_group():
     sched.step()
     sched.step()
     assert opt.lr == 0.025 and type(opt.lr) is float and sched.get_last_lr() == [0.025]
-    two = tn.SGD([{"params": [tn.Parameter(np.zeros(2))]}, {"params": [tn.Parameter(np.zeros(1))]}], lr=0.1)
+    two = tn.SGD([{"params": [tn.Parameter(np.zeros(2))]}, {"params": [tn.Parameter(np.zeros(1))]}],
+                 lr=0.1)
     with pytest.raises(ValueError, match=r"^_OneNumber: get_lr returned one number for 2 parameter "
                                          r"groups: return one lr per parameter group \(a list\)$"):
         _OneNumber(two)
@@ -3916,28 +3920,31 @@ def test_scheduler_attributes_set_after_super_init_get_an_error_that_says_so():
             return [self.optimizer.no_such_thing]
 
     opt = tn.SGD([tn.Parameter(np.zeros(2))], lr=0.1)
-    with pytest.raises(AttributeError, match=r"^Late: get_lr reads self.warmup, which is not set yet: set "
-                                             r"your attributes BEFORE super\(\).__init__\(optimizer\)"):
+    with pytest.raises(AttributeError, match=r"^Late: get_lr reads self.warmup, which is not set "
+                                             r"yet: set your attributes BEFORE "
+                                             r"super\(\).__init__\(optimizer\)"):
         Late(opt, 5)
-    with pytest.raises(AttributeError, match="no_such_thing") as error:    # not about self: as it was
+    with pytest.raises(AttributeError, match="no_such_thing") as error:    # not about self: as is
         Buggy(opt)
     assert "BEFORE" not in str(error.value)
 
 
 def _numpy_scalars(kw):
     """kw with every float (and each beta) as a NumPy float64 scalar."""
-    return {k: tuple(map(np.float64, v)) if k == "betas" else np.float64(v) if isinstance(v, float) else v
-            for k, v in kw.items()}
+    return {k: tuple(map(np.float64, v)) if k == "betas" else
+            np.float64(v) if isinstance(v, float) else v for k, v in kw.items()}
 
 
 def _assert_plain_floats(opt):
     for group in opt.param_groups:
         for k, v in group.items():
             if k != "params":
-                assert type(v) in (float, bool) or (k == "betas" and {type(b) for b in v} == {float}), (k, v)
+                plain = ({type(b) for b in v} == {float} if k == "betas"
+                         else type(v) in (float, bool))
+                assert plain, (k, v)
 
 
-@pytest.mark.parametrize("name, kw", OPTIMIZER_CONFIGS + [("Lion", dict(lr=1e-3, weight_decay=0.1))])
+@pytest.mark.parametrize("name, kw", OPTIMIZER_CONFIGS + [("Lion", dict(weight_decay=0.1))])
 def test_optimizer_stores_numpy_hyperparameters_as_python_floats(name, kw):
     """NumPy 2 promotes float32 arrays to float64 in arithmetic with a np.float64 scalar: a
     hyper-parameter kept as one would make every update of a float32 model float64."""
@@ -3954,10 +3961,11 @@ def test_optimizer_stores_numpy_hyperparameters_as_python_floats(name, kw):
     assert p.data.dtype == np.float32
 
 
-@pytest.mark.parametrize("sched, kw", SCHEDULER_CONFIGS + [("ReduceLROnPlateau", dict(factor=0.5, patience=0,
-                                                                                       min_lr=1e-3))])
+@pytest.mark.parametrize("sched, kw", SCHEDULER_CONFIGS + [
+    ("ReduceLROnPlateau", dict(factor=0.5, patience=0, min_lr=1e-3))])
 def test_scheduler_writes_python_floats_from_numpy_arguments(sched, kw):
-    opt = tn.SGD([tn.Parameter(np.ones(3, np.float32))], lr=np.float64(0.1), momentum=np.float64(0.9))
+    opt = tn.SGD([tn.Parameter(np.ones(3, np.float32))], lr=np.float64(0.1),
+                 momentum=np.float64(0.9))
     s = getattr(tn, sched)(opt, **_numpy_scalars(kw))
     for step in range(12):
         s.step(np.float64(1.0)) if sched == "ReduceLROnPlateau" else s.step()
@@ -3965,7 +3973,8 @@ def test_scheduler_writes_python_floats_from_numpy_arguments(sched, kw):
     assert {type(lr) for lr in s.get_last_lr()} == {float}
 
 
-@pytest.mark.parametrize("val_size, n_val", [(1, 1), (np.int32(1), 1), (19, 19), (0.05, 1), (0.95, 19)])
+@pytest.mark.parametrize("val_size, n_val", [(1, 1), (np.int32(1), 1), (19, 19), (0.05, 1),
+                                             (0.95, 19)])
 def test_train_val_split_takes_an_int_as_a_count_and_a_float_as_a_fraction(val_size, n_val):
     X, y = np.arange(40).reshape(20, 2), np.arange(20)
     X_tr, y_tr, X_val, y_val = tn.train_val_split(X, y, val_size, shuffle=False)
@@ -3974,10 +3983,11 @@ def test_train_val_split_takes_an_int_as_a_count_and_a_float_as_a_fraction(val_s
 
 
 def test_suite_finds_iris_without_tinynet_data():
-    """`pytest test_tinynet.py` with no environment variable reads the iris.csv that ships in data/."""
+    """`pytest test_tinynet.py` with no environment variable reads data/iris.csv (it ships)."""
     env = {k: v for k, v in os.environ.items() if k != "TINYNET_DATA"}
-    out = subprocess.run([sys.executable, "-c", "import test_tinynet as t; print(t.DATA)"], cwd=HERE,
-                         env=env, capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run([sys.executable, "-c", "import test_tinynet as t; print(t.DATA)"],
+                         cwd=HERE, env=env, capture_output=True, text=True, check=True)
+    out = out.stdout.strip()
     assert os.path.samefile(out, os.path.join(HERE, "data"))
     assert os.path.exists(os.path.join(out, "iris.csv"))
 
@@ -4026,13 +4036,18 @@ def excerpt(name, defs):
     return [n for n in order if n in need]
 
 
+def excerpt_sizes(defs):
+    """{layer: lines of its minimal excerpt} for every public layer."""
+    return {name: sum(len(defs[n].splitlines()) for n in excerpt(name, defs))
+            for name in PUBLIC_LAYERS}
+
+
 def test_each_layer_copies_out_alone_and_stays_short(capsys):
     defs, imports = _definitions()
-    sizes = {}
+    sizes = excerpt_sizes(defs)
     for name in PUBLIC_LAYERS:
         names = excerpt(name, defs)
         code = "\n".join(imports) + "\n\n" + "\n\n".join(defs[n] for n in names)
-        sizes[name] = sum(len(defs[n].splitlines()) for n in names)
         namespace = {}
         exec(compile(code, f"<excerpt {name}>", "exec"), namespace)         # runs alone, with numpy only
         args, shape = EXCERPT_ARGS.get(name, ((), (4, 5)))
@@ -4051,6 +4066,39 @@ def test_each_layer_copies_out_alone_and_stays_short(capsys):
     with capsys.disabled():
         print("\ncopy excerpt lines: " + ", ".join(f"{k} {v}" for k, v in sizes.items()) + f"; median {median:g}")
     assert median <= 60 and sizes["Conv2d"] <= 120 and sizes["MaxPool2d"] <= 100, sizes
+
+
+def _readme():
+    """README.md with its lines joined: a sentence may wrap anywhere."""
+    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+        return " ".join(f.read().split())
+
+
+def test_readme_states_the_sizes_the_code_has():
+    """Every figure the README (and tinynet's docstring) gives about the code is checked here."""
+    defs, _ = _definitions()
+    sizes, core = excerpt_sizes(defs), len(defs["Layer"].splitlines())
+    median = float(np.median(list(sizes.values())))
+    readme = _readme()
+    low, high = min(sizes.values()), max(sizes.values())
+    assert f"alone ({low} to {high} lines with what it needs)" in readme
+    assert f"`Layer` (the core: call, parameters, zero_grad, train/eval, {core} lines)" in readme
+    assert (f"`ReLU` is {sizes['ReLU']} lines in all, `Linear` {sizes['Linear']}, `Conv2d` "
+            f"{sizes['Conv2d']}, `MaxPool2d` {sizes['MaxPool2d']} (median over the layers "
+            f"{median:g})") in readme
+    assert f"`Layer` (the core: {core} lines)" in " ".join(tn.__doc__.split())
+    assert not re.search(r"\bX{2,}\b|\.X{2,}", readme), "a placeholder is left in README.md"
+
+
+def test_readme_test_count_is_the_suites(request):
+    """"about N tests" within 10% of what this file holds (checked when all of it is collected)."""
+    module = request.module
+    items = [item for item in request.session.items if getattr(item, "module", None) is module]
+    defined = {name for name in vars(module) if name.startswith("test_")}
+    if defined - {getattr(item, "originalname", item.name) for item in items}:
+        pytest.skip("only part of test_tinynet.py was collected")
+    stated = int(re.search(r"The suite \(about (\d+) tests", _readme())[1])
+    assert abs(stated - len(items)) <= 0.1 * len(items), (stated, len(items))
 
 
 # ════════════════════════════════════════════════════════════════════════════

@@ -9,9 +9,9 @@ converts everything in place.
 Sections, in order: parameters and base layer · layers · losses · optimizers ·
 schedulers · Sequential, History and callbacks · saving, loading and PyTorch
 interop · gradient check · data · plots · training-script helpers.
-A layer copies out alone with `Layer` (the core: 28 lines), `Parameter`, `_rng`
-and the few helpers it names; saving, loading, astype and repr are added to
-Layer in their own section. Only numpy (and the standard library) is imported at
+A layer copies out alone with `Layer` (the core: 26 lines), `Parameter`, `_rng`
+and the few helpers it names; saving, loading, astype and repr are LayerState's,
+composed into Layer in their own section. Only numpy (and the standard library) is imported at
 module level; tqdm, matplotlib, scipy, scikit-learn, threadpoolctl and torch are
 imported inside the functions that need them.
 """
@@ -65,7 +65,7 @@ def _is_parameter(v):                 # the one definition: anything with .data 
 
 
 class Layer:
-    """Base class: forward(x) -> y; backward(grad_y) -> grad_x, adding into its parameters' .grad."""
+    """Base class: forward(x) -> y; backward(grad_y) -> grad_x, adding into parameters' .grad."""
     training = True
     needs_input_grad = True   # False lets backward skip grad_x (the first layer of a model)
 
@@ -451,11 +451,12 @@ class _BatchNorm(Layer):
     backward (training), xhat = (x - mean) / sqrt(var + eps), n values per channel:
     dx = weight / sqrt(var + eps) * (dy - mean(dy) - xhat * mean(dy * xhat)).
     """
-    buffers = ("running_mean", "running_var")   # subclasses set ndim and axes (einsum letters, channel "c")
+    buffers = ("running_mean", "running_var")   # subclasses set ndim and axes (einsum letters, "c")
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
-        self.weight, self.bias = Parameter(np.ones(num_features, np.float32)), Parameter(np.zeros(num_features, np.float32))
+        self.weight = Parameter(np.ones(num_features, np.float32))
+        self.bias = Parameter(np.zeros(num_features, np.float32))
         self.running_mean = np.zeros(num_features, np.float32)
         self.running_var = np.ones(num_features, np.float32)
 
@@ -467,8 +468,8 @@ class _BatchNorm(Layer):
         if self.training:
             n = x.size // self.num_features
             if n < 2:
-                raise ValueError(f"{type(self).__name__}: training needs more than 1 value per channel, "
-                                 f"got input shape {x.shape}")
+                raise ValueError(f"{type(self).__name__}: training needs more than 1 value per "
+                                 f"channel, got input shape {x.shape}")
             mean = self._sum(x) / n
             xc = x - _per_channel(mean.astype(x.dtype), x)
             var = self._sum(xc, xc) / n
@@ -486,7 +487,8 @@ class _BatchNorm(Layer):
     def backward(self, grad):
         xc, inv_std = self._saved()
         sum_g, sum_gxhat = self._sum(grad), self._sum(grad, xc) * inv_std
-        self.weight.grad += sum_gxhat; self.bias.grad += sum_g
+        self.weight.grad += sum_gxhat
+        self.bias.grad += sum_g
         scale = self.weight.data * inv_std
         if not self.training:
             return grad * _per_channel(scale, grad)
@@ -1014,9 +1016,9 @@ class LRScheduler:
         except AttributeError as e:
             if e.obj is not self:
                 raise
-            raise AttributeError(f"{type(self).__name__}: get_lr reads self.{e.name}, which is not set "
-                                 "yet: set your attributes BEFORE super().__init__(optimizer), which "
-                                 "already calls get_lr") from e
+            raise AttributeError(f"{type(self).__name__}: get_lr reads self.{e.name}, which is "
+                                 "not set yet: set your attributes BEFORE "
+                                 "super().__init__(optimizer), which already calls get_lr") from e
 
     def _attach(self, optimizer):
         if not hasattr(optimizer, "param_groups"):
@@ -1699,8 +1701,9 @@ class Sequential(Layer):
             raise TypeError(f"Sequential.compile: loss must be a Loss instance such as "
                             f"CrossEntropyLoss(), got {loss!r}")
         if getattr(loss, "reduction", "mean") == "none":
-            raise ValueError(f"Sequential.compile: {loss!r} gives one loss per sample; fit needs one "
-                             "number per batch: use reduction='mean' (the default) or 'sum'")
+            raise ValueError(f"Sequential.compile: {loss!r} gives one loss per sample; fit "
+                             "needs one number per batch: use reduction='mean' (the default) "
+                             "or 'sum'")
         unknown = set(metrics) - {"accuracy"}
         if unknown:
             raise ValueError(f"Sequential.compile: unknown metrics {sorted(unknown)}; known: ['accuracy']")
