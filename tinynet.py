@@ -508,12 +508,14 @@ class BatchNorm1d(_BatchNorm):
 class BatchNorm2d(_BatchNorm):
     """Batch normalisation of x (N, C, H, W) per channel over N, H and W; see _BatchNorm."""
     ndim, axes = 4, "nchw"
+
+
 # ════════════════════════════════════════════════════════════════════════════
 # Losses: forward(pred, target) -> float (reduced as `reduction` says); backward() -> grad wrt pred
 # ════════════════════════════════════════════════════════════════════════════
 
 class Loss:
-    """Base class: `loss(pred, target)` is `loss.forward(pred, target)`; `backward()` returns dloss/dpred.
+    """Base class: `loss(pred, target)` is `loss.forward(pred, target)`; backward() -> dloss/dpred.
 
     Each loss is made of terms, one per sample (CrossEntropyLoss, NLLLoss) or per element
     (MSELoss, BCEWithLogitsLoss). reduction, as torch: "mean" (the default) averages them,
@@ -536,7 +538,8 @@ class Loss:
         return self.forward(pred, target)
 
     def __repr__(self):
-        args = "" if self.reduction == "mean" else f"reduction={self.reduction!r}"
+        reduction = getattr(self, "reduction", "mean")      # a subclass may skip our __init__
+        args = "" if reduction == "mean" else f"reduction={reduction!r}"
         return f"{type(self).__name__}({args})"
 
     def _saved(self):                  # what forward cached; a clear error if it has not run
@@ -565,7 +568,8 @@ class Loss:
         return d * grad.reshape(want + (1,) * (d.ndim - len(want)))
 
     def _check_labels(self, pred, target):
-        """pred (N, C) and integer labels (N,) in [0, C), else a ValueError/TypeError naming the loss."""
+        """pred (N, C) and integer labels (N,) in [0, C), else a ValueError/TypeError naming
+        the loss."""
         name, pred, target = type(self).__name__, np.asarray(pred), np.asarray(target)
         if pred.ndim != 2:
             raise ValueError(f"{name}: expected pred of shape (N, C), got {pred.shape}")
@@ -605,17 +609,18 @@ class NLLLoss(Loss):
     d term_n / d logp_n = -onehot(t_n); "mean" divides by N. Input that is not log-probabilities
     (a value > 0, or rows whose exp does not sum to 1 within 1e-3) raises a ValueError: add
     LogSoftmax before it."""
-    hint = "inputs that are not log-probabilities (add LogSoftmax, or use CrossEntropyLoss on logits), " \
-           "or a learning rate too large"
+    hint = ("inputs that are not log-probabilities (add LogSoftmax, or use CrossEntropyLoss on "
+            "logits), or a learning rate too large")
 
     def forward(self, pred, target):
         pred, target = self._check_labels(pred, target)
         total = np.exp(pred).sum(axis=1)
         if np.any(pred > 0) or np.any(np.abs(total - 1) > 1e-3):
             bad = int(np.argmax((pred > 0).any(axis=1) | (np.abs(total - 1) > 1e-3)))
-            raise ValueError(f"NLLLoss: expected log-probabilities (every value <= 0, each row's exp summing "
-                             f"to 1), got row {bad} with max {pred[bad].max():.4g} and exp-sum {total[bad]:.4g}; "
-                             "add LogSoftmax() as the model's last layer, or use CrossEntropyLoss on logits")
+            raise ValueError(f"NLLLoss: expected log-probabilities (every value <= 0, each row's "
+                             f"exp summing to 1), got row {bad} with max {pred[bad].max():.4g} "
+                             f"and exp-sum {total[bad]:.4g}; add LogSoftmax() as the model's "
+                             "last layer, or use CrossEntropyLoss on logits")
         self._cache = pred, target
         return self._reduce(-pred[np.arange(len(target)), target])
 
@@ -654,12 +659,13 @@ class BCEWithLogitsLoss(Loss):
 
     def forward(self, pred, target):
         pred, target = np.asarray(pred), np.asarray(target)
-        if pred.shape != target.shape or pred.ndim not in (1, 2) or (pred.ndim == 2 and pred.shape[1] != 1):
-            raise ValueError(f"BCEWithLogitsLoss: expected logits (N,) or (N, 1) and targets of the same shape, "
-                             f"got {pred.shape} and {target.shape}")
+        if pred.shape != target.shape or pred.ndim == 0 or pred.shape[1:] not in ((), (1,)):
+            raise ValueError(f"BCEWithLogitsLoss: expected logits (N,) or (N, 1) and targets of "
+                             f"the same shape, got {pred.shape} and {target.shape}")
         t = target.astype(pred.dtype, copy=False)
         if t.size and (t.min() < 0 or t.max() > 1):
-            raise ValueError(f"BCEWithLogitsLoss: targets must be in [0, 1], got {t.min()}..{t.max()}")
+            raise ValueError(f"BCEWithLogitsLoss: targets must be in [0, 1], "
+                             f"got {t.min()}..{t.max()}")
         e = np.exp(-np.abs(pred))
         self._cache = np.where(pred >= 0, 1, e) / (1 + e) - t            # sigmoid(x) - t
         return self._reduce(np.maximum(pred, 0) - pred * t + np.log1p(e))
