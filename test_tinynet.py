@@ -3826,6 +3826,15 @@ def test_loss_takes_python_lists(name):
     np.testing.assert_array_equal(loss.backward(), ref.backward())
 
 
+def test_nll_loss_takes_a_certain_row_and_names_the_first_bad_one():
+    """log(1) = 0 is a log-probability: a row [0, -inf, ...] is valid (its loss is 0), and the
+    error names the first row that is not one."""
+    certain = np.array([[0.0, -np.inf, -np.inf], [np.log(0.5), np.log(0.5), -np.inf]])
+    assert tn.NLLLoss()(certain, np.array([0, 1])) == pytest.approx(np.log(2) / 2)
+    with pytest.raises(ValueError, match="got row 2 with max 0.5"):
+        tn.NLLLoss()(np.vstack([certain, [[0.5, -1.0, -2.0]]]), np.array([0, 1, 0]))
+
+
 def test_mse_loss_takes_integer_lists():
     loss = tn.MSELoss()
     assert loss([1, 2, 3], [1, 1, 1]) == pytest.approx(5 / 3)

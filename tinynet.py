@@ -11,9 +11,9 @@ schedulers · Sequential, History and callbacks · saving, loading and PyTorch
 interop · gradient check · data · plots · training-script helpers.
 A layer copies out alone with `Layer` (the core: 26 lines), `Parameter`, `_rng`
 and the few helpers it names; saving, loading, astype and repr are LayerState's,
-composed into Layer in their own section. Only numpy (and the standard library) is imported at
-module level; tqdm, matplotlib, scipy, scikit-learn, threadpoolctl and torch are
-imported inside the functions that need them.
+composed into Layer in their own section. Only numpy (and the standard library)
+is imported at module level; tqdm, matplotlib, scipy, scikit-learn, threadpoolctl
+and torch are imported inside the functions that need them.
 """
 from bisect import bisect_right
 import contextlib
