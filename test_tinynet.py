@@ -1323,6 +1323,7 @@ def _plateau_metrics():
     rng = np.random.default_rng(2)
     return np.concatenate([np.linspace(1.0, 0.5, 20), np.full(15, 0.5), 0.5 - 1e-6 * np.arange(12),
                            0.49 - 3e-4 * np.arange(12),   # steps above rel 1e-4, below abs 1e-3
+                           0.47 - 7e-5 * np.arange(12),   # steps of rel 1.5e-4: the default threshold
                            np.linspace(0.48, 0.3, 10), 0.3 + 0.05 * rng.random(30), np.full(13, 0.2)])
 
 
@@ -3876,6 +3877,26 @@ def test_gradcheck_judges_each_array_on_its_own_scale(seed):
     assert 0.45 < tn.gradcheck(_HalfWeightLinear(4, 3).astype(np.float64), x) < 0.55
     tn.manual_seed(seed)
     assert tn.gradcheck(tn.Linear(4, 3).astype(np.float64), x) < 1e-7
+
+
+def test_gradcheck_computes_what_its_docstring_says():
+    """error = max(max|g - d| - noise, 0) / max(max|g|, max|d|) per array, noise = 8 macheps
+    sum|y r| / eps, r the golden-ratio sequence: recomputed here on a case where noise matters."""
+    tn.manual_seed(0)
+    layer = _HalfWeightLinear(4, 3).astype(np.float64)
+    x = np.random.default_rng(0).standard_normal((5, 4)) * 1e-7
+    reported = tn.gradcheck(layer, x)
+    y = layer.forward(x)
+    r = ((np.arange(y.size) * (math.sqrt(5) - 1) / 2 + 0.5) % 1.0 * 2 - 1).reshape(y.shape)
+    noise = 8 * np.finfo(np.float64).eps * np.abs(y * r).sum() / 1e-6
+    layer.zero_grad()
+    grads = [(layer.backward(r), x)] + [(p.grad.copy(), p.data) for p in layer.parameters()]
+    errors = []
+    for g, at in grads:
+        d = tn.numerical_gradient(lambda _: float(np.sum(layer.forward(x) * r)), at)
+        errors.append(max(np.abs(g - d).max() - noise, 0) / max(np.abs(g).max(), np.abs(d).max()))
+    assert noise > 0.01 * np.abs(grads[1][0]).max()          # the floor matters in this case
+    assert reported == pytest.approx(max(errors), rel=1e-9)
 
 
 def test_gradcheck_checks_the_parameters_of_a_compiled_model():
