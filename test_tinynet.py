@@ -2161,8 +2161,8 @@ def test_stop_training_set_by_a_callback_ends_fit():
 # ── schedulers in fit ───────────────────────────────────────────────────────
 
 def test_fit_steps_scheduler_per_epoch_or_per_batch():
-    class Counting:                      # any object with step() and step_every
-        steps, step_every = 0, "epoch"
+    class Counting:                      # any object with step(), step_every and needs_metric
+        steps, step_every, needs_metric = 0, "epoch", False
 
         def step(self):
             self.steps += 1
