@@ -1485,7 +1485,8 @@ class EarlyStopping(Callback):
             print(f"Epoch {self.stopped_epoch + 1}: early stopping")
         if self.restore_best_weights and self.best_weights is not None:
             if self.verbose > 0:
-                print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
+                print("Restoring model weights from the end of the best epoch: "
+                      f"{self.best_epoch + 1}.")
             self.model.set_weights(self.best_weights)
 
 
@@ -1509,7 +1510,8 @@ class ModelCheckpoint(Callback):
         if self.save_best_only:
             value = _monitored(self, logs)
             best = "None" if self.best is None else f"{self.best:.5f}"
-            if self.best is not None and not (value > self.best if self.larger else value < self.best):
+            better = self.best is None or (value > self.best if self.larger else value < self.best)
+            if not better:
                 if self.verbose > 0:
                     print(f"Epoch {epoch + 1}: {self.monitor} did not improve from {best}")
                 return
@@ -1524,6 +1526,8 @@ class ModelCheckpoint(Callback):
                 np.savez(f, **self.model.state_dict())
         else:
             self.model.save(path)
+        if self.verbose > 0:
+            print(f"Epoch {epoch + 1}: finished saving model to {path}")
 
 
 class BlasThreads(Callback):
@@ -1754,12 +1758,12 @@ class Sequential(Layer):
         if scheduler is not None:
             missing = [a for a in ("step_every", "needs_metric") if not hasattr(scheduler, a)]
             if missing:
-                raise TypeError(f"Sequential.compile: the scheduler {type(scheduler).__name__} has no "
-                                f"{' and no '.join(missing)}; subclass tn.LRScheduler, or set "
+                raise TypeError(f"Sequential.compile: the scheduler {type(scheduler).__name__} has "
+                                f"no {' and no '.join(missing)}; subclass tn.LRScheduler, or set "
                                 f"step_every = 'epoch' or 'batch' and needs_metric = False")
             if scheduler.step_every not in ("epoch", "batch"):
-                raise ValueError(f"Sequential.compile: the scheduler's step_every must be 'epoch' or "
-                                 f"'batch', got {scheduler.step_every!r}")
+                raise ValueError(f"Sequential.compile: the scheduler's step_every must be 'epoch' "
+                                 f"or 'batch', got {scheduler.step_every!r}")
         self.optimizer, self.loss, self.metrics = optimizer, loss, tuple(metrics)
         self.scheduler = scheduler
         return self
@@ -1848,8 +1852,9 @@ class Sequential(Layer):
         callbacks = list(callbacks or [])
         for c in callbacks:
             if isinstance(c, LRScheduler):
-                raise TypeError(f"Sequential.fit: {type(c).__name__} is a scheduler, not a callback: "
-                                f"pass it to compile(optimizer, loss, scheduler=...), which steps it")
+                raise TypeError(f"Sequential.fit: {type(c).__name__} is a scheduler, not a "
+                                f"callback: pass it to compile(optimizer, loss, scheduler=...), "
+                                f"which steps it")
             if not isinstance(c, Callback):
                 raise TypeError(f"Sequential.fit: callbacks must be tn.Callback instances, "
                                 f"got {type(c).__name__}")
