@@ -2403,6 +2403,12 @@ def test_early_stopping_restores_the_best_weights_at_the_end_even_without_stoppi
         out = capsys.readouterr().out
         assert out == ("Epoch 4: early stopping\n" if epochs == 9 else "") + \
             "Restoring model weights from the end of the best epoch: 2.\n"
+    snapshots.clear()
+    quiet = tn.EarlyStopping(patience=1)                  # defaults: no restore, silent
+    model.fit(X, y, epochs=9, validation_data=(X, y), verbose=0,
+              callbacks=[Snap(), _scripted([1.0, 0.5, 0.7, 0.8]), quiet])
+    assert quiet.stopped_epoch == 2 and capsys.readouterr().out == ""
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), snapshots[2]))
 
 
 def test_model_checkpoint_verbose_lines_and_weights_only(tmp_path, capsys):
@@ -2426,6 +2432,9 @@ def test_model_checkpoint_verbose_lines_and_weights_only(tmp_path, capsys):
         assert sorted(saved) == sorted(model.state_dict())           # the weights, no architecture
         fresh = _small_model(seed=5).load_state_dict(saved)
     np.testing.assert_array_equal(fresh.predict(X), model.predict(X))
+    model.fit(X, y, epochs=1, validation_data=(X, y), verbose=0,
+              callbacks=[tn.ModelCheckpoint(tmp_path / "q.npz")])
+    assert capsys.readouterr().out == "" and (tmp_path / "q.npz").exists()   # silent by default
 
 
 def test_evaluate_and_predict_take_kerass_arguments():
