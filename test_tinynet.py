@@ -2133,6 +2133,9 @@ def test_blas_threads_tries_each_count_then_keeps_the_faster(slow):
         short = tn.BlasThreads(turns=3, seconds=0, clock=FakeClock())
         assert _fit_watching_blas_threads(short, lambda n, i: 0, n=24) == [1, 1, 2]
         assert short.chosen == 1 and short.count is None and _blas_threads() == 1   # only 1 thread was timed
+        nothing = tn.BlasThreads(clock=FakeClock())        # one batch, untimed: the largest count
+        assert _fit_watching_blas_threads(nothing, lambda n, i: 0, n=8) == [1]
+        assert nothing.chosen == 2 and nothing.count is None and _blas_threads() == 2
 
 
 def test_blas_threads_chooses_by_the_mean_so_that_stalls_count():
