@@ -2205,6 +2205,9 @@ def test_fit_takes_keras_arguments_in_keras_order():
     model.fit(X, y, epochs=1, batch_size=8, validation_data=(X[:4], y[:4]), shuffle=False,
               verbose=0, callbacks=[])                    # today's keywords still work
     assert [len(ids) for _, ids in spy.calls] == [8] * 5 + [4]
+    with pytest.raises(ValueError, match=r"Sequential\.fit: batch_size must be >= 1 \(or None: "
+                                         r"32\), got 0"):
+        model.fit(X, y, 0, verbose=0)
 
 
 def test_fit_initial_epoch_numbers_epochs_and_continues_the_schedule():

@@ -1805,6 +1805,9 @@ class Sequential(Layer):
         if self.optimizer is None:
             raise RuntimeError("Sequential.fit: call compile(optimizer, loss) first")
         batch_size = 32 if batch_size is None else batch_size
+        if batch_size < 1:
+            raise ValueError(f"Sequential.fit: batch_size must be >= 1 (or None: 32), "
+                             f"got {batch_size}")
         x, y, validation_data = self._fit_data(x, y, validation_data, validation_split)
         steps = math.ceil(len(x) / batch_size)
         callbacks = self._callbacks(callbacks, verbose, epochs, steps)
