@@ -2205,6 +2205,10 @@ def test_fit_takes_keras_arguments_in_keras_order():
     model.fit(X, y, epochs=1, batch_size=8, validation_data=(X[:4], y[:4]), shuffle=False,
               verbose=0, callbacks=[])                    # today's keywords still work
     assert [len(ids) for _, ids in spy.calls] == [8] * 5 + [4]
+    spy.calls.clear()
+    model.eval()                                          # fit trains in training mode anyway
+    model.fit(X, y, 20, verbose=0)
+    assert [training for training, _ in spy.calls] == [True, True]
     with pytest.raises(ValueError, match=r"Sequential\.fit: batch_size must be >= 1 \(or None: "
                                          r"32\), got 0"):
         model.fit(X, y, 0, verbose=0)
