@@ -2306,7 +2306,12 @@ def test_history_records_what_callbacks_add_and_train_end_gets_the_last_logs():
     model = _compiled()
     ends = []
 
+    batches = []
+
     class Add(tn.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            batches.append(logs)
+
         def on_epoch_end(self, epoch, logs=None):
             logs["extra"] = epoch * 10
 
@@ -2317,6 +2322,10 @@ def test_history_records_what_callbacks_add_and_train_end_gets_the_last_logs():
     assert hist.history["extra"] == [0, 10] and model.history is hist
     last = {k: v[-1] for k, v in hist.history.items() if k != "extra"}
     assert ends == [last]                              # as Keras: fit's logs, not the callbacks'
+    first = batches[:1]                              # one batch of 20 (batch_size None: 32)
+    assert [set(b) for b in first] == [{"loss", "size", "accuracy"}] and first[0]["size"] == 20
+    assert first[0]["accuracy"] == hist.history["accuracy"][0] and hist.batch_loss[0] == \
+        first[0]["loss"] == hist.history["loss"][0]         # each batch's own values
     with pytest.raises(TypeError, match=r"Sequential\.fit: ReduceLROnPlateau is a scheduler, not "
                                         r"a callback: pass it to compile\(optimizer, loss, "
                                         r"scheduler=\.\.\.\), which steps it"):
