@@ -2096,9 +2096,18 @@ def _blas_threads():
     return min(d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas")
 
 
+class FakeClock:
+    """A clock for BlasThreads: its time moves only when a test advances it (no real timing)."""
+    now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
 def _fit_watching_blas_threads(callback, delay, n=160, batch_size=8):
-    """fit a small model with `callback`; before each batch, record the BLAS thread count and
-    sleep delay(count, batch number at that count) seconds. -> the counts seen."""
+    """fit a small model with `callback` (made with clock=FakeClock()); before each batch,
+    record the BLAS thread count and advance the clock by delay(count, batch number at that
+    count) seconds, as if the batch took that long. -> the counts seen."""
     X, y = _tiny_data(n)
     model = _small_model()
     model.compile(tn.SGD(model.parameters(), lr=0.1), tn.CrossEntropyLoss())
@@ -2107,7 +2116,7 @@ def _fit_watching_blas_threads(callback, delay, n=160, batch_size=8):
     class Spy(tn.Callback):
         def on_batch_begin(self, batch, logs=None):
             seen.append(_blas_threads())
-            time.sleep(delay(seen[-1], seen.count(seen[-1])))
+            callback.clock.now += delay(seen[-1], seen.count(seen[-1]))
 
     model.fit(X, y, epochs=1, batch_size=batch_size, verbose=0, callbacks=[callback, Spy()])
     return seen
@@ -2117,37 +2126,50 @@ def _fit_watching_blas_threads(callback, delay, n=160, batch_size=8):
 def test_blas_threads_tries_each_count_then_keeps_the_faster(slow):
     """BlasThreads alternates 1 and 2 threads, a turn being one untimed batch and then batches
     until `seconds` are timed, and keeps the count with the smaller mean; here the `slow`
-    count is made slower by a sleep."""
+    count takes 0.01 s a batch and the other 0.001 s (on a fake clock)."""
     from threadpoolctl import threadpool_limits
+
+    def delay(n, i):
+        return 0.01 if n == slow else 0.001
+
     with threadpool_limits(2, user_api="blas"):                   # restored after the test
-        choose = tn.BlasThreads(turns=2, seconds=0, clear=np.inf)   # a turn: 1 untimed + 1 timed batch
-        seen = _fit_watching_blas_threads(choose, lambda n, i: 0.01 * (n == slow))
+        # a turn: 1 untimed + 1 timed batch
+        choose = tn.BlasThreads(turns=2, seconds=0, clear=np.inf, clock=FakeClock())
+        seen = _fit_watching_blas_threads(choose, delay)
         assert seen[:8] == [1, 1, 2, 2, 2, 2, 1, 1]
-        assert choose.chosen == 3 - slow and set(seen[8:]) == {3 - slow} and _blas_threads() == 3 - slow
-        early = tn.BlasThreads(turns=2, seconds=0)                  # the slow count is clearly slower at once
-        seen = _fit_watching_blas_threads(early, lambda n, i: 0.01 * (n == slow))
+        assert choose.chosen == 3 - slow and set(seen[8:]) == {3 - slow}
+        assert _blas_threads() == 3 - slow
+        # the slow count is clearly slower at once
+        early = tn.BlasThreads(turns=2, seconds=0, clock=FakeClock())
+        seen = _fit_watching_blas_threads(early, delay)
         assert seen[:4] == [1, 1, 2, 2] and set(seen[4:]) == {3 - slow} and early.chosen == 3 - slow
-        short = tn.BlasThreads(turns=3, seconds=0)                  # more turns than the 3 batches of this fit
+        # more turns than the 3 batches of this fit
+        short = tn.BlasThreads(turns=3, seconds=0, clock=FakeClock())
         assert _fit_watching_blas_threads(short, lambda n, i: 0, n=24) == [1, 1, 2]
         assert short.chosen == 1 and short.count is None and _blas_threads() == 1   # only 1 thread was timed
+        nothing = tn.BlasThreads(clock=FakeClock())        # one batch, untimed: the largest count
+        assert _fit_watching_blas_threads(nothing, lambda n, i: 0, n=8) == [1]
+        assert nothing.chosen == 2 and nothing.count is None and _blas_threads() == 2
 
 
 def test_blas_threads_chooses_by_the_mean_so_that_stalls_count():
     """With a core busy, 2 threads make most batches fast but some stall for many ms: the count
     with the smaller mean trains faster, even when its median batch is slower."""
     from threadpoolctl import threadpool_limits
-    steady, stall = 0.003, 0.02                 # 1 thread: always 3 ms; 2 threads: 0 ms, every 4th 20 ms
+    steady, stall = 0.25, 2.0        # 1 thread: always 0.25 s; 2 threads: 0 s, every 4th batch 2 s
 
     def delay(count, i):
         return steady if count == 1 else stall * (i % 4 == 0)
 
     with threadpool_limits(2, user_api="blas"):
-        choose = tn.BlasThreads(turns=3, seconds=0.03)
+        choose = tn.BlasThreads(turns=3, seconds=2.0, clock=FakeClock())
         seen = _fit_watching_blas_threads(choose, delay, n=400, batch_size=2)
         assert choose.chosen == 1 and _blas_threads() == 1
-        timed_2 = choose.timed[2]
-        assert choose.total[2] / timed_2 > steady > 0.001 and timed_2 >= 6    # 2's median batch is the faster
-        assert seen[:3] == [1, 1, 1] and 2 in seen and set(seen[-10:]) == {1}     # turns, then 1 thread
+        # 1 thread: 1 untimed + 8 timed batches (2 s); 2 threads: 1 untimed, then 0, 0, 2 s; its
+        # mean, 2/3 s, is then clearly (> 1.5 x) slower: 1 thread for the rest of the epoch
+        assert seen[:13] == [1] * 9 + [2] * 4 and set(seen[13:]) == {1}
+        assert choose.timed == {1: 8, 2: 3} and choose.total == {1: 2.0, 2: 2.0}
+        assert np.median([0, 0, stall]) < steady < stall / 3     # 2's median batch is the faster
 
 
 def test_threads_flag_sets_blas_threads_or_asks_for_the_callback():
@@ -2172,11 +2194,373 @@ def test_stop_training_set_by_a_callback_ends_fit():
     assert len(model.fit(X, y, epochs=3, verbose=0).epoch) == 3          # reset by the next fit
 
 
+# ── Keras 3's model surface: fit's arguments, callbacks, History, weights ───
+# The expected behaviours below were checked against Keras 3.15 (torch backend) on the same
+# scripted runs while writing them (EarlyStopping's stop/best/wait, the event order, stops
+# after a batch, initial_epoch, the verbose lines, get_weights' order); the tests do not import
+# keras, so that the suite stays fast.
+
+KERAS_FIT_ARGS = ["x", "y", "batch_size", "epochs", "verbose", "callbacks", "validation_split",
+                  "validation_data", "shuffle", "initial_epoch"]     # keras.Model.fit's first ten
+
+
+def test_fit_takes_keras_arguments_in_keras_order():
+    code = tn.Sequential.fit.__code__
+    assert list(code.co_varnames[1:code.co_argcount]) == KERAS_FIT_ARGS
+    model, spy = _spied()
+    X, y = _id_data(40)
+    hist = model.fit(X, y, 16, 2, 0)                      # Keras: batch 16, 2 epochs, silent
+    assert [len(ids) for _, ids in spy.calls] == [16, 16, 8] * 2 and hist.epoch == [0, 1]
+    assert hist.params == {"verbose": 0, "epochs": 2, "steps": 3}
+    spy.calls.clear()
+    hist = model.fit(X, y, batch_size=None, verbose=0)    # None: 32, as Keras
+    assert [len(ids) for _, ids in spy.calls] == [32, 8] and hist.params["steps"] == 2
+    spy.calls.clear()
+    model.fit(X, y, epochs=1, batch_size=8, validation_data=(X[:4], y[:4]), shuffle=False,
+              verbose=0, callbacks=[])                    # today's keywords still work
+    assert [len(ids) for _, ids in spy.calls] == [8] * 5 + [4]
+    spy.calls.clear()
+    model.eval()                                          # fit trains in training mode anyway
+    model.fit(X, y, 20, verbose=0)
+    assert [training for training, _ in spy.calls] == [True, True]
+    with pytest.raises(ValueError, match=r"Sequential\.fit: batch_size must be >= 1 \(or None: "
+                                         r"32\), got 0"):
+        model.fit(X, y, 0, verbose=0)
+
+
+def test_fit_initial_epoch_numbers_epochs_and_continues_the_schedule():
+    X, y = _tiny_data(32)
+    seen = []
+
+    class Epochs(tn.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append(epoch)
+
+    model = _small_model()
+    opt = tn.SGD(model.parameters(), lr=0.1)
+    model.compile(opt, tn.CrossEntropyLoss(), scheduler=tn.StepLR(opt, step_size=1, gamma=0.5))
+    hist = model.fit(X, y, epochs=4, initial_epoch=2, verbose=0, callbacks=[Epochs()])
+    assert hist.epoch == seen == [2, 3] and hist.params["epochs"] == 4
+    assert hist.history["lr"] == [0.1 * 0.5 ** 2, 0.1 * 0.5 ** 3]   # a fresh StepLR caught up
+    hist = model.fit(X, y, epochs=6, initial_epoch=4, verbose=0)    # already at 4: left alone
+    assert hist.history["lr"] == [0.1 * 0.5 ** 4, 0.1 * 0.5 ** 5]
+    assert model.fit(X, y, epochs=2, initial_epoch=2, verbose=0).epoch == []   # nothing to do
+    opt = tn.SGD(model.parameters(), lr=0.1)                         # per batch: 2 epochs of 4
+    sched = tn.OneCycleLR(opt, max_lr=0.1, total_steps=4 * 3)
+    model.compile(opt, tn.CrossEntropyLoss(), scheduler=sched)
+    model.fit(X, y, batch_size=8, epochs=3, initial_epoch=2, verbose=0)
+    assert sched.last_epoch == 12
+    opt = tn.SGD(model.parameters(), lr=0.1)
+    model.compile(opt, tn.CrossEntropyLoss(), scheduler=tn.ReduceLROnPlateau(opt))
+    model.fit(X, y, epochs=3, initial_epoch=2, verbose=0)
+    assert model.scheduler.last_epoch == 1                        # needs a metric: not replayed
+
+    class NoCount:
+        step_every, needs_metric = "epoch", False
+
+        def step(self):
+            pass
+
+    model.compile(opt, tn.CrossEntropyLoss(), scheduler=NoCount())
+    with pytest.raises(TypeError, match=r"Sequential\.fit: initial_epoch=2 needs the scheduler's "
+                                        r"step count last_epoch; NoCount has none"):
+        model.fit(X, y, epochs=3, initial_epoch=2, verbose=0)
+
+
+def test_fit_initial_epoch_resumes_a_checkpoint_bit_for_bit(tmp_path):
+    from threadpoolctl import threadpool_limits
+    X, y = _tiny_data(40)
+
+    def build(model):
+        opt = tn.Adam(model.parameters(), lr=0.01)
+        sched = tn.OneCycleLR(opt, max_lr=0.05, total_steps=4 * 4)
+        model.compile(opt, tn.CrossEntropyLoss(), scheduler=sched)
+        return model
+
+    with threadpool_limits(1, user_api="blas"):
+        tn.manual_seed(0)
+        whole = build(tn.Sequential(tn.Linear(4, 8), tn.ReLU(), tn.Dropout(0.2), tn.Linear(8, 3)))
+        h_whole = whole.fit(X, y, batch_size=12, epochs=4, verbose=0)
+        tn.manual_seed(0)
+        part = build(tn.Sequential(tn.Linear(4, 8), tn.ReLU(), tn.Dropout(0.2), tn.Linear(8, 3)))
+        part.fit(X, y, batch_size=12, epochs=2, verbose=0)
+        tn.save_checkpoint(tmp_path / "c.npz", part, part.optimizer, part.scheduler, epoch=2)
+        tn.manual_seed(99)                                         # the checkpoint restores it
+        resumed = build(tn.Sequential.load(tmp_path / "c.npz"))
+        info = tn.load_checkpoint(tmp_path / "c.npz", resumed, resumed.optimizer, resumed.scheduler)
+        h = resumed.fit(X, y, batch_size=12, epochs=4, initial_epoch=info["epoch"], verbose=0)
+    assert h.epoch == [2, 3] and h.history["loss"] == h_whole.history["loss"][2:]
+    for k, v in whole.state_dict().items():
+        np.testing.assert_array_equal(resumed.state_dict()[k], v, err_msg=k)
+
+
+@pytest.mark.parametrize("hook, batches", [("on_train_batch_end", 2), ("on_batch_end", 2),
+                                           ("on_epoch_begin", 1), ("on_train_begin", 1)])
+def test_stop_training_ends_fit_after_the_current_batch(hook, batches):
+    model, spy = _spied()
+    X, y = _id_data(40)
+
+    class Stop(tn.Callback):
+        def stop(self, *args):
+            if hook not in ("on_train_batch_end", "on_batch_end") or args[0] == 1:
+                self.model.stop_training = True
+
+    stop = Stop()
+    setattr(stop, hook, stop.stop)
+    hist = model.fit(X, y, batch_size=8, epochs=3, validation_data=(X[:5], y[:5]), verbose=0,
+                     callbacks=[stop])
+    train = [len(ids) for training, ids in spy.calls if training]
+    assert train == [8] * batches and hist.epoch == [0]         # then validation and epoch end
+    assert len(hist.history["val_loss"]) == 1 and len(hist.batch_loss) == batches
+    assert hist.history["loss"][0] == pytest.approx(np.mean(hist.batch_loss), rel=1e-12)
+
+
+def test_history_records_what_callbacks_add_and_train_end_gets_the_last_logs():
+    X, y = _tiny_data(20)
+    model = _compiled()
+    ends = []
+
+    batches = []
+
+    class Add(tn.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            batches.append(logs)
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs["extra"] = epoch * 10
+
+        def on_train_end(self, logs=None):
+            ends.append(logs)
+
+    hist = model.fit(X, y, epochs=2, validation_data=(X, y), verbose=0, callbacks=[Add()])
+    assert hist.history["extra"] == [0, 10] and model.history is hist
+    last = {k: v[-1] for k, v in hist.history.items() if k != "extra"}
+    assert ends == [last]                              # as Keras: fit's logs, not the callbacks'
+    first = batches[:1]                              # one batch of 20 (batch_size None: 32)
+    assert [set(b) for b in first] == [{"loss", "size", "accuracy"}] and first[0]["size"] == 20
+    assert first[0]["accuracy"] == hist.history["accuracy"][0] and hist.batch_loss[0] == \
+        first[0]["loss"] == hist.history["loss"][0]         # each batch's own values
+    with pytest.raises(TypeError, match=r"Sequential\.fit: ReduceLROnPlateau is a scheduler, not "
+                                        r"a callback: pass it to compile\(optimizer, loss, "
+                                        r"scheduler=\.\.\.\), which steps it"):
+        model.fit(X, y, verbose=0, callbacks=[tn.ReduceLROnPlateau(model.optimizer)])
+    with pytest.raises(TypeError, match=r"callbacks must be tn\.Callback instances, got object"):
+        model.fit(X, y, verbose=0, callbacks=[object()])
+
+
+def test_keras_hook_names_are_called_in_keras_order():
+    X, y = _tiny_data(20)
+    events = []
+
+    class Log(tn.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            events.append(f"train_batch_begin {batch}")
+
+        def on_batch_end(self, batch, logs=None):
+            events.append(f"batch_end {batch}")
+
+        def on_test_begin(self, logs=None):
+            events.append("test_begin")
+
+        def on_test_batch_begin(self, batch, logs=None):
+            events.append(f"test_batch_begin {batch}")
+
+        def on_test_batch_end(self, batch, logs=None):
+            events.append(f"test_batch_end {batch}")
+
+        def on_test_end(self, logs=None):
+            events.append(f"test_end {sorted(logs)}")
+
+        def on_epoch_end(self, epoch, logs=None):
+            events.append(f"epoch_end {epoch}")
+
+    model = _compiled()
+    model.fit(X, y, batch_size=10, validation_data=(X, y), verbose=0, callbacks=[Log()])
+    assert events == ["train_batch_begin 0", "batch_end 0", "train_batch_begin 1", "batch_end 1",
+                      "test_begin", "test_batch_begin 0", "test_batch_end 0",
+                      "test_end ['accuracy', 'loss']", "epoch_end 0"]
+    events.clear()
+    model.evaluate(X, y)                                         # fit's callbacks only
+    assert events == []
+
+
+def _early(values, epochs=None, **kw):
+    """fit with scripted val_loss (or kw["monitor"]) values and EarlyStopping(**kw)."""
+    X, y = _tiny_data(20)
+    model = _compiled()
+    stop = tn.EarlyStopping(**kw)
+    hist = model.fit(X, y, epochs=epochs or len(values), verbose=0,
+                     callbacks=[_scripted(values, kw.get("monitor", "val_loss")), stop])
+    return len(hist.epoch), stop.stopped_epoch, stop.best_epoch, stop.wait
+
+
+# (epochs run, stopped_epoch, best_epoch, wait) as Keras 3.15 gave them on the same values
+@pytest.mark.parametrize("values, kw, expected", [
+    ([0.5, 0.6, 0.6, 0.6, 0.7], dict(monitor="val_acc", mode="max", patience=1), (3, 2, 1, 1)),
+    ([0.5, 0.6, 0.6, 0.7], dict(monitor="val_acc", mode="max", patience=0), (3, 2, 1, 1)),
+    ([0.5, 0.4, 0.4, 0.3], dict(patience=0), (3, 2, 1, 1)),
+    ([0.9, 0.8, 0.85, 0.7], dict(baseline=0.5, patience=2), (3, 2, 1, 3)),
+    ([0.9, 0.8, 0.85, 0.7], dict(patience=2), (4, 0, 3, 0)),
+    ([0.9, 0.8, 0.7, 0.6, 0.5], dict(baseline=0.75, patience=1), (5, 0, 4, 0)),
+    ([0.9, 1.0, 1.1, 1.2, 1.3, 1.4], dict(start_from_epoch=2, patience=1), (4, 3, 2, 1)),
+    ([0.5, 1.0, 1.1, 1.2, 1.3, 1.4], dict(start_from_epoch=2, patience=1,
+                                          restore_best_weights=True), (4, 3, 2, 1)),
+])
+def test_early_stopping_ties_baseline_and_start_from_epoch_as_keras(values, kw, expected):
+    assert _early(values, **kw) == expected
+
+
+def test_early_stopping_restores_the_best_weights_at_the_end_even_without_stopping(capsys):
+    X, y = _tiny_data(20)
+    model = _compiled(lr=0.5)
+    snapshots, during = [], []
+
+    class Snap(tn.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            snapshots.append(self.model.get_weights())
+
+    class After(tn.Callback):                            # runs after EarlyStopping
+        def on_epoch_end(self, epoch, logs=None):
+            during.append(self.model.get_weights())
+
+    for values, epochs, last in [([1.0, 0.5, 0.7, 0.8], 4, 3), ([1.0, 0.5, 0.7, 0.8, 0.9], 9, 3)]:
+        snapshots.clear(), during.clear()
+        stop = tn.EarlyStopping(patience=2 if epochs == 9 else 5, restore_best_weights=True,
+                                verbose=1)
+        model.fit(X, y, epochs=epochs, validation_data=(X, y), verbose=0,
+                  callbacks=[Snap(), _scripted(values), stop, After()])
+        assert len(snapshots) == last + 1 and stop.best_epoch == 1
+        assert all(np.array_equal(a, b) for a, b in zip(during[last], snapshots[last]))
+        assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), snapshots[1]))
+        assert not all(np.array_equal(a, b) for a, b in zip(model.get_weights(), snapshots[last]))
+        out = capsys.readouterr().out
+        assert out == ("Epoch 4: early stopping\n" if epochs == 9 else "") + \
+            "Restoring model weights from the end of the best epoch: 2.\n"
+    snapshots.clear()
+    quiet = tn.EarlyStopping(patience=1)                  # defaults: no restore, silent
+    model.fit(X, y, epochs=9, validation_data=(X, y), verbose=0,
+              callbacks=[Snap(), _scripted([1.0, 0.5, 0.7, 0.8]), quiet])
+    assert quiet.stopped_epoch == 2 and capsys.readouterr().out == ""
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), snapshots[2]))
+
+
+def test_model_checkpoint_verbose_lines_and_weights_only(tmp_path, capsys):
+    X, y = _tiny_data(20)
+    model = _compiled()
+    best = tn.ModelCheckpoint(tmp_path / "b.npz", "val_acc", 1, True)     # Keras's positions
+    every = tn.ModelCheckpoint(tmp_path / "w{epoch}.npz", verbose=1, save_weights_only=True)
+    model.fit(X, y, epochs=3, verbose=0, callbacks=[_scripted([0.5, 0.7, 0.6], "val_acc"), best])
+    b = tmp_path / "b.npz"
+    assert capsys.readouterr().out.splitlines() == [
+        f"Epoch 1: val_acc improved from None to 0.50000, saving model to {b}",
+        f"Epoch 1: finished saving model to {b}",
+        f"Epoch 2: val_acc improved from 0.50000 to 0.70000, saving model to {b}",
+        f"Epoch 2: finished saving model to {b}",
+        "Epoch 3: val_acc did not improve from 0.70000"]
+    model.fit(X, y, epochs=1, validation_data=(X, y), verbose=0, callbacks=[every])
+    w = tmp_path / "w1.npz"
+    assert capsys.readouterr().out.splitlines() == [f"Epoch 1: saving model to {w}",
+                                                    f"Epoch 1: finished saving model to {w}"]
+    with np.load(w) as saved:
+        assert sorted(saved) == sorted(model.state_dict())           # the weights, no architecture
+        fresh = _small_model(seed=5).load_state_dict(saved)
+    np.testing.assert_array_equal(fresh.predict(X), model.predict(X))
+    model.fit(X, y, epochs=1, validation_data=(X, y), verbose=0,
+              callbacks=[tn.ModelCheckpoint(tmp_path / "q.npz")])
+    assert capsys.readouterr().out == "" and (tmp_path / "q.npz").exists()   # silent by default
+
+
+def test_evaluate_and_predict_take_kerass_arguments():
+    X, y = _tiny_data(20)
+    model = _compiled()
+    res = model.evaluate(X, y, verbose=0)
+    assert model.evaluate(X, y, verbose=0, return_dict=True) == res      # tinynet's default: a dict
+    assert model.evaluate(X, y, return_dict=False) == [res["loss"], res["accuracy"]]
+    model.compile(model.optimizer, model.loss, metrics=())
+    assert model.evaluate(X, y, return_dict=False) == res["loss"]         # Keras: the loss alone
+    np.testing.assert_array_equal(model.predict(X, verbose=0), model.predict(X))
+
+
+def test_metrics_acc_is_kerass_alias_for_accuracy():
+    X, y = _tiny_data(20)
+    model = _compiled()
+    ref = model.fit(X, y, epochs=2, validation_data=(X, y), verbose=0).history
+    model = _small_model()
+    model.compile(tn.SGD(model.parameters(), lr=0.1), tn.CrossEntropyLoss(), metrics=["acc"])
+    hist = model.fit(X, y, epochs=2, validation_data=(X, y), verbose=0).history
+    assert set(hist) == {"loss", "acc", "val_loss", "val_acc", "lr"}      # Keras's keys for "acc"
+    assert hist["acc"] == ref["accuracy"] and hist["val_acc"] == ref["val_accuracy"]
+    assert set(model.evaluate(X, y)) == {"loss", "acc"}
+
+
+def test_get_set_weights_weights_and_count_params_as_keras():
+    tn.manual_seed(0)
+    model = tn.Sequential(tn.Linear(4, 8), tn.BatchNorm1d(8), tn.ReLU(), tn.Linear(8, 3))
+    # Keras's get_weights for Dense(8), BatchNormalization, Dense(3) on 4 inputs: the same
+    # shapes in the same order (torch's layout: Linear.weight is (out, in))
+    assert [w.shape for w in model.get_weights()] == [(8, 4), (8,), (8,), (8,), (8,), (8,),
+                                                      (3, 8), (3,)]
+    assert model.count_params() == 99                              # Keras: 99, buffers included
+    assert [id(w) for w in model.weights] == [id(v) for v in model._state_arrays().values()]
+    copies = model.get_weights()
+    copies[0][...] = 7                                              # copies, not the live arrays
+    assert not (model[0].weight.data == 7).any()
+    other = tn.Sequential(tn.Linear(4, 8), tn.BatchNorm1d(8), tn.ReLU(), tn.Linear(8, 3))
+    other.set_weights(copies)
+    assert all(np.array_equal(a, b) for a, b in zip(other.get_weights(), copies))
+    assert (other[0].weight.data == 7).all() and other[1].running_var is not copies[5]
+    with pytest.raises(ValueError, match=r"Sequential\.set_weights: expected 8 arrays \(as "
+                                         r"get_weights returns\), got 7"):
+        other.set_weights(copies[:7])
+    with pytest.raises(ValueError, match=r"'0\.weight' has shape \(4, 8\), expected \(8, 4\)"):
+        other.set_weights([copies[0].T] + copies[1:])
+    assert (other[0].weight.data == 7).all()                          # nothing copied
+
+
+def test_compile_asks_a_scheduler_for_step_every_and_needs_metric():
+    model = _small_model()
+    opt = tn.SGD(model.parameters(), lr=0.1)
+    for sched in [tn.StepLR(opt, 2), tn.ReduceLROnPlateau(opt), tn.OneCycleLR(opt, 0.1, 10)]:
+        assert sched.step_every in ("epoch", "batch") and isinstance(sched.needs_metric, bool)
+
+    class Bare:
+        def step(self):
+            pass
+
+    with pytest.raises(TypeError, match=r"Sequential\.compile: the scheduler Bare has no "
+                                        r"step_every and no needs_metric; subclass "
+                                        r"tn\.LRScheduler"):
+        model.compile(opt, tn.CrossEntropyLoss(), scheduler=Bare())
+    Bare.step_every = "epoch"
+    with pytest.raises(TypeError, match=r"the scheduler Bare has no needs_metric"):
+        model.compile(opt, tn.CrossEntropyLoss(), scheduler=Bare())
+    Bare.needs_metric, Bare.step_every = False, "iteration"
+    with pytest.raises(ValueError, match=r"step_every must be 'epoch' or 'batch', got 'iteration'"):
+        model.compile(opt, tn.CrossEntropyLoss(), scheduler=Bare())
+
+
+def test_accuracy_of_a_single_logit_model():
+    """Linear(k, 1) + BCEWithLogitsLoss: a sample is right when (logit > 0) == (target > 0.5),
+    with targets shaped (N, 1) or (N,); here 6 of 10 right, so a wrong rule shows."""
+    model = tn.Sequential(tn.Linear(2, 1))
+    model[0].weight.data[...] = [[1.0, 0.0]]
+    model[0].bias.data[...] = 0.0
+    X = np.zeros((10, 2), np.float32)
+    X[:, 0] = [-3, -2, -1, -0.5, 0.5, 1, 2, 3, 4, 5]           # logits: 4 negative, 6 positive
+    t = np.array([0, 0, 1, 1, 1, 1, 0, 0, 1, 1], np.float32)[:, None]  # rows 2, 3, 6, 7 wrong
+    model.compile(tn.SGD(model.parameters(), lr=0.0), tn.BCEWithLogitsLoss())
+    assert model.evaluate(X, t)["accuracy"] == 0.6
+    assert model.fit(X, t, batch_size=4, verbose=0).history["accuracy"] == [0.6]
+    assert tn.Sequential._correct(X[:, :1], t[:, 0]) == 6               # 1-D targets
+    assert tn.Sequential._correct(X[:, :1] / 10, t) == 6                # logit 0.05 > 0: right
+    assert tn.Sequential._correct(-X[:, :1], t) == 4
+
+
 # ── schedulers in fit ───────────────────────────────────────────────────────
 
 def test_fit_steps_scheduler_per_epoch_or_per_batch():
-    class Counting:                      # any object with step() and step_every
-        steps, step_every = 0, "epoch"
+    class Counting:                      # any object with step(), step_every and needs_metric
+        steps, step_every, needs_metric = 0, "epoch", False
 
         def step(self):
             self.steps += 1

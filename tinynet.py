@@ -1398,16 +1398,25 @@ class ReduceLROnPlateau(LRScheduler):
 # ════════════════════════════════════════════════════════════════════════════
 
 class Callback:
-    """Base class of fit's callbacks, as Keras's: override any method; `self.model` is the model.
+    """Base class of fit's callbacks, as Keras's: override any method; `self.model` is the model,
+    `self.params` {"verbose", "epochs", "steps"}.
 
-    on_epoch_end gets the epoch's logs (loss, accuracy, val_loss, val_accuracy, lr);
-    on_batch_end {"loss": the batch's loss, "size": its samples, "accuracy": the batch's}.
-    Setting `self.model.stop_training = True` ends fit after the current epoch.
+    Called in this order: on_train_begin; per epoch on_epoch_begin, per batch
+    on_train_batch_begin/end (which call on_batch_begin/end, as in Keras), then, with
+    validation data, on_test_begin, on_test_batch_begin/end, on_test_end, and on_epoch_end with
+    the epoch's logs (loss, accuracy, val_loss, val_accuracy, lr: keys a callback adds reach the
+    callbacks after it and History); on_train_end gets the last epoch's logs. Train batch logs:
+    {"loss": that batch's loss, "size": its samples, "accuracy": that batch's}.
+    Setting `self.model.stop_training = True` ends fit after the current batch (the epoch then
+    ends as usual: validation, on_epoch_end).
     """
-    model = None
+    model = params = None
 
     def set_model(self, model):
         self.model = model
+
+    def set_params(self, params):
+        self.params = params
 
     def on_train_begin(self, logs=None): pass
 
@@ -1421,10 +1430,25 @@ class Callback:
 
     def on_batch_end(self, batch, logs=None): pass
 
+    def on_train_batch_begin(self, batch, logs=None):
+        self.on_batch_begin(batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.on_batch_end(batch, logs)
+
+    def on_test_begin(self, logs=None): pass
+
+    def on_test_end(self, logs=None): pass
+
+    def on_test_batch_begin(self, batch, logs=None): pass
+
+    def on_test_batch_end(self, batch, logs=None): pass
+
 
 class History(Callback):
-    """What fit returns: `history[key]` has one value per epoch (as Keras's History), `epoch` the
-    epoch numbers, and `batch_loss` the training loss of every optimizer step, in order."""
+    """What fit returns (also `model.history`): `history[key]` has one value per epoch (as Keras's
+    History), `epoch` the epoch numbers, `params` {"verbose", "epochs", "steps"}, and
+    `batch_loss` the training loss of every optimizer step, in order."""
 
     def __init__(self):
         self.epoch, self.history, self.batch_loss = [], {}, []
@@ -1462,39 +1486,59 @@ def _monitored(callback, logs):
 
 
 class EarlyStopping(Callback):
-    """Stop training when `monitor` has not improved for `patience` epochs, as Keras's.
+    """Stop training when `monitor` has not improved for `patience` epochs, as Keras 3's.
 
     Improved: better than the best so far by more than min_delta (min: value < best - min_delta;
-    max: value > best + min_delta). After `patience` epochs without improvement (and not before
-    the second epoch) it sets model.stop_training; restore_best_weights=True then loads the
-    weights of the best epoch (or of the first, if none improved). `best_epoch` and
-    `stopped_epoch` are 0-based, as Keras's.
+    max: value > best + min_delta; a tie is no improvement; the first epoch always improves).
+    Each epoch without improvement adds 1 to `wait`; an improvement resets it to 0 only if the
+    value also beats `baseline` (when given). When wait >= patience (and not at the first
+    epoch) it sets model.stop_training. Epochs before `start_from_epoch` are not watched.
+    restore_best_weights=True: at the end of training (stopped or not) the weights of the best
+    epoch are loaded back. `best_epoch` and `stopped_epoch` are 0-based, as Keras's;
+    verbose=1 prints when it stopped and restored.
     """
 
-    def __init__(self, monitor="val_loss", min_delta=0, patience=0, mode="auto", restore_best_weights=False):
+    def __init__(self, monitor="val_loss", min_delta=0, patience=0, verbose=0, mode="auto",
+                 baseline=None, restore_best_weights=False, start_from_epoch=0):
         self.monitor, self.min_delta, self.patience = monitor, abs(min_delta), patience
+        self.verbose, self.baseline, self.start_from_epoch = verbose, baseline, start_from_epoch
         self.restore_best_weights, self.larger = restore_best_weights, _monitor_is_better(mode, monitor)
 
     def on_train_begin(self, logs=None):
-        self.wait, self.stopped_epoch, self.best_epoch, self.best_weights = 0, 0, 0, None
-        self.best = -math.inf if self.larger else math.inf
+        self.wait, self.stopped_epoch, self.best_epoch = 0, 0, 0
+        self.best = self.best_weights = None
 
-    def _improved(self, value):
-        return value - self.min_delta > self.best if self.larger else value + self.min_delta < self.best
+    def _improved(self, value, reference):
+        if reference is None:
+            return True
+        if self.larger:
+            return value - self.min_delta > reference
+        return value + self.min_delta < reference
 
     def on_epoch_end(self, epoch, logs=None):
         value = _monitored(self, logs)
+        if epoch < self.start_from_epoch:
+            return
         if self.restore_best_weights and self.best_weights is None:
-            self.best_weights = self.model.state_dict()
+            self.best_weights, self.best_epoch = self.model.get_weights(), epoch
         self.wait += 1
-        if self._improved(value):
-            self.best, self.best_epoch, self.wait = value, epoch, 0
+        if self._improved(value, self.best):
+            self.best, self.best_epoch = value, epoch
             if self.restore_best_weights:
-                self.best_weights = self.model.state_dict()
+                self.best_weights = self.model.get_weights()
+            if self.baseline is None or self._improved(value, self.baseline):
+                self.wait = 0
         elif self.wait >= self.patience and epoch > 0:
             self.stopped_epoch, self.model.stop_training = epoch, True
-            if self.restore_best_weights:
-                self.model.load_state_dict(self.best_weights)
+
+    def on_train_end(self, logs=None):
+        if self.stopped_epoch > 0 and self.verbose > 0:
+            print(f"Epoch {self.stopped_epoch + 1}: early stopping")
+        if self.restore_best_weights and self.best_weights is not None:
+            if self.verbose > 0:
+                print("Restoring model weights from the end of the best epoch: "
+                      f"{self.best_epoch + 1}.")
+            self.model.set_weights(self.best_weights)
 
 
 class ModelCheckpoint(Callback):
@@ -1502,20 +1546,39 @@ class ModelCheckpoint(Callback):
 
     filepath may hold fields of the epoch (1-based) and its logs, e.g. "model-{epoch:02d}-
     {val_loss:.3f}.npz". save_best_only: save only when `monitor` beats the best so far.
+    save_weights_only: write only the state_dict() arrays (load them back with
+    `model.load_state_dict(np.load(path))`). verbose=1 prints Keras's line for each epoch.
     """
 
-    def __init__(self, filepath, monitor="val_loss", save_best_only=False, mode="auto"):
-        self.filepath, self.monitor, self.save_best_only = os.fspath(filepath), monitor, save_best_only
-        self.larger = _monitor_is_better(mode, monitor)
-        self.best = -math.inf if self.larger else math.inf
+    def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False,
+                 save_weights_only=False, mode="auto"):
+        self.filepath, self.monitor, self.verbose = os.fspath(filepath), monitor, verbose
+        self.save_best_only, self.save_weights_only = save_best_only, save_weights_only
+        self.larger, self.best = _monitor_is_better(mode, monitor), None
 
     def on_epoch_end(self, epoch, logs=None):
+        path = self.filepath.format(epoch=epoch + 1, **logs)
         if self.save_best_only:
             value = _monitored(self, logs)
-            if not (value > self.best if self.larger else value < self.best):
+            best = "None" if self.best is None else f"{self.best:.5f}"
+            better = self.best is None or (value > self.best if self.larger else value < self.best)
+            if not better:
+                if self.verbose > 0:
+                    print(f"Epoch {epoch + 1}: {self.monitor} did not improve from {best}")
                 return
+            if self.verbose > 0:
+                print(f"Epoch {epoch + 1}: {self.monitor} improved from {best} to {value:.5f}, "
+                      f"saving model to {path}")
             self.best = value
-        self.model.save(self.filepath.format(epoch=epoch + 1, **logs))
+        elif self.verbose > 0:
+            print(f"Epoch {epoch + 1}: saving model to {path}")
+        if self.save_weights_only:
+            with _atomic_open(path) as f:
+                np.savez(f, **self.model.state_dict())
+        else:
+            self.model.save(path)
+        if self.verbose > 0:
+            print(f"Epoch {epoch + 1}: finished saving model to {path}")
 
 
 class BlasThreads(Callback):
@@ -1529,11 +1592,13 @@ class BlasThreads(Callback):
     a turn lasting `seconds` of timed batches (its first batch wakes the threads and is not
     timed), and the count with the least mean time per batch is kept, through threadpoolctl,
     for the rest of the process (`chosen`). The mean, as an epoch's time is: a median would
-    hide the stalls. Without threadpoolctl installed it does nothing.
+    hide the stalls. Without threadpoolctl installed it does nothing. `clock` (seconds) is
+    time.perf_counter; a test passes its own to feed the timings.
     """
 
-    def __init__(self, counts=(1, 2), turns=3, seconds=0.02, clear=1.5):
+    def __init__(self, counts=(1, 2), turns=3, seconds=0.02, clear=1.5, clock=time.perf_counter):
         self.counts, self.turns, self.seconds, self.clear = tuple(counts), turns, seconds, clear
+        self.clock = clock
         self.chosen, self.queue, self.count = None, [], None
 
     def on_train_begin(self, logs=None):
@@ -1555,12 +1620,12 @@ class BlasThreads(Callback):
         self.limit(self.count)
 
     def on_batch_begin(self, batch, logs=None):
-        self.start = time.perf_counter()
+        self.start = self.clock()
 
     def on_batch_end(self, batch, logs=None):
         if self.count is None:
             return
-        seconds = time.perf_counter() - self.start
+        seconds = self.clock() - self.start
         if not self.warm:                   # the turn's first batch wakes the threads: not timed
             self.warm = True
             return
@@ -1632,7 +1697,7 @@ class Sequential(Layer):
         self.layers = []
         for layer in layers:
             self.add(layer)
-        self.optimizer = self.loss = self.scheduler = self._input_shape = None
+        self.optimizer = self.loss = self.scheduler = self._input_shape = self.history = None
         self.metrics, self.stop_training = (), False
 
     def add(self, layer):
@@ -1694,9 +1759,37 @@ class Sequential(Layer):
         params = self.parameters()
         return params[0].data.dtype if params else np.dtype(np.float32)
 
+    # -- Keras's names for the weights ----------------------------------------------
+    @property
+    def weights(self):
+        """Every layer's parameter arrays (parameters() order), then its buffers: the live arrays,
+        in state_dict() order (Keras's model.weights, BatchNorm's moving statistics included)."""
+        return list(self._state_arrays().values())
+
+    def get_weights(self):
+        """Copies of `weights`, as Keras's get_weights()."""
+        return [np.array(w) for w in self.weights]
+
+    def set_weights(self, weights):
+        """Copy a list like get_weights()'s into the model (shapes checked before any copy)."""
+        keys = list(self._state_arrays())
+        if len(weights) != len(keys):
+            raise ValueError(f"Sequential.set_weights: expected {len(keys)} arrays (as get_weights "
+                             f"returns), got {len(weights)}")
+        self.load_state_dict(dict(zip(keys, weights)))
+
+    def count_params(self):
+        """Number of values in `weights`, as Keras's (buffers such as BatchNorm's running
+        statistics count too; sum(p.data.size for p in model.parameters()) counts the learnable)."""
+        return sum(w.size for w in self.weights)
+
     # -- training ---------------------------------------------------------------
     def compile(self, optimizer, loss, metrics=("accuracy",), scheduler=None):
         """Set the optimizer, the loss (a Loss instance), the metrics and an optional LR scheduler.
+
+        metrics: "accuracy", or "acc" (Keras's alias: the logs then say "acc", "val_acc").
+        The scheduler is a tn.LRScheduler, or any object with step() and its two attributes
+        `step_every` ("epoch" or "batch") and `needs_metric` (True: step(val_loss)).
 
         Training needs no gradient wrt the data (as torch's autograd when x.requires_grad is
         False), so compile sets `needs_input_grad = False` on the first layer with parameters:
@@ -1710,22 +1803,35 @@ class Sequential(Layer):
             raise ValueError(f"Sequential.compile: {loss!r} gives one loss per sample; fit "
                              "needs one number per batch: use reduction='mean' (the default) "
                              "or 'sum'")
-        unknown = set(metrics) - {"accuracy"}
+        unknown = set(metrics) - {"accuracy", "acc"}
         if unknown:
-            raise ValueError(f"Sequential.compile: unknown metrics {sorted(unknown)}; known: ['accuracy']")
-        if scheduler is not None and getattr(scheduler, "step_every", "epoch") not in ("epoch", "batch"):
-            raise ValueError(f"Sequential.compile: the scheduler's step_every must be 'epoch' or 'batch', "
-                             f"got {scheduler.step_every!r}")
-        self.optimizer, self.loss, self.metrics, self.scheduler = optimizer, loss, tuple(metrics), scheduler
+            raise ValueError(f"Sequential.compile: unknown metrics {sorted(unknown)}; "
+                             f"known: ['accuracy'] (or its alias 'acc')")
+        if scheduler is not None:
+            missing = [a for a in ("step_every", "needs_metric") if not hasattr(scheduler, a)]
+            if missing:
+                raise TypeError(f"Sequential.compile: the scheduler {type(scheduler).__name__} has "
+                                f"no {' and no '.join(missing)}; subclass tn.LRScheduler, or set "
+                                f"step_every = 'epoch' or 'batch' and needs_metric = False")
+            if scheduler.step_every not in ("epoch", "batch"):
+                raise ValueError(f"Sequential.compile: the scheduler's step_every must be 'epoch' "
+                                 f"or 'batch', got {scheduler.step_every!r}")
+        self.optimizer, self.loss, self.metrics = optimizer, loss, tuple(metrics)
+        self.scheduler = scheduler
         first = next((layer for layer in self.layers if layer.parameters()), None)
         if first is not None:
             first.needs_input_grad = False
         return self
 
     def train_step(self, x, y):
-        """One update on the batch (x, y) -> (loss, output): forward, loss, zero the gradients,
-        backward (every layer adds into its parameters' .grad), optimizer step, and the scheduler's
-        step if it steps per batch. fit calls it for every batch; override it to change a step."""
+        """One update on the batch (x, y) -> (loss, output). fit calls it for every batch;
+        override it to change a step. The steps:
+        1. forward: out = model(x)
+        2. loss = loss(out, y) (a NaN or infinite loss stops training with the usual causes)
+        3. zero every parameter's .grad
+        4. backward: every layer adds into its parameters' .grad
+        5. optimizer step
+        6. the scheduler's step, if it steps after every batch."""
         out = self.forward(x)
         loss = self.loss.forward(out, y)
         if not math.isfinite(loss):
@@ -1734,73 +1840,113 @@ class Sequential(Layer):
         self.optimizer.zero_grad()
         self.backward(self.loss.backward())
         self.optimizer.step()
-        if self.scheduler is not None and getattr(self.scheduler, "step_every", "epoch") == "batch":
+        if self.scheduler is not None and self.scheduler.step_every == "batch":
             self.scheduler.step()
         return loss, out
 
-    def fit(self, X, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0,
-            shuffle=True, verbose=1, callbacks=None):
-        """Train on (X, y) for `epochs` passes of minibatches, one `train_step` each; -> History.
+    def fit(self, x, y, batch_size=None, epochs=1, verbose=1, callbacks=None, validation_split=0.0,
+            validation_data=None, shuffle=True, initial_epoch=0):
+        """Train on (x, y) in minibatches of batch_size (None: 32), one `train_step` each, from
+        epoch `initial_epoch` up to `epochs` (Keras's arguments, in Keras's order); -> History.
 
         The scheduler steps after every batch or every epoch, as its `step_every` says; one that
         `needs_metric` (ReduceLROnPlateau) gets val_loss, or the training loss without validation
-        data. `validation_split` holds out the last fraction of X before shuffling (as Keras;
+        data. `validation_split` holds out the last fraction of x before shuffling (as Keras;
         ignored when validation_data is given). history: loss, accuracy, val_loss, val_accuracy,
-        and lr (the lr each epoch started with). verbose: see ProgressLog.
+        and lr (the lr each epoch started with). verbose: see ProgressLog. initial_epoch resumes
+        a run (e.g. after load_checkpoint): epochs are numbered from it, and a scheduler that
+        counts epochs (or batches) and is behind is first stepped up to it.
         """
         if self.optimizer is None:
             raise RuntimeError("Sequential.fit: call compile(optimizer, loss) first")
-        X, y, validation_data = self._fit_data(X, y, validation_data, validation_split)
-        history = History()
-        callbacks = [history, ProgressLog(verbose, epochs, math.ceil(len(X) / batch_size)), *(callbacks or [])]
-        for callback in callbacks:
-            callback.set_model(self)
-        self.stop_training = False
+        batch_size = 32 if batch_size is None else batch_size
+        if batch_size < 1:
+            raise ValueError(f"Sequential.fit: batch_size must be >= 1 (or None: 32), "
+                             f"got {batch_size}")
+        x, y, validation_data = self._fit_data(x, y, validation_data, validation_split)
+        steps = math.ceil(len(x) / batch_size)
+        callbacks = self._callbacks(callbacks, verbose, epochs, steps)
+        self._continue_schedule(initial_epoch, steps)
+        self.stop_training, logs = False, {}
         _notify(callbacks, "on_train_begin", {})
-        for epoch in range(epochs):
+        for epoch in range(initial_epoch, epochs):
             self.train()
-            logs, lr, total, correct = {}, self.optimizer.param_groups[0]["lr"], 0.0, 0
-            _notify(callbacks, "on_epoch_begin", epoch, logs)
-            for batch, (xb, yb) in enumerate(minibatches(X, y, batch_size, shuffle)):
-                _notify(callbacks, "on_batch_begin", batch, {})
+            lr, seen, total, correct = self.optimizer.param_groups[0]["lr"], 0, 0.0, 0
+            _notify(callbacks, "on_epoch_begin", epoch, {})
+            for batch, (xb, yb) in enumerate(minibatches(x, y, batch_size, shuffle)):
+                _notify(callbacks, "on_train_batch_begin", batch, {})
                 try:
                     loss, out = self.train_step(xb, yb)
                 except NonFiniteLoss as e:
                     raise NonFiniteLoss(f"Sequential.fit: at epoch {epoch + 1}, batch {batch + 1}, {e}") from None
                 batch_logs = {"loss": loss, "size": len(xb)}
-                if "accuracy" in self.metrics:
+                if self.metrics:
                     right = self._correct(out, yb)
-                    batch_logs["accuracy"], correct = right / len(xb), correct + right
-                total += loss * len(xb)
-                _notify(callbacks, "on_batch_end", batch, batch_logs)
-            logs["loss"] = total / len(X)
-            if "accuracy" in self.metrics:
-                logs["accuracy"] = correct / len(X)
+                    batch_logs.update(dict.fromkeys(self.metrics, right / len(xb)))
+                    correct += right
+                seen, total = seen + len(xb), total + loss * len(xb)
+                _notify(callbacks, "on_train_batch_end", batch, batch_logs)
+                if self.stop_training:
+                    break
+            logs = {"loss": total / seen, **dict.fromkeys(self.metrics, correct / seen)}
             if validation_data is not None:
-                logs.update({"val_" + k: v for k, v in self._evaluate(*validation_data).items()})
+                val = self._evaluate(*validation_data, callbacks=callbacks)
+                logs.update({"val_" + k: v for k, v in val.items()})
             logs["lr"] = lr
-            if self.scheduler is not None and getattr(self.scheduler, "step_every", "epoch") == "epoch":
-                if getattr(self.scheduler, "needs_metric", False):
+            if self.scheduler is not None and self.scheduler.step_every == "epoch":
+                if self.scheduler.needs_metric:
                     self.scheduler.step(logs.get("val_loss", logs["loss"]))
                 else:
                     self.scheduler.step()
-            _notify(callbacks, "on_epoch_end", epoch, logs)
+            _notify(callbacks, "on_epoch_end", epoch, dict(logs))   # callbacks may add keys
             if self.stop_training:
                 break
-        _notify(callbacks, "on_train_end", {})
-        return history
+        _notify(callbacks, "on_train_end", logs)
+        return self.history
 
-    def _fit_data(self, X, y, validation_data, validation_split):
-        """(X, y, validation_data) checked and cast; validation_split takes the tail of X."""
-        X, y = self._check_data("fit", X, y)
+    def _callbacks(self, callbacks, verbose, epochs, steps):
+        """fit's callbacks as Keras's CallbackList orders them: the user's, then History (so that
+        it records what they add to the logs), then ProgressLog; each given the model and params."""
+        callbacks = list(callbacks or [])
+        for c in callbacks:
+            if isinstance(c, LRScheduler):
+                raise TypeError(f"Sequential.fit: {type(c).__name__} is a scheduler, not a "
+                                f"callback: pass it to compile(optimizer, loss, scheduler=...), "
+                                f"which steps it")
+            if not isinstance(c, Callback):
+                raise TypeError(f"Sequential.fit: callbacks must be tn.Callback instances, "
+                                f"got {type(c).__name__}")
+        self.history = History()
+        callbacks += [self.history, ProgressLog(verbose, epochs, steps)]
+        for c in callbacks:
+            c.set_model(self)
+            c.set_params({"verbose": verbose, "epochs": epochs, "steps": steps})
+        return callbacks
+
+    def _continue_schedule(self, initial_epoch, steps):
+        """Step the scheduler up to epoch initial_epoch (batch initial_epoch * steps if it steps
+        per batch), as Keras's schedules read the epoch number; one restored by load_checkpoint
+        or already used by the previous fit is there already and is left alone."""
+        sched = self.scheduler
+        if sched is None or sched.needs_metric or initial_epoch == 0:
+            return
+        if not hasattr(sched, "last_epoch"):
+            raise TypeError(f"Sequential.fit: initial_epoch={initial_epoch} needs the scheduler's "
+                            f"step count last_epoch; {type(sched).__name__} has none")
+        while sched.last_epoch < initial_epoch * (steps if sched.step_every == "batch" else 1):
+            sched.step()
+
+    def _fit_data(self, x, y, validation_data, validation_split):
+        """(x, y, validation_data) checked and cast; validation_split takes the tail of x."""
+        x, y = self._check_data("fit", x, y)
         if validation_data is not None:                      # validation_data wins, as in Keras
-            return X, y, self._check_data("fit (validation_data)", *validation_data)
+            return x, y, self._check_data("fit (validation_data)", *validation_data)
         if validation_split:
             if not 0 < validation_split < 1:
                 raise ValueError(f"Sequential.fit: validation_split must be in (0, 1), got {validation_split}")
-            cut = int(len(X) * (1 - validation_split))
-            return X[:cut], y[:cut], (X[cut:], y[cut:])
-        return X, y, None
+            cut = int(len(x) * (1 - validation_split))
+            return x[:cut], y[:cut], (x[cut:], y[cut:])
+        return x, y, None
 
     def _check_data(self, where, X, y):
         """Cast X to the model's dtype; reject mismatched lengths and NaN/Inf."""
@@ -1821,45 +1967,57 @@ class Sequential(Layer):
         return int((out.argmax(axis=1) == (y.argmax(axis=1) if y.ndim == 2 else y)).sum())
 
     # -- inference ----------------------------------------------------------------
-    def _outputs(self, X, batch_size):
-        """Yield, batch by batch in eval mode, the list of every layer's output; drop caches after."""
+    def _outputs(self, X, batch_size, callbacks=()):
+        """Yield, batch by batch in eval mode, the list of every layer's output; drop caches after.
+        callbacks: told on_test_batch_begin/end around each batch."""
         was_training = self.training
         self.eval()
         X = np.asarray(X).astype(self._dtype(), copy=False)
         self._input_shape = X.shape[1:]               # for summary()
         try:
-            for i in range(0, len(X), batch_size):
+            for batch, i in enumerate(range(0, len(X), batch_size)):
+                _notify(callbacks, "on_test_batch_begin", batch, {})
                 outs, x = [], X[i:i + batch_size]
                 for layer in self.layers:
                     x = layer.forward(x)
                     outs.append(x)
+                _notify(callbacks, "on_test_batch_end", batch, {"size": len(x)})
                 yield outs
         finally:
             for layer in self.layers:
                 layer._cache = None
             self.train(was_training)
 
-    def predict(self, X, batch_size=256):
-        """The model's outputs for X, computed in batches in eval mode."""
-        return np.concatenate([outs[-1] for outs in self._outputs(X, batch_size)])
+    def predict(self, x, batch_size=256, verbose=0):
+        """The model's outputs for x, computed in batches in eval mode (verbose: accepted for
+        Keras's calls; predict prints nothing)."""
+        return np.concatenate([outs[-1] for outs in self._outputs(x, batch_size)])
 
     def activations(self, X, batch_size=256):
         """[output of every layer] for X, in eval mode: the hidden representations."""
         return [np.concatenate(col) for col in zip(*self._outputs(X, batch_size))]
 
-    def evaluate(self, X, y, batch_size=256):
-        """{"loss": mean loss, "accuracy": fraction correct} on (X, y), in eval mode."""
+    def evaluate(self, x, y, batch_size=256, verbose=0, return_dict=True):
+        """{"loss": mean loss, "accuracy": fraction correct} on (x, y), in eval mode. Unlike
+        Keras, a dict by default; return_dict=False gives Keras's [loss, accuracy] (the loss
+        alone without metrics). verbose: accepted for Keras's calls; evaluate prints nothing."""
         if self.loss is None:
             raise RuntimeError("Sequential.evaluate: call compile(optimizer, loss) first")
-        return self._evaluate(*self._check_data("evaluate", X, y), batch_size)
+        result = self._evaluate(*self._check_data("evaluate", x, y), batch_size)
+        if return_dict:
+            return result
+        return list(result.values()) if len(result) > 1 else result["loss"]
 
-    def _evaluate(self, X, y, batch_size=256):
-        """evaluate, on data already checked and cast by _check_data."""
-        out = self.predict(X, batch_size)
+    def _evaluate(self, x, y, batch_size=256, callbacks=()):
+        """evaluate, on data already checked and cast by _check_data; callbacks (fit's, in
+        validation) are told on_test_begin, on_test_batch_begin/end and on_test_end."""
+        _notify(callbacks, "on_test_begin", {})
+        out = np.concatenate([outs[-1] for outs in self._outputs(x, batch_size, callbacks)])
         result = {"loss": self.loss.forward(out, y)}
         self.loss._cache = None
-        if "accuracy" in self.metrics:
-            result["accuracy"] = self._correct(out, y) / len(y)
+        if self.metrics:
+            result.update(dict.fromkeys(self.metrics, self._correct(out, y) / len(y)))
+        _notify(callbacks, "on_test_end", dict(result))
         return result
 
     def summary(self, input_shape=None):
