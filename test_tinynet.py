@@ -3164,8 +3164,8 @@ def figures(monkeypatch):
     saved = []
     save = tn._save
 
-    def keep(fig, path):
-        save(fig, path)
+    def keep(fig, path, caller):
+        save(fig, path, caller)
         saved.append(fig)
     monkeypatch.setattr(tn, "_save", keep)
     return saved

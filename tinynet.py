@@ -2403,6 +2403,9 @@ def train_val_split(X, y, val_size, shuffle=True, stratify=False):
 # ════════════════════════════════════════════════════════════════════════════
 # Plots
 # ════════════════════════════════════════════════════════════════════════════
+# Every plot helper returns its matplotlib Figure. path is optional: without it a notebook shows
+# the figure below the cell and a script keeps it open for plt.show(); with it the figure is
+# written in the format its extension names (.png, .pdf, .svg), folders created (see _save).
 
 def _pyplot():
     """matplotlib.pyplot, on the Agg backend when there is no display and no backend was chosen."""
@@ -2419,14 +2422,48 @@ def _figure(width, height, ncols=1, **kw):
     return _pyplot().subplots(1, ncols, figsize=(width, height), layout="constrained", squeeze=False, **kw)
 
 
-def _save(fig, path):
-    """Write `fig` to `path` as a PNG (atomically) and close it."""
+def _save(fig, path, caller):
+    """Show or write `fig` (what every plot helper does last; the helper returns `fig`).
+
+    path None: in a Jupyter notebook the figure appears once below the cell (see
+    _notebook_display); in a script it stays open in pyplot, for plt.show() on an interactive
+    backend or fig.savefig(...) later (on the Agg backend nothing is shown). path given: the
+    format follows the extension (.png, .pdf, .svg, ...), missing folders are created, the file
+    is written atomically (through `<path>.tmp`) and, outside a notebook, the figure is closed.
+    """
     plt = _pyplot()
-    try:
-        with _atomic_open(path) as f:
-            fig.savefig(f, format="png", dpi=100)
-    finally:
-        plt.close(fig)
+    notebook = "ipykernel" in sys.modules
+    if notebook:
+        import functools
+        fig._ipython_display_ = functools.partial(_notebook_display, fig)
+    if path is not None:
+        path = os.fspath(path)
+        ext = os.path.splitext(path)[1].lower().lstrip(".")
+        formats = fig.canvas.get_supported_filetypes()
+        if ext not in formats:
+            raise ValueError(f"{caller}: cannot tell the format of {path!r} from its extension; "
+                             f"expected one of {', '.join('.' + f for f in sorted(formats))}")
+        try:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            with _atomic_open(path) as f:
+                fig.savefig(f, format=ext, dpi=100)
+        except OSError as e:
+            raise type(e)(f"{caller}: cannot write {path!r}: {e.strerror or e}") from None
+        if not notebook:
+            plt.close(fig)
+
+
+def _notebook_display(fig):
+    """How a notebook shows `fig` (its _ipython_display_): pyplot forgets it first, so it shows
+    once, whether the cell ends with it (its value) or not (the end-of-cell display of the figures
+    pyplot holds); then its PNG."""
+    import io
+
+    from IPython.display import Image, display
+    _pyplot().close(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    display(Image(buffer.getvalue(), format="png"))
 
 
 def _suptitle(fig, text, fontsize=12):
@@ -2502,7 +2539,7 @@ def pca(X, n_components=2):
     return X @ Vt[:n_components].T
 
 
-def plot_history(history, path, keys=("loss", "accuracy"), title=None):
+def plot_history(history, path=None, keys=("loss", "accuracy"), title=None):
     """One panel per key: the training curve and, when recorded, the validation curve
     (val_<key>), per epoch. title names the run, e.g. "MNIST mlp, adam lr 0.003"."""
     h = _as_dict(history)
@@ -2518,10 +2555,11 @@ def plot_history(history, path, keys=("loss", "accuracy"), title=None):
         _epoch_panel(ax, key)
     _legend_outside(fig, axes)
     _suptitle(fig, title and f"{title}: {' and '.join(found)} per epoch")
-    _save(fig, path)
+    _save(fig, path, "plot_history")
+    return fig
 
 
-def plot_curves(histories, path, keys=("val_accuracy", "val_loss"), title=None):
+def plot_curves(histories, path=None, keys=("val_accuracy", "val_loss"), title=None):
     """Compare runs: one panel per key, one line per run (each in its own colour, line style
     and marker), one legend right of the panels. histories: {label: History or dict}."""
     if not histories:
@@ -2537,10 +2575,11 @@ def plot_curves(histories, path, keys=("val_accuracy", "val_loss"), title=None):
         _epoch_panel(ax, key)
     _legend_outside(fig, axes, fontsize="small")
     _suptitle(fig, title and f"{title}: {' and '.join(keys)} per epoch")
-    _save(fig, path)
+    _save(fig, path, "plot_curves")
+    return fig
 
 
-def plot_confusion_matrix(y_true, y_pred, path, class_names=None, title=None):
+def plot_confusion_matrix(y_true, y_pred, path=None, class_names=None, title=None):
     """Confusion matrix (rows: true class, columns: predicted), the count written in each cell.
 
     The figure grows with the number of classes and the longest class name; column names
@@ -2569,10 +2608,11 @@ def plot_confusion_matrix(y_true, y_pred, path, class_names=None, title=None):
     ax.set(xlabel="predicted class", ylabel="true class")
     ax.set_title(f"accuracy {np.trace(cm) / max(cm.sum(), 1):.4f} ({np.trace(cm)}/{cm.sum()})", fontsize=10)
     _suptitle(fig, f"{title}: confusion matrix" if title else "confusion matrix", fontsize=11)
-    _save(fig, path)
+    _save(fig, path, "plot_confusion_matrix")
+    return fig
 
 
-def plot_predictions(X, y_true, y_pred, path, class_names=None, n=32, title=None):
+def plot_predictions(X, y_true, y_pred, path=None, class_names=None, n=32, title=None):
     """A grid of n images (NCHW, values in [0, 1]) titled "predicted (true)": up to n/2
     misclassified ones first, framed and titled in red, then correctly classified ones.
     title names the data set and model."""
@@ -2601,10 +2641,11 @@ def plot_predictions(X, y_true, y_pred, path, class_names=None, n=32, title=None
                 s.set(color="red", linewidth=2)
     _suptitle(fig, f"{title + ': ' if title else ''}predicted (true) test images; {len(wrong):,} of "
               f"{len(y_true):,} misclassified, shown first in red", fontsize=11)
-    _save(fig, path)
+    _save(fig, path, "plot_predictions")
+    return fig
 
 
-def plot_embeddings(embeddings, y, path, class_names=None, title=None):
+def plot_embeddings(embeddings, y, path=None, class_names=None, title=None):
     """Side-by-side 2-D scatter plots, one colour and marker per class, the legend right of
     the panels. embeddings: {panel title: (N, 2) array}; title names the data set and model."""
     import textwrap
@@ -2622,10 +2663,11 @@ def plot_embeddings(embeddings, y, path, class_names=None, title=None):
         ax.set_title(textwrap.fill(panel, 48), fontsize=10)
     _legend_outside(fig, axes, title="class", markerscale=1.8, ncols=columns)
     _suptitle(fig, title)
-    _save(fig, path)
+    _save(fig, path, "plot_embeddings")
+    return fig
 
 
-def plot_batch_loss(history, path, title=None):
+def plot_batch_loss(history, path=None, title=None):
     """The training loss of every optimizer step (history.batch_loss, or a list of floats)
     against the update number, with its running mean and the ends of epochs; a log scale
     when the loss spans more than two decades. title names the data set and model."""
@@ -2654,7 +2696,8 @@ def plot_batch_loss(history, path, title=None):
     ax.grid(alpha=0.3)
     _legend_outside(fig, axes, fontsize="small")
     _suptitle(fig, f"{title + ': ' if title else ''}training loss after every update")
-    _save(fig, path)
+    _save(fig, path, "plot_batch_loss")
+    return fig
 
 
 def optimizer_path(build_optimizer, grad_fn, start, steps):
@@ -2678,7 +2721,7 @@ def optimizer_path(build_optimizer, grad_fn, start, steps):
     return path
 
 
-def plot_optimizer_paths(panels, path, title=None):
+def plot_optimizer_paths(panels, path=None, title=None):
     """Optimizer paths drawn over the contour lines of the function they minimise.
 
     panels: {panel title: (f, paths) or (f, paths, minimum)}, one panel each, side by side;
@@ -2711,7 +2754,8 @@ def plot_optimizer_paths(panels, path, title=None):
         ax.set_title(textwrap.fill(panel, 52), fontsize=10)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=2, fontsize="small")
     _suptitle(fig, title)
-    _save(fig, path)
+    _save(fig, path, "plot_optimizer_paths")
+    return fig
 
 
 # ════════════════════════════════════════════════════════════════════════════
