@@ -1844,19 +1844,22 @@ def test_evaluate_accuracy_with_one_hot_targets():
 
 def test_summary():
     model = tn.Sequential(tn.Linear(4, 16), tn.ReLU(), tn.Dropout(0.2), tn.Linear(16, 3), tn.Softmax())
-    text = model.summary()
-    for piece in ["Linear(in_features=4, out_features=16, bias=True)", "(None, 16)", "80", "ReLU()", "Dropout(p=0.2)",
-                  "Linear(in_features=16, out_features=3, bias=True)", "(None, 3)", "51", "Softmax(dim=1)",
-                  "Total params: 131"]:
+    lines = []
+    assert model.summary(print_fn=lines.append) is None
+    [text] = lines
+    for piece in ["Linear(4, 16)", "(None, 16)", "80", "ReLU()", "Dropout(p=0.2)",
+                  "Linear(16, 3)", "(None, 3)", "51", "Softmax()", "Total params: 131"]:
         assert piece in text, piece
     assert len(text.splitlines()) == 5 + 4 and _no_caches(model)
-    conv_like = tn.Sequential(tn.Flatten(), tn.Linear(12, 50), tn.Tanh(), tn.Linear(50, 20))
-    with pytest.raises(ValueError, match=r"Sequential\.summary: give input_shape"):
+    conv_like = tn.Sequential(tn.Conv2d(3, 2, 1), tn.Flatten(), tn.Linear(8, 50), tn.Tanh(), tn.Linear(50, 20))
+    with pytest.raises(ValueError, match=r"Sequential\.summary: .*Conv2d\(3, 2, 1\).* give input_shape"):
         conv_like.summary()
-    text = conv_like.summary(input_shape=(3, 4))
-    assert "(None, 12)" in text and "650" in text and "Total params: 1,670" in text
-    conv_like.predict(np.zeros((2, 3, 4)))
-    assert conv_like.summary() == text                                  # the last input shape is remembered
+    lines = []
+    conv_like.summary(input_shape=(3, 2, 2), print_fn=lines.append)
+    assert "(None, 2, 2, 2)" in lines[0] and "(None, 8)" in lines[0] and "Total params: 1,478" in lines[0]
+    conv_like.predict(np.zeros((2, 3, 2, 2)))
+    conv_like.summary(print_fn=lines.append)
+    assert lines[1] == lines[0]                                         # the last input shape is remembered
 
 
 def test_fit_is_deterministic_under_manual_seed():
@@ -3811,3 +3814,98 @@ def test_import_loads_only_numpy_and_stdlib():
     foreign = [m for m in loaded if m.split(".")[0] not in sys.stdlib_module_names | {"numpy", "tinynet"}
                and not re.fullmatch(r"_?cython_\w+", m)]     # registered by numpy's Cython extensions
     assert foreign == []
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Where students work (issue 19): summary as Keras, a loaded model that evaluates, figures
+# returned and shown or written, progress in a notebook, the install, the README's notebook
+# ════════════════════════════════════════════════════════════════════════════
+
+def test_summary_prints_the_table_and_returns_none(capsys):
+    model = tn.Sequential(tn.Flatten(), tn.Linear(12, 5), tn.ReLU(), tn.Linear(5, 2))
+    assert model.summary() is None                      # not a string a notebook would echo escaped
+    out = capsys.readouterr().out
+    assert out.startswith("Layer") and out.endswith("Total params: 77\n")
+    assert "0: Flatten()" in out and "(None, 12)" in out        # inferred before any data: (12,)
+
+
+@pytest.mark.parametrize("layers, shape", [
+    ([tn.Flatten(), tn.Dropout(), tn.Linear(12, 3)], (12,)),
+    ([tn.Normalize(np.zeros(12), np.ones(12)), tn.Sigmoid(), tn.Linear(12, 3)], (12,)),
+    ([tn.Flatten(), tn.BatchNorm1d(12), tn.Linear(12, 3)], (12,)),
+    ([tn.Normalize([0.5, 0.5, 0.5], [0.2, 0.2, 0.2]), tn.Flatten(), tn.Linear(12, 3)], None),
+    ([tn.BatchNorm1d(3), tn.Flatten(), tn.Linear(12, 3)], None),
+    ([tn.Conv2d(3, 4, 3), tn.Flatten(), tn.Linear(12, 3)], None),
+    ([tn.MaxPool2d(2), tn.Linear(12, 3)], None),
+])
+def test_summary_infers_the_input_shape_only_when_the_layers_tell_it(layers, shape):
+    model = tn.Sequential(layers)
+    assert model._implied_input_shape() == shape
+    if shape is None:
+        with pytest.raises(ValueError, match=r"Sequential\.summary: the layers do not tell .* input_shape"):
+            model.summary()
+    else:
+        lines = []
+        model.summary(print_fn=lines.append)
+        assert re.search(r"Linear\(12, 3\) +\(None, 3\) +39\n", lines[0]), lines[0]
+
+
+def test_summary_after_calling_the_model_directly():
+    model = tn.Sequential(tn.Conv2d(1, 2, 3), tn.Flatten(), tn.Linear(8, 2))
+    model(np.zeros((5, 1, 4, 4), np.float32))            # forward through __call__, no predict
+    lines = []
+    model.summary(print_fn=lines.append)
+    assert "(None, 2, 2, 2)" in lines[0] and "(None, 8)" in lines[0]
+
+
+def test_summary_fits_100_columns_with_long_layer_arguments():
+    mean = np.linspace(0.1, 0.9, 784)
+    model = tn.Sequential(tn.Normalize(mean, mean + 1), tn.Linear(784, 256), tn.ReLU(), tn.Linear(256, 10))
+    lines = []
+    model.summary(print_fn=lines.append)
+    assert max(map(len, lines[0].splitlines())) <= 100, lines[0]
+    assert "Normalize([784 values], [784 values])" in lines[0]
+    conv = tn.Sequential(tn.Normalize([0.49, 0.48, 0.45], [0.25, 0.24, 0.26]),
+                         tn.Conv2d(3, 64, kernel_size=(3, 5), stride=2, padding=1), tn.MaxPool2d(2))
+    conv.summary(input_shape=(3, 32, 32), print_fn=lines.append)
+    assert max(map(len, lines[1].splitlines())) <= 100, lines[1]
+    for piece in ("Normalize([3 values], [3 values])", "Conv2d(3, 64, [3, 5], stride=2, padding=1)",
+                  "MaxPool2d(2, stride=2)", "(None, 64, 16, 15)", "(None, 64, 8, 7)"):
+        assert piece in lines[1], piece
+    assert tn._describe(tn.Linear(3, 4, bias=False)) == "Linear(3, 4, bias=False)"
+    assert tn._describe(tn.Linear(123456789012, 3)) == "Linear(123456789012, 3)"
+
+
+@pytest.mark.parametrize("loss, metrics", [(tn.CrossEntropyLoss(), ("accuracy",)), (tn.MSELoss(), ())])
+def test_a_loaded_model_evaluates_with_the_loss_it_was_saved_with(tmp_path, loss, metrics):
+    tn.manual_seed(0)
+    model = tn.Sequential(tn.Linear(4, 3))
+    X = np.random.default_rng(0).standard_normal((20, 4)).astype(np.float32)
+    y = np.arange(20) % 3
+    target = y if isinstance(loss, tn.CrossEntropyLoss) else tn.one_hot(y, 3)
+    model.compile(tn.SGD(model.parameters(), lr=0.1), loss, metrics=metrics)
+    model.fit(X, target, epochs=2, verbose=0)
+    model.save(tmp_path / "m.npz")
+    loaded = tn.Sequential.load(tmp_path / "m.npz")
+    assert type(loaded.loss) is type(loss) and loaded.metrics == metrics
+    assert loaded.evaluate(X, target) == model.evaluate(X, target)
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+    with pytest.raises(RuntimeError, match="compile"):        # training needs an optimizer
+        loaded.fit(X, target, verbose=0)
+
+
+def test_load_reads_files_without_a_loss_and_names_an_unknown_one(tmp_path):
+    model = tn.Sequential(tn.Linear(4, 3))
+    model.save(tmp_path / "plain.npz")                        # never compiled: as files saved before
+    loaded = tn.Sequential.load(tmp_path / "plain.npz")
+    assert loaded.loss is None
+    np.testing.assert_array_equal(loaded.predict(np.ones((2, 4))), model.predict(np.ones((2, 4))))
+
+    class Hinge(tn.Loss):
+        def forward(self, pred, target):
+            return 0.0
+    model.compile(tn.SGD(model.parameters(), lr=0.1), Hinge())
+    model.save(tmp_path / "own.npz")
+    with pytest.raises(ValueError, match=r"unknown loss class 'Hinge'.*custom_objects"):
+        tn.Sequential.load(tmp_path / "own.npz")
+    assert isinstance(tn.Sequential.load(tmp_path / "own.npz", custom_objects={"Hinge": Hinge}).loss, Hinge)

@@ -1806,43 +1806,74 @@ class Sequential(Layer):
             result["accuracy"] = self._correct(out, y) / len(y)
         return result
 
-    def summary(self, input_shape=None):
-        """A table of layer, output shape and parameter count, with the total.
+    def summary(self, input_shape=None, print_fn=None):
+        """Print a table of layer, output shape and parameter count, with the total; -> None.
 
-        input_shape (without the batch axis) defaults to the last input seen, or
-        (in_features,) when the first layer is Linear.
+        input_shape (without the batch axis) defaults to that of the last input the model saw
+        (forward, model(x), fit, predict), else to what the layers imply: (in_features,) of the
+        first Linear when only Flatten, Normalize and element-wise layers come before it. A
+        model that starts with Conv2d needs it, e.g. summary(input_shape=(1, 28, 28)).
+        print_fn(text) receives the whole table instead of print, as in Keras 3 (e.g.
+        `lines = []; model.summary(print_fn=lines.append)` keeps it as a string).
         """
-        shape = input_shape or self._input_shape
-        if shape is None and isinstance(self.layers[0], Linear):
-            shape = (self.layers[0].in_features,)
+        shape = input_shape or self._input_shape or self._implied_input_shape()
         if shape is None:
-            raise ValueError("Sequential.summary: give input_shape without the batch axis, e.g. (1, 28, 28)")
+            first = _describe(self.layers[0]) if self.layers else "nothing"
+            raise ValueError(f"Sequential.summary: the layers do not tell the input's shape (the "
+                             f"model starts with {first}); run it on data once or give input_shape "
+                             f"without the batch axis, e.g. summary(input_shape=(1, 28, 28))")
         [outs] = list(self._outputs(np.zeros((1, *shape)), 1))
-        rows = [(f"{i}: {l!r}", str((None, *o.shape[1:])), sum(p.data.size for p in l.parameters()))
+        rows = [(f"{i}: {_describe(l)}", str((None, *o.shape[1:])), sum(p.data.size for p in l.parameters()))
                 for i, (l, o) in enumerate(zip(self.layers, outs))]
         w = max(len(r[0]) for r in rows) + 2
         lines = [f"{'Layer':<{w}}{'Output shape':<20}{'Param #':>12}", "=" * (w + 32)]
         lines += [f"{name:<{w}}{out:<20}{n:>12,}" for name, out, n in rows]
         lines += ["=" * (w + 32), f"Total params: {sum(r[2] for r in rows):,}"]
-        return "\n".join(lines)
+        (print_fn or print)("\n".join(lines))
+
+    def _implied_input_shape(self):
+        """(in_features,) of the first Linear when only element-wise layers, per-feature ones
+        (Normalize, BatchNorm1d: then of in_features features) and, before those, a Flatten of
+        every axis after the batch's come before it; else None (Conv2d's image size is unknown)."""
+        per_feature = False
+        for layer in self.layers:
+            if isinstance(layer, Linear):
+                return (layer.in_features,)
+            if isinstance(layer, (Normalize, BatchNorm1d)):
+                per_feature = True
+            elif isinstance(layer, Flatten):
+                if per_feature or (getattr(layer, "start_dim", 1), getattr(layer, "end_dim", -1)) != (1, -1):
+                    return None
+            elif not isinstance(layer, (ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, LogSoftmax, Dropout)):
+                return None
+        return None
 
     # -- saving and converting (see the next section) -----------------------------
     def config(self):
         return {"class": "Sequential", "layers": [l.config() for l in self.layers]}
 
     def save(self, path):
-        """One .npz with every weight and buffer plus the architecture (JSON), written atomically."""
+        """One .npz with every weight and buffer plus the architecture (JSON) and, once compiled,
+        the loss and metrics; written atomically."""
         with _atomic_open(path) as f:
             np.savez(f, **_model_arrays(self))
 
     @staticmethod
     def load(path, custom_objects=None):
         """Rebuild a model written by `save` (or `save_checkpoint`): architecture, dtype, weights and
-        buffers. custom_objects: {"ClassName": class} for layers that are not tinynet's, as Keras."""
+        buffers, and the loss and metrics it was compiled with (so evaluate works; fit needs
+        compile). custom_objects: {"ClassName": class} for layers and losses not tinynet's, as Keras."""
         arrays, config, _ = _read_model_file(path, "Sequential.load")
         model = _from_config(config, custom_objects, f"Sequential.load: {path}")
         if arrays:
             model.astype(next(iter(arrays.values())).dtype)
+        if "loss" in config:             # saved after compile: evaluate works without compiling again
+            name = config["loss"]["class"]
+            cls = (custom_objects or {}).get(name) or globals().get(name)
+            if not (isinstance(cls, type) and issubclass(cls, Loss)):
+                raise ValueError(f"Sequential.load: {path}: unknown loss class {name!r}; if it is your own, "
+                                 f"pass it as Sequential.load(path, custom_objects={{{name!r}: {name}}})")
+            model.loss, model.metrics = cls(**config["loss"]["kwargs"]), tuple(config["metrics"])
         return model.load_state_dict(arrays)
 
     def to_torch(self):
@@ -1853,6 +1884,31 @@ class Sequential(Layer):
     def from_torch(module):
         """A tinynet model from a torch.nn.Sequential of layers tinynet has (weights copied)."""
         return _from_torch(module)
+
+
+def _describe(layer, width=44):
+    """A layer in a few words for summary(): its class, the arguments without a default by value,
+    the others only when not at their default; lists of more than 2 numbers as their length."""
+    def show(v):
+        if isinstance(v, list) and len(v) == 2 and v[0] == v[1]:
+            v = v[0]                                      # kernel_size=[3, 3] -> 3
+        if isinstance(v, list):
+            return f"[{len(v)} values]" if len(v) > 2 else f"[{', '.join(map(show, v))}]"
+        return f"{v:.4g}" if isinstance(v, float) else repr(v)
+    try:
+        kwargs = layer.config()["kwargs"]
+    except (ValueError, KeyError, TypeError):              # a layer that does not keep its arguments
+        return type(layer).__name__
+    specs = dict(_init_args(type(layer)))
+    args = []
+    for k, v in kwargs.items():
+        default = specs[k].default if k in specs else None
+        if default is inspect.Parameter.empty:
+            args.append(show(v))
+        elif show(v) != show(list(default) if isinstance(default, tuple) else default):
+            args.append(f"{k}={show(v)}")
+    text = f"{type(layer).__name__}({', '.join(args)})"
+    return text if len(text) <= width else text[:width - 2] + "…)"
 
 
 def _notify(callbacks, event, *args):
@@ -1965,8 +2021,14 @@ def _init_args(cls):
 
 
 def _model_arrays(model):
-    """model.state_dict() plus its architecture as JSON, under "__architecture__"."""
-    return dict(model.state_dict(), __architecture__=np.array(json.dumps(model.config())))
+    """model.state_dict() plus its architecture as JSON, under "__architecture__"; for a compiled
+    model the JSON also holds its loss ({"class", "kwargs"}) and metrics."""
+    config = model.config()
+    if getattr(model, "loss", None) is not None:
+        kwargs = {k: getattr(model.loss, k) for k, _ in _init_args(type(model.loss)) if hasattr(model.loss, k)}
+        config["loss"] = {"class": type(model.loss).__name__, "kwargs": kwargs}
+        config["metrics"] = list(model.metrics)
+    return dict(model.state_dict(), __architecture__=np.array(json.dumps(config)))
 
 
 def _read_model_file(path, caller):
