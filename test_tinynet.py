@@ -3873,7 +3873,12 @@ def test_summary_fits_100_columns_with_long_layer_arguments():
                   "MaxPool2d(2, stride=2)", "(None, 64, 16, 15)", "(None, 64, 8, 7)"):
         assert piece in lines[1], piece
     assert tn._describe(tn.Linear(3, 4, bias=False)) == "Linear(3, 4, bias=False)"
-    assert tn._describe(tn.Linear(123456789012, 3)) == "Linear(123456789012, 3)"
+
+    class Tagged(tn.Layer):
+        def __init__(self, tag="a very long tag, longer than a summary column"):
+            self.tag = tag
+    text = tn._describe(Tagged())
+    assert len(text) == 44 and text.startswith("Tagged('a very long") and text.endswith("…)")
 
 
 @pytest.mark.parametrize("loss, metrics", [(tn.CrossEntropyLoss(), ("accuracy",)), (tn.MSELoss(), ())])
