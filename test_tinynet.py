@@ -3875,9 +3875,9 @@ def test_summary_fits_100_columns_with_long_layer_arguments():
     assert tn._describe(tn.Linear(3, 4, bias=False)) == "Linear(3, 4, bias=False)"
 
     class Tagged(tn.Layer):
-        def __init__(self, tag="a very long tag, longer than a summary column"):
+        def __init__(self, tag):
             self.tag = tag
-    text = tn._describe(Tagged())
+    text = tn._describe(Tagged("a very long tag, longer than a summary column"))
     assert len(text) == 44 and text.startswith("Tagged('a very long") and text.endswith("…)")
 
 
