@@ -3914,3 +3914,70 @@ def test_load_reads_files_without_a_loss_and_names_an_unknown_one(tmp_path):
     with pytest.raises(ValueError, match=r"unknown loss class 'Hinge'.*custom_objects"):
         tn.Sequential.load(tmp_path / "own.npz")
     assert isinstance(tn.Sequential.load(tmp_path / "own.npz", custom_objects={"Hinge": Hinge}).loss, Hinge)
+
+
+# ── installing: a light pyproject, optional packages named when missing ─────────
+
+def _copy_project(dest, names=("tinynet.py", "pyproject.toml", "README.md", "requirements.txt")):
+    import shutil
+    os.makedirs(dest, exist_ok=True)
+    for name in names:
+        shutil.copy(os.path.join(HERE, name), dest)
+    return dest
+
+
+def test_pip_install_gives_the_module_from_any_folder_even_one_holding_a_clone(tmp_path):
+    src, site, holder = _copy_project(tmp_path / "src"), tmp_path / "site", tmp_path / "content"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                        "--no-compile", "--target", str(site), str(src)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    info = f"tinynet-{tn.__version__}.dist-info"
+    assert sorted(p.name for p in site.iterdir() if p.name != "__pycache__") == [info, "tinynet.py"]
+    requires = re.findall(r"^Requires-Dist: (.*)$", (site / info / "METADATA").read_text(), re.M)
+    assert [r for r in requires if "extra" not in r] == ["numpy>=1.24", "tqdm>=4.60", "matplotlib>=3.6"]
+    assert not any("torch" in r or "pytest" in r for r in requires)
+    (holder / "tinynet").mkdir(parents=True)          # Colab's /content after `!git clone .../tinynet`
+    code = "import tinynet as tn; print(tn.__file__); print(tn.Sequential.__name__)"
+    env = dict(os.environ, PYTHONPATH=str(site))
+    r = subprocess.run([sys.executable, "-c", code], cwd=holder, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [str(site / "tinynet.py"), "Sequential"]
+    r = subprocess.run([sys.executable, "-c", code], cwd=holder, capture_output=True, text=True,
+                       env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert "has no attribute 'Sequential'" in r.stderr      # the trap the README's %cd avoids
+
+
+def test_requirements_runtime_apart_from_tests_and_ruff_configured():
+    import tomllib
+
+    def listed(name):
+        with open(os.path.join(HERE, name)) as fh:
+            return [line.split("#")[0].strip() for line in fh if line.split("#")[0].strip()]
+    runtime, tests = listed("requirements.txt"), listed("requirements-test.txt")
+    assert [re.split("[<>=]", r)[0] for r in runtime] == ["numpy", "tqdm", "matplotlib", "scipy",
+                                                          "scikit-learn", "threadpoolctl"]
+    assert tests[0] == "-r requirements.txt" and "torch==2.13.0" in tests
+    for package in ("pytest", "nbclient", "ipykernel", "nbformat", "ruff"):
+        assert any(r.startswith(package) for r in tests), package
+    with open(os.path.join(HERE, "pyproject.toml"), "rb") as fh:
+        project = tomllib.load(fh)
+    assert project["tool"]["setuptools"]["py-modules"] == ["tinynet"]
+    assert project["tool"]["ruff"]["line-length"] == 100
+    assert sorted(project["tool"]["ruff"]["lint"]["select"]) == ["E", "F", "I"]
+    with open(os.path.join(HERE, ".ci", "run")) as fh:
+        assert "-r requirements.txt -r requirements-test.txt" in fh.read()
+
+
+def test_optional_packages_are_named_when_missing(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "scipy.io", None)              # as if scipy were not installed
+    with pytest.raises(ImportError, match=r"load_svhn: .* needs scipy: pip install scipy"):
+        tn.load_svhn(data_dir=tmp_path, download=False)
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)
+    with pytest.raises(ImportError, match=r"--threads: .* needs threadpoolctl: pip install threadpoolctl"):
+        tn.blas_thread_callbacks("1")
+    callback = tn.BlasThreads()                                     # auto: does nothing without it
+    callback.on_train_begin()
+    callback.on_batch_begin(0)
+    callback.on_batch_end(0)
+    callback.on_train_end()
+    assert callback.chosen is None

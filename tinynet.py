@@ -1534,34 +1534,67 @@ class BlasThreads(Callback):
 
 
 class ProgressLog(Callback):
-    """fit's output. verbose=1: a tqdm bar per epoch when the output is a terminal or a notebook,
-    then one line per epoch; verbose=2: the line only; 0: nothing."""
+    """fit's output. verbose=2: one line per epoch on stdout ("epoch 3/10 - loss: ... - lr: ...");
+    0: nothing. verbose=1: the line and, while an epoch runs, a progress bar with the running
+    loss and accuracy: on a terminal tqdm's bar (stderr, erased at the epoch's end); in a Jupyter
+    notebook one display for the whole fit, updated in place (an HTML <progress> bar with a text
+    fallback, no widget), so that a saved notebook keeps the last bar and the epoch lines only;
+    in a log (no terminal) the lines only."""
 
     def __init__(self, verbose, epochs, steps):
-        self.verbose, self.epochs, self.steps, self.bar = verbose, epochs, steps, None
+        self.verbose, self.epochs, self.steps, self.bar, self.display = verbose, epochs, steps, None, None
+
+    def on_train_begin(self, logs=None):
+        if self.verbose == 1 and "ipykernel" in sys.modules:
+            from IPython.display import display
+            self.epoch, self.seen, self.sums, self.batches, self.shown = 0, 0, {}, 0, 0.0
+            self.display = display(self._bundle(), raw=True, display_id=True)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.seen, self.sums = 0, {}
-        if self.verbose == 1 and (sys.stderr.isatty() or "ipykernel" in sys.modules):
-            from tqdm.auto import tqdm
+        self.epoch, self.seen, self.sums, self.batches = epoch, 0, {}, 0
+        if self.verbose == 1 and self.display is None and sys.stderr.isatty():
+            from tqdm import tqdm
             self.bar = tqdm(total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False)
 
     def on_batch_end(self, batch, logs=None):
+        if self.bar is None and self.display is None:
+            return
+        self.seen, self.batches = self.seen + logs["size"], self.batches + 1
+        for k in ("loss", "accuracy"):
+            if k in logs:
+                self.sums[k] = self.sums.get(k, 0.0) + logs[k] * logs["size"]
         if self.bar is not None:
-            self.seen += logs["size"]
-            for k in ("loss", "accuracy"):
-                if k in logs:
-                    self.sums[k] = self.sums.get(k, 0.0) + logs[k] * logs["size"]
-            self.bar.set_postfix({k: f"{v / self.seen:.4f}" for k, v in self.sums.items()}, refresh=False)
+            self.bar.set_postfix(self._running(), refresh=False)
             self.bar.update()
+        elif time.monotonic() - self.shown > 0.2:      # at most 5 updates a second
+            self._update()
 
     def on_epoch_end(self, epoch, logs=None):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if self.display is not None:
+            self._update()
         if self.verbose:
             print(f"epoch {epoch + 1}/{self.epochs} - "
                   + " - ".join(f"{k}: {v:{'.3g' if k == 'lr' else '.4f'}}" for k, v in logs.items()), flush=True)
+
+    def _running(self):                  # {"loss": "0.1234", ...}: the epoch's running means
+        return {k: f"{v / self.seen:.4f}" for k, v in self.sums.items()}
+
+    def _update(self):
+        self.display.update(self._bundle(), raw=True)
+        self.shown = time.monotonic()
+
+    def _bundle(self):
+        """The notebook display: "epoch 3/10 [=====>    ] 120/469 - loss: 0.1234", as HTML and text."""
+        done = round(20 * self.batches / max(self.steps, 1))
+        bar = "[" + "=" * done + (">" if done < 20 else "") + " " * (19 - done) + "]"
+        counts = f"epoch {self.epoch + 1}/{self.epochs} {{}} {self.batches}/{self.steps}"
+        values = "".join(f" - {k}: {v}" for k, v in self._running().items())
+        html = (f'<progress value="{self.batches}" max="{self.steps}" style="width: 20em"></progress>')
+        return {"text/plain": counts.format(bar) + values,
+                "text/html": f"<pre style=\"margin: 0\">{counts.format(html)}{values}</pre>"}
 
 
 class NonFiniteLoss(ValueError):
@@ -2373,7 +2406,10 @@ def load_svhn(split="train", data_dir=None, download=True):
     Returns X float32 (N, 3, 32, 32) in [0, 1] and y int64 0..9. Only one
     float32 copy of the images is made (the uint8 array is transposed first).
     """
-    from scipy.io import loadmat
+    try:
+        from scipy.io import loadmat
+    except ImportError:
+        raise ImportError("load_svhn: reading SVHN's .mat files needs scipy: pip install scipy") from None
     if split not in ("train", "test", "extra"):
         raise ValueError(f"load_svhn: split must be 'train', 'test' or 'extra', got {split!r}")
     path = _find("svhn", f"{split}_32x32.mat", os.path.join(_data_dir(data_dir), "svhn"), download, "load_svhn")
@@ -2890,7 +2926,11 @@ def blas_thread_callbacks(threads):
         return [BlasThreads()]
     if not threads.isdigit() or int(threads) < 1:
         raise ValueError(f"--threads: expected auto or a positive number, got {threads!r}")
-    from threadpoolctl import threadpool_limits
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        raise ImportError("--threads: setting the BLAS thread count needs threadpoolctl: "
+                          "pip install threadpoolctl") from None
     threadpool_limits(int(threads), user_api="blas")
     return []
 
