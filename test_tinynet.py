@@ -3981,3 +3981,84 @@ def test_optional_packages_are_named_when_missing(tmp_path, monkeypatch):
     callback.on_batch_end(0)
     callback.on_train_end()
     assert callback.chosen is None
+
+
+# ── the README's notebook, run in a real Jupyter kernel ──────────────────────
+
+def _readme_notebook_cells():
+    """The ```python blocks of the README's section "In a notebook or on Colab", in order."""
+    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as fh:
+        readme = fh.read()
+    section = readme.split("\n## In a notebook or on Colab\n")[1].split("\n## ")[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def _small_mnist(folder, n_train=3000, n_test=500):
+    """The first images of the real MNIST as IDX files in folder/mnist (the notebook's data)."""
+    need(os.path.join(DATA, "mnist"))
+    X_train, y_train, X_test, y_test = tn.load_mnist(DATA, download=False)
+    os.makedirs(folder / "mnist")
+    for kind, X, y, n in (("train", X_train, y_train, n_train), ("t10k", X_test, y_test, n_test)):
+        write_idx(folder / "mnist" / f"{kind}-images-idx3-ubyte.gz", np.rint(X[:n, 0] * 255).astype(np.uint8))
+        write_idx(folder / "mnist" / f"{kind}-labels-idx1-ubyte.gz", y[:n].astype(np.uint8))
+
+
+def _outputs(cell, kind=None):
+    return [o for o in cell.outputs if kind is None or o.output_type == kind]
+
+
+def test_readme_notebook_runs_in_a_jupyter_kernel(tmp_path, monkeypatch):
+    nbformat, nbclient = pytest.importorskip("nbformat"), pytest.importorskip("nbclient")
+    import base64
+    cells = _readme_notebook_cells()
+    first = cells[0].splitlines()
+    assert first[0].startswith("!git clone ") and first[0].endswith(" tinynet") and first[1] == "%cd tinynet"
+    assert len(cells) == 5 and not any(line.startswith(("!", "%")) for c in cells for line in c.splitlines()[2:])
+    assert "import numpy as np, tinynet as tn" in first and any("tn.load_mnist()" in line for line in first)
+    holder = tmp_path / "content"                      # the folder that holds the clone, as on Colab
+    _copy_project(holder / "tinynet")                  # the clone (no network here)
+    _small_mnist(tmp_path / "data")
+    monkeypatch.setenv("TINYNET_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv("MPLBACKEND", raising=False)    # the kernel's own: inline figures
+    code = ["\n".join(first[1:])] + cells[1:] + [     # then a 100-epoch fit, for the saved size
+        "m = tn.Sequential(tn.Linear(4, 3))\n"
+        "m.compile(tn.SGD(m.parameters(), lr=0.1), tn.CrossEntropyLoss())\n"
+        "Xs = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)\n"
+        "h = m.fit(Xs, np.arange(64) % 3, epochs=100, batch_size=8, validation_split=0.25)",
+        "fig = tn.plot_batch_loss(h, 'again.svg')",     # shown once, though not the cell's value
+        "fig"]                                           # and again in a later cell
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in code])
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(holder)}}).execute()
+    nbformat.write(nb, tmp_path / "lab.ipynb")         # (to look at it after a failure)
+    setup, summary, fit, history, predictions, long_fit, shown, again = nb.cells
+    for cell in nb.cells:
+        assert not [o for o in _outputs(cell, "stream") if o.name == "stderr"], cell.source   # no warning
+        assert not _outputs(cell, "error")
+    assert not _outputs(summary, "execute_result")                      # None: no escaped string echoed
+    table = "".join(o.text for o in _outputs(summary, "stream"))
+    assert re.search(r"1: Linear\(784, 128\) +\(None, 128\) +100,480\n", table) and "Total params: 101,770" in table
+    [progress] = fit.outputs                                             # one display, updated in place
+    lines = progress.data["text/plain"].splitlines()                    # at the end: a line per epoch
+    assert [line[:10] for line in lines] == ["epoch 1/3 ", "epoch 2/3 ", "epoch 3/3 "]
+    assert all(re.search(r" - accuracy: .* - val_accuracy: 0\.\d{4} - lr: 0\.001$", x) for x in lines), lines
+    assert progress.data["text/html"] == '<pre style="margin: 0">' + "\n".join(lines) + "</pre>"
+    images = {}
+    for name, cell in (("history", history), ("predictions", predictions), ("shown", shown), ("again", again)):
+        pngs = [o.data["image/png"] for o in cell.outputs if "image/png" in o.get("data", {})]
+        assert len(pngs) == 1, f"{name}: {len(pngs)} figures shown"
+        images[name] = base64.b64decode(pngs[0])
+        (tmp_path / f"{name}.png").write_bytes(images[name])
+        _png_ok(tmp_path / f"{name}.png")
+    import matplotlib.image
+    shown, again = (matplotlib.image.imread(tmp_path / f"{name}.png") for name in ("shown", "again"))
+    assert shown.shape == again.shape and np.abs(shown - again).mean() < 1e-3     # the same figure
+    assert re.search(r"\{'loss': .*'accuracy': ", "".join(o.text for o in _outputs(predictions, "stream")))
+    _png_ok(holder / "tinynet" / "figures" / "predictions.png")        # the path: written too
+    assert (holder / "tinynet" / "again.svg").read_text().startswith("<?xml")
+    one = nbformat.v4.new_notebook(cells=[long_fit], metadata=nb.metadata)
+    size = len(nbformat.writes(one))
+    print(f"\na notebook holding a 100-epoch fit: {size:,} bytes, {len(long_fit.outputs)} outputs")
+    assert size < 100_000 and len(long_fit.outputs) == 1
+    assert long_fit.outputs[0].data["text/plain"].count("\n") == 99
+    assert "widgets" not in nb.metadata

@@ -1535,11 +1535,11 @@ class BlasThreads(Callback):
 
 class ProgressLog(Callback):
     """fit's output. verbose=2: one line per epoch on stdout ("epoch 3/10 - loss: ... - lr: ...");
-    0: nothing. verbose=1: the line and, while an epoch runs, a progress bar with the running
+    0: nothing. verbose=1: the lines and, while an epoch runs, a progress bar with the running
     loss and accuracy: on a terminal tqdm's bar (stderr, erased at the epoch's end); in a Jupyter
-    notebook one display for the whole fit, updated in place (an HTML <progress> bar with a text
-    fallback, no widget), so that a saved notebook keeps the last bar and the epoch lines only;
-    in a log (no terminal) the lines only."""
+    notebook one display for the whole fit, updated in place (the lines so far, then an HTML
+    <progress> bar with a text fallback; no widget, so a saved notebook keeps one output: the
+    lines); elsewhere (a log) the lines only."""
 
     def __init__(self, verbose, epochs, steps):
         self.verbose, self.epochs, self.steps, self.bar, self.display = verbose, epochs, steps, None, None
@@ -1547,7 +1547,7 @@ class ProgressLog(Callback):
     def on_train_begin(self, logs=None):
         if self.verbose == 1 and "ipykernel" in sys.modules:
             from IPython.display import display
-            self.epoch, self.seen, self.sums, self.batches, self.shown = 0, 0, {}, 0, 0.0
+            self.lines, self.shown, self.batches = [], 0.0, None
             self.display = display(self._bundle(), raw=True, display_id=True)
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -1573,11 +1573,14 @@ class ProgressLog(Callback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        line = (f"epoch {epoch + 1}/{self.epochs} - "
+                + " - ".join(f"{k}: {v:{'.3g' if k == 'lr' else '.4f'}}" for k, v in logs.items()))
         if self.display is not None:
+            self.lines.append(line)
+            self.batches = None                        # the lines only, until the next batch
             self._update()
-        if self.verbose:
-            print(f"epoch {epoch + 1}/{self.epochs} - "
-                  + " - ".join(f"{k}: {v:{'.3g' if k == 'lr' else '.4f'}}" for k, v in logs.items()), flush=True)
+        elif self.verbose:
+            print(line, flush=True)
 
     def _running(self):                  # {"loss": "0.1234", ...}: the epoch's running means
         return {k: f"{v / self.seen:.4f}" for k, v in self.sums.items()}
@@ -1587,14 +1590,18 @@ class ProgressLog(Callback):
         self.shown = time.monotonic()
 
     def _bundle(self):
-        """The notebook display: "epoch 3/10 [=====>    ] 120/469 - loss: 0.1234", as HTML and text."""
-        done = round(20 * self.batches / max(self.steps, 1))
-        bar = "[" + "=" * done + (">" if done < 20 else "") + " " * (19 - done) + "]"
-        counts = f"epoch {self.epoch + 1}/{self.epochs} {{}} {self.batches}/{self.steps}"
-        values = "".join(f" - {k}: {v}" for k, v in self._running().items())
-        html = (f'<progress value="{self.batches}" max="{self.steps}" style="width: 20em"></progress>')
-        return {"text/plain": counts.format(bar) + values,
-                "text/html": f"<pre style=\"margin: 0\">{counts.format(html)}{values}</pre>"}
+        """The notebook display: the epoch lines, then "epoch 3/10 [=====>    ] 120/469 - loss:
+        0.1234" while an epoch runs; as text and as HTML (with a <progress> bar)."""
+        text, html = list(self.lines), list(self.lines)
+        if self.batches is not None:
+            done = round(20 * self.batches / max(self.steps, 1))
+            bar = "[" + "=" * done + (">" if done < 20 else "") + " " * (19 - done) + "]"
+            progress = f'<progress value="{self.batches}" max="{self.steps}" style="width: 20em"></progress>'
+            counts = f"epoch {self.epoch + 1}/{self.epochs} {{}} {self.batches}/{self.steps}"
+            values = "".join(f" - {k}: {v}" for k, v in self._running().items())
+            text.append(counts.format(bar) + values)
+            html.append(counts.format(progress) + values)
+        return {"text/plain": "\n".join(text), "text/html": '<pre style="margin: 0">' + "\n".join(html) + "</pre>"}
 
 
 class NonFiniteLoss(ValueError):
