@@ -4062,3 +4062,195 @@ def test_readme_notebook_runs_in_a_jupyter_kernel(tmp_path, monkeypatch):
     assert size < 100_000 and len(long_fit.outputs) == 1
     assert long_fit.outputs[0].data["text/plain"].count("\n") == 99
     assert "widgets" not in nb.metadata
+
+
+# ── figures: returned, shown or written; what each one draws ──────────────────
+
+@pytest.fixture
+def pyplot():
+    """matplotlib.pyplot, every figure closed after the test (helpers without a path leave theirs open)."""
+    import matplotlib.pyplot as plt
+    yield plt
+    plt.close("all")
+
+
+def _every_plot(path):
+    """{helper: a call of it with `path`} on small inputs."""
+    y, y_pred = _labels(3, 30)
+    f = lambda x, y: x ** 2 + y ** 2                                          # noqa: E731
+    return {
+        "plot_history": lambda: tn.plot_history(_history(), path),
+        "plot_curves": lambda: tn.plot_curves({"a": _history(), "b": _history(scale=2)}, path),
+        "plot_confusion_matrix": lambda: tn.plot_confusion_matrix(y, y_pred, path, IRIS),
+        "plot_predictions": lambda: tn.plot_predictions(np.zeros((30, 1, 8, 8)), y, y_pred, path, n=4),
+        "plot_embeddings": lambda: tn.plot_embeddings({"z": np.random.default_rng(0).random((30, 2))}, y, path),
+        "plot_batch_loss": lambda: tn.plot_batch_loss(_history(), path),
+        "plot_optimizer_paths": lambda: tn.plot_optimizer_paths({"p": (f, {"a": np.ones((3, 2))})}, path),
+    }
+
+
+def test_every_plot_helper_returns_its_figure_left_open_without_a_path(tmp_path, monkeypatch, pyplot):
+    import inspect
+
+    from matplotlib.figure import Figure
+    monkeypatch.chdir(tmp_path)
+    helpers = _every_plot(None)
+    assert sorted(helpers) == sorted(n for n in dir(tn) if n.startswith("plot_"))
+    for name, draw in helpers.items():
+        fig = draw()
+        assert isinstance(fig, Figure), name
+        assert fig in [pyplot.figure(n) for n in pyplot.get_fignums()], f"{name}: the figure is lost"
+        assert inspect.signature(getattr(tn, name)).parameters["path"].default is None
+    assert os.listdir(tmp_path) == []                                   # nothing written
+
+
+@pytest.mark.parametrize("name, magic", [("loss.png", b"\x89PNG"), ("figs/deeper/loss.PDF", b"%PDF"),
+                                         ("loss.svg", b"<?xml")])
+def test_plot_path_format_follows_the_extension_and_folders_are_created(tmp_path, pyplot, name, magic):
+    for helper, draw in _every_plot(tmp_path / name).items():
+        fig = draw()
+        assert (tmp_path / name).read_bytes().startswith(magic), helper
+        assert not os.path.exists(f"{tmp_path / name}.tmp")
+        assert fig not in [pyplot.figure(n) for n in pyplot.get_fignums()], f"{helper}: left open"
+        (tmp_path / name).unlink()
+    if name.endswith(".svg"):
+        tn.plot_batch_loss([1.0, 0.5], str(tmp_path / name))           # a str path as well as a Path
+        assert "<svg" in (tmp_path / name).read_text()
+
+
+def test_plot_path_errors_name_the_path_given(tmp_path, pyplot):
+    for bad in ("loss", "loss.txt"):
+        with pytest.raises(ValueError, match=rf"plot_history: cannot tell the format of '{bad}'.*\.png.*\.svg"):
+            tn.plot_history(_history(), bad)
+    (tmp_path / "afile").write_text("")
+    target = str(tmp_path / "afile" / "loss.png")                        # a folder that is a file
+    with pytest.raises(OSError, match=rf"plot_batch_loss: cannot write '{re.escape(target)}'"):
+        tn.plot_batch_loss([1.0, 0.5], target)
+    assert os.listdir(tmp_path) == ["afile"]
+
+
+def test_plot_history_panels_are_titled_by_their_key(pyplot):
+    fig = tn.plot_history(_history(4), keys=("accuracy", "nope", "loss"), title="Run")
+    assert [ax.get_title() for ax in fig.axes] == ["accuracy", "loss"]
+    assert fig._suptitle.get_text() == "Run: accuracy and loss per epoch"
+    training, validation = fig.axes[1].get_lines()
+    np.testing.assert_array_equal(training.get_xdata(), [1, 2, 3, 4])
+    np.testing.assert_allclose(validation.get_ydata(), [1.2 / (e + 1) for e in range(4)])
+    assert tn.plot_history(_history(4))._suptitle is None                   # no title, no suptitle
+    curves = tn.plot_curves({"a": _history(3)}, keys=("val_loss", "loss"), title="Runs")
+    assert [ax.get_title() for ax in curves.axes] == ["val_loss", "loss"]
+    assert curves._suptitle.get_text() == "Runs: val_loss and loss per epoch"
+    emb = tn.plot_embeddings({"raw": np.zeros((4, 2)), "learned": np.ones((4, 2))}, [0, 1, 1, 0], class_names=["a", "b"])
+    assert [ax.get_title() for ax in emb.axes] == ["raw", "learned"]
+    assert [t.get_text() for t in emb.axes[-1].get_legend().get_texts()] == ["a", "b"]
+
+
+def test_plot_predictions_captions_mistakes_first_in_red(pyplot):
+    y_true, y_pred = np.array([0, 1, 2, 1, 0, 2]), np.array([0, 2, 2, 1, 1, 2])
+    X = np.random.default_rng(0).random((6, 1, 5, 5))
+    fig = tn.plot_predictions(X, y_true, y_pred, class_names=["cat", "dog", "eel"], n=6, title="Pets")
+    shown = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in shown] == ["eel (dog)", "dog (cat)", "cat (cat)", "eel (eel)", "dog (dog)",
+                                                 "eel (eel)"]
+    import matplotlib.colors
+    red = [matplotlib.colors.same_color(ax.title.get_color(), "red") for ax in shown]
+    assert red == [True, True, False, False, False, False]
+    for ax, bad in zip(shown, red):
+        assert ax.axison == bad
+        assert all(matplotlib.colors.same_color(s.get_edgecolor(), "red") for s in ax.spines.values()) == bad
+    np.testing.assert_array_equal(shown[0].images[0].get_array(), X[1, 0])     # the first mistake's image
+    assert fig._suptitle.get_text() == "Pets: predicted (true) test images; 2 of 6 misclassified, shown first in red"
+    assert len([ax for ax in tn.plot_predictions(X, y_true, y_pred, n=4).axes if ax.images]) == 4
+
+
+def test_plot_confusion_matrix_ticks_name_the_classes_and_cells_count(pyplot):
+    y, y_pred = np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 2, 0])
+    fig = tn.plot_confusion_matrix(y, y_pred, class_names=IRIS)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == IRIS == [t.get_text() for t in ax.get_yticklabels()]
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    assert cells == {(i, j): str(c) for (i, j), c in np.ndenumerate(tn.confusion_matrix(y, y_pred))}
+    assert ax.get_xlabel() == "predicted class" and ax.get_ylabel() == "true class"
+    assert ax.get_title() == "accuracy 0.6667 (4/6)"
+    ids = tn.plot_confusion_matrix(y, y_pred).axes[0]
+    assert [t.get_text() for t in ids.get_xticklabels()] == ["0", "1", "2"]
+
+
+def test_plot_confusion_matrix_slants_long_names_and_widens(pyplot):
+    y = np.arange(6) % 3
+
+    def drawn(names):
+        fig = tn.plot_confusion_matrix(y, y, class_names=names)
+        return fig, {t.get_rotation() for t in fig.axes[0].get_xticklabels()}
+    short, level = drawn(["a", "b", "c"])
+    middle, slanted = drawn(["abcdefgh", "bcdefghi", "cdefghij"])
+    long, vertical = drawn(["a rather long class name", "b rather long class name", "c"])
+    assert (level, slanted, vertical) == ({0.0}, {45.0}, {90.0})
+    assert short.get_figwidth() < middle.get_figwidth() < long.get_figwidth()
+    assert short.get_figheight() < middle.get_figheight() < long.get_figheight()
+    assert {t.get_ha() for t in middle.axes[0].get_xticklabels()} == {"right"}
+    assert {t.get_ha() for t in short.axes[0].get_xticklabels()} == {"center"}
+
+
+@pytest.mark.parametrize("epochs, marks", [(4, [25.5, 50.5, 75.5]), (2, [50.5]), (1, []), (25, [])])
+def test_plot_batch_loss_marks_the_end_of_each_epoch(pyplot, epochs, marks):
+    h = _history(n_epochs=epochs, batches=100 // epochs)
+    fig = tn.plot_batch_loss(h)
+    ax = fig.axes[0]
+    vertical = [line.get_xdata()[0] for line in ax.get_lines() if line.get_label() != "loss of each update"
+                and len(set(line.get_xdata())) == 1]
+    assert vertical == marks
+    top = [c for c in ax.child_axes]
+    assert len(top) == (epochs > 1)
+    if top:
+        assert top[0].get_xlabel() == "epoch"
+        per = 100 // epochs
+        np.testing.assert_allclose(top[0]._functions[0](np.array([per, 2 * per])), [1, 2])
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert ("end of an epoch" in labels) == bool(marks)
+    raw, mean = ax.get_lines()[:2]
+    window = max(1, len(h.batch_loss) // 50)
+    np.testing.assert_allclose(mean.get_ydata()[0], np.mean(h.batch_loss[:window]))
+    np.testing.assert_array_equal(mean.get_xdata()[:2], [window, window + 1])
+    assert labels[:2] == ["loss of each update", f"mean of the last {window}"]
+    assert ax.get_yscale() == "linear"
+
+
+def test_plot_batch_loss_log_scale_over_two_decades(pyplot):
+    assert tn.plot_batch_loss([1000.0, 1.0, 9.0]).axes[0].get_yscale() == "log"
+    assert tn.plot_batch_loss([100.0, 1.0, 9.0]).axes[0].get_yscale() == "linear"
+    assert tn.plot_batch_loss([1000.0, 0.0, 9.0]).axes[0].get_yscale() == "linear"    # log of 0: no
+    ax = tn.plot_batch_loss([0.5, 0.4]).axes[0]
+    assert len(ax.get_lines()) == 1 and not ax.child_axes              # 2 updates: no mean, no epochs
+
+
+def test_plot_optimizer_paths_view_covers_every_path_under_contours(pyplot):
+    from matplotlib.contour import ContourSet
+    f = lambda x, y: (x - 1) ** 2 + 10 * (y + 2) ** 2                   # noqa: E731
+    far = np.array([[0.0, 0.0], [-30.0, 4.0], [-20.0, 12.0]])
+    near = np.array([[0.0, 0.0], [0.5, -1.0], [1.0, -2.0]])
+    fig = tn.plot_optimizer_paths({"a long panel title " * 4: (f, {"far": far, "near": near}, (1, -2)),
+                                   "second": (f, {"near": near})}, title="Paths")
+    ax, other = fig.axes[:2]
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    for p in (far, near, [(1, -2)]):
+        assert (x0 < np.asarray(p)[:, 0]).all() and (np.asarray(p)[:, 0] < x1).all()
+        assert (y0 < np.asarray(p)[:, 1]).all() and (np.asarray(p)[:, 1] < y1).all()
+    assert x0 > -30 - 0.2 * 31 - 0.2 and x1 < 1 + 0.2 * 31 + 0.2                # a margin, not more
+    assert other.get_xlim()[0] > -1 and other.get_ylim()[1] < 1                 # each panel its own view
+    [contours] = [c for c in ax.collections if isinstance(c, ContourSet)]
+    assert len(contours.levels) >= 10 and np.all(np.diff(contours.levels) > 0)
+    grid = np.array([v for path in contours.get_paths() for v in path.vertices])
+    assert grid[:, 0].min() >= x0 - 1e-9 and grid[:, 0].max() <= x1 + 1e-9       # drawn over the view
+    z = f(*np.meshgrid(np.linspace(x0, x1, 50), np.linspace(y0, y1, 50)))
+    assert contours.levels[0] < np.quantile(z, 0.05) and contours.levels[-1] > np.quantile(z, 0.5)
+    assert ax.get_title().replace("\n", " ") == ("a long panel title " * 4).strip()
+    assert "\n" in ax.get_title() and other.get_title() == "second"
+    drawn = {line.get_label(): line for line in ax.get_lines()}
+    np.testing.assert_array_equal(drawn["far"].get_xydata(), far)
+    starts = [line for line in ax.get_lines() if line.get_marker() == "o" and line.get_color() == "black"]
+    assert [tuple(line.get_xydata()[0]) for line in starts] == [(0, 0), (0, 0)]
+    ends = [line for line in ax.get_lines() if line.get_markersize() == 9]
+    assert [tuple(line.get_xydata()[0]) for line in ends] == [(-20, 12), (1, -2)]
+    assert [line.get_xydata()[0].tolist() for line in ax.get_lines() if line.get_label() == "minimum"] == [[1, -2]]
+    assert fig._suptitle.get_text() == "Paths"
