@@ -1542,7 +1542,8 @@ class ProgressLog(Callback):
     lines); elsewhere (a log) the lines only."""
 
     def __init__(self, verbose, epochs, steps):
-        self.verbose, self.epochs, self.steps, self.bar, self.display = verbose, epochs, steps, None, None
+        self.verbose, self.epochs, self.steps = verbose, epochs, steps
+        self.bar = self.display = None
 
     def on_train_begin(self, logs=None):
         if self.verbose == 1 and "ipykernel" in sys.modules:
@@ -1596,12 +1597,13 @@ class ProgressLog(Callback):
         if self.batches is not None:
             done = round(20 * self.batches / max(self.steps, 1))
             bar = "[" + "=" * done + (">" if done < 20 else "") + " " * (19 - done) + "]"
-            progress = f'<progress value="{self.batches}" max="{self.steps}" style="width: 20em"></progress>'
+            progress = f'<progress value="{self.batches}" max="{self.steps}"></progress>'
             counts = f"epoch {self.epoch + 1}/{self.epochs} {{}} {self.batches}/{self.steps}"
             values = "".join(f" - {k}: {v}" for k, v in self._running().items())
             text.append(counts.format(bar) + values)
             html.append(counts.format(progress) + values)
-        return {"text/plain": "\n".join(text), "text/html": '<pre style="margin: 0">' + "\n".join(html) + "</pre>"}
+        return {"text/plain": "\n".join(text),
+                "text/html": '<pre style="margin: 0">' + "\n".join(html) + "</pre>"}
 
 
 class NonFiniteLoss(ValueError):
@@ -1863,8 +1865,9 @@ class Sequential(Layer):
                              f"model starts with {first}); run it on data once or give input_shape "
                              f"without the batch axis, e.g. summary(input_shape=(1, 28, 28))")
         [outs] = list(self._outputs(np.zeros((1, *shape)), 1))
-        rows = [(f"{i}: {_describe(l)}", str((None, *o.shape[1:])), sum(p.data.size for p in l.parameters()))
-                for i, (l, o) in enumerate(zip(self.layers, outs))]
+        rows = [(f"{i}: {_describe(layer)}", str((None, *out.shape[1:])),
+                 sum(p.data.size for p in layer.parameters()))
+                for i, (layer, out) in enumerate(zip(self.layers, outs))]
         w = max(len(r[0]) for r in rows) + 2
         lines = [f"{'Layer':<{w}}{'Output shape':<20}{'Param #':>12}", "=" * (w + 32)]
         lines += [f"{name:<{w}}{out:<20}{n:>12,}" for name, out, n in rows]
@@ -1882,9 +1885,11 @@ class Sequential(Layer):
             if isinstance(layer, (Normalize, BatchNorm1d)):
                 per_feature = True
             elif isinstance(layer, Flatten):
-                if per_feature or (getattr(layer, "start_dim", 1), getattr(layer, "end_dim", -1)) != (1, -1):
+                dims = getattr(layer, "start_dim", 1), getattr(layer, "end_dim", -1)
+                if per_feature or dims != (1, -1):
                     return None
-            elif not isinstance(layer, (ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, LogSoftmax, Dropout)):
+            elif not isinstance(layer, (ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, LogSoftmax,
+                                        Dropout)):
                 return None
         return None
 
@@ -1902,17 +1907,19 @@ class Sequential(Layer):
     def load(path, custom_objects=None):
         """Rebuild a model written by `save` (or `save_checkpoint`): architecture, dtype, weights and
         buffers, and the loss and metrics it was compiled with (so evaluate works; fit needs
-        compile). custom_objects: {"ClassName": class} for layers and losses not tinynet's, as Keras."""
+        compile). custom_objects: {"ClassName": class} for layers and losses not tinynet's, as
+        Keras."""
         arrays, config, _ = _read_model_file(path, "Sequential.load")
         model = _from_config(config, custom_objects, f"Sequential.load: {path}")
         if arrays:
             model.astype(next(iter(arrays.values())).dtype)
-        if "loss" in config:             # saved after compile: evaluate works without compiling again
+        if "loss" in config:             # saved after compile: evaluate works without compile
             name = config["loss"]["class"]
             cls = (custom_objects or {}).get(name) or globals().get(name)
             if not (isinstance(cls, type) and issubclass(cls, Loss)):
-                raise ValueError(f"Sequential.load: {path}: unknown loss class {name!r}; if it is your own, "
-                                 f"pass it as Sequential.load(path, custom_objects={{{name!r}: {name}}})")
+                raise ValueError(f"Sequential.load: {path}: unknown loss class {name!r}; if it is "
+                                 f"your own, pass it as Sequential.load(path, "
+                                 f"custom_objects={{{name!r}: {name}}})")
             model.loss, model.metrics = cls(**config["loss"]["kwargs"]), tuple(config["metrics"])
         return model.load_state_dict(arrays)
 
@@ -1937,7 +1944,7 @@ def _describe(layer, width=44):
         return f"{v:.4g}" if isinstance(v, float) else repr(v)
     try:
         kwargs = layer.config()["kwargs"]
-    except (ValueError, KeyError, TypeError):              # a layer that does not keep its arguments
+    except (ValueError, KeyError, TypeError):      # a layer that does not keep its arguments
         return type(layer).__name__
     specs = dict(_init_args(type(layer)))
     args = []
@@ -2065,8 +2072,9 @@ def _model_arrays(model):
     model the JSON also holds its loss ({"class", "kwargs"}) and metrics."""
     config = model.config()
     if getattr(model, "loss", None) is not None:
-        kwargs = {k: getattr(model.loss, k) for k, _ in _init_args(type(model.loss)) if hasattr(model.loss, k)}
-        config["loss"] = {"class": type(model.loss).__name__, "kwargs": kwargs}
+        loss = model.loss
+        kwargs = {k: getattr(loss, k) for k, _ in _init_args(type(loss)) if hasattr(loss, k)}
+        config["loss"] = {"class": type(loss).__name__, "kwargs": kwargs}
         config["metrics"] = list(model.metrics)
     return dict(model.state_dict(), __architecture__=np.array(json.dumps(config)))
 
@@ -2416,7 +2424,8 @@ def load_svhn(split="train", data_dir=None, download=True):
     try:
         from scipy.io import loadmat
     except ImportError:
-        raise ImportError("load_svhn: reading SVHN's .mat files needs scipy: pip install scipy") from None
+        raise ImportError("load_svhn: reading SVHN's .mat files needs scipy: "
+                          "pip install scipy") from None
     if split not in ("train", "test", "extra"):
         raise ValueError(f"load_svhn: split must be 'train', 'test' or 'extra', got {split!r}")
     path = _find("svhn", f"{split}_32x32.mat", os.path.join(_data_dir(data_dir), "svhn"), download, "load_svhn")
