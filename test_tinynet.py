@@ -4412,3 +4412,42 @@ def test_plot_optimizer_paths_view_covers_every_path_under_contours(pyplot):
         line.get_xydata()[0].tolist() for line in ax.get_lines() if line.get_label() == "minimum"
     ] == [[1, -2]]
     assert fig._suptitle.get_text() == "Paths"
+
+
+def test_fit_progress_in_a_notebook_is_one_display_updated_in_place(monkeypatch, capsys):
+    import types
+
+    import IPython.display
+
+    shown = []
+
+    class Handle:
+        def update(self, bundle, raw):
+            shown.append(bundle)
+
+    def display(bundle, raw, display_id):
+        shown.append(bundle)
+        return Handle()
+
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))   # as in a kernel
+    monkeypatch.setattr(IPython.display, "display", display)
+    clock = iter(range(100, 1000))
+    monkeypatch.setattr(tn.time, "monotonic", lambda: next(clock))    # every batch is 1 s later
+    X = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    model = tn.Sequential(tn.Linear(4, 2))
+    model.compile(tn.SGD(model.parameters(), lr=0.1), tn.CrossEntropyLoss())
+    history = model.fit(X, np.arange(8) % 2, epochs=2, batch_size=4, verbose=1)
+    assert capsys.readouterr() == ("", "")                              # nothing printed
+    texts = [b["text/plain"] for b in shown]
+    assert texts[0] == ""
+    assert re.fullmatch(r"epoch 1/2 \[==========> {9}\] 1/2 - loss: \d\.\d{4} - accuracy: 0\.\d{4}",
+                        texts[1]), texts[1]
+    assert re.fullmatch(r"epoch 1/2 \[=+\] 2/2 - loss: \d\.\d{4} - accuracy: 0\.\d{4}", texts[2])
+    loss = history.history["loss"][0]
+    assert f"loss: {loss:.4f}" in texts[2]                              # the running mean at the end
+    lines = texts[-1].splitlines()
+    assert len(shown) == 1 + 3 + 3 and len(lines) == 2
+    assert lines[0].startswith(f"epoch 1/2 - loss: {loss:.4f} - accuracy: ")
+    assert texts[4].startswith(lines[0] + "\nepoch 2/2 [")
+    assert '<progress value="1" max="2"></progress> 1/2 - loss: ' in shown[1]["text/html"]
+    assert shown[-1]["text/html"] == '<pre style="margin: 0">' + texts[-1] + "</pre>"
