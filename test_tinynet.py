@@ -4444,7 +4444,7 @@ def test_fit_progress_in_a_notebook_is_one_display_updated_in_place(monkeypatch,
                         texts[1]), texts[1]
     assert re.fullmatch(r"epoch 1/2 \[=+\] 2/2 - loss: \d\.\d{4} - accuracy: 0\.\d{4}", texts[2])
     loss = history.history["loss"][0]
-    assert f"loss: {loss:.4f}" in texts[2]                              # the running mean at the end
+    assert f"loss: {loss:.4f}" in texts[2]             # the running mean at the end
     lines = texts[-1].splitlines()
     assert len(shown) == 1 + 3 + 3 and len(lines) == 2
     assert lines[0].startswith(f"epoch 1/2 - loss: {loss:.4f} - accuracy: ")
