@@ -4429,7 +4429,10 @@ def test_fit_progress_in_a_notebook_is_one_display_updated_in_place(monkeypatch,
         shown.append(bundle)
         return Handle()
 
-    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))   # as in a kernel
+    import IPython
+
+    kernel = types.SimpleNamespace(kernel=object())                   # as in a Jupyter kernel
+    monkeypatch.setattr(IPython, "get_ipython", lambda: kernel)
     monkeypatch.setattr(IPython.display, "display", display)
     clock = iter(range(100, 1000))
     monkeypatch.setattr(tn.time, "monotonic", lambda: next(clock))    # every batch is 1 s later

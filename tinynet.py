@@ -1533,6 +1533,13 @@ class BlasThreads(Callback):
         self.limit(self.chosen)
 
 
+def _in_notebook():
+    """True inside a Jupyter kernel (a notebook, Colab): IPython runs, and its shell has a kernel
+    (not the terminal's IPython; not a process that merely imported ipykernel)."""
+    ipython = sys.modules.get("IPython")
+    return getattr(ipython and ipython.get_ipython(), "kernel", None) is not None
+
+
 class ProgressLog(Callback):
     """fit's output. verbose=2: one line per epoch on stdout ("epoch 3/10 - loss: ... - lr: ...");
     0: nothing. verbose=1: the lines and, while an epoch runs, a progress bar with the running
@@ -1546,7 +1553,7 @@ class ProgressLog(Callback):
         self.bar = self.display = None
 
     def on_train_begin(self, logs=None):
-        if self.verbose == 1 and "ipykernel" in sys.modules:
+        if self.verbose == 1 and _in_notebook():
             from IPython.display import display
             self.lines, self.shown, self.batches = [], 0.0, None
             self.display = display(self._bundle(), raw=True, display_id=True)
@@ -2546,7 +2553,7 @@ def _save(fig, path, caller):
     is written atomically (through `<path>.tmp`) and, outside a notebook, the figure is closed.
     """
     plt = _pyplot()
-    notebook = "ipykernel" in sys.modules
+    notebook = _in_notebook()
     if notebook:
         import functools
         fig._ipython_display_ = functools.partial(_notebook_display, fig)
