@@ -4243,9 +4243,18 @@ def test_plot_path_errors_name_the_path_given(tmp_path, pyplot):
             tn.plot_history(_history(), bad)
     (tmp_path / "afile").write_text("")
     target = str(tmp_path / "afile" / "loss.png")  # a folder that is a file
-    with pytest.raises(OSError, match=rf"plot_batch_loss: cannot write '{re.escape(target)}'"):
+    message = rf"plot_batch_loss: cannot write '{re.escape(target)}': \w[\w ]+$"   # + the reason
+    with pytest.raises(OSError, match=message):
         tn.plot_batch_loss([1.0, 0.5], target)
     assert os.listdir(tmp_path) == ["afile"]
+
+
+def test_plot_titles_wrap_to_the_figure_width(pyplot):
+    title = " ".join(f"word{i}" for i in range(60))
+    fig = tn.plot_batch_loss([1.0, 0.5], title=title)      # 8 inches: 8 * 72 / (0.6 * 12) = 80
+    lines = fig._suptitle.get_text().splitlines()
+    assert " ".join(lines) == f"{title}: training loss after every update"
+    assert max(map(len, lines)) <= 80 and all(len(line) > 70 for line in lines[:-1])
 
 
 def test_plot_history_panels_are_titled_by_their_key(pyplot):
