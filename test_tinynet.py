@@ -4249,6 +4249,16 @@ def test_plot_path_errors_name_the_path_given(tmp_path, pyplot):
     assert os.listdir(tmp_path) == ["afile"]
 
 
+@pytest.mark.parametrize("epochs", [1, 2, 3, 7])
+def test_plot_history_ticks_whole_epochs(pyplot, epochs):
+    ax = tn.plot_history(_history(epochs), keys=("loss",)).axes[0]
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert all(t == int(t) for t in ticks) and 1 in ticks
+    if epochs < 3:
+        assert ticks == list(range(1, epochs + 1)) and ax.get_xlim() == (0.5, epochs + 0.5)
+    assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "loss"
+
+
 def test_plot_titles_wrap_to_the_figure_width(pyplot):
     title = " ".join(f"word{i}" for i in range(60))
     fig = tn.plot_batch_loss([1.0, 0.5], title=title)      # 8 inches: 8 * 72 / (0.6 * 12) = 80
