@@ -1858,19 +1858,24 @@ def test_evaluate_accuracy_with_one_hot_targets():
 
 def test_summary():
     model = tn.Sequential(tn.Linear(4, 16), tn.ReLU(), tn.Dropout(0.2), tn.Linear(16, 3), tn.Softmax())
-    text = model.summary()
-    for piece in ["Linear(in_features=4, out_features=16, bias=True)", "(None, 16)", "80", "ReLU()", "Dropout(p=0.2)",
-                  "Linear(in_features=16, out_features=3, bias=True)", "(None, 3)", "51", "Softmax(dim=1)",
-                  "Total params: 131"]:
+    lines = []
+    assert model.summary(print_fn=lines.append) is None
+    [text] = lines
+    for piece in ["Linear(4, 16)", "(None, 16)", "80", "ReLU()", "Dropout(p=0.2)",
+                  "Linear(16, 3)", "(None, 3)", "51", "Softmax()", "Total params: 131"]:
         assert piece in text, piece
     assert len(text.splitlines()) == 5 + 4 and _no_caches(model)
-    conv_like = tn.Sequential(tn.Flatten(), tn.Linear(12, 50), tn.Tanh(), tn.Linear(50, 20))
-    with pytest.raises(ValueError, match=r"Sequential\.summary: give input_shape"):
+    conv_like = tn.Sequential(tn.Conv2d(3, 2, 1), tn.Flatten(), tn.Linear(8, 50), tn.Tanh(),
+                              tn.Linear(50, 20))
+    with pytest.raises(ValueError, match=r"summary: .*Conv2d\(3, 2, 1\).* give input_shape"):
         conv_like.summary()
-    text = conv_like.summary(input_shape=(3, 4))
-    assert "(None, 12)" in text and "650" in text and "Total params: 1,670" in text
-    conv_like.predict(np.zeros((2, 3, 4)))
-    assert conv_like.summary() == text                                  # the last input shape is remembered
+    lines = []
+    conv_like.summary(input_shape=(3, 2, 2), print_fn=lines.append)
+    for piece in ("(None, 2, 2, 2)", "(None, 8)", "Total params: 1,478"):
+        assert piece in lines[0], piece
+    conv_like.predict(np.zeros((2, 3, 2, 2)))
+    conv_like.summary(print_fn=lines.append)
+    assert lines[1] == lines[0]                            # the last input shape is remembered
 
 
 def test_fit_is_deterministic_under_manual_seed():
@@ -3562,8 +3567,8 @@ def figures(monkeypatch):
     saved = []
     save = tn._save
 
-    def keep(fig, path):
-        save(fig, path)
+    def keep(fig, path, caller):
+        save(fig, path, caller)
         saved.append(fig)
     monkeypatch.setattr(tn, "_save", keep)
     return saved
@@ -4529,3 +4534,660 @@ def test_import_loads_only_numpy_and_stdlib():
     foreign = [m for m in loaded if m.split(".")[0] not in sys.stdlib_module_names | {"numpy", "tinynet"}
                and not re.fullmatch(r"_?cython_\w+", m)]     # registered by numpy's Cython extensions
     assert foreign == []
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Where students work (issue 19): summary as Keras, a loaded model that evaluates, figures
+# returned and shown or written, progress in a notebook, the install, the README's notebook
+# ════════════════════════════════════════════════════════════════════════════
+
+
+def test_summary_prints_the_table_and_returns_none(capsys):
+    model = tn.Sequential(tn.Flatten(), tn.Linear(12, 5), tn.ReLU(), tn.Linear(5, 2))
+    assert model.summary() is None  # not a string a notebook would echo escaped
+    out = capsys.readouterr().out
+    assert out.startswith("Layer") and out.endswith("Total params: 77\n")
+    assert "0: Flatten()" in out and "(None, 12)" in out  # inferred before any data: (12,)
+
+
+@pytest.mark.parametrize(
+    "layers, shape",
+    [
+        ([tn.Flatten(), tn.Dropout(), tn.Linear(12, 3)], (12,)),
+        ([tn.Normalize(np.zeros(12), np.ones(12)), tn.Sigmoid(), tn.Linear(12, 3)], (12,)),
+        ([tn.Flatten(), tn.BatchNorm1d(12), tn.Linear(12, 3)], (12,)),
+        ([tn.Normalize([0.5, 0.5, 0.5], [0.2, 0.2, 0.2]), tn.Flatten(), tn.Linear(12, 3)], None),
+        ([tn.BatchNorm1d(3), tn.Flatten(), tn.Linear(12, 3)], None),
+        ([tn.Conv2d(3, 4, 3), tn.Flatten(), tn.Linear(12, 3)], None),
+        ([tn.MaxPool2d(2), tn.Linear(12, 3)], None),
+    ],
+)
+def test_summary_infers_the_input_shape_only_when_the_layers_tell_it(layers, shape):
+    model = tn.Sequential(layers)
+    assert model._implied_input_shape() == shape
+    if shape is None:
+        with pytest.raises(
+            ValueError, match=r"Sequential\.summary: the layers do not tell .* input_shape"
+        ):
+            model.summary()
+    else:
+        lines = []
+        model.summary(print_fn=lines.append)
+        assert re.search(r"Linear\(12, 3\) +\(None, 3\) +39\n", lines[0]), lines[0]
+
+
+def test_summary_after_calling_the_model_directly():
+    model = tn.Sequential(tn.Conv2d(1, 2, 3), tn.Flatten(), tn.Linear(8, 2))
+    model(np.zeros((5, 1, 4, 4), np.float32))  # forward through __call__, no predict
+    lines = []
+    model.summary(print_fn=lines.append)
+    assert "(None, 2, 2, 2)" in lines[0] and "(None, 8)" in lines[0]
+
+
+def test_summary_fits_100_columns_with_long_layer_arguments():
+    mean = np.linspace(0.1, 0.9, 784)
+    model = tn.Sequential(
+        tn.Normalize(mean, mean + 1), tn.Linear(784, 256), tn.ReLU(), tn.Linear(256, 10)
+    )
+    lines = []
+    model.summary(print_fn=lines.append)
+    assert max(map(len, lines[0].splitlines())) <= 100, lines[0]
+    assert "Normalize([784 values], [784 values])" in lines[0]
+    conv = tn.Sequential(
+        tn.Normalize([0.49, 0.48, 0.45], [0.25, 0.24, 0.26]),
+        tn.Conv2d(3, 64, kernel_size=(3, 5), stride=2, padding=1),
+        tn.MaxPool2d(2),
+    )
+    conv.summary(input_shape=(3, 32, 32), print_fn=lines.append)
+    assert max(map(len, lines[1].splitlines())) <= 100, lines[1]
+    for piece in (
+        "Normalize([3 values], [3 values])",
+        "Conv2d(3, 64, [3, 5], stride=2, padding=1)",
+        "MaxPool2d(2, stride=2)",
+        "(None, 64, 16, 15)",
+        "(None, 64, 8, 7)",
+    ):
+        assert piece in lines[1], piece
+    assert tn._describe(tn.Linear(3, 4, bias=False)) == "Linear(3, 4, bias=False)"
+
+    class Tagged(tn.Layer):
+        def __init__(self, tag):
+            self.tag = tag
+
+    text = tn._describe(Tagged("a very long tag, longer than a summary column"))
+    assert len(text) == 44 and text.startswith("Tagged('a very long") and text.endswith("…)")
+
+
+@pytest.mark.parametrize(
+    "loss, metrics", [(tn.CrossEntropyLoss(), ("accuracy",)), (tn.MSELoss(), ())]
+)
+def test_a_loaded_model_evaluates_with_the_loss_it_was_saved_with(tmp_path, loss, metrics):
+    tn.manual_seed(0)
+    model = tn.Sequential(tn.Linear(4, 3))
+    X = np.random.default_rng(0).standard_normal((20, 4)).astype(np.float32)
+    y = np.arange(20) % 3
+    target = y if isinstance(loss, tn.CrossEntropyLoss) else tn.one_hot(y, 3)
+    model.compile(tn.SGD(model.parameters(), lr=0.1), loss, metrics=metrics)
+    model.fit(X, target, epochs=2, verbose=0)
+    model.save(tmp_path / "m.npz")
+    loaded = tn.Sequential.load(tmp_path / "m.npz")
+    assert type(loaded.loss) is type(loss) and loaded.metrics == metrics
+    assert loaded.evaluate(X, target) == model.evaluate(X, target)
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+    with pytest.raises(RuntimeError, match="compile"):  # training needs an optimizer
+        loaded.fit(X, target, verbose=0)
+
+
+def test_load_reads_files_without_a_loss_and_names_an_unknown_one(tmp_path):
+    model = tn.Sequential(tn.Linear(4, 3))
+    model.save(tmp_path / "plain.npz")  # never compiled: as files saved before
+    loaded = tn.Sequential.load(tmp_path / "plain.npz")
+    assert loaded.loss is None
+    np.testing.assert_array_equal(loaded.predict(np.ones((2, 4))), model.predict(np.ones((2, 4))))
+
+    class Hinge(tn.Loss):
+        def forward(self, pred, target):
+            return 0.0
+
+    model.compile(tn.SGD(model.parameters(), lr=0.1), Hinge())
+    model.save(tmp_path / "own.npz")
+    with pytest.raises(ValueError, match=r"unknown loss class 'Hinge'.*custom_objects"):
+        tn.Sequential.load(tmp_path / "own.npz")
+    assert isinstance(
+        tn.Sequential.load(tmp_path / "own.npz", custom_objects={"Hinge": Hinge}).loss, Hinge
+    )
+
+
+# ── installing: a light pyproject, optional packages named when missing ─────────
+
+
+def _copy_project(dest, names=("tinynet.py", "pyproject.toml", "README.md", "requirements.txt")):
+    import shutil
+
+    os.makedirs(dest, exist_ok=True)
+    for name in names:
+        shutil.copy(os.path.join(HERE, name), dest)
+    return dest
+
+
+def test_pip_install_gives_the_module_from_any_folder_even_one_holding_a_clone(tmp_path):
+    src, site, holder = _copy_project(tmp_path / "src"), tmp_path / "site", tmp_path / "content"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--no-compile",
+            "--target",
+            str(site),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    info = f"tinynet-{tn.__version__}.dist-info"
+    assert sorted(p.name for p in site.iterdir() if p.name != "__pycache__") == [info, "tinynet.py"]
+    requires = re.findall(r"^Requires-Dist: (.*)$", (site / info / "METADATA").read_text(), re.M)
+    assert [r for r in requires if "extra" not in r] == [
+        "numpy>=1.24",
+        "tqdm>=4.60",
+        "matplotlib>=3.6",
+    ]
+    assert not any("torch" in r or "pytest" in r for r in requires)
+    (holder / "tinynet").mkdir(parents=True)  # Colab's /content after `!git clone .../tinynet`
+    code = "import tinynet as tn; print(tn.__file__); print(tn.Sequential.__name__)"
+    env = dict(os.environ, PYTHONPATH=str(site))
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=holder, env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [str(site / "tinynet.py"), "Sequential"]
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=holder,
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    assert "has no attribute 'Sequential'" in r.stderr  # the trap the README's %cd avoids
+
+
+def test_requirements_runtime_apart_from_tests_and_ruff_configured():
+    import tomllib
+
+    def listed(name):
+        with open(os.path.join(HERE, name)) as fh:
+            return [line.split("#")[0].strip() for line in fh if line.split("#")[0].strip()]
+
+    runtime, tests = listed("requirements.txt"), listed("requirements-test.txt")
+    assert [re.split("[<>=]", r)[0] for r in runtime] == [
+        "numpy",
+        "tqdm",
+        "matplotlib",
+        "scipy",
+        "scikit-learn",
+        "threadpoolctl",
+    ]
+    assert tests[0] == "-r requirements.txt" and "torch==2.13.0" in tests
+    for package in ("pytest", "nbclient", "ipykernel", "nbformat", "ruff"):
+        assert any(r.startswith(package) for r in tests), package
+    with open(os.path.join(HERE, "pyproject.toml"), "rb") as fh:
+        project = tomllib.load(fh)
+    assert project["tool"]["setuptools"]["py-modules"] == ["tinynet"]
+    assert project["tool"]["ruff"]["line-length"] == 100
+    assert sorted(project["tool"]["ruff"]["lint"]["select"]) == ["E", "F", "I"]
+    with open(os.path.join(HERE, ".ci", "run")) as fh:
+        assert "-r requirements.txt -r requirements-test.txt" in fh.read()
+
+
+def test_optional_packages_are_named_when_missing(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "scipy.io", None)  # as if scipy were not installed
+    with pytest.raises(ImportError, match=r"load_svhn: .* needs scipy: pip install scipy"):
+        tn.load_svhn(data_dir=tmp_path, download=False)
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)
+    with pytest.raises(
+        ImportError, match=r"--threads: .* needs threadpoolctl: pip install threadpoolctl"
+    ):
+        tn.blas_thread_callbacks("1")
+    callback = tn.BlasThreads()  # auto: does nothing without it
+    callback.on_train_begin()
+    callback.on_batch_begin(0)
+    callback.on_batch_end(0)
+    callback.on_train_end()
+    assert callback.chosen is None
+
+
+# ── the README's notebook, run in a real Jupyter kernel ──────────────────────
+
+
+def _readme_notebook_cells():
+    """The ```python blocks of the README's section "In a notebook or on Colab", in order."""
+    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as fh:
+        readme = fh.read()
+    section = readme.split("\n## In a notebook or on Colab\n")[1].split("\n## ")[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def _small_mnist(folder, n_train=3000, n_test=500):
+    """The first images of the real MNIST as IDX files in folder/mnist (the notebook's data)."""
+    need(os.path.join(DATA, "mnist"))
+    X_train, y_train, X_test, y_test = tn.load_mnist(DATA, download=False)
+    os.makedirs(folder / "mnist")
+    for kind, X, y, n in (("train", X_train, y_train, n_train), ("t10k", X_test, y_test, n_test)):
+        write_idx(
+            folder / "mnist" / f"{kind}-images-idx3-ubyte.gz",
+            np.rint(X[:n, 0] * 255).astype(np.uint8),
+        )
+        write_idx(folder / "mnist" / f"{kind}-labels-idx1-ubyte.gz", y[:n].astype(np.uint8))
+
+
+def _outputs(cell, kind=None):
+    return [o for o in cell.outputs if kind is None or o.output_type == kind]
+
+
+def test_readme_notebook_runs_in_a_jupyter_kernel(tmp_path, monkeypatch):
+    nbformat, nbclient = pytest.importorskip("nbformat"), pytest.importorskip("nbclient")
+    import base64
+
+    cells = _readme_notebook_cells()
+    first = cells[0].splitlines()
+    assert (
+        first[0].startswith("!git clone ")
+        and first[0].endswith(" tinynet")
+        and first[1] == "%cd tinynet"
+    )
+    assert len(cells) == 5 and not any(
+        line.startswith(("!", "%")) for c in cells for line in c.splitlines()[2:]
+    )
+    assert "import numpy as np, tinynet as tn" in first and any(
+        "tn.load_mnist()" in line for line in first
+    )
+    holder = tmp_path / "content"  # the folder that holds the clone, as on Colab
+    _copy_project(holder / "tinynet")  # the clone (no network here)
+    _small_mnist(tmp_path / "data")
+    monkeypatch.setenv("TINYNET_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's own: inline figures
+    code = (
+        ["\n".join(first[1:])]
+        + cells[1:]
+        + [  # then a 100-epoch fit, for the saved size
+            "m = tn.Sequential(tn.Linear(4, 3))\n"
+            "m.compile(tn.SGD(m.parameters(), lr=0.1), tn.CrossEntropyLoss())\n"
+            "Xs = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)\n"
+            "h = m.fit(Xs, np.arange(64) % 3, epochs=100, batch_size=8, validation_split=0.25)",
+            "fig = tn.plot_batch_loss(h, 'again.svg')",  # shown once, though not the cell's value
+            "fig",
+        ]
+    )  # and again in a later cell
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in code])
+    nbclient.NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(holder)}}
+    ).execute()
+    nbformat.write(nb, tmp_path / "lab.ipynb")  # (to look at it after a failure)
+    setup, summary, fit, history, predictions, long_fit, shown, again = nb.cells
+    for cell in nb.cells:
+        assert not [o for o in _outputs(cell, "stream") if o.name == "stderr"], (
+            cell.source
+        )  # no warning
+        assert not _outputs(cell, "error")
+    assert not _outputs(summary, "execute_result")  # None: no escaped string echoed
+    table = "".join(o.text for o in _outputs(summary, "stream"))
+    assert (
+        re.search(r"1: Linear\(784, 128\) +\(None, 128\) +100,480\n", table)
+        and "Total params: 101,770" in table
+    )
+    [progress] = fit.outputs  # one display, updated in place
+    lines = progress.data["text/plain"].splitlines()  # at the end: a line per epoch
+    assert [line[:10] for line in lines] == ["epoch 1/3 ", "epoch 2/3 ", "epoch 3/3 "]
+    assert all(
+        re.search(r" - accuracy: .* - val_accuracy: 0\.\d{4} - lr: 0\.001$", x) for x in lines
+    ), lines
+    assert progress.data["text/html"] == '<pre style="margin: 0">' + "\n".join(lines) + "</pre>"
+    images = {}
+    for name, cell in (
+        ("history", history),
+        ("predictions", predictions),
+        ("shown", shown),
+        ("again", again),
+    ):
+        pngs = [o.data["image/png"] for o in cell.outputs if "image/png" in o.get("data", {})]
+        assert len(pngs) == 1, f"{name}: {len(pngs)} figures shown"
+        images[name] = base64.b64decode(pngs[0])
+        (tmp_path / f"{name}.png").write_bytes(images[name])
+        _png_ok(tmp_path / f"{name}.png")
+    import matplotlib.image
+
+    shown, again = (
+        matplotlib.image.imread(tmp_path / f"{name}.png") for name in ("shown", "again")
+    )
+    assert shown.shape == again.shape and np.abs(shown - again).mean() < 1e-3  # the same figure
+    assert re.search(
+        r"\{'loss': .*'accuracy': ", "".join(o.text for o in _outputs(predictions, "stream"))
+    )
+    _png_ok(holder / "tinynet" / "figures" / "predictions.png")  # the path: written too
+    assert (holder / "tinynet" / "again.svg").read_text().startswith("<?xml")
+    one = nbformat.v4.new_notebook(cells=[long_fit], metadata=nb.metadata)
+    size = len(nbformat.writes(one))
+    print(f"\na notebook holding a 100-epoch fit: {size:,} bytes, {len(long_fit.outputs)} outputs")
+    assert size < 100_000 and len(long_fit.outputs) == 1
+    assert long_fit.outputs[0].data["text/plain"].count("\n") == 99
+    assert "widgets" not in nb.metadata
+
+
+# ── figures: returned, shown or written; what each one draws ──────────────────
+
+
+@pytest.fixture
+def pyplot():
+    """matplotlib.pyplot; every figure is closed after the test (without a path, helpers leave
+    theirs open)."""
+    import matplotlib.pyplot as plt
+
+    yield plt
+    plt.close("all")
+
+
+def _every_plot(path):
+    """{helper: a call of it with `path`} on small inputs."""
+    y, y_pred = _labels(3, 30)
+    f = lambda x, y: x**2 + y**2  # noqa: E731
+    return {
+        "plot_history": lambda: tn.plot_history(_history(), path),
+        "plot_curves": lambda: tn.plot_curves({"a": _history(), "b": _history(scale=2)}, path),
+        "plot_confusion_matrix": lambda: tn.plot_confusion_matrix(y, y_pred, path, IRIS),
+        "plot_predictions": lambda: tn.plot_predictions(
+            np.zeros((30, 1, 8, 8)), y, y_pred, path, n=4
+        ),
+        "plot_embeddings": lambda: tn.plot_embeddings(
+            {"z": np.random.default_rng(0).random((30, 2))}, y, path
+        ),
+        "plot_batch_loss": lambda: tn.plot_batch_loss(_history(), path),
+        "plot_optimizer_paths": lambda: tn.plot_optimizer_paths(
+            {"p": (f, {"a": np.ones((3, 2))})}, path
+        ),
+    }
+
+
+def test_every_plot_helper_returns_its_figure_left_open_without_a_path(
+    tmp_path, monkeypatch, pyplot
+):
+    import inspect
+
+    from matplotlib.figure import Figure
+
+    monkeypatch.chdir(tmp_path)
+    helpers = _every_plot(None)
+    assert sorted(helpers) == sorted(n for n in dir(tn) if n.startswith("plot_"))
+    for name, draw in helpers.items():
+        fig = draw()
+        assert isinstance(fig, Figure), name
+        assert fig in [pyplot.figure(n) for n in pyplot.get_fignums()], (
+            f"{name}: the figure is lost"
+        )
+        assert inspect.signature(getattr(tn, name)).parameters["path"].default is None
+    assert os.listdir(tmp_path) == []  # nothing written
+
+
+@pytest.mark.parametrize(
+    "name, magic",
+    [("loss.png", b"\x89PNG"), ("figs/deeper/loss.PDF", b"%PDF"), ("loss.svg", b"<?xml")],
+)
+def test_plot_path_format_follows_the_extension_and_folders_are_created(
+    tmp_path, pyplot, name, magic
+):
+    for helper, draw in _every_plot(tmp_path / name).items():
+        fig = draw()
+        assert (tmp_path / name).read_bytes().startswith(magic), helper
+        assert not os.path.exists(f"{tmp_path / name}.tmp")
+        assert fig not in [pyplot.figure(n) for n in pyplot.get_fignums()], f"{helper}: left open"
+        (tmp_path / name).unlink()
+    if name.endswith(".svg"):
+        tn.plot_batch_loss([1.0, 0.5], str(tmp_path / name))  # a str path as well as a Path
+        assert "<svg" in (tmp_path / name).read_text()
+
+
+def test_plot_path_errors_name_the_path_given(tmp_path, pyplot):
+    for bad in ("loss", "loss.txt"):
+        with pytest.raises(
+            ValueError, match=rf"plot_history: cannot tell the format of '{bad}'.*\.png.*\.svg"
+        ):
+            tn.plot_history(_history(), bad)
+    (tmp_path / "afile").write_text("")
+    target = str(tmp_path / "afile" / "loss.png")  # a folder that is a file
+    message = rf"plot_batch_loss: cannot write '{re.escape(target)}': \w[\w ]+$"   # + the reason
+    with pytest.raises(OSError, match=message):
+        tn.plot_batch_loss([1.0, 0.5], target)
+    assert os.listdir(tmp_path) == ["afile"]
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 3, 7])
+def test_plot_history_ticks_whole_epochs(pyplot, epochs):
+    ax = tn.plot_history(_history(epochs), keys=("loss",)).axes[0]
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert all(t == int(t) for t in ticks) and 1 in ticks
+    if epochs < 3:
+        assert ticks == list(range(1, epochs + 1)) and ax.get_xlim() == (0.5, epochs + 0.5)
+    assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "loss"
+
+
+def test_plot_titles_wrap_to_the_figure_width(pyplot):
+    title = " ".join(f"word{i}" for i in range(60))
+    fig = tn.plot_batch_loss([1.0, 0.5], title=title)      # 8 inches: 8 * 72 / (0.6 * 12) = 80
+    lines = fig._suptitle.get_text().splitlines()
+    assert " ".join(lines) == f"{title}: training loss after every update"
+    assert max(map(len, lines)) <= 80 and all(len(line) > 70 for line in lines[:-1])
+
+
+def test_plot_history_panels_are_titled_by_their_key(pyplot):
+    fig = tn.plot_history(_history(4), keys=("accuracy", "nope", "loss"), title="Run")
+    assert [ax.get_title() for ax in fig.axes] == ["accuracy", "loss"]
+    assert fig._suptitle.get_text() == "Run: accuracy and loss per epoch"
+    training, validation = fig.axes[1].get_lines()
+    np.testing.assert_array_equal(training.get_xdata(), [1, 2, 3, 4])
+    np.testing.assert_allclose(validation.get_ydata(), [1.2 / (e + 1) for e in range(4)])
+    assert tn.plot_history(_history(4))._suptitle is None  # no title, no suptitle
+    curves = tn.plot_curves({"a": _history(3)}, keys=("val_loss", "loss"), title="Runs")
+    assert [ax.get_title() for ax in curves.axes] == ["val_loss", "loss"]
+    assert curves._suptitle.get_text() == "Runs: val_loss and loss per epoch"
+    emb = tn.plot_embeddings(
+        {"raw": np.zeros((4, 2)), "learned": np.ones((4, 2))}, [0, 1, 1, 0], class_names=["a", "b"]
+    )
+    assert [ax.get_title() for ax in emb.axes] == ["raw", "learned"]
+    assert [t.get_text() for t in emb.axes[-1].get_legend().get_texts()] == ["a", "b"]
+
+
+def test_plot_predictions_captions_mistakes_first_in_red(pyplot):
+    y_true, y_pred = np.array([0, 1, 2, 1, 0, 2]), np.array([0, 2, 2, 1, 1, 2])
+    X = np.random.default_rng(0).random((6, 1, 5, 5))
+    fig = tn.plot_predictions(
+        X, y_true, y_pred, class_names=["cat", "dog", "eel"], n=6, title="Pets"
+    )
+    shown = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in shown] == [
+        "eel (dog)",
+        "dog (cat)",
+        "cat (cat)",
+        "eel (eel)",
+        "dog (dog)",
+        "eel (eel)",
+    ]
+    import matplotlib.colors
+
+    red = [matplotlib.colors.same_color(ax.title.get_color(), "red") for ax in shown]
+    assert red == [True, True, False, False, False, False]
+    for ax, bad in zip(shown, red):
+        assert ax.axison == bad
+        assert (
+            all(matplotlib.colors.same_color(s.get_edgecolor(), "red") for s in ax.spines.values())
+            == bad
+        )
+    np.testing.assert_array_equal(
+        shown[0].images[0].get_array(), X[1, 0]
+    )  # the first mistake's image
+    assert (
+        fig._suptitle.get_text()
+        == "Pets: predicted (true) test images; 2 of 6 misclassified, shown first in red"
+    )
+    assert len([ax for ax in tn.plot_predictions(X, y_true, y_pred, n=4).axes if ax.images]) == 4
+
+
+def test_plot_confusion_matrix_ticks_name_the_classes_and_cells_count(pyplot):
+    y, y_pred = np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 2, 0])
+    fig = tn.plot_confusion_matrix(y, y_pred, class_names=IRIS)
+    ax = fig.axes[0]
+    assert (
+        [t.get_text() for t in ax.get_xticklabels()]
+        == IRIS
+        == [t.get_text() for t in ax.get_yticklabels()]
+    )
+    cells = {
+        (round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts
+    }
+    assert cells == {(i, j): str(c) for (i, j), c in np.ndenumerate(tn.confusion_matrix(y, y_pred))}
+    assert ax.get_xlabel() == "predicted class" and ax.get_ylabel() == "true class"
+    assert ax.get_title() == "accuracy 0.6667 (4/6)"
+    ids = tn.plot_confusion_matrix(y, y_pred).axes[0]
+    assert [t.get_text() for t in ids.get_xticklabels()] == ["0", "1", "2"]
+
+
+def test_plot_confusion_matrix_slants_long_names_and_widens(pyplot):
+    y = np.arange(6) % 3
+
+    def drawn(names):
+        fig = tn.plot_confusion_matrix(y, y, class_names=names)
+        return fig, {t.get_rotation() for t in fig.axes[0].get_xticklabels()}
+
+    short, level = drawn(["a", "b", "c"])
+    middle, slanted = drawn(["abcdefgh", "bcdefghi", "cdefghij"])
+    long, vertical = drawn(["a rather long class name", "b rather long class name", "c"])
+    assert (level, slanted, vertical) == ({0.0}, {45.0}, {90.0})
+    assert short.get_figwidth() < middle.get_figwidth() < long.get_figwidth()
+    assert short.get_figheight() < middle.get_figheight() < long.get_figheight()
+    assert {t.get_ha() for t in middle.axes[0].get_xticklabels()} == {"right"}
+    assert {t.get_ha() for t in short.axes[0].get_xticklabels()} == {"center"}
+
+
+@pytest.mark.parametrize("epochs, marks", [(4, [25.5, 50.5, 75.5]), (2, [50.5]), (1, []), (25, [])])
+def test_plot_batch_loss_marks_the_end_of_each_epoch(pyplot, epochs, marks):
+    h = _history(n_epochs=epochs, batches=100 // epochs)
+    fig = tn.plot_batch_loss(h)
+    ax = fig.axes[0]
+    vertical = [
+        line.get_xdata()[0]
+        for line in ax.get_lines()
+        if line.get_label() != "loss of each update" and len(set(line.get_xdata())) == 1
+    ]
+    assert vertical == marks
+    top = [c for c in ax.child_axes]
+    assert len(top) == (epochs > 1)
+    if top:
+        assert top[0].get_xlabel() == "epoch"
+        per = 100 // epochs
+        np.testing.assert_allclose(top[0]._functions[0](np.array([per, 2 * per])), [1, 2])
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert ("end of an epoch" in labels) == bool(marks)
+    raw, mean = ax.get_lines()[:2]
+    window = max(1, len(h.batch_loss) // 50)
+    np.testing.assert_allclose(mean.get_ydata()[0], np.mean(h.batch_loss[:window]))
+    np.testing.assert_array_equal(mean.get_xdata()[:2], [window, window + 1])
+    assert labels[:2] == ["loss of each update", f"mean of the last {window}"]
+    assert ax.get_yscale() == "linear"
+
+
+def test_plot_batch_loss_log_scale_over_two_decades(pyplot):
+    assert tn.plot_batch_loss([1000.0, 1.0, 9.0]).axes[0].get_yscale() == "log"
+    assert tn.plot_batch_loss([100.0, 1.0, 9.0]).axes[0].get_yscale() == "linear"
+    assert tn.plot_batch_loss([1000.0, 0.0, 9.0]).axes[0].get_yscale() == "linear"  # log of 0: no
+    ax = tn.plot_batch_loss([0.5, 0.4]).axes[0]
+    assert len(ax.get_lines()) == 1 and not ax.child_axes  # 2 updates: no mean, no epochs
+
+
+def test_plot_optimizer_paths_view_covers_every_path_under_contours(pyplot):
+    from matplotlib.contour import ContourSet
+
+    f = lambda x, y: (x - 1) ** 2 + 10 * (y + 2) ** 2  # noqa: E731
+    far = np.array([[0.0, 0.0], [-30.0, 4.0], [-20.0, 12.0]])
+    near = np.array([[0.0, 0.0], [0.5, -1.0], [1.0, -2.0]])
+    fig = tn.plot_optimizer_paths(
+        {
+            "a long panel title " * 4: (f, {"far": far, "near": near}, (1, -2)),
+            "second": (f, {"near": near}),
+        },
+        title="Paths",
+    )
+    ax, other = fig.axes[:2]
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    for p in (far, near, [(1, -2)]):
+        assert (x0 < np.asarray(p)[:, 0]).all() and (np.asarray(p)[:, 0] < x1).all()
+        assert (y0 < np.asarray(p)[:, 1]).all() and (np.asarray(p)[:, 1] < y1).all()
+    assert x0 > -30 - 0.2 * 31 - 0.2 and x1 < 1 + 0.2 * 31 + 0.2  # a margin, not more
+    assert other.get_xlim()[0] > -1 and other.get_ylim()[1] < 1  # each panel its own view
+    [contours] = [c for c in ax.collections if isinstance(c, ContourSet)]
+    assert len(contours.levels) >= 10 and np.all(np.diff(contours.levels) > 0)
+    grid = np.array([v for path in contours.get_paths() for v in path.vertices])
+    assert grid[:, 0].min() >= x0 - 1e-9 and grid[:, 0].max() <= x1 + 1e-9  # drawn over the view
+    z = f(*np.meshgrid(np.linspace(x0, x1, 50), np.linspace(y0, y1, 50)))
+    assert contours.levels[0] < np.quantile(z, 0.05) and contours.levels[-1] > np.quantile(z, 0.5)
+    assert ax.get_title().replace("\n", " ") == ("a long panel title " * 4).strip()
+    assert "\n" in ax.get_title() and other.get_title() == "second"
+    drawn = {line.get_label(): line for line in ax.get_lines()}
+    np.testing.assert_array_equal(drawn["far"].get_xydata(), far)
+    starts = [
+        line for line in ax.get_lines() if line.get_marker() == "o" and line.get_color() == "black"
+    ]
+    assert [tuple(line.get_xydata()[0]) for line in starts] == [(0, 0), (0, 0)]
+    ends = [line for line in ax.get_lines() if line.get_markersize() == 9]
+    assert [tuple(line.get_xydata()[0]) for line in ends] == [(-20, 12), (1, -2)]
+    assert [
+        line.get_xydata()[0].tolist() for line in ax.get_lines() if line.get_label() == "minimum"
+    ] == [[1, -2]]
+    assert fig._suptitle.get_text() == "Paths"
+
+
+def test_fit_progress_in_a_notebook_is_one_display_updated_in_place(monkeypatch, capsys):
+    import types
+
+    import IPython.display
+
+    shown = []
+
+    class Handle:
+        def update(self, bundle, raw):
+            shown.append(bundle)
+
+    def display(bundle, raw, display_id):
+        shown.append(bundle)
+        return Handle()
+
+    import IPython
+
+    kernel = types.SimpleNamespace(kernel=object())                   # as in a Jupyter kernel
+    monkeypatch.setattr(IPython, "get_ipython", lambda: kernel)
+    monkeypatch.setattr(IPython.display, "display", display)
+    clock = iter(range(100, 1000))
+    monkeypatch.setattr(tn.time, "monotonic", lambda: next(clock))    # every batch is 1 s later
+    X = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    model = tn.Sequential(tn.Linear(4, 2))
+    model.compile(tn.SGD(model.parameters(), lr=0.1), tn.CrossEntropyLoss())
+    history = model.fit(X, np.arange(8) % 2, epochs=2, batch_size=4, verbose=1)
+    assert capsys.readouterr() == ("", "")                              # nothing printed
+    texts = [b["text/plain"] for b in shown]
+    assert texts[0] == ""
+    assert re.fullmatch(r"epoch 1/2 \[==========> {9}\] 1/2 - loss: \d\.\d{4} - accuracy: 0\.\d{4}",
+                        texts[1]), texts[1]
+    assert re.fullmatch(r"epoch 1/2 \[=+\] 2/2 - loss: \d\.\d{4} - accuracy: 0\.\d{4}", texts[2])
+    loss = history.history["loss"][0]
+    assert f"loss: {loss:.4f}" in texts[2]             # the running mean at the end
+    lines = texts[-1].splitlines()
+    assert len(shown) == 1 + 3 + 3 and len(lines) == 2
+    assert lines[0].startswith(f"epoch 1/2 - loss: {loss:.4f} - accuracy: ")
+    assert texts[4].startswith(lines[0] + "\nepoch 2/2 [")
+    assert '<progress value="1" max="2"></progress> 1/2 - loss: ' in shown[1]["text/html"]
+    assert shown[-1]["text/html"] == '<pre style="margin: 0">' + texts[-1] + "</pre>"

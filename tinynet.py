@@ -1649,35 +1649,84 @@ class BlasThreads(Callback):
         self.limit(self.chosen)
 
 
+def _in_notebook():
+    """True inside a Jupyter kernel (a notebook, Colab): IPython runs, and its shell has a kernel
+    (not the terminal's IPython; not a process that merely imported ipykernel)."""
+    ipython = sys.modules.get("IPython")
+    return getattr(ipython and ipython.get_ipython(), "kernel", None) is not None
+
+
 class ProgressLog(Callback):
-    """fit's output. verbose=1: a tqdm bar per epoch when the output is a terminal or a notebook,
-    then one line per epoch; verbose=2: the line only; 0: nothing."""
+    """fit's output. verbose=2: one line per epoch on stdout ("epoch 3/10 - loss: ... - lr: ...");
+    0: nothing. verbose=1: the lines and, while an epoch runs, a progress bar with the running
+    loss and accuracy: on a terminal tqdm's bar (stderr, erased at the epoch's end); in a Jupyter
+    notebook one display for the whole fit, updated in place (the lines so far, then an HTML
+    <progress> bar with a text fallback; no widget, so a saved notebook keeps one output: the
+    lines); elsewhere (a log) the lines only."""
 
     def __init__(self, verbose, epochs, steps):
-        self.verbose, self.epochs, self.steps, self.bar = verbose, epochs, steps, None
+        self.verbose, self.epochs, self.steps = verbose, epochs, steps
+        self.bar = self.display = None
+
+    def on_train_begin(self, logs=None):
+        if self.verbose == 1 and _in_notebook():
+            from IPython.display import display
+            self.lines, self.shown, self.batches = [], 0.0, None
+            self.display = display(self._bundle(), raw=True, display_id=True)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.seen, self.sums = 0, {}
-        if self.verbose == 1 and (sys.stderr.isatty() or "ipykernel" in sys.modules):
-            from tqdm.auto import tqdm
+        self.epoch, self.seen, self.sums, self.batches = epoch, 0, {}, 0
+        if self.verbose == 1 and self.display is None and sys.stderr.isatty():
+            from tqdm import tqdm
             self.bar = tqdm(total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False)
 
     def on_batch_end(self, batch, logs=None):
+        if self.bar is None and self.display is None:
+            return
+        self.seen, self.batches = self.seen + logs["size"], self.batches + 1
+        for k in ("loss", "accuracy"):
+            if k in logs:
+                self.sums[k] = self.sums.get(k, 0.0) + logs[k] * logs["size"]
         if self.bar is not None:
-            self.seen += logs["size"]
-            for k in ("loss", "accuracy"):
-                if k in logs:
-                    self.sums[k] = self.sums.get(k, 0.0) + logs[k] * logs["size"]
-            self.bar.set_postfix({k: f"{v / self.seen:.4f}" for k, v in self.sums.items()}, refresh=False)
+            self.bar.set_postfix(self._running(), refresh=False)
             self.bar.update()
+        elif time.monotonic() - self.shown > 0.2:      # at most 5 updates a second
+            self._update()
 
     def on_epoch_end(self, epoch, logs=None):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        if self.verbose:
-            print(f"epoch {epoch + 1}/{self.epochs} - "
-                  + " - ".join(f"{k}: {v:{'.3g' if k == 'lr' else '.4f'}}" for k, v in logs.items()), flush=True)
+        line = (f"epoch {epoch + 1}/{self.epochs} - "
+                + " - ".join(f"{k}: {v:{'.3g' if k == 'lr' else '.4f'}}" for k, v in logs.items()))
+        if self.display is not None:
+            self.lines.append(line)
+            self.batches = None                        # the lines only, until the next batch
+            self._update()
+        elif self.verbose:
+            print(line, flush=True)
+
+    def _running(self):                  # {"loss": "0.1234", ...}: the epoch's running means
+        return {k: f"{v / self.seen:.4f}" for k, v in self.sums.items()}
+
+    def _update(self):
+        self.display.update(self._bundle(), raw=True)
+        self.shown = time.monotonic()
+
+    def _bundle(self):
+        """The notebook display: the epoch lines, then "epoch 3/10 [=====>    ] 120/469 - loss:
+        0.1234" while an epoch runs; as text and as HTML (with a <progress> bar)."""
+        text, html = list(self.lines), list(self.lines)
+        if self.batches is not None:
+            done = round(20 * self.batches / max(self.steps, 1))
+            bar = "[" + "=" * done + (">" if done < 20 else "") + " " * (19 - done) + "]"
+            progress = f'<progress value="{self.batches}" max="{self.steps}"></progress>'
+            counts = f"epoch {self.epoch + 1}/{self.epochs} {{}} {self.batches}/{self.steps}"
+            values = "".join(f" - {k}: {v}" for k, v in self._running().items())
+            text.append(counts.format(bar) + values)
+            html.append(counts.format(progress) + values)
+        return {"text/plain": "\n".join(text),
+                "text/html": '<pre style="margin: 0">' + "\n".join(html) + "</pre>"}
 
 
 class NonFiniteLoss(ValueError):
@@ -2020,43 +2069,79 @@ class Sequential(Layer):
         _notify(callbacks, "on_test_end", dict(result))
         return result
 
-    def summary(self, input_shape=None):
-        """A table of layer, output shape and parameter count, with the total.
+    def summary(self, input_shape=None, print_fn=None):
+        """Print a table of layer, output shape and parameter count, with the total; -> None.
 
-        input_shape (without the batch axis) defaults to the last input seen, or
-        (in_features,) when the first layer is Linear.
+        input_shape (without the batch axis) defaults to that of the last input the model saw
+        (forward, model(x), fit, predict), else to what the layers imply: (in_features,) of the
+        first Linear when only Flatten, Normalize and element-wise layers come before it. A
+        model that starts with Conv2d needs it, e.g. summary(input_shape=(1, 28, 28)).
+        print_fn(text) receives the whole table instead of print, as in Keras 3 (e.g.
+        `lines = []; model.summary(print_fn=lines.append)` keeps it as a string).
         """
-        shape = input_shape or self._input_shape
-        if shape is None and isinstance(self.layers[0], Linear):
-            shape = (self.layers[0].in_features,)
+        shape = input_shape or self._input_shape or self._implied_input_shape()
         if shape is None:
-            raise ValueError("Sequential.summary: give input_shape without the batch axis, e.g. (1, 28, 28)")
+            first = _describe(self.layers[0]) if self.layers else "nothing"
+            raise ValueError(f"Sequential.summary: the layers do not tell the input's shape (the "
+                             f"model starts with {first}); run it on data once or give input_shape "
+                             f"without the batch axis, e.g. summary(input_shape=(1, 28, 28))")
         [outs] = list(self._outputs(np.zeros((1, *shape)), 1))
-        rows = [(f"{i}: {l!r}", str((None, *o.shape[1:])), sum(p.data.size for p in l.parameters()))
-                for i, (l, o) in enumerate(zip(self.layers, outs))]
+        rows = [(f"{i}: {_describe(layer)}", str((None, *out.shape[1:])),
+                 sum(p.data.size for p in layer.parameters()))
+                for i, (layer, out) in enumerate(zip(self.layers, outs))]
         w = max(len(r[0]) for r in rows) + 2
         lines = [f"{'Layer':<{w}}{'Output shape':<20}{'Param #':>12}", "=" * (w + 32)]
         lines += [f"{name:<{w}}{out:<20}{n:>12,}" for name, out, n in rows]
         lines += ["=" * (w + 32), f"Total params: {sum(r[2] for r in rows):,}"]
-        return "\n".join(lines)
+        (print_fn or print)("\n".join(lines))
+
+    def _implied_input_shape(self):
+        """(in_features,) of the first Linear when only element-wise layers, per-feature ones
+        (Normalize, BatchNorm1d: then of in_features features) and, before those, a Flatten of
+        every axis after the batch's come before it; else None (Conv2d's image size is unknown)."""
+        per_feature = False
+        for layer in self.layers:
+            if isinstance(layer, Linear):
+                return (layer.in_features,)
+            if isinstance(layer, (Normalize, BatchNorm1d)):
+                per_feature = True
+            elif isinstance(layer, Flatten):
+                dims = getattr(layer, "start_dim", 1), getattr(layer, "end_dim", -1)
+                if per_feature or dims != (1, -1):
+                    return None
+            elif not isinstance(layer, (ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, LogSoftmax,
+                                        Dropout)):
+                return None
+        return None
 
     # -- saving and converting (see the next section) -----------------------------
     def config(self):
         return {"class": "Sequential", "layers": [l.config() for l in self.layers]}
 
     def save(self, path):
-        """One .npz with every weight and buffer plus the architecture (JSON), written atomically."""
+        """One .npz with every weight and buffer plus the architecture (JSON) and, once compiled,
+        the loss and metrics; written atomically."""
         with _atomic_open(path) as f:
             np.savez(f, **_model_arrays(self))
 
     @staticmethod
     def load(path, custom_objects=None):
         """Rebuild a model written by `save` (or `save_checkpoint`): architecture, dtype, weights and
-        buffers. custom_objects: {"ClassName": class} for layers that are not tinynet's, as Keras."""
+        buffers, and the loss and metrics it was compiled with (so evaluate works; fit needs
+        compile). custom_objects: {"ClassName": class} for layers and losses not tinynet's, as
+        Keras."""
         arrays, config, _ = _read_model_file(path, "Sequential.load")
         model = _from_config(config, custom_objects, f"Sequential.load: {path}")
         if arrays:
             model.astype(next(iter(arrays.values())).dtype)
+        if "loss" in config:             # saved after compile: evaluate works without compile
+            name = config["loss"]["class"]
+            cls = (custom_objects or {}).get(name) or globals().get(name)
+            if not (isinstance(cls, type) and issubclass(cls, Loss)):
+                raise ValueError(f"Sequential.load: {path}: unknown loss class {name!r}; if it is "
+                                 f"your own, pass it as Sequential.load(path, "
+                                 f"custom_objects={{{name!r}: {name}}})")
+            model.loss, model.metrics = cls(**config["loss"]["kwargs"]), tuple(config["metrics"])
         return model.load_state_dict(arrays)
 
     def to_torch(self):
@@ -2067,6 +2152,31 @@ class Sequential(Layer):
     def from_torch(module):
         """A tinynet model from a torch.nn.Sequential of layers tinynet has (weights copied)."""
         return _from_torch(module)
+
+
+def _describe(layer, width=44):
+    """A layer in a few words for summary(): its class, the arguments without a default by value,
+    the others only when not at their default; lists of more than 2 numbers as their length."""
+    def show(v):
+        if isinstance(v, list) and len(v) == 2 and v[0] == v[1]:
+            v = v[0]                                      # kernel_size=[3, 3] -> 3
+        if isinstance(v, list):
+            return f"[{len(v)} values]" if len(v) > 2 else f"[{', '.join(map(show, v))}]"
+        return f"{v:.4g}" if isinstance(v, float) else repr(v)
+    try:
+        kwargs = layer.config()["kwargs"]
+    except (ValueError, KeyError, TypeError):      # a layer that does not keep its arguments
+        return type(layer).__name__
+    specs = dict(_init_args(type(layer)))
+    args = []
+    for k, v in kwargs.items():
+        default = specs[k].default if k in specs else None
+        if default is inspect.Parameter.empty:
+            args.append(show(v))
+        elif show(v) != show(list(default) if isinstance(default, tuple) else default):
+            args.append(f"{k}={show(v)}")
+    text = f"{type(layer).__name__}({', '.join(args)})"
+    return text if len(text) <= width else text[:width - 2] + "…)"
 
 
 def _notify(callbacks, event, *args):
@@ -2185,8 +2295,15 @@ def _init_args(cls):
 
 
 def _model_arrays(model):
-    """model.state_dict() plus its architecture as JSON, under "__architecture__"."""
-    return dict(model.state_dict(), __architecture__=np.array(json.dumps(model.config())))
+    """model.state_dict() plus its architecture as JSON, under "__architecture__"; for a compiled
+    model the JSON also holds its loss ({"class", "kwargs"}) and metrics."""
+    config = model.config()
+    if getattr(model, "loss", None) is not None:
+        loss = model.loss
+        kwargs = {k: getattr(loss, k) for k, _ in _init_args(type(loss)) if hasattr(loss, k)}
+        config["loss"] = {"class": type(loss).__name__, "kwargs": kwargs}
+        config["metrics"] = list(model.metrics)
+    return dict(model.state_dict(), __architecture__=np.array(json.dumps(config)))
 
 
 def _read_model_file(path, caller):
@@ -2547,7 +2664,11 @@ def load_svhn(split="train", data_dir=None, download=True):
     Returns X float32 (N, 3, 32, 32) in [0, 1] and y int64 0..9. Only one
     float32 copy of the images is made (the uint8 array is transposed first).
     """
-    from scipy.io import loadmat
+    try:
+        from scipy.io import loadmat
+    except ImportError:
+        raise ImportError("load_svhn: reading SVHN's .mat files needs scipy: "
+                          "pip install scipy") from None
     if split not in ("train", "test", "extra"):
         raise ValueError(f"load_svhn: split must be 'train', 'test' or 'extra', got {split!r}")
     path = _find("svhn", f"{split}_32x32.mat", os.path.join(_data_dir(data_dir), "svhn"), download, "load_svhn")
@@ -2639,6 +2760,9 @@ def train_val_split(X, y, val_size, shuffle=True, stratify=False):
 # ════════════════════════════════════════════════════════════════════════════
 # Plots
 # ════════════════════════════════════════════════════════════════════════════
+# Every plot helper returns its matplotlib Figure. path is optional: without it a notebook shows
+# the figure below the cell and a script keeps it open for plt.show(); with it the figure is
+# written in the format its extension names (.png, .pdf, .svg), folders created (see _save).
 
 def _pyplot():
     """matplotlib.pyplot, on the Agg backend when there is no display and no backend was chosen."""
@@ -2655,14 +2779,48 @@ def _figure(width, height, ncols=1, **kw):
     return _pyplot().subplots(1, ncols, figsize=(width, height), layout="constrained", squeeze=False, **kw)
 
 
-def _save(fig, path):
-    """Write `fig` to `path` as a PNG (atomically) and close it."""
+def _save(fig, path, caller):
+    """Show or write `fig` (what every plot helper does last; the helper returns `fig`).
+
+    path None: in a Jupyter notebook the figure appears once below the cell (see
+    _notebook_display); in a script it stays open in pyplot, for plt.show() on an interactive
+    backend or fig.savefig(...) later (on the Agg backend nothing is shown). path given: the
+    format follows the extension (.png, .pdf, .svg, ...), missing folders are created, the file
+    is written atomically (through `<path>.tmp`) and, outside a notebook, the figure is closed.
+    """
     plt = _pyplot()
-    try:
-        with _atomic_open(path) as f:
-            fig.savefig(f, format="png", dpi=100)
-    finally:
-        plt.close(fig)
+    notebook = _in_notebook()
+    if notebook:
+        import functools
+        fig._ipython_display_ = functools.partial(_notebook_display, fig)
+    if path is not None:
+        path = os.fspath(path)
+        ext = os.path.splitext(path)[1].lower().lstrip(".")
+        formats = fig.canvas.get_supported_filetypes()
+        if ext not in formats:
+            raise ValueError(f"{caller}: cannot tell the format of {path!r} from its extension; "
+                             f"expected one of {', '.join('.' + f for f in sorted(formats))}")
+        try:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            with _atomic_open(path) as f:
+                fig.savefig(f, format=ext, dpi=100)
+        except OSError as e:
+            raise type(e)(f"{caller}: cannot write {path!r}: {e.strerror or e}") from None
+        if not notebook:
+            plt.close(fig)
+
+
+def _notebook_display(fig):
+    """How a notebook shows `fig` (its _ipython_display_): pyplot forgets it first, so it shows
+    once, whether the cell ends with it (its value) or not (the end-of-cell display of the figures
+    pyplot holds); then its PNG."""
+    import io
+
+    from IPython.display import Image, display
+    _pyplot().close(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    display(Image(buffer.getvalue(), format="png"))
 
 
 def _suptitle(fig, text, fontsize=12):
@@ -2738,7 +2896,7 @@ def pca(X, n_components=2):
     return X @ Vt[:n_components].T
 
 
-def plot_history(history, path, keys=("loss", "accuracy"), title=None):
+def plot_history(history, path=None, keys=("loss", "accuracy"), title=None):
     """One panel per key: the training curve and, when recorded, the validation curve
     (val_<key>), per epoch. title names the run, e.g. "MNIST mlp, adam lr 0.003"."""
     h = _as_dict(history)
@@ -2754,10 +2912,11 @@ def plot_history(history, path, keys=("loss", "accuracy"), title=None):
         _epoch_panel(ax, key)
     _legend_outside(fig, axes)
     _suptitle(fig, title and f"{title}: {' and '.join(found)} per epoch")
-    _save(fig, path)
+    _save(fig, path, "plot_history")
+    return fig
 
 
-def plot_curves(histories, path, keys=("val_accuracy", "val_loss"), title=None):
+def plot_curves(histories, path=None, keys=("val_accuracy", "val_loss"), title=None):
     """Compare runs: one panel per key, one line per run (each in its own colour, line style
     and marker), one legend right of the panels. histories: {label: History or dict}."""
     if not histories:
@@ -2773,10 +2932,11 @@ def plot_curves(histories, path, keys=("val_accuracy", "val_loss"), title=None):
         _epoch_panel(ax, key)
     _legend_outside(fig, axes, fontsize="small")
     _suptitle(fig, title and f"{title}: {' and '.join(keys)} per epoch")
-    _save(fig, path)
+    _save(fig, path, "plot_curves")
+    return fig
 
 
-def plot_confusion_matrix(y_true, y_pred, path, class_names=None, title=None):
+def plot_confusion_matrix(y_true, y_pred, path=None, class_names=None, title=None):
     """Confusion matrix (rows: true class, columns: predicted), the count written in each cell.
 
     The figure grows with the number of classes and the longest class name; column names
@@ -2805,10 +2965,11 @@ def plot_confusion_matrix(y_true, y_pred, path, class_names=None, title=None):
     ax.set(xlabel="predicted class", ylabel="true class")
     ax.set_title(f"accuracy {np.trace(cm) / max(cm.sum(), 1):.4f} ({np.trace(cm)}/{cm.sum()})", fontsize=10)
     _suptitle(fig, f"{title}: confusion matrix" if title else "confusion matrix", fontsize=11)
-    _save(fig, path)
+    _save(fig, path, "plot_confusion_matrix")
+    return fig
 
 
-def plot_predictions(X, y_true, y_pred, path, class_names=None, n=32, title=None):
+def plot_predictions(X, y_true, y_pred, path=None, class_names=None, n=32, title=None):
     """A grid of n images (NCHW, values in [0, 1]) titled "predicted (true)": up to n/2
     misclassified ones first, framed and titled in red, then correctly classified ones.
     title names the data set and model."""
@@ -2837,10 +2998,11 @@ def plot_predictions(X, y_true, y_pred, path, class_names=None, n=32, title=None
                 s.set(color="red", linewidth=2)
     _suptitle(fig, f"{title + ': ' if title else ''}predicted (true) test images; {len(wrong):,} of "
               f"{len(y_true):,} misclassified, shown first in red", fontsize=11)
-    _save(fig, path)
+    _save(fig, path, "plot_predictions")
+    return fig
 
 
-def plot_embeddings(embeddings, y, path, class_names=None, title=None):
+def plot_embeddings(embeddings, y, path=None, class_names=None, title=None):
     """Side-by-side 2-D scatter plots, one colour and marker per class, the legend right of
     the panels. embeddings: {panel title: (N, 2) array}; title names the data set and model."""
     import textwrap
@@ -2858,10 +3020,11 @@ def plot_embeddings(embeddings, y, path, class_names=None, title=None):
         ax.set_title(textwrap.fill(panel, 48), fontsize=10)
     _legend_outside(fig, axes, title="class", markerscale=1.8, ncols=columns)
     _suptitle(fig, title)
-    _save(fig, path)
+    _save(fig, path, "plot_embeddings")
+    return fig
 
 
-def plot_batch_loss(history, path, title=None):
+def plot_batch_loss(history, path=None, title=None):
     """The training loss of every optimizer step (history.batch_loss, or a list of floats)
     against the update number, with its running mean and the ends of epochs; a log scale
     when the loss spans more than two decades. title names the data set and model."""
@@ -2890,7 +3053,8 @@ def plot_batch_loss(history, path, title=None):
     ax.grid(alpha=0.3)
     _legend_outside(fig, axes, fontsize="small")
     _suptitle(fig, f"{title + ': ' if title else ''}training loss after every update")
-    _save(fig, path)
+    _save(fig, path, "plot_batch_loss")
+    return fig
 
 
 def optimizer_path(build_optimizer, grad_fn, start, steps):
@@ -2914,7 +3078,7 @@ def optimizer_path(build_optimizer, grad_fn, start, steps):
     return path
 
 
-def plot_optimizer_paths(panels, path, title=None):
+def plot_optimizer_paths(panels, path=None, title=None):
     """Optimizer paths drawn over the contour lines of the function they minimise.
 
     panels: {panel title: (f, paths) or (f, paths, minimum)}, one panel each, side by side;
@@ -2947,7 +3111,8 @@ def plot_optimizer_paths(panels, path, title=None):
         ax.set_title(textwrap.fill(panel, 52), fontsize=10)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=2, fontsize="small")
     _suptitle(fig, title)
-    _save(fig, path)
+    _save(fig, path, "plot_optimizer_paths")
+    return fig
 
 
 # ════════════════════════════════════════════════════════════════════════════
@@ -3020,7 +3185,11 @@ def blas_thread_callbacks(threads):
         return [BlasThreads()]
     if not threads.isdigit() or int(threads) < 1:
         raise ValueError(f"--threads: expected auto or a positive number, got {threads!r}")
-    from threadpoolctl import threadpool_limits
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        raise ImportError("--threads: setting the BLAS thread count needs threadpoolctl: "
+                          "pip install threadpoolctl") from None
     threadpool_limits(int(threads), user_api="blas")
     return []
 
