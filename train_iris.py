@@ -112,10 +112,11 @@ def main(argv=None):
     print(model.summary((4,)))
     optimizer = tn.make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay,
                                   args.decay_all)
-    scheduler = tn.make_scheduler(args.scheduler, optimizer, args.epochs, len(X_train), args.batch_size,
-                                  args.gamma, args.step_every)
+    scheduler = tn.make_scheduler(args.scheduler, optimizer, args.epochs, len(X_train),
+                                  args.batch_size, args.gamma, args.step_every)
     model.compile(optimizer, tn.NLLLoss() if args.loss == "nll" else tn.CrossEntropyLoss(), scheduler=scheduler)
-    print(tn.describe_run(f"mlp 4-100-100-3 {args.activation}, {args.loss} loss", optimizer, scheduler))
+    description = f"mlp 4-100-100-3 {args.activation}, {args.loss} loss"
+    print(tn.describe_run(description, optimizer, scheduler))
     history = model.fit(X_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
                         validation_data=(X_val, y_val), verbose=1, callbacks=tn.blas_thread_callbacks(args.threads))
 

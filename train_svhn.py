@@ -2,7 +2,9 @@
 http://ufldl.stanford.edu/housenumbers/, downloaded to <data-dir>/svhn/ on first use).
 
 The default is the coursework's MLP 3072-128-ReLU-10 (--batchnorm adds a
-BatchNorm1d after the hidden Linear; --weight-decay is the L2 penalty);
+BatchNorm1d after the hidden Linear; --weight-decay is the L2 penalty, on the
+weights only: --decay-all also decays biases and BatchNorm, as torch's
+optimizers do; --gradcheck checks the gradients by finite differences first);
 --model cnn is a convnet. Both start with Normalize: each colour channel is
 standardised with the training set's mean and standard deviation, saved with
 the model so that evaluation uses the same statistics. Validation is 30% of the
@@ -69,8 +71,8 @@ def check_gradients(model, X, n=20, seed=0):
         scale = max(scale, np.abs(analytic).max(), np.abs(numeric).max())
     worst = max(errors, key=errors.get)
     error = errors[worst] / scale if scale else 0.0
-    print(f"gradient check (float64, {len(x)} images, {n} random coordinates of the input and of each "
-          f"of {len(arrays) - 1} parameters): max relative error {error:.2e} ({worst})")
+    print(f"gradient check (float64, {len(x)} images, {n} random coordinates of the input and "
+          f"of each of {len(arrays) - 1} parameters): max relative error {error:.2e} ({worst})")
     return error
 
 
@@ -99,9 +101,10 @@ def sweep(args, train, val, mean, std):
         print(f"--- {name}")
         tn.manual_seed(args.seed)
         model = build_model(mean, std, args.model, batchnorm)
-        opt = tn.make_optimizer(optimizer, model.parameters(), lr, args.weight_decay, args.decay_all)
-        scheduler = tn.make_scheduler(args.scheduler, opt, args.epochs, len(train[0]), args.batch_size,
-                                      args.gamma, args.step_every)
+        opt = tn.make_optimizer(optimizer, model.parameters(), lr, args.weight_decay,
+                                args.decay_all)
+        scheduler = tn.make_scheduler(args.scheduler, opt, args.epochs, len(train[0]),
+                                      args.batch_size, args.gamma, args.step_every)
         model.compile(opt, tn.CrossEntropyLoss(), scheduler=scheduler)
         print(tn.describe_run(describe_model(args.model, batchnorm), opt, scheduler))
         start = time.perf_counter()
@@ -140,7 +143,8 @@ def main(argv=None):
                         help="train the grid lr {1e-3, 1e-2} x optimizer {adam, momentum} x batchnorm {off, on}")
     parser.add_argument("--gradcheck", action="store_true",
                         help="before training, check the model's gradients by central differences "
-                             "(float64, 4 images, 20 coordinates of the input and of each parameter)")
+                             "(float64, 4 images, 20 coordinates of the input and of each "
+                             "parameter)")
     args = parser.parse_args(argv)
     if args.quick:
         tn.reject_flags(parser, ["--epochs"], "with --quick, which trains 1 epoch", argv)
@@ -148,7 +152,8 @@ def main(argv=None):
     tn.check_common_args(parser, args, argv)
     if args.sweep:
         tn.reject_flags(parser, ["--lr", "--optimizer", "--batchnorm", "--gradcheck"],
-                        "with --sweep, which trains every lr x optimizer x batchnorm of its grid", argv)
+                        "with --sweep, which trains every lr x optimizer x batchnorm of its grid",
+                        argv)
     tn.manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
     print("config:", vars(args))
@@ -165,10 +170,10 @@ def main(argv=None):
         print(model.summary((3, 32, 32)))
         if args.gradcheck:
             check_gradients(model, X_train[:4])
-        optimizer = tn.make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay,
-                                      args.decay_all)
-        scheduler = tn.make_scheduler(args.scheduler, optimizer, args.epochs, len(X_train), args.batch_size,
-                                      args.gamma, args.step_every)
+        optimizer = tn.make_optimizer(args.optimizer, model.parameters(), args.lr,
+                                      args.weight_decay, args.decay_all)
+        scheduler = tn.make_scheduler(args.scheduler, optimizer, args.epochs, len(X_train),
+                                      args.batch_size, args.gamma, args.step_every)
         model.compile(optimizer, tn.CrossEntropyLoss(), scheduler=scheduler)
         print(tn.describe_run(describe_model(args.model, args.batchnorm), optimizer, scheduler))
         history = model.fit(X_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
