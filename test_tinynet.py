@@ -3717,6 +3717,8 @@ def test_train_svhn_without_data_fails_cleanly(tmp_path):
     (["--lr", "-1"], "argument --lr: expected a positive number, got '-1'"),
     (["--lr", "0"], "argument --lr: expected a positive number, got '0'"),
     (["--lr", "nan"], "argument --lr: expected a positive number, got 'nan'"),
+    (["--lr", "inf"], "argument --lr: expected a positive number, got 'inf'"),
+    (["--weight-decay", "inf"], "argument --weight-decay: expected a number >= 0, got 'inf'"),
     (["--threads", "four"], "argument --threads: expected auto or a positive integer, got 'four'"),
     (["--threads", "0"], "argument --threads: expected auto or a positive integer, got '0'"),
     (["--weight-decay", "-0.1"], "argument --weight-decay: expected a number >= 0, got '-0.1'"),

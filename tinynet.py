@@ -2762,10 +2762,10 @@ def add_common_args(parser, epochs=10, batch_size=128, lr=1e-3, optimizer="adam"
     parser.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, default=optimizer,
                         help="momentum is SGD with momentum 0.9; sgd has none (%(default)s)")
     parser.add_argument("--scheduler", choices=SCHEDULER_CHOICES, default=scheduler,
-                        help="learning-rate schedule; step: x gamma at 1/2 and 3/4 of the run; "
-                             "exponential: x gamma every step; onecycle cycles the momentum (or "
-                             "Adam's beta1) 0.95-0.85-0.95 as torch's does, unless the optimizer "
-                             "has none (%(default)s)")
+                        help="learning-rate schedule (%(default)s); step: x gamma at 1/2 and "
+                             "3/4 of the run; exponential: x gamma every step; onecycle cycles the "
+                             "momentum (or Adam's beta1) 0.95-0.85-0.95 as torch's does, unless "
+                             "the optimizer has none")
     parser.add_argument("--gamma", type=positive_float, default=None,
                         help="the lr factor of step (default 0.1) and exponential (default 0.8 "
                              "an epoch)")

@@ -180,9 +180,9 @@ def main(argv=None):
     epochs.default = None
     epochs.help = "passes over the training set (" + ", ".join(
         f"{n} for {kind}" for kind, (_, n) in MODELS.items()) + ")"
-    parser._option_string_actions["--scheduler"].help = (
-        "learning-rate schedule (default: onecycle with the default optimizer adam, none with "
-        "any --optimizer given); " + parser._option_string_actions["--scheduler"].help)
+    schedule = parser._option_string_actions["--scheduler"]     # its default depends on --optimizer
+    schedule.help = schedule.help.replace("(%(default)s)", "(default: onecycle with the default "
+                                          "optimizer adam, none with any --optimizer given)")
     parser.add_argument("--model", choices=tuple(MODELS), default="mlp",
                         help="architecture; labcnn is the CNN lab's network (%(default)s)")
     parser.add_argument("--hidden", type=tn.positive_int, nargs="+", default=[256], metavar="N",
