@@ -3747,10 +3747,27 @@ def test_bad_flag_values_are_refused_before_any_data_loads(script, argv, message
 def test_flag_types_accept_good_values():
     assert tn.positive_int("3") == 3 and tn.positive_float("1e-3") == 1e-3
     assert tn.nonnegative_float("0") == 0.0 and tn.threads_flag("auto") == "auto"
-    assert tn.threads_flag("2") == "2"
+    assert tn.threads_flag("2") == "2" and tn.threads_flag("1") == "1"
     for parse, text in ((tn.positive_int, "1"), (tn.positive_float, "1e-300"),
                         (tn.nonnegative_float, "1e-300")):
         assert parse(text) > 0
+
+
+def test_add_common_args_defaults_and_types():
+    args = _parser().parse_args([])
+    assert vars(args) == {"epochs": 10, "batch_size": 128, "lr": 1e-3, "optimizer": "adam",
+                          "scheduler": "none", "gamma": None, "step_every": None,
+                          "weight_decay": 0.0, "decay_all": False, "seed": 0, "data_dir": None,
+                          "out": os.path.join("runs", "train_x"), "quick": False,
+                          "no_plots": False, "threads": "auto"}
+    args = _parser().parse_args(["--epochs", "1", "--batch-size", "1", "--lr", "0.5",
+                                 "--weight-decay", "0", "--threads", "1", "--seed", "-3"])
+    assert (args.epochs, args.batch_size, args.lr, args.weight_decay, args.threads, args.seed) == (
+        1, 1, 0.5, 0.0, "1", -3)
+    args = tn.add_common_args(argparse.ArgumentParser(prog="x.py"), epochs=3, batch_size=7, lr=0.2,
+                              optimizer="sgd", scheduler="step", weight_decay=0.1).parse_args([])
+    assert (args.epochs, args.batch_size, args.lr, args.optimizer, args.scheduler,
+            args.weight_decay) == (3, 7, 0.2, "sgd", "step", 0.1)
 
 
 @pytest.fixture
