@@ -4110,6 +4110,343 @@ def test_train_svhn_without_data_fails_cleanly(tmp_path):
     assert not os.listdir(tmp_path / "empty" / "svhn")      # no partial download left behind
 
 
+# ── what the scripts run: flags checked by argparse, the printed run, the labs' settings ──────
+
+@pytest.mark.parametrize("script", ["train_mnist", "train_svhn", "train_iris"])
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "0"], "argument --epochs: expected a positive integer, got '0'"),
+    (["--batch-size", "0"], "argument --batch-size: expected a positive integer, got '0'"),
+    (["--batch-size", "2.5"], "argument --batch-size: expected a positive integer, got '2.5'"),
+    (["--lr", "-1"], "argument --lr: expected a positive number, got '-1'"),
+    (["--lr", "0"], "argument --lr: expected a positive number, got '0'"),
+    (["--lr", "nan"], "argument --lr: expected a positive number, got 'nan'"),
+    (["--lr", "inf"], "argument --lr: expected a positive number, got 'inf'"),
+    (["--weight-decay", "inf"], "argument --weight-decay: expected a number >= 0, got 'inf'"),
+    (["--threads", "four"], "argument --threads: expected auto or a positive integer, got 'four'"),
+    (["--threads", "0"], "argument --threads: expected auto or a positive integer, got '0'"),
+    (["--weight-decay", "-0.1"], "argument --weight-decay: expected a number >= 0, got '-0.1'"),
+    (["--scheduler", "step", "--gamma", "0"],
+     "argument --gamma: expected a positive number, got '0'"),
+    (["--gamma", "0.5"], "--gamma has no effect with --scheduler none"),
+    (["--scheduler", "cosine", "--gamma", "0.5"], "--gamma has no effect with --scheduler cosine"),
+    (["--step-every", "batch"], "--step-every has no effect without a --scheduler"),
+    (["--decay-all"], "--decay-all has no effect without --weight-decay"),
+])
+def test_bad_flag_values_are_refused_before_any_data_loads(script, argv, message, capsys, tmp_path,
+                                                           monkeypatch):
+    module = importlib.import_module(script)
+    monkeypatch.setattr(tn, "load_mnist", None)      # any data access would fail with a TypeError
+    monkeypatch.setattr(tn, "load_svhn", None)
+    monkeypatch.setattr(tn, "load_iris", None)
+    if script == "train_mnist" and argv[0] in ("--gamma", "--step-every"):
+        argv = [*argv, "--optimizer", "sgd"]         # its default schedule is onecycle (adam)
+    with pytest.raises(SystemExit) as e:
+        module.main([*argv, "--out", str(tmp_path / "out")])
+    assert e.value.code == 2
+    assert message in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "out").exists()
+
+
+def test_flag_types_accept_good_values():
+    assert tn.positive_int("3") == 3 and tn.positive_float("1e-3") == 1e-3
+    assert tn.nonnegative_float("0") == 0.0 and tn.threads_flag("auto") == "auto"
+    assert tn.threads_flag("2") == "2" and tn.threads_flag("1") == "1"
+    for parse, text in ((tn.positive_int, "1"), (tn.positive_float, "1e-300"),
+                        (tn.nonnegative_float, "1e-300")):
+        assert parse(text) > 0
+
+
+def test_add_common_args_defaults_and_types():
+    args = _parser().parse_args([])
+    assert vars(args) == {"epochs": 10, "batch_size": 128, "lr": 1e-3, "optimizer": "adam",
+                          "scheduler": "none", "gamma": None, "step_every": None,
+                          "weight_decay": 0.0, "decay_all": False, "seed": 0, "data_dir": None,
+                          "out": os.path.join("runs", "train_x"), "quick": False,
+                          "no_plots": False, "threads": "auto"}
+    args = _parser().parse_args(["--epochs", "1", "--batch-size", "1", "--lr", "0.5",
+                                 "--weight-decay", "0", "--threads", "1", "--seed", "-3"])
+    assert (args.epochs, args.batch_size, args.lr, args.weight_decay, args.threads, args.seed) == (
+        1, 1, 0.5, 0.0, "1", -3)
+    args = tn.add_common_args(argparse.ArgumentParser(prog="x.py"), epochs=3, batch_size=7, lr=0.2,
+                              optimizer="sgd", scheduler="step", weight_decay=0.1).parse_args([])
+    assert (args.epochs, args.batch_size, args.lr, args.optimizer, args.scheduler,
+            args.weight_decay) == (3, 7, 0.2, "sgd", "step", 0.1)
+
+
+@pytest.fixture
+def mnist_main(monkeypatch):
+    """train_mnist.main on 64 random training images (32 validation, 32 test) in-process; returns
+    run(argv) -> (stdout, the model, optimizer and scheduler it compiled, the history)."""
+    train_mnist = importlib.import_module("train_mnist")
+    rng = np.random.default_rng(0)
+    data = [rng.random((n, 1, 28, 28), dtype=np.float32) if i % 2 == 0 else rng.integers(0, 10, n)
+            for i, n in enumerate((64, 64, 32, 32, 32, 32))]
+    monkeypatch.setattr(train_mnist, "load_mnist_or_exit", lambda data_dir, quick=False: data)
+
+    def run(argv, capsys, tmp_path):
+        seen = {"momenta": []}
+        compile_, fit_ = tn.Sequential.compile, tn.Sequential.fit
+
+        def compile(self, optimizer, loss, **k):
+            seen.update(model=self, optimizer=optimizer, scheduler=k.get("scheduler"))
+            step = optimizer.step
+
+            def step_and_record():                    # the momentum (or beta1) of every update
+                group = optimizer.param_groups[0]
+                seen["momenta"].append(group["betas"][0] if "betas" in group else group["momentum"])
+                step()
+            optimizer.step = step_and_record
+            return compile_(self, optimizer, loss, **k)
+
+        def fit(self, *a, **k):
+            seen["history"] = fit_(self, *a, **k)
+            return seen["history"]
+        monkeypatch.setattr(tn.Sequential, "compile", compile)
+        monkeypatch.setattr(tn.Sequential, "fit", fit)
+        train_mnist.main([*argv, "--batch-size", "32", "--no-plots", "--threads", "auto",
+                          "--out", str(tmp_path)])
+        return capsys.readouterr().out, seen
+    return run
+
+
+def _run_line(out):
+    [line] = [s for s in out.splitlines() if s.startswith("training ") and " | schedule: " in s]
+    return line
+
+
+def test_sgd_is_plain_sgd_unless_a_schedule_is_asked_for(mnist_main, capsys, tmp_path):
+    out, seen = mnist_main(["--optimizer", "sgd", "--lr", "0.1", "--epochs", "2"], capsys, tmp_path)
+    assert _run_line(out) == ("training mlp 784-256-10 | SGD lr 0.1, momentum 0, weight decay 0 | "
+                              "schedule: none (constant lr)")
+    group = seen["optimizer"].param_groups[0]
+    assert type(seen["optimizer"]) is tn.SGD and seen["scheduler"] is None
+    assert group["lr"] == 0.1 and group["momentum"] == 0 and set(seen["momenta"]) == {0}
+    out, seen = mnist_main(["--optimizer", "momentum", "--lr", "0.1", "--epochs", "2"], capsys,
+                           tmp_path)
+    assert "| SGD lr 0.1, momentum 0.9, weight decay 0 | schedule: none" in _run_line(out)
+    assert seen["scheduler"] is None and set(seen["momenta"]) == {0.9}
+
+
+def test_sgd_with_onecycle_keeps_its_momentum_at_zero(mnist_main, capsys, tmp_path):
+    out, seen = mnist_main(["--optimizer", "sgd", "--scheduler", "onecycle", "--lr", "0.1",
+                            "--epochs", "2"], capsys, tmp_path)
+    assert isinstance(seen["scheduler"], tn.OneCycleLR) and set(seen["momenta"]) == {0}
+    assert _run_line(out).endswith("lr 0.004 up to max lr 0.1, then down to 4e-07 over 4 batches; "
+                                   "momentum unchanged")
+
+
+def test_default_mnist_run_is_adam_with_onecycle_and_says_it_cycles_beta1(mnist_main, capsys,
+                                                                          tmp_path):
+    out, seen = mnist_main(["--epochs", "2"], capsys, tmp_path)
+    assert type(seen["optimizer"]) is tn.Adam and isinstance(seen["scheduler"], tn.OneCycleLR)
+    assert seen["scheduler"].total_steps == 4
+    assert seen["optimizer"].param_groups[0]["max_lr"] == 3e-3
+    assert seen["momenta"][0] == 0.95 and min(seen["momenta"]) < 0.9       # cycled, as torch's
+    assert _run_line(out) == (
+        "training mlp 784-256-10 | Adam lr 0.003, beta1 0.95, weight decay 0 | "
+        "schedule: OneCycleLR, lr 0.00012 up to max lr 0.003, then down to 1.2e-08 over 4 "
+        "batches; it also cycles the beta1 0.95 -> 0.85 -> 0.95 (as torch's)")
+    out, _ = mnist_main(["--optimizer", "momentum", "--scheduler", "onecycle", "--epochs", "2"],
+                        capsys, tmp_path)
+    assert "momentum 0.95, weight decay 0" in out and "cycles the momentum 0.95 -> 0.85" in out
+
+
+def test_exponential_schedule_with_gamma_stepped_every_batch(mnist_main, capsys, tmp_path):
+    out, seen = mnist_main(["--optimizer", "momentum", "--lr", "0.1", "--scheduler", "exponential",
+                            "--gamma", "0.9", "--step-every", "batch", "--epochs", "2"],
+                           capsys, tmp_path)
+    assert "schedule: ExponentialLR, lr x0.9 every batch" in _run_line(out)
+    assert seen["optimizer"].lr == pytest.approx(0.1 * 0.9 ** 4, rel=1e-12)   # 2 epochs x 2 batches
+    assert seen["history"].history["lr"] == pytest.approx([0.1, 0.1 * 0.9 ** 2], rel=1e-12)
+    out, seen = mnist_main(["--optimizer", "momentum", "--lr", "0.1", "--scheduler", "step",
+                            "--gamma", "0.5", "--epochs", "4"], capsys, tmp_path)
+    assert "schedule: MultiStepLR, lr x0.5 at epochs 2, 3" in _run_line(out)
+    assert seen["history"].history["lr"] == pytest.approx([0.1, 0.1, 0.05, 0.025], rel=1e-12)
+
+
+def test_weight_decay_flag_decays_weights_only_unless_decay_all(mnist_main, capsys, tmp_path):
+    out, seen = mnist_main(["--weight-decay", "0.01", "--optimizer", "sgd", "--epochs", "1"],
+                           capsys, tmp_path)
+    assert "weight decay 0.01 on weights only (not on biases and normalisation parameters)" in out
+    decayed, kept = seen["optimizer"].param_groups
+    model = seen["model"]
+    assert [id(p) for p in decayed["params"]] == [id(model[1].weight), id(model[3].weight)]
+    assert [id(p) for p in kept["params"]] == [id(model[1].bias), id(model[3].bias)]
+    assert (decayed["weight_decay"], kept["weight_decay"]) == (0.01, 0.0)
+    out, seen = mnist_main(["--weight-decay", "0.01", "--decay-all", "--optimizer", "sgd",
+                            "--epochs", "1"], capsys, tmp_path)
+    assert "weight decay 0.01 on every parameter" in out
+    [group] = seen["optimizer"].param_groups
+    assert len(group["params"]) == 4 and group["weight_decay"] == 0.01
+
+
+@pytest.mark.parametrize("name", tn.OPTIMIZER_CHOICES)
+def test_make_optimizer_weight_decay_leaves_biases_and_norms_alone(name):
+    tn.manual_seed(0)
+    model = tn.Sequential(tn.Conv2d(1, 2, 3), tn.BatchNorm2d(2), tn.Flatten(), tn.Linear(8, 3))
+    opt = tn.make_optimizer(name, model.parameters(), 0.1, weight_decay=0.5)
+    before = [p.data.copy() for p in model.parameters()]
+    model.zero_grad()
+    opt.step()                                              # zero gradients: only the decay moves
+    for p, old in zip(model.parameters(), before):
+        assert np.array_equal(p.data, old) == (p.data.ndim < 2), (name, p.data.shape)
+    opt = tn.make_optimizer(name, model.parameters(), 0.1, weight_decay=0.5, decay_all=True)
+    bias = model[3].bias.data.copy()
+    opt.step()
+    assert not np.array_equal(model[3].bias.data, bias)
+    assert len(tn.make_optimizer(name, model.parameters(), 0.1).param_groups) == 1
+    only_biases = [model[0].bias, model[3].bias]
+    assert len(tn.make_optimizer(name, only_biases, 0.1, weight_decay=0.5).param_groups) == 1
+
+
+def test_make_optimizer_momentum_and_defaults():
+    params = [tn.Parameter(np.zeros(3))]
+    assert tn.make_optimizer("sgd", params, 0.1).param_groups[0]["momentum"] == 0
+    assert tn.make_optimizer("momentum", params, 0.1).param_groups[0]["momentum"] == 0.9
+    assert type(tn.make_optimizer("adamw", params, 0.1)) is tn.AdamW
+    with pytest.raises(ValueError, match="make_optimizer: expected one of"):
+        tn.make_optimizer("adagrad", params, 0.1)
+
+
+@pytest.mark.parametrize("train_size, batch_size, batches", [(1000, 100, 10), (1001, 100, 11),
+                                                             (999, 100, 10), (5, 100, 1)])
+def test_make_scheduler_counts_the_steps_as_fit_does(train_size, batch_size, batches):
+    def make(name, epochs, **kw):
+        opt = tn.SGD([tn.Parameter(np.zeros(2))], lr=1.0, momentum=0.9)
+        return tn.make_scheduler(name, opt, epochs, train_size, batch_size, **kw)
+    one = make("onecycle", 3)
+    assert one.total_steps == 3 * batches and one.step_every == "batch"
+    for _ in range(3 * batches - 1):                       # the whole run steps without error
+        one.step()
+    assert one.get_last_lr()[0] == pytest.approx(1.0 / 25 / 1e4)
+    assert make("onecycle", 3, step_every="epoch").total_steps == 3
+    step = make("step", 8)
+    assert step.milestones == [4, 6] and step.gamma == 0.1 and step.step_every == "epoch"
+    assert make("step", 1).milestones == [1, 1] and make("step", 3, gamma=0.5).gamma == 0.5
+    assert make("step", 4, step_every="batch").milestones == [2 * batches, 3 * batches]
+    assert make("exponential", 5).gamma == 0.8
+    per_batch = make("exponential", 5, step_every="batch")
+    assert per_batch.gamma ** batches == pytest.approx(0.8) and per_batch.step_every == "batch"
+    assert make("exponential", 5, gamma=0.9, step_every="batch").gamma == 0.9
+    assert make("cosine", 6).T_max == 6
+    assert make("cosine", 6, step_every="batch").T_max == 6 * batches
+    assert make("warm-restarts", 9).T_0 == 3 and make("warm-restarts", 2).T_0 == 1
+    assert make("none", 3) is None
+
+
+def test_make_scheduler_rejects_unknown_names():
+    opt = tn.SGD([tn.Parameter(np.zeros(2))], lr=1.0)
+    with pytest.raises(ValueError, match="make_scheduler: expected one of"):
+        tn.make_scheduler("linear", opt, 3, 10, 5)
+    with pytest.raises(ValueError, match="make_scheduler: expected step_every 'epoch' or 'batch'"):
+        tn.make_scheduler("step", opt, 3, 10, 5, step_every="update")
+
+
+def test_describe_schedule_says_what_each_schedule_does():
+    def describe(name, **kw):
+        opt = tn.SGD([tn.Parameter(np.zeros(2))], lr=0.1)
+        return tn.describe_schedule(tn.make_scheduler(name, opt, 4, 100, 50, **kw))
+    assert describe("none") == "none (constant lr)"
+    assert describe("step") == "MultiStepLR, lr x0.1 at epochs 2, 3"
+    assert describe("exponential", gamma=0.5, step_every="batch") == \
+        "ExponentialLR, lr x0.5 every batch"
+    assert describe("cosine") == "CosineAnnealingLR, cosine to 0 over 4 epochs"
+    assert describe("warm-restarts", step_every="batch") == \
+        "CosineAnnealingWarmRestarts, cosine restarting every 2 batches (T_mult 1)"
+    opt = tn.SGD([tn.Parameter(np.zeros(2))], lr=0.1)
+    assert tn.describe_schedule(tn.LinearLR(opt)) == "LinearLR, stepped every epoch"
+
+
+def test_exit_missing_data_for_a_single_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        tn.exit_missing_data("train_iris.py", "Iris", FileNotFoundError("no iris.csv in X"),
+                             ["iris.csv"], tmp_path, "", "the 150-row table")
+    message = str(e.value.code)
+    assert f"get iris.csv (the 150-row table)\nand put it in {tmp_path}{os.sep}, or run" in message
+    assert "where DIR/ holds it." in message and "them" not in message and "DIR//" not in message
+
+
+def test_mnist_model_options_build_the_labs_networks(monkeypatch, capsys, tmp_path):
+    train_mnist = importlib.import_module("train_mnist")
+    model, name = train_mnist.build_model("labcnn")
+    assert name == "labcnn conv8k5-pool-relu-conv16k3-pool-relu-400-10"
+    assert [type(layer).__name__ for layer in model] == [
+        "Conv2d", "MaxPool2d", "ReLU", "Conv2d", "MaxPool2d", "ReLU", "Flatten", "Linear"]
+    assert (model[0].weight.data.shape, model[3].weight.data.shape, model[7].weight.data.shape) == (
+        (8, 1, 5, 5), (16, 8, 3, 3), (10, 400))
+    assert sum(p.data.size for p in model.parameters()) == 5386
+    assert model(np.zeros((2, 1, 28, 28), np.float32)).shape == (2, 10)
+    wide, name = train_mnist.build_model("labcnn", channels=(16, 32))
+    assert wide[7].weight.data.shape == (10, 800) and "conv16k5" in name and "800-10" in name
+    mlp, name = train_mnist.build_model("mlp", hidden=(40, 40))
+    assert name == "mlp 784-40-40-10"
+    assert [p.data.shape for p in mlp.parameters()][::2] == [(40, 784), (40, 40), (10, 40)]
+    assert isinstance(mlp[4], tn.ReLU) and isinstance(train_mnist.build_model("mlp", "mse")[0][-1],
+                                                      tn.Softmax)
+    assert train_mnist.MODELS["labcnn"][1] == 15
+    for argv, message in ((["--channels", "4", "8"], "--channels has no effect with --model mlp"),
+                          (["--model", "labcnn", "--hidden", "40"],
+                           "--hidden has no effect with --model labcnn"),
+                          (["--hidden", "0"], "argument --hidden: expected a positive integer")):
+        with pytest.raises(SystemExit):
+            train_mnist.main([*argv, "--out", str(tmp_path / "out")])
+        assert message in " ".join(capsys.readouterr().err.split())
+
+
+def test_train_mnist_hidden_sizes_and_labcnn_train(mnist_main, capsys, tmp_path):
+    out, seen = mnist_main(["--hidden", "40", "40", "--epochs", "1"], capsys, tmp_path)
+    assert _run_line(out).startswith("training mlp 784-40-40-10 | Adam lr 0.003")
+    out, seen = mnist_main(["--model", "labcnn", "--quick"], capsys, tmp_path)
+    assert sum(p.data.size for p in seen["model"].parameters()) == 5386
+    assert len(seen["history"].epoch) == 1
+
+
+def test_svhn_gradcheck_reports_a_small_error_and_catches_a_wrong_backward(capsys):
+    train_svhn = importlib.import_module("train_svhn")
+    X = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
+    tn.manual_seed(0)
+    model = train_svhn.build_model(X.mean(axis=(0, 2, 3)), X.std(axis=(0, 2, 3)), "mlp", True)
+    weight = model[2].weight.data
+    assert train_svhn.check_gradients(model, X) < 1e-7
+    assert model[2].weight.data is weight and weight.dtype == np.float32        # a copy was checked
+    out = capsys.readouterr().out
+    assert re.match(r"gradient check \(float64, 4 images, 20 random coordinates of the input "
+                    r"and of each of 6 parameters\): max relative error \d\.\d\de-\d\d \(", out)
+
+    class WrongReLU(tn.ReLU):
+        def backward(self, grad):
+            return 1.5 * super().backward(grad)
+    model.layers[4] = WrongReLU()
+    assert train_svhn.check_gradients(model, X) > 0.1
+
+
+def test_train_svhn_gradcheck_flag_runs_before_training(monkeypatch, capsys, tmp_path):
+    train_svhn = importlib.import_module("train_svhn")
+    rng = np.random.default_rng(0)
+    data = (rng.random((40, 3, 32, 32), dtype=np.float32), rng.integers(0, 10, 40),
+            rng.random((8, 3, 32, 32), dtype=np.float32), rng.integers(0, 10, 8),
+            rng.random((8, 3, 32, 32), dtype=np.float32), rng.integers(0, 10, 8))
+    monkeypatch.setattr(train_svhn, "load_svhn_or_exit", lambda data_dir, quick=False: data)
+    train_svhn.main(["--gradcheck", "--epochs", "1", "--no-plots", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert out.index("gradient check (float64") < out.index("training mlp 3072-128-10 |") < \
+        out.index("epoch 1/1")
+    assert float(re.search(r"max relative error (\S+) ", out).group(1)) < 1e-7
+    with pytest.raises(SystemExit):
+        train_svhn.main(["--gradcheck", "--sweep", "--out", str(tmp_path / "x")])
+    assert "--gradcheck has no effect with --sweep" in capsys.readouterr().err
+
+
+def test_train_iris_says_what_it_runs(monkeypatch, capsys, tmp_path):
+    train_iris = importlib.import_module("train_iris")
+    train_iris.main(["--quick", "--no-plots", "--optimizer", "momentum", "--lr", "0.05",
+                     "--scheduler", "step", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert _run_line(out) == ("training mlp 4-100-100-3 relu, ce loss | SGD lr 0.05, momentum 0.9, "
+                              "weight decay 0 | schedule: MultiStepLR, lr x0.1 at epochs 1, 1")
+    assert out.index("training mlp") < out.index("epoch 1/1")
+
+
 # ════════════════════════════════════════════════════════════════════════════
 # Benchmark
 # ════════════════════════════════════════════════════════════════════════════

@@ -81,7 +81,7 @@ def draw_trajectories(path):
     tn.plot_optimizer_paths(panels, path, title="Optimizer paths on the Iris lab's test functions")
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     tn.add_common_args(parser, epochs=100, batch_size=16, lr=1e-3)
     parser.add_argument("--loss", choices=("ce", "nll"), default="ce",
@@ -90,12 +90,13 @@ def main():
                         help="hidden-layer activation (%(default)s)")
     parser.add_argument("--trajectories", action="store_true",
                         help="also draw optimizer paths on the lab's quadratic and Rosenbrock (trajectories.png)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
-        tn.reject_flags(parser, ["--epochs"], "with --quick, which trains 1 epoch")
+        tn.reject_flags(parser, ["--epochs"], "with --quick, which trains 1 epoch", argv)
         args.epochs = 1
+    tn.check_common_args(parser, args, argv)
     if args.no_plots:
-        tn.reject_flags(parser, ["--trajectories"], "with --no-plots, which draws no figure")
+        tn.reject_flags(parser, ["--trajectories"], "with --no-plots, which draws no figure", argv)
     tn.manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
     print("config:", vars(args))
@@ -109,9 +110,13 @@ def main():
 
     model = build_model(X_train.mean(axis=0), X_train.std(axis=0), args.activation, args.loss)
     print(model.summary((4,)))
-    optimizer = tn.make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay)
-    scheduler = tn.make_scheduler(args.scheduler, optimizer, args.epochs, len(X_train), args.batch_size)
+    optimizer = tn.make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay,
+                                  args.decay_all)
+    scheduler = tn.make_scheduler(args.scheduler, optimizer, args.epochs, len(X_train),
+                                  args.batch_size, args.gamma, args.step_every)
     model.compile(optimizer, tn.NLLLoss() if args.loss == "nll" else tn.CrossEntropyLoss(), scheduler=scheduler)
+    description = f"mlp 4-100-100-3 {args.activation}, {args.loss} loss"
+    print(tn.describe_run(description, optimizer, scheduler))
     history = model.fit(X_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
                         validation_data=(X_val, y_val), verbose=1, callbacks=tn.blas_thread_callbacks(args.threads))
 

@@ -2,7 +2,9 @@
 http://ufldl.stanford.edu/housenumbers/, downloaded to <data-dir>/svhn/ on first use).
 
 The default is the coursework's MLP 3072-128-ReLU-10 (--batchnorm adds a
-BatchNorm1d after the hidden Linear; --weight-decay is the L2 penalty);
+BatchNorm1d after the hidden Linear; --weight-decay is the L2 penalty, on the
+weights only: --decay-all also decays biases and BatchNorm, as torch's
+optimizers do; --gradcheck checks the gradients by finite differences first);
 --model cnn is a convnet. Both start with Normalize: each colour channel is
 standardised with the training set's mean and standard deviation, saved with
 the model so that evaluation uses the same statistics. Validation is 30% of the
@@ -13,6 +15,7 @@ results.csv, one loss plot per run and a summary plot, and reports the test
 accuracy of the best run. Saves model.npz, history.csv and PNG figures under --out.
 """
 import argparse
+import copy
 import itertools
 import os
 import time
@@ -36,6 +39,41 @@ def build_model(mean, std, kind="mlp", batchnorm=False):
         layers += [tn.Conv2d(c_in, c_out, 3, padding=1), *([tn.BatchNorm2d(c_out)] if batchnorm else []),
                    tn.ReLU(), tn.MaxPool2d(2)]
     return tn.Sequential(layers + [tn.Flatten(), tn.Linear(64 * 8 * 8, 128), tn.ReLU(), tn.Linear(128, 10)])
+
+
+def check_gradients(model, X, n=20, seed=0):
+    """Check the model's backward by central differences before training: a float64 copy of
+    the model (same weights, train mode), f = sum(model(X) * r) for a fixed random r, and for
+    the input and each parameter, n random coordinates (CS231n's sparse check: tn.gradcheck
+    perturbs every weight, 2 forward passes each, minutes for 400,000 weights). Prints and
+    returns the largest |analytic - numeric| over all of them, relative to the largest gradient."""
+    check = copy.deepcopy(model)
+    check.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    x = np.array(X, dtype=np.float64)
+    r = rng.uniform(-1, 1, np.shape(check.forward(x)))
+    check.zero_grad()
+    arrays = [("input", x, check.backward(r))]
+    arrays += [(f"{i}.{type(layer).__name__}.{key}", p.data, p.grad.copy())
+               for i, layer in enumerate(check) for key, p in vars(layer).items()
+               if any(p is q for q in layer.parameters())]
+    errors, scale = {}, 0.0
+    for name, data, analytic in arrays:
+        flat, idx = data.reshape(-1), rng.choice(data.size, min(n, data.size), replace=False)
+        original = flat[idx].copy()
+
+        def f(values):
+            flat[idx] = values
+            return float(np.sum(check.forward(x) * r))
+        numeric = tn.numerical_gradient(f, original.copy())
+        flat[idx] = original
+        errors[name] = np.abs(analytic.reshape(-1)[idx] - numeric).max()
+        scale = max(scale, np.abs(analytic).max(), np.abs(numeric).max())
+    worst = max(errors, key=errors.get)
+    error = errors[worst] / scale if scale else 0.0
+    print(f"gradient check (float64, {len(x)} images, {n} random coordinates of the input and "
+          f"of each of {len(arrays) - 1} parameters): max relative error {error:.2e} ({worst})")
+    return error
 
 
 def load_svhn_or_exit(data_dir, quick=False):
@@ -63,9 +101,12 @@ def sweep(args, train, val, mean, std):
         print(f"--- {name}")
         tn.manual_seed(args.seed)
         model = build_model(mean, std, args.model, batchnorm)
-        opt = tn.make_optimizer(optimizer, model.parameters(), lr, args.weight_decay)
-        scheduler = tn.make_scheduler(args.scheduler, opt, args.epochs, len(train[0]), args.batch_size)
+        opt = tn.make_optimizer(optimizer, model.parameters(), lr, args.weight_decay,
+                                args.decay_all)
+        scheduler = tn.make_scheduler(args.scheduler, opt, args.epochs, len(train[0]),
+                                      args.batch_size, args.gamma, args.step_every)
         model.compile(opt, tn.CrossEntropyLoss(), scheduler=scheduler)
+        print(tn.describe_run(describe_model(args.model, batchnorm), opt, scheduler))
         start = time.perf_counter()
         histories[name] = history = model.fit(*train, epochs=args.epochs, batch_size=args.batch_size,
                                               validation_data=val, verbose=2,
@@ -87,20 +128,32 @@ def sweep(args, train, val, mean, std):
     return best[2], best[3], best[1]
 
 
-def main():
+def describe_model(kind, batchnorm):
+    """The model in a few words, for the line printed before training."""
+    norm = " + batchnorm" if batchnorm else ""
+    return {"mlp": "mlp 3072-128-10", "cnn": "cnn conv32-pool-conv64-pool-128-10"}[kind] + norm
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     tn.add_common_args(parser, epochs=10, batch_size=128, lr=1e-3, optimizer="adam")
     parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="architecture (%(default)s)")
     parser.add_argument("--batchnorm", action="store_true", help="add BatchNorm after the hidden layers")
     parser.add_argument("--sweep", action="store_true",
                         help="train the grid lr {1e-3, 1e-2} x optimizer {adam, momentum} x batchnorm {off, on}")
-    args = parser.parse_args()
+    parser.add_argument("--gradcheck", action="store_true",
+                        help="before training, check the model's gradients by central differences "
+                             "(float64, 4 images, 20 coordinates of the input and of each "
+                             "parameter)")
+    args = parser.parse_args(argv)
     if args.quick:
-        tn.reject_flags(parser, ["--epochs"], "with --quick, which trains 1 epoch")
+        tn.reject_flags(parser, ["--epochs"], "with --quick, which trains 1 epoch", argv)
         args.epochs = 1
+    tn.check_common_args(parser, args, argv)
     if args.sweep:
-        tn.reject_flags(parser, ["--lr", "--optimizer", "--batchnorm"],
-                        "with --sweep, which trains every lr x optimizer x batchnorm of its grid")
+        tn.reject_flags(parser, ["--lr", "--optimizer", "--batchnorm", "--gradcheck"],
+                        "with --sweep, which trains every lr x optimizer x batchnorm of its grid",
+                        argv)
     tn.manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
     print("config:", vars(args))
@@ -115,9 +168,14 @@ def main():
     else:
         model = build_model(mean, std, args.model, args.batchnorm)
         print(model.summary((3, 32, 32)))
-        optimizer = tn.make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay)
-        scheduler = tn.make_scheduler(args.scheduler, optimizer, args.epochs, len(X_train), args.batch_size)
+        if args.gradcheck:
+            check_gradients(model, X_train[:4])
+        optimizer = tn.make_optimizer(args.optimizer, model.parameters(), args.lr,
+                                      args.weight_decay, args.decay_all)
+        scheduler = tn.make_scheduler(args.scheduler, optimizer, args.epochs, len(X_train),
+                                      args.batch_size, args.gamma, args.step_every)
         model.compile(optimizer, tn.CrossEntropyLoss(), scheduler=scheduler)
+        print(tn.describe_run(describe_model(args.model, args.batchnorm), optimizer, scheduler))
         history = model.fit(X_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
                             validation_data=(X_val, y_val), verbose=1,
                             callbacks=tn.blas_thread_callbacks(args.threads))
