@@ -533,7 +533,7 @@ class Embedding(Layer):
         self._cache = x = np.asarray(x)
         if not np.issubdtype(x.dtype, np.integer) or ((x < 0) | (x >= self.num_embeddings)).any():
             raise ValueError(f"Embedding: expected integer indices in [0, {self.num_embeddings}), "
-                             f"got {x.dtype} values from {x.min(initial=0)} to {x.max(initial=0)}")
+                             f"got {x.dtype} {np.unique(x)}")        # (the values, summarised)
         return self.weight.data[x]
 
     def backward(self, grad):                       # indices have no gradient: returns None
@@ -578,8 +578,9 @@ class _RNNBase(Layer):
         x = np.swapaxes(x, 0, 1) if self.batch_first else np.asarray(x)     # (T, N, F)
         self._cache = []
         for l in range(self.num_layers):
-            p = self.dropout if l and self.training else 0                  # between layers only
-            mask = (_rng.random(x.shape) >= p).astype(x.dtype) / x.dtype.type(1 - p) if p else 1
+            drop = self.dropout if l and self.training else 0               # between layers only
+            keep = (_rng.random(x.shape) >= drop).astype(x.dtype) if drop else 1
+            mask = keep / x.dtype.type(1 - drop)                            # 1 without dropout
             x, runs = x * mask, []
             for d, params in enumerate(self._weights(l)):                    # d = 1: reverse
                 W_ih, W_hh, b_ih, b_hh = (0 if p is None else p.data for p in params)
