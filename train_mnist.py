@@ -1,11 +1,12 @@
 """Train a classifier on MNIST (downloaded to data/ on first use, or from $TINYNET_DATA).
 
---model lstm and --model gru read each image as 28 rows of 28 pixels (a sequence of 28 steps,
-batch_first): LSTM or GRU(28, 128), its last step (tn.LastStep), Linear(128, 10); 8 epochs.
 --model mlp (default) is the coursework's 784-256-ReLU-10, 10 epochs; --model cnn
 a small convnet (conv32-pool-conv64-pool-128-10), 6 epochs: over 99.2% in under
 two minutes on 2 cores. Both train with Adam and OneCycleLR (max lr 3e-3). Validation is the last 10,000 training images. --loss mse puts a
 Softmax on the output and trains with MSELoss on one-hot targets.
+--model lstm and --model gru read each image as 28 rows of 28 pixels (a sequence of 28 steps,
+batch_first): LSTM or GRU(28, 128), its last step (tn.LastStep), Linear(128, 10); 8 epochs,
+Adam and OneCycleLR too.
 --embeddings draws 1,000 training images in 2-D, raw pixels beside the learned
 features (the input of the last Linear layer), with t-SNE (scikit-learn) or
 --projection pca, and trains an even/odd logistic regression (a linear probe)
