@@ -4118,9 +4118,9 @@ def test_sequence_layers_reject_bad_arguments():
         ValueError, match=r"RNN: nonlinearity must be 'tanh' or 'relu', got 'sigmoid'"
     ):
         tn.RNN(2, 3, nonlinearity="sigmoid")
-    for name in ("RNN", "LSTM", "GRU"):
-        with pytest.raises(ValueError, match=rf"{name}: dropout must be in \[0, 1\), got 1.5"):
-            getattr(tn, name)(2, 3, dropout=1.5)
+    for name, p in [("RNN", 1.5), ("LSTM", 1), ("GRU", -0.1)]:
+        with pytest.raises(ValueError, match=rf"{name}: dropout must be in \[0, 1\), got {p}"):
+            getattr(tn, name)(2, 3, dropout=p)
     with pytest.raises(IndexError):
         tn.Embedding(5, 2, padding_idx=5)
 
