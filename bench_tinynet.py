@@ -35,6 +35,9 @@ WORKLOADS = {
     "cnn-32-64": [("Conv2d", (1, 32, 3, 1, 1)), ("ReLU", ()), ("MaxPool2d", (2,)),
                   ("Conv2d", (32, 64, 3, 1, 1)), ("ReLU", ()), ("MaxPool2d", (2,)),
                   ("Flatten", ()), ("Linear", (3136, 128)), ("ReLU", ()), ("Linear", (128, 10))],
+    # train_mnist.py --model lstm: 28 rows of 28 pixels as steps, batch_first, the last step's h
+    "lstm": [("Flatten", (1, 2)), ("LSTM", (28, 128, 1, True, True)), ("LastStep", ()),
+             ("Linear", (128, 10))],
 }
 BATCH, LR = 64, 1e-3
 TORCH_THREADS = (1, 2)
@@ -59,10 +62,19 @@ def blas_info():
         return "threadpoolctl not installed"
 
 
+def torch_sequential(spec):
+    """torch.nn.Sequential of the workload; LSTM returning only its output and LastStep as
+    Sequential.to_torch builds them (torch.nn's LSTM returns (output, (h_n, c_n)))."""
+    import torch
+    modules = tn._torch_sequence_modules()
+    return torch.nn.Sequential(*[(modules.get(name) or getattr(torch.nn, name))(*args)
+                                 for name, args in spec])
+
+
 def build(spec, batch=BATCH):
     """The same architecture in both libraries, torch's weights copied into tinynet's."""
     import torch
-    tmodel = torch.nn.Sequential(*[getattr(torch.nn, name)(*args) for name, args in spec])
+    tmodel = torch_sequential(spec)
     model = tn.Sequential([getattr(tn, name)(*args) for name, args in spec])
     model.load_state_dict(tmodel.state_dict())
     model.compile(tn.Adam(model.parameters(), lr=LR), tn.CrossEntropyLoss())
@@ -265,7 +277,7 @@ def memory_child(library, workload, n, epochs, synthetic):
         epoch = lambda: model.fit(X, y, epochs=1, batch_size=BATCH, verbose=0)  # noqa: E731
     else:
         import torch
-        tmodel = torch.nn.Sequential(*[getattr(torch.nn, name)(*args) for name, args in WORKLOADS[workload]])
+        tmodel = torch_sequential(WORKLOADS[workload])
         topt = torch.optim.Adam(tmodel.parameters(), lr=LR)
         Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
         epoch = lambda: torch_epoch(tmodel, topt, Xt, yt)  # noqa: E731

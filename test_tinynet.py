@@ -4457,7 +4457,8 @@ def test_bench_smoke_runs_every_table(tmp_path):
     r = _run("bench_tinynet.py", "--smoke", "--out", tmp_path / "bench.json", env={"TINYNET_DATA": DATA})
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "bench.json").read_text())
-    assert set(res["epochs"]) == {"mlp", "cnn-small", "cnn-32-64"} and set(res["busy"]) == {"quiet", "busy"}
+    assert set(res["epochs"]) == {"mlp", "cnn-small", "cnn-32-64", "lstm"}
+    assert set(res["busy"]) == {"quiet", "busy"}
     assert {"Conv2d 32->64 k3 p1 @14", "Conv2d 1->32 k3 p1 @28", "Linear 784->256", "MaxPool2d(2) @28",
             "BatchNorm2d(32) @28"} <= set(res["layers"])
     for row in list(res["epochs"].values()) + list(res["layers"].values()):
@@ -4749,6 +4750,423 @@ def test_suite_finds_iris_without_tinynet_data():
 
 
 # ════════════════════════════════════════════════════════════════════════════
+# Sequences: Embedding, RNN, LSTM, GRU, LastStep and Flatten's options against torch in
+# float64, gradient checks, initialisation, torch interop, save/load, bad input
+# ════════════════════════════════════════════════════════════════════════════
+
+RECURRENT_CASES = [  # class, kwargs (input_size 4, hidden_size 3 unless given), input shape
+    ("RNN", {}, (5, 3, 4)),
+    (
+        "RNN",
+        {"nonlinearity": "relu", "num_layers": 2, "bidirectional": True, "batch_first": True},
+        (3, 5, 4),
+    ),
+    ("RNN", {"num_layers": 2, "bias": False, "bidirectional": True}, (4, 2, 4)),
+    ("RNN", {"nonlinearity": "relu", "bias": False, "batch_first": True}, (1, 1, 4)),
+    ("LSTM", {}, (5, 3, 4)),
+    ("LSTM", {"num_layers": 2, "bidirectional": True, "batch_first": True}, (3, 5, 4)),
+    ("LSTM", {"num_layers": 2, "bias": False, "batch_first": True}, (2, 4, 4)),
+    ("LSTM", {"bidirectional": True, "bias": False, "hidden_size": 5}, (1, 1, 4)),
+    ("GRU", {}, (5, 3, 4)),
+    ("GRU", {"num_layers": 2, "bidirectional": True, "batch_first": True}, (3, 5, 4)),
+    ("GRU", {"num_layers": 2, "bias": False}, (4, 2, 4)),
+    (
+        "GRU",
+        {"bidirectional": True, "bias": False, "batch_first": True, "hidden_size": 5},
+        (1, 1, 4),
+    ),
+    ("LSTM", {"num_layers": 2, "dropout": 0.5}, (4, 2, 4)),  # eval: no dropout, as torch
+    ("GRU", {"num_layers": 3, "dropout": 0.3, "bidirectional": True}, (3, 2, 4)),
+]
+
+
+def recurrent_pair(name, kw, seed=0):
+    """tinynet's and torch's layer (float64, eval if it has dropout) with the same weights."""
+    kw = {"input_size": 4, "hidden_size": 3} | kw
+    tn.manual_seed(seed)
+    ours = getattr(tn, name)(**kw).astype(np.float64)
+    theirs = getattr(torch.nn, name)(**kw).double()
+    theirs.load_state_dict(
+        {k: torch.from_numpy(v) for k, v in ours.state_dict().items()}
+    )  # strict: same keys
+    if kw.get("dropout"):
+        ours.eval(), theirs.eval()
+    return ours, theirs
+
+
+@pytest.mark.parametrize(
+    "name, kw, shape", RECURRENT_CASES, ids=[f"{n}-{k}-{s}" for n, k, s in RECURRENT_CASES]
+)
+def test_recurrent_matches_torch(name, kw, shape):
+    """Output, input gradient, h_n (and c_n), every parameter gradient by torch's name, and the
+    state-dict keys in torch's order."""
+    ours, theirs = recurrent_pair(name, kw)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    x, finals = randn(1, shape), []
+    y = theirs(T(x))[0]
+    layer_parity(
+        ours, lambda t: (finals.append(theirs(t)[1]), theirs(t)[0])[1], x, randn(2, tuple(y.shape))
+    )
+    h_n, c_n = finals[0] if name == "LSTM" else (finals[0], None)
+    assert_parity(ours.h_n, h_n, f"{ours!r} h_n")
+    if c_n is not None:
+        assert_parity(ours.c_n, c_n, f"{ours!r} c_n")
+    for (k, p), (k2, q) in zip(ours.named_parameters(), theirs.named_parameters(), strict=True):
+        assert k == k2
+        assert_parity(p.grad, q.grad, f"{ours!r} {k} gradient")
+
+
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
+def test_recurrent_dropout_between_layers_matches_torch(name):
+    """In training, layer 2 reads layer 1's output times the dropout mask / (1 - p), and nothing
+    else is dropped: torch's two one-layer modules with our mask in between give the same
+    output and gradients."""
+    ours, _ = recurrent_pair(name, {"num_layers": 2, "dropout": 0.4, "batch_first": True})
+    ours.train()
+    layers = [
+        getattr(torch.nn, name)(4 if l == 0 else 3, 3, batch_first=True).double() for l in range(2)
+    ]
+    for l, m in enumerate(layers):
+        m.load_state_dict(
+            {
+                k.replace(f"_l{l}", "_l0"): torch.from_numpy(v)
+                for k, v in ours.state_dict().items()
+                if f"_l{l}" in k
+            }
+        )
+    x, g = randn(1, (3, 6, 4)), randn(2, (3, 6, 3))
+    y = ours.forward(x)
+    mask = ours._cache[1][1].swapaxes(0, 1)  # (N, T, H): batch first, as the modules
+    assert ((mask == 0) | (mask == 1 / 0.6)).all() and 0 < (mask == 0).mean() < 1
+    xt = T(x)
+    yt = layers[1](layers[0](xt)[0] * torch.from_numpy(mask))[0]
+    yt.backward(T(g, False))
+    assert_parity(y, yt, f"{name} with dropout, forward")
+    assert_parity(ours.backward(g), xt.grad, f"{name} with dropout, input gradient")
+    for l, m in enumerate(layers):
+        for k, q in m.named_parameters():
+            assert_parity(
+                getattr(ours, k.replace("_l0", f"_l{l}")).grad, q.grad, f"{name} {k} l{l} gradient"
+            )
+
+
+@pytest.mark.parametrize("name, kw, shape", [
+    ("RNN", {"num_layers": 2, "bidirectional": True}, (3, 2, 2)),
+    ("RNN", {"nonlinearity": "relu", "batch_first": True, "bias": False}, (2, 3, 2)),
+    ("LSTM", {"num_layers": 2, "bidirectional": True, "batch_first": True}, (2, 3, 2)),
+    ("LSTM", {"bias": False}, (3, 2, 2)),
+    ("GRU", {"num_layers": 2, "bidirectional": True}, (3, 2, 2)),
+    ("GRU", {"batch_first": True, "bias": False}, (2, 3, 2)),
+])
+def test_recurrent_gradcheck(name, kw, shape):
+    tn.manual_seed(0)
+    layer = getattr(tn, name)(2, 3, **kw).astype(np.float64)
+    assert tn.gradcheck(layer, away_from_kinks(0, shape)) < 1e-7
+
+
+@pytest.mark.parametrize(
+    "make, x",
+    [
+        (lambda: tn.Embedding(6, 3), np.array([[0, 5, 2, 2], [5, 5, 1, 0]])),
+        (lambda: tn.LastStep(), (2, 4, 3)),
+        (lambda: tn.LastStep(dim=0), (4, 2, 3)),
+        (lambda: tn.Flatten(1, 2), (2, 2, 3, 2)),
+        (
+            lambda: tn.Sequential(
+                tn.Embedding(5, 2, padding_idx=0),
+                tn.GRU(2, 3, batch_first=True),
+                tn.LastStep(),
+                tn.Linear(3, 2),
+            ),
+            np.array([[1, 2, 4], [3, 3, 2]]),
+        ),
+    ],
+    ids=["Embedding", "LastStep", "LastStep-dim0", "Flatten-1-2", "Embedding-GRU-model"],
+)
+def test_sequence_layer_gradcheck(make, x):
+    """(Not with the padding index in x: its row gets no gradient, as torch, though the output
+    depends on it; test_embedding_matches_torch checks that.)"""
+    tn.manual_seed(0)
+    layer = make().astype(np.float64)
+    assert tn.gradcheck(layer, x if isinstance(x, np.ndarray) else away_from_kinks(0, x)) < 1e-7
+
+
+@pytest.mark.parametrize("padding_idx", [None, 1, -1])
+def test_embedding_matches_torch(padding_idx):
+    """Forward, and the weight gradient: repeated indices add up, the padding row gets none."""
+    tn.manual_seed(0)
+    ours = tn.Embedding(5, 3, padding_idx=padding_idx).astype(np.float64)
+    theirs = torch.nn.Embedding(5, 3, padding_idx=padding_idx).double()
+    assert ours.padding_idx == theirs.padding_idx
+    if padding_idx is not None:
+        assert not ours.weight.data[padding_idx].any()
+    theirs.load_state_dict({"weight": torch.from_numpy(ours.weight.data)})
+    x = np.array([[[1, 4, 4], [0, 1, 1]], [[4, 3, 1], [1, 1, 2]]])  # (2, 2, 3) indices, repeated
+    g = randn(2, (2, 2, 3, 3))
+    y = theirs(torch.from_numpy(x))
+    y.backward(T(g, False))
+    assert_parity(ours.forward(x), y, "Embedding forward")
+    assert ours.backward(g) is None
+    assert_parity(ours.weight.grad, theirs.weight.grad, "Embedding weight gradient")
+
+
+@pytest.mark.parametrize(
+    "dim, shape", [(1, (2, 4, 3)), (0, (4, 2, 3)), (-1, (2, 3)), (1, (3, 1, 2, 2))]
+)
+def test_last_step_matches_torch(dim, shape):
+    layer_parity(tn.LastStep(dim), lambda t: t.select(dim, -1), randn(1, shape),
+                 randn(2, tuple(np.take(np.zeros(shape), -1, axis=dim).shape)))
+
+
+@pytest.mark.parametrize(
+    "start, end, shape",
+    [
+        (1, 2, (2, 1, 4, 3)),
+        (0, -1, (2, 3, 4)),
+        (2, 3, (2, 3, 4, 5)),
+        (-3, -2, (2, 3, 4, 5)),
+        (1, 1, (2, 3, 4)),
+        (0, 1, (2, 3)),
+        (-3, -1, (2, 3, 4)),
+    ],
+)
+def test_flatten_options_match_torch(start, end, shape):
+    flat = torch.nn.Flatten(start, end)
+    layer_parity(
+        tn.Flatten(start, end),
+        flat,
+        randn(1, shape),
+        randn(2, tuple(flat(torch.zeros(shape)).shape)),
+    )
+
+
+def test_sequence_layers_init_matches_torch():
+    """U(-1/sqrt(H), 1/sqrt(H)) for every recurrent weight and bias; N(0, 1) for Embedding."""
+    tn.manual_seed(0)
+    for name in ("RNN", "LSTM", "GRU"):
+        layer, ref = (
+            getattr(tn, name)(20, 50, num_layers=2, bidirectional=True),
+            getattr(torch.nn, name)(20, 50, 2),
+        )
+        gates = ref.weight_hh_l0.shape[0] // 50
+        for k, p in layer.named_parameters():
+            assert p.data.dtype == np.float32 and p.data.shape[0] == 50 * gates
+            assert np.abs(p.data).max() <= 1 / math.sqrt(50) and np.abs(
+                p.data
+            ).max() > 0.9 / math.sqrt(50), k
+    w = tn.Embedding(400, 50, padding_idx=3).weight.data
+    assert w.dtype == np.float32 and not w[3].any()
+    assert abs(w.mean()) < 0.02 and abs(w.std() - 1) < 0.02
+
+
+SEQUENCE_MODELS = [
+    lambda: tn.Sequential(
+        tn.Embedding(7, 4, padding_idx=0),
+        tn.LSTM(4, 5, num_layers=2, batch_first=True, dropout=0.3),
+        tn.LastStep(),
+        tn.Linear(5, 3),
+    ),
+    lambda: tn.Sequential(
+        tn.Flatten(2, 3),
+        tn.GRU(6, 3, bidirectional=True, bias=False),
+        tn.LastStep(dim=0),
+        tn.Linear(6, 2),
+    ),
+    lambda: tn.Sequential(
+        tn.Flatten(2, 3), tn.RNN(6, 4, nonlinearity="relu", num_layers=2), tn.LastStep(0)
+    ),
+]
+
+
+def _sequence_input(model):
+    return (np.random.default_rng(0).integers(0, 7, (4, 5)) if isinstance(model[0], tn.Embedding)
+            else np.random.default_rng(0).standard_normal((5, 4, 2, 3)))
+
+
+@pytest.mark.parametrize("make", SEQUENCE_MODELS)
+def test_sequence_models_to_torch_and_back(make):
+    tn.manual_seed(0)
+    model = make().astype(np.float64).eval()
+    net = model.to_torch()
+    assert isinstance(net, torch.nn.Sequential) and not net.training
+    assert list(net.state_dict()) == list(model.state_dict())
+    x = _sequence_input(model)
+    assert_parity(model.predict(x), net(torch.from_numpy(x)), "to_torch outputs")
+    back = tn.Sequential.from_torch(net)
+    assert repr(back) == repr(model)
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), back.state_dict().items(), strict=True):
+        assert k == k2 and v2.dtype == np.float64
+        np.testing.assert_array_equal(v, v2)
+
+
+def test_from_torch_takes_plain_recurrent_modules_and_names_unsupported_options():
+    net = torch.nn.Sequential(
+        torch.nn.Embedding(5, 3, padding_idx=-2), torch.nn.GRU(3, 4, bias=False)
+    )
+    model = tn.Sequential.from_torch(net)
+    assert model[0].padding_idx == 3 and model[1].bias is False and model[1].parameters()
+    for module, option in [(torch.nn.LSTM(3, 4, proj_size=2), "proj_size=2"),
+                           (torch.nn.Embedding(5, 3, max_norm=1.0), "max_norm=1.0"),
+                           (torch.nn.Embedding(5, 3, sparse=True), "sparse=True")]:
+        with pytest.raises(
+            ValueError,
+            match=rf"Sequential.from_torch: module 0 .*{re.escape(option)} is not supported",
+        ):
+            tn.Sequential.from_torch(torch.nn.Sequential(module))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("make", SEQUENCE_MODELS)
+def test_sequence_models_save_load_round_trip(tmp_path, make, dtype):
+    tn.manual_seed(0)
+    model = make().astype(dtype)
+    model.save(tmp_path / "m.npz")
+    loaded = tn.Sequential.load(tmp_path / "m.npz")
+    assert repr(loaded) == repr(model) and all(p.data.dtype == dtype for p in loaded.parameters())
+    x = _sequence_input(model)
+    out = loaded.predict(x)
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out, model.predict(x))
+
+
+def test_sequence_model_fits_a_sequence_task():
+    """Embedding + LSTM + LastStep + Linear learns whether token 1 occurs in a sequence of 8."""
+    rng = np.random.default_rng(0)
+    X = rng.integers(1, 6, (256, 8)) * (rng.random((256, 8)) < 0.9)      # 0: padding, 1..5: tokens
+    y = (X == 1).any(axis=1).astype(np.int64)
+    tn.manual_seed(0)
+    model = tn.Sequential(
+        tn.Embedding(6, 8, padding_idx=0),
+        tn.LSTM(8, 16, batch_first=True),
+        tn.LastStep(),
+        tn.Linear(16, 2),
+    )
+    model.compile(tn.Adam(model.parameters(), lr=0.02), tn.CrossEntropyLoss())
+    model.fit(X[:192], y[:192], epochs=15, batch_size=32, verbose=0)
+    assert model.evaluate(X[192:], y[192:])["accuracy"] >= 0.9
+    assert (
+        "(None, 8, 16)" in model.summary() and "Total params: 1,746" in model.summary()
+    )  # 48 + 1,664 + 34
+
+
+@pytest.mark.parametrize(
+    "layer, x, exc, match",
+    [
+        (
+            lambda: tn.LSTM(4, 3),
+            np.zeros((5, 4)),
+            ValueError,
+            r"^LSTM: expected shape \(T, N, 4\) .*got \(5, 4\)",
+        ),
+        (
+            lambda: tn.GRU(4, 3, batch_first=True),
+            np.zeros((2, 5, 3)),
+            ValueError,
+            r"^GRU: expected shape \(N, T, 4\) .*got \(2, 5, 3\)",
+        ),
+        (
+            lambda: tn.RNN(4, 3),
+            np.zeros((0, 2, 4)),
+            ValueError,
+            r"^RNN: .*N, T > 0, got \(0, 2, 4\)",
+        ),
+        (
+            lambda: tn.LSTM(4, 3, batch_first=True),
+            np.zeros((2, 0, 4)),
+            ValueError,
+            r"^LSTM: .*got \(2, 0, 4\)",
+        ),
+        (
+            lambda: tn.Embedding(5, 2),
+            np.array([0.0, 1.0]),
+            ValueError,
+            r"^Embedding: expected integer indices.*float64",
+        ),
+        (
+            lambda: tn.Embedding(5, 2),
+            np.array([True]),
+            ValueError,
+            r"^Embedding: expected integer indices.*bool",
+        ),
+        (
+            lambda: tn.Embedding(5, 2),
+            np.array([[0, 5]]),
+            ValueError,
+            r"^Embedding: .*\[0, 5\).*got int64 \[0 5\]$",
+        ),
+        (
+            lambda: tn.Embedding(5, 2),
+            np.array([-1, 2]),
+            ValueError,
+            r"^Embedding: .*\[0, 5\).*got int64 \[-1 +2\]$",
+        ),
+        (lambda: tn.LastStep(), np.zeros(3), ValueError, r"^LastStep: .*axis 1, got shape \(3,\)"),
+        (lambda: tn.LastStep(), np.zeros((2, 0, 3)), ValueError, r"^LastStep: .*\(2, 0, 3\)"),
+        (
+            lambda: tn.Flatten(2, 1),
+            np.zeros((2, 3, 4)),
+            ValueError,
+            r"^Flatten: start_dim=2, end_dim=1 do not fit.*comes after",
+        ),
+        (
+            lambda: tn.Flatten(1, 3),
+            np.zeros((2, 3, 4)),
+            ValueError,
+            r"^Flatten: .*end_dim=3 do not fit.*\(2, 3, 4\)",
+        ),
+    ],
+    ids=[
+        "LSTM-rank",
+        "GRU-features",
+        "RNN-no-steps",
+        "LSTM-no-steps",
+        "Embedding-float",
+        "Embedding-bool",
+        "Embedding-too-large",
+        "Embedding-negative",
+        "LastStep-rank",
+        "LastStep-no-steps",
+        "Flatten-order",
+        "Flatten-range",
+    ],
+)
+def test_sequence_layers_reject_bad_input(layer, x, exc, match):
+    with pytest.raises(exc, match=match):
+        layer().forward(x)
+
+
+def test_sequence_layers_reject_bad_arguments():
+    with pytest.raises(
+        ValueError, match=r"RNN: nonlinearity must be 'tanh' or 'relu', got 'sigmoid'"
+    ):
+        tn.RNN(2, 3, nonlinearity="sigmoid")
+    for name, p in [("RNN", 1.5), ("LSTM", 1), ("GRU", -0.1)]:
+        with pytest.raises(ValueError, match=rf"{name}: dropout must be in \[0, 1\), got {p}"):
+            getattr(tn, name)(2, 3, dropout=p)
+    with pytest.raises(IndexError):
+        tn.Embedding(5, 2, padding_idx=5)
+
+
+@pytest.mark.parametrize("model", ["lstm", "gru"])
+def test_train_mnist_recurrent_models_read_rows_as_steps(model, tmp_path):
+    train_mnist = importlib.import_module("train_mnist")
+    net, _ = train_mnist.build_model(model)
+    assert [type(layer).__name__ for layer in net] == ["Flatten", model.upper(), "LastStep", "Linear"]
+    assert net.predict(np.zeros((3, 1, 28, 28), np.float32)).shape == (3, 10) and net[1].batch_first
+    r = _run(
+        "train_mnist.py",
+        "--model",
+        model,
+        "--data-dir",
+        tmp_path / "empty",
+        "--out",
+        tmp_path / "out",
+        env=_refused_downloads(),
+    )                 # stops at the missing data, after the config
+    assert r.returncode == 1 and "'epochs': 8," in r.stdout
+
+
+# ════════════════════════════════════════════════════════════════════════════
 # Copying a class: the minimal excerpt of each layer runs alone and stays short
 # ════════════════════════════════════════════════════════════════════════════
 
@@ -4757,6 +5175,13 @@ PUBLIC_LAYERS = ["Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "L
 EXCERPT_ARGS = {"Linear": ((5, 3), (4, 5)), "Conv2d": ((2, 3, 3, 2, 1), (2, 2, 7, 6)), "MaxPool2d": ((3, 2, 1), (2, 3, 7, 6)),
                 "AvgPool2d": ((2,), (2, 3, 6, 6)), "BatchNorm1d": ((5,), (6, 5)), "BatchNorm2d": ((3,), (2, 3, 4, 4)),
                 "Normalize": (([0.1, 0.2, 0.3], [1.0, 2.0, 3.0]), (2, 3, 4)), "Flatten": ((), (2, 3, 4))}
+PUBLIC_LAYERS += ["Embedding", "RNN", "LSTM", "GRU", "LastStep"]
+EXCERPT_ARGS |= {"Embedding": ((7, 3), (2, 5)), "RNN": ((3, 4, 2), (5, 2, 3)),
+                 "LSTM": ((3, 4, 1), (5, 2, 3)), "GRU": ((3, 4, 1), (5, 2, 3)),
+                 "LastStep": ((), (2, 5, 3))}
+EXCERPT_INPUTS = {"Embedding": lambda shape: np.random.default_rng(1).integers(0, 7, shape)}
+# layer: most lines of its excerpt (recurrent ones include _RNNBase: layers, directions, dropout)
+COPIED_WHOLE = {"Embedding": 60, "RNN": 140, "LSTM": 150, "GRU": 145}
 
 
 def _definitions():
@@ -4812,6 +5237,7 @@ def test_each_layer_copies_out_alone_and_stays_short(capsys):
             namespace["_rng"].bit_generator.state = np.random.PCG64(0).state
         copy, ours = namespace[name](*args), getattr(tn, name)(*args)
         x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+        x = EXCERPT_INPUTS[name](shape) if name in EXCERPT_INPUTS else x
         y = ours.forward(x)
         np.testing.assert_array_equal(copy.forward(x), y, err_msg=name)
         g = np.random.default_rng(2).standard_normal(y.shape).astype(np.float32)
@@ -4822,6 +5248,7 @@ def test_each_layer_copies_out_alone_and_stays_short(capsys):
     with capsys.disabled():
         print("\ncopy excerpt lines: " + ", ".join(f"{k} {v}" for k, v in sizes.items()) + f"; median {median:g}")
     assert median <= 60 and sizes["Conv2d"] <= 120 and sizes["MaxPool2d"] <= 100, sizes
+    assert all(sizes[name] <= most for name, most in COPIED_WHOLE.items()), sizes
 
 
 def _readme():

@@ -220,13 +220,21 @@ class LogSoftmax(Layer):
 
 
 class Flatten(Layer):
-    """(N, d1, d2, ...) -> (N, d1 * d2 * ...), as torch.nn.Flatten(); backward reshapes back.
-    The gradient is stored like x (np.empty_like keeps x's memory order), so that the layers
-    before get it in their own order (a Conv2d's outputs are batch-innermost)."""
+    """Axes start_dim..end_dim merged into one, as torch.nn.Flatten: by default (N, d1, d2, ...)
+    -> (N, d1 * d2 * ...); Flatten(1, 2) makes MNIST's (N, 1, 28, 28) a sequence (N, 28, 28).
+    backward reshapes back. The gradient is stored like x (np.empty_like keeps x's memory order),
+    so that the layers before get it in their own order (a Conv2d's outputs are batch-innermost)."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        self.start_dim, self.end_dim = start_dim, end_dim
 
     def forward(self, x):
-        self._cache = x
-        return x.reshape(x.shape[0], -1)
+        self._cache, n = x, x.ndim
+        start, end = self.start_dim % max(n, 1), self.end_dim % max(n, 1)
+        if not (-n <= self.start_dim < n and -n <= self.end_dim < n and start <= end):
+            raise ValueError(f"Flatten: start_dim={self.start_dim}, end_dim={self.end_dim} do not "
+                             f"fit an input of shape {x.shape} (or start_dim comes after end_dim)")
+        return x.reshape(x.shape[:start] + (math.prod(x.shape[start:end + 1]),) + x.shape[end + 1:])
 
     def backward(self, grad):
         dx = np.empty_like(self._saved())
@@ -508,6 +516,240 @@ class BatchNorm1d(_BatchNorm):
 class BatchNorm2d(_BatchNorm):
     """Batch normalisation of x (N, C, H, W) per channel over N, H and W; see _BatchNorm."""
     ndim, axes = 4, "nchw"
+
+
+# ── Sequences: embedding and recurrent layers ───────────────────────────────
+# A recurrent layer loops over the time steps (the algorithm is sequential), never over samples
+# or features: x W_ih^T for all steps is one matrix product before the loop, the loop does only
+# h_{t-1} W_hh^T and the gates, and each weight gradient is one product after the loop.
+
+class Embedding(Layer):
+    """y = weight[x]: int indices x (...) -> (..., embedding_dim); weight ~ N(0, 1), as torch.
+    backward: dweight[k] += dy summed where x == k, but the padding_idx row (zeros) gets none."""
+
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None):
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.weight = Parameter(_rng.standard_normal((num_embeddings, embedding_dim), np.float32))
+        self.weight.data[[] if padding_idx is None else padding_idx] = 0    # the padding row: zeros
+        self.padding_idx = None if padding_idx is None else padding_idx % num_embeddings  # -1: last
+
+    def forward(self, x):
+        self._cache = x = np.asarray(x)
+        if not np.issubdtype(x.dtype, np.integer) or ((x < 0) | (x >= self.num_embeddings)).any():
+            raise ValueError(f"Embedding: expected integer indices in [0, {self.num_embeddings}), "
+                             f"got {x.dtype} {np.unique(x)}")        # (the values, summarised)
+        return self.weight.data[x]
+
+    def backward(self, grad):                       # indices have no gradient: returns None
+        x = self._saved()
+        np.add.at(self.weight.grad, x, grad * (x != self.padding_idx)[..., None])   # repeats add up
+
+
+class _RNNBase(Layer):
+    """RNN, LSTM, GRU: x (T, N, F) (batch_first: (N, T, F)) -> the last layer's h_t: (T, N, D*H)
+    (or (N, T, D*H)); D = 2 if bidirectional: a reverse direction reads the steps backwards.
+    Layer l > 0 reads layer l-1's output (through dropout, in training). h_0 = 0; final h:
+    .h_n (layers*D, N, H). Per layer and direction, gi = x W_ih^T + b_ih for all steps at once,
+    then _steps over t; _steps_back gives dgi, dgh, the gradients of gi and of
+    gh = h_{t-1} W_hh^T + b_hh, then dW_ih = dgi^T x, dW_hh = dgh^T h_{t-1}, db_ih = sum dgi,
+    db_hh = sum dgh, dx = dgi W_ih. Weights and biases ~ U(-1/sqrt(H), 1/sqrt(H)), as torch."""
+    gates = 1           # blocks of H rows in W_ih and W_hh: LSTM 4 (i, f, g, o), GRU 3 (r, z, n)
+    kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False):
+        if not 0 <= dropout < 1:
+            raise ValueError(f"{type(self).__name__}: dropout must be in [0, 1), got {dropout}")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bias, batch_first, dropout
+        self.bidirectional, D = bidirectional, 2 if bidirectional else 1
+        G, k = self.gates * hidden_size, 1 / math.sqrt(hidden_size)
+        for l, d in [(l, d) for l in range(num_layers) for d in range(D)]:    # torch's order
+            shapes = [(G, D * hidden_size if l else input_size), (G, hidden_size), (G,), (G,)]
+            for kind, shape in zip(self.kinds, shapes[:4 if bias else 2]):
+                w = _rng.uniform(-k, k, shape).astype(np.float32)
+                setattr(self, f"{kind}_l{l}" + "_reverse" * d, Parameter(w))
+
+    def _weights(self, l):       # per direction: [W_ih, W_hh, b_ih, b_hh] of layer l (biases None)
+        return [[getattr(self, f"{kind}_l{l}{sfx}", None) for kind in self.kinds]
+                for sfx in ["", "_reverse"][:1 + self.bidirectional]]
+
+    def forward(self, x):
+        if np.ndim(x) != 3 or np.shape(x)[2] != self.input_size or 0 in np.shape(x):
+            axes = "N, T" if self.batch_first else "T, N"
+            raise ValueError(f"{type(self).__name__}: expected shape ({axes}, {self.input_size}) "
+                             f"with N, T > 0, got {np.shape(x)}")
+        x = np.swapaxes(x, 0, 1) if self.batch_first else np.asarray(x)     # (T, N, F)
+        self._cache = []
+        for l in range(self.num_layers):
+            drop = self.dropout if l and self.training else 0               # between layers only
+            keep = (_rng.random(x.shape) >= drop).astype(x.dtype) if drop else 1
+            mask = keep / x.dtype.type(1 - drop)                            # 1 without dropout
+            x, runs = x * mask, []
+            for d, params in enumerate(self._weights(l)):                    # d = 1: reverse
+                W_ih, W_hh, b_ih, b_hh = (0 if p is None else p.data for p in params)
+                gi = x.reshape(-1, x.shape[2]) @ W_ih.T + b_ih          # (T*N, G): all steps
+                gi = gi.reshape(*x.shape[:2], -1)                       # (T, N, G)
+                runs.append(self._steps(gi[::-1] if d else gi, W_hh, b_hh))  # (hs, cache)
+            self._cache.append((x, mask, runs))                             # hs: (T+1, N, H)
+            x = np.concatenate([hs[:0:-1] if d else hs[1:] for d, (hs, _) in enumerate(runs)], 2)
+        self.h_n = np.stack([hs[-1] for _, _, runs in self._cache for hs, _ in runs])
+        return x.swapaxes(0, 1) if self.batch_first else x                  # (T, N, D*H)
+
+    def backward(self, grad):                                               # grad: like the output
+        grad = grad.swapaxes(0, 1) if self.batch_first else grad            # (T, N, D*H)
+        H = self.hidden_size
+        for l in reversed(range(self.num_layers)):
+            (x, mask, runs), dx = self._saved()[l], 0
+            for d, (hs, cache) in enumerate(runs):
+                W_ih, W_hh, b_ih, b_hh = self._weights(l)[d]
+                dy = grad[..., d * H:(d + 1) * H]                            # (T, N, H)
+                dgi, dgh = self._steps_back(dy[::-1] if d else dy, hs, cache, W_hh.data)
+                W_hh.grad += dgh.reshape(-1, dgh.shape[2]).T @ hs[:-1].reshape(-1, H)
+                dgi = dgi[::-1] if d else dgi                               # in x's step order
+                W_ih.grad += dgi.reshape(-1, dgi.shape[2]).T @ x.reshape(-1, x.shape[2])
+                for b, db in [(b_ih, dgi), (b_hh, dgh)] if self.bias else []:
+                    b.grad += db.sum(axis=(0, 1))
+                dx = dx + dgi @ W_ih.data if l or self.needs_input_grad else None    # (T, N, F)
+            grad = None if dx is None else dx * mask                        # None: not asked for
+        return grad.swapaxes(0, 1) if self.batch_first and grad is not None else grad
+
+
+class RNN(_RNNBase):
+    """Elman RNN, as torch.nn.RNN. Per layer and direction, for t = 1..T (x_t: (N, F), h_t: (N, H)):
+        h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)   (or relu)
+    backward (BPTT), for t = T..1, with dh = dy_t + dh_t from step t+1:
+        da = dh * (1 - h_t^2)   (relu: dh * (h_t > 0));   dh_{t-1} = da W_hh;   dgi = dgh = da."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"RNN: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional)
+
+    def _steps(self, gi, W_hh, b_hh):                      # gi: (T, N, H) -> hs: (T+1, N, H)
+        hs = np.zeros((len(gi) + 1,) + gi.shape[1:], gi.dtype)          # hs[0] = h_0 = 0
+        for t in range(len(gi)):
+            a = gi[t] + hs[t] @ W_hh.T + b_hh                           # (N, H)
+            hs[t + 1] = np.tanh(a) if self.nonlinearity == "tanh" else np.maximum(a, 0)
+        return hs, None
+
+    def _steps_back(self, dy, hs, cache, W_hh):            # dy: (T, N, H) -> da: (T, N, H)
+        da, dh = np.empty_like(dy), 0
+        for t in reversed(range(len(dy))):
+            dh = dh + dy[t]                                 # from the output and from step t+1
+            h = hs[t + 1]
+            da[t] = dh * (1 - h * h) if self.nonlinearity == "tanh" else dh * (h > 0)
+            dh = da[t] @ W_hh
+        return da, da
+
+
+class LSTM(_RNNBase):
+    """Long short-term memory, as torch.nn.LSTM. Per layer and direction, for t = 1..T:
+        i, f, g, o = split(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)   (N, 4H), torch's order
+        i, f, o = sigmoid(i, f, o);  g = tanh(g);  c_t = f * c_{t-1} + i * g;  h_t = o * tanh(c_t)
+    backward (BPTT), for t = T..1, with dh = dy_t + dh_t and dc = dc_t from step t+1:
+        dc += dh * o * (1 - tanh(c_t)^2);   dc_{t-1} = dc * f;   dh_{t-1} = da W_hh, where
+        da = [dc g, dc c_{t-1}, dc i, dh tanh(c_t)] * [i (1-i), f (1-f), 1-g^2, o (1-o)]  (N, 4H)
+    c_0 = 0; final c: .c_n, like .h_n (num_layers * D, N, H). dgi = dgh = da."""
+    gates = 4
+
+    def forward(self, x):
+        y = super().forward(x)
+        self.c_n = np.stack([cs[-1] for _, _, runs in self._cache for _, (_, cs) in runs])
+        return y
+
+    def _steps(self, gi, W_hh, b_hh):                      # gi: (T, N, 4H) -> hs: (T+1, N, H)
+        (T, N, _), H = gi.shape, self.hidden_size
+        hs, cs = np.zeros((2, T + 1, N, H), gi.dtype)       # hs[0] = h_0 = 0, cs[0] = c_0 = 0
+        acts = np.empty_like(gi)                            # (T, N, 4H): i, f, g, o
+        for t in range(T):
+            a = gi[t] + hs[t] @ W_hh.T + b_hh               # (N, 4H)
+            acts[t] = 0.5 + 0.5 * np.tanh(0.5 * a)          # sigmoid (no exp to overflow) ...
+            acts[t, :, 2 * H:3 * H] = np.tanh(a[:, 2 * H:3 * H])   # ... but g = tanh
+            i, f, g, o = np.split(acts[t], 4, axis=1)
+            cs[t + 1] = f * cs[t] + i * g
+            hs[t + 1] = o * np.tanh(cs[t + 1])
+        return hs, (acts, cs)
+
+    def _steps_back(self, dy, hs, cache, W_hh):            # dy: (T, N, H) -> da: (T, N, 4H)
+        (acts, cs), dh, dc = cache, 0, 0
+        tanh_c, da = np.tanh(cs[1:]), np.empty_like(acts)   # (T, N, H), (T, N, 4H)
+        for t in reversed(range(len(dy))):
+            i, f, g, o = np.split(acts[t], 4, axis=1)
+            dh = dh + dy[t]
+            dc = dc + dh * o * (1 - tanh_c[t] ** 2)
+            np.concatenate([dc * g * i * (1 - i), dc * cs[t] * f * (1 - f), dc * i * (1 - g * g),
+                            dh * tanh_c[t] * o * (1 - o)], axis=1, out=da[t])
+            dc, dh = dc * f, da[t] @ W_hh
+        return da, da
+
+
+class GRU(_RNNBase):
+    """Gated recurrent unit, as torch.nn.GRU. Per layer and direction, for t = 1..T, with
+    gi = x_t W_ih^T + b_ih and gh = h_{t-1} W_hh^T + b_hh, each (N, 3H) in blocks r, z, n:
+        r = sigmoid(gi_r + gh_r);  z = sigmoid(gi_z + gh_z);  n = tanh(gi_n + r * gh_n)  (torch's)
+        h_t = (1 - z) * n + z * h_{t-1}
+    backward (BPTT), for t = T..1, with dh = dy_t + dh_t from step t+1:
+        dn = dh (1 - z) (1 - n^2);   dz = dh (h_{t-1} - n) z (1 - z);   dr = dn gh_n r (1 - r)
+        dgi = [dr, dz, dn];   dgh = [dr, dz, dn r];   dh_{t-1} = dh z + dgh W_hh."""
+    gates = 3
+
+    def _steps(self, gi, W_hh, b_hh):                      # gi: (T, N, 3H) -> hs: (T+1, N, H)
+        (T, N, _), H = gi.shape, self.hidden_size
+        hs, acts = np.zeros((T + 1, N, H), gi.dtype), np.empty_like(gi)   # acts: r, z, n
+        gh_n = np.empty((T, N, H), gi.dtype)
+        for t in range(T):
+            gh = hs[t] @ W_hh.T + b_hh                      # (N, 3H)
+            acts[t, :, :2 * H] = 0.5 + 0.5 * np.tanh(0.5 * (gi[t, :, :2 * H] + gh[:, :2 * H]))
+            gh_n[t] = gh[:, 2 * H:]
+            acts[t, :, 2 * H:] = np.tanh(gi[t, :, 2 * H:] + acts[t, :, :H] * gh_n[t])
+            r, z, n = np.split(acts[t], 3, axis=1)
+            hs[t + 1] = (1 - z) * n + z * hs[t]
+        return hs, (acts, gh_n)
+
+    def _steps_back(self, dy, hs, cache, W_hh):            # dy: (T, N, H) -> dgi, dgh: (T, N, 3H)
+        (acts, gh_n), dh = cache, 0
+        dgi, dgh = np.empty_like(acts), np.empty_like(acts)
+        for t in reversed(range(len(dy))):
+            r, z, n = np.split(acts[t], 3, axis=1)
+            dh = dh + dy[t]
+            dn = dh * (1 - z) * (1 - n * n)
+            dr, dz = dn * gh_n[t] * r * (1 - r), dh * (hs[t] - n) * z * (1 - z)
+            np.concatenate([dr, dz, dn], axis=1, out=dgi[t])
+            np.concatenate([dr, dz, dn * r], axis=1, out=dgh[t])
+            dh = dh * z + dgh[t] @ W_hh
+        return dgi, dgh
+
+
+class LastStep(Layer):
+    """y = x[:, -1], the last step of a sequence (along dim): how a Sequential classifies a
+    sequence from a recurrent layer's output, as Keras's return_sequences=False does:
+        Sequential(LSTM(F, H, batch_first=True), LastStep(), Linear(H, C))
+    x: (N, T, F) -> y: (N, F) (dim=1; dim=0 after a recurrent layer without batch_first).
+    backward: dx = dy at the last step, 0 at the others.
+    Bidirectional (F = 2H): y[:, :H] is the forward direction's final h, but y[:, H:] is the
+    reverse direction's h after one step only (it starts at the end), as torch users get from
+    output[:, -1] too; the reverse direction's summary of the whole sequence is output[:, 0, H:].
+    """
+
+    def __init__(self, dim=1):
+        self.dim = dim
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if not -x.ndim <= self.dim < x.ndim or x.ndim < 2 or x.shape[self.dim] == 0:
+            raise ValueError(f"LastStep: expected an input of 2 or more axes with steps on axis "
+                             f"{self.dim}, got shape {x.shape}")
+        self._cache = x.shape
+        return np.moveaxis(x, self.dim, 0)[-1]
+
+    def backward(self, grad):
+        dx = np.zeros(self._saved(), grad.dtype)
+        np.moveaxis(dx, self.dim, 0)[-1] = grad
+        return dx
 
 
 # ════════════════════════════════════════════════════════════════════════════
@@ -2005,7 +2247,15 @@ class Sequential(Layer):
         for name, a in (("X", X), ("y", y)):
             if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
                 raise ValueError(f"Sequential.{where}: {name} contains NaN or Inf")
-        return X.astype(self._dtype(), copy=False), y
+        return self._as_input(X), y
+
+    def _as_input(self, X):
+        """X in the model's dtype, except the integer indices of a first Embedding layer."""
+        X = np.asarray(X)
+        first = self.layers[0] if self.layers else None
+        if isinstance(first, Embedding) and np.issubdtype(X.dtype, np.integer):
+            return X
+        return X.astype(self._dtype(), copy=False)
 
     @staticmethod
     def _correct(out, y):
@@ -2021,7 +2271,7 @@ class Sequential(Layer):
         callbacks: told on_test_batch_begin/end around each batch."""
         was_training = self.training
         self.eval()
-        X = np.asarray(X).astype(self._dtype(), copy=False)
+        X = self._as_input(X)
         self._input_shape = X.shape[1:]               # for summary()
         try:
             for batch, i in enumerate(range(0, len(X), batch_size)):
@@ -2085,7 +2335,8 @@ class Sequential(Layer):
             raise ValueError(f"Sequential.summary: the layers do not tell the input's shape (the "
                              f"model starts with {first}); run it on data once or give input_shape "
                              f"without the batch axis, e.g. summary(input_shape=(1, 28, 28))")
-        [outs] = list(self._outputs(np.zeros((1, *shape)), 1))
+        dtype = int if isinstance(self.layers[0], Embedding) else float     # indices or values
+        [outs] = list(self._outputs(np.zeros((1, *shape), dtype), 1))
         rows = [(f"{i}: {_describe(layer)}", str((None, *out.shape[1:])),
                  sum(p.data.size for p in layer.parameters()))
                 for i, (layer, out) in enumerate(zip(self.layers, outs))]
@@ -2374,21 +2625,46 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None):
 # tinynet's layers that torch.nn has under the same name and arguments; torch options they must keep
 _TORCH_LAYERS = ("Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout",
                  "Flatten", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax")
+_TORCH_LAYERS += ("Embedding", "RNN", "LSTM", "GRU", "LastStep")   # see _torch_sequence_modules
 _TORCH_DEFAULTS = {"dilation": (1, (1, 1)), "groups": (1,), "padding_mode": ("zeros",), "ceil_mode": (False,),
                    "return_indices": (False,), "count_include_pad": (True,), "divisor_override": (None,),
-                   "affine": (True,), "track_running_stats": (True,), "start_dim": (1,), "end_dim": (-1,)}
+                   "affine": (True,), "track_running_stats": (True,)}
+_TORCH_DEFAULTS |= {"max_norm": (None,), "scale_grad_by_freq": (False,), "sparse": (False,),
+                    "proj_size": (0,)}
+
+
+def _torch_sequence_modules():
+    """{name: torch module class} for the layers of a torch.nn.Sequential that torch.nn lacks:
+    RNN, LSTM and GRU returning only their output (torch's return (output, h_n)), with torch's
+    names, arguments and state-dict keys, and LastStep."""
+    import torch
+
+    def output_only(cls):
+        return type(cls.__name__, (cls,), {"forward": lambda self, x: cls.forward(self, x)[0]})
+
+    class LastStep(torch.nn.Module):
+        def __init__(self, dim=1):
+            super().__init__()
+            self.dim = dim
+
+        def forward(self, x):
+            return x.select(self.dim, -1)
+
+    recurrent = {name: output_only(getattr(torch.nn, name)) for name in ("RNN", "LSTM", "GRU")}
+    return recurrent | {"LastStep": LastStep}
 
 
 def _to_torch(model):
     """Sequential.to_torch: torch.nn.Sequential of the same layers, weights, buffers, dtype, mode."""
     import torch
-    layers = []
+    layers, modules = [], _torch_sequence_modules()
     for i, layer in enumerate(model.layers):
         config = layer.config()
         if config["class"] not in _TORCH_LAYERS:
             raise ValueError(f"Sequential.to_torch: layer {i} ({layer!r}) has no torch.nn equivalent; "
                              f"convertible: {', '.join(_TORCH_LAYERS)}")
-        layers.append(getattr(torch.nn, config["class"])(**config["kwargs"]))
+        cls = modules.get(config["class"]) or getattr(torch.nn, config["class"])
+        layers.append(cls(**config["kwargs"]))
     net = torch.nn.Sequential(*layers).to(getattr(torch, model._dtype().name)).train(model.training)
     missing, unexpected = net.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()},
                                               strict=False)
@@ -2409,8 +2685,9 @@ def _from_torch(module):
                 raise ValueError(f"Sequential.from_torch: module {i} ({m}): {option}="
                                  f"{getattr(m, option)!r} is not supported")
         cls = globals()[name]
-        layers.append(cls(**{a: (getattr(m, a) is not None) if a == "bias" else getattr(m, a)
-                             for a, _ in _init_args(cls)}))
+        bias = getattr(m, "bias", None)        # a Parameter or None (Linear), or a flag (LSTM)
+        layers.append(cls(**{a: bias is not None and bias is not False if a == "bias"
+                             else getattr(m, a) for a, _ in _init_args(cls)}))
     model = Sequential(layers)
     tensors = list(module.parameters())
     if tensors:
@@ -2466,11 +2743,13 @@ def gradcheck(layer, x, eps=1e-6):
     The layer must be float64 (`layer.astype(np.float64)`) and deterministic (Dropout in eval
     mode). Buffers (BatchNorm's running statistics) are restored after. When backward returns
     None for the input (a compiled model's first layer with parameters skips it, see
-    Sequential.compile), only the parameters are checked.
+    Sequential.compile), only the parameters are checked,
+    as for integer x (Embedding's indices), which has no gradient.
     """
     if any(p.data.dtype != np.float64 for p in layer.parameters()):
         raise TypeError(f"gradcheck: {layer!r} must be float64; call .astype(np.float64) first")
-    x = np.array(x, dtype=np.float64)
+    integer = np.issubdtype(np.asarray(x).dtype, np.integer)     # indices (Embedding): no gradient
+    x = np.array(x, dtype=None if integer else np.float64)
     state = layer.state_dict()
     y = layer.forward(x)
     r = (np.arange(y.size) * 0.6180339887498949 + 0.5) % 1.0 * 2 - 1
@@ -2478,7 +2757,7 @@ def gradcheck(layer, x, eps=1e-6):
     noise = 8 * np.finfo(np.float64).eps * float(np.abs(y * r).sum()) / eps
     layer.zero_grad()
     grad_x = layer.backward(r)
-    pairs = [(grad_x, x)] if grad_x is not None else []
+    pairs = [] if integer or grad_x is None else [(grad_x, x)]
     pairs += [(p.grad.copy(), p.data) for p in layer.parameters()]
     f = lambda _: float(np.sum(layer.forward(x) * r))  # noqa: E731
     worst = 0.0

@@ -9,6 +9,9 @@ doubles its channels). The default run is Adam with OneCycleLR (max lr 3e-3); wi
 training the script prints the model, optimizer, lr, momentum and schedule it runs.
 Validation is the last 10,000 training images. --loss mse puts a Softmax on the output and
 trains with MSELoss on one-hot targets.
+--model lstm and --model gru read each image as 28 rows of 28 pixels (a sequence of 28 steps,
+batch_first): LSTM or GRU(28, 128), its last step (tn.LastStep), Linear(128, 10); 8 epochs,
+Adam and OneCycleLR as the default run.
 --embeddings draws 1,000 training images in 2-D, raw pixels beside the learned
 features (the input of the last Linear layer), with t-SNE (scikit-learn) or
 --projection pca, and trains an even/odd logistic regression (a linear probe)
@@ -54,9 +57,27 @@ def labcnn(channels=(8, 16), **_):
     return layers, f"labcnn conv{c1}k5-pool-relu-conv{c2}k3-pool-relu-{c2 * 25}-10"
 
 
+def _recurrent(cell):
+    """Each image as 28 rows of 28 pixels, a sequence (N, 28, 28) batch_first: cell(28, 128),
+    its last step h_28 (N, 128) (tn.LastStep), Linear(128, 10)."""
+    layers = [tn.Flatten(1, 2), cell(28, 128, batch_first=True), tn.LastStep(), tn.Linear(128, 10)]
+    return layers, f"{cell.__name__.lower()} 28 rows as steps: {cell.__name__}(28, 128), last step, 128-10"
+
+
+def lstm(**_):
+    """LSTM(28, 128) over the 28 rows, its last step, Linear(128, 10)."""
+    return _recurrent(tn.LSTM)
+
+
+def gru(**_):
+    """GRU(28, 128) over the 28 rows, its last step, Linear(128, 10)."""
+    return _recurrent(tn.GRU)
+
+
 # --model: name -> (builder of (layers, description) from the model flags, default --epochs).
 # A new architecture is one more builder and one more entry here.
-MODELS = {"mlp": (mlp, 10), "cnn": (cnn, 6), "labcnn": (labcnn, 15)}
+MODELS = {"mlp": (mlp, 10), "cnn": (cnn, 6), "labcnn": (labcnn, 15), "lstm": (lstm, 8),
+          "gru": (gru, 8)}
 
 
 def build_model(kind="mlp", loss="ce", **options):
