@@ -585,10 +585,10 @@ def test_dropout_deterministic_under_manual_seed():
 # ── bad input and bad arguments ──────────────────────────────────────────────
 
 @pytest.mark.parametrize("layer, shape, match", [
-    *[pytest.param(lambda: tn.Linear(4, 3), shape, rf"^Linear: expected 2-D input with 4 features on axis 1, "
-                                                   rf"got shape {re.escape(str(shape))}$",
+    *[pytest.param(lambda: tn.Linear(4, 3), shape, rf"^Linear: expected input \(\*, 4\) with 4 features on the "
+                                                   rf"last axis, got shape {re.escape(str(shape))}$",
                    id="Linear-" + "x".join(map(str, shape)))
-      for shape in [(2, 5), (2, 3), (4,), (2, 4, 1), (2, 1, 4)]],
+      for shape in [(2, 5), (2, 3), (5,), (2, 4, 1), ()]],
     pytest.param(lambda: tn.Conv2d(3, 4, 3), (2, 4, 8, 8),
                  r"^Conv2d: expected 4-D input with 3 channels.*\(2, 4, 8, 8\)", id="Conv2d-channels"),
     pytest.param(lambda: tn.Conv2d(3, 4, 3), (3, 8, 8), r"^Conv2d: expected 4-D.*\(3, 8, 8\)", id="Conv2d-rank"),
@@ -1651,7 +1651,8 @@ def test_sequential_constructors_and_add():
 
 def test_sequential_rejects_bad_input_width():
     model = tn.Sequential(tn.Linear(4, 8), tn.ReLU(), tn.Linear(7, 2))
-    with pytest.raises(ValueError, match=r"^Linear: expected 2-D input with 7 features on axis 1, got shape \(3, 8\)$"):
+    with pytest.raises(ValueError, match=r"^Linear: expected input \(\*, 7\) with 7 features on the last axis, "
+                                         r"got shape \(3, 8\)$"):
         model.predict(np.zeros((3, 4)))
 
 

@@ -104,9 +104,9 @@ def _check_input(layer, x, ndim, size=None, what="features"):
 
 
 class Linear(Layer):
-    """y = x W^T + b.   x: (N, in_features) -> y: (N, out_features); W: (out, in), b: (out,).
+    """y = x W^T + b.   x: (*, in_features) -> y: (*, out_features); W: (out, in), b: (out,).
 
-    backward: dW = dy^T x,  db = sum_n dy,  dx = dy W.
+    backward, over every leading index n: dW = sum_n dy_n^T x_n,  db = sum_n dy_n,  dx = dy W.
     W and b ~ U(-1/sqrt(in_features), 1/sqrt(in_features)), as torch.
     """
 
@@ -117,18 +117,27 @@ class Linear(Layer):
         self.bias = Parameter(_rng.uniform(-bound, bound, out_features).astype(np.float32)) if bias else None
 
     def forward(self, x):
-        self._cache = x = _check_input(self, x, 2, self.in_features)
-        y = x @ self.weight.data.T
+        x = np.asarray(x)
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"Linear: expected input (*, {self.in_features}) with {self.in_features} "
+                             f"features on the last axis, got shape {x.shape}")
+        lead = x.shape[:-1]                               # (*): any leading axes
+        x2 = x.reshape(-1, self.in_features)              # (n, in), n = prod(*)
+        self._cache = x2, lead
+        y = x2 @ self.weight.data.T
         if self.bias is not None:
             y += self.bias.data
-        return y
+        return y.reshape(lead + (self.out_features,))
 
-    def backward(self, grad):                         # grad: (N, out_features)
-        x = self._saved()
-        self.weight.grad += grad.T @ x
+    def backward(self, grad):                         # grad: (*, out_features)
+        x2, lead = self._saved()
+        grad = grad.reshape(-1, self.out_features)        # (n, out)
+        self.weight.grad += grad.T @ x2
         if self.bias is not None:
             self.bias.grad += grad.sum(axis=0)
-        return grad @ self.weight.data if self.needs_input_grad else None
+        if not self.needs_input_grad:
+            return None
+        return (grad @ self.weight.data).reshape(lead + (self.in_features,))
 
 
 class ReLU(Layer):
