@@ -514,6 +514,318 @@ class BatchNorm2d(_BatchNorm):
     """Batch normalisation of x (N, C, H, W) per channel over N, H and W; see _BatchNorm."""
     ndim, axes = 4, "nchw"
 # ════════════════════════════════════════════════════════════════════════════
+# Attention and transformers
+# ════════════════════════════════════════════════════════════════════════════
+# Sequences are (N, T, E) when batch_first, else torch's default (T, N, E): N sequences of
+# T tokens (steps) of E features.
+
+class LayerNorm(Layer):
+    """Normalise each sample over its last len(normalized_shape) axes, as torch.nn.LayerNorm.
+
+    y = xhat * weight + bias,  xhat = (x - mean) / sqrt(var + eps), mean and biased var over
+    those axes (the n values of one token); weight = 1, bias = 0 initially (normalized_shape).
+    backward, g = dy * weight:  dx = (g - mean(g) - xhat * mean(g * xhat)) / sqrt(var + eps),
+    dweight = sum of dy * xhat and dbias = sum of dy over the leading axes.
+    """
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True):
+        shape = tuple(normalized_shape) if np.ndim(normalized_shape) else (normalized_shape,)
+        self.normalized_shape, self.eps, self.elementwise_affine = shape, eps, elementwise_affine
+        if elementwise_affine:
+            self.weight = Parameter(np.ones(shape, np.float32))
+            self.bias = Parameter(np.zeros(shape, np.float32))
+
+    def forward(self, x):
+        x, shape = np.asarray(x), self.normalized_shape
+        if x.shape[x.ndim - len(shape):] != shape or x.ndim < len(shape):
+            raise ValueError(f"LayerNorm: expected input (*, {', '.join(map(str, shape))}), "
+                             f"got shape {x.shape}")
+        axes = tuple(range(-len(shape), 0))
+        xc = x - x.mean(axis=axes, keepdims=True)
+        inv_std = 1 / np.sqrt((xc * xc).mean(axis=axes, keepdims=True) + self.eps)   # (*, 1, ..)
+        xhat = xc * inv_std
+        self._cache = xhat, inv_std, axes
+        return xhat * self.weight.data + self.bias.data if self.elementwise_affine else xhat
+
+    def backward(self, grad):
+        xhat, inv_std, axes = self._saved()
+        if self.elementwise_affine:
+            lead = tuple(range(grad.ndim - len(axes)))
+            self.weight.grad += (grad * xhat).sum(axis=lead)
+            self.bias.grad += grad.sum(axis=lead)
+            grad = grad * self.weight.data
+        g_mean = grad.mean(axis=axes, keepdims=True)
+        gx_mean = (grad * xhat).mean(axis=axes, keepdims=True)
+        return (grad - g_mean - xhat * gx_mean) * inv_std
+
+
+def _erfcx_at(u):
+    """exp(z^2) erfc(z) at z = 2 (1 + u) / (1 - u), from math.erfc (the Chebyshev nodes below)."""
+    z = 2 * (1 + u) / (1 - u)
+    return np.array([math.exp(v * v) * math.erfc(v) for v in z])
+
+
+# exp(z^2) erfc(z) for 0 <= z <= 6 as a degree-18 Chebyshev series in u = (z - 2) / (z + 2):
+# erf(z) = 1 - exp(-z^2) erfcx(z) is then within 3e-15 of math.erf (and 1 - erf(6) < 3e-17).
+_ERFCX = np.polynomial.Chebyshev.interpolate(_erfcx_at, 18, domain=[-1, 0.5])
+
+
+def _erf(x):
+    """erf(x) = sign(x) (1 - exp(-z^2) erfcx(z)), z = |x|, vectorised (NumPy has no erf)."""
+    z = np.minimum(np.abs(x), 6.0)
+    return np.sign(x) * (1 - np.exp(-z * z) * _ERFCX((z - 2) / (z + 2)))
+
+
+class GELU(Layer):
+    """y = x Phi(x), Phi the standard normal CDF, as torch.nn.GELU.
+
+    approximate="none": Phi(x) = (1 + erf(x / sqrt(2))) / 2;  dx = dy (Phi(x) + x phi(x)),
+    phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
+    approximate="tanh": y = x (1 + tanh(u)) / 2, u = sqrt(2 / pi) (x + 0.044715 x^3);
+    dx = dy ((1 + tanh(u)) / 2 + x (1 - tanh(u)^2) sqrt(2 / pi) (1 + 3 * 0.044715 x^2) / 2).
+    """
+
+    def __init__(self, approximate="none"):
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if self.approximate == "tanh":
+            c = math.sqrt(2 / math.pi)
+            t = np.tanh(c * (x + 0.044715 * x ** 3))
+            cdf = (1 + t) / 2
+            slope = cdf + x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x) / 2   # dy/dx
+        else:
+            cdf = (1 + _erf(x / math.sqrt(2))) / 2
+            slope = cdf + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+        self._cache = slope.astype(x.dtype, copy=False)
+        return (x * cdf).astype(x.dtype, copy=False)
+
+    def backward(self, grad):
+        return grad * self._saved()
+
+
+def _check_tokens(layer, x, features, batch_first=True):
+    """x as an array; a ValueError naming the layer unless x is (N, T, features), or (T, N,
+    features) when not batch_first, with T >= 1."""
+    x = np.asarray(x)
+    if x.ndim != 3 or x.shape[2] != features or x.shape[1 if batch_first else 0] == 0:
+        layout = "(N, T, E)" if batch_first else "(T, N, E)"
+        raise ValueError(f"{type(layer).__name__}: expected a 3-D input {layout} with "
+                         f"E = {features} and T >= 1 tokens, got shape {x.shape}")
+    return x
+
+
+class MultiheadAttention(Layer):
+    """Multi-head self-attention, as torch.nn.MultiheadAttention called as mha(x, x, x).
+
+    x: (N, T, E) if batch_first else (T, N, E); h = num_heads heads of hs = E / h features.
+    [q, k, v] = x W_in^T + b_in, split into heads;  A = softmax(q k^T / sqrt(hs) + M) per head,
+    M = -inf above the diagonal when causal (token t sees tokens <= t), else 0;
+    o = dropout(A) v, heads concatenated;  y = o W_out^T + b_out (out_proj, a Linear).
+    backward, with D = dropout(A):  dD = do v^T,  dv = D^T do,  dA = dropout's backward of dD,
+    dS = A * (dA - sum_j dA A),  dq = dS k / sqrt(hs),  dk = dS^T q / sqrt(hs);
+    dW_in = dqkv^T x,  db_in = sum dqkv,  dx = dqkv W_in.
+    W_in ~ Xavier uniform, b_in = b_out = 0, W_out as a Linear's (torch's init). After forward,
+    .attn_weights holds A averaged over the heads, (N, T, T) (torch's need_weights, before dropout).
+    """
+
+    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, batch_first=False,
+                 causal=False):
+        if embed_dim % num_heads:
+            raise ValueError(f"MultiheadAttention: embed_dim ({embed_dim}) must be divisible by "
+                             f"num_heads ({num_heads})")
+        self.embed_dim, self.num_heads, self.dropout = embed_dim, num_heads, dropout
+        self.bias, self.batch_first, self.causal = bias, batch_first, causal
+        bound = math.sqrt(6 / (embed_dim + 3 * embed_dim))
+        w = _rng.uniform(-bound, bound, (3 * embed_dim, embed_dim))
+        self.in_proj_weight = Parameter(w.astype(np.float32))                         # (3E, E)
+        self.in_proj_bias = Parameter(np.zeros(3 * embed_dim, np.float32)) if bias else None
+        self.out_proj = Linear(embed_dim, embed_dim, bias)
+        if bias:
+            self.out_proj.bias.data[...] = 0
+        self.attn_weights = None
+
+    def named_parameters(self):       # torch's names and order
+        names = ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")
+        ps = (self.in_proj_weight, self.in_proj_bias, self.out_proj.weight, self.out_proj.bias)
+        return [(k, p) for k, p in zip(names, ps) if p is not None]
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def forward(self, x):
+        x = _check_tokens(self, x, self.embed_dim, self.batch_first)
+        x = x if self.batch_first else x.transpose(1, 0, 2)                  # (N, T, E)
+        n, t, e = x.shape
+        h, hs = self.num_heads, e // self.num_heads
+        qkv = x.reshape(n * t, e) @ self.in_proj_weight.data.T               # (N T, 3E)
+        if self.in_proj_bias is not None:
+            qkv += self.in_proj_bias.data
+        q, k, v = qkv.reshape(n, t, 3, h, hs).transpose(2, 0, 3, 1, 4)     # each (N, h, T, hs)
+        s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hs)                     # (N, h, T, T)
+        if self.causal:
+            s = s + np.triu(np.full((t, t), -np.inf, s.dtype), 1)
+        a = np.exp(s - s.max(axis=-1, keepdims=True))
+        a /= a.sum(axis=-1, keepdims=True)                                   # softmax over keys
+        self.attn_weights = a.mean(axis=1)                                   # (N, T, T)
+        keep = None
+        if self.training and self.dropout > 0:
+            keep = (_rng.random(a.shape, dtype=np.float32) >= self.dropout) / (1 - self.dropout)
+        d = a if keep is None else a * keep.astype(a.dtype)
+        o = (d @ v).transpose(0, 2, 1, 3).reshape(n, t, e)                  # (N, T, E)
+        self._cache = x, q, k, v, a, d, keep
+        y = self.out_proj.forward(o)
+        return y if self.batch_first else y.transpose(1, 0, 2)
+
+    def backward(self, grad):
+        x, q, k, v, a, d, keep = self._saved()
+        grad = grad if self.batch_first else grad.transpose(1, 0, 2)        # (N, T, E)
+        n, t, e = x.shape
+        h, hs = self.num_heads, e // self.num_heads
+        do = self.out_proj.backward(grad)                                    # (N, T, E)
+        do = do.reshape(n, t, h, hs).transpose(0, 2, 1, 3)                   # (N, h, T, hs)
+        dd = do @ v.transpose(0, 1, 3, 2)                                    # (N, h, T, T)
+        dv = d.transpose(0, 1, 3, 2) @ do
+        da = dd if keep is None else dd * keep.astype(dd.dtype)
+        ds = a * (da - (da * a).sum(axis=-1, keepdims=True)) / math.sqrt(hs)
+        dq, dk = ds @ k, ds.transpose(0, 1, 3, 2) @ q
+        dqkv = np.stack([dq, dk, dv], axis=2).transpose(0, 3, 2, 1, 4).reshape(n * t, 3 * e)
+        x2 = x.reshape(n * t, e)
+        self.in_proj_weight.grad += dqkv.T @ x2
+        if self.in_proj_bias is not None:
+            self.in_proj_bias.grad += dqkv.sum(axis=0)
+        dx = (dqkv @ self.in_proj_weight.data).reshape(n, t, e)
+        return dx if self.batch_first else dx.transpose(1, 0, 2)
+
+
+class TransformerEncoderLayer(Layer):
+    """Self-attention then a feed-forward block, each with a residual connection, dropout and
+    a LayerNorm, as torch.nn.TransformerEncoderLayer (same sublayer names and state-dict keys).
+
+    sa(x) = dropout1(self_attn(x)),  ff(x) = dropout2(linear2(dropout(activation(linear1(x))))).
+    norm_first=False (post-norm):  h = norm1(x + sa(x)),   y = norm2(h + ff(h)).
+    norm_first=True (pre-norm):    h = x + sa(norm1(x)),   y = h + ff(norm2(h)).
+    backward runs the sublayers' backward in reverse; each residual adds its branch's gradient
+    to the one that skips it: post-norm dh = dz + ff'(dz) with dz = norm2'(dy), dx = dx1 +
+    sa'(dx1) with dx1 = norm1'(dh); pre-norm dh = dy + norm2'(ff'(dy)), dx = dh + norm1'(sa'(dh)).
+    """
+
+    def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1, activation="relu",
+                 layer_norm_eps=1e-5, batch_first=False, norm_first=False):
+        if activation not in ("relu", "gelu"):
+            raise ValueError(f"TransformerEncoderLayer: activation must be 'relu' or 'gelu', "
+                             f"got {activation!r}")
+        self.d_model, self.nhead, self.dim_feedforward = d_model, nhead, dim_feedforward
+        self.dropout, self.activation, self.layer_norm_eps = dropout, activation, layer_norm_eps
+        self.batch_first, self.norm_first = batch_first, norm_first
+        self.self_attn = MultiheadAttention(d_model, nhead, dropout, batch_first=batch_first)
+        self.linear1 = Linear(d_model, dim_feedforward)
+        self.linear2 = Linear(dim_feedforward, d_model)
+        self.norm1 = LayerNorm(d_model, eps=layer_norm_eps)
+        self.norm2 = LayerNorm(d_model, eps=layer_norm_eps)
+        self.dropout1, self.dropout2 = Dropout(dropout), Dropout(dropout)
+        self.dropout_ff = Dropout(dropout)                                  # torch's `dropout`
+        self.act = ReLU() if activation == "relu" else GELU()
+        self.sa = (self.self_attn, self.dropout1)                            # the two branches
+        self.ff = (self.linear1, self.act, self.dropout_ff, self.linear2, self.dropout2)
+
+    def _layers(self):                # (name, sublayer), in torch's order
+        return [(k, v) for k, v in vars(self).items() if isinstance(v, Layer)]
+
+    def named_parameters(self):
+        return [(f"{k}.{n}", p) for k, layer in self._layers() for n, p in layer.named_parameters()]
+
+    def parameters(self):
+        return [p for _, layer in self._layers() for p in layer.parameters()]
+
+    def train(self, mode=True):
+        self.training = mode
+        for _, layer in self._layers():
+            layer.train(mode)
+        return self
+
+    @staticmethod
+    def _run(branch, x):
+        for layer in branch:
+            x = layer.forward(x)
+        return x
+
+    @staticmethod
+    def _back(branch, grad):
+        for layer in reversed(branch):
+            grad = layer.backward(grad)
+        return grad
+
+    def forward(self, x):
+        x = _check_tokens(self, x, self.d_model, self.batch_first)
+        if self.norm_first:
+            h = x + self._run(self.sa, self.norm1.forward(x))
+            return h + self._run(self.ff, self.norm2.forward(h))
+        h = self.norm1.forward(x + self._run(self.sa, x))
+        return self.norm2.forward(h + self._run(self.ff, h))
+
+    def backward(self, grad):
+        if self.norm_first:
+            dh = grad + self.norm2.backward(self._back(self.ff, grad))
+            return dh + self.norm1.backward(self._back(self.sa, dh))
+        dz = self.norm2.backward(grad)
+        dx1 = self.norm1.backward(dz + self._back(self.ff, dz))
+        return dx1 + self._back(self.sa, dx1)
+
+
+class PositionalEmbedding(Layer):
+    """A learned position embedding (as BERT, GPT-2 and ViT): y[:, t] = x[:, t] + weight[t].
+
+    x: (N, T, E) with T <= max_len; weight: (max_len, E) ~ N(0, 0.02^2).
+    backward: dx = dy;  dweight[t] = sum_n dy[n, t] for t < T.
+    torch.nn has no such layer: in torch one writes
+    `self.pos = nn.Parameter(0.02 * torch.randn(max_len, E))` and `x + self.pos[:x.shape[1]]`.
+    """
+
+    def __init__(self, max_len, embedding_dim):
+        self.max_len, self.embedding_dim = max_len, embedding_dim
+        w = 0.02 * _rng.standard_normal((max_len, embedding_dim))
+        self.weight = Parameter(w.astype(np.float32))
+
+    def forward(self, x):
+        x = _check_tokens(self, x, self.embedding_dim)
+        if x.shape[1] > self.max_len:
+            raise ValueError(f"PositionalEmbedding: sequence of {x.shape[1]} tokens is longer than "
+                             f"max_len={self.max_len}")
+        self._cache = x.shape[1]
+        return x + self.weight.data[:x.shape[1]]
+
+    def backward(self, grad):
+        self.weight.grad[:self._saved()] += grad.sum(axis=0)
+        return grad
+
+
+class MeanOverSteps(Layer):
+    """The mean over the steps (tokens) axis, as Keras's GlobalAveragePooling1D: y = x.mean(dim);
+    backward: dx = dy / T, repeated over the T steps. (N, T, E) -> (N, E) with dim=1.
+    torch.nn has no such layer: in torch one writes `x.mean(dim=1)`."""
+
+    def __init__(self, dim=1):
+        self.dim = dim
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if x.ndim < 2 or not -x.ndim <= self.dim < x.ndim or x.shape[self.dim] == 0:
+            raise ValueError(f"MeanOverSteps: expected an input with at least 1 step on axis "
+                             f"{self.dim}, got shape {x.shape}")
+        self._cache = x.shape
+        return x.mean(axis=self.dim)
+
+    def backward(self, grad):
+        shape = self._saved()
+        grad = np.expand_dims(grad / shape[self.dim], self.dim)
+        return np.broadcast_to(grad, shape).copy()
+
+
+# ════════════════════════════════════════════════════════════════════════════
 # Losses: forward(pred, target) -> float (mean over the batch); backward() -> grad wrt pred
 # ════════════════════════════════════════════════════════════════════════════
 
@@ -2046,6 +2358,25 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None):
 # tinynet's layers that torch.nn has under the same name and arguments; torch options they must keep
 _TORCH_LAYERS = ("Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout",
                  "Flatten", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax")
+_TORCH_LAYERS += ("LayerNorm", "GELU", "TransformerEncoderLayer")
+# why some tinynet layers have no twin in torch.nn.Sequential
+_NOT_IN_TORCH = {
+    "MultiheadAttention": "torch's takes (query, key, value) and returns a tuple, so it cannot "
+                          "sit in torch.nn.Sequential; TransformerEncoderLayer can",
+    "PositionalEmbedding": "torch.nn has none: write nn.Parameter(table) and x + table[:T]",
+    "MeanOverSteps": "torch.nn has none: write x.mean(dim=1)"}
+
+
+def _torch_encoder_args(m):
+    """TransformerEncoderLayer's constructor arguments read from a torch one (it keeps no copy)."""
+    if m.activation_relu_or_gelu not in (1, 2) or m.linear1.bias is None or m.norm1.bias is None:
+        raise ValueError(f"Sequential.from_torch: {type(m).__name__} with a custom activation or "
+                         "bias=False is not supported")
+    return dict(d_model=m.self_attn.embed_dim, nhead=m.self_attn.num_heads,
+                dim_feedforward=m.linear1.out_features, dropout=m.dropout.p,
+                activation=("relu", "gelu")[m.activation_relu_or_gelu - 1],
+                layer_norm_eps=m.norm1.eps, batch_first=m.self_attn.batch_first,
+                norm_first=m.norm_first)
 _TORCH_DEFAULTS = {"dilation": (1, (1, 1)), "groups": (1,), "padding_mode": ("zeros",), "ceil_mode": (False,),
                    "return_indices": (False,), "count_include_pad": (True,), "divisor_override": (None,),
                    "affine": (True,), "track_running_stats": (True,), "start_dim": (1,), "end_dim": (-1,)}
@@ -2058,8 +2389,9 @@ def _to_torch(model):
     for i, layer in enumerate(model.layers):
         config = layer.config()
         if config["class"] not in _TORCH_LAYERS:
-            raise ValueError(f"Sequential.to_torch: layer {i} ({layer!r}) has no torch.nn equivalent; "
-                             f"convertible: {', '.join(_TORCH_LAYERS)}")
+            why = f" ({_NOT_IN_TORCH[config['class']]})" if config["class"] in _NOT_IN_TORCH else ""
+            raise ValueError(f"Sequential.to_torch: layer {i} ({layer!r}) has no torch.nn "
+                             f"equivalent{why}; convertible: {', '.join(_TORCH_LAYERS)}")
         layers.append(getattr(torch.nn, config["class"])(**config["kwargs"]))
     net = torch.nn.Sequential(*layers).to(getattr(torch, model._dtype().name)).train(model.training)
     missing, unexpected = net.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()},
@@ -2081,6 +2413,9 @@ def _from_torch(module):
                 raise ValueError(f"Sequential.from_torch: module {i} ({m}): {option}="
                                  f"{getattr(m, option)!r} is not supported")
         cls = globals()[name]
+        if name == "TransformerEncoderLayer":
+            layers.append(cls(**_torch_encoder_args(m)))
+            continue
         layers.append(cls(**{a: (getattr(m, a) is not None) if a == "bias" else getattr(m, a)
                              for a, _ in _init_args(cls)}))
     model = Sequential(layers)
