@@ -106,7 +106,7 @@ def _check_input(layer, x, ndim, size=None, what="features"):
 class Linear(Layer):
     """y = x W^T + b.   x: (*, in_features) -> y: (*, out_features); W: (out, in), b: (out,).
 
-    backward, over every leading index n: dW = sum_n dy_n^T x_n,  db = sum_n dy_n,  dx = dy W.
+    backward, summed over the leading axes (*): dW = dy^T x,  db = sum dy,  dx = dy W.
     W and b ~ U(-1/sqrt(in_features), 1/sqrt(in_features)), as torch.
     """
 
@@ -117,27 +117,21 @@ class Linear(Layer):
         self.bias = Parameter(_rng.uniform(-bound, bound, out_features).astype(np.float32)) if bias else None
 
     def forward(self, x):
-        x = np.asarray(x)
+        self._cache = x = np.asarray(x)
         if x.ndim == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(f"Linear: expected input (*, {self.in_features}) with {self.in_features} "
-                             f"features on the last axis, got shape {x.shape}")
-        lead = x.shape[:-1]                               # (*): any leading axes
-        x2 = x.reshape(-1, self.in_features)              # (n, in), n = prod(*)
-        self._cache = x2, lead
-        y = x2 @ self.weight.data.T
+            raise ValueError(f"Linear: expected input (*, {self.in_features}) with "
+                             f"{self.in_features} features on the last axis, got shape {x.shape}")
+        y = x.reshape(-1, self.in_features) @ self.weight.data.T       # (n, out), n = prod(*)
         if self.bias is not None:
             y += self.bias.data
-        return y.reshape(lead + (self.out_features,))
+        return y.reshape(x.shape[:-1] + (self.out_features,))
 
     def backward(self, grad):                         # grad: (*, out_features)
-        x2, lead = self._saved()
-        grad = grad.reshape(-1, self.out_features)        # (n, out)
-        self.weight.grad += grad.T @ x2
+        x, grad = self._saved(), grad.reshape(-1, self.out_features)
+        self.weight.grad += grad.T @ x.reshape(-1, self.in_features)
         if self.bias is not None:
             self.bias.grad += grad.sum(axis=0)
-        if not self.needs_input_grad:
-            return None
-        return (grad @ self.weight.data).reshape(lead + (self.in_features,))
+        return (grad @ self.weight.data).reshape(x.shape) if self.needs_input_grad else None
 
 
 class ReLU(Layer):
@@ -231,9 +225,13 @@ class Flatten(Layer):
     The gradient is stored like x (np.empty_like keeps x's memory order), so that the layers
     before get it in their own order (a Conv2d's outputs are batch-innermost)."""
 
+    def __init__(self, start_dim=1, end_dim=-1):    # (stand-in: issue 20's Flatten replaces this)
+        self.start_dim, self.end_dim = start_dim, end_dim
+
     def forward(self, x):
         self._cache = x
-        return x.reshape(x.shape[0], -1)
+        start, end = self.start_dim % x.ndim, self.end_dim % x.ndim
+        return x.reshape(x.shape[:start] + (-1,) + x.shape[end + 1:])
 
     def backward(self, grad):
         dx = np.empty_like(self._saved())
@@ -520,13 +518,10 @@ class BatchNorm2d(_BatchNorm):
 # T tokens (steps) of E features.
 
 class LayerNorm(Layer):
-    """Normalise each sample over its last len(normalized_shape) axes, as torch.nn.LayerNorm.
-
-    y = xhat * weight + bias,  xhat = (x - mean) / sqrt(var + eps), mean and biased var over
-    those axes (the n values of one token); weight = 1, bias = 0 initially (normalized_shape).
-    backward, g = dy * weight:  dx = (g - mean(g) - xhat * mean(g * xhat)) / sqrt(var + eps),
-    dweight = sum of dy * xhat and dbias = sum of dy over the leading axes.
-    """
+    """y = xhat * weight + bias,  xhat = (x - mean) / sqrt(var + eps), as torch.nn.LayerNorm:
+    mean and biased var over the last len(normalized_shape) axes (the n values of one token).
+    backward, g = dy * weight:  dx = (g - mean(g) - xhat * mean(g * xhat)) / sqrt(var + eps);
+    dweight = sum of dy * xhat, dbias = sum of dy over the leading axes. weight = 1, bias = 0."""
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True):
         shape = tuple(normalized_shape) if np.ndim(normalized_shape) else (normalized_shape,)
@@ -536,38 +531,32 @@ class LayerNorm(Layer):
             self.bias = Parameter(np.zeros(shape, np.float32))
 
     def forward(self, x):
-        x, shape = np.asarray(x), self.normalized_shape
-        if x.shape[x.ndim - len(shape):] != shape or x.ndim < len(shape):
-            raise ValueError(f"LayerNorm: expected input (*, {', '.join(map(str, shape))}), "
-                             f"got shape {x.shape}")
-        axes = tuple(range(-len(shape), 0))
+        x, axes = np.asarray(x), tuple(range(-len(self.normalized_shape), 0))
+        if x.shape[x.ndim + axes[0]:] != self.normalized_shape or x.ndim < len(axes):
+            dims = ", ".join(map(str, self.normalized_shape))
+            raise ValueError(f"LayerNorm: expected input (*, {dims}), got shape {x.shape}")
         xc = x - x.mean(axis=axes, keepdims=True)
-        inv_std = 1 / np.sqrt((xc * xc).mean(axis=axes, keepdims=True) + self.eps)   # (*, 1, ..)
+        inv_std = 1 / np.sqrt((xc * xc).mean(axis=axes, keepdims=True) + self.eps)   # (*, 1, ...)
         xhat = xc * inv_std
-        self._cache = xhat, inv_std, axes
+        self._cache = xhat, inv_std
         return xhat * self.weight.data + self.bias.data if self.elementwise_affine else xhat
 
     def backward(self, grad):
-        xhat, inv_std, axes = self._saved()
+        (xhat, inv_std), axes = self._saved(), tuple(range(-len(self.normalized_shape), 0))
         if self.elementwise_affine:
-            lead = tuple(range(grad.ndim - len(axes)))
+            lead = tuple(range(grad.ndim + axes[0]))
             self.weight.grad += (grad * xhat).sum(axis=lead)
             self.bias.grad += grad.sum(axis=lead)
             grad = grad * self.weight.data
-        g_mean = grad.mean(axis=axes, keepdims=True)
         gx_mean = (grad * xhat).mean(axis=axes, keepdims=True)
-        return (grad - g_mean - xhat * gx_mean) * inv_std
+        return (grad - grad.mean(axis=axes, keepdims=True) - xhat * gx_mean) * inv_std
 
 
-def _erfcx_at(u):
-    """exp(z^2) erfc(z) at z = 2 (1 + u) / (1 - u), from math.erfc (the Chebyshev nodes below)."""
-    z = 2 * (1 + u) / (1 - u)
-    return np.array([math.exp(v * v) * math.erfc(v) for v in z])
-
-
-# exp(z^2) erfc(z) for 0 <= z <= 6 as a degree-18 Chebyshev series in u = (z - 2) / (z + 2):
-# erf(z) = 1 - exp(-z^2) erfcx(z) is then within 3e-15 of math.erf (and 1 - erf(6) < 3e-17).
-_ERFCX = np.polynomial.Chebyshev.interpolate(_erfcx_at, 18, domain=[-1, 0.5])
+# exp(z^2) erfc(z) for 0 <= z <= 6 as a degree-18 Chebyshev series in u = (z - 2) / (z + 2),
+# interpolated once at math.erfc's values: erf(z) = 1 - exp(-z^2) erfcx(z) is then within 3e-15
+# of math.erf (and 1 - erf(z) < 3e-17 beyond z = 6).
+_ERFCX = np.polynomial.Chebyshev.interpolate(
+    lambda u: [math.exp(z * z) * math.erfc(z) for z in 2 * (1 + u) / (1 - u)], 18, domain=[-1, 0.5])
 
 
 def _erf(x):
@@ -577,13 +566,10 @@ def _erf(x):
 
 
 class GELU(Layer):
-    """y = x Phi(x), Phi the standard normal CDF, as torch.nn.GELU.
-
-    approximate="none": Phi(x) = (1 + erf(x / sqrt(2))) / 2;  dx = dy (Phi(x) + x phi(x)),
-    phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
-    approximate="tanh": y = x (1 + tanh(u)) / 2, u = sqrt(2 / pi) (x + 0.044715 x^3);
-    dx = dy ((1 + tanh(u)) / 2 + x (1 - tanh(u)^2) sqrt(2 / pi) (1 + 3 * 0.044715 x^2) / 2).
-    """
+    """y = x Phi(x), as torch.nn.GELU;  backward: dx = dy (Phi(x) + x Phi'(x)).
+    approximate="none": Phi(x) = (1 + erf(x / sqrt(2))) / 2, the normal CDF, and
+    x Phi'(x) = x exp(-x^2 / 2) / sqrt(2 pi).  approximate="tanh": Phi(x) = (1 + tanh(u)) / 2,
+    u = sqrt(2 / pi) (x + 0.044715 x^3), and x Phi'(x) = x (1 - tanh(u)^2) du/dx / 2."""
 
     def __init__(self, approximate="none"):
         if approximate not in ("none", "tanh"):
@@ -595,12 +581,11 @@ class GELU(Layer):
         if self.approximate == "tanh":
             c = math.sqrt(2 / math.pi)
             t = np.tanh(c * (x + 0.044715 * x ** 3))
-            cdf = (1 + t) / 2
-            slope = cdf + x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x) / 2   # dy/dx
+            cdf, x_pdf = (1 + t) / 2, x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x) / 2
         else:
             cdf = (1 + _erf(x / math.sqrt(2))) / 2
-            slope = cdf + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
-        self._cache = slope.astype(x.dtype, copy=False)
+            x_pdf = x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+        self._cache = (cdf + x_pdf).astype(x.dtype, copy=False)                   # dy/dx
         return (x * cdf).astype(x.dtype, copy=False)
 
     def backward(self, grad):
@@ -608,29 +593,25 @@ class GELU(Layer):
 
 
 def _check_tokens(layer, x, features, batch_first=True):
-    """x as an array; a ValueError naming the layer unless x is (N, T, features), or (T, N,
-    features) when not batch_first, with T >= 1."""
-    x = np.asarray(x)
+    """x as an array, if (N, T, E = features) ((T, N, E) if not batch_first) with T >= 1."""
+    x, layout = np.asarray(x), "(N, T, E)" if batch_first else "(T, N, E)"
     if x.ndim != 3 or x.shape[2] != features or x.shape[1 if batch_first else 0] == 0:
-        layout = "(N, T, E)" if batch_first else "(T, N, E)"
         raise ValueError(f"{type(layer).__name__}: expected a 3-D input {layout} with "
                          f"E = {features} and T >= 1 tokens, got shape {x.shape}")
     return x
 
 
 class MultiheadAttention(Layer):
-    """Multi-head self-attention, as torch.nn.MultiheadAttention called as mha(x, x, x).
-
-    x: (N, T, E) if batch_first else (T, N, E); h = num_heads heads of hs = E / h features.
-    [q, k, v] = x W_in^T + b_in, split into heads;  A = softmax(q k^T / sqrt(hs) + M) per head,
-    M = -inf above the diagonal when causal (token t sees tokens <= t), else 0;
-    o = dropout(A) v, heads concatenated;  y = o W_out^T + b_out (out_proj, a Linear).
-    backward, with D = dropout(A):  dD = do v^T,  dv = D^T do,  dA = dropout's backward of dD,
-    dS = A * (dA - sum_j dA A),  dq = dS k / sqrt(hs),  dk = dS^T q / sqrt(hs);
-    dW_in = dqkv^T x,  db_in = sum dqkv,  dx = dqkv W_in.
-    W_in ~ Xavier uniform, b_in = b_out = 0, W_out as a Linear's (torch's init). After forward,
-    .attn_weights holds A averaged over the heads, (N, T, T) (torch's need_weights, before dropout).
-    """
+    """Self-attention with h = num_heads heads, as torch.nn.MultiheadAttention's mha(x, x, x).
+    x: (N, T, E) if batch_first else (T, N, E); each head has hs = E / h features.
+    [q, k, v] = x W_in^T + b_in, split into heads;  A = softmax(q k^T / sqrt(hs) + M) over keys,
+    M = -inf above the diagonal if causal (token t sees tokens <= t), else 0;  D = dropout(A);
+    o = D v, heads concatenated;  y = o W_out^T + b_out.
+    backward: do = dy W_out;  dD = do v^T,  dv = D^T do,  dA = dropout'(dD),
+    dS = A * (dA - sum_keys dA * A),  dq = dS k / sqrt(hs),  dk = dS^T q / sqrt(hs);
+    dW_in = dqkv^T x,  dx = dqkv W_in (b_in, W_out, b_out: as a Linear's).
+    Init as torch: W_in Xavier-uniform, W_out U(-1/sqrt(E), 1/sqrt(E)), biases 0. After forward
+    .attn_weights is A averaged over the heads, (N, T, T) (torch's need_weights, before dropout)."""
 
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, batch_first=False,
                  causal=False):
@@ -638,80 +619,67 @@ class MultiheadAttention(Layer):
             raise ValueError(f"MultiheadAttention: embed_dim ({embed_dim}) must be divisible by "
                              f"num_heads ({num_heads})")
         self.embed_dim, self.num_heads, self.dropout = embed_dim, num_heads, dropout
-        self.bias, self.batch_first, self.causal = bias, batch_first, causal
-        bound = math.sqrt(6 / (embed_dim + 3 * embed_dim))
-        w = _rng.uniform(-bound, bound, (3 * embed_dim, embed_dim))
-        self.in_proj_weight = Parameter(w.astype(np.float32))                         # (3E, E)
-        self.in_proj_bias = Parameter(np.zeros(3 * embed_dim, np.float32)) if bias else None
-        self.out_proj = Linear(embed_dim, embed_dim, bias)
-        if bias:
-            self.out_proj.bias.data[...] = 0
-        self.attn_weights = None
+        self.bias, self.batch_first, self.causal, e = bias, batch_first, causal, embed_dim
+        w_in = _rng.uniform(-1, 1, (3 * e, e)) * math.sqrt(6 / (e + 3 * e))          # (3E, E)
+        self.in_proj_weight = Parameter(w_in.astype(np.float32))
+        self.in_proj_bias = Parameter(np.zeros(3 * e, np.float32)) if bias else None
+        w_out = _rng.uniform(-1, 1, (e, e)) / math.sqrt(e)                            # (E, E)
+        self.out_proj_weight = Parameter(w_out.astype(np.float32))
+        self.out_proj_bias = Parameter(np.zeros(e, np.float32)) if bias else None
 
-    def named_parameters(self):       # torch's names and order
-        names = ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")
-        ps = (self.in_proj_weight, self.in_proj_bias, self.out_proj.weight, self.out_proj.bias)
-        return [(k, p) for k, p in zip(names, ps) if p is not None]
-
-    def parameters(self):
-        return [p for _, p in self.named_parameters()]
+    def named_parameters(self):       # torch's names, in torch's order
+        return [(k.replace("out_proj_", "out_proj."), p) for k, p in vars(self).items()
+                if hasattr(p, "grad")]
 
     def forward(self, x):
         x = _check_tokens(self, x, self.embed_dim, self.batch_first)
         x = x if self.batch_first else x.transpose(1, 0, 2)                  # (N, T, E)
-        n, t, e = x.shape
-        h, hs = self.num_heads, e // self.num_heads
+        (n, t, e), h = x.shape, self.num_heads
         qkv = x.reshape(n * t, e) @ self.in_proj_weight.data.T               # (N T, 3E)
-        if self.in_proj_bias is not None:
-            qkv += self.in_proj_bias.data
-        q, k, v = qkv.reshape(n, t, 3, h, hs).transpose(2, 0, 3, 1, 4)     # each (N, h, T, hs)
-        s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hs)                     # (N, h, T, T)
+        qkv += 0 if self.in_proj_bias is None else self.in_proj_bias.data
+        q, k, v = qkv.reshape(n, t, 3, h, e // h).transpose(2, 0, 3, 1, 4)  # each (N, h, T, hs)
+        s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(e // h)                  # (N, h, T, T)
         if self.causal:
-            s = s + np.triu(np.full((t, t), -np.inf, s.dtype), 1)
+            s += np.triu(np.full((t, t), -np.inf, s.dtype), 1)
         a = np.exp(s - s.max(axis=-1, keepdims=True))
-        a /= a.sum(axis=-1, keepdims=True)                                   # softmax over keys
-        self.attn_weights = a.mean(axis=1)                                   # (N, T, T)
-        keep = None
+        a /= a.sum(axis=-1, keepdims=True)
+        self.attn_weights, keep = a.mean(axis=1), 1                          # (N, T, T)
         if self.training and self.dropout > 0:
-            keep = (_rng.random(a.shape, dtype=np.float32) >= self.dropout) / (1 - self.dropout)
-        d = a if keep is None else a * keep.astype(a.dtype)
-        o = (d @ v).transpose(0, 2, 1, 3).reshape(n, t, e)                  # (N, T, E)
-        self._cache = x, q, k, v, a, d, keep
-        y = self.out_proj.forward(o)
+            keep = _rng.random(a.shape, dtype=np.float32) >= self.dropout
+            keep = keep.astype(a.dtype) / a.dtype.type(1 - self.dropout)
+        o = (a * keep @ v).transpose(0, 2, 1, 3).reshape(n * t, e)           # (N T, E)
+        self._cache = x, o, q, k, v, a, keep
+        y = o @ self.out_proj_weight.data.T
+        y = (y + (0 if self.out_proj_bias is None else self.out_proj_bias.data)).reshape(n, t, e)
         return y if self.batch_first else y.transpose(1, 0, 2)
 
     def backward(self, grad):
-        x, q, k, v, a, d, keep = self._saved()
-        grad = grad if self.batch_first else grad.transpose(1, 0, 2)        # (N, T, E)
-        n, t, e = x.shape
-        h, hs = self.num_heads, e // self.num_heads
-        do = self.out_proj.backward(grad)                                    # (N, T, E)
-        do = do.reshape(n, t, h, hs).transpose(0, 2, 1, 3)                   # (N, h, T, hs)
+        x, o, q, k, v, a, keep = self._saved()
+        (n, t, e), h = x.shape, self.num_heads
+        grad = (grad if self.batch_first else grad.transpose(1, 0, 2)).reshape(n * t, e)
+        self.out_proj_weight.grad += grad.T @ o
+        do = (grad @ self.out_proj_weight.data).reshape(n, t, h, e // h).transpose(0, 2, 1, 3)
         dd = do @ v.transpose(0, 1, 3, 2)                                    # (N, h, T, T)
-        dv = d.transpose(0, 1, 3, 2) @ do
-        da = dd if keep is None else dd * keep.astype(dd.dtype)
-        ds = a * (da - (da * a).sum(axis=-1, keepdims=True)) / math.sqrt(hs)
-        dq, dk = ds @ k, ds.transpose(0, 1, 3, 2) @ q
-        dqkv = np.stack([dq, dk, dv], axis=2).transpose(0, 3, 2, 1, 4).reshape(n * t, 3 * e)
-        x2 = x.reshape(n * t, e)
-        self.in_proj_weight.grad += dqkv.T @ x2
-        if self.in_proj_bias is not None:
-            self.in_proj_bias.grad += dqkv.sum(axis=0)
+        dv = (a * keep).transpose(0, 1, 3, 2) @ do                           # (N, h, T, hs)
+        ds = a * (dd * keep - (dd * keep * a).sum(axis=-1, keepdims=True)) / math.sqrt(e // h)
+        dqkv = np.stack([ds @ k, ds.transpose(0, 1, 3, 2) @ q, dv], axis=2)  # (N, h, 3, T, hs)
+        dqkv = dqkv.transpose(0, 3, 2, 1, 4).reshape(n * t, 3 * e)
+        self.in_proj_weight.grad += dqkv.T @ x.reshape(n * t, e)
+        for b, g in ((self.in_proj_bias, dqkv), (self.out_proj_bias, grad)):
+            if b is not None:
+                b.grad += g.sum(axis=0)
         dx = (dqkv @ self.in_proj_weight.data).reshape(n, t, e)
         return dx if self.batch_first else dx.transpose(1, 0, 2)
 
 
 class TransformerEncoderLayer(Layer):
-    """Self-attention then a feed-forward block, each with a residual connection, dropout and
-    a LayerNorm, as torch.nn.TransformerEncoderLayer (same sublayer names and state-dict keys).
-
+    """Self-attention, then a feed-forward block, each with dropout, a residual connection and a
+    LayerNorm, as torch.nn.TransformerEncoderLayer (same sublayers, names and state-dict keys).
     sa(x) = dropout1(self_attn(x)),  ff(x) = dropout2(linear2(dropout(activation(linear1(x))))).
-    norm_first=False (post-norm):  h = norm1(x + sa(x)),   y = norm2(h + ff(h)).
-    norm_first=True (pre-norm):    h = x + sa(norm1(x)),   y = h + ff(norm2(h)).
-    backward runs the sublayers' backward in reverse; each residual adds its branch's gradient
-    to the one that skips it: post-norm dh = dz + ff'(dz) with dz = norm2'(dy), dx = dx1 +
-    sa'(dx1) with dx1 = norm1'(dh); pre-norm dh = dy + norm2'(ff'(dy)), dx = dh + norm1'(sa'(dh)).
-    """
+    post-norm (norm_first=False):  h = norm1(x + sa(x)),  y = norm2(h + ff(h)).
+    pre-norm (norm_first=True):    h = x + sa(norm1(x)),  y = h + ff(norm2(h)).
+    backward: the sublayers' backward in reverse order; a residual adds the gradient of its
+    branch to the one that skips it (x + f(x): dx = dy + f'(dy))."""
 
     def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1, activation="relu",
                  layer_norm_eps=1e-5, batch_first=False, norm_first=False):
@@ -720,81 +688,70 @@ class TransformerEncoderLayer(Layer):
                              f"got {activation!r}")
         self.d_model, self.nhead, self.dim_feedforward = d_model, nhead, dim_feedforward
         self.dropout, self.activation, self.layer_norm_eps = dropout, activation, layer_norm_eps
-        self.batch_first, self.norm_first = batch_first, norm_first
-        self.self_attn = MultiheadAttention(d_model, nhead, dropout, batch_first=batch_first)
-        self.linear1 = Linear(d_model, dim_feedforward)
-        self.linear2 = Linear(dim_feedforward, d_model)
-        self.norm1 = LayerNorm(d_model, eps=layer_norm_eps)
-        self.norm2 = LayerNorm(d_model, eps=layer_norm_eps)
+        self.batch_first, self.norm_first, d, f = batch_first, norm_first, d_model, dim_feedforward
+        self.self_attn = MultiheadAttention(d, nhead, dropout, batch_first=batch_first)
+        self.linear1, self.linear2 = Linear(d, f), Linear(f, d)
+        self.norm1, self.norm2 = LayerNorm(d, layer_norm_eps), LayerNorm(d, layer_norm_eps)
         self.dropout1, self.dropout2 = Dropout(dropout), Dropout(dropout)
-        self.dropout_ff = Dropout(dropout)                                  # torch's `dropout`
-        self.act = ReLU() if activation == "relu" else GELU()
-        self.sa = (self.self_attn, self.dropout1)                            # the two branches
-        self.ff = (self.linear1, self.act, self.dropout_ff, self.linear2, self.dropout2)
+        self.dropout_ff = Dropout(dropout)                                   # torch's `dropout`
+        act = ReLU() if activation == "relu" else GELU()
+        self.sa = [self.self_attn, self.dropout1]                            # the two branches
+        self.ff = [self.linear1, act, self.dropout_ff, self.linear2, self.dropout2]
 
-    def _layers(self):                # (name, sublayer), in torch's order
-        return [(k, v) for k, v in vars(self).items() if isinstance(v, Layer)]
+    def named_parameters(self):       # torch's keys: self_attn.in_proj_weight, linear1.weight, ...
+        layers = [(k, v) for k, v in vars(self).items() if isinstance(v, Layer)]
+        return [(f"{k}.{n}", p) for k, layer in layers for n, p in layer.named_parameters()]
 
-    def named_parameters(self):
-        return [(f"{k}.{n}", p) for k, layer in self._layers() for n, p in layer.named_parameters()]
-
-    def parameters(self):
-        return [p for _, layer in self._layers() for p in layer.parameters()]
+    def parameters(self):             # in the same order
+        return [p for layer in self.sa + self.ff + [self.norm1, self.norm2]
+                for p in layer.parameters()]
 
     def train(self, mode=True):
         self.training = mode
-        for _, layer in self._layers():
+        for layer in self.sa + self.ff + [self.norm1, self.norm2]:
             layer.train(mode)
         return self
 
-    @staticmethod
-    def _run(branch, x):
-        for layer in branch:
-            x = layer.forward(x)
-        return x
-
-    @staticmethod
-    def _back(branch, grad):
-        for layer in reversed(branch):
-            grad = layer.backward(grad)
-        return grad
-
     def forward(self, x):
-        x = _check_tokens(self, x, self.d_model, self.batch_first)
+        x, run = _check_tokens(self, x, self.d_model, self.batch_first), self._chain
         if self.norm_first:
-            h = x + self._run(self.sa, self.norm1.forward(x))
-            return h + self._run(self.ff, self.norm2.forward(h))
-        h = self.norm1.forward(x + self._run(self.sa, x))
-        return self.norm2.forward(h + self._run(self.ff, h))
+            h = x + run(self.sa, self.norm1.forward(x))
+            return h + run(self.ff, self.norm2.forward(h))
+        h = self.norm1.forward(x + run(self.sa, x))
+        return self.norm2.forward(h + run(self.ff, h))
 
     def backward(self, grad):
         if self.norm_first:
-            dh = grad + self.norm2.backward(self._back(self.ff, grad))
-            return dh + self.norm1.backward(self._back(self.sa, dh))
+            dh = grad + self.norm2.backward(self._chain(self.ff, grad, back=True))
+            return dh + self.norm1.backward(self._chain(self.sa, dh, back=True))
         dz = self.norm2.backward(grad)
-        dx1 = self.norm1.backward(dz + self._back(self.ff, dz))
-        return dx1 + self._back(self.sa, dx1)
+        dh = self.norm1.backward(dz + self._chain(self.ff, dz, back=True))
+        return dh + self._chain(self.sa, dh, back=True)
+
+    @staticmethod
+    def _chain(layers, x, back=False):    # the layers' forward in order, or their backward reversed
+        for layer in reversed(layers) if back else layers:
+            x = layer.backward(x) if back else layer.forward(x)
+        return x
 
 
 class PositionalEmbedding(Layer):
-    """A learned position embedding (as BERT, GPT-2 and ViT): y[:, t] = x[:, t] + weight[t].
-
-    x: (N, T, E) with T <= max_len; weight: (max_len, E) ~ N(0, 0.02^2).
-    backward: dx = dy;  dweight[t] = sum_n dy[n, t] for t < T.
-    torch.nn has no such layer: in torch one writes
-    `self.pos = nn.Parameter(0.02 * torch.randn(max_len, E))` and `x + self.pos[:x.shape[1]]`.
-    """
+    """A learned position embedding (BERT, GPT-2, ViT): y[:, t] = x[:, t] + weight[t];
+    x: (N, T, E), T <= max_len; weight: (max_len, E) ~ N(0, 0.02^2).
+    backward: dx = dy, dweight[t] = sum_n dy[n, t].
+    torch.nn has none: there one writes pos = nn.Parameter(0.02 * torch.randn(max_len, E)) and
+    x + pos[:x.shape[1]]."""
 
     def __init__(self, max_len, embedding_dim):
         self.max_len, self.embedding_dim = max_len, embedding_dim
-        w = 0.02 * _rng.standard_normal((max_len, embedding_dim))
-        self.weight = Parameter(w.astype(np.float32))
+        w = _rng.standard_normal((max_len, embedding_dim), np.float32)
+        self.weight = Parameter(np.float32(0.02) * w)
 
     def forward(self, x):
-        x = _check_tokens(self, x, self.embedding_dim)
-        if x.shape[1] > self.max_len:
-            raise ValueError(f"PositionalEmbedding: sequence of {x.shape[1]} tokens is longer than "
-                             f"max_len={self.max_len}")
+        x = np.asarray(x)
+        if x.ndim != 3 or not 1 <= x.shape[1] <= self.max_len or x.shape[2] != self.embedding_dim:
+            raise ValueError(f"PositionalEmbedding: expected input (N, T, {self.embedding_dim}) "
+                             f"with 1 <= T <= max_len={self.max_len}, got shape {x.shape}")
         self._cache = x.shape[1]
         return x + self.weight.data[:x.shape[1]]
 

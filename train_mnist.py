@@ -25,11 +25,51 @@ def build_model(kind="mlp", loss="ce"):
     """784-256-ReLU-10, or a 2-conv-block convnet; a Softmax output for the MSE loss."""
     if kind == "mlp":
         layers = [tn.Flatten(), tn.Linear(784, 256), tn.ReLU(), tn.Linear(256, 10)]
+    elif kind == "transformer":
+        layers = transformer_layers()
     else:   # (N, 1, 28, 28) -> 32 x 14 x 14 -> 64 x 7 x 7 -> 128 -> 10
         layers = [tn.Conv2d(1, 32, 3, padding=1), tn.ReLU(), tn.MaxPool2d(2),
                   tn.Conv2d(32, 64, 3, padding=1), tn.ReLU(), tn.MaxPool2d(2),
                   tn.Flatten(), tn.Linear(64 * 7 * 7, 128), tn.ReLU(), tn.Linear(128, 10)]
     return tn.Sequential(layers + [tn.Softmax()] if loss == "mse" else layers)
+
+
+TRANSFORMER_EPOCHS = 8
+
+
+def transformer_layers(d_model=64, nhead=4, dim_feedforward=128, dropout=0.1):
+    """Each image as 28 tokens (its rows) of 28 pixels: (N, 1, 28, 28) -> (N, 28, 28) -> a
+    Linear(28, d_model) token embedding plus a learned position embedding -> two encoder
+    layers -> the mean over the 28 tokens -> Linear(d_model, 10)."""
+    return [tn.Flatten(1, 2), tn.Linear(28, d_model), tn.PositionalEmbedding(28, d_model),
+            *[tn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, batch_first=True)
+              for _ in range(2)],
+            tn.MeanOverSteps(dim=1), tn.Linear(d_model, 10)]
+
+
+def plot_attention(model, X, y, path):
+    """attention.png: for each image of X (a row of the figure), the image and, per encoder
+    layer, which rows (keys, x axis) each row (query, y axis) attends to, averaged over heads."""
+    plt = tn._pyplot()
+    model.eval()
+    y_pred = model.predict(X).argmax(axis=1)
+    model.forward(X)                                 # leaves each layer's attention weights
+    layers = [layer for layer in model if isinstance(layer, tn.TransformerEncoderLayer)]
+    fig, axes = plt.subplots(len(X), 1 + len(layers), figsize=(3.2 * (1 + len(layers)), 3 * len(X)),
+                             layout="constrained", squeeze=False)
+    for i, row in enumerate(axes):
+        row[0].imshow(X[i, 0], cmap="gray_r")
+        row[0].set_title(f"digit {y[i]} (predicted {y_pred[i]})", fontsize=10)
+        row[0].set_ylabel("image row (token)")
+        for j, layer in enumerate(layers):
+            im = row[j + 1].imshow(layer.self_attn.attn_weights[i], cmap="viridis")
+            row[j + 1].set_title(f"encoder layer {j + 1}", fontsize=10)
+            row[j + 1].set_ylabel("query: row attending")
+            row[j + 1].set_xlabel("key: row attended to")
+            fig.colorbar(im, ax=row[j + 1], shrink=0.8, label="attention weight")
+    fig.suptitle("Transformer attention on MNIST test digits: each image row is a token; "
+                 "weights averaged over heads", fontsize=11)
+    tn._save(fig, path)
 
 
 def loss_for(kind):
@@ -138,7 +178,8 @@ def main():
     tn.add_common_args(parser, epochs=10, batch_size=128, lr=3e-3, optimizer="adam", scheduler="onecycle")
     epochs = parser._option_string_actions["--epochs"]       # its default depends on --model
     epochs.default, epochs.help = None, "passes over the training set (10 for mlp, 6 for cnn)"
-    parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="architecture (%(default)s)")
+    parser.add_argument("--model", choices=("mlp", "cnn", "transformer"), default="mlp",
+                        help="architecture (%(default)s)")
     parser.add_argument("--loss", choices=("ce", "mse"), default="ce",
                         help="ce: CrossEntropyLoss on logits; mse: Softmax + MSELoss on one-hot (%(default)s)")
     parser.add_argument("--embeddings", action="store_true",
@@ -151,7 +192,7 @@ def main():
         tn.reject_flags(parser, ["--epochs"], "with --quick, which trains 1 epoch")
         args.epochs = 1
     elif args.epochs is None:                 # the convnet reaches 99.2% in 6 epochs (under 2 minutes)
-        args.epochs = 6 if args.model == "cnn" else 10
+        args.epochs = {"cnn": 6, "transformer": TRANSFORMER_EPOCHS}.get(args.model, 10)
     if not args.embeddings:
         tn.reject_flags(parser, ["--projection"], "without --embeddings")
     if args.no_plots:
@@ -179,6 +220,8 @@ def main():
     if not args.no_plots:
         title = f"MNIST {args.model}, {args.loss} loss, {args.optimizer} lr {args.lr:g}"
         tn.save_run_figures(history, y_test, y_pred, args.out, title, X_test=X_test)
+    if args.model == "transformer" and not args.no_plots:
+        plot_attention(model, X_test[:4], y_test[:4], os.path.join(args.out, "attention.png"))
     if args.embeddings:
         embeddings(model, args, X_train, y_train, X_test, y_test)
     if args.compare_optimizers:
