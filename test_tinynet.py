@@ -4057,7 +4057,8 @@ def test_bench_smoke_runs_every_table(tmp_path):
     r = _run("bench_tinynet.py", "--smoke", "--out", tmp_path / "bench.json", env={"TINYNET_DATA": DATA})
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "bench.json").read_text())
-    assert set(res["epochs"]) == {"mlp", "cnn-small", "cnn-32-64"} and set(res["busy"]) == {"quiet", "busy"}
+    assert set(res["epochs"]) == {"mlp", "cnn-small", "cnn-32-64", "transformer"}
+    assert set(res["busy"]) == {"quiet", "busy"}
     assert {"Conv2d 32->64 k3 p1 @14", "Conv2d 1->32 k3 p1 @28", "Linear 784->256", "MaxPool2d(2) @28",
             "BatchNorm2d(32) @28"} <= set(res["layers"])
     for row in list(res["epochs"].values()) + list(res["layers"].values()):

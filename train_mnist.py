@@ -34,7 +34,7 @@ def build_model(kind="mlp", loss="ce"):
     return tn.Sequential(layers + [tn.Softmax()] if loss == "mse" else layers)
 
 
-TRANSFORMER_EPOCHS = 8
+TRANSFORMER_EPOCHS = 6
 
 
 def transformer_layers(d_model=64, nhead=4, dim_feedforward=128, dropout=0.1):
