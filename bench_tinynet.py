@@ -294,7 +294,7 @@ def memory_child(library, workload, n, epochs, synthetic):
         epoch = lambda: model.fit(X, y, epochs=1, batch_size=BATCH, verbose=0)  # noqa: E731
     else:
         import torch
-        tmodel = torch.nn.Sequential(*[torch_layer(name, args) for name, args in WORKLOADS[workload]])
+        tmodel = torch.nn.Sequential(*[torch_layer(name, a) for name, a in WORKLOADS[workload]])
         topt = torch.optim.Adam(tmodel.parameters(), lr=LR)
         Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
         epoch = lambda: torch_epoch(tmodel, topt, Xt, yt)  # noqa: E731
