@@ -6,9 +6,9 @@ float64. Images are NCHW. Parameters are float32 by default; a layer computes
 in the dtype of its input and parameters, and `model.astype(np.float64)`
 converts everything in place.
 
-Sections, in order: parameters and base layer · layers · losses · optimizers ·
-schedulers · Sequential, History and callbacks · saving, loading and PyTorch
-interop · gradient check · data · plots · training-script helpers.
+Sections, in order: parameters and base layer · layers · attention and transformers ·
+losses · optimizers · schedulers · Sequential, History and callbacks · saving, loading
+and PyTorch interop · gradient check · data · plots · training-script helpers.
 A layer copies out alone with `Layer` (the core: 28 lines), `Parameter`, `_rng`
 and the few helpers it names; saving, loading, astype and repr are added to
 Layer in their own section. Only numpy (and the standard library) is imported at
