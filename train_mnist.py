@@ -180,7 +180,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     tn.add_common_args(parser, epochs=10, batch_size=128, lr=3e-3, optimizer="adam", scheduler="onecycle")
     epochs = parser._option_string_actions["--epochs"]       # its default depends on --model
-    epochs.default, epochs.help = None, "passes over the training set (10 for mlp, 6 for cnn and transformer)"
+    epochs.default = None
+    epochs.help = "passes over the training set (10 for mlp, 6 for cnn and transformer)"
     parser.add_argument("--model", choices=("mlp", "cnn", "transformer"), default="mlp",
                         help="architecture (%(default)s)")
     parser.add_argument("--loss", choices=("ce", "mse"), default="ce",
