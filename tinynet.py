@@ -592,7 +592,7 @@ class GELU(Layer):
         return grad * self._saved()
 
 
-def _check_tokens(layer, x, features, batch_first=True):
+def _check_tokens(layer, x, features, batch_first):
     """x as an array, if (N, T, E = features) ((T, N, E) if not batch_first) with T >= 1."""
     x, layout = np.asarray(x), "(N, T, E)" if batch_first else "(T, N, E)"
     if x.ndim != 3 or x.shape[2] != features or x.shape[1 if batch_first else 0] == 0:
