@@ -3898,6 +3898,17 @@ def test_attention_dropout_in_training_has_the_right_gradient(make):
     np.testing.assert_array_equal(layer.train().forward(x), y1)    # same seed, same masks
 
 
+def test_attention_dropout_is_inverted_dropout():
+    """Training-mode outputs average to the eval-mode output: the kept weights are scaled by
+    1 / (1 - p)."""
+    tn.manual_seed(0)
+    mha = tn.MultiheadAttention(4, 2, dropout=0.5, bias=False, batch_first=True).astype(np.float64)
+    x = randn(0, (1, 3, 4))
+    mean = np.mean([mha.forward(x) for _ in range(2000)], axis=0)
+    expected = mha.eval().forward(x)
+    np.testing.assert_allclose(mean, expected, atol=0.1 * np.abs(expected).max())
+
+
 def _transformer_model(batch_first=True, norm_first=False):
     return tn.Sequential(tn.Linear(3, 8), tn.LayerNorm(8), tn.GELU("tanh"),
                          tn.TransformerEncoderLayer(8, 2, 12, 0.0, "gelu", batch_first=batch_first,
