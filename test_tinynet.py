@@ -3825,6 +3825,8 @@ def test_positional_embedding_and_mean_over_steps_match_torch_expressions():
     layer_parity(pos, lambda x: x + table[:x.shape[1]], randn(0, (3, 5, 4)), randn(1, (3, 5, 4)))
     assert_parity(pos.weight.grad, table.grad, "PositionalEmbedding weight.grad")
     assert pos.weight.grad[5].tolist() == [0.0] * 4                   # position 5 unused by T = 5
+    one = pos.forward(np.zeros((2, 1, 4)))                            # T = 1 token
+    np.testing.assert_array_equal(one, pos.weight.data[None, :1].repeat(2, 0))
     assert 0.01 < float(tn.PositionalEmbedding(100, 50).weight.data.std()) < 0.03
     for dim, shape in ((1, (3, 5, 4)), (-1, (2, 3)), (0, (4, 2))):
         layer_parity(tn.MeanOverSteps(dim), lambda x, d=dim: x.mean(dim=d), randn(0, shape),
@@ -3841,6 +3843,10 @@ def test_attention_layers_init_as_torch():
     norm = tn.LayerNorm((2, 3))
     assert norm.weight.data.tolist() == [[1.0] * 3] * 2 and not norm.bias.data.any()
     assert tn.LayerNorm(3, elementwise_affine=False).parameters() == []
+    theirs, default = torch.nn.TransformerEncoderLayer(8, 2), tn.TransformerEncoderLayer(8, 2)
+    assert (default.dim_feedforward, default.dropout, default.activation, default.layer_norm_eps,
+            default.batch_first, default.norm_first) == (2048, 0.1, "relu", 1e-5, False, False)
+    assert default.linear1.weight.data.shape == tuple(theirs.linear1.weight.shape)
     theirs = torch.nn.TransformerEncoderLayer(8, 2, 16)
     ours = tn.TransformerEncoderLayer(8, 2, 16)
     assert [(k, p.data.shape) for k, p in ours.named_parameters()] == \
@@ -3999,6 +4005,8 @@ def test_transformer_model_fits_a_sequence_task():
     (lambda: tn.PositionalEmbedding(4, 3), (2, 5, 3),
      r"^PositionalEmbedding: expected input \(N, T, 3\) with 1 <= T <= max_len=4, "
      r"got shape \(2, 5, 3\)$"),
+    (lambda: tn.PositionalEmbedding(4, 3), (2, 0, 3),
+     r"^PositionalEmbedding: .*got shape \(2, 0, 3\)$"),
     (lambda: tn.PositionalEmbedding(4, 3), (2, 3, 2),
      r"^PositionalEmbedding: .*\(N, T, 3\).*\(2, 3, 2\)$"),
     (lambda: tn.MeanOverSteps(), (2, 0, 3),
