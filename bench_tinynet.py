@@ -39,6 +39,11 @@ WORKLOADS = {
     "lstm": [("Flatten", (1, 2)), ("LSTM", (28, 128, 1, True, True)), ("LastStep", ()),
              ("Linear", (128, 10))],
 }
+# train_mnist.py --model transformer: rows as tokens; torch twins of the two layers torch.nn lacks
+WORKLOADS["transformer"] = [
+    ("Flatten", (1, 2)), ("Linear", (28, 64)), ("PositionalEmbedding", (28, 64)),
+    *[("TransformerEncoderLayer", (64, 4, 128, 0.1, "relu", 1e-5, True))] * 2,
+    ("MeanOverSteps", ()), ("Linear", (64, 10))]
 BATCH, LR = 64, 1e-3
 TORCH_THREADS = (1, 2)
 BUSY_WORKLOAD, BUSY_BATCH = "mlp", 128          # train_mnist.py's default model and batch
@@ -62,19 +67,36 @@ def blas_info():
         return "threadpoolctl not installed"
 
 
-def torch_sequential(spec):
-    """torch.nn.Sequential of the workload; LSTM returning only its output and LastStep as
-    Sequential.to_torch builds them (torch.nn's LSTM returns (output, (h_n, c_n)))."""
+def torch_layer(name, args):
+    """torch.nn's layer `name`, or, for the tinynet layers that torch.nn lacks, the module a
+    torch user writes (PositionalEmbedding: a learned table added to x; MeanOverSteps: a mean;
+    LSTM returning only its output and LastStep, as Sequential.to_torch builds them)."""
     import torch
-    modules = tn._torch_sequence_modules()
-    return torch.nn.Sequential(*[(modules.get(name) or getattr(torch.nn, name))(*args)
-                                 for name, args in spec])
+
+    class PositionalEmbedding(torch.nn.Module):
+        def __init__(self, max_len, embedding_dim):
+            super().__init__()
+            self.weight = torch.nn.Parameter(0.02 * torch.randn(max_len, embedding_dim))
+
+        def forward(self, x):
+            return x + self.weight[:x.shape[1]]
+
+    class MeanOverSteps(torch.nn.Module):
+        def __init__(self, dim=1):
+            super().__init__()
+            self.dim = dim
+
+        def forward(self, x):
+            return x.mean(dim=self.dim)
+    twins = {"PositionalEmbedding": PositionalEmbedding, "MeanOverSteps": MeanOverSteps,
+             **tn._torch_sequence_modules()}
+    return (twins.get(name) or getattr(torch.nn, name))(*args)
 
 
 def build(spec, batch=BATCH):
     """The same architecture in both libraries, torch's weights copied into tinynet's."""
     import torch
-    tmodel = torch_sequential(spec)
+    tmodel = torch.nn.Sequential(*[torch_layer(name, args) for name, args in spec])
     model = tn.Sequential([getattr(tn, name)(*args) for name, args in spec])
     model.load_state_dict(tmodel.state_dict())
     model.compile(tn.Adam(model.parameters(), lr=LR), tn.CrossEntropyLoss())
@@ -277,7 +299,7 @@ def memory_child(library, workload, n, epochs, synthetic):
         epoch = lambda: model.fit(X, y, epochs=1, batch_size=BATCH, verbose=0)  # noqa: E731
     else:
         import torch
-        tmodel = torch_sequential(WORKLOADS[workload])
+        tmodel = torch.nn.Sequential(*[torch_layer(name, a) for name, a in WORKLOADS[workload]])
         topt = torch.optim.Adam(tmodel.parameters(), lr=LR)
         Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
         epoch = lambda: torch_epoch(tmodel, topt, Xt, yt)  # noqa: E731

@@ -590,10 +590,11 @@ def test_dropout_deterministic_under_manual_seed():
 # ── bad input and bad arguments ──────────────────────────────────────────────
 
 @pytest.mark.parametrize("layer, shape, match", [
-    *[pytest.param(lambda: tn.Linear(4, 3), shape, rf"^Linear: expected 2-D input with 4 features on axis 1, "
-                                                   rf"got shape {re.escape(str(shape))}$",
+    *[pytest.param(lambda: tn.Linear(4, 3), shape, rf"^Linear: expected input \(\*, 4\) with 4 "
+                                                   rf"features on the last axis, got shape "
+                                                   rf"{re.escape(str(shape))}$",
                    id="Linear-" + "x".join(map(str, shape)))
-      for shape in [(2, 5), (2, 3), (4,), (2, 4, 1), (2, 1, 4)]],
+      for shape in [(2, 5), (2, 3), (5,), (2, 4, 1), ()]],
     pytest.param(lambda: tn.Conv2d(3, 4, 3), (2, 4, 8, 8),
                  r"^Conv2d: expected 4-D input with 3 channels.*\(2, 4, 8, 8\)", id="Conv2d-channels"),
     pytest.param(lambda: tn.Conv2d(3, 4, 3), (3, 8, 8), r"^Conv2d: expected 4-D.*\(3, 8, 8\)", id="Conv2d-rank"),
@@ -1665,7 +1666,8 @@ def test_sequential_constructors_and_add():
 
 def test_sequential_rejects_bad_input_width():
     model = tn.Sequential(tn.Linear(4, 8), tn.ReLU(), tn.Linear(7, 2))
-    with pytest.raises(ValueError, match=r"^Linear: expected 2-D input with 7 features on axis 1, got shape \(3, 8\)$"):
+    with pytest.raises(ValueError, match=r"^Linear: expected input \(\*, 7\) with 7 features on "
+                                         r"the last axis, got shape \(3, 8\)$"):
         model.predict(np.zeros((3, 4)))
 
 
@@ -2826,8 +2828,8 @@ def test_to_torch_and_back_gives_the_same_outputs(make, training):
 
 
 def test_from_torch_and_to_torch_reject_unsupported_modules():
-    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.GELU(), torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError, match=r"Sequential.from_torch: module 1 \(GELU.*\) is not supported"):
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ELU(), torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match=r"from_torch: module 1 \(ELU.*\) is not supported"):
         tn.Sequential.from_torch(net)
     with pytest.raises(ValueError, match=r"module 0 .*dilation=\(2, 2\) is not supported"):
         tn.Sequential.from_torch(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3, dilation=2)))
@@ -4448,6 +4450,363 @@ def test_train_iris_says_what_it_runs(monkeypatch, capsys, tmp_path):
 
 
 # ════════════════════════════════════════════════════════════════════════════
+# Attention and transformers: Linear on (*, in_features), LayerNorm, GELU, MultiheadAttention,
+# TransformerEncoderLayer, PositionalEmbedding, MeanOverSteps (issue 20)
+# ════════════════════════════════════════════════════════════════════════════
+
+def _torch_twin(ours, theirs, jitter=0.1, seed=0):
+    """ours (float64) and the torch module theirs with the same weights, moved off their init
+    (LayerNorm's ones and zeros, attention's zero biases) by jitter * N(0, 1)."""
+    rng = np.random.default_rng(seed)
+    theirs.double()
+    assert list(ours.state_dict()) == list(theirs.state_dict())         # torch's keys and order
+    state = {k: v.detach().numpy() + jitter * rng.standard_normal(tuple(v.shape))
+             for k, v in theirs.state_dict().items()}
+    theirs.load_state_dict({k: torch.tensor(v) for k, v in state.items()})
+    ours.astype(np.float64).load_state_dict(state)
+    return ours, theirs
+
+
+def _assert_param_grads(ours, theirs):
+    """Every parameter gradient, paired by torch's names."""
+    named = dict(theirs.named_parameters())
+    assert [k for k, _ in ours.named_parameters()] == list(named)
+    for k, p in ours.named_parameters():
+        assert_parity(p.grad, named[k].grad, f"{ours!r} {k}.grad")
+
+
+@pytest.mark.parametrize("shape", [(4,), (2, 3, 4), (2, 1, 3, 4), (0, 4)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_takes_any_leading_axes_as_torch(shape, bias):
+    ours, theirs = _torch_twin(tn.Linear(4, 3, bias), torch.nn.Linear(4, 3, bias))
+    x = randn(0, shape)
+    layer_parity(ours, theirs, x, randn(1, shape[:-1] + (3,)))
+    if x.size:
+        _assert_param_grads(ours, theirs)
+
+
+@pytest.mark.parametrize("normalized_shape, shape", [(4, (3, 4)), (4, (2, 5, 4)),
+                                                     ((3, 4), (2, 3, 4)), ([2, 3, 4], (2, 3, 4))])
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_matches_torch(normalized_shape, shape, affine):
+    kw = dict(eps=1e-3, elementwise_affine=affine)
+    ours, theirs = _torch_twin(tn.LayerNorm(normalized_shape, **kw),
+                               torch.nn.LayerNorm(normalized_shape, **kw))
+    layer_parity(ours, theirs, 3 * randn(0, shape) + 1, randn(1, shape))
+    _assert_param_grads(ours, theirs)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_matches_torch(approximate):
+    x = np.concatenate([randn(0, 200) * 3, [0.0, -1e-8, 1e-8, 5.9, 6.1, -8.5, 8.5, 30.0, -30.0]])
+    layer_parity(tn.GELU(approximate), torch.nn.GELU(approximate), x.reshape(11, 19),
+                 randn(1, (11, 19)))
+
+
+def test_erf_is_float64_exact():
+    x = np.linspace(-7, 7, 5601)
+    np.testing.assert_allclose(tn._erf(x), [math.erf(v) for v in x], rtol=0, atol=5e-15)
+
+
+MHA_CASES = [  # embed_dim, num_heads, bias, batch_first, causal, (A, B, E): (N, T, E) or (T, N, E)
+    (8, 2, True, False, False, (5, 3, 8)), (8, 2, True, True, True, (3, 5, 8)),
+    (6, 3, False, True, False, (2, 4, 6)), (6, 1, True, False, True, (4, 2, 6)),
+    (4, 4, False, True, True, (1, 1, 4))]
+
+
+@pytest.mark.parametrize("embed_dim, num_heads, bias, batch_first, causal, shape", MHA_CASES)
+def test_multihead_attention_matches_torch(embed_dim, num_heads, bias, batch_first, causal, shape):
+    kw = dict(bias=bias, batch_first=batch_first)
+    ours, theirs = _torch_twin(tn.MultiheadAttention(embed_dim, num_heads, causal=causal, **kw),
+                               torch.nn.MultiheadAttention(embed_dim, num_heads, **kw))
+    t = shape[1 if batch_first else 0]
+    mask = torch.nn.Transformer.generate_square_subsequent_mask(t, dtype=torch.float64)
+    weights = []
+
+    def torch_fn(x):
+        y, w = theirs(x, x, x, attn_mask=mask if causal else None)
+        weights.append(w)
+        return y
+    layer_parity(ours, torch_fn, randn(0, shape), randn(1, shape))
+    _assert_param_grads(ours, theirs)
+    assert_parity(ours.attn_weights, weights[0], "attention weights averaged over heads")
+    if causal:
+        assert np.all(np.triu(ours.attn_weights, 1) == 0)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("activation, batch_first, shape", [
+    ("relu", False, (5, 3, 8)), ("gelu", True, (3, 5, 8)), ("gelu", False, (1, 2, 8))])
+def test_transformer_encoder_layer_matches_torch(norm_first, activation, batch_first, shape):
+    kw = dict(dim_feedforward=12, dropout=0.0, activation=activation, layer_norm_eps=1e-4,
+              batch_first=batch_first, norm_first=norm_first)
+    ours, theirs = _torch_twin(tn.TransformerEncoderLayer(8, 2, **kw),
+                               torch.nn.TransformerEncoderLayer(8, 2, **kw))
+    layer_parity(ours, theirs, randn(0, shape), randn(1, shape))
+    _assert_param_grads(ours, theirs)
+
+
+def test_transformer_encoder_layer_with_dropout_matches_torch_in_eval():
+    kw = dict(dropout=0.3, batch_first=True)
+    ours, theirs = _torch_twin(tn.TransformerEncoderLayer(8, 4, 16, **kw),
+                               torch.nn.TransformerEncoderLayer(8, 4, 16, **kw))
+    ours.eval(), theirs.eval()
+    assert not any(layer.training for layer in ours.sa + ours.ff + [ours.norm1, ours.norm2])
+    layer_parity(ours, theirs, randn(0, (3, 5, 8)), randn(1, (3, 5, 8)))
+    _assert_param_grads(ours, theirs)
+    ours.train()
+    assert all(layer.training for layer in ours.sa + ours.ff + [ours.norm1, ours.norm2])
+
+
+def test_positional_embedding_and_mean_over_steps_match_torch_expressions():
+    tn.manual_seed(0)
+    pos = tn.PositionalEmbedding(6, 4).astype(np.float64)
+    table = T(pos.weight.data)                         # torch: an nn.Parameter added to x
+    layer_parity(pos, lambda x: x + table[:x.shape[1]], randn(0, (3, 5, 4)), randn(1, (3, 5, 4)))
+    assert_parity(pos.weight.grad, table.grad, "PositionalEmbedding weight.grad")
+    assert pos.weight.grad[5].tolist() == [0.0] * 4                   # position 5 unused by T = 5
+    one = pos.forward(np.zeros((2, 1, 4)))                            # T = 1 token
+    np.testing.assert_array_equal(one, pos.weight.data[None, :1].repeat(2, 0))
+    assert 0.01 < float(tn.PositionalEmbedding(100, 50).weight.data.std()) < 0.03
+    for dim, shape in ((1, (3, 5, 4)), (-1, (2, 3)), (0, (4, 2))):
+        layer_parity(tn.MeanOverSteps(dim), lambda x, d=dim: x.mean(dim=d), randn(0, shape),
+                     randn(1, tuple(np.delete(shape, dim))))
+
+
+def test_attention_layers_init_as_torch():
+    tn.manual_seed(0)
+    mha = tn.MultiheadAttention(16, 4)
+    w, bound = mha.in_proj_weight.data, math.sqrt(6 / (16 + 48))    # Xavier uniform on (3E, E)
+    assert w.shape == (48, 16) and w.dtype == np.float32 and 0.9 * bound < np.abs(w).max() <= bound
+    assert not mha.in_proj_bias.data.any() and not mha.out_proj_bias.data.any()
+    assert 0.9 / 4 < np.abs(mha.out_proj_weight.data).max() <= 1 / 4   # a Linear's init
+    norm = tn.LayerNorm((2, 3))
+    assert norm.weight.data.tolist() == [[1.0] * 3] * 2 and not norm.bias.data.any()
+    assert tn.LayerNorm(3, elementwise_affine=False).parameters() == []
+    theirs, default = torch.nn.TransformerEncoderLayer(8, 2), tn.TransformerEncoderLayer(8, 2)
+    assert (default.dim_feedforward, default.dropout, default.activation, default.layer_norm_eps,
+            default.batch_first, default.norm_first) == (2048, 0.1, "relu", 1e-5, False, False)
+    assert default.linear1.weight.data.shape == tuple(theirs.linear1.weight.shape)
+    theirs = torch.nn.TransformerEncoderLayer(8, 2, 16)
+    ours = tn.TransformerEncoderLayer(8, 2, 16)
+    assert [(k, p.data.shape) for k, p in ours.named_parameters()] == \
+        [(k, tuple(v.shape)) for k, v in theirs.named_parameters()]
+
+
+ATTENTION_GRADCHECK = [
+    ("LayerNorm", lambda: tn.LayerNorm(4), (3, 4)),
+    ("LayerNorm-2d-no-affine", lambda: tn.LayerNorm((2, 3), elementwise_affine=False), (2, 2, 3)),
+    ("GELU", lambda: tn.GELU(), (3, 7)),
+    ("GELU-tanh", lambda: tn.GELU("tanh"), (3, 7)),
+    ("MultiheadAttention", lambda: tn.MultiheadAttention(6, 2), (4, 2, 6)),
+    ("MultiheadAttention-causal", lambda: tn.MultiheadAttention(4, 2, bias=False, batch_first=True,
+                                                                causal=True), (2, 3, 4)),
+    ("TransformerEncoderLayer", lambda: tn.TransformerEncoderLayer(4, 2, 6, 0.0), (3, 2, 4)),
+    ("TransformerEncoderLayer-pre-gelu", lambda: tn.TransformerEncoderLayer(
+        4, 2, 6, dropout=0.0, activation="gelu", batch_first=True, norm_first=True), (2, 3, 4)),
+    ("PositionalEmbedding", lambda: tn.PositionalEmbedding(4, 3), (2, 3, 3)),
+    ("MeanOverSteps", lambda: tn.MeanOverSteps(), (2, 3, 4)),
+    ("Linear-3d", lambda: tn.Linear(4, 3), (2, 3, 4)),
+]
+
+
+@pytest.mark.parametrize("make, shape", [pytest.param(m, s, id=i)
+                                         for i, m, s in ATTENTION_GRADCHECK])
+def test_attention_layers_gradcheck(make, shape):
+    tn.manual_seed(0)
+    layer = make().astype(np.float64)
+    rng = np.random.default_rng(2)
+    for p in layer.parameters():                      # off the zero biases and unit scales
+        p.data += 0.3 * rng.standard_normal(p.data.shape)
+    assert tn.gradcheck(layer, away_from_kinks(0, shape)) < 1e-7
+
+
+@pytest.mark.parametrize("make", [
+    lambda: tn.MultiheadAttention(4, 2, dropout=0.4, batch_first=True),
+    lambda: tn.TransformerEncoderLayer(4, 2, 6, dropout=0.4, batch_first=True)])
+def test_attention_dropout_in_training_has_the_right_gradient(make):
+    """In training the masks come from tinynet's generator; reseeded before each forward, the
+    layer is a fixed function whose backward must match central differences."""
+    tn.manual_seed(0)
+    layer = make().astype(np.float64)
+    x, r = randn(0, (2, 3, 4)), randn(1, (2, 3, 4))
+
+    def f(x):
+        tn.manual_seed(7)
+        return float(np.sum(layer.forward(x) * r))
+    f(x)
+    analytic = layer.backward(r)
+    np.testing.assert_allclose(analytic, tn.numerical_gradient(f, x.copy()), rtol=1e-6, atol=1e-8)
+    tn.manual_seed(7)
+    y1 = layer.forward(x)
+    assert not np.allclose(y1, layer.eval().forward(x))          # dropout acts in training only
+    tn.manual_seed(7)
+    np.testing.assert_array_equal(layer.train().forward(x), y1)    # same seed, same masks
+
+
+def test_attention_dropout_is_inverted_dropout():
+    """Training-mode outputs average to the eval-mode output: the kept weights are scaled by
+    1 / (1 - p)."""
+    tn.manual_seed(0)
+    mha = tn.MultiheadAttention(4, 2, dropout=0.5, bias=False, batch_first=True).astype(np.float64)
+    x = randn(0, (1, 3, 4))
+    mean = np.mean([mha.forward(x) for _ in range(2000)], axis=0)
+    expected = mha.eval().forward(x)
+    np.testing.assert_allclose(mean, expected, atol=0.1 * np.abs(expected).max())
+
+
+def _transformer_model(batch_first=True, norm_first=False):
+    return tn.Sequential(tn.Linear(3, 8), tn.LayerNorm(8), tn.GELU("tanh"),
+                         tn.TransformerEncoderLayer(8, 2, 12, 0.0, "gelu", batch_first=batch_first,
+                                                    norm_first=norm_first),
+                         tn.TransformerEncoderLayer(8, 4, 6, 0.2, batch_first=batch_first),
+                         tn.Linear(8, 2))
+
+
+@pytest.mark.parametrize("batch_first, norm_first", [(True, False), (False, True)])
+def test_transformer_model_to_torch_and_back(batch_first, norm_first):
+    tn.manual_seed(0)
+    model = _transformer_model(batch_first, norm_first).astype(np.float64).eval()
+    net = model.to_torch()
+    assert [type(m).__name__ for m in net] == [type(layer).__name__ for layer in model]
+    assert list(net.state_dict()) == list(model.state_dict())
+    x = randn(0, (2, 5, 3))
+    with torch.no_grad():
+        assert_parity(model.predict(x), net(torch.tensor(x)), "to_torch outputs")
+    back = tn.Sequential.from_torch(net)
+    assert repr(back) == repr(model) and not back.training
+    np.testing.assert_array_equal(back.predict(x), model.predict(x))
+
+
+def test_attention_layers_without_a_torch_sequential_twin_say_why():
+    for layer, why in ((tn.MultiheadAttention(4, 2), r"returns a tuple"),
+                       (tn.PositionalEmbedding(5, 4), r"nn.Parameter"),
+                       (tn.MeanOverSteps(), r"x.mean")):
+        name = type(layer).__name__
+        with pytest.raises(ValueError, match=rf"^Sequential.to_torch: layer 1 \({name}.*{why}"):
+            tn.Sequential(tn.Linear(4, 4), layer).to_torch()
+    custom = torch.nn.TransformerEncoderLayer(4, 2, 8, activation=torch.tanh)
+    with pytest.raises(ValueError, match=r"^Sequential.from_torch: TransformerEncoderLayer with a "
+                                         r"custom activation"):
+        tn.Sequential.from_torch(torch.nn.Sequential(custom))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transformer_model_save_load(tmp_path, dtype):
+    tn.manual_seed(0)
+    mha = tn.MultiheadAttention(8, 2, dropout=0.1, bias=False, batch_first=True, causal=True)
+    model = tn.Sequential(tn.Linear(3, 8), tn.PositionalEmbedding(5, 8), mha,
+                          *_transformer_model().layers[1:-1], tn.MeanOverSteps(),
+                          tn.Linear(8, 2)).astype(dtype)
+    model.eval()
+    model.save(tmp_path / "t.npz")
+    loaded = tn.Sequential.load(tmp_path / "t.npz")
+    assert repr(loaded) == repr(model) and list(loaded.state_dict()) == list(model.state_dict())
+    keys = model.state_dict()
+    assert "5.self_attn.out_proj.weight" in keys and "2.in_proj_bias" not in keys
+    assert all(p.data.dtype == dtype for p in loaded.parameters())
+    x = randn(0, (2, 4, 3)).astype(dtype)
+    np.testing.assert_array_equal(loaded.eval().predict(x), model.predict(x))
+
+
+def test_transformer_model_fits_a_sequence_task():
+    """Which of 2 marked tokens comes first: needs attention across the sequence."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((256, 6, 2)).astype(np.float32) * 0.1
+    first, second = rng.integers(0, 6, 256), rng.integers(0, 6, 256)
+    X[np.arange(256), first, 0] = 1
+    X[np.arange(256), second, 1] = 1
+    y = (first < second).astype(np.int64)
+    tn.manual_seed(0)
+    model = tn.Sequential(tn.Linear(2, 16), tn.PositionalEmbedding(6, 16),
+                          tn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True),
+                          tn.MeanOverSteps(), tn.Linear(16, 2))
+    model.compile(tn.Adam(model.parameters(), lr=3e-3), tn.CrossEntropyLoss())
+    history = model.fit(X, y, batch_size=32, epochs=25, verbose=0)
+    assert history.history["accuracy"][-1] > 0.9
+
+
+@pytest.mark.parametrize("make, shape, match", [
+    (lambda: tn.MultiheadAttention(4, 2), (3, 4), r"^MultiheadAttention: expected a 3-D input "
+                                                  r"\(T, N, E\) with E = 4 and T >= 1 tokens, got "
+                                                  r"shape \(3, 4\)$"),
+    (lambda: tn.MultiheadAttention(4, 2, batch_first=True), (2, 3, 5),
+     r"^MultiheadAttention: .*\(N, T, E\).*\(2, 3, 5\)"),
+    (lambda: tn.MultiheadAttention(4, 2), (0, 2, 4),
+     r"^MultiheadAttention: .*T >= 1 tokens, got shape \(0, 2, 4\)"),
+    (lambda: tn.TransformerEncoderLayer(4, 2, 8, batch_first=True), (2, 0, 4),
+     r"^TransformerEncoderLayer: .*\(N, T, E\) with E = 4 and T >= 1 tokens, got shape "
+     r"\(2, 0, 4\)"),
+    (lambda: tn.TransformerEncoderLayer(4, 2, 8), (2, 3, 6),
+     r"^TransformerEncoderLayer: .*E = 4.*\(2, 3, 6\)"),
+    (lambda: tn.LayerNorm((3, 4)), (2, 4, 3),
+     r"^LayerNorm: expected input \(\*, 3, 4\), got shape \(2, 4, 3\)$"),
+    (lambda: tn.LayerNorm(4), (), r"^LayerNorm: expected input \(\*, 4\), got shape \(\)$"),
+    (lambda: tn.PositionalEmbedding(4, 3), (2, 5, 3),
+     r"^PositionalEmbedding: expected input \(N, T, 3\) with 1 <= T <= max_len=4, "
+     r"got shape \(2, 5, 3\)$"),
+    (lambda: tn.PositionalEmbedding(4, 3), (2, 0, 3),
+     r"^PositionalEmbedding: .*got shape \(2, 0, 3\)$"),
+    (lambda: tn.PositionalEmbedding(4, 3), (2, 3, 2),
+     r"^PositionalEmbedding: .*\(N, T, 3\).*\(2, 3, 2\)$"),
+    (lambda: tn.MeanOverSteps(), (2, 0, 3),
+     r"^MeanOverSteps: expected .* at least 1 step on axis 1, got shape"),
+    (lambda: tn.MeanOverSteps(2), (2, 3), r"^MeanOverSteps: .*axis 2, got shape \(2, 3\)$"),
+])
+def test_attention_layers_reject_bad_input(make, shape, match):
+    with pytest.raises(ValueError, match=match):
+        make().forward(np.zeros(shape))
+
+
+def test_attention_layers_reject_bad_arguments():
+    with pytest.raises(ValueError, match=r"^MultiheadAttention: embed_dim \(6\) must be divisible "
+                                         r"by num_heads \(4\)$"):
+        tn.MultiheadAttention(6, 4)
+    with pytest.raises(ValueError, match=r"^MultiheadAttention: embed_dim \(6\) .*\(4\)$"):
+        tn.TransformerEncoderLayer(6, 4)
+    with pytest.raises(ValueError, match=r"^GELU: approximate must be 'none' or 'tanh', "
+                                         r"got 'erf'$"):
+        tn.GELU("erf")
+    with pytest.raises(ValueError, match=r"^TransformerEncoderLayer: activation must be 'relu' or "
+                                         r"'gelu', got 'tanh'$"):
+        tn.TransformerEncoderLayer(4, 2, activation="tanh")
+    for layer in (tn.LayerNorm(3), tn.GELU(), tn.MultiheadAttention(4, 2),
+                  tn.PositionalEmbedding(3, 2), tn.MeanOverSteps()):
+        name = type(layer).__name__
+        with pytest.raises(RuntimeError, match=f"^{name}.backward called before forward$"):
+            layer.backward(np.ones((2, 3, 4)))
+
+
+def test_attention_layers_keep_float32():
+    tn.manual_seed(0)
+    model = tn.Sequential(tn.Linear(3, 8), tn.PositionalEmbedding(4, 8), tn.GELU(),
+                          tn.TransformerEncoderLayer(8, 2, 6, batch_first=True), tn.LayerNorm(8),
+                          tn.MeanOverSteps(), tn.Linear(8, 2))
+    x = randn(0, (2, 4, 3)).astype(np.float32)
+    y = model.forward(x)
+    assert y.dtype == np.float32 and model.backward(np.ones_like(y)).dtype == np.float32
+    assert all(p.grad.dtype == np.float32 and p.grad.any() for p in model.parameters())
+
+
+def test_train_mnist_transformer_model_and_attention_figure(tmp_path, figures):
+    train_mnist = importlib.import_module("train_mnist")
+    tn.manual_seed(0)
+    model = tn.Sequential(train_mnist.build_model("transformer")[0].layers)
+    X = np.random.default_rng(0).random((3, 1, 28, 28)).astype(np.float32)
+    assert model.forward(X).shape == (3, 10)
+    assert sum(isinstance(layer, tn.TransformerEncoderLayer) for layer in model) == 2
+    train_mnist.plot_attention(model, X[:1], np.array([7]), tmp_path / "attention.png")
+    _png_ok(tmp_path / "attention.png")
+    [fig] = figures
+    predicted = model.predict(X[:1]).argmax()
+    assert [ax.get_title() for ax in fig.axes[:3]] == [f"digit 7 (predicted {predicted})",
+                                                      "encoder layer 1", "encoder layer 2"]
+    assert fig.axes[1].get_xlabel() == "key: row attended to"
+    rows = fig.axes[1].images[0].get_array().sum(axis=1)
+    np.testing.assert_allclose(rows, 1, rtol=1e-5)           # each query's weights sum to 1
+
+
+# ════════════════════════════════════════════════════════════════════════════
 # Benchmark
 # ════════════════════════════════════════════════════════════════════════════
 
@@ -4457,7 +4816,7 @@ def test_bench_smoke_runs_every_table(tmp_path):
     r = _run("bench_tinynet.py", "--smoke", "--out", tmp_path / "bench.json", env={"TINYNET_DATA": DATA})
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "bench.json").read_text())
-    assert set(res["epochs"]) == {"mlp", "cnn-small", "cnn-32-64", "lstm"}
+    assert set(res["epochs"]) == {"mlp", "cnn-small", "cnn-32-64", "lstm", "transformer"}
     assert set(res["busy"]) == {"quiet", "busy"}
     assert {"Conv2d 32->64 k3 p1 @14", "Conv2d 1->32 k3 p1 @28", "Linear 784->256", "MaxPool2d(2) @28",
             "BatchNorm2d(32) @28"} <= set(res["layers"])
@@ -5182,6 +5541,12 @@ EXCERPT_ARGS |= {"Embedding": ((7, 3), (2, 5)), "RNN": ((3, 4, 2), (5, 2, 3)),
 EXCERPT_INPUTS = {"Embedding": lambda shape: np.random.default_rng(1).integers(0, 7, shape)}
 # layer: most lines of its excerpt (recurrent ones include _RNNBase: layers, directions, dropout)
 COPIED_WHOLE = {"Embedding": 60, "RNN": 140, "LSTM": 150, "GRU": 145}
+ATTENTION_EXCERPTS = {"LayerNorm": 120, "GELU": 120, "MultiheadAttention": 120,
+                      "TransformerEncoderLayer": 300}
+PUBLIC_LAYERS += [*ATTENTION_EXCERPTS, "PositionalEmbedding", "MeanOverSteps"]
+EXCERPT_ARGS |= {"LayerNorm": ((5,), (2, 3, 5)), "MultiheadAttention": ((6, 2, 0.2), (3, 2, 6)),
+                 "TransformerEncoderLayer": ((6, 3, 8), (3, 2, 6)),
+                 "PositionalEmbedding": ((4, 5), (2, 3, 5)), "MeanOverSteps": ((), (2, 3, 5))}
 
 
 def _definitions():
@@ -5248,6 +5613,7 @@ def test_each_layer_copies_out_alone_and_stays_short(capsys):
     with capsys.disabled():
         print("\ncopy excerpt lines: " + ", ".join(f"{k} {v}" for k, v in sizes.items()) + f"; median {median:g}")
     assert median <= 60 and sizes["Conv2d"] <= 120 and sizes["MaxPool2d"] <= 100, sizes
+    assert all(sizes[name] <= limit for name, limit in ATTENTION_EXCERPTS.items()), sizes
     assert all(sizes[name] <= most for name, most in COPIED_WHOLE.items()), sizes
 
 

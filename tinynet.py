@@ -6,9 +6,10 @@ float64. Images are NCHW. Parameters are float32 by default; a layer computes
 in the dtype of its input and parameters, and `model.astype(np.float64)`
 converts everything in place.
 
-Sections, in order: parameters and base layer · layers · losses · optimizers ·
-schedulers · Sequential, History and callbacks · saving, loading and PyTorch
-interop · gradient check · data · plots · training-script helpers.
+Sections, in order: parameters and base layer · layers (ending with sequences: embedding
+and recurrent layers) · attention and transformers · losses · optimizers · schedulers ·
+Sequential, History and callbacks · saving, loading and PyTorch interop · gradient check ·
+data · plots · training-script helpers.
 A layer copies out alone with `Layer` (the core: 26 lines), `Parameter`, `_rng`
 and the few helpers it names; saving, loading, astype and repr are LayerState's,
 composed into Layer in their own section. Only numpy (and the standard library)
@@ -106,9 +107,9 @@ def _check_input(layer, x, ndim, size=None, what="features"):
 
 
 class Linear(Layer):
-    """y = x W^T + b.   x: (N, in_features) -> y: (N, out_features); W: (out, in), b: (out,).
+    """y = x W^T + b.   x: (*, in_features) -> y: (*, out_features); W: (out, in), b: (out,).
 
-    backward: dW = dy^T x,  db = sum_n dy,  dx = dy W.
+    backward, summed over the leading axes (*): dW = dy^T x,  db = sum dy,  dx = dy W.
     W and b ~ U(-1/sqrt(in_features), 1/sqrt(in_features)), as torch.
     """
 
@@ -119,18 +120,21 @@ class Linear(Layer):
         self.bias = Parameter(_rng.uniform(-bound, bound, out_features).astype(np.float32)) if bias else None
 
     def forward(self, x):
-        self._cache = x = _check_input(self, x, 2, self.in_features)
-        y = x @ self.weight.data.T
+        self._cache = x = np.asarray(x)
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"Linear: expected input (*, {self.in_features}) with "
+                             f"{self.in_features} features on the last axis, got shape {x.shape}")
+        y = x.reshape(-1, self.in_features) @ self.weight.data.T       # (n, out), n = prod(*)
         if self.bias is not None:
             y += self.bias.data
-        return y
+        return y.reshape(x.shape[:-1] + (self.out_features,))
 
-    def backward(self, grad):                         # grad: (N, out_features)
-        x = self._saved()
-        self.weight.grad += grad.T @ x
+    def backward(self, grad):                         # grad: (*, out_features)
+        x, grad = self._saved(), grad.reshape(-1, self.out_features)
+        self.weight.grad += grad.T @ x.reshape(-1, self.in_features)
         if self.bias is not None:
             self.bias.grad += grad.sum(axis=0)
-        return grad @ self.weight.data if self.needs_input_grad else None
+        return (grad @ self.weight.data).reshape(x.shape) if self.needs_input_grad else None
 
 
 class ReLU(Layer):
@@ -226,6 +230,9 @@ class Flatten(Layer):
     so that the layers before get it in their own order (a Conv2d's outputs are batch-innermost)."""
 
     def __init__(self, start_dim=1, end_dim=-1):
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def __init__(self, start_dim=1, end_dim=-1):    # (stand-in: issue 20's Flatten replaces this)
         self.start_dim, self.end_dim = start_dim, end_dim
 
     def forward(self, x):
@@ -750,6 +757,277 @@ class LastStep(Layer):
         dx = np.zeros(self._saved(), grad.dtype)
         np.moveaxis(dx, self.dim, 0)[-1] = grad
         return dx
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Attention and transformers
+# ════════════════════════════════════════════════════════════════════════════
+# Sequences are (N, T, E) when batch_first, else torch's default (T, N, E): N sequences of
+# T tokens (steps) of E features.
+
+class LayerNorm(Layer):
+    """y = xhat * weight + bias,  xhat = (x - mean) / sqrt(var + eps), as torch.nn.LayerNorm:
+    mean and biased var over the last len(normalized_shape) axes (the n values of one token).
+    backward, g = dy * weight:  dx = (g - mean(g) - xhat * mean(g * xhat)) / sqrt(var + eps);
+    dweight = sum of dy * xhat, dbias = sum of dy over the leading axes. weight = 1, bias = 0."""
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True):
+        shape = tuple(normalized_shape) if np.ndim(normalized_shape) else (normalized_shape,)
+        self.normalized_shape, self.eps, self.elementwise_affine = shape, eps, elementwise_affine
+        if elementwise_affine:
+            self.weight = Parameter(np.ones(shape, np.float32))
+            self.bias = Parameter(np.zeros(shape, np.float32))
+
+    def forward(self, x):
+        x, axes = np.asarray(x), tuple(range(-len(self.normalized_shape), 0))
+        if x.shape[x.ndim + axes[0]:] != self.normalized_shape or x.ndim < len(axes):
+            dims = ", ".join(map(str, self.normalized_shape))
+            raise ValueError(f"LayerNorm: expected input (*, {dims}), got shape {x.shape}")
+        xc = x - x.mean(axis=axes, keepdims=True)
+        inv_std = 1 / np.sqrt((xc * xc).mean(axis=axes, keepdims=True) + self.eps)   # (*, 1, ...)
+        xhat = xc * inv_std
+        self._cache = xhat, inv_std
+        return xhat * self.weight.data + self.bias.data if self.elementwise_affine else xhat
+
+    def backward(self, grad):
+        (xhat, inv_std), axes = self._saved(), tuple(range(-len(self.normalized_shape), 0))
+        if self.elementwise_affine:
+            lead = tuple(range(grad.ndim + axes[0]))
+            self.weight.grad += (grad * xhat).sum(axis=lead)
+            self.bias.grad += grad.sum(axis=lead)
+            grad = grad * self.weight.data
+        gx_mean = (grad * xhat).mean(axis=axes, keepdims=True)
+        return (grad - grad.mean(axis=axes, keepdims=True) - xhat * gx_mean) * inv_std
+
+
+# exp(z^2) erfc(z) for 0 <= z <= 6 as a degree-18 Chebyshev series in u = (z - 2) / (z + 2),
+# interpolated once at math.erfc's values: erf(z) = 1 - exp(-z^2) erfcx(z) is then within 3e-15
+# of math.erf (and 1 - erf(z) < 3e-17 beyond z = 6).
+_ERFCX = np.polynomial.Chebyshev.interpolate(
+    lambda u: [math.exp(z * z) * math.erfc(z) for z in 2 * (1 + u) / (1 - u)], 18, domain=[-1, 0.5])
+
+
+def _erf(x):
+    """erf(x) = sign(x) (1 - exp(-z^2) erfcx(z)), z = |x|, vectorised (NumPy has no erf)."""
+    z = np.minimum(np.abs(x), 6.0)
+    return np.sign(x) * (1 - np.exp(-z * z) * _ERFCX((z - 2) / (z + 2)))
+
+
+class GELU(Layer):
+    """y = x Phi(x), as torch.nn.GELU;  backward: dx = dy (Phi(x) + x Phi'(x)).
+    approximate="none": Phi(x) = (1 + erf(x / sqrt(2))) / 2, the normal CDF, and
+    x Phi'(x) = x exp(-x^2 / 2) / sqrt(2 pi).  approximate="tanh": Phi(x) = (1 + tanh(u)) / 2,
+    u = sqrt(2 / pi) (x + 0.044715 x^3), and x Phi'(x) = x (1 - tanh(u)^2) du/dx / 2."""
+
+    def __init__(self, approximate="none"):
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if self.approximate == "tanh":
+            c = math.sqrt(2 / math.pi)
+            t = np.tanh(c * (x + 0.044715 * x ** 3))
+            cdf, x_pdf = (1 + t) / 2, x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x) / 2
+        else:
+            cdf = (1 + _erf(x / math.sqrt(2))) / 2
+            x_pdf = x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+        self._cache = (cdf + x_pdf).astype(x.dtype, copy=False)                   # dy/dx
+        return (x * cdf).astype(x.dtype, copy=False)
+
+    def backward(self, grad):
+        return grad * self._saved()
+
+
+def _check_tokens(layer, x, features, batch_first):
+    """x as an array, if (N, T, E = features) ((T, N, E) if not batch_first) with T >= 1."""
+    x, layout = np.asarray(x), "(N, T, E)" if batch_first else "(T, N, E)"
+    if x.ndim != 3 or x.shape[2] != features or x.shape[1 if batch_first else 0] == 0:
+        raise ValueError(f"{type(layer).__name__}: expected a 3-D input {layout} with "
+                         f"E = {features} and T >= 1 tokens, got shape {x.shape}")
+    return x
+
+
+class MultiheadAttention(Layer):
+    """Self-attention with h = num_heads heads, as torch.nn.MultiheadAttention's mha(x, x, x).
+    x: (N, T, E) if batch_first else (T, N, E); each head has hs = E / h features.
+    [q, k, v] = x W_in^T + b_in, split into heads;  A = softmax(q k^T / sqrt(hs) + M) over keys,
+    M = -inf above the diagonal if causal (token t sees tokens <= t), else 0;  D = dropout(A);
+    o = D v, heads concatenated;  y = o W_out^T + b_out.
+    backward: do = dy W_out;  dD = do v^T,  dv = D^T do,  dA = dropout'(dD),
+    dS = A * (dA - sum_keys dA * A),  dq = dS k / sqrt(hs),  dk = dS^T q / sqrt(hs);
+    dW_in = dqkv^T x,  dx = dqkv W_in (b_in, W_out, b_out: as a Linear's).
+    Init as torch: W_in Xavier-uniform, W_out U(-1/sqrt(E), 1/sqrt(E)), biases 0. After forward
+    .attn_weights is A averaged over the heads, (N, T, T) (torch's need_weights, before dropout)."""
+
+    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, batch_first=False,
+                 causal=False):
+        if embed_dim % num_heads:
+            raise ValueError(f"MultiheadAttention: embed_dim ({embed_dim}) must be divisible by "
+                             f"num_heads ({num_heads})")
+        self.embed_dim, self.num_heads, self.dropout = embed_dim, num_heads, dropout
+        self.bias, self.batch_first, self.causal, e = bias, batch_first, causal, embed_dim
+        w_in = _rng.uniform(-1, 1, (3 * e, e)) * math.sqrt(6 / (e + 3 * e))          # (3E, E)
+        self.in_proj_weight = Parameter(w_in.astype(np.float32))
+        self.in_proj_bias = Parameter(np.zeros(3 * e, np.float32)) if bias else None
+        w_out = _rng.uniform(-1, 1, (e, e)) / math.sqrt(e)                            # (E, E)
+        self.out_proj_weight = Parameter(w_out.astype(np.float32))
+        self.out_proj_bias = Parameter(np.zeros(e, np.float32)) if bias else None
+
+    def named_parameters(self):       # torch's names, in torch's order
+        return [(k.replace("out_proj_", "out_proj."), p) for k, p in vars(self).items()
+                if hasattr(p, "grad")]
+
+    def forward(self, x):
+        x = _check_tokens(self, x, self.embed_dim, self.batch_first)
+        x = x if self.batch_first else x.transpose(1, 0, 2)                  # (N, T, E)
+        (n, t, e), h = x.shape, self.num_heads
+        qkv = x.reshape(n * t, e) @ self.in_proj_weight.data.T               # (N T, 3E)
+        qkv += 0 if self.in_proj_bias is None else self.in_proj_bias.data
+        q, k, v = qkv.reshape(n, t, 3, h, e // h).transpose(2, 0, 3, 1, 4)  # each (N, h, T, hs)
+        s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(e // h)                  # (N, h, T, T)
+        if self.causal:
+            s += np.triu(np.full((t, t), -np.inf, s.dtype), 1)
+        a = np.exp(s - s.max(axis=-1, keepdims=True))
+        a /= a.sum(axis=-1, keepdims=True)
+        self.attn_weights, keep = a.mean(axis=1), 1                          # (N, T, T)
+        if self.training and self.dropout > 0:
+            keep = _rng.random(a.shape, dtype=np.float32) >= self.dropout
+            keep = keep.astype(a.dtype) / a.dtype.type(1 - self.dropout)
+        o = (a * keep @ v).transpose(0, 2, 1, 3).reshape(n * t, e)           # (N T, E)
+        self._cache = x, o, q, k, v, a, keep
+        y = o @ self.out_proj_weight.data.T
+        y = (y + (0 if self.out_proj_bias is None else self.out_proj_bias.data)).reshape(n, t, e)
+        return y if self.batch_first else y.transpose(1, 0, 2)
+
+    def backward(self, grad):
+        x, o, q, k, v, a, keep = self._saved()
+        (n, t, e), h = x.shape, self.num_heads
+        grad = (grad if self.batch_first else grad.transpose(1, 0, 2)).reshape(n * t, e)
+        self.out_proj_weight.grad += grad.T @ o
+        do = (grad @ self.out_proj_weight.data).reshape(n, t, h, e // h).transpose(0, 2, 1, 3)
+        dd = do @ v.transpose(0, 1, 3, 2)                                    # (N, h, T, T)
+        dv = (a * keep).transpose(0, 1, 3, 2) @ do                           # (N, h, T, hs)
+        ds = a * (dd * keep - (dd * keep * a).sum(axis=-1, keepdims=True)) / math.sqrt(e // h)
+        dqkv = np.stack([ds @ k, ds.transpose(0, 1, 3, 2) @ q, dv], axis=2)  # (N, h, 3, T, hs)
+        dqkv = dqkv.transpose(0, 3, 2, 1, 4).reshape(n * t, 3 * e)
+        self.in_proj_weight.grad += dqkv.T @ x.reshape(n * t, e)
+        for b, g in ((self.in_proj_bias, dqkv), (self.out_proj_bias, grad)):
+            if b is not None:
+                b.grad += g.sum(axis=0)
+        dx = (dqkv @ self.in_proj_weight.data).reshape(n, t, e)
+        return dx if self.batch_first else dx.transpose(1, 0, 2)
+
+
+class TransformerEncoderLayer(Layer):
+    """Self-attention, then a feed-forward block, each with dropout, a residual connection and a
+    LayerNorm, as torch.nn.TransformerEncoderLayer (same sublayers, names and state-dict keys).
+    sa(x) = dropout1(self_attn(x)),  ff(x) = dropout2(linear2(dropout(activation(linear1(x))))).
+    post-norm (norm_first=False):  h = norm1(x + sa(x)),  y = norm2(h + ff(h)).
+    pre-norm (norm_first=True):    h = x + sa(norm1(x)),  y = h + ff(norm2(h)).
+    backward: the sublayers' backward in reverse order; a residual adds the gradient of its
+    branch to the one that skips it (x + f(x): dx = dy + f'(dy))."""
+
+    def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1, activation="relu",
+                 layer_norm_eps=1e-5, batch_first=False, norm_first=False):
+        if activation not in ("relu", "gelu"):
+            raise ValueError(f"TransformerEncoderLayer: activation must be 'relu' or 'gelu', "
+                             f"got {activation!r}")
+        self.d_model, self.nhead, self.dim_feedforward = d_model, nhead, dim_feedforward
+        self.dropout, self.activation, self.layer_norm_eps = dropout, activation, layer_norm_eps
+        self.batch_first, self.norm_first, d, f = batch_first, norm_first, d_model, dim_feedforward
+        self.self_attn = MultiheadAttention(d, nhead, dropout, batch_first=batch_first)
+        self.linear1, self.linear2 = Linear(d, f), Linear(f, d)
+        self.norm1, self.norm2 = LayerNorm(d, layer_norm_eps), LayerNorm(d, layer_norm_eps)
+        self.dropout1, self.dropout2 = Dropout(dropout), Dropout(dropout)
+        self.dropout_ff = Dropout(dropout)                                   # torch's `dropout`
+        act = ReLU() if activation == "relu" else GELU()
+        self.sa = [self.self_attn, self.dropout1]                            # the two branches
+        self.ff = [self.linear1, act, self.dropout_ff, self.linear2, self.dropout2]
+
+    def named_parameters(self):       # torch's keys: self_attn.in_proj_weight, linear1.weight, ...
+        layers = [(k, v) for k, v in vars(self).items() if isinstance(v, Layer)]
+        return [(f"{k}.{n}", p) for k, layer in layers for n, p in layer.named_parameters()]
+
+    def parameters(self):             # in the same order
+        return [p for layer in self.sa + self.ff + [self.norm1, self.norm2]
+                for p in layer.parameters()]
+
+    def train(self, mode=True):
+        self.training = mode
+        for layer in self.sa + self.ff + [self.norm1, self.norm2]:
+            layer.train(mode)
+        return self
+
+    def forward(self, x):
+        x, run = _check_tokens(self, x, self.d_model, self.batch_first), self._chain
+        if self.norm_first:
+            h = x + run(self.sa, self.norm1.forward(x))
+            return h + run(self.ff, self.norm2.forward(h))
+        h = self.norm1.forward(x + run(self.sa, x))
+        return self.norm2.forward(h + run(self.ff, h))
+
+    def backward(self, grad):
+        if self.norm_first:
+            dh = grad + self.norm2.backward(self._chain(self.ff, grad, back=True))
+            return dh + self.norm1.backward(self._chain(self.sa, dh, back=True))
+        dz = self.norm2.backward(grad)
+        dh = self.norm1.backward(dz + self._chain(self.ff, dz, back=True))
+        return dh + self._chain(self.sa, dh, back=True)
+
+    @staticmethod
+    def _chain(layers, x, back=False):    # the layers' forward in order, or their backward reversed
+        for layer in reversed(layers) if back else layers:
+            x = layer.backward(x) if back else layer.forward(x)
+        return x
+
+
+class PositionalEmbedding(Layer):
+    """A learned position embedding (BERT, GPT-2, ViT): y[:, t] = x[:, t] + weight[t];
+    x: (N, T, E), T <= max_len; weight: (max_len, E) ~ N(0, 0.02^2).
+    backward: dx = dy, dweight[t] = sum_n dy[n, t].
+    torch.nn has none: there one writes pos = nn.Parameter(0.02 * torch.randn(max_len, E)) and
+    x + pos[:x.shape[1]]."""
+
+    def __init__(self, max_len, embedding_dim):
+        self.max_len, self.embedding_dim = max_len, embedding_dim
+        w = _rng.standard_normal((max_len, embedding_dim), np.float32)
+        self.weight = Parameter(np.float32(0.02) * w)
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if x.ndim != 3 or not 1 <= x.shape[1] <= self.max_len or x.shape[2] != self.embedding_dim:
+            raise ValueError(f"PositionalEmbedding: expected input (N, T, {self.embedding_dim}) "
+                             f"with 1 <= T <= max_len={self.max_len}, got shape {x.shape}")
+        self._cache = x.shape[1]
+        return x + self.weight.data[:x.shape[1]]
+
+    def backward(self, grad):
+        self.weight.grad[:self._saved()] += grad.sum(axis=0)
+        return grad
+
+
+class MeanOverSteps(Layer):
+    """The mean over the steps (tokens) axis, as Keras's GlobalAveragePooling1D: y = x.mean(dim);
+    backward: dx = dy / T, repeated over the T steps. (N, T, E) -> (N, E) with dim=1.
+    torch.nn has no such layer: in torch one writes `x.mean(dim=1)`."""
+
+    def __init__(self, dim=1):
+        self.dim = dim
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if x.ndim < 2 or not -x.ndim <= self.dim < x.ndim or x.shape[self.dim] == 0:
+            raise ValueError(f"MeanOverSteps: expected an input with at least 1 step on axis "
+                             f"{self.dim}, got shape {x.shape}")
+        self._cache = x.shape
+        return x.mean(axis=self.dim)
+
+    def backward(self, grad):
+        shape = self._saved()
+        grad = np.expand_dims(grad / shape[self.dim], self.dim)
+        return np.broadcast_to(grad, shape).copy()
 
 
 # ════════════════════════════════════════════════════════════════════════════
@@ -2626,6 +2904,25 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None):
 _TORCH_LAYERS = ("Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout",
                  "Flatten", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax")
 _TORCH_LAYERS += ("Embedding", "RNN", "LSTM", "GRU", "LastStep")   # see _torch_sequence_modules
+_TORCH_LAYERS += ("LayerNorm", "GELU", "TransformerEncoderLayer")
+# why some tinynet layers have no twin in torch.nn.Sequential
+_NOT_IN_TORCH = {
+    "MultiheadAttention": "torch's takes (query, key, value) and returns a tuple, so it cannot "
+                          "sit in torch.nn.Sequential; TransformerEncoderLayer can",
+    "PositionalEmbedding": "torch.nn has none: write nn.Parameter(table) and x + table[:T]",
+    "MeanOverSteps": "torch.nn has none: write x.mean(dim=1)"}
+
+
+def _torch_encoder_args(m):
+    """TransformerEncoderLayer's constructor arguments read from a torch one (it keeps no copy)."""
+    if m.activation_relu_or_gelu not in (1, 2) or m.linear1.bias is None or m.norm1.bias is None:
+        raise ValueError(f"Sequential.from_torch: {type(m).__name__} with a custom activation or "
+                         "bias=False is not supported")
+    return dict(d_model=m.self_attn.embed_dim, nhead=m.self_attn.num_heads,
+                dim_feedforward=m.linear1.out_features, dropout=m.dropout.p,
+                activation=("relu", "gelu")[m.activation_relu_or_gelu - 1],
+                layer_norm_eps=m.norm1.eps, batch_first=m.self_attn.batch_first,
+                norm_first=m.norm_first)
 _TORCH_DEFAULTS = {"dilation": (1, (1, 1)), "groups": (1,), "padding_mode": ("zeros",), "ceil_mode": (False,),
                    "return_indices": (False,), "count_include_pad": (True,), "divisor_override": (None,),
                    "affine": (True,), "track_running_stats": (True,)}
@@ -2661,8 +2958,9 @@ def _to_torch(model):
     for i, layer in enumerate(model.layers):
         config = layer.config()
         if config["class"] not in _TORCH_LAYERS:
-            raise ValueError(f"Sequential.to_torch: layer {i} ({layer!r}) has no torch.nn equivalent; "
-                             f"convertible: {', '.join(_TORCH_LAYERS)}")
+            why = f" ({_NOT_IN_TORCH[config['class']]})" if config["class"] in _NOT_IN_TORCH else ""
+            raise ValueError(f"Sequential.to_torch: layer {i} ({layer!r}) has no torch.nn "
+                             f"equivalent{why}; convertible: {', '.join(_TORCH_LAYERS)}")
         cls = modules.get(config["class"]) or getattr(torch.nn, config["class"])
         layers.append(cls(**config["kwargs"]))
     net = torch.nn.Sequential(*layers).to(getattr(torch, model._dtype().name)).train(model.training)
@@ -2685,6 +2983,9 @@ def _from_torch(module):
                 raise ValueError(f"Sequential.from_torch: module {i} ({m}): {option}="
                                  f"{getattr(m, option)!r} is not supported")
         cls = globals()[name]
+        if name == "TransformerEncoderLayer":
+            layers.append(cls(**_torch_encoder_args(m)))
+            continue
         bias = getattr(m, "bias", None)        # a Parameter or None (Linear), or a flag (LSTM)
         layers.append(cls(**{a: bias is not None and bias is not False if a == "bias"
                              else getattr(m, a) for a, _ in _init_args(cls)}))

@@ -12,6 +12,9 @@ trains with MSELoss on one-hot targets.
 --model lstm and --model gru read each image as 28 rows of 28 pixels (a sequence of 28 steps,
 batch_first): LSTM or GRU(28, 128), its last step (tn.LastStep), Linear(128, 10); 8 epochs,
 Adam and OneCycleLR as the default run.
+--model transformer reads each image as 28 tokens (its rows): a Linear token embedding, a
+learned position embedding, two encoder layers, the mean over tokens, Linear; 6 epochs, and
+draws its attention weights (attention.png).
 --embeddings draws 1,000 training images in 2-D, raw pixels beside the learned
 features (the input of the last Linear layer), with t-SNE (scikit-learn) or
 --projection pca, and trains an even/odd logistic regression (a linear probe)
@@ -74,10 +77,15 @@ def gru(**_):
     return _recurrent(tn.GRU)
 
 
+def transformer(**_):
+    """28 rows as tokens, two encoder layers, the mean over tokens: see transformer_layers."""
+    return transformer_layers(), "transformer 28 rows as tokens: d_model 64, 4 heads, 2 layers"
+
+
 # --model: name -> (builder of (layers, description) from the model flags, default --epochs).
 # A new architecture is one more builder and one more entry here.
 MODELS = {"mlp": (mlp, 10), "cnn": (cnn, 6), "labcnn": (labcnn, 15), "lstm": (lstm, 8),
-          "gru": (gru, 8)}
+          "gru": (gru, 8), "transformer": (transformer, 6)}
 
 
 def build_model(kind="mlp", loss="ce", **options):
@@ -85,6 +93,41 @@ def build_model(kind="mlp", loss="ce", **options):
     output for the MSE loss -> (Sequential, a one-line description)."""
     layers, description = MODELS[kind][0](**options)
     return tn.Sequential(layers + [tn.Softmax()] if loss == "mse" else layers), description
+
+
+def transformer_layers(d_model=64, nhead=4, dim_feedforward=128, dropout=0.1):
+    """Each image as 28 tokens (its rows) of 28 pixels: (N, 1, 28, 28) -> (N, 28, 28) -> a
+    Linear(28, d_model) token embedding plus a learned position embedding -> two encoder
+    layers -> the mean over the 28 tokens -> Linear(d_model, 10)."""
+    return [tn.Flatten(1, 2), tn.Linear(28, d_model), tn.PositionalEmbedding(28, d_model),
+            *[tn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, batch_first=True)
+              for _ in range(2)],
+            tn.MeanOverSteps(dim=1), tn.Linear(d_model, 10)]
+
+
+def plot_attention(model, X, y, path):
+    """attention.png: for each image of X (a row of the figure), the image and, per encoder
+    layer, which rows (keys, x axis) each row (query, y axis) attends to, averaged over heads."""
+    plt = tn._pyplot()
+    model.eval()
+    y_pred = model.predict(X).argmax(axis=1)
+    model.forward(X)                                 # leaves each layer's attention weights
+    layers = [layer for layer in model if isinstance(layer, tn.TransformerEncoderLayer)]
+    fig, axes = plt.subplots(len(X), 1 + len(layers), figsize=(3.2 * (1 + len(layers)), 3 * len(X)),
+                             layout="constrained", squeeze=False)
+    for i, row in enumerate(axes):
+        row[0].imshow(X[i, 0], cmap="gray_r")
+        row[0].set_title(f"digit {y[i]} (predicted {y_pred[i]})", fontsize=10)
+        row[0].set_ylabel("image row (token)")
+        for j, layer in enumerate(layers):
+            im = row[j + 1].imshow(layer.self_attn.attn_weights[i], cmap="viridis")
+            row[j + 1].set_title(f"encoder layer {j + 1}", fontsize=10)
+            row[j + 1].set_ylabel("query: row attending")
+            row[j + 1].set_xlabel("key: row attended to")
+            fig.colorbar(im, ax=row[j + 1], shrink=0.8, label="attention weight")
+    fig.suptitle("Transformer attention on MNIST test digits: each image row is a token; "
+                 "weights averaged over heads", fontsize=11)
+    tn._save(fig, path, "plot_attention")
 
 
 def loss_for(kind):
@@ -262,6 +305,8 @@ def main(argv=None):
     if not args.no_plots:
         title = f"MNIST {args.model}, {args.loss} loss, {args.optimizer} lr {args.lr:g}"
         tn.save_run_figures(history, y_test, y_pred, args.out, title, X_test=X_test)
+    if args.model == "transformer" and not args.no_plots:
+        plot_attention(model, X_test[:4], y_test[:4], os.path.join(args.out, "attention.png"))
     if args.embeddings:
         embeddings(model, args, X_train, y_train, X_test, y_test)
     if args.compare_optimizers:
