@@ -4257,6 +4257,7 @@ def test_plot_history_ticks_whole_epochs(pyplot, epochs):
     if epochs < 3:
         assert ticks == list(range(1, epochs + 1)) and ax.get_xlim() == (0.5, epochs + 0.5)
     assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "loss"
+    assert ax.xaxis.get_gridlines()[0].get_visible()                   # a light grid
 
 
 def test_plot_titles_wrap_to_the_figure_width(pyplot):
