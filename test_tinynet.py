@@ -4336,6 +4336,13 @@ def test_make_scheduler_counts_the_steps_as_fit_does(train_size, batch_size, bat
     assert make("none", 3) is None
 
 
+def test_onecycle_and_run_line_with_an_optimizer_without_momentum_or_betas():
+    opt = tn.Adagrad([tn.Parameter(np.zeros(2))], lr=0.1)      # neither momentum nor betas
+    scheduler = tn.make_scheduler("onecycle", opt, 2, 10, 5)
+    assert not scheduler.cycle_momentum and "momentum" not in opt.param_groups[0]
+    assert tn.describe_run("m", opt, scheduler).startswith("training m | Adagrad lr 0.1, momentum 0,")
+
+
 def test_make_scheduler_rejects_unknown_names():
     opt = tn.SGD([tn.Parameter(np.zeros(2))], lr=1.0)
     with pytest.raises(ValueError, match="make_scheduler: expected one of"):
@@ -6105,6 +6112,7 @@ def test_plot_history_ticks_whole_epochs(pyplot, epochs):
     if epochs < 3:
         assert ticks == list(range(1, epochs + 1)) and ax.get_xlim() == (0.5, epochs + 0.5)
     assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "loss"
+    assert ax.xaxis.get_gridlines()[0].get_visible()                   # a light grid
 
 
 def test_plot_titles_wrap_to_the_figure_width(pyplot):
