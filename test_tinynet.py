@@ -3935,7 +3935,8 @@ def test_onecycle_and_run_line_with_an_optimizer_without_momentum_or_betas():
     opt = tn.Adagrad([tn.Parameter(np.zeros(2))], lr=0.1)      # neither momentum nor betas
     scheduler = tn.make_scheduler("onecycle", opt, 2, 10, 5)
     assert not scheduler.cycle_momentum and "momentum" not in opt.param_groups[0]
-    assert tn.describe_run("m", opt, scheduler).startswith("training m | Adagrad lr 0.1, momentum 0,")
+    line = tn.describe_run("m", opt, scheduler)
+    assert line.startswith("training m | Adagrad lr 0.1, momentum 0,")
 
 
 def test_print_table_and_save_model_and_history(tmp_path, capsys):
