@@ -4340,7 +4340,24 @@ def test_onecycle_and_run_line_with_an_optimizer_without_momentum_or_betas():
     opt = tn.Adagrad([tn.Parameter(np.zeros(2))], lr=0.1)      # neither momentum nor betas
     scheduler = tn.make_scheduler("onecycle", opt, 2, 10, 5)
     assert not scheduler.cycle_momentum and "momentum" not in opt.param_groups[0]
-    assert tn.describe_run("m", opt, scheduler).startswith("training m | Adagrad lr 0.1, momentum 0,")
+    line = tn.describe_run("m", opt, scheduler)
+    assert line.startswith("training m | Adagrad lr 0.1, momentum 0,")
+
+
+def test_print_table_and_save_model_and_history(tmp_path, capsys):
+    tn.print_table([{"run": "a", "acc": 0.5}, {"run": "bb", "acc": 0.123456}], tmp_path / "t.csv")
+    assert capsys.readouterr().out.splitlines() == ["run  acc", "a    0.5", "bb   0.1235"]
+    assert (tmp_path / "t.csv").read_text() == "run,acc\na,0.5\nbb,0.123456\n"
+    tn.print_table([{"one row": 1}])
+    assert capsys.readouterr().out == "one row\n1\n"
+    tn.manual_seed(0)
+    model = tn.Sequential(tn.Linear(3, 2))
+    model.compile(tn.SGD(model.parameters(), lr=0.1), tn.CrossEntropyLoss())
+    history = model.fit(np.ones((4, 3), np.float32), np.array([0, 1, 0, 1]), epochs=2, verbose=0)
+    tn.save_model_and_history(model, history, tmp_path)
+    np.testing.assert_array_equal(tn.Sequential.load(tmp_path / "model.npz")[0].weight.data,
+                                  model[0].weight.data)
+    assert len((tmp_path / "history.csv").read_text().splitlines()) == 3
 
 
 def test_make_scheduler_rejects_unknown_names():
