@@ -3924,7 +3924,7 @@ def test_script_help(script, monkeypatch, capsys):
         assert flag in out
     assert "a small subset and 1 epoch" in out
     extra = {"train_mnist": ("--projection {tsne,pca}", "--embeddings"), "train_svhn": ("--sweep", "--batchnorm"),
-             "train_iris": ("--loss {ce,nll}", "--activation {relu,sigmoid}", "--trajectories")}[script]
+             "train_iris": ("--loss {ce,nll,mse}", "--activation {relu,sigmoid}", "--trajectories")}[script]
     for flag in extra:
         assert flag in out
 
@@ -5548,6 +5548,16 @@ def test_train_mnist_recurrent_models_read_rows_as_steps(model, tmp_path):
     )                 # stops at the missing data, after the config
     assert r.returncode == 1 and "'epochs': 8," in r.stdout
 
+
+def test_train_iris_mse_is_the_labs_summed_squared_error(tmp_path, capsys):
+    """--loss mse: a Softmax output and MSELoss(reduction="sum") on one-hot targets, as the lab."""
+    train_iris = importlib.import_module("train_iris")
+    train_iris.main(["--loss", "mse", "--quick", "--no-plots", "--threads", "1",
+                     "--out", str(tmp_path)])
+    assert "mse loss" in capsys.readouterr().out
+    model = tn.Sequential.load(tmp_path / "model.npz")
+    assert isinstance(model[-1], tn.Softmax) and isinstance(model.loss, tn.MSELoss)
+    assert model.loss.reduction == "sum"
 
 # ════════════════════════════════════════════════════════════════════════════
 # Copying a class: the minimal excerpt of each layer runs alone and stays short

@@ -4,7 +4,9 @@ Stratified 80/20 train/test split, then 20% of the training part held out for
 validation. The model's first layer, Normalize, standardises each feature with
 the training part's mean and standard deviation; they are saved with the model,
 so evaluation and Sequential.load use the same statistics. --loss nll puts a
-LogSoftmax on the output and trains with NLLLoss, as the lab does; --activation
+LogSoftmax on the output and trains with NLLLoss, as the lab does; --loss mse puts a
+Softmax on the output and trains with MSELoss(reduction="sum") on one-hot targets, the
+lab's summed squared error (torch's reduction="sum"); --activation
 sigmoid uses Sigmoid hidden units. --trajectories also draws SGD, momentum,
 RMSprop, Adam and Lion minimising the lab's quadratic and Rosenbrock's function
 (trajectories.png). Saves model.npz, history.csv, loss.png, accuracy.png,
@@ -21,10 +23,11 @@ CLASSES = ("setosa", "versicolor", "virginica")
 
 
 def build_model(mean, std, activation="relu", loss="ce"):
-    """Normalize(mean, std), 4-100-act-100-act-3; a LogSoftmax output for NLLLoss."""
+    """Normalize(mean, std), 4-100-act-100-act-3; a LogSoftmax output for NLLLoss, a Softmax
+    output for MSELoss."""
     act = {"relu": tn.ReLU, "sigmoid": tn.Sigmoid}[activation]
     layers = [tn.Normalize(mean, std), tn.Linear(4, 100), act(), tn.Linear(100, 100), act(), tn.Linear(100, 3)]
-    return tn.Sequential(layers + [tn.LogSoftmax()] if loss == "nll" else layers)
+    return tn.Sequential(layers + {"nll": [tn.LogSoftmax()], "mse": [tn.Softmax()]}.get(loss, []))
 
 
 def load_iris_or_exit(data_dir):
@@ -84,8 +87,9 @@ def draw_trajectories(path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     tn.add_common_args(parser, epochs=100, batch_size=16, lr=1e-3)
-    parser.add_argument("--loss", choices=("ce", "nll"), default="ce",
-                        help="ce: CrossEntropyLoss on logits; nll: LogSoftmax + NLLLoss (%(default)s)")
+    parser.add_argument("--loss", choices=("ce", "nll", "mse"), default="ce",
+                        help="ce: CrossEntropyLoss on logits; nll: LogSoftmax + NLLLoss; mse: "
+                             "Softmax + MSELoss(reduction='sum') on one-hot targets (%(default)s)")
     parser.add_argument("--activation", choices=("relu", "sigmoid"), default="relu",
                         help="hidden-layer activation (%(default)s)")
     parser.add_argument("--trajectories", action="store_true",
@@ -109,16 +113,18 @@ def main(argv=None):
     print(f"train {len(X_train)}, validation {len(X_val)}, test {len(X_test)} samples")
 
     model = build_model(X_train.mean(axis=0), X_train.std(axis=0), args.activation, args.loss)
-    print(model.summary((4,)))
+    model.summary((4,))
     optimizer = tn.make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay,
                                   args.decay_all)
     scheduler = tn.make_scheduler(args.scheduler, optimizer, args.epochs, len(X_train),
                                   args.batch_size, args.gamma, args.step_every)
-    model.compile(optimizer, tn.NLLLoss() if args.loss == "nll" else tn.CrossEntropyLoss(), scheduler=scheduler)
+    loss = {"ce": tn.CrossEntropyLoss(), "nll": tn.NLLLoss(), "mse": tn.MSELoss(reduction="sum")}
+    model.compile(optimizer, loss[args.loss], scheduler=scheduler)
+    target = (lambda y: tn.one_hot(y, 3)) if args.loss == "mse" else (lambda y: y)
     description = f"mlp 4-100-100-3 {args.activation}, {args.loss} loss"
     print(tn.describe_run(description, optimizer, scheduler))
-    history = model.fit(X_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                        validation_data=(X_val, y_val), verbose=1, callbacks=tn.blas_thread_callbacks(args.threads))
+    history = model.fit(X_train, target(y_train), epochs=args.epochs, batch_size=args.batch_size,
+                        validation_data=(X_val, target(y_val)), verbose=1, callbacks=tn.blas_thread_callbacks(args.threads))
 
     y_pred = model.predict(X_test).argmax(axis=1)
     tn.save_model_and_history(model, history, args.out)

@@ -288,7 +288,7 @@ def main(argv=None):
     t_train, t_val = targets_for(args.loss, y_train), targets_for(args.loss, y_val)
 
     model, description = build_model(args.model, args.loss, **model_options(args))
-    print(model.summary((1, 28, 28)))
+    model.summary((1, 28, 28))
     optimizer = tn.make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay,
                                   args.decay_all)
     scheduler = tn.make_scheduler(args.scheduler, optimizer, args.epochs, len(X_train),

@@ -167,7 +167,7 @@ def main(argv=None):
         title = f"SVHN {args.model}, best of the sweep: {name}"
     else:
         model = build_model(mean, std, args.model, args.batchnorm)
-        print(model.summary((3, 32, 32)))
+        model.summary((3, 32, 32))
         if args.gradcheck:
             check_gradients(model, X_train[:4])
         optimizer = tn.make_optimizer(args.optimizer, model.parameters(), args.lr,
