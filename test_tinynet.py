@@ -5497,6 +5497,8 @@ def test_sequence_model_fits_a_sequence_task():
             ValueError,
             r"^Flatten: .*end_dim=3 do not fit.*\(2, 3, 4\)",
         ),
+        (lambda: tn.Flatten(0, 3), np.zeros((2, 3, 4)), ValueError, r"^Flatten: .*end_dim=3 do"),
+        (lambda: tn.Flatten(3, -1), np.zeros((2, 3, 4)), ValueError, r"^Flatten: start_dim=3,"),
     ],
     ids=[
         "LSTM-rank",
@@ -5511,6 +5513,8 @@ def test_sequence_model_fits_a_sequence_task():
         "LastStep-no-steps",
         "Flatten-order",
         "Flatten-range",
+        "Flatten-end-beyond",
+        "Flatten-start-beyond",
     ],
 )
 def test_sequence_layers_reject_bad_input(layer, x, exc, match):

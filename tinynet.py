@@ -237,10 +237,11 @@ class Flatten(Layer):
 
     def forward(self, x):
         self._cache, n = x, x.ndim
-        start, end = self.start_dim % max(n, 1), self.end_dim % max(n, 1)
-        if not (-n <= self.start_dim < n and -n <= self.end_dim < n and start <= end):
+        if not (-n <= self.start_dim < n and -n <= self.end_dim < n
+                and self.start_dim % n <= self.end_dim % n):
             raise ValueError(f"Flatten: start_dim={self.start_dim}, end_dim={self.end_dim} do not "
                              f"fit an input of shape {x.shape} (or start_dim comes after end_dim)")
+        start, end = self.start_dim % n, self.end_dim % n
         return x.reshape(x.shape[:start] + (math.prod(x.shape[start:end + 1]),) + x.shape[end + 1:])
 
     def backward(self, grad):
