@@ -3836,6 +3836,28 @@ def test_nll_loss_takes_a_certain_row_and_names_the_first_bad_one():
         tn.NLLLoss()(np.vstack([certain, [[0.5, -1.0, -2.0]]]), np.array([0, 1, 0]))
 
 
+def test_bce_with_logits_rejects_a_scalar_and_a_third_axis():
+    for shape in ((), (4, 1, 1), (4, 3)):
+        with pytest.raises(ValueError, match=r"^BCEWithLogitsLoss: expected logits \(N,\) or \(N, 1\)"):
+            tn.BCEWithLogitsLoss()(np.zeros(shape), np.zeros(shape))
+
+
+class _Options(tn.Layer):
+    def __init__(self, shift=None, center=False, bias=True):
+        self.shift, self.center = shift, center
+        self.bias = tn.Parameter(np.zeros(1)) if bias else None
+
+    def forward(self, x):
+        return x
+
+
+def test_config_tells_the_bias_parameter_from_flags_and_none():
+    """A Parameter (or None) stands for the bias flag; other flags and None values stay as they are."""
+    assert _Options().config()["kwargs"] == {"shift": None, "center": False, "bias": True}
+    assert (_Options(shift=1.5, center=True, bias=False).config()["kwargs"]
+            == {"shift": 1.5, "center": True, "bias": False})
+
+
 def test_mse_loss_takes_integer_lists():
     loss = tn.MSELoss()
     assert loss([1, 2, 3], [1, 1, 1]) == pytest.approx(5 / 3)
