@@ -1333,6 +1333,7 @@ def _plateau_metrics():
     (dict(threshold_mode="abs", threshold=0.001, patience=2, cooldown=1, factor=0.5, min_lr=1e-4), 1, 0.1),
     (dict(mode="max", threshold_mode="abs", threshold=0.0, patience=0, factor=0.5), 1, 1e-6),   # eps stops it
     (dict(mode="max", threshold_mode="abs", threshold=1e-3, patience=2, factor=0.5), -1, 0.1),
+    (dict(patience=0, factor=0.9), 1, 0.1),                      # the default threshold, rel 1e-4
 ])
 def test_reduce_lr_on_plateau_matches_torch(kw, sign, lr):
     metrics = sign * _plateau_metrics()
