@@ -984,16 +984,13 @@ class TransformerEncoderLayer(Layer):
 
 
 class PositionalEmbedding(Layer):
-    """A learned position embedding (BERT, GPT-2, ViT): y[:, t] = x[:, t] + weight[t];
-    x: (N, T, E), T <= max_len; weight: (max_len, E) ~ N(0, 0.02^2).
-    backward: dx = dy, dweight[t] = sum_n dy[n, t].
-    torch.nn has none: there one writes pos = nn.Parameter(0.02 * torch.randn(max_len, E)) and
-    x + pos[:x.shape[1]]."""
+    """y[:, t] = x[:, t] + weight[t]: a learned position embedding (BERT, GPT-2, ViT), as torch's
+    x + pos[:T] with pos = nn.Parameter(0.02 * torch.randn(max_len, E)) (torch.nn has no layer).
+    x: (N, T, E), T <= max_len.  backward: dx = dy,  dweight[t] = sum_n dy[n, t]."""
 
     def __init__(self, max_len, embedding_dim):
         self.max_len, self.embedding_dim = max_len, embedding_dim
-        w = _rng.standard_normal((max_len, embedding_dim), np.float32)
-        self.weight = Parameter(np.float32(0.02) * w)
+        self.weight = Parameter(0.02 * _rng.standard_normal((max_len, embedding_dim), np.float32))
 
     def forward(self, x):
         x = np.asarray(x)
