@@ -779,22 +779,21 @@ class LayerNorm(Layer):
             self.bias = Parameter(np.zeros(shape, np.float32))
 
     def forward(self, x):
-        x, axes = np.asarray(x), tuple(range(-len(self.normalized_shape), 0))
-        if x.shape[x.ndim + axes[0]:] != self.normalized_shape or x.ndim < len(axes):
-            dims = ", ".join(map(str, self.normalized_shape))
+        x, shape = np.asarray(x), self.normalized_shape
+        if x.shape[-len(shape):] != shape:
+            dims = ", ".join(map(str, shape))
             raise ValueError(f"LayerNorm: expected input (*, {dims}), got shape {x.shape}")
-        xc = x - x.mean(axis=axes, keepdims=True)
-        inv_std = 1 / np.sqrt((xc * xc).mean(axis=axes, keepdims=True) + self.eps)   # (*, 1, ...)
-        xhat = xc * inv_std
-        self._cache = xhat, inv_std
+        axes = tuple(range(-len(shape), 0))                        # the n values of one token
+        inv_std = 1 / np.sqrt(x.var(axis=axes, keepdims=True) + self.eps)   # (*, 1, ...)
+        xhat = (x - x.mean(axis=axes, keepdims=True)) * inv_std
+        self._cache = xhat, inv_std, axes
         return xhat * self.weight.data + self.bias.data if self.elementwise_affine else xhat
 
     def backward(self, grad):
-        (xhat, inv_std), axes = self._saved(), tuple(range(-len(self.normalized_shape), 0))
-        if self.elementwise_affine:
-            lead = tuple(range(grad.ndim + axes[0]))
-            self.weight.grad += (grad * xhat).sum(axis=lead)
-            self.bias.grad += grad.sum(axis=lead)
+        xhat, inv_std, axes = self._saved()
+        if self.elementwise_affine:                                # sums over the leading axes
+            self.weight.grad += (grad * xhat).reshape(-1, *self.normalized_shape).sum(axis=0)
+            self.bias.grad += grad.reshape(-1, *self.normalized_shape).sum(axis=0)
             grad = grad * self.weight.data
         gx_mean = (grad * xhat).mean(axis=axes, keepdims=True)
         return (grad - grad.mean(axis=axes, keepdims=True) - xhat * gx_mean) * inv_std
