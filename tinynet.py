@@ -815,8 +815,8 @@ def _erf(x):
 class GELU(Layer):
     """y = x Phi(x), as torch.nn.GELU;  backward: dx = dy (Phi(x) + x Phi'(x)).
     approximate="none": Phi(x) = (1 + erf(x / sqrt(2))) / 2, the normal CDF, and
-    x Phi'(x) = x exp(-x^2 / 2) / sqrt(2 pi).  approximate="tanh": Phi(x) = (1 + tanh(u)) / 2,
-    u = sqrt(2 / pi) (x + 0.044715 x^3), and x Phi'(x) = x (1 - tanh(u)^2) du/dx / 2."""
+    Phi'(x) = exp(-x^2 / 2) / sqrt(2 pi).  approximate="tanh": Phi(x) = (1 + tanh(u)) / 2,
+    u = sqrt(2 / pi) (x + 0.044715 x^3), and Phi'(x) = (1 - tanh(u)^2) du/dx / 2."""
 
     def __init__(self, approximate="none"):
         if approximate not in ("none", "tanh"):
@@ -828,11 +828,10 @@ class GELU(Layer):
         if self.approximate == "tanh":
             c = math.sqrt(2 / math.pi)
             t = np.tanh(c * (x + 0.044715 * x ** 3))
-            cdf, x_pdf = (1 + t) / 2, x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x) / 2
+            cdf, pdf = (1 + t) / 2, (1 - t * t) * c * (1 + 3 * 0.044715 * x * x) / 2
         else:
-            cdf = (1 + _erf(x / math.sqrt(2))) / 2
-            x_pdf = x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
-        self._cache = (cdf + x_pdf).astype(x.dtype, copy=False)                   # dy/dx
+            cdf, pdf = (1 + _erf(x / math.sqrt(2))) / 2, np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+        self._cache = (cdf + x * pdf).astype(x.dtype, copy=False)                 # dy/dx
         return (x * cdf).astype(x.dtype, copy=False)
 
     def backward(self, grad):
