@@ -848,16 +848,14 @@ def _check_tokens(layer, x, features, batch_first):
 
 
 class MultiheadAttention(Layer):
-    """Self-attention with h = num_heads heads, as torch.nn.MultiheadAttention's mha(x, x, x).
-    x: (N, T, E) if batch_first else (T, N, E); each head has hs = E / h features.
-    [q, k, v] = x W_in^T + b_in, split into heads;  A = softmax(q k^T / sqrt(hs) + M) over keys,
-    M = -inf above the diagonal if causal (token t sees tokens <= t), else 0;  D = dropout(A);
-    o = D v, heads concatenated;  y = o W_out^T + b_out.
+    """Self-attention, as torch.nn.MultiheadAttention's mha(x, x, x), x: (N, T, E) if batch_first
+    else (T, N, E). [q, k, v] = x W_in^T + b_in, split into h = num_heads heads of hs = E / h;
+    A = softmax(q k^T / sqrt(hs) + M) over keys (N, h, T, T), M = -inf above the diagonal if
+    causal, else 0;  D = dropout(A);  o = D v, heads concatenated;  y = o W_out^T + b_out.
     backward: do = dy W_out;  dD = do v^T,  dv = D^T do,  dA = dropout'(dD),
     dS = A * (dA - sum_keys dA * A),  dq = dS k / sqrt(hs),  dk = dS^T q / sqrt(hs);
-    dW_in = dqkv^T x,  dx = dqkv W_in (b_in, W_out, b_out: as a Linear's).
-    Init as torch: W_in Xavier-uniform, W_out U(-1/sqrt(E), 1/sqrt(E)), biases 0. After forward
-    .attn_weights is A averaged over the heads, (N, T, T) (torch's need_weights, before dropout)."""
+    dW_in = dqkv^T x,  dx = dqkv W_in (b_in, W_out, b_out: as a Linear's). Init as torch: W_in
+    Xavier-uniform, W_out U(+-1/sqrt(E)), biases 0. .attn_weights: A's mean over heads (N, T, T)."""
 
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, batch_first=False,
                  causal=False):
@@ -889,10 +887,9 @@ class MultiheadAttention(Layer):
             s += np.triu(np.full((t, t), -np.inf, s.dtype), 1)
         a = np.exp(s - s.max(axis=-1, keepdims=True))
         a /= a.sum(axis=-1, keepdims=True)
-        self.attn_weights, keep = a.mean(axis=1), 1                          # (N, T, T)
-        if self.training and self.dropout > 0:
-            keep = _rng.random(a.shape, dtype=np.float32) >= self.dropout
-            keep = keep.astype(a.dtype) / a.dtype.type(1 - self.dropout)
+        self.attn_weights = a.mean(axis=1)                                   # (N, T, T)
+        p = self.dropout if self.training else 0                             # dropout(A) = A keep
+        keep = (_rng.random(a.shape, dtype=np.float32) >= p) / a.dtype.type(1 - p) if p else 1
         o = (a * keep @ v).transpose(0, 2, 1, 3).reshape(n * t, e)           # (N T, E)
         self._cache = x, o, q, k, v, a, keep
         y = o @ self.out_proj_weight.data.T
@@ -923,9 +920,8 @@ class TransformerEncoderLayer(Layer):
     LayerNorm, as torch.nn.TransformerEncoderLayer (same sublayers, names and state-dict keys).
     sa(x) = dropout1(self_attn(x)),  ff(x) = dropout2(linear2(dropout(activation(linear1(x))))).
     post-norm (norm_first=False):  h = norm1(x + sa(x)),  y = norm2(h + ff(h)).
-    pre-norm (norm_first=True):    h = x + sa(norm1(x)),  y = h + ff(norm2(h)).
-    backward: the sublayers' backward in reverse order; a residual adds the gradient of its
-    branch to the one that skips it (x + f(x): dx = dy + f'(dy))."""
+    pre-norm (norm_first=True):    h = x + sa(norm1(x)),  y = h + ff(norm2(h)).  backward: the
+    sublayers' backward in reverse order; a residual x + f(x) gives dx = dy + f'(dy)."""
 
     def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1, activation="relu",
                  layer_norm_eps=1e-5, batch_first=False, norm_first=False):
@@ -939,10 +935,9 @@ class TransformerEncoderLayer(Layer):
         self.linear1, self.linear2 = Linear(d, f), Linear(f, d)
         self.norm1, self.norm2 = LayerNorm(d, layer_norm_eps), LayerNorm(d, layer_norm_eps)
         self.dropout1, self.dropout2 = Dropout(dropout), Dropout(dropout)
-        self.dropout_ff = Dropout(dropout)                                   # torch's `dropout`
         act = ReLU() if activation == "relu" else GELU()
         self.sa = [self.self_attn, self.dropout1]                            # the two branches
-        self.ff = [self.linear1, act, self.dropout_ff, self.linear2, self.dropout2]
+        self.ff = [self.linear1, act, Dropout(dropout), self.linear2, self.dropout2]
 
     def named_parameters(self):       # torch's keys: self_attn.in_proj_weight, linear1.weight, ...
         layers = [(k, v) for k, v in vars(self).items() if isinstance(v, Layer)]
@@ -953,10 +948,9 @@ class TransformerEncoderLayer(Layer):
                 for p in layer.parameters()]
 
     def train(self, mode=True):
-        self.training = mode
         for layer in self.sa + self.ff + [self.norm1, self.norm2]:
             layer.train(mode)
-        return self
+        return super().train(mode)
 
     def forward(self, x):
         x, run = _check_tokens(self, x, self.d_model, self.batch_first), self._chain
