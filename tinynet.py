@@ -108,10 +108,8 @@ def _check_input(layer, x, ndim, size=None, what="features"):
 
 class Linear(Layer):
     """y = x W^T + b.   x: (*, in_features) -> y: (*, out_features); W: (out, in), b: (out,).
-
     backward, summed over the leading axes (*): dW = dy^T x,  db = sum dy,  dx = dy W.
-    W and b ~ U(-1/sqrt(in_features), 1/sqrt(in_features)), as torch.
-    """
+    W and b ~ U(-1/sqrt(in_features), 1/sqrt(in_features)), as torch."""
 
     def __init__(self, in_features, out_features, bias=True):
         self.in_features, self.out_features = in_features, out_features
