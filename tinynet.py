@@ -777,11 +777,10 @@ class LayerNorm(Layer):
             self.bias = Parameter(np.zeros(shape, np.float32))
 
     def forward(self, x):
-        x, shape = np.asarray(x), self.normalized_shape
-        if x.shape[-len(shape):] != shape:
-            dims = ", ".join(map(str, shape))
+        x, axes = np.asarray(x), tuple(range(-len(self.normalized_shape), 0))   # one token's n
+        if x.shape[-len(axes):] != self.normalized_shape:
+            dims = ", ".join(map(str, self.normalized_shape))
             raise ValueError(f"LayerNorm: expected input (*, {dims}), got shape {x.shape}")
-        axes = tuple(range(-len(shape), 0))                        # the n values of one token
         inv_std = 1 / np.sqrt(x.var(axis=axes, keepdims=True) + self.eps)   # (*, 1, ...)
         xhat = (x - x.mean(axis=axes, keepdims=True)) * inv_std
         self._cache = xhat, inv_std, axes
@@ -914,8 +913,8 @@ class MultiheadAttention(Layer):
 
 
 class TransformerEncoderLayer(Layer):
-    """Self-attention, then a feed-forward block, each with dropout, a residual connection and a
-    LayerNorm, as torch.nn.TransformerEncoderLayer (same sublayers, names and state-dict keys).
+    """Self-attention and a feed-forward block, each with dropout, a residual and a LayerNorm, as
+    torch.nn.TransformerEncoderLayer (same sublayers and keys); x, y: (N, T, E) or (T, N, E).
     sa(x) = dropout1(self_attn(x)),  ff(x) = dropout2(linear2(dropout(activation(linear1(x))))).
     post-norm (norm_first=False):  h = norm1(x + sa(x)),  y = norm2(h + ff(h)).
     pre-norm (norm_first=True):    h = x + sa(norm1(x)),  y = h + ff(norm2(h)).  backward: the
