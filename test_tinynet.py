@@ -5549,7 +5549,7 @@ EXCERPT_INPUTS = {"Embedding": lambda shape: np.random.default_rng(1).integers(0
 # layer: most lines of its excerpt (recurrent ones include _RNNBase: layers, directions, dropout)
 COPIED_WHOLE = {"Embedding": 60, "RNN": 140, "LSTM": 150, "GRU": 145}
 ATTENTION_EXCERPTS = {"LayerNorm": 120, "GELU": 120, "MultiheadAttention": 120,
-                      "TransformerEncoderLayer": 300}
+                      "TransformerEncoderLayer": 290}
 PUBLIC_LAYERS += [*ATTENTION_EXCERPTS, "PositionalEmbedding", "MeanOverSteps"]
 EXCERPT_ARGS |= {"LayerNorm": ((5,), (2, 3, 5)), "MultiheadAttention": ((6, 2, 0.2), (3, 2, 6)),
                  "TransformerEncoderLayer": ((6, 3, 8), (3, 2, 6)),
