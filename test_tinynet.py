@@ -1334,6 +1334,7 @@ def _plateau_metrics():
     (dict(threshold_mode="abs", threshold=0.001, patience=2, cooldown=1, factor=0.5, min_lr=1e-4), 1, 0.1),
     (dict(mode="max", threshold_mode="abs", threshold=0.0, patience=0, factor=0.5), 1, 1e-6),   # eps stops it
     (dict(mode="max", threshold_mode="abs", threshold=1e-3, patience=2, factor=0.5), -1, 0.1),
+    (dict(patience=0, factor=0.9), 1, 0.1),                      # the default threshold, rel 1e-4
 ])
 def test_reduce_lr_on_plateau_matches_torch(kw, sign, lr):
     metrics = sign * _plateau_metrics()
@@ -4946,6 +4947,28 @@ def test_nll_loss_takes_a_certain_row_and_names_the_first_bad_one():
         tn.NLLLoss()(np.vstack([certain, [[0.5, -1.0, -2.0]]]), np.array([0, 1, 0]))
 
 
+def test_bce_with_logits_rejects_a_scalar_and_a_third_axis():
+    for shape in ((), (4, 1, 1), (4, 3)):
+        with pytest.raises(ValueError, match=r"^BCEWithLogitsLoss: expected logits \(N,\) or \(N, 1\)"):
+            tn.BCEWithLogitsLoss()(np.zeros(shape), np.zeros(shape))
+
+
+class _Options(tn.Layer):
+    def __init__(self, shift=None, center=False, bias=True):
+        self.shift, self.center = shift, center
+        self.bias = tn.Parameter(np.zeros(1)) if bias else None
+
+    def forward(self, x):
+        return x
+
+
+def test_config_tells_the_bias_parameter_from_flags_and_none():
+    """A Parameter (or None) stands for the bias flag; other flags and None values stay as they are."""
+    assert _Options().config()["kwargs"] == {"shift": None, "center": False, "bias": True}
+    assert (_Options(shift=1.5, center=True, bias=False).config()["kwargs"]
+            == {"shift": 1.5, "center": True, "bias": False})
+
+
 def test_mse_loss_takes_integer_lists():
     loss = tn.MSELoss()
     assert loss([1, 2, 3], [1, 1, 1]) == pytest.approx(5 / 3)
@@ -5580,7 +5603,7 @@ EXCERPT_INPUTS = {"Embedding": lambda shape: np.random.default_rng(1).integers(0
 # layer: most lines of its excerpt (recurrent ones include _RNNBase: layers, directions, dropout)
 COPIED_WHOLE = {"Embedding": 60, "RNN": 140, "LSTM": 150, "GRU": 145}
 ATTENTION_EXCERPTS = {"LayerNorm": 120, "GELU": 120, "MultiheadAttention": 120,
-                      "TransformerEncoderLayer": 300}
+                      "TransformerEncoderLayer": 290}
 PUBLIC_LAYERS += [*ATTENTION_EXCERPTS, "PositionalEmbedding", "MeanOverSteps"]
 EXCERPT_ARGS |= {"LayerNorm": ((5,), (2, 3, 5)), "MultiheadAttention": ((6, 2, 0.2), (3, 2, 6)),
                  "TransformerEncoderLayer": ((6, 3, 8), (3, 2, 6)),

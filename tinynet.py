@@ -108,10 +108,8 @@ def _check_input(layer, x, ndim, size=None, what="features"):
 
 class Linear(Layer):
     """y = x W^T + b.   x: (*, in_features) -> y: (*, out_features); W: (out, in), b: (out,).
-
     backward, summed over the leading axes (*): dW = dy^T x,  db = sum dy,  dx = dy W.
-    W and b ~ U(-1/sqrt(in_features), 1/sqrt(in_features)), as torch.
-    """
+    W and b ~ U(-1/sqrt(in_features), 1/sqrt(in_features)), as torch."""
 
     def __init__(self, in_features, out_features, bias=True):
         self.in_features, self.out_features = in_features, out_features
@@ -780,22 +778,20 @@ class LayerNorm(Layer):
             self.bias = Parameter(np.zeros(shape, np.float32))
 
     def forward(self, x):
-        x, axes = np.asarray(x), tuple(range(-len(self.normalized_shape), 0))
-        if x.shape[x.ndim + axes[0]:] != self.normalized_shape or x.ndim < len(axes):
+        x, axes = np.asarray(x), tuple(range(-len(self.normalized_shape), 0))   # one token's n
+        if x.shape[-len(axes):] != self.normalized_shape:
             dims = ", ".join(map(str, self.normalized_shape))
             raise ValueError(f"LayerNorm: expected input (*, {dims}), got shape {x.shape}")
-        xc = x - x.mean(axis=axes, keepdims=True)
-        inv_std = 1 / np.sqrt((xc * xc).mean(axis=axes, keepdims=True) + self.eps)   # (*, 1, ...)
-        xhat = xc * inv_std
-        self._cache = xhat, inv_std
+        inv_std = 1 / np.sqrt(x.var(axis=axes, keepdims=True) + self.eps)   # (*, 1, ...)
+        xhat = (x - x.mean(axis=axes, keepdims=True)) * inv_std
+        self._cache = xhat, inv_std, axes
         return xhat * self.weight.data + self.bias.data if self.elementwise_affine else xhat
 
     def backward(self, grad):
-        (xhat, inv_std), axes = self._saved(), tuple(range(-len(self.normalized_shape), 0))
-        if self.elementwise_affine:
-            lead = tuple(range(grad.ndim + axes[0]))
-            self.weight.grad += (grad * xhat).sum(axis=lead)
-            self.bias.grad += grad.sum(axis=lead)
+        xhat, inv_std, axes = self._saved()
+        if self.elementwise_affine:                                # sums over the leading axes
+            self.weight.grad += (grad * xhat).reshape(-1, *self.normalized_shape).sum(axis=0)
+            self.bias.grad += grad.reshape(-1, *self.normalized_shape).sum(axis=0)
             grad = grad * self.weight.data
         gx_mean = (grad * xhat).mean(axis=axes, keepdims=True)
         return (grad - grad.mean(axis=axes, keepdims=True) - xhat * gx_mean) * inv_std
@@ -817,8 +813,8 @@ def _erf(x):
 class GELU(Layer):
     """y = x Phi(x), as torch.nn.GELU;  backward: dx = dy (Phi(x) + x Phi'(x)).
     approximate="none": Phi(x) = (1 + erf(x / sqrt(2))) / 2, the normal CDF, and
-    x Phi'(x) = x exp(-x^2 / 2) / sqrt(2 pi).  approximate="tanh": Phi(x) = (1 + tanh(u)) / 2,
-    u = sqrt(2 / pi) (x + 0.044715 x^3), and x Phi'(x) = x (1 - tanh(u)^2) du/dx / 2."""
+    Phi'(x) = exp(-x^2 / 2) / sqrt(2 pi).  approximate="tanh": Phi(x) = (1 + tanh(u)) / 2,
+    u = sqrt(2 / pi) (x + 0.044715 x^3), and Phi'(x) = (1 - tanh(u)^2) du/dx / 2."""
 
     def __init__(self, approximate="none"):
         if approximate not in ("none", "tanh"):
@@ -830,11 +826,10 @@ class GELU(Layer):
         if self.approximate == "tanh":
             c = math.sqrt(2 / math.pi)
             t = np.tanh(c * (x + 0.044715 * x ** 3))
-            cdf, x_pdf = (1 + t) / 2, x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x) / 2
+            cdf, pdf = (1 + t) / 2, (1 - t * t) * c * (1 + 3 * 0.044715 * x * x) / 2
         else:
-            cdf = (1 + _erf(x / math.sqrt(2))) / 2
-            x_pdf = x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
-        self._cache = (cdf + x_pdf).astype(x.dtype, copy=False)                   # dy/dx
+            cdf, pdf = (1 + _erf(x / math.sqrt(2))) / 2, np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+        self._cache = (cdf + x * pdf).astype(x.dtype, copy=False)                 # dy/dx
         return (x * cdf).astype(x.dtype, copy=False)
 
     def backward(self, grad):
@@ -851,16 +846,14 @@ def _check_tokens(layer, x, features, batch_first):
 
 
 class MultiheadAttention(Layer):
-    """Self-attention with h = num_heads heads, as torch.nn.MultiheadAttention's mha(x, x, x).
-    x: (N, T, E) if batch_first else (T, N, E); each head has hs = E / h features.
-    [q, k, v] = x W_in^T + b_in, split into heads;  A = softmax(q k^T / sqrt(hs) + M) over keys,
-    M = -inf above the diagonal if causal (token t sees tokens <= t), else 0;  D = dropout(A);
-    o = D v, heads concatenated;  y = o W_out^T + b_out.
+    """Self-attention, as torch.nn.MultiheadAttention's mha(x, x, x), x: (N, T, E) if batch_first
+    else (T, N, E). [q, k, v] = x W_in^T + b_in, split into h = num_heads heads of hs = E / h;
+    A = softmax(q k^T / sqrt(hs) + M) over keys (N, h, T, T), M = -inf above the diagonal if
+    causal, else 0;  D = dropout(A);  o = D v, heads concatenated;  y = o W_out^T + b_out.
     backward: do = dy W_out;  dD = do v^T,  dv = D^T do,  dA = dropout'(dD),
     dS = A * (dA - sum_keys dA * A),  dq = dS k / sqrt(hs),  dk = dS^T q / sqrt(hs);
-    dW_in = dqkv^T x,  dx = dqkv W_in (b_in, W_out, b_out: as a Linear's).
-    Init as torch: W_in Xavier-uniform, W_out U(-1/sqrt(E), 1/sqrt(E)), biases 0. After forward
-    .attn_weights is A averaged over the heads, (N, T, T) (torch's need_weights, before dropout)."""
+    dW_in = dqkv^T x,  dx = dqkv W_in (b_in, W_out, b_out: as a Linear's). Init as torch: W_in
+    Xavier-uniform, W_out U(+-1/sqrt(E)), biases 0. .attn_weights: A's mean over heads (N, T, T)."""
 
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, batch_first=False,
                  causal=False):
@@ -892,10 +885,9 @@ class MultiheadAttention(Layer):
             s += np.triu(np.full((t, t), -np.inf, s.dtype), 1)
         a = np.exp(s - s.max(axis=-1, keepdims=True))
         a /= a.sum(axis=-1, keepdims=True)
-        self.attn_weights, keep = a.mean(axis=1), 1                          # (N, T, T)
-        if self.training and self.dropout > 0:
-            keep = _rng.random(a.shape, dtype=np.float32) >= self.dropout
-            keep = keep.astype(a.dtype) / a.dtype.type(1 - self.dropout)
+        self.attn_weights = a.mean(axis=1)                                   # (N, T, T)
+        p = self.dropout if self.training else 0                             # dropout(A) = A keep
+        keep = (_rng.random(a.shape, dtype=np.float32) >= p) / a.dtype.type(1 - p) if p else 1
         o = (a * keep @ v).transpose(0, 2, 1, 3).reshape(n * t, e)           # (N T, E)
         self._cache = x, o, q, k, v, a, keep
         y = o @ self.out_proj_weight.data.T
@@ -922,13 +914,12 @@ class MultiheadAttention(Layer):
 
 
 class TransformerEncoderLayer(Layer):
-    """Self-attention, then a feed-forward block, each with dropout, a residual connection and a
-    LayerNorm, as torch.nn.TransformerEncoderLayer (same sublayers, names and state-dict keys).
+    """Self-attention and a feed-forward block, each with dropout, a residual and a LayerNorm, as
+    torch.nn.TransformerEncoderLayer (same sublayers and keys); x, y: (N, T, E) or (T, N, E).
     sa(x) = dropout1(self_attn(x)),  ff(x) = dropout2(linear2(dropout(activation(linear1(x))))).
     post-norm (norm_first=False):  h = norm1(x + sa(x)),  y = norm2(h + ff(h)).
-    pre-norm (norm_first=True):    h = x + sa(norm1(x)),  y = h + ff(norm2(h)).
-    backward: the sublayers' backward in reverse order; a residual adds the gradient of its
-    branch to the one that skips it (x + f(x): dx = dy + f'(dy))."""
+    pre-norm (norm_first=True):    h = x + sa(norm1(x)),  y = h + ff(norm2(h)).  backward: the
+    sublayers' backward in reverse order; a residual x + f(x) gives dx = dy + f'(dy)."""
 
     def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1, activation="relu",
                  layer_norm_eps=1e-5, batch_first=False, norm_first=False):
@@ -942,10 +933,9 @@ class TransformerEncoderLayer(Layer):
         self.linear1, self.linear2 = Linear(d, f), Linear(f, d)
         self.norm1, self.norm2 = LayerNorm(d, layer_norm_eps), LayerNorm(d, layer_norm_eps)
         self.dropout1, self.dropout2 = Dropout(dropout), Dropout(dropout)
-        self.dropout_ff = Dropout(dropout)                                   # torch's `dropout`
         act = ReLU() if activation == "relu" else GELU()
         self.sa = [self.self_attn, self.dropout1]                            # the two branches
-        self.ff = [self.linear1, act, self.dropout_ff, self.linear2, self.dropout2]
+        self.ff = [self.linear1, act, Dropout(dropout), self.linear2, self.dropout2]
 
     def named_parameters(self):       # torch's keys: self_attn.in_proj_weight, linear1.weight, ...
         layers = [(k, v) for k, v in vars(self).items() if isinstance(v, Layer)]
@@ -956,10 +946,9 @@ class TransformerEncoderLayer(Layer):
                 for p in layer.parameters()]
 
     def train(self, mode=True):
-        self.training = mode
         for layer in self.sa + self.ff + [self.norm1, self.norm2]:
             layer.train(mode)
-        return self
+        return super().train(mode)
 
     def forward(self, x):
         x, run = _check_tokens(self, x, self.d_model, self.batch_first), self._chain
@@ -985,16 +974,13 @@ class TransformerEncoderLayer(Layer):
 
 
 class PositionalEmbedding(Layer):
-    """A learned position embedding (BERT, GPT-2, ViT): y[:, t] = x[:, t] + weight[t];
-    x: (N, T, E), T <= max_len; weight: (max_len, E) ~ N(0, 0.02^2).
-    backward: dx = dy, dweight[t] = sum_n dy[n, t].
-    torch.nn has none: there one writes pos = nn.Parameter(0.02 * torch.randn(max_len, E)) and
-    x + pos[:x.shape[1]]."""
+    """y[:, t] = x[:, t] + weight[t]: a learned position embedding (BERT, GPT-2, ViT), as torch's
+    x + pos[:T] with pos = nn.Parameter(0.02 * torch.randn(max_len, E)) (torch.nn has no layer).
+    x: (N, T, E), T <= max_len.  backward: dx = dy,  dweight[t] = sum_n dy[n, t]."""
 
     def __init__(self, max_len, embedding_dim):
         self.max_len, self.embedding_dim = max_len, embedding_dim
-        w = _rng.standard_normal((max_len, embedding_dim), np.float32)
-        self.weight = Parameter(np.float32(0.02) * w)
+        self.weight = Parameter(0.02 * _rng.standard_normal((max_len, embedding_dim), np.float32))
 
     def forward(self, x):
         x = np.asarray(x)
