@@ -230,9 +230,6 @@ class Flatten(Layer):
     def __init__(self, start_dim=1, end_dim=-1):
         self.start_dim, self.end_dim = start_dim, end_dim
 
-    def __init__(self, start_dim=1, end_dim=-1):    # (stand-in: issue 20's Flatten replaces this)
-        self.start_dim, self.end_dim = start_dim, end_dim
-
     def forward(self, x):
         self._cache, n = x, x.ndim
         if not (-n <= self.start_dim < n and -n <= self.end_dim < n
