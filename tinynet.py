@@ -15,7 +15,6 @@ Layer in their own section. Only numpy (and the standard library) is imported at
 module level; tqdm, matplotlib, scipy, scikit-learn, threadpoolctl and torch are
 imported inside the functions that need them.
 """
-from bisect import bisect_right
 import contextlib
 import gzip
 import hashlib
@@ -29,6 +28,7 @@ import time
 import urllib.request
 import zipfile
 import zlib
+from bisect import bisect_right
 
 import numpy as np
 
@@ -113,8 +113,10 @@ class Linear(Layer):
     def __init__(self, in_features, out_features, bias=True):
         self.in_features, self.out_features = in_features, out_features
         bound = 1 / math.sqrt(in_features)
-        self.weight = Parameter(_rng.uniform(-bound, bound, (out_features, in_features)).astype(np.float32))
-        self.bias = Parameter(_rng.uniform(-bound, bound, out_features).astype(np.float32)) if bias else None
+        self.weight = Parameter(_rng.uniform(-bound, bound,
+                                             (out_features, in_features)).astype(np.float32))
+        self.bias = (Parameter(_rng.uniform(-bound, bound, out_features).astype(np.float32))
+                     if bias else None)
 
     def forward(self, x):
         self._cache = x = _check_input(self, x, 2, self.in_features)
@@ -136,7 +138,7 @@ class ReLU(Layer):
 
     def forward(self, x):
         self._cache = x > 0
-        y = np.zeros_like(x)          # max with an array of zeros: NumPy 2 runs it 2x faster than max(x, 0)
+        y = np.zeros_like(x)  # max with a zeros array: NumPy 2 runs it 2x faster than max(x, 0)
         return np.maximum(x, y, out=y)
 
     def backward(self, grad):
@@ -259,7 +261,8 @@ def _per_channel(v, x):
 
 
 class Normalize(Layer):
-    """y = (x - mean) / std per channel (axis 1), as torchvision's transforms.Normalize;  dx = dy / std.
+    """y = (x - mean) / std per channel (axis 1), as torchvision's transforms.Normalize;
+    dx = dy / std.
 
     A fixed standardisation kept with the model: mean and std (C,) are buffers, saved and
     loaded with the weights, so evaluation uses the training set's statistics.
@@ -270,12 +273,14 @@ class Normalize(Layer):
         self.mean, self.std = np.array(mean, np.float32).ravel(), np.array(std, np.float32).ravel()
         if self.mean.shape != self.std.shape or not (self.std > 0).all():
             raise ValueError(f"Normalize: expected mean and std of the same length, std > 0, "
-                             f"got {self.mean.shape} and {self.std.shape} (min std {self.std.min(initial=0)})")
+                             f"got {self.mean.shape} and {self.std.shape} "
+                             f"(min std {self.std.min(initial=0)})")
 
     def forward(self, x):
         x = np.asarray(x)
         if x.ndim < 2 or x.shape[1] != len(self.mean):
-            raise ValueError(f"Normalize: expected input (N, {len(self.mean)}, ...), got shape {x.shape}")
+            raise ValueError(f"Normalize: expected input (N, {len(self.mean)}, ...), "
+                             f"got shape {x.shape}")
         self._cache = x.ndim
         return (x - _per_channel(self.mean, x)) / _per_channel(self.std, x)
 
@@ -287,7 +292,7 @@ class Normalize(Layer):
 def _pair(value, name, low=1):
     """An int or an (h, w) pair (tuple or list, as JSON gives it back) -> (h, w) of ints >= low."""
     pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pair):
+    if len(pair) != 2 or any(type(v) is bool or not isinstance(v, (int, np.integer)) for v in pair):
         raise TypeError(f"{name} must be an int or an (h, w) pair of ints, got {value!r}")
     if min(pair) < low:
         raise ValueError(f"{name} must be >= {low}, got {value!r}")
@@ -295,8 +300,8 @@ def _pair(value, name, low=1):
 
 
 def _out_size(layer, x, kernel, stride, padding, channels=None):
-    """(OH, OW) = ((H + 2 pH - kH) // sH + 1, ...) as torch, for x (N, C, H, W); a ValueError naming the
-    layer unless x is 4-D (with `channels` channels) and the kernel fits in the padded input."""
+    """(OH, OW) = ((H + 2 pH - kH) // sH + 1, ...) as torch, for x (N, C, H, W); a ValueError naming
+    the layer unless x is 4-D (with `channels` channels) and the kernel fits in the padded input."""
     if x.ndim != 4 or channels not in (None, x.shape[1]):
         with_c = f" with {channels} channels on axis 1" if channels else ""
         raise ValueError(f"{type(layer).__name__}: expected 4-D input{with_c}, got shape {x.shape}")
@@ -335,14 +340,17 @@ class Conv2d(Layer):
         bound = 1 / math.sqrt(in_channels * self.kernel_size[0] * self.kernel_size[1])
         shape = (out_channels, in_channels) + self.kernel_size
         self.weight = Parameter(_rng.uniform(-bound, bound, shape).astype(np.float32))
-        self.bias = Parameter(_rng.uniform(-bound, bound, out_channels).astype(np.float32)) if bias else None
+        self.bias = (Parameter(_rng.uniform(-bound, bound, out_channels).astype(np.float32))
+                     if bias else None)
 
     def forward(self, x):
         x = np.asarray(x)
         oh, ow = _out_size(self, x, self.kernel_size, self.stride, self.padding, self.in_channels)
-        (n, c, _, _), (kh, kw), (sh, sw), (ph, pw) = x.shape, self.kernel_size, self.stride, self.padding
-        xp = x.transpose(1, 2, 3, 0)                        # (C, H, W, N), padded, C-ordered: batch innermost
-        xp = np.pad(xp, ((0, 0), (ph, ph), (pw, pw), (0, 0))) if ph or pw else np.ascontiguousarray(xp)
+        (n, c, _, _), (kh, kw), (sh, sw), (ph, pw) = (x.shape, self.kernel_size, self.stride,
+                                                      self.padding)
+        xp = x.transpose(1, 2, 3, 0)             # (C, H, W, N), padded, C-ordered: batch innermost
+        xp = (np.pad(xp, ((0, 0), (ph, ph), (pw, pw), (0, 0))) if ph or pw
+              else np.ascontiguousarray(xp))
         win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]
         cols = np.ascontiguousarray(win.transpose(0, 4, 5, 1, 2, 3)).reshape(c * kh * kw, -1)
         self._cache = cols, x.shape
@@ -356,7 +364,7 @@ class Conv2d(Layer):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         _, o, oh, ow = grad.shape
         g = np.ascontiguousarray(grad.transpose(1, 2, 3, 0)).reshape(o, -1)   # (O, OH OW N)
-        self.weight.grad += (cols @ g.T).T.reshape(self.weight.data.shape)   # faster than g @ cols.T
+        self.weight.grad += (cols @ g.T).T.reshape(self.weight.data.shape)  # faster than g @ cols.T
         if self.bias is not None:
             self.bias.grad += g.sum(axis=1)
         if not self.needs_input_grad:
@@ -380,11 +388,11 @@ class _Pool2d(Layer):
 
     def __init__(self, kernel_size, stride=None, padding=0):
         name = type(self).__name__
-        self.kernel_size = _pair(kernel_size, f"{name}: kernel_size")
+        self.kernel_size = kernel = _pair(kernel_size, f"{name}: kernel_size")
         self.stride = self.kernel_size if stride is None else _pair(stride, f"{name}: stride")
-        self.padding = _pair(padding, f"{name}: padding", low=0)
+        self.padding = pad = _pair(padding, f"{name}: padding", low=0)
         if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
-            raise ValueError(f"{name}: padding {self.padding} must be at most half the kernel size {self.kernel_size}")
+            raise ValueError(f"{name}: padding {pad} must be at most half the kernel size {kernel}")
 
     def _offsets(self, x, oh, ow):     # [x at offset (i, j) of every window: a view (N, C, OH, OW)]
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
@@ -405,7 +413,7 @@ class _Pool2d(Layer):
     def backward(self, grad):                                        # grad: (N, C, OH, OW)
         xp, state = self._saved()
         dxp, (ph, pw), (hp, wp) = np.zeros_like(xp), self.padding, xp.shape[2:]
-        for k, view in enumerate(self._offsets(dxp, *grad.shape[2:])):     # overlapping windows add up
+        for k, view in enumerate(self._offsets(dxp, *grad.shape[2:])):  # overlapping windows add up
             view += self._window_grad(grad, state, k)
         return dxp[:, :, ph:hp - ph, pw:wp - pw]
 
@@ -419,7 +427,7 @@ class MaxPool2d(_Pool2d):
         y = np.copy(views[0])                                       # np.copy keeps the memory order
         argmax = np.zeros_like(y, np.min_scalar_type(len(views) - 1))
         for k, v in enumerate(views[1:], 1):
-            better = (v > y) | np.isnan(v)            # strictly greater: the first of tied maxima keeps it
+            better = (v > y) | np.isnan(v)  # strictly greater: the first of tied maxima keeps it
             np.maximum(argmax, better * argmax.dtype.type(k), out=argmax)   # k only grows
             np.maximum(y, v, out=y)                    # a NaN propagates
         return y, argmax
@@ -449,11 +457,13 @@ class _BatchNorm(Layer):
     backward (training), xhat = (x - mean) / sqrt(var + eps), n values per channel:
     dx = weight / sqrt(var + eps) * (dy - mean(dy) - xhat * mean(dy * xhat)).
     """
-    buffers = ("running_mean", "running_var")   # subclasses set ndim and axes (einsum letters, channel "c")
+    # subclasses set ndim and axes (einsum letters, channel "c")
+    buffers = ("running_mean", "running_var")
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
-        self.weight, self.bias = Parameter(np.ones(num_features, np.float32)), Parameter(np.zeros(num_features, np.float32))
+        self.weight, self.bias = (Parameter(np.ones(num_features, np.float32)),
+                                  Parameter(np.zeros(num_features, np.float32)))
         self.running_mean = np.zeros(num_features, np.float32)
         self.running_var = np.ones(num_features, np.float32)
 
@@ -465,8 +475,8 @@ class _BatchNorm(Layer):
         if self.training:
             n = x.size // self.num_features
             if n < 2:
-                raise ValueError(f"{type(self).__name__}: training needs more than 1 value per channel, "
-                                 f"got input shape {x.shape}")
+                raise ValueError(f"{type(self).__name__}: training needs more than 1 value "
+                                 f"per channel, got input shape {x.shape}")
             mean = self._sum(x) / n
             xc = x - _per_channel(mean.astype(x.dtype), x)
             var = self._sum(xc, xc) / n
@@ -484,7 +494,8 @@ class _BatchNorm(Layer):
     def backward(self, grad):
         xc, inv_std = self._saved()
         sum_g, sum_gxhat = self._sum(grad), self._sum(grad, xc) * inv_std
-        self.weight.grad += sum_gxhat; self.bias.grad += sum_g
+        self.weight.grad += sum_gxhat
+        self.bias.grad += sum_g
         scale = self.weight.data * inv_std
         if not self.training:
             return grad * _per_channel(scale, grad)
@@ -509,7 +520,8 @@ class BatchNorm2d(_BatchNorm):
 # ════════════════════════════════════════════════════════════════════════════
 
 class Loss:
-    """Base class: `loss(pred, target)` is `loss.forward(pred, target)`; `backward()` returns dloss/dpred.
+    """Base class: `loss(pred, target)` is `loss.forward(pred, target)`; `backward()` returns
+    dloss/dpred.
     `hint`: the usual causes of a loss that becomes NaN or infinite (fit's error message)."""
     hint = "a learning rate too large (try one 10x smaller) or inputs that are not standardised"
 
@@ -520,7 +532,8 @@ class Loss:
         return f"{type(self).__name__}()"
 
     def _check_labels(self, pred, target):
-        """pred (N, C) and integer labels (N,) in [0, C), else a ValueError/TypeError naming the loss."""
+        """pred (N, C) and integer labels (N,) in [0, C), else a ValueError/TypeError naming the
+        loss."""
         name, pred, target = type(self).__name__, np.asarray(pred), np.asarray(target)
         if pred.ndim != 2:
             raise ValueError(f"{name}: expected pred of shape (N, C), got {pred.shape}")
@@ -558,17 +571,18 @@ class NLLLoss(Loss):
     """loss = -mean_n logp_n[t_n];  pred: log-probabilities (N, C), target: int labels (N,).
     grad = -onehot(t) / N. Input that is not log-probabilities (a value > 0, or rows whose
     exp does not sum to 1 within 1e-3) raises a ValueError: add LogSoftmax before it."""
-    hint = "inputs that are not log-probabilities (add LogSoftmax, or use CrossEntropyLoss on logits), " \
-           "or a learning rate too large"
+    hint = "inputs that are not log-probabilities (add LogSoftmax, or use CrossEntropyLoss " \
+           "on logits), or a learning rate too large"
 
     def forward(self, pred, target):
         pred, target = self._check_labels(pred, target)
         total = np.exp(pred).sum(axis=1)
         if np.any(pred > 0) or np.any(np.abs(total - 1) > 1e-3):
             bad = int(np.argmax((pred > 0).any(axis=1) | (np.abs(total - 1) > 1e-3)))
-            raise ValueError(f"NLLLoss: expected log-probabilities (every value <= 0, each row's exp summing "
-                             f"to 1), got row {bad} with max {pred[bad].max():.4g} and exp-sum {total[bad]:.4g}; "
-                             "add LogSoftmax() as the model's last layer, or use CrossEntropyLoss on logits")
+            raise ValueError(f"NLLLoss: expected log-probabilities (every value <= 0, each row's "
+                             f"exp summing to 1), got row {bad} with max {pred[bad].max():.4g} "
+                             f"and exp-sum {total[bad]:.4g}; add LogSoftmax() as the model's last "
+                             "layer, or use CrossEntropyLoss on logits")
         self._cache = pred, target
         return float(-pred[np.arange(len(target)), target].mean())
 
@@ -598,19 +612,22 @@ class MSELoss(Loss):
 class BCEWithLogitsLoss(Loss):
     """Binary cross-entropy on logits, sigmoid fused in (stable for any x):
 
-        loss = mean(max(x, 0) - x t + log(1 + exp(-|x|)))  =  mean(-t log s(x) - (1 - t) log(1 - s(x)))
+        loss = mean(max(x, 0) - x t + log(1 + exp(-|x|)))
+             = mean(-t log s(x) - (1 - t) log(1 - s(x)))
         grad = (sigmoid(x) - t) / x.size
     pred: logits (N,) or (N, 1); target: the same shape, values in [0, 1] (labels 0/1).
     """
 
     def forward(self, pred, target):
         pred, target = np.asarray(pred), np.asarray(target)
-        if pred.shape != target.shape or pred.ndim not in (1, 2) or (pred.ndim == 2 and pred.shape[1] != 1):
-            raise ValueError(f"BCEWithLogitsLoss: expected logits (N,) or (N, 1) and targets of the same shape, "
-                             f"got {pred.shape} and {target.shape}")
+        if (pred.shape != target.shape or pred.ndim not in (1, 2)
+                or (pred.ndim == 2 and pred.shape[1] != 1)):
+            raise ValueError(f"BCEWithLogitsLoss: expected logits (N,) or (N, 1) and targets of "
+                             f"the same shape, got {pred.shape} and {target.shape}")
         t = target.astype(pred.dtype, copy=False)
         if t.size and (t.min() < 0 or t.max() > 1):
-            raise ValueError(f"BCEWithLogitsLoss: targets must be in [0, 1], got {t.min()}..{t.max()}")
+            raise ValueError(f"BCEWithLogitsLoss: targets must be in [0, 1], "
+                             f"got {t.min()}..{t.max()}")
         e = np.exp(-np.abs(pred))
         self._cache = np.where(pred >= 0, 1, e) / (1 + e) - t            # sigmoid(x) - t
         return float(np.mean(np.maximum(pred, 0) - pred * t + np.log1p(e)))
@@ -625,7 +642,8 @@ class BCEWithLogitsLoss(Loss):
 # ════════════════════════════════════════════════════════════════════════════
 
 class Optimizer:
-    """Base class, as torch.optim.Optimizer: `step()` updates every parameter in place from its `.grad`.
+    """Base class, as torch.optim.Optimizer: `step()` updates every parameter in place from its
+    `.grad`.
 
     params: parameters (any objects with `.data` and `.grad` arrays), or torch-style groups
     [{"params": [...], "lr": 0.1, ...}, ...]; a hyper-parameter a group does not give takes the
@@ -638,25 +656,31 @@ class Optimizer:
         self.defaults, self.state, self.param_groups, self._buffers = defaults, {}, [], {}
         params = list(params)
         if not params:
-            raise ValueError(f"{type(self).__name__}: expected a non-empty iterable of parameters, got an empty one")
+            raise ValueError(f"{type(self).__name__}: expected a non-empty iterable of parameters, "
+                             "got an empty one")
         for group in params if isinstance(params[0], dict) else [{"params": params}]:
             self.add_param_group(group)
 
     def add_param_group(self, group):
-        """Add {"params": [...], hyper-parameter: value, ...}; missing values come from the defaults."""
+        """Add {"params": [...], hyper-parameter: value, ...}; missing values come from the
+        defaults."""
         name, params = type(self).__name__, group["params"]
-        group = {**self.defaults, **group, "params": [params] if hasattr(params, "grad") else list(params)}
+        group = {**self.defaults, **group,
+                 "params": [params] if hasattr(params, "grad") else list(params)}
         for p in group["params"]:
-            if not (isinstance(getattr(p, "data", None), np.ndarray) and isinstance(getattr(p, "grad", None), np.ndarray)):
-                raise TypeError(f"{name}: expected parameters with .data and .grad arrays, got {type(p).__name__}")
-        if {id(p) for p in group["params"]} & {id(p) for g in self.param_groups for p in g["params"]}:
+            if not (isinstance(getattr(p, "data", None), np.ndarray)
+                    and isinstance(getattr(p, "grad", None), np.ndarray)):
+                raise TypeError(f"{name}: expected parameters with .data and .grad arrays, "
+                                f"got {type(p).__name__}")
+        if {id(p) for p in group["params"]} & {id(p) for g in self.param_groups
+                                               for p in g["params"]}:
             raise ValueError(f"{name}: some parameters appear in more than one parameter group")
-        for k, v in group.items():                   # torch's checks: every number >= 0, betas in [0, 1)
+        for k, v in group.items():  # torch's checks: every number >= 0, betas in [0, 1)
             if k == "betas":
                 for i, b in enumerate(v):
                     if not 0.0 <= b < 1.0:
                         raise ValueError(f"{name}: expected betas[{i}] in [0, 1), got {b}")
-                group[k] = tuple(map(float, v))     # plain floats: NumPy scalars would promote float32 math
+                group[k] = tuple(map(float, v))  # plain floats: NumPy scalars promote float32 math
             elif k != "params" and not isinstance(v, bool):
                 if not v >= 0.0:
                     raise ValueError(f"{name}: expected {k} >= 0, got {v}")
@@ -674,8 +698,8 @@ class Optimizer:
 
     def _single_group(self, what):
         if len(self.param_groups) != 1:
-            raise AttributeError(f"{type(self).__name__} has {len(self.param_groups)} parameter groups: "
-                                 f"use param_groups[i][{what!r}]")
+            raise AttributeError(f"{type(self).__name__} has {len(self.param_groups)} parameter "
+                                 f"groups: use param_groups[i][{what!r}]")
         return self.param_groups[0]
 
     def zero_grad(self):
@@ -710,7 +734,8 @@ class Optimizer:
         torch's structure, parameters numbered in order across groups (copies of the arrays)."""
         index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
         groups = [{**g, "params": [index[id(p)] for p in g["params"]]} for g in self.param_groups]
-        state = {index[id(p)]: {k: np.array(v) if isinstance(v, np.ndarray) else v for k, v in s.items()}
+        state = {index[id(p)]: {k: np.array(v) if isinstance(v, np.ndarray) else v
+                                for k, v in s.items()}
                  for p, s in self.state.items() if s}
         return {"state": state, "param_groups": groups}
 
@@ -729,8 +754,10 @@ class Optimizer:
                     params.update(zip(v, own["params"]))
                 elif k in own or k in _SCHEDULER_GROUP_KEYS:
                     own[k] = tuple(map(float, v)) if k == "betas" else _plain(v)
-                elif v and not (k == "decoupled_weight_decay" and getattr(self, "decoupled", False)):
-                    raise ValueError(f"{name}.load_state_dict: torch option {k}={v} is not supported")
+                elif v and not (k == "decoupled_weight_decay"
+                                and getattr(self, "decoupled", False)):
+                    raise ValueError(f"{name}.load_state_dict: torch option {k}={v} "
+                                     "is not supported")
         self.state = {}
         for i, s in state_dict["state"].items():
             p = params[int(i)]
@@ -790,7 +817,8 @@ class RMSprop(Optimizer):
         else:          p = p - lr * g / denom
     """
 
-    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False):
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
+                 centered=False):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered))
 
@@ -833,7 +861,8 @@ class Adagrad(Optimizer):
         p = p - lr / (1 + (t - 1) * lr_decay) * g / (sqrt(s) + eps)
     """
 
-    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10):
+    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
+                 eps=1e-10):
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value, eps=eps))
 
@@ -861,8 +890,10 @@ class Adam(Optimizer):
     """
     decoupled = False     # AdamW: weight decay shrinks p directly instead of entering g
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad))
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 amsgrad=False):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      amsgrad=amsgrad))
 
     def update(self, p, state, group):
         lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
@@ -881,7 +912,8 @@ class Adam(Optimizer):
         v += np.multiply(np.square(g, out=tmp), 1 - beta2, out=tmp)
         if group["amsgrad"]:
             v = np.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
-        c2 = math.sqrt(1 - beta2 ** t)        # sqrt(v) / c2 + eps = (sqrt(v) + eps c2) / c2: one pass fewer
+        # sqrt(v) / c2 + eps = (sqrt(v) + eps c2) / c2: one pass fewer
+        c2 = math.sqrt(1 - beta2 ** t)
         denom = np.sqrt(v, out=tmp)
         denom += group["eps"] * c2
         step = np.divide(m, denom, out=tmp)
@@ -896,7 +928,8 @@ class AdamW(Adam):
     """
     decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
 
 
@@ -987,12 +1020,15 @@ class LRScheduler:
 
     def _attach(self, optimizer):
         if not hasattr(optimizer, "param_groups"):
-            raise TypeError(f"{type(self).__name__}: expected an optimizer, got {type(optimizer).__name__}")
+            raise TypeError(f"{type(self).__name__}: expected an optimizer, "
+                            f"got {type(optimizer).__name__}")
         self.optimizer = optimizer
 
     def get_lr(self):
-        """The lr of every group at step `last_epoch`: by default `_lr(current lr, base lr)` per group."""
-        return [self._lr(group["lr"], base) for group, base in zip(self.optimizer.param_groups, self.base_lrs)]
+        """The lr of every group at step `last_epoch`: by default `_lr(current lr, base lr)` per
+        group."""
+        return [self._lr(group["lr"], base)
+                for group, base in zip(self.optimizer.param_groups, self.base_lrs)]
 
     def step(self):
         self.last_epoch += 1
@@ -1004,7 +1040,8 @@ class LRScheduler:
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def _restart(self):
-        """Go back to step 0 (SequentialLR at a milestone), with the closed form where torch has one."""
+        """Go back to step 0 (SequentialLR at a milestone), with the closed form where torch has
+        one."""
         self.last_epoch = 0
         closed = getattr(self, "_closed_form", None)
         self._set_lrs([closed(base) for base in self.base_lrs] if closed else self.get_lr())
@@ -1015,7 +1052,8 @@ class LRScheduler:
 
     def state_dict(self):
         """Every attribute but the optimizer (and functions), as torch's."""
-        return {k: v for k, v in vars(self).items() if k not in ("optimizer", "lr_lambdas", "schedulers")}
+        return {k: v for k, v in vars(self).items()
+                if k not in ("optimizer", "lr_lambdas", "schedulers")}
 
     def load_state_dict(self, state_dict):
         self.__dict__.update(state_dict)
@@ -1026,9 +1064,11 @@ class LambdaLR(LRScheduler):
 
     def __init__(self, optimizer, lr_lambda):
         n = len(optimizer.param_groups)
-        self.lr_lambdas = list(lr_lambda) if isinstance(lr_lambda, (list, tuple)) else [lr_lambda] * n
+        self.lr_lambdas = (list(lr_lambda) if isinstance(lr_lambda, (list, tuple))
+                           else [lr_lambda] * n)
         if len(self.lr_lambdas) != n:
-            raise ValueError(f"{type(self).__name__}: expected {n} lr_lambdas, got {len(self.lr_lambdas)}")
+            raise ValueError(f"{type(self).__name__}: expected {n} lr_lambdas, "
+                             f"got {len(self.lr_lambdas)}")
         super().__init__(optimizer)
 
     def get_lr(self):
@@ -1044,7 +1084,8 @@ class MultiplicativeLR(LambdaLR):
 
     def _restart(self):                     # at a SequentialLR milestone torch multiplies by f(0)
         self.last_epoch = 0
-        self._set_lrs([g["lr"] * f(0) for f, g in zip(self.lr_lambdas, self.optimizer.param_groups)])
+        self._set_lrs([g["lr"] * f(0)
+                       for f, g in zip(self.lr_lambdas, self.optimizer.param_groups)])
 
 
 class StepLR(LRScheduler):
@@ -1063,7 +1104,8 @@ class StepLR(LRScheduler):
 
 
 class MultiStepLR(LRScheduler):
-    """lr = base_lr * gamma ** (number of milestones <= epoch); a repeated milestone counts twice."""
+    """lr = base_lr * gamma ** (number of milestones <= epoch); a repeated milestone counts
+    twice."""
 
     def __init__(self, optimizer, milestones, gamma=0.1):
         self.milestones, self.gamma = sorted(milestones), gamma
@@ -1137,14 +1179,17 @@ class CosineAnnealingLR(LRScheduler):
             return lr
         if (e - 1 - T) % (2 * T) == 0:
             return lr + (base - lo) * (1 - math.cos(math.pi / T)) / 2
-        return (1 + math.cos(math.pi * e / T)) / (1 + math.cos(math.pi * (e - 1) / T)) * (lr - lo) + lo
+        return ((1 + math.cos(math.pi * e / T)) / (1 + math.cos(math.pi * (e - 1) / T))
+                * (lr - lo) + lo)
 
     def _closed_form(self, base):
-        return self.eta_min + (base - self.eta_min) * (1 + math.cos(math.pi * self.last_epoch / self.T_max)) / 2
+        return (self.eta_min + (base - self.eta_min)
+                * (1 + math.cos(math.pi * self.last_epoch / self.T_max)) / 2)
 
 
 class CosineAnnealingWarmRestarts(LRScheduler):
-    """SGDR (Loshchilov & Hutter 2017): lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * T_cur / T_i)) / 2.
+    """SGDR (Loshchilov & Hutter 2017):
+    lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * T_cur / T_i)) / 2.
 
     T_cur counts the steps since the last restart; at T_cur = T_i it restarts
     from 0 and the period becomes T_i * T_mult (T_i starts at T_0).
@@ -1152,9 +1197,11 @@ class CosineAnnealingWarmRestarts(LRScheduler):
 
     def __init__(self, optimizer, T_0, T_mult=1, eta_min=0.0):
         if not isinstance(T_0, int) or T_0 <= 0:
-            raise ValueError(f"CosineAnnealingWarmRestarts: expected a positive integer T_0, got {T_0!r}")
+            raise ValueError(f"CosineAnnealingWarmRestarts: expected a positive integer T_0, "
+                             f"got {T_0!r}")
         if not isinstance(T_mult, int) or T_mult < 1:
-            raise ValueError(f"CosineAnnealingWarmRestarts: expected an integer T_mult >= 1, got {T_mult!r}")
+            raise ValueError(f"CosineAnnealingWarmRestarts: expected an integer T_mult >= 1, "
+                             f"got {T_mult!r}")
         self.T_0, self.T_i, self.T_mult, self.eta_min, self.T_cur = T_0, T_0, T_mult, eta_min, -1
         super().__init__(optimizer)
 
@@ -1165,16 +1212,19 @@ class CosineAnnealingWarmRestarts(LRScheduler):
         super().step()
 
     def _lr(self, lr, base):
-        return self.eta_min + (base - self.eta_min) * (1 + math.cos(math.pi * self.T_cur / self.T_i)) / 2
+        return (self.eta_min + (base - self.eta_min)
+                * (1 + math.cos(math.pi * self.T_cur / self.T_i)) / 2)
 
 
 class OneCycleLR(LRScheduler):
     """1cycle policy (Smith & Topin 2019), stepped after every batch, PyTorch's phases.
 
-    Per group: initial_lr = max_lr / div_factor, min_lr = initial_lr / final_div_factor, T = total_steps
-    (or epochs * steps_per_epoch). Each phase anneals (cos or linear) from a start to an end
-    value as pct = (step - phase start) / (phase end - phase start) goes from 0 to 1:
-        two-phase:   initial_lr -> max_lr up to step pct_start*T - 1, then max_lr -> min_lr up to T - 1
+    Per group: initial_lr = max_lr / div_factor, min_lr = initial_lr / final_div_factor,
+    T = total_steps (or epochs * steps_per_epoch). Each phase anneals (cos or linear) from
+    a start to an end value as pct = (step - phase start) / (phase end - phase start) goes
+    from 0 to 1:
+        two-phase:   initial_lr -> max_lr up to step pct_start*T - 1, then max_lr -> min_lr
+                     up to T - 1
         three_phase: initial_lr -> max_lr up to pct_start*T - 1, max_lr -> initial_lr up to
                      2*pct_start*T - 2, then initial_lr -> min_lr up to T - 1
         cos: end + (start - end) * (1 + cos(pi * pct)) / 2;   linear: start + (end - start) * pct
@@ -1184,9 +1234,9 @@ class OneCycleLR(LRScheduler):
     """
     step_every = "batch"
 
-    def __init__(self, optimizer, max_lr, total_steps=None, epochs=None, steps_per_epoch=None, pct_start=0.3,
-                 anneal_strategy="cos", cycle_momentum=True, base_momentum=0.85, max_momentum=0.95,
-                 div_factor=25.0, final_div_factor=1e4, three_phase=False):
+    def __init__(self, optimizer, max_lr, total_steps=None, epochs=None, steps_per_epoch=None,
+                 pct_start=0.3, anneal_strategy="cos", cycle_momentum=True, base_momentum=0.85,
+                 max_momentum=0.95, div_factor=25.0, final_div_factor=1e4, three_phase=False):
         self._attach(optimizer)
         if total_steps is None and epochs is not None and steps_per_epoch is not None:
             for name, v in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch)):
@@ -1199,21 +1249,28 @@ class OneCycleLR(LRScheduler):
         if not isinstance(pct_start, float) or not 0 <= pct_start <= 1:
             raise ValueError(f"OneCycleLR: expected a float pct_start in [0, 1], got {pct_start!r}")
         if anneal_strategy not in ("cos", "linear"):
-            raise ValueError(f"OneCycleLR: expected anneal_strategy 'cos' or 'linear', got {anneal_strategy!r}")
+            raise ValueError(f"OneCycleLR: expected anneal_strategy 'cos' or 'linear', "
+                             f"got {anneal_strategy!r}")
         groups = optimizer.param_groups
         self.use_beta1 = "betas" in groups[0]
         if cycle_momentum and not (self.use_beta1 or "momentum" in groups[0]):
-            raise ValueError(f"OneCycleLR: cycle_momentum=True expects an optimizer with momentum or betas, "
-                             f"got {type(optimizer).__name__} (pass cycle_momentum=False)")
-        self.total_steps, self.anneal_strategy, self.cycle_momentum = total_steps, anneal_strategy, cycle_momentum
+            raise ValueError(f"OneCycleLR: cycle_momentum=True expects an optimizer with momentum "
+                             f"or betas, got {type(optimizer).__name__} "
+                             f"(pass cycle_momentum=False)")
+        self.total_steps, self.anneal_strategy, self.cycle_momentum = (total_steps, anneal_strategy,
+                                                                       cycle_momentum)
         max_lrs = max_lr if isinstance(max_lr, (list, tuple)) else [max_lr] * len(groups)
         for group, top in zip(groups, max_lrs):
-            group.update(initial_lr=top / div_factor, max_lr=top, min_lr=top / div_factor / final_div_factor,
+            group.update(initial_lr=top / div_factor, max_lr=top,
+                         min_lr=top / div_factor / final_div_factor,
                          max_momentum=float(max_momentum), base_momentum=float(base_momentum))
-        T = total_steps     # phases: (end step, start lr, end lr, start momentum, end momentum): group keys
-        self.phases = [(float(pct_start * T) - 1, "initial_lr", "max_lr", "max_momentum", "base_momentum")]
+        # phases: (end step, start lr, end lr, start momentum, end momentum): group keys
+        T = total_steps
+        self.phases = [(float(pct_start * T) - 1, "initial_lr", "max_lr", "max_momentum",
+                        "base_momentum")]
         if three_phase:
-            self.phases += [(float(2 * pct_start * T) - 2, "max_lr", "initial_lr", "base_momentum", "max_momentum"),
+            self.phases += [(float(2 * pct_start * T) - 2, "max_lr", "initial_lr", "base_momentum",
+                             "max_momentum"),
                             (T - 1, "initial_lr", "min_lr", "max_momentum", "max_momentum")]
         else:
             self.phases += [(T - 1, "max_lr", "min_lr", "base_momentum", "max_momentum")]
@@ -1227,7 +1284,8 @@ class OneCycleLR(LRScheduler):
     def get_lr(self):
         t = self.last_epoch
         if t > self.total_steps:
-            raise ValueError(f"OneCycleLR: stepped {t} times, but total_steps is {self.total_steps}")
+            raise ValueError(f"OneCycleLR: stepped {t} times, but total_steps is "
+                             f"{self.total_steps}")
         start = 0.0
         for i, (end, lr_a, lr_b, m_a, m_b) in enumerate(self.phases):
             if t <= end or i == len(self.phases) - 1:
@@ -1247,8 +1305,8 @@ class OneCycleLR(LRScheduler):
 
 
 class SequentialLR(LRScheduler):
-    """Run `schedulers` one after another: schedulers[i] from step milestones[i - 1] on, restarted at
-    its step 0 there (e.g. LinearLR warm-up for 5 steps, then CosineAnnealingLR: milestones=[5]).
+    """Run `schedulers` one after another: schedulers[i] from step milestones[i - 1] on, restarted
+    at its step 0 there (e.g. LinearLR warm-up for 5 steps, then CosineAnnealingLR: milestones=[5]).
     The schedulers must share the optimizer; their own first steps are undone, as in torch."""
 
     def __init__(self, optimizer, schedulers, milestones):
@@ -1258,8 +1316,8 @@ class SequentialLR(LRScheduler):
                              f"got {len(schedulers)} schedulers and {len(milestones)} milestones")
         for i, s in enumerate(schedulers):
             if s.optimizer is not optimizer or s.needs_metric:
-                raise ValueError(f"SequentialLR: scheduler {i} ({type(s).__name__}) must share the optimizer "
-                                 "and take no metric")
+                raise ValueError(f"SequentialLR: scheduler {i} ({type(s).__name__}) must share "
+                                 "the optimizer and take no metric")
         self.schedulers, self.milestones, self.last_epoch = list(schedulers), list(milestones), 0
         self.step_every = schedulers[0].step_every
         for group in optimizer.param_groups:
@@ -1301,15 +1359,16 @@ class ReduceLROnPlateau(LRScheduler):
     """
     needs_metric = True
 
-    def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4, threshold_mode="rel",
-                 cooldown=0, min_lr=0, eps=1e-8):
+    def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4,
+                 threshold_mode="rel", cooldown=0, min_lr=0, eps=1e-8):
         self._attach(optimizer)
         if factor >= 1.0:
             raise ValueError(f"ReduceLROnPlateau: expected factor < 1.0, got {factor}")
         if mode not in ("min", "max"):
             raise ValueError(f"ReduceLROnPlateau: expected mode 'min' or 'max', got {mode!r}")
         if threshold_mode not in ("rel", "abs"):
-            raise ValueError(f"ReduceLROnPlateau: expected threshold_mode 'rel' or 'abs', got {threshold_mode!r}")
+            raise ValueError(f"ReduceLROnPlateau: expected threshold_mode 'rel' or 'abs', "
+                             f"got {threshold_mode!r}")
         n = len(optimizer.param_groups)
         self.min_lrs = list(min_lr) if isinstance(min_lr, (list, tuple)) else [min_lr] * n
         self.mode, self.factor, self.patience, self.threshold = mode, factor, patience, threshold
@@ -1320,7 +1379,8 @@ class ReduceLROnPlateau(LRScheduler):
 
     def _is_better(self, a, best):
         if self.threshold_mode == "rel":
-            return a < best * (1 - self.threshold) if self.mode == "min" else a > best * (self.threshold + 1)
+            return (a < best * (1 - self.threshold) if self.mode == "min"
+                    else a > best * (self.threshold + 1))
         return a < best - self.threshold if self.mode == "min" else a > best + self.threshold
 
     def step(self, metrics):
@@ -1406,7 +1466,8 @@ def _monitored(callback, logs):
     """logs[callback.monitor], or a KeyError naming the callback and the keys it could use."""
     value = logs.get(callback.monitor)
     if value is None:
-        raise KeyError(f"{type(callback).__name__}: no {callback.monitor!r} in the logs; available: {sorted(logs)}")
+        raise KeyError(f"{type(callback).__name__}: no {callback.monitor!r} in the logs; "
+                       f"available: {sorted(logs)}")
     return value
 
 
@@ -1420,16 +1481,19 @@ class EarlyStopping(Callback):
     `stopped_epoch` are 0-based, as Keras's.
     """
 
-    def __init__(self, monitor="val_loss", min_delta=0, patience=0, mode="auto", restore_best_weights=False):
+    def __init__(self, monitor="val_loss", min_delta=0, patience=0, mode="auto",
+                 restore_best_weights=False):
         self.monitor, self.min_delta, self.patience = monitor, abs(min_delta), patience
-        self.restore_best_weights, self.larger = restore_best_weights, _monitor_is_better(mode, monitor)
+        self.restore_best_weights, self.larger = (restore_best_weights,
+                                                  _monitor_is_better(mode, monitor))
 
     def on_train_begin(self, logs=None):
         self.wait, self.stopped_epoch, self.best_epoch, self.best_weights = 0, 0, 0, None
         self.best = -math.inf if self.larger else math.inf
 
     def _improved(self, value):
-        return value - self.min_delta > self.best if self.larger else value + self.min_delta < self.best
+        return (value - self.min_delta > self.best if self.larger
+                else value + self.min_delta < self.best)
 
     def on_epoch_end(self, epoch, logs=None):
         value = _monitored(self, logs)
@@ -1454,7 +1518,8 @@ class ModelCheckpoint(Callback):
     """
 
     def __init__(self, filepath, monitor="val_loss", save_best_only=False, mode="auto"):
-        self.filepath, self.monitor, self.save_best_only = os.fspath(filepath), monitor, save_best_only
+        self.filepath, self.monitor, self.save_best_only = (os.fspath(filepath), monitor,
+                                                            save_best_only)
         self.larger = _monitor_is_better(mode, monitor)
         self.best = -math.inf if self.larger else math.inf
 
