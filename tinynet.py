@@ -1556,15 +1556,17 @@ class BlasThreads(Callback):
         except ImportError:
             return
         self.limit = lambda n: threadpool_limits(n, user_api="blas")
-        # 1, 2, 2, 1, 1, 2, ...: alternating order, so that training's early speed-up favours neither
-        self.queue = [n for i in range(self.turns) for n in (self.counts if i % 2 == 0 else self.counts[::-1])]
+        # 1, 2, 2, 1, 1, 2, ...: alternating order, so training's early speed-up favours neither
+        self.queue = [n for i in range(self.turns)
+                      for n in (self.counts if i % 2 == 0 else self.counts[::-1])]
         self.total, self.timed = dict.fromkeys(self.counts, 0.0), dict.fromkeys(self.counts, 0)
         self._next_turn()
 
     def _next_turn(self):
         mean = self._means()
-        if not self.queue or (len(mean) > 1 and max(mean.values()) > self.clear * min(mean.values())):
-            return self._choose()                 # all turns done, or one count already clearly slower
+        if not self.queue or (len(mean) > 1
+                              and max(mean.values()) > self.clear * min(mean.values())):
+            return self._choose()  # all turns done, or one count already clearly slower
         self.count, self.turn_time, self.warm = self.queue.pop(0), 0.0, False
         self.limit(self.count)
 
@@ -1585,7 +1587,7 @@ class BlasThreads(Callback):
             self._next_turn()
 
     def on_train_end(self, logs=None):
-        if self.count is not None:          # training ended during the turns: choose from what was timed
+        if self.count is not None:  # training ended during the turns: choose from what was timed
             self._choose()
 
     def _means(self):                         # {count: mean seconds per timed batch}
@@ -1617,7 +1619,8 @@ class ProgressLog(Callback):
             for k in ("loss", "accuracy"):
                 if k in logs:
                     self.sums[k] = self.sums.get(k, 0.0) + logs[k] * logs["size"]
-            self.bar.set_postfix({k: f"{v / self.seen:.4f}" for k, v in self.sums.items()}, refresh=False)
+            self.bar.set_postfix({k: f"{v / self.seen:.4f}" for k, v in self.sums.items()},
+                                 refresh=False)
             self.bar.update()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -1626,11 +1629,13 @@ class ProgressLog(Callback):
             self.bar = None
         if self.verbose:
             print(f"epoch {epoch + 1}/{self.epochs} - "
-                  + " - ".join(f"{k}: {v:{'.3g' if k == 'lr' else '.4f'}}" for k, v in logs.items()), flush=True)
+                  + " - ".join(f"{k}: {v:{'.3g' if k == 'lr' else '.4f'}}"
+                               for k, v in logs.items()), flush=True)
 
 
 class NonFiniteLoss(ValueError):
-    """The training loss became NaN or infinite (raised by train_step; fit adds the epoch and batch)."""
+    """The training loss became NaN or infinite (raised by train_step; fit adds the epoch and
+    batch)."""
 
 
 class Sequential(Layer):
@@ -1662,7 +1667,8 @@ class Sequential(Layer):
         return len(self.layers)
 
     def __repr__(self):
-        return "Sequential(\n" + "".join(f"  ({i}): {l!r}\n" for i, l in enumerate(self.layers)) + ")"
+        return "Sequential(\n" + "".join(f"  ({i}): {layer!r}\n"
+                                          for i, layer in enumerate(self.layers)) + ")"
 
     # -- the model: forward, backward, parameters -------------------------------
     def forward(self, x):
@@ -1675,8 +1681,10 @@ class Sequential(Layer):
         """Every layer's backward, last to first; returns grad wrt the input. With input_grad=False
         (training: no gradient wrt the data) it returns None and, as torch's autograd, does only
         the work the parameters need: it stops at the first layer with parameters, which skips
-        its own input gradient (an MLP's Flatten and its first Linear's dx = dy W are not computed)."""
-        first = 0 if input_grad else next((i for i, l in enumerate(self.layers) if l.parameters()), len(self.layers))
+        its own input gradient (an MLP's Flatten and its first Linear's dx = dy W are not
+        computed)."""
+        first = 0 if input_grad else next((i for i, layer in enumerate(self.layers)
+                                           if layer.parameters()), len(self.layers))
         for layer in reversed(self.layers[first + 1:]):
             grad = layer.backward(grad)
         if first == len(self.layers):                   # no parameters at all: nothing to do
@@ -1693,13 +1701,16 @@ class Sequential(Layer):
         return [p for layer in self.layers for p in layer.parameters()]
 
     def named_parameters(self):
-        return [(f"{i}.{k}", p) for i, l in enumerate(self.layers) for k, p in l.named_parameters()]
+        return [(f"{i}.{k}", p) for i, layer in enumerate(self.layers)
+                for k, p in layer.named_parameters()]
 
     def named_buffers(self):
-        return [(f"{i}.{k}", b) for i, l in enumerate(self.layers) for k, b in l.named_buffers()]
+        return [(f"{i}.{k}", b) for i, layer in enumerate(self.layers)
+                for k, b in layer.named_buffers()]
 
     def _state_arrays(self):               # layer by layer, as torch.nn.Sequential's state_dict
-        return {f"{i}.{k}": v for i, l in enumerate(self.layers) for k, v in l._state_arrays().items()}
+        return {f"{i}.{k}": v for i, layer in enumerate(self.layers)
+                for k, v in layer._state_arrays().items()}
 
     def train(self, mode=True):
         self.training = mode
@@ -1718,17 +1729,21 @@ class Sequential(Layer):
 
     # -- training ---------------------------------------------------------------
     def compile(self, optimizer, loss, metrics=("accuracy",), scheduler=None):
-        """Set the optimizer, the loss (a Loss instance), the metrics and an optional LR scheduler."""
+        """Set the optimizer, the loss (a Loss instance), the metrics and an optional LR
+        scheduler."""
         if not isinstance(loss, Loss):
             raise TypeError(f"Sequential.compile: loss must be a Loss instance such as "
                             f"CrossEntropyLoss(), got {loss!r}")
         unknown = set(metrics) - {"accuracy"}
         if unknown:
-            raise ValueError(f"Sequential.compile: unknown metrics {sorted(unknown)}; known: ['accuracy']")
-        if scheduler is not None and getattr(scheduler, "step_every", "epoch") not in ("epoch", "batch"):
-            raise ValueError(f"Sequential.compile: the scheduler's step_every must be 'epoch' or 'batch', "
-                             f"got {scheduler.step_every!r}")
-        self.optimizer, self.loss, self.metrics, self.scheduler = optimizer, loss, tuple(metrics), scheduler
+            raise ValueError(f"Sequential.compile: unknown metrics {sorted(unknown)}; "
+                             "known: ['accuracy']")
+        if (scheduler is not None
+                and getattr(scheduler, "step_every", "epoch") not in ("epoch", "batch")):
+            raise ValueError(f"Sequential.compile: the scheduler's step_every must be 'epoch' or "
+                             f"'batch', got {scheduler.step_every!r}")
+        self.optimizer, self.loss, self.metrics, self.scheduler = (optimizer, loss, tuple(metrics),
+                                                                   scheduler)
         return self
 
     def train_step(self, x, y):
@@ -1738,7 +1753,8 @@ class Sequential(Layer):
         out = self.forward(x)
         loss = self.loss.forward(out, y)
         if not math.isfinite(loss):
-            raise NonFiniteLoss(f"the loss became {loss} (lr {self.optimizer.param_groups[0]['lr']:g}); "
+            raise NonFiniteLoss(f"the loss became {loss} "
+                                f"(lr {self.optimizer.param_groups[0]['lr']:g}); "
                                 f"usual causes for {type(self.loss).__name__}: {self.loss.hint}")
         self.optimizer.zero_grad()
         self.backward(self.loss.backward(), input_grad=False)   # no gradient wrt the data
@@ -1761,7 +1777,8 @@ class Sequential(Layer):
             raise RuntimeError("Sequential.fit: call compile(optimizer, loss) first")
         X, y, validation_data = self._fit_data(X, y, validation_data, validation_split)
         history = History()
-        callbacks = [history, ProgressLog(verbose, epochs, math.ceil(len(X) / batch_size)), *(callbacks or [])]
+        callbacks = [history, ProgressLog(verbose, epochs, math.ceil(len(X) / batch_size)),
+                     *(callbacks or [])]
         for callback in callbacks:
             callback.set_model(self)
         self.stop_training = False
@@ -1775,7 +1792,8 @@ class Sequential(Layer):
                 try:
                     loss, out = self.train_step(xb, yb)
                 except NonFiniteLoss as e:
-                    raise NonFiniteLoss(f"Sequential.fit: at epoch {epoch + 1}, batch {batch + 1}, {e}") from None
+                    raise NonFiniteLoss(f"Sequential.fit: at epoch {epoch + 1}, batch {batch + 1}, "
+                                        f"{e}") from None
                 batch_logs = {"loss": loss, "size": len(xb)}
                 if "accuracy" in self.metrics:
                     right = self._correct(out, yb)
@@ -1788,7 +1806,8 @@ class Sequential(Layer):
             if validation_data is not None:
                 logs.update({"val_" + k: v for k, v in self._evaluate(*validation_data).items()})
             logs["lr"] = lr
-            if self.scheduler is not None and getattr(self.scheduler, "step_every", "epoch") == "epoch":
+            if (self.scheduler is not None
+                    and getattr(self.scheduler, "step_every", "epoch") == "epoch"):
                 if getattr(self.scheduler, "needs_metric", False):
                     self.scheduler.step(logs.get("val_loss", logs["loss"]))
                 else:
@@ -1806,7 +1825,8 @@ class Sequential(Layer):
             return X, y, self._check_data("fit (validation_data)", *validation_data)
         if validation_split:
             if not 0 < validation_split < 1:
-                raise ValueError(f"Sequential.fit: validation_split must be in (0, 1), got {validation_split}")
+                raise ValueError(f"Sequential.fit: validation_split must be in (0, 1), "
+                                 f"got {validation_split}")
             cut = int(len(X) * (1 - validation_split))
             return X[:cut], y[:cut], (X[cut:], y[cut:])
         return X, y, None
@@ -1831,7 +1851,8 @@ class Sequential(Layer):
 
     # -- inference ----------------------------------------------------------------
     def _outputs(self, X, batch_size):
-        """Yield, batch by batch in eval mode, the list of every layer's output; drop caches after."""
+        """Yield, batch by batch in eval mode, the list of every layer's output; drop caches
+        after."""
         was_training = self.training
         self.eval()
         X = np.asarray(X).astype(self._dtype(), copy=False)
@@ -1881,10 +1902,12 @@ class Sequential(Layer):
         if shape is None and isinstance(self.layers[0], Linear):
             shape = (self.layers[0].in_features,)
         if shape is None:
-            raise ValueError("Sequential.summary: give input_shape without the batch axis, e.g. (1, 28, 28)")
+            raise ValueError("Sequential.summary: give input_shape without the batch axis, "
+                             "e.g. (1, 28, 28)")
         [outs] = list(self._outputs(np.zeros((1, *shape)), 1))
-        rows = [(f"{i}: {l!r}", str((None, *o.shape[1:])), sum(p.data.size for p in l.parameters()))
-                for i, (l, o) in enumerate(zip(self.layers, outs))]
+        rows = [(f"{i}: {layer!r}", str((None, *o.shape[1:])),
+                 sum(p.data.size for p in layer.parameters()))
+                for i, (layer, o) in enumerate(zip(self.layers, outs))]
         w = max(len(r[0]) for r in rows) + 2
         lines = [f"{'Layer':<{w}}{'Output shape':<20}{'Param #':>12}", "=" * (w + 32)]
         lines += [f"{name:<{w}}{out:<20}{n:>12,}" for name, out, n in rows]
@@ -1893,17 +1916,19 @@ class Sequential(Layer):
 
     # -- saving and converting (see the next section) -----------------------------
     def config(self):
-        return {"class": "Sequential", "layers": [l.config() for l in self.layers]}
+        return {"class": "Sequential", "layers": [layer.config() for layer in self.layers]}
 
     def save(self, path):
-        """One .npz with every weight and buffer plus the architecture (JSON), written atomically."""
+        """One .npz with every weight and buffer plus the architecture (JSON), written
+        atomically."""
         with _atomic_open(path) as f:
             np.savez(f, **_model_arrays(self))
 
     @staticmethod
     def load(path, custom_objects=None):
-        """Rebuild a model written by `save` (or `save_checkpoint`): architecture, dtype, weights and
-        buffers. custom_objects: {"ClassName": class} for layers that are not tinynet's, as Keras."""
+        """Rebuild a model written by `save` (or `save_checkpoint`): architecture, dtype, weights
+        and buffers. custom_objects: {"ClassName": class} for layers that are not tinynet's, as
+        Keras."""
         arrays, config, _ = _read_model_file(path, "Sequential.load")
         model = _from_config(config, custom_objects, f"Sequential.load: {path}")
         if arrays:
@@ -1911,7 +1936,8 @@ class Sequential(Layer):
         return model.load_state_dict(arrays)
 
     def to_torch(self):
-        """The same model as a torch.nn.Sequential, with the same weights, buffers, dtype and mode."""
+        """The same model as a torch.nn.Sequential, with the same weights, buffers, dtype and
+        mode."""
         return _to_torch(self)
 
     @staticmethod
@@ -1980,12 +2006,14 @@ class LayerState:
         state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
         missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
         if missing or unexpected:
-            raise ValueError(f"{name}.load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+            raise ValueError(f"{name}.load_state_dict: missing keys {missing}, "
+                             f"unexpected keys {unexpected}")
         pairs = []                                   # check every shape before copying anything
         for k, v in state.items():
             v = np.asarray(_plain(v))                   # torch tensors become arrays
             if v.shape != own[k].shape:
-                raise ValueError(f"{name}.load_state_dict: {k!r} has shape {v.shape}, expected {own[k].shape}")
+                raise ValueError(f"{name}.load_state_dict: {k!r} has shape {v.shape}, "
+                                 f"expected {own[k].shape}")
             pairs.append((own[k], v))
         for target, v in pairs:
             target[...] = v
@@ -2005,11 +2033,13 @@ class LayerState:
         for arg, spec in _init_args(type(self)):
             v = getattr(self, arg, spec.default)
             if v is spec.empty:
-                raise ValueError(f"{type(self).__name__}: keep the constructor argument {arg!r} as self.{arg} "
-                                 "(or define config()) so that the layer can be saved")
+                raise ValueError(f"{type(self).__name__}: keep the constructor argument "
+                                 f"{arg!r} as self.{arg} (or define config()) so that the layer "
+                                 "can be saved")
             if hasattr(v, "grad") or (v is None and isinstance(spec.default, bool)):
                 v = v is not None                                     # the bias flag
-            kwargs[arg] = v.tolist() if isinstance(v, np.ndarray) else list(v) if isinstance(v, tuple) else v
+            kwargs[arg] = (v.tolist() if isinstance(v, np.ndarray)
+                           else list(v) if isinstance(v, tuple) else v)
         return {"class": type(self).__name__, "kwargs": kwargs}
 
     def __repr__(self):
@@ -2017,15 +2047,16 @@ class LayerState:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
 
 
-for _name in ("buffers", "named_parameters", "named_buffers", "_state_arrays", "state_dict", "load_state_dict", "astype",
-              "config", "__repr__"):
+for _name in ("buffers", "named_parameters", "named_buffers", "_state_arrays", "state_dict",
+              "load_state_dict", "astype", "config", "__repr__"):
     if _name not in vars(Layer):
         setattr(Layer, _name, vars(LayerState)[_name])
 
 
 def _init_args(cls):
     """[(name, inspect.Parameter)] of the named arguments of cls's constructor."""
-    return [(name, spec) for name, spec in list(inspect.signature(cls.__init__).parameters.items())[1:]
+    return [(name, spec)
+            for name, spec in list(inspect.signature(cls.__init__).parameters.items())[1:]
             if spec.kind not in (spec.VAR_POSITIONAL, spec.VAR_KEYWORD)]
 
 
@@ -2042,7 +2073,8 @@ def _read_model_file(path, caller):
             with np.load(fh, allow_pickle=False) as f:
                 arrays = dict(f)
             config = json.loads(str(arrays.pop("__architecture__")))
-        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:   # empty, .npy, not ours
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            # empty, .npy, not ours
             raise ValueError(f"{caller}: {path} is not a tinynet model file ({e})") from None
     other = {k: v for k, v in arrays.items() if k.startswith("__") or "/" in k}
     return {k: v for k, v in arrays.items() if k not in other}, config, other
@@ -2069,8 +2101,10 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, **info):
         state = optimizer.state_dict()
         meta["optimizer"] = {"param_groups": state["param_groups"], "state": {}}
         for i, s in state["state"].items():
-            meta["optimizer"]["state"][i] = {k: v for k, v in s.items() if not isinstance(v, np.ndarray)}
-            arrays.update({f"optimizer/{i}/{k}": v for k, v in s.items() if isinstance(v, np.ndarray)})
+            meta["optimizer"]["state"][i] = {k: v for k, v in s.items()
+                                             if not isinstance(v, np.ndarray)}
+            arrays.update({f"optimizer/{i}/{k}": v for k, v in s.items()
+                           if isinstance(v, np.ndarray)})
     if scheduler is not None:
         meta["scheduler"] = scheduler.state_dict()
     arrays["__checkpoint__"] = np.array(json.dumps(meta))
@@ -2083,7 +2117,8 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None):
     `Sequential.load(path)` rebuilds the model) and restore the random generator; -> info."""
     weights, _, other = _read_model_file(path, "load_checkpoint")
     if "__checkpoint__" not in other:
-        raise ValueError(f"load_checkpoint: {path} is a model file, not a checkpoint (see save_checkpoint)")
+        raise ValueError(f"load_checkpoint: {path} is a model file, not a checkpoint "
+                         "(see save_checkpoint)")
     meta = json.loads(str(other["__checkpoint__"]))
     arrays = {k: v for k, v in other.items() if k.startswith("optimizer/")}
     model.load_state_dict(weights)
@@ -2092,7 +2127,8 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None):
         for key, v in arrays.items():
             _, i, k = key.split("/")
             state.setdefault(int(i), {})[k] = v
-        optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+        optimizer.load_state_dict({"state": state,
+                                   "param_groups": meta["optimizer"]["param_groups"]})
     if scheduler is not None:
         scheduler.load_state_dict(meta["scheduler"])
     _rng.bit_generator.state = meta["generator"]
@@ -2100,27 +2136,32 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None):
 
 
 # tinynet's layers that torch.nn has under the same name and arguments; torch options they must keep
-_TORCH_LAYERS = ("Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout",
-                 "Flatten", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax")
-_TORCH_DEFAULTS = {"dilation": (1, (1, 1)), "groups": (1,), "padding_mode": ("zeros",), "ceil_mode": (False,),
-                   "return_indices": (False,), "count_include_pad": (True,), "divisor_override": (None,),
-                   "affine": (True,), "track_running_stats": (True,), "start_dim": (1,), "end_dim": (-1,)}
+_TORCH_LAYERS = ("Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d",
+                 "Dropout", "Flatten", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
+                 "LogSoftmax")
+_TORCH_DEFAULTS = {"dilation": (1, (1, 1)), "groups": (1,), "padding_mode": ("zeros",),
+                   "ceil_mode": (False,), "return_indices": (False,), "count_include_pad": (True,),
+                   "divisor_override": (None,), "affine": (True,), "track_running_stats": (True,),
+                   "start_dim": (1,), "end_dim": (-1,)}
 
 
 def _to_torch(model):
-    """Sequential.to_torch: torch.nn.Sequential of the same layers, weights, buffers, dtype, mode."""
+    """Sequential.to_torch: torch.nn.Sequential of the same layers, weights, buffers, dtype,
+    mode."""
     import torch
     layers = []
     for i, layer in enumerate(model.layers):
         config = layer.config()
         if config["class"] not in _TORCH_LAYERS:
-            raise ValueError(f"Sequential.to_torch: layer {i} ({layer!r}) has no torch.nn equivalent; "
-                             f"convertible: {', '.join(_TORCH_LAYERS)}")
+            raise ValueError(f"Sequential.to_torch: layer {i} ({layer!r}) has no torch.nn "
+                             f"equivalent; convertible: {', '.join(_TORCH_LAYERS)}")
         layers.append(getattr(torch.nn, config["class"])(**config["kwargs"]))
     net = torch.nn.Sequential(*layers).to(getattr(torch, model._dtype().name)).train(model.training)
-    missing, unexpected = net.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()},
+    missing, unexpected = net.load_state_dict({k: torch.from_numpy(v)
+                                               for k, v in model.state_dict().items()},
                                               strict=False)
-    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), (missing, unexpected)
+    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), \
+        (missing, unexpected)
     return net
 
 
