@@ -2253,9 +2253,11 @@ def one_hot(y, num_classes):
     """Integer labels (N,) -> float32 (N, num_classes) with a single 1 per row."""
     y = np.asarray(y)
     if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
-        raise TypeError(f"one_hot: expected 1-D integer labels, got dtype {y.dtype} shape {y.shape}")
+        raise TypeError(f"one_hot: expected 1-D integer labels, got dtype {y.dtype} "
+                        f"shape {y.shape}")
     if y.size and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(f"one_hot: labels must be in [0, {num_classes}), got min {y.min()} max {y.max()}")
+        raise ValueError(f"one_hot: labels must be in [0, {num_classes}), "
+                         f"got min {y.min()} max {y.max()}")
     out = np.zeros((len(y), num_classes), np.float32)
     out[np.arange(len(y)), y] = 1
     return out
@@ -2315,25 +2317,28 @@ def load_idx(path):
     if len(raw) < 4:
         raise ValueError(f"load_idx: {path}: truncated header ({len(raw)} bytes)")
     if raw[:2] != b"\0\0":
-        raise ValueError(f"load_idx: {path}: bad magic number {raw[:4].hex()}, expected 0000 then type and rank")
+        raise ValueError(f"load_idx: {path}: bad magic number {raw[:4].hex()}, "
+                         "expected 0000 then type and rank")
     if raw[2] not in _IDX_DTYPES:
         raise ValueError(f"load_idx: {path}: unknown type byte 0x{raw[2]:02x}, "
                          f"expected one of {', '.join(f'0x{t:02x}' for t in _IDX_DTYPES)}")
     dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
     start = 4 + 4 * ndim
     if len(raw) < start:
-        raise ValueError(f"load_idx: {path}: truncated header ({ndim} dimensions need {start} bytes, "
-                         f"got {len(raw)})")
+        raise ValueError(f"load_idx: {path}: truncated header ({ndim} dimensions need "
+                         f"{start} bytes, got {len(raw)})")
     shape = tuple(int(s) for s in np.frombuffer(raw, ">u4", ndim, 4))
     size = math.prod(shape) * dtype.itemsize
     if len(raw) - start != size:
         problem = "truncated payload" if len(raw) - start < size else "trailing bytes"
         raise ValueError(f"load_idx: {path}: {problem}: shape {shape} of {dtype.name} needs "
                          f"{size} data bytes, got {len(raw) - start}")
-    return np.frombuffer(raw, dtype, math.prod(shape), start).reshape(shape).astype(dtype.newbyteorder("="))
+    return (np.frombuffer(raw, dtype, math.prod(shape), start).reshape(shape)
+            .astype(dtype.newbyteorder("=")))
 
 
-_DATA_BESIDE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")   # data/ beside tinynet.py
+# data/ beside tinynet.py
+_DATA_BESIDE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
 def _data_dir(data_dir=None):
@@ -2355,7 +2360,8 @@ def _download(name, urls, md5, dest):
             request = urllib.request.Request(url, headers={"User-Agent": "tinynet"})
             with urllib.request.urlopen(request, timeout=60) as r, open(part, "wb") as f:
                 total, got, h = int(r.headers.get("Content-Length") or 0), 0, hashlib.md5()
-                with tqdm(total=total or None, unit="B", unit_scale=True, desc=name, disable=None) as bar:
+                with tqdm(total=total or None, unit="B", unit_scale=True, desc=name,
+                          disable=None) as bar:
                     while chunk := r.read(1 << 20):
                         f.write(chunk)
                         h.update(chunk)
@@ -2383,8 +2389,9 @@ def _find(dataset, name, folder, download, caller):
     if not os.path.exists(path):
         urls = [mirror + name for mirror in DATA_MIRRORS[dataset]]
         if not download:
-            raise FileNotFoundError(f"{caller}: {path} not found; download it (e.g. from {urls[0]}, "
-                                    f"MD5 {DATA_MD5[name]}) and put it there, or pass download=True")
+            raise FileNotFoundError(f"{caller}: {path} not found; download it "
+                                    f"(e.g. from {urls[0]}, MD5 {DATA_MD5[name]}) and put it "
+                                    "there, or pass download=True")
         os.makedirs(folder, exist_ok=True)
         _download(name, urls, DATA_MD5[name], path)
     return path
@@ -2402,9 +2409,11 @@ def load_mnist(data_dir=None, download=True):
         paths = [_find("mnist", f"{split}-{kind}-idx{d}-ubyte.gz", folder, download, "load_mnist")
                  for kind, d in (("images", 3), ("labels", 1))]
         X, y = load_idx(paths[0]), load_idx(paths[1])
-        if X.dtype != np.uint8 or X.shape[1:] != (28, 28) or y.dtype != np.uint8 or y.shape != X.shape[:1]:
+        if (X.dtype != np.uint8 or X.shape[1:] != (28, 28)
+                or y.dtype != np.uint8 or y.shape != X.shape[:1]):
             raise ValueError(f"load_mnist: expected uint8 images (N, 28, 28) and labels (N,), got "
-                             f"{X.dtype} {X.shape} in {paths[0]} and {y.dtype} {y.shape} in {paths[1]}")
+                             f"{X.dtype} {X.shape} in {paths[0]} and {y.dtype} {y.shape} "
+                             f"in {paths[1]}")
         out += [(X / np.float32(255)).reshape(-1, 1, 28, 28), y.astype(np.int64)]
     return tuple(out)
 
@@ -2420,7 +2429,8 @@ def load_svhn(split="train", data_dir=None, download=True):
     from scipy.io import loadmat
     if split not in ("train", "test", "extra"):
         raise ValueError(f"load_svhn: split must be 'train', 'test' or 'extra', got {split!r}")
-    path = _find("svhn", f"{split}_32x32.mat", os.path.join(_data_dir(data_dir), "svhn"), download, "load_svhn")
+    path = _find("svhn", f"{split}_32x32.mat", os.path.join(_data_dir(data_dir), "svhn"), download,
+                 "load_svhn")
     mat = loadmat(path, variable_names=("X", "y"))
     if "X" not in mat or "y" not in mat:
         raise ValueError(f"load_svhn: {path} must hold arrays 'X' and 'y'")
@@ -2430,8 +2440,10 @@ def load_svhn(split="train", data_dir=None, download=True):
                          f"got X {X.dtype} {X.shape} and y {y.shape}")
     y = y.ravel()
     if y.size and (y.min() < 1 or y.max() > 10):
-        raise ValueError(f"load_svhn: {path}: labels must be 1..10 (10 = digit 0), got {y.min()}..{y.max()}")
-    X = np.ascontiguousarray(X.transpose(3, 2, 0, 1))   # (32, 32, 3, N) -> (N, 3, 32, 32), still uint8
+        raise ValueError(f"load_svhn: {path}: labels must be 1..10 (10 = digit 0), "
+                         f"got {y.min()}..{y.max()}")
+    # (32, 32, 3, N) -> (N, 3, 32, 32), still uint8
+    X = np.ascontiguousarray(X.transpose(3, 2, 0, 1))
     return X / np.float32(255), (y % 10).astype(np.int64)
 
 
@@ -2448,21 +2460,22 @@ def load_iris(path=None):
     path = next((p for p in tried if os.path.exists(p)), None)
     if path is None:
         raise FileNotFoundError(
-            "load_iris: iris.csv not found; looked in " + " and ".join(dict.fromkeys(tried)) + ". It comes "
-            "with tinynet (data/iris.csv in its repository), or as sklearn.datasets' iris.csv (header "
-            "'150,4,setosa,versicolor,virginica'): put it in one of those places, set TINYNET_DATA to "
-            "its folder, or pass load_iris(path)")
+            "load_iris: iris.csv not found; looked in " + " and ".join(dict.fromkeys(tried))
+            + ". It comes with tinynet (data/iris.csv in its repository), or as sklearn.datasets' "
+            "iris.csv (header '150,4,setosa,versicolor,virginica'): put it in one of those places, "
+            "set TINYNET_DATA to its folder, or pass load_iris(path)")
     with open(path) as f:
         header = f.readline().strip().split(",")
         try:
             n, d = int(header[0]), int(header[1])
             data = np.loadtxt(f, delimiter=",", ndmin=2)
         except (ValueError, IndexError) as e:
-            raise ValueError(f"load_iris: {path}: expected a header 'n_samples,n_features,names...' "
-                             f"and numeric rows ({e})") from None
+            raise ValueError(f"load_iris: {path}: expected a header "
+                             f"'n_samples,n_features,names...' and numeric rows ({e})") from None
     classes = len(header) - 2
     if data.shape != (n, d + 1):
-        raise ValueError(f"load_iris: {path}: header says {n} rows of {d} features and a label, got {data.shape}")
+        raise ValueError(f"load_iris: {path}: header says {n} rows of {d} features and a label, "
+                         f"got {data.shape}")
     y = data[:, d].astype(np.int64)
     if (y != data[:, d]).any() or y.min() < 0 or y.max() >= classes:
         raise ValueError(f"load_iris: {path}: labels must be integers 0..{classes - 1}")
@@ -2482,13 +2495,15 @@ def train_val_split(X, y, val_size, shuffle=True, stratify=False):
     X, y = np.asarray(X), np.asarray(y)
     n = len(y)
     if len(X) != n:
-        raise ValueError(f"train_val_split: X and y must have the same length, got {len(X)} and {n}")
+        raise ValueError(f"train_val_split: X and y must have the same length, "
+                         f"got {len(X)} and {n}")
     if isinstance(val_size, (int, np.integer)) and not isinstance(val_size, bool):
         n_val = int(val_size)
     elif isinstance(val_size, (float, np.floating)) and 0 < val_size < 1:
         n_val = round(val_size * n)
     else:
-        raise ValueError(f"train_val_split: val_size must be a fraction in (0, 1) or a count, got {val_size!r}")
+        raise ValueError(f"train_val_split: val_size must be a fraction in (0, 1) or a count, "
+                         f"got {val_size!r}")
     if not 0 < n_val < n:
         raise ValueError(f"train_val_split: val_size={val_size!r} gives {n_val} of {n} samples for "
                          "validation; both parts need at least one")
@@ -2513,7 +2528,8 @@ def train_val_split(X, y, val_size, shuffle=True, stratify=False):
 def _pyplot():
     """matplotlib.pyplot, on the Agg backend when there is no display and no backend was chosen."""
     import matplotlib
-    if not os.environ.get("DISPLAY") and "MPLBACKEND" not in os.environ and "matplotlib.pyplot" not in sys.modules:
+    if (not os.environ.get("DISPLAY") and "MPLBACKEND" not in os.environ
+            and "matplotlib.pyplot" not in sys.modules):
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
@@ -2522,7 +2538,8 @@ def _pyplot():
 def _figure(width, height, ncols=1, **kw):
     """(fig, axes (1, ncols)) with constrained layout: matplotlib makes room for every title,
     tick label, colour bar and "outside" legend, so no text is cut or overlaps the data."""
-    return _pyplot().subplots(1, ncols, figsize=(width, height), layout="constrained", squeeze=False, **kw)
+    return _pyplot().subplots(1, ncols, figsize=(width, height), layout="constrained",
+                              squeeze=False, **kw)
 
 
 def _save(fig, path):
@@ -2588,7 +2605,8 @@ def _epoch_panel(ax, key):
 
 
 def confusion_matrix(y_true, y_pred, num_classes=None):
-    """counts[i, j] = number of samples of class i predicted as j (rows: true, columns: predicted)."""
+    """counts[i, j] = number of samples of class i predicted as j (rows: true, columns:
+    predicted)."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if y_true.shape != y_pred.shape or y_true.ndim != 1:
         raise ValueError(f"confusion_matrix: expected two 1-D label arrays of the same length, "
@@ -2596,7 +2614,8 @@ def confusion_matrix(y_true, y_pred, num_classes=None):
     both = np.concatenate([y_true, y_pred])
     n = num_classes or int(both.max(initial=-1) + 1)
     if both.size and (both.min() < 0 or both.max() >= n):
-        raise ValueError(f"confusion_matrix: labels must be integers in [0, {n}), got {both.min()}..{both.max()}")
+        raise ValueError(f"confusion_matrix: labels must be integers in [0, {n}), "
+                         f"got {both.min()}..{both.max()}")
     return np.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)
 
 
@@ -2614,7 +2633,8 @@ def plot_history(history, path, keys=("loss", "accuracy"), title=None):
     h = _as_dict(history)
     found = [k for k in keys if k in h]
     if not found:
-        raise ValueError(f"plot_history: none of the keys {list(keys)} is in the history (it has {sorted(h)})")
+        raise ValueError(f"plot_history: none of the keys {list(keys)} is in the history "
+                         f"(it has {sorted(h)})")
     fig, axes = _figure(4.2 * len(found) + 1.6, 3.6, len(found))
     for ax, key in zip(axes[0], found):
         for k, label, style in zip((key, "val_" + key), ("training", "validation"), _styles(2)):
@@ -2634,7 +2654,8 @@ def plot_curves(histories, path, keys=("val_accuracy", "val_loss"), title=None):
         raise ValueError("plot_curves: expected at least one history, got none")
     styles = _styles(len(histories))
     longest = max(len(str(label)) for label in histories)
-    fig, axes = _figure(4.5 * len(keys) + 0.8 + 0.075 * longest, max(3.8, 0.24 * len(histories) + 1.3), len(keys))
+    fig, axes = _figure(4.5 * len(keys) + 0.8 + 0.075 * longest,
+                        max(3.8, 0.24 * len(histories) + 1.3), len(keys))
     for ax, key in zip(axes[0], keys):
         for (label, history), style in zip(histories.items(), styles):
             values = _as_dict(history).get(key, [])
@@ -2662,7 +2683,8 @@ def plot_confusion_matrix(y_true, y_pred, path, class_names=None, title=None):
     # column names: level when they fit in a cell, else slanted 45 degrees when their boxes
     # still clear the next one, else vertical
     rotation = 0 if name_in < 0.8 * cell else 45 if 0.71 * name_in + 0.1 < cell else 90
-    fig, axes = _figure(n * cell + name_in + 2.2, n * cell + name_in * (0, 0.75, 1)[rotation // 45] + 2.1)
+    fig, axes = _figure(n * cell + name_in + 2.2,
+                        n * cell + name_in * (0, 0.75, 1)[rotation // 45] + 2.1)
     ax = axes[0, 0]
     im = ax.imshow(cm, cmap="Blues", vmin=0)
     fig.colorbar(im, ax=ax, label="samples", shrink=0.9)
@@ -2673,7 +2695,8 @@ def plot_confusion_matrix(y_true, y_pred, path, class_names=None, title=None):
                   ha="right" if rotation else "center", rotation_mode="anchor")
     ax.set_yticks(range(n), names, fontsize=fontsize)
     ax.set(xlabel="predicted class", ylabel="true class")
-    ax.set_title(f"accuracy {np.trace(cm) / max(cm.sum(), 1):.4f} ({np.trace(cm)}/{cm.sum()})", fontsize=10)
+    ax.set_title(f"accuracy {np.trace(cm) / max(cm.sum(), 1):.4f} ({np.trace(cm)}/{cm.sum()})",
+                 fontsize=10)
     _suptitle(fig, f"{title}: confusion matrix" if title else "confusion matrix", fontsize=11)
     _save(fig, path)
 
@@ -2690,7 +2713,8 @@ def plot_predictions(X, y_true, y_pred, path, class_names=None, n=32, title=None
     captions = [f"{names[y_pred[i]]} ({names[y_true[i]]})" for i in idx]
     cols = min(8, len(idx))
     rows = -(-len(idx) // cols)
-    width = max(1.3, 0.065 * max(map(len, captions)) + 0.25)    # inches per image, room for its caption
+    # inches per image, room for its caption
+    width = max(1.3, 0.065 * max(map(len, captions)) + 0.25)
     fig = _pyplot().figure(figsize=(max(width * cols, 5), 1.5 * rows + 0.8), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
@@ -2705,8 +2729,8 @@ def plot_predictions(X, y_true, y_pred, path, class_names=None, n=32, title=None
             ax.set(xticks=[], yticks=[])
             for s in ax.spines.values():
                 s.set(color="red", linewidth=2)
-    _suptitle(fig, f"{title + ': ' if title else ''}predicted (true) test images; {len(wrong):,} of "
-              f"{len(y_true):,} misclassified, shown first in red", fontsize=11)
+    _suptitle(fig, f"{title + ': ' if title else ''}predicted (true) test images; "
+              f"{len(wrong):,} of {len(y_true):,} misclassified, shown first in red", fontsize=11)
     _save(fig, path)
 
 
@@ -2716,14 +2740,16 @@ def plot_embeddings(embeddings, y, path, class_names=None, title=None):
     import textwrap
     y = np.asarray(y)
     classes = np.unique(y)
-    names = [str(c) for c in class_names] if class_names is not None else [str(c) for c in range(int(y.max()) + 1)]
+    names = ([str(c) for c in class_names] if class_names is not None
+             else [str(c) for c in range(int(y.max()) + 1)])
     columns = 1 if len(classes) <= 12 else 2
-    fig, axes = _figure(4.6 * len(embeddings) + 0.5 + 0.08 * max(map(len, names)) * columns, 5.0, len(embeddings))
+    fig, axes = _figure(4.6 * len(embeddings) + 0.5 + 0.08 * max(map(len, names)) * columns, 5.0,
+                        len(embeddings))
     for ax, (panel, Z) in zip(axes[0], embeddings.items()):
         Z = np.asarray(Z)
         for c, style in zip(classes, _styles(len(classes))):
-            ax.scatter(*Z[y == c].T, s=10, color=style["color"], marker=style["marker"], label=names[c],
-                       linewidths=0)
+            ax.scatter(*Z[y == c].T, s=10, color=style["color"], marker=style["marker"],
+                       label=names[c], linewidths=0)
         ax.set(xticks=[], yticks=[])
         ax.set_title(textwrap.fill(panel, 48), fontsize=10)
     _legend_outside(fig, axes, title="class", markerscale=1.8, ncols=columns)
@@ -2735,10 +2761,11 @@ def plot_batch_loss(history, path, title=None):
     """The training loss of every optimizer step (history.batch_loss, or a list of floats)
     against the update number, with its running mean and the ends of epochs; a log scale
     when the loss spans more than two decades. title names the data set and model."""
-    losses = np.asarray(history.batch_loss if isinstance(history, History) else history, dtype=np.float64)
+    losses = np.asarray(history.batch_loss if isinstance(history, History) else history,
+                        dtype=np.float64)
     if losses.ndim != 1 or not losses.size:
-        raise ValueError(f"plot_batch_loss: expected history.batch_loss, a non-empty list of floats, "
-                         f"got shape {losses.shape}")
+        raise ValueError(f"plot_batch_loss: expected history.batch_loss, a non-empty list of "
+                         f"floats, got shape {losses.shape}")
     steps = np.arange(1, len(losses) + 1)
     (first, second), window = _styles(2), max(1, len(losses) // 50)
     fig, axes = _figure(8, 3.8)
@@ -2749,11 +2776,14 @@ def plot_batch_loss(history, path, title=None):
         ax.plot(steps[window - 1:], mean, color=second["color"], linestyle="--", lw=2,
                 label=f"mean of the last {window}")
     epochs = len(history.epoch) if isinstance(history, History) else 0
-    if epochs > 1 and len(losses) % epochs == 0:      # an epoch axis on top; dotted lines up to 20 epochs
+    # an epoch axis on top; dotted lines up to 20 epochs
+    if epochs > 1 and len(losses) % epochs == 0:
         per = len(losses) // epochs
-        ax.secondary_xaxis("top", functions=(lambda s: s / per, lambda e: e * per)).set_xlabel("epoch")
+        ax.secondary_xaxis("top", functions=(lambda s: s / per,
+                                             lambda e: e * per)).set_xlabel("epoch")
         for e in range(1, epochs if epochs <= 20 else 0):
-            ax.axvline(e * per + 0.5, color="0.5", lw=0.7, linestyle=":", label="end of an epoch" if e == 1 else None)
+            ax.axvline(e * per + 0.5, color="0.5", lw=0.7, linestyle=":",
+                       label="end of an epoch" if e == 1 else None)
     if losses.min() > 0 and losses.max() > 100 * losses.min():
         ax.set_yscale("log")
     ax.set(xlabel="update (optimizer step)", ylabel="training loss of the batch")
@@ -2791,15 +2821,15 @@ def plot_optimizer_paths(panels, path, title=None):
     f(x, y) evaluates on arrays, paths is {label: (steps + 1, 2) array} as optimizer_path
     returns, minimum the (x, y) marked with a star. The i-th path of every panel has the i-th
     colour, line style and marker, a black dot at its start and a large marker at its end;
-    each panel's legend sits below it. The view covers every path and the minimum. Contour levels are quantiles of f
-    over the view, so narrow valleys (Rosenbrock's) show too.
+    each panel's legend sits below it. The view covers every path and the minimum. Contour
+    levels are quantiles of f over the view, so narrow valleys (Rosenbrock's) show too.
     """
     import textwrap
     most = max(len(paths) for _, paths, *_ in panels.values())
     fig, axes = _figure(5.2 * len(panels), 4.6 + 0.22 * (most + 2) // 2, len(panels))
     for ax, (panel, (f, paths, *minimum)) in zip(axes[0], panels.items()):
-        points = np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in paths.values()]
-                                + [np.reshape(minimum, (-1, 2))])
+        points = np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1, 2)
+                                 for p in paths.values()] + [np.reshape(minimum, (-1, 2))])
         lo, hi = points.min(axis=0), points.max(axis=0)
         lo, hi = lo - 0.1 * (hi - lo) - 0.1, hi + 0.1 * (hi - lo) + 0.1
         gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 200), np.linspace(lo[1], hi[1], 200))
@@ -2810,7 +2840,8 @@ def plot_optimizer_paths(panels, path, title=None):
             p = np.asarray(p)
             ax.plot(*p.T, label=label, lw=1.4, ms=4, markevery=max(1, (len(p) - 1) // 12), **style)
             ax.plot(*p[0], "o", color="black", ms=5)
-            ax.plot(*p[-1], marker=style["marker"], color=style["color"], mec="black", ms=9, zorder=4)
+            ax.plot(*p[-1], marker=style["marker"], color=style["color"], mec="black", ms=9,
+                    zorder=4)
         if minimum:
             ax.plot(*minimum[0], "*", color="gold", mec="black", ms=14, label="minimum", zorder=5)
         ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]), xlabel="x", ylabel="y")
@@ -2832,9 +2863,12 @@ def add_common_args(parser, epochs=10, batch_size=128, lr=1e-3, optimizer="adam"
                     weight_decay=0.0):
     """Add the flags every training script takes, with the script's defaults; returns the parser."""
     name = os.path.splitext(os.path.basename(parser.prog))[0]
-    parser.add_argument("--epochs", type=int, default=epochs, help="passes over the training set (%(default)s)")
-    parser.add_argument("--batch-size", type=int, default=batch_size, help="minibatch size (%(default)s)")
-    parser.add_argument("--lr", type=float, default=lr, help="learning rate; max_lr for onecycle (%(default)s)")
+    parser.add_argument("--epochs", type=int, default=epochs,
+                        help="passes over the training set (%(default)s)")
+    parser.add_argument("--batch-size", type=int, default=batch_size,
+                        help="minibatch size (%(default)s)")
+    parser.add_argument("--lr", type=float, default=lr,
+                        help="learning rate; max_lr for onecycle (%(default)s)")
     parser.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, default=optimizer,
                         help="momentum is SGD with momentum 0.9 (%(default)s)")
     parser.add_argument("--scheduler", choices=SCHEDULER_CHOICES, default=scheduler,
@@ -2842,12 +2876,16 @@ def add_common_args(parser, epochs=10, batch_size=128, lr=1e-3, optimizer="adam"
     parser.add_argument("--weight-decay", type=float, default=weight_decay,
                         help="L2 penalty; decoupled for adamw and lion (%(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="tinynet.manual_seed (%(default)s)")
-    parser.add_argument("--data-dir", default=None, help="data folder (default: $TINYNET_DATA, else data/)")
-    parser.add_argument("--out", default=os.path.join("runs", name), help="output folder (%(default)s)")
-    parser.add_argument("--quick", action="store_true", help="a small subset and 1 epoch (smoke test)")
+    parser.add_argument("--data-dir", default=None,
+                        help="data folder (default: $TINYNET_DATA, else data/)")
+    parser.add_argument("--out", default=os.path.join("runs", name),
+                        help="output folder (%(default)s)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a small subset and 1 epoch (smoke test)")
     parser.add_argument("--no-plots", action="store_true", help="do not draw the PNG figures")
-    parser.add_argument("--threads", default="auto", help="BLAS threads: a number, or auto: try 1 and 2 on the "
-                        "first batches and keep the faster (2 on a quiet machine, 1 if a core is busy) (%(default)s)")
+    parser.add_argument("--threads", default="auto", help="BLAS threads: a number, or auto: try 1 "
+                        "and 2 on the first batches and keep the faster (2 on a quiet machine, 1 "
+                        "if a core is busy) (%(default)s)")
     return parser
 
 
@@ -2857,7 +2895,8 @@ def flags_typed(parser, argv=None):
     import argparse
     unset = object()
     typed = parser.parse_args(argv, argparse.Namespace(**{a.dest: unset for a in parser._actions}))
-    return {s for a in parser._actions if a.option_strings and getattr(typed, a.dest, unset) is not unset
+    return {s for a in parser._actions
+            if a.option_strings and getattr(typed, a.dest, unset) is not unset
             for s in a.option_strings if s.startswith("--")}
 
 
@@ -2866,8 +2905,8 @@ def reject_flags(parser, flags, reason, argv=None):
     was typed on the command line: the run would ignore it, `reason` says why."""
     typed = [f for f in flags if f in flags_typed(parser, argv)]
     if typed:
-        parser.error(f"{' and '.join(typed)} {'has' if len(typed) == 1 else 'have'} no effect {reason}; "
-                     f"remove {'it' if len(typed) == 1 else 'them'}")
+        parser.error(f"{' and '.join(typed)} {'has' if len(typed) == 1 else 'have'} no effect "
+                     f"{reason}; remove {'it' if len(typed) == 1 else 'them'}")
 
 
 def exit_missing_data(script, dataset, error, files, data_dir, subfolder, source):
@@ -2879,8 +2918,8 @@ def exit_missing_data(script, dataset, error, files, data_dir, subfolder, source
     sys.exit(f"{script}: {dataset} is not available.\n{error}\n\n"
              f"What to do: get {', '.join(files)} ({source})\n"
              f"and put {them} in {folder}{os.sep}, or run with --data-dir DIR (or set the\n"
-             f"TINYNET_DATA environment variable to DIR) where DIR/{subfolder + '/' if subfolder else ''} "
-             f"holds {them}.")
+             f"TINYNET_DATA environment variable to DIR) where "
+             f"DIR/{subfolder + '/' if subfolder else ''} holds {them}.")
 
 
 def blas_thread_callbacks(threads):
@@ -2922,7 +2961,8 @@ def make_scheduler(name, optimizer, epochs, train_size, batch_size):
         return CosineAnnealingLR(optimizer, T_max=epochs)
     if name == "warm-restarts":
         return CosineAnnealingWarmRestarts(optimizer, T_0=max(1, epochs // 3))
-    return OneCycleLR(optimizer, max_lr=optimizer.lr, total_steps=epochs * math.ceil(train_size / batch_size))
+    return OneCycleLR(optimizer, max_lr=optimizer.lr,
+                      total_steps=epochs * math.ceil(train_size / batch_size))
 
 
 def save_model_and_history(model, history, out):
@@ -2939,20 +2979,24 @@ def save_run_figures(history, y_test, y_pred, out, title, class_names=None, X_te
     plot_history(history, os.path.join(out, "accuracy.png"), keys=("accuracy",), title=title)
     if getattr(history, "batch_loss", None):
         plot_batch_loss(history, os.path.join(out, "batch_loss.png"), title=title)
-    plot_confusion_matrix(y_test, y_pred, os.path.join(out, "confusion.png"), class_names, title=title)
+    plot_confusion_matrix(y_test, y_pred, os.path.join(out, "confusion.png"), class_names,
+                          title=title)
     if X_test is not None:
-        plot_predictions(X_test, y_test, y_pred, os.path.join(out, "predictions.png"), class_names, title=title)
+        plot_predictions(X_test, y_test, y_pred, os.path.join(out, "predictions.png"), class_names,
+                         title=title)
 
 
 def print_table(rows, path=None):
     """Print rows (a list of dicts with the same keys) as an aligned table; with `path`, also
     write them as CSV (atomically)."""
     keys = list(rows[0])
-    cells = [keys] + [[f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in rows]
+    cells = [keys] + [[f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys]
+                      for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(keys))]
     for c in cells:
         print("  ".join(s.ljust(w) for s, w in zip(c, widths)).rstrip())
     if path:
         with _atomic_open(path, "w") as f:
             f.write("\n".join(",".join(c) for c in [keys] + [[repr(r[k]) if isinstance(r[k], float)
-                                                              else str(r[k]) for k in keys] for r in rows]) + "\n")
+                                                              else str(r[k]) for k in keys]
+                                                             for r in rows]) + "\n")
