@@ -23,7 +23,8 @@ CLASSES = ("setosa", "versicolor", "virginica")
 def build_model(mean, std, activation="relu", loss="ce"):
     """Normalize(mean, std), 4-100-act-100-act-3; a LogSoftmax output for NLLLoss."""
     act = {"relu": tn.ReLU, "sigmoid": tn.Sigmoid}[activation]
-    layers = [tn.Normalize(mean, std), tn.Linear(4, 100), act(), tn.Linear(100, 100), act(), tn.Linear(100, 3)]
+    layers = [tn.Normalize(mean, std), tn.Linear(4, 100), act(), tn.Linear(100, 100), act(),
+              tn.Linear(100, 3)]
     return tn.Sequential(layers + [tn.LogSoftmax()] if loss == "nll" else layers)
 
 
@@ -35,7 +36,8 @@ def load_iris_or_exit(data_dir):
         return tn.load_iris(os.path.join(data_dir, "iris.csv") if data_dir else None)
     except FileNotFoundError as e:
         tn.exit_missing_data("train_iris.py", "Iris", e, ["iris.csv"], data_dir, "",
-                             "the 150-row table in scikit-learn's layout, sklearn/datasets/data/iris.csv")
+                             "the 150-row table in scikit-learn's layout, "
+                             "sklearn/datasets/data/iris.csv")
 
 
 # The lab's two test functions and their gradients, for --trajectories.
@@ -55,8 +57,8 @@ def rosenbrock_grad(x, y):
     return -2 * (1 - x) - 400 * x * (y - x ** 2), 200 * (y - x ** 2)
 
 
-OPTIMIZERS = {"SGD": (tn.SGD, {}), "momentum 0.9": (tn.SGD, {"momentum": 0.9}), "RMSprop": (tn.RMSprop, {}),
-              "Adam": (tn.Adam, {}), "Lion": (tn.Lion, {})}
+OPTIMIZERS = {"SGD": (tn.SGD, {}), "momentum 0.9": (tn.SGD, {"momentum": 0.9}),
+              "RMSprop": (tn.RMSprop, {}), "Adam": (tn.Adam, {}), "Lion": (tn.Lion, {})}
 # (name, f, gradient, start, steps, minimum, lr of each optimizer): each lr is about the largest
 # that keeps its path stable and readable (SGD on Rosenbrock diverges above ~1e-3 from this start).
 TEST_FUNCTIONS = (
@@ -74,22 +76,27 @@ def draw_trajectories(path):
     for name, f, grad, start, steps, minimum, lrs in TEST_FUNCTIONS:
         paths = {}
         for label, (cls, options) in OPTIMIZERS.items():
-            points = tn.optimizer_path(lambda params: cls(params, lr=lrs[label], **options), grad, start, steps)
+            points = tn.optimizer_path(lambda params: cls(params, lr=lrs[label], **options), grad,
+                                       start, steps)
             paths[f"{label} lr={lrs[label]:g}"] = points
-            print(f"{name}: {label} lr={lrs[label]:g} ends at ({points[-1, 0]:.3f}, {points[-1, 1]:.3f})")
+            print(f"{name}: {label} lr={lrs[label]:g} ends at "
+                  f"({points[-1, 0]:.3f}, {points[-1, 1]:.3f})")
         panels[f"{name}: {steps} steps from {start}"] = (f, paths, minimum)
     tn.plot_optimizer_paths(panels, path, title="Optimizer paths on the Iris lab's test functions")
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     tn.add_common_args(parser, epochs=100, batch_size=16, lr=1e-3)
     parser.add_argument("--loss", choices=("ce", "nll"), default="ce",
-                        help="ce: CrossEntropyLoss on logits; nll: LogSoftmax + NLLLoss (%(default)s)")
+                        help="ce: CrossEntropyLoss on logits; nll: LogSoftmax + NLLLoss "
+                        "(%(default)s)")
     parser.add_argument("--activation", choices=("relu", "sigmoid"), default="relu",
                         help="hidden-layer activation (%(default)s)")
     parser.add_argument("--trajectories", action="store_true",
-                        help="also draw optimizer paths on the lab's quadratic and Rosenbrock (trajectories.png)")
+                        help="also draw optimizer paths on the lab's quadratic and Rosenbrock "
+                        "(trajectories.png)")
     args = parser.parse_args()
     if args.quick:
         tn.reject_flags(parser, ["--epochs"], "with --quick, which trains 1 epoch")
@@ -110,15 +117,19 @@ def main():
     model = build_model(X_train.mean(axis=0), X_train.std(axis=0), args.activation, args.loss)
     print(model.summary((4,)))
     optimizer = tn.make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay)
-    scheduler = tn.make_scheduler(args.scheduler, optimizer, args.epochs, len(X_train), args.batch_size)
-    model.compile(optimizer, tn.NLLLoss() if args.loss == "nll" else tn.CrossEntropyLoss(), scheduler=scheduler)
+    scheduler = tn.make_scheduler(args.scheduler, optimizer, args.epochs, len(X_train),
+                                  args.batch_size)
+    model.compile(optimizer, tn.NLLLoss() if args.loss == "nll" else tn.CrossEntropyLoss(),
+                  scheduler=scheduler)
     history = model.fit(X_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                        validation_data=(X_val, y_val), verbose=1, callbacks=tn.blas_thread_callbacks(args.threads))
+                        validation_data=(X_val, y_val), verbose=1,
+                        callbacks=tn.blas_thread_callbacks(args.threads))
 
     y_pred = model.predict(X_test).argmax(axis=1)
     tn.save_model_and_history(model, history, args.out)
     if not args.no_plots:
-        title = f"Iris, MLP 4-100-100-3 {args.activation}, {args.loss} loss, {args.optimizer} lr {args.lr:g}"
+        title = (f"Iris, MLP 4-100-100-3 {args.activation}, {args.loss} loss, "
+                 f"{args.optimizer} lr {args.lr:g}")
         tn.save_run_figures(history, y_test, y_pred, args.out, title, CLASSES)
     if args.trajectories:
         draw_trajectories(os.path.join(args.out, "trajectories.png"))

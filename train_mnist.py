@@ -2,8 +2,9 @@
 
 --model mlp (default) is the coursework's 784-256-ReLU-10, 10 epochs; --model cnn
 a small convnet (conv32-pool-conv64-pool-128-10), 6 epochs: over 99.2% in under
-two minutes on 2 cores. Both train with Adam and OneCycleLR (max lr 3e-3). Validation is the last 10,000 training images. --loss mse puts a
-Softmax on the output and trains with MSELoss on one-hot targets.
+two minutes on 2 cores. Both train with Adam and OneCycleLR (max lr 3e-3). Validation
+is the last 10,000 training images. --loss mse puts a Softmax on the output and trains
+with MSELoss on one-hot targets.
 --embeddings draws 1,000 training images in 2-D, raw pixels beside the learned
 features (the input of the last Linear layer), with t-SNE (scikit-learn) or
 --projection pca, and trains an even/odd logistic regression (a linear probe)
@@ -49,10 +50,12 @@ def load_mnist_or_exit(data_dir, quick=False):
     try:
         X_train, y_train, X_test, y_test = tn.load_mnist(data_dir)
     except OSError as e:
-        files = [f"{s}-{k}-idx{d}-ubyte.gz" for s in ("train", "t10k") for k, d in (("images", 3), ("labels", 1))]
+        files = [f"{s}-{k}-idx{d}-ubyte.gz" for s in ("train", "t10k")
+                 for k, d in (("images", 3), ("labels", 1))]
         tn.exit_missing_data("train_mnist.py", "MNIST", e, files, data_dir, "mnist",
                              "from https://ossci-datasets.s3.amazonaws.com/mnist/")
-    X_train, y_train, X_val, y_val = X_train[:-10000], y_train[:-10000], X_train[-10000:], y_train[-10000:]
+    X_train, y_train, X_val, y_val = (X_train[:-10000], y_train[:-10000],
+                                      X_train[-10000:], y_train[-10000:])
     if quick:
         return X_train[:1000], y_train[:1000], X_val[:500], y_val[:500], X_test[:500], y_test[:500]
     return X_train, y_train, X_val, y_val, X_test, y_test
@@ -62,8 +65,8 @@ def learned_features(model, X):
     """The input of the model's last Linear layer for images X -> (N, d), 1,000 images at a time
     (a convnet's activations are big)."""
     last = max(i for i, layer in enumerate(model) if isinstance(layer, tn.Linear))
-    return np.concatenate([model.activations(X[i:i + 1000])[last - 1].reshape(len(X[i:i + 1000]), -1)
-                           for i in range(0, len(X), 1000)])
+    return np.concatenate([model.activations(X[i:i + 1000])[last - 1]
+                           .reshape(len(X[i:i + 1000]), -1) for i in range(0, len(X), 1000)])
 
 
 def train_parity_probe(F_train, y_train, F_test, y_test, epochs, batch_size):
@@ -96,36 +99,47 @@ def embeddings(model, args, X_train, y_train, X_test, y_test, n=1000):
     for name, features in (("raw pixels", lambda X: X.reshape(len(X), -1)),
                            ("learned features", lambda X: learned_features(model, X))):
         F_train, F_test = features(X_train[:10000]), features(X_test)
-        accuracy = train_parity_probe(F_train, y_train[:10000], F_test, y_test, args.epochs, args.batch_size)
-        print(f"even/odd linear probe on {name} ({F_train.shape[1]} dims): test accuracy {accuracy:.4f}")
+        accuracy = train_parity_probe(F_train, y_train[:10000], F_test, y_test, args.epochs,
+                                      args.batch_size)
+        print(f"even/odd linear probe on {name} ({F_train.shape[1]} dims): "
+              f"test accuracy {accuracy:.4f}")
         if not args.no_plots:
-            print(f"{args.projection} of the {name} of {min(n, len(F_train)):,} training images ...", flush=True)
-            panels[f"{name} ({F_train.shape[1]} dims); even/odd linear probe: test accuracy {accuracy:.4f}"] = \
+            print(f"{args.projection} of the {name} of {min(n, len(F_train)):,} training images "
+                  "...", flush=True)
+            panels[f"{name} ({F_train.shape[1]} dims); even/odd linear probe: "
+                   f"test accuracy {accuracy:.4f}"] = \
                 project_2d(F_train[:n], args.projection, args.seed)
     if panels:
         tn.plot_embeddings(panels, y_train[:n], os.path.join(args.out, "embeddings.png"),
-                           title=f"MNIST {args.model}: {'t-SNE' if args.projection == 'tsne' else 'PCA'} of "
-                                 f"{min(n, len(X_train)):,} training images, raw pixels and learned features")
+                           title=f"MNIST {args.model}: "
+                                 f"{'t-SNE' if args.projection == 'tsne' else 'PCA'} of "
+                                 f"{min(n, len(X_train)):,} training images, raw pixels and "
+                                 "learned features")
 
 
 def compare_optimizers(args, train, val):
     """Train the same model from the same initialisation for (at most) 5 epochs with each optimizer,
-    and Adam with OneCycleLR; plot val accuracy and loss per epoch; print final accuracy and time per epoch."""
-    runs = [("sgd", 0.1, "none"), ("momentum", 0.01, "none"), ("rmsprop", 1e-3, "none"), ("adam", 1e-3, "none"),
-            ("adamw", 1e-3, "none"), ("lion", 1e-4, "none"), ("adam", 3e-3, "onecycle")]
+    and Adam with OneCycleLR; plot val accuracy and loss per epoch; print final accuracy and time
+    per epoch."""
+    runs = [("sgd", 0.1, "none"), ("momentum", 0.01, "none"), ("rmsprop", 1e-3, "none"),
+            ("adam", 1e-3, "none"), ("adamw", 1e-3, "none"), ("lion", 1e-4, "none"),
+            ("adam", 3e-3, "onecycle")]
     epochs, histories, rows = min(args.epochs, 5), {}, []
     for name, lr, schedule in runs:
         label = f"{name} lr={lr:g}" + ("" if schedule == "none" else f" + {schedule}")
         print(f"--- {label}")
         tn.manual_seed(args.seed)
         model = build_model(args.model, args.loss)
-        optimizer = tn.make_optimizer(name, model.parameters(), lr, 1e-2 if name == "adamw" else 0.0)
+        optimizer = tn.make_optimizer(name, model.parameters(), lr,
+                                      1e-2 if name == "adamw" else 0.0)
         scheduler = tn.make_scheduler(schedule, optimizer, epochs, len(train[0]), args.batch_size)
         model.compile(optimizer, loss_for(args.loss), scheduler=scheduler)
         start = time.perf_counter()
-        histories[label] = h = model.fit(*train, epochs=epochs, batch_size=args.batch_size, validation_data=val,
-                                         verbose=2, callbacks=tn.blas_thread_callbacks(args.threads)).history
-        rows.append({"run": label, "val_accuracy": h["val_accuracy"][-1], "val_loss": h["val_loss"][-1],
+        histories[label] = h = model.fit(*train, epochs=epochs, batch_size=args.batch_size,
+                                         validation_data=val, verbose=2,
+                                         callbacks=tn.blas_thread_callbacks(args.threads)).history
+        rows.append({"run": label, "val_accuracy": h["val_accuracy"][-1],
+                     "val_loss": h["val_loss"][-1],
                      "s_per_epoch": (time.perf_counter() - start) / epochs})
     tn.print_table(rows, os.path.join(args.out, "optimizers.csv"))
     if not args.no_plots:
@@ -134,23 +148,30 @@ def compare_optimizers(args, train, val):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    tn.add_common_args(parser, epochs=10, batch_size=128, lr=3e-3, optimizer="adam", scheduler="onecycle")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    tn.add_common_args(parser, epochs=10, batch_size=128, lr=3e-3, optimizer="adam",
+                       scheduler="onecycle")
     epochs = parser._option_string_actions["--epochs"]       # its default depends on --model
     epochs.default, epochs.help = None, "passes over the training set (10 for mlp, 6 for cnn)"
-    parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="architecture (%(default)s)")
+    parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp",
+                        help="architecture (%(default)s)")
     parser.add_argument("--loss", choices=("ce", "mse"), default="ce",
-                        help="ce: CrossEntropyLoss on logits; mse: Softmax + MSELoss on one-hot (%(default)s)")
+                        help="ce: CrossEntropyLoss on logits; mse: Softmax + MSELoss on one-hot "
+                        "(%(default)s)")
     parser.add_argument("--embeddings", action="store_true",
-                        help="draw raw pixels and learned features in 2-D; even/odd linear probe on each")
+                        help="draw raw pixels and learned features in 2-D; even/odd linear probe "
+                        "on each")
     parser.add_argument("--projection", choices=("tsne", "pca"), default="tsne",
-                        help="with --embeddings: t-SNE (scikit-learn) or PCA, the fast one (%(default)s)")
-    parser.add_argument("--compare-optimizers", action="store_true", help="also train with every optimizer")
+                        help="with --embeddings: t-SNE (scikit-learn) or PCA, the fast one "
+                        "(%(default)s)")
+    parser.add_argument("--compare-optimizers", action="store_true",
+                        help="also train with every optimizer")
     args = parser.parse_args()
     if args.quick:
         tn.reject_flags(parser, ["--epochs"], "with --quick, which trains 1 epoch")
         args.epochs = 1
-    elif args.epochs is None:                 # the convnet reaches 99.2% in 6 epochs (under 2 minutes)
+    elif args.epochs is None:  # the convnet reaches 99.2% in 6 epochs (under 2 minutes)
         args.epochs = 6 if args.model == "cnn" else 10
     if not args.embeddings:
         tn.reject_flags(parser, ["--projection"], "without --embeddings")
@@ -167,11 +188,13 @@ def main():
     model = build_model(args.model, args.loss)
     print(model.summary((1, 28, 28)))
     optimizer = tn.make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay)
-    scheduler = tn.make_scheduler(args.scheduler, optimizer, args.epochs, len(X_train), args.batch_size)
+    scheduler = tn.make_scheduler(args.scheduler, optimizer, args.epochs, len(X_train),
+                                  args.batch_size)
     model.compile(optimizer, loss_for(args.loss), scheduler=scheduler)
     start = time.perf_counter()
     history = model.fit(X_train, t_train, epochs=args.epochs, batch_size=args.batch_size,
-                        validation_data=(X_val, t_val), verbose=1, callbacks=tn.blas_thread_callbacks(args.threads))
+                        validation_data=(X_val, t_val), verbose=1,
+                        callbacks=tn.blas_thread_callbacks(args.threads))
     print(f"training time: {time.perf_counter() - start:.1f} s")
 
     y_pred = model.predict(X_test).argmax(axis=1)
