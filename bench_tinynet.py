@@ -136,16 +136,19 @@ def bench_epochs(X, y, epochs, pause):
         model, tmodel, topt = build(spec)
         tn_times, torch_times = [], {n: [] for n in TORCH_THREADS}
         for _ in range(epochs):
-            tn_times.append(timed(lambda: model.fit(X, y, epochs=1, batch_size=BATCH, verbose=0), pause))
+            tn_times.append(timed(lambda: model.fit(X, y, epochs=1, batch_size=BATCH, verbose=0),
+                                  pause))
             for n in TORCH_THREADS:
                 torch.set_num_threads(n)
                 torch_times[n].append(timed(lambda: torch_epoch(tmodel, topt, Xt, yt), pause))
         tn_s = statistics.median(tn_times)
         torch_s, threads = best_torch(torch_times)
-        rows[name] = {"tinynet_s": tn_s, "torch_s": torch_s, "torch_threads": threads, "ratio": tn_s / torch_s,
-                      "torch_s_by_threads": {str(n): statistics.median(t) for n, t in torch_times.items()}}
-        print(f"  {name:<10} epoch  tinynet {tn_s:7.2f} s   torch {torch_s:7.2f} s ({threads} thr)   "
-              f"ratio {tn_s / torch_s:5.2f}", flush=True)
+        rows[name] = {"tinynet_s": tn_s, "torch_s": torch_s, "torch_threads": threads,
+                      "ratio": tn_s / torch_s,
+                      "torch_s_by_threads": {str(n): statistics.median(t)
+                                             for n, t in torch_times.items()}}
+        print(f"  {name:<10} epoch  tinynet {tn_s:7.2f} s   torch {torch_s:7.2f} s "
+              f"({threads} thr)   ratio {tn_s / torch_s:5.2f}", flush=True)
     return rows
 
 
@@ -162,8 +165,8 @@ def min_ms(fn, repeats):
 
 def gemm_limit(products, rng):
     """A function doing the matrix products [(m, k, n), ...] with np.matmul on float32 arrays."""
-    pairs = [(rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32))
-             for m, k, n in products]
+    pairs = [(rng.standard_normal((m, k), dtype=np.float32),
+              rng.standard_normal((k, n), dtype=np.float32)) for m, k, n in products]
     return lambda: [a @ b for a, b in pairs]
 
 
@@ -178,11 +181,16 @@ def layer_cases(n=BATCH):
     order of tinynet's input: "C", or "conv" for a Conv2d's output (batch innermost, see Conv2d),
     which is what a layer after a Conv2d gets in a network; batch n."""
     return [
-        ("Conv2d 32->64 k3 p1 @14", ("Conv2d", (32, 64, 3, 1, 1)), (n, 32, 14, 14), conv_gemms(n, 32, 14, 14, 64, 3, 1), "C"),
-        ("Conv2d 1->32 k3 p1 @28", ("Conv2d", (1, 32, 3, 1, 1)), (n, 1, 28, 28), conv_gemms(n, 1, 28, 28, 32, 3, 1), "C"),
-        ("Conv2d 1->8 k5 @28", ("Conv2d", (1, 8, 5)), (n, 1, 28, 28), conv_gemms(n, 1, 28, 28, 8, 5, 0), "C"),
-        ("Conv2d 8->16 k3 @12", ("Conv2d", (8, 16, 3)), (n, 8, 12, 12), conv_gemms(n, 8, 12, 12, 16, 3, 0), "C"),
-        ("Linear 784->256", ("Linear", (784, 256)), (n, 784), [(n, 784, 256), (256, n, 784), (n, 256, 784)], "C"),
+        ("Conv2d 32->64 k3 p1 @14", ("Conv2d", (32, 64, 3, 1, 1)), (n, 32, 14, 14),
+         conv_gemms(n, 32, 14, 14, 64, 3, 1), "C"),
+        ("Conv2d 1->32 k3 p1 @28", ("Conv2d", (1, 32, 3, 1, 1)), (n, 1, 28, 28),
+         conv_gemms(n, 1, 28, 28, 32, 3, 1), "C"),
+        ("Conv2d 1->8 k5 @28", ("Conv2d", (1, 8, 5)), (n, 1, 28, 28),
+         conv_gemms(n, 1, 28, 28, 8, 5, 0), "C"),
+        ("Conv2d 8->16 k3 @12", ("Conv2d", (8, 16, 3)), (n, 8, 12, 12),
+         conv_gemms(n, 8, 12, 12, 16, 3, 0), "C"),
+        ("Linear 784->256", ("Linear", (784, 256)), (n, 784),
+         [(n, 784, 256), (256, n, 784), (n, 256, 784)], "C"),
         ("MaxPool2d(2) @28", ("MaxPool2d", (2,)), (n, 32, 28, 28), [], "C"),
         ("BatchNorm2d(32) @28", ("BatchNorm2d", (32,)), (n, 32, 28, 28), [], "C"),
         ("BatchNorm2d(32) @28 conv out", ("BatchNorm2d", (32,)), (n, 32, 28, 28), [], "conv"),
@@ -205,7 +213,8 @@ def bench_layers(repeats, batch=BATCH):
     for label, (name, args), shape, products, order in layer_cases(batch):
         xt = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)).requires_grad_()
         x = xt.detach().numpy()
-        if order == "conv":                   # tinynet's Conv2d output: (C, H, W, N) memory, an (N, C, H, W) view
+        # tinynet's Conv2d output: (C, H, W, N) memory, an (N, C, H, W) view
+        if order == "conv":
             x = np.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
         layer, tlayer = getattr(tn, name)(*args), getattr(torch.nn, name)(*args)
         gt = torch.from_numpy(rng.standard_normal(tlayer(xt).shape, dtype=np.float32))
@@ -219,7 +228,8 @@ def bench_layers(repeats, batch=BATCH):
         rows[label] = timing_row(fns, repeats)
     logits = rng.standard_normal((batch, 10), dtype=np.float32)
     labels = rng.integers(0, 10, batch)
-    loss, tlogits, tlabels = tn.CrossEntropyLoss(), torch.from_numpy(logits).requires_grad_(), torch.from_numpy(labels)
+    loss, tlogits, tlabels = (tn.CrossEntropyLoss(), torch.from_numpy(logits).requires_grad_(),
+                              torch.from_numpy(labels))
     fns = {"tinynet": lambda: (loss.forward(logits, labels), loss.backward()), "gemm": None}
     for n in TORCH_THREADS:
         fns[n] = (lambda n=n: (torch.set_num_threads(n),
@@ -227,8 +237,9 @@ def bench_layers(repeats, batch=BATCH):
     rows[f"CrossEntropyLoss ({batch}, 10)"] = timing_row(fns, repeats)
     for label, r in rows.items():
         gemm = "      -" if r["gemm_ms"] is None else f"{r['gemm_ms']:7.3f}"
-        print(f"  {label:<30} fwd+bwd  tinynet {r['tinynet_ms']:7.3f} ms   torch {r['torch_ms']:7.3f} ms "
-              f"({r['torch_threads']} thr)   ratio {r['ratio']:5.2f}   GEMM limit {gemm} ms", flush=True)
+        print(f"  {label:<30} fwd+bwd  tinynet {r['tinynet_ms']:7.3f} ms   "
+              f"torch {r['torch_ms']:7.3f} ms ({r['torch_threads']} thr)   "
+              f"ratio {r['ratio']:5.2f}   GEMM limit {gemm} ms", flush=True)
     return rows
 
 
@@ -253,16 +264,18 @@ def bench_busy(X, y, repeats, pause):
     auto's choices counted."""
     rows = {}
     for state in ("quiet", "busy"):
-        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if state == "busy" else None
+        busy = (subprocess.Popen([sys.executable, "-c", "while True: pass"]) if state == "busy"
+                else None)
         try:
             times, chosen = {"auto": [], "default": [], "1": [], "2": []}, []
             for i in range(repeats):
                 keys = list(times)
-                for key in keys[i % len(keys):] + keys[:i % len(keys)]:      # each goes first in turn
+                for key in keys[i % len(keys):] + keys[:i % len(keys)]:  # each goes first in turn
                     model, _, _ = build(WORKLOADS[BUSY_WORKLOAD])
                     callbacks = [tn.BlasThreads()] if key == "auto" else []
-                    with blas_threads(int(key) if key.isdigit() else 2):     # restored after each run
-                        times[key].append(timed(lambda: model.fit(X, y, epochs=1, batch_size=BUSY_BATCH, verbose=0,
+                    with blas_threads(int(key) if key.isdigit() else 2):  # restored after each run
+                        times[key].append(timed(lambda: model.fit(X, y, epochs=1,
+                                                                  batch_size=BUSY_BATCH, verbose=0,
                                                                   callbacks=callbacks), pause))
                     if callbacks:
                         chosen.append(callbacks[0].chosen)
@@ -271,15 +284,17 @@ def bench_busy(X, y, repeats, pause):
                 busy.kill()
                 busy.wait()
         row = {f"{k}_s": statistics.median(v) for k, v in times.items()}
-        row["runs_s"], row["auto_chose"] = times, {str(n): chosen.count(n) for n in sorted(set(chosen))}
+        row["runs_s"], row["auto_chose"] = times, {str(n): chosen.count(n)
+                                                   for n in sorted(set(chosen))}
         row["auto_over_best"] = row["auto_s"] / min(row["1_s"], row["2_s"])
         row["default_over_best"] = row["default_s"] / min(row["1_s"], row["2_s"])
         rows[state] = row
         spread = "   ".join(f"{k} {min(v):.2f}-{max(v):.2f}" for k, v in times.items())
-        print(f"  {state:<5} mlp epoch  auto {row['auto_s']:6.2f} s   1 thread {row['1_s']:6.2f} s   "
-              f"2 threads {row['2_s']:6.2f} s   auto / best {row['auto_over_best']:5.2f}   "
+        print(f"  {state:<5} mlp epoch  auto {row['auto_s']:6.2f} s   1 thread {row['1_s']:6.2f} s "
+              f"  2 threads {row['2_s']:6.2f} s   auto / best {row['auto_over_best']:5.2f}   "
               f"(NumPy's default, 2 threads: {row['default_over_best']:5.2f})\n"
-              f"        auto chose {row['auto_chose']} threads; range over {repeats} runs: {spread}", flush=True)
+              f"        auto chose {row['auto_chose']} threads; range over {repeats} runs: "
+              f"{spread}", flush=True)
     return rows
 
 
@@ -322,26 +337,30 @@ def bench_memory(n, epochs, workloads, synthetic):
     rows, libraries = {}, ("tinynet",) if synthetic else ("tinynet", "torch")
     for workload in workloads:
         children = {library: subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--memory-child", library, workload, "--n", str(n),
-             "--epochs", str(epochs)] + ["--smoke"] * synthetic, stdout=subprocess.PIPE, text=True)
+            [sys.executable, os.path.abspath(__file__), "--memory-child", library, workload,
+             "--n", str(n), "--epochs", str(epochs)] + ["--smoke"] * synthetic,
+            stdout=subprocess.PIPE, text=True)
             for library in libraries}
         row = {}
         for library, child in children.items():
             out, _ = child.communicate()
             if child.returncode:
-                raise RuntimeError(f"memory child {library} {workload} failed with code {child.returncode}")
+                raise RuntimeError(f"memory child {library} {workload} failed with code "
+                                   f"{child.returncode}")
             r = json.loads(out.strip().splitlines()[-1])
             row[f"{library}_peak_mb"] = r["peak_rss_mb"]
             row[f"{library}_epoch_mb"] = r["peak_rss_mb"] - r["rss_before_mb"]
             row[f"{library}_growth_mb"] = r["rss_after_epoch_mb"][-1] - r["rss_after_epoch_mb"][0]
         rows[workload] = row
         if synthetic:
-            print(f"  {workload:<10} peak RSS in epoch 1  tinynet {row['tinynet_peak_mb']:5.0f} MB", flush=True)
+            print(f"  {workload:<10} peak RSS in epoch 1  tinynet {row['tinynet_peak_mb']:5.0f} MB",
+                  flush=True)
             continue
         print(f"  {workload:<10} peak RSS in epoch 1  tinynet {row['tinynet_peak_mb']:5.0f} MB "
-              f"(+{row['tinynet_epoch_mb']:.0f} over the start)   torch {row['torch_peak_mb']:5.0f} MB "
-              f"(+{row['torch_epoch_mb']:.0f})   growth over {epochs} epochs: tinynet "
-              f"{row['tinynet_growth_mb']:+.1f} MB, torch {row['torch_growth_mb']:+.1f} MB", flush=True)
+              f"(+{row['tinynet_epoch_mb']:.0f} over the start)   "
+              f"torch {row['torch_peak_mb']:5.0f} MB (+{row['torch_epoch_mb']:.0f})   "
+              f"growth over {epochs} epochs: tinynet {row['tinynet_growth_mb']:+.1f} MB, "
+              f"torch {row['torch_growth_mb']:+.1f} MB", flush=True)
     return rows
 
 
@@ -365,11 +384,15 @@ def write_json(results, path):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="subsets and fewer repeats: about a minute")
-    p.add_argument("--smoke", action="store_true", help="every code path on tiny random data (no timing value)")
-    p.add_argument("--busy", action="store_true", help="also time the MLP epoch with one core kept busy")
-    p.add_argument("--epochs", type=int, default=3, help="epochs per workload and library (median taken)")
+    p.add_argument("--smoke", action="store_true",
+                   help="every code path on tiny random data (no timing value)")
+    p.add_argument("--busy", action="store_true",
+                   help="also time the MLP epoch with one core kept busy")
+    p.add_argument("--epochs", type=int, default=3,
+                   help="epochs per workload and library (median taken)")
     p.add_argument("--out", default="bench.json", help="where to write the results as JSON")
-    p.add_argument("--memory-child", nargs=2, metavar=("LIBRARY", "WORKLOAD"), help=argparse.SUPPRESS)
+    p.add_argument("--memory-child", nargs=2, metavar=("LIBRARY", "WORKLOAD"),
+                   help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.memory_child:
@@ -381,20 +404,24 @@ def main():
     elif args.quick:
         n, epochs, repeats, pause, mem_n, mem_workloads = 2000, 3, 6, 0.2, 2000, list(WORKLOADS)
     else:
-        n, epochs, repeats, pause, mem_n, mem_workloads = 60000, max(3, args.epochs), 30, 1.0, 20000, list(WORKLOADS)
-    info = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-            "torch_threads_tried": list(TORCH_THREADS), "tinynet_blas": blas_info(),
-            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"), "train_samples": n,
-            "quick": args.quick, "smoke": args.smoke}
+        n, epochs, repeats, pause, mem_n, mem_workloads = (60000, max(3, args.epochs), 30, 1.0,
+                                                           20000, list(WORKLOADS))
+    info = {"date": time.strftime("%Y-%m-%d"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "python": platform.python_version(), "numpy": np.__version__,
+            "torch": torch.__version__, "torch_threads_tried": list(TORCH_THREADS),
+            "tinynet_blas": blas_info(), "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
+            "train_samples": n, "quick": args.quick, "smoke": args.smoke}
     print("tinynet vs PyTorch CPU, float32, batch 64, Adam lr 1e-3; torch at its faster of 1 and 2 "
           "threads, tinynet at NumPy's default BLAS threads:", json.dumps(info), flush=True)
     tn.manual_seed(0)
     torch.manual_seed(0)
     X, y = load(n, args.smoke)
-    print(f"epoch time (median of {epochs} epochs, alternating, {pause} s pause between runs):", flush=True)
+    print(f"epoch time (median of {epochs} epochs, alternating, {pause} s pause between runs):",
+          flush=True)
     results = {"info": info, "epochs": bench_epochs(X, y, epochs, pause)}
-    print(f"layer time, forward + backward (fastest of {repeats} calls, libraries alternating):", flush=True)
+    print(f"layer time, forward + backward (fastest of {repeats} calls, libraries alternating):",
+          flush=True)
     results["layers"] = bench_layers(repeats, 2 if args.smoke else BATCH)
     if args.busy or args.smoke:
         print("BLAS threads, MLP epoch (batch 128), quiet and with one core busy:", flush=True)

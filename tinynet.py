@@ -16,7 +16,6 @@ composed into Layer in their own section. Only numpy (and the standard library)
 is imported at module level; tqdm, matplotlib, scipy, scikit-learn, threadpoolctl
 and torch are imported inside the functions that need them.
 """
-from bisect import bisect_right
 import contextlib
 import gzip
 import hashlib
@@ -30,6 +29,7 @@ import time
 import urllib.request
 import zipfile
 import zlib
+from bisect import bisect_right
 
 import numpy as np
 
@@ -114,8 +114,10 @@ class Linear(Layer):
     def __init__(self, in_features, out_features, bias=True):
         self.in_features, self.out_features = in_features, out_features
         bound = 1 / math.sqrt(in_features)
-        self.weight = Parameter(_rng.uniform(-bound, bound, (out_features, in_features)).astype(np.float32))
-        self.bias = Parameter(_rng.uniform(-bound, bound, out_features).astype(np.float32)) if bias else None
+        self.weight = Parameter(_rng.uniform(-bound, bound,
+                                             (out_features, in_features)).astype(np.float32))
+        self.bias = (Parameter(_rng.uniform(-bound, bound, out_features).astype(np.float32))
+                     if bias else None)
 
     def forward(self, x):
         self._cache = x = np.asarray(x)
@@ -140,7 +142,7 @@ class ReLU(Layer):
 
     def forward(self, x):
         self._cache = x > 0
-        y = np.zeros_like(x)          # max with an array of zeros: NumPy 2 runs it 2x faster than max(x, 0)
+        y = np.zeros_like(x)  # max with a zeros array: NumPy 2 runs it 2x faster than max(x, 0)
         return np.maximum(x, y, out=y)
 
     def backward(self, grad):
@@ -272,7 +274,8 @@ def _per_channel(v, x):
 
 
 class Normalize(Layer):
-    """y = (x - mean) / std per channel (axis 1), as torchvision's transforms.Normalize;  dx = dy / std.
+    """y = (x - mean) / std per channel (axis 1), as torchvision's transforms.Normalize;
+    dx = dy / std.
 
     A fixed standardisation kept with the model: mean and std (C,) are buffers, saved and
     loaded with the weights, so evaluation uses the training set's statistics.
@@ -283,12 +286,14 @@ class Normalize(Layer):
         self.mean, self.std = np.array(mean, np.float32).ravel(), np.array(std, np.float32).ravel()
         if self.mean.shape != self.std.shape or not (self.std > 0).all():
             raise ValueError(f"Normalize: expected mean and std of the same length, std > 0, "
-                             f"got {self.mean.shape} and {self.std.shape} (min std {self.std.min(initial=0)})")
+                             f"got {self.mean.shape} and {self.std.shape} "
+                             f"(min std {self.std.min(initial=0)})")
 
     def forward(self, x):
         x = np.asarray(x)
         if x.ndim < 2 or x.shape[1] != len(self.mean):
-            raise ValueError(f"Normalize: expected input (N, {len(self.mean)}, ...), got shape {x.shape}")
+            raise ValueError(f"Normalize: expected input (N, {len(self.mean)}, ...), "
+                             f"got shape {x.shape}")
         self._cache = x.ndim
         return (x - _per_channel(self.mean, x)) / _per_channel(self.std, x)
 
@@ -300,7 +305,7 @@ class Normalize(Layer):
 def _pair(value, name, low=1):
     """An int or an (h, w) pair (tuple or list, as JSON gives it back) -> (h, w) of ints >= low."""
     pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pair):
+    if len(pair) != 2 or any(type(v) is bool or not isinstance(v, (int, np.integer)) for v in pair):
         raise TypeError(f"{name} must be an int or an (h, w) pair of ints, got {value!r}")
     if min(pair) < low:
         raise ValueError(f"{name} must be >= {low}, got {value!r}")
@@ -308,8 +313,8 @@ def _pair(value, name, low=1):
 
 
 def _out_size(layer, x, kernel, stride, padding, channels=None):
-    """(OH, OW) = ((H + 2 pH - kH) // sH + 1, ...) as torch, for x (N, C, H, W); a ValueError naming the
-    layer unless x is 4-D (with `channels` channels) and the kernel fits in the padded input."""
+    """(OH, OW) = ((H + 2 pH - kH) // sH + 1, ...) as torch, for x (N, C, H, W); a ValueError naming
+    the layer unless x is 4-D (with `channels` channels) and the kernel fits in the padded input."""
     if x.ndim != 4 or channels not in (None, x.shape[1]):
         with_c = f" with {channels} channels on axis 1" if channels else ""
         raise ValueError(f"{type(layer).__name__}: expected 4-D input{with_c}, got shape {x.shape}")
@@ -348,14 +353,17 @@ class Conv2d(Layer):
         bound = 1 / math.sqrt(in_channels * self.kernel_size[0] * self.kernel_size[1])
         shape = (out_channels, in_channels) + self.kernel_size
         self.weight = Parameter(_rng.uniform(-bound, bound, shape).astype(np.float32))
-        self.bias = Parameter(_rng.uniform(-bound, bound, out_channels).astype(np.float32)) if bias else None
+        self.bias = (Parameter(_rng.uniform(-bound, bound, out_channels).astype(np.float32))
+                     if bias else None)
 
     def forward(self, x):
         x = np.asarray(x)
         oh, ow = _out_size(self, x, self.kernel_size, self.stride, self.padding, self.in_channels)
-        (n, c, _, _), (kh, kw), (sh, sw), (ph, pw) = x.shape, self.kernel_size, self.stride, self.padding
-        xp = x.transpose(1, 2, 3, 0)                        # (C, H, W, N), padded, C-ordered: batch innermost
-        xp = np.pad(xp, ((0, 0), (ph, ph), (pw, pw), (0, 0))) if ph or pw else np.ascontiguousarray(xp)
+        (n, c, _, _), (kh, kw), (sh, sw), (ph, pw) = (x.shape, self.kernel_size, self.stride,
+                                                      self.padding)
+        xp = x.transpose(1, 2, 3, 0)             # (C, H, W, N), padded, C-ordered: batch innermost
+        xp = (np.pad(xp, ((0, 0), (ph, ph), (pw, pw), (0, 0))) if ph or pw
+              else np.ascontiguousarray(xp))
         win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]
         cols = np.ascontiguousarray(win.transpose(0, 4, 5, 1, 2, 3)).reshape(c * kh * kw, -1)
         self._cache = cols, x.shape
@@ -369,7 +377,7 @@ class Conv2d(Layer):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         _, o, oh, ow = grad.shape
         g = np.ascontiguousarray(grad.transpose(1, 2, 3, 0)).reshape(o, -1)   # (O, OH OW N)
-        self.weight.grad += (cols @ g.T).T.reshape(self.weight.data.shape)   # faster than g @ cols.T
+        self.weight.grad += (cols @ g.T).T.reshape(self.weight.data.shape)  # faster than g @ cols.T
         if self.bias is not None:
             self.bias.grad += g.sum(axis=1)
         if not self.needs_input_grad:
@@ -393,11 +401,11 @@ class _Pool2d(Layer):
 
     def __init__(self, kernel_size, stride=None, padding=0):
         name = type(self).__name__
-        self.kernel_size = _pair(kernel_size, f"{name}: kernel_size")
+        self.kernel_size = kernel = _pair(kernel_size, f"{name}: kernel_size")
         self.stride = self.kernel_size if stride is None else _pair(stride, f"{name}: stride")
-        self.padding = _pair(padding, f"{name}: padding", low=0)
+        self.padding = pad = _pair(padding, f"{name}: padding", low=0)
         if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
-            raise ValueError(f"{name}: padding {self.padding} must be at most half the kernel size {self.kernel_size}")
+            raise ValueError(f"{name}: padding {pad} must be at most half the kernel size {kernel}")
 
     def _offsets(self, x, oh, ow):     # [x at offset (i, j) of every window: a view (N, C, OH, OW)]
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
@@ -418,7 +426,7 @@ class _Pool2d(Layer):
     def backward(self, grad):                                        # grad: (N, C, OH, OW)
         xp, state = self._saved()
         dxp, (ph, pw), (hp, wp) = np.zeros_like(xp), self.padding, xp.shape[2:]
-        for k, view in enumerate(self._offsets(dxp, *grad.shape[2:])):     # overlapping windows add up
+        for k, view in enumerate(self._offsets(dxp, *grad.shape[2:])):  # overlapping windows add up
             view += self._window_grad(grad, state, k)
         return dxp[:, :, ph:hp - ph, pw:wp - pw]
 
@@ -432,7 +440,7 @@ class MaxPool2d(_Pool2d):
         y = np.copy(views[0])                                       # np.copy keeps the memory order
         argmax = np.zeros_like(y, np.min_scalar_type(len(views) - 1))
         for k, v in enumerate(views[1:], 1):
-            better = (v > y) | np.isnan(v)            # strictly greater: the first of tied maxima keeps it
+            better = (v > y) | np.isnan(v)  # strictly greater: the first of tied maxima keeps it
             np.maximum(argmax, better * argmax.dtype.type(k), out=argmax)   # k only grows
             np.maximum(y, v, out=y)                    # a NaN propagates
         return y, argmax
@@ -1183,7 +1191,8 @@ class BCEWithLogitsLoss(Loss):
 # ════════════════════════════════════════════════════════════════════════════
 
 class Optimizer:
-    """Base class, as torch.optim.Optimizer: `step()` updates every parameter in place from its `.grad`.
+    """Base class, as torch.optim.Optimizer: `step()` updates every parameter in place from its
+    `.grad`.
 
     params: parameters (any objects with `.data` and `.grad` arrays), or torch-style groups
     [{"params": [...], "lr": 0.1, ...}, ...]; a hyper-parameter a group does not give takes the
@@ -1196,12 +1205,14 @@ class Optimizer:
         self.defaults, self.state, self.param_groups = defaults, {}, []
         params = list(params)
         if not params:
-            raise ValueError(f"{type(self).__name__}: expected a non-empty iterable of parameters, got an empty one")
+            raise ValueError(f"{type(self).__name__}: expected a non-empty iterable of parameters, "
+                             "got an empty one")
         for group in params if isinstance(params[0], dict) else [{"params": params}]:
             self.add_param_group(group)
 
     def add_param_group(self, group):
-        """Add {"params": [...], hyper-parameter: value, ...}; missing values come from the defaults."""
+        """Add {"params": [...], hyper-parameter: value, ...}; missing values come from the
+        defaults."""
         name, params = type(self).__name__, group["params"]
         params = [params] if _is_parameter(params) else list(params)
         group = {**self.defaults, **group, "params": params}
@@ -1211,12 +1222,12 @@ class Optimizer:
                 raise TypeError(f"{name}: expected parameters with .data and .grad arrays, got {type(p).__name__}")
         if {id(p) for p in group["params"]} & {id(p) for g in self.param_groups for p in g["params"]}:
             raise ValueError(f"{name}: some parameters appear in more than one parameter group")
-        for k, v in group.items():                   # torch's checks: every number >= 0, betas in [0, 1)
+        for k, v in group.items():  # torch's checks: every number >= 0, betas in [0, 1)
             if k == "betas":
                 for i, b in enumerate(v):
                     if not 0.0 <= b < 1.0:
                         raise ValueError(f"{name}: expected betas[{i}] in [0, 1), got {b}")
-                group[k] = tuple(map(float, v))     # plain floats: NumPy scalars would promote float32 math
+                group[k] = tuple(map(float, v))  # plain floats: NumPy scalars promote float32 math
             elif k != "params" and not isinstance(v, bool):
                 if not v >= 0.0:
                     raise ValueError(f"{name}: expected {k} >= 0, got {v}")
@@ -1234,8 +1245,8 @@ class Optimizer:
 
     def _single_group(self, what):
         if len(self.param_groups) != 1:
-            raise AttributeError(f"{type(self).__name__} has {len(self.param_groups)} parameter groups: "
-                                 f"use param_groups[i][{what!r}]")
+            raise AttributeError(f"{type(self).__name__} has {len(self.param_groups)} parameter "
+                                 f"groups: use param_groups[i][{what!r}]")
         return self.param_groups[0]
 
     def zero_grad(self):
@@ -1262,7 +1273,8 @@ class Optimizer:
         torch's structure, parameters numbered in order across groups (copies of the arrays)."""
         index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
         groups = [{**g, "params": [index[id(p)] for p in g["params"]]} for g in self.param_groups]
-        state = {index[id(p)]: {k: np.array(v) if isinstance(v, np.ndarray) else v for k, v in s.items()}
+        state = {index[id(p)]: {k: np.array(v) if isinstance(v, np.ndarray) else v
+                                for k, v in s.items()}
                  for p, s in self.state.items() if s}
         return {"state": state, "param_groups": groups}
 
@@ -1281,8 +1293,10 @@ class Optimizer:
                     params.update(zip(v, own["params"]))
                 elif k in own or k in _SCHEDULER_GROUP_KEYS:
                     own[k] = tuple(map(float, v)) if k == "betas" else _plain(v)
-                elif v and not (k == "decoupled_weight_decay" and getattr(self, "decoupled", False)):
-                    raise ValueError(f"{name}.load_state_dict: torch option {k}={v} is not supported")
+                elif v and not (k == "decoupled_weight_decay"
+                                and getattr(self, "decoupled", False)):
+                    raise ValueError(f"{name}.load_state_dict: torch option {k}={v} "
+                                     "is not supported")
         self.state = {}
         for i, s in state_dict["state"].items():
             p = params[int(i)]
@@ -1343,7 +1357,8 @@ class RMSprop(Optimizer):
         else:          p = p - lr * g / denom
     """
 
-    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False):
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
+                 centered=False):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered))
 
@@ -1383,7 +1398,8 @@ class Adagrad(Optimizer):
         p = p - lr / (1 + (t - 1) * lr_decay) * g / (sqrt(s) + eps)
     """
 
-    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10):
+    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
+                 eps=1e-10):
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value, eps=eps))
 
@@ -1407,8 +1423,10 @@ class Adam(Optimizer):
     """
     decoupled = False     # AdamW: weight decay shrinks p directly instead of entering g
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad))
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 amsgrad=False):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      amsgrad=amsgrad))
 
     def update(self, p, state, group):
         lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
@@ -1438,7 +1456,8 @@ class AdamW(Adam):
     """
     decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
 
 
@@ -1532,12 +1551,15 @@ class LRScheduler:
 
     def _attach(self, optimizer):
         if not hasattr(optimizer, "param_groups"):
-            raise TypeError(f"{type(self).__name__}: expected an optimizer, got {type(optimizer).__name__}")
+            raise TypeError(f"{type(self).__name__}: expected an optimizer, "
+                            f"got {type(optimizer).__name__}")
         self.optimizer = optimizer
 
     def get_lr(self):
-        """The lr of every group at step `last_epoch`: by default `_lr(current lr, base lr)` per group."""
-        return [self._lr(group["lr"], base) for group, base in zip(self.optimizer.param_groups, self.base_lrs)]
+        """The lr of every group at step `last_epoch`: by default `_lr(current lr, base lr)` per
+        group."""
+        return [self._lr(group["lr"], base)
+                for group, base in zip(self.optimizer.param_groups, self.base_lrs)]
 
     def step(self):
         self.last_epoch += 1
@@ -1558,7 +1580,8 @@ class LRScheduler:
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def _restart(self):
-        """Go back to step 0 (SequentialLR at a milestone), with the closed form where torch has one."""
+        """Go back to step 0 (SequentialLR at a milestone), with the closed form where torch has
+        one."""
         self.last_epoch = 0
         closed = getattr(self, "_closed_form", None)
         self._set_lrs([closed(base) for base in self.base_lrs] if closed else self.get_lr())
@@ -1569,7 +1592,8 @@ class LRScheduler:
 
     def state_dict(self):
         """Every attribute but the optimizer (and functions), as torch's."""
-        return {k: v for k, v in vars(self).items() if k not in ("optimizer", "lr_lambdas", "schedulers")}
+        return {k: v for k, v in vars(self).items()
+                if k not in ("optimizer", "lr_lambdas", "schedulers")}
 
     def load_state_dict(self, state_dict):
         self.__dict__.update(state_dict)
@@ -1580,9 +1604,11 @@ class LambdaLR(LRScheduler):
 
     def __init__(self, optimizer, lr_lambda):
         n = len(optimizer.param_groups)
-        self.lr_lambdas = list(lr_lambda) if isinstance(lr_lambda, (list, tuple)) else [lr_lambda] * n
+        self.lr_lambdas = (list(lr_lambda) if isinstance(lr_lambda, (list, tuple))
+                           else [lr_lambda] * n)
         if len(self.lr_lambdas) != n:
-            raise ValueError(f"{type(self).__name__}: expected {n} lr_lambdas, got {len(self.lr_lambdas)}")
+            raise ValueError(f"{type(self).__name__}: expected {n} lr_lambdas, "
+                             f"got {len(self.lr_lambdas)}")
         super().__init__(optimizer)
 
     def get_lr(self):
@@ -1598,7 +1624,8 @@ class MultiplicativeLR(LambdaLR):
 
     def _restart(self):                     # at a SequentialLR milestone torch multiplies by f(0)
         self.last_epoch = 0
-        self._set_lrs([g["lr"] * f(0) for f, g in zip(self.lr_lambdas, self.optimizer.param_groups)])
+        self._set_lrs([g["lr"] * f(0)
+                       for f, g in zip(self.lr_lambdas, self.optimizer.param_groups)])
 
 
 class StepLR(LRScheduler):
@@ -1617,7 +1644,8 @@ class StepLR(LRScheduler):
 
 
 class MultiStepLR(LRScheduler):
-    """lr = base_lr * gamma ** (number of milestones <= epoch); a repeated milestone counts twice."""
+    """lr = base_lr * gamma ** (number of milestones <= epoch); a repeated milestone counts
+    twice."""
 
     def __init__(self, optimizer, milestones, gamma=0.1):
         self.milestones, self.gamma = sorted(milestones), gamma
@@ -1691,14 +1719,17 @@ class CosineAnnealingLR(LRScheduler):
             return lr
         if (e - 1 - T) % (2 * T) == 0:
             return lr + (base - lo) * (1 - math.cos(math.pi / T)) / 2
-        return (1 + math.cos(math.pi * e / T)) / (1 + math.cos(math.pi * (e - 1) / T)) * (lr - lo) + lo
+        return ((1 + math.cos(math.pi * e / T)) / (1 + math.cos(math.pi * (e - 1) / T))
+                * (lr - lo) + lo)
 
     def _closed_form(self, base):
-        return self.eta_min + (base - self.eta_min) * (1 + math.cos(math.pi * self.last_epoch / self.T_max)) / 2
+        return (self.eta_min + (base - self.eta_min)
+                * (1 + math.cos(math.pi * self.last_epoch / self.T_max)) / 2)
 
 
 class CosineAnnealingWarmRestarts(LRScheduler):
-    """SGDR (Loshchilov & Hutter 2017): lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * T_cur / T_i)) / 2.
+    """SGDR (Loshchilov & Hutter 2017):
+    lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * T_cur / T_i)) / 2.
 
     T_cur counts the steps since the last restart; at T_cur = T_i it restarts
     from 0 and the period becomes T_i * T_mult (T_i starts at T_0).
@@ -1706,9 +1737,11 @@ class CosineAnnealingWarmRestarts(LRScheduler):
 
     def __init__(self, optimizer, T_0, T_mult=1, eta_min=0.0):
         if not isinstance(T_0, int) or T_0 <= 0:
-            raise ValueError(f"CosineAnnealingWarmRestarts: expected a positive integer T_0, got {T_0!r}")
+            raise ValueError(f"CosineAnnealingWarmRestarts: expected a positive integer T_0, "
+                             f"got {T_0!r}")
         if not isinstance(T_mult, int) or T_mult < 1:
-            raise ValueError(f"CosineAnnealingWarmRestarts: expected an integer T_mult >= 1, got {T_mult!r}")
+            raise ValueError(f"CosineAnnealingWarmRestarts: expected an integer T_mult >= 1, "
+                             f"got {T_mult!r}")
         self.T_0, self.T_i, self.T_mult, self.eta_min, self.T_cur = T_0, T_0, T_mult, eta_min, -1
         super().__init__(optimizer)
 
@@ -1719,16 +1752,19 @@ class CosineAnnealingWarmRestarts(LRScheduler):
         super().step()
 
     def _lr(self, lr, base):
-        return self.eta_min + (base - self.eta_min) * (1 + math.cos(math.pi * self.T_cur / self.T_i)) / 2
+        return (self.eta_min + (base - self.eta_min)
+                * (1 + math.cos(math.pi * self.T_cur / self.T_i)) / 2)
 
 
 class OneCycleLR(LRScheduler):
     """1cycle policy (Smith & Topin 2019), stepped after every batch, PyTorch's phases.
 
-    Per group: initial_lr = max_lr / div_factor, min_lr = initial_lr / final_div_factor, T = total_steps
-    (or epochs * steps_per_epoch). Each phase anneals (cos or linear) from a start to an end
-    value as pct = (step - phase start) / (phase end - phase start) goes from 0 to 1:
-        two-phase:   initial_lr -> max_lr up to step pct_start*T - 1, then max_lr -> min_lr up to T - 1
+    Per group: initial_lr = max_lr / div_factor, min_lr = initial_lr / final_div_factor,
+    T = total_steps (or epochs * steps_per_epoch). Each phase anneals (cos or linear) from
+    a start to an end value as pct = (step - phase start) / (phase end - phase start) goes
+    from 0 to 1:
+        two-phase:   initial_lr -> max_lr up to step pct_start*T - 1, then max_lr -> min_lr
+                     up to T - 1
         three_phase: initial_lr -> max_lr up to pct_start*T - 1, max_lr -> initial_lr up to
                      2*pct_start*T - 2, then initial_lr -> min_lr up to T - 1
         cos: end + (start - end) * (1 + cos(pi * pct)) / 2;   linear: start + (end - start) * pct
@@ -1738,9 +1774,9 @@ class OneCycleLR(LRScheduler):
     """
     step_every = "batch"
 
-    def __init__(self, optimizer, max_lr, total_steps=None, epochs=None, steps_per_epoch=None, pct_start=0.3,
-                 anneal_strategy="cos", cycle_momentum=True, base_momentum=0.85, max_momentum=0.95,
-                 div_factor=25.0, final_div_factor=1e4, three_phase=False):
+    def __init__(self, optimizer, max_lr, total_steps=None, epochs=None, steps_per_epoch=None,
+                 pct_start=0.3, anneal_strategy="cos", cycle_momentum=True, base_momentum=0.85,
+                 max_momentum=0.95, div_factor=25.0, final_div_factor=1e4, three_phase=False):
         self._attach(optimizer)
         if total_steps is None and epochs is not None and steps_per_epoch is not None:
             for name, v in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch)):
@@ -1753,22 +1789,28 @@ class OneCycleLR(LRScheduler):
         if not isinstance(pct_start, float) or not 0 <= pct_start <= 1:
             raise ValueError(f"OneCycleLR: expected a float pct_start in [0, 1], got {pct_start!r}")
         if anneal_strategy not in ("cos", "linear"):
-            raise ValueError(f"OneCycleLR: expected anneal_strategy 'cos' or 'linear', got {anneal_strategy!r}")
+            raise ValueError(f"OneCycleLR: expected anneal_strategy 'cos' or 'linear', "
+                             f"got {anneal_strategy!r}")
         groups = optimizer.param_groups
         self.use_beta1 = "betas" in groups[0]
         if cycle_momentum and not (self.use_beta1 or "momentum" in groups[0]):
-            raise ValueError(f"OneCycleLR: cycle_momentum=True expects an optimizer with momentum or betas, "
-                             f"got {type(optimizer).__name__} (pass cycle_momentum=False)")
-        self.total_steps, self.anneal_strategy, self.cycle_momentum = total_steps, anneal_strategy, cycle_momentum
+            raise ValueError(f"OneCycleLR: cycle_momentum=True expects an optimizer with momentum "
+                             f"or betas, got {type(optimizer).__name__} "
+                             f"(pass cycle_momentum=False)")
+        self.total_steps, self.anneal_strategy, self.cycle_momentum = (total_steps, anneal_strategy,
+                                                                       cycle_momentum)
         max_lrs = max_lr if isinstance(max_lr, (list, tuple)) else [max_lr] * len(groups)
         for group, top in zip(groups, max_lrs):
             group.update(initial_lr=float(top / div_factor), max_lr=float(top),
                          min_lr=float(top / div_factor / final_div_factor),
                          max_momentum=float(max_momentum), base_momentum=float(base_momentum))
-        T = total_steps     # phases: (end step, start lr, end lr, start momentum, end momentum): group keys
-        self.phases = [(float(pct_start * T) - 1, "initial_lr", "max_lr", "max_momentum", "base_momentum")]
+        # phases: (end step, start lr, end lr, start momentum, end momentum): group keys
+        T = total_steps
+        self.phases = [(float(pct_start * T) - 1, "initial_lr", "max_lr", "max_momentum",
+                        "base_momentum")]
         if three_phase:
-            self.phases += [(float(2 * pct_start * T) - 2, "max_lr", "initial_lr", "base_momentum", "max_momentum"),
+            self.phases += [(float(2 * pct_start * T) - 2, "max_lr", "initial_lr", "base_momentum",
+                             "max_momentum"),
                             (T - 1, "initial_lr", "min_lr", "max_momentum", "max_momentum")]
         else:
             self.phases += [(T - 1, "max_lr", "min_lr", "base_momentum", "max_momentum")]
@@ -1782,7 +1824,8 @@ class OneCycleLR(LRScheduler):
     def get_lr(self):
         t = self.last_epoch
         if t > self.total_steps:
-            raise ValueError(f"OneCycleLR: stepped {t} times, but total_steps is {self.total_steps}")
+            raise ValueError(f"OneCycleLR: stepped {t} times, but total_steps is "
+                             f"{self.total_steps}")
         start = 0.0
         for i, (end, lr_a, lr_b, m_a, m_b) in enumerate(self.phases):
             if t <= end or i == len(self.phases) - 1:
@@ -1802,8 +1845,8 @@ class OneCycleLR(LRScheduler):
 
 
 class SequentialLR(LRScheduler):
-    """Run `schedulers` one after another: schedulers[i] from step milestones[i - 1] on, restarted at
-    its step 0 there (e.g. LinearLR warm-up for 5 steps, then CosineAnnealingLR: milestones=[5]).
+    """Run `schedulers` one after another: schedulers[i] from step milestones[i - 1] on, restarted
+    at its step 0 there (e.g. LinearLR warm-up for 5 steps, then CosineAnnealingLR: milestones=[5]).
     The schedulers must share the optimizer; their own first steps are undone, as in torch."""
 
     def __init__(self, optimizer, schedulers, milestones):
@@ -1813,8 +1856,8 @@ class SequentialLR(LRScheduler):
                              f"got {len(schedulers)} schedulers and {len(milestones)} milestones")
         for i, s in enumerate(schedulers):
             if s.optimizer is not optimizer or s.needs_metric:
-                raise ValueError(f"SequentialLR: scheduler {i} ({type(s).__name__}) must share the optimizer "
-                                 "and take no metric")
+                raise ValueError(f"SequentialLR: scheduler {i} ({type(s).__name__}) must share "
+                                 "the optimizer and take no metric")
         self.schedulers, self.milestones, self.last_epoch = list(schedulers), list(milestones), 0
         self.step_every = schedulers[0].step_every
         for group in optimizer.param_groups:
@@ -1856,15 +1899,16 @@ class ReduceLROnPlateau(LRScheduler):
     """
     needs_metric = True
 
-    def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4, threshold_mode="rel",
-                 cooldown=0, min_lr=0, eps=1e-8):
+    def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4,
+                 threshold_mode="rel", cooldown=0, min_lr=0, eps=1e-8):
         self._attach(optimizer)
         if factor >= 1.0:
             raise ValueError(f"ReduceLROnPlateau: expected factor < 1.0, got {factor}")
         if mode not in ("min", "max"):
             raise ValueError(f"ReduceLROnPlateau: expected mode 'min' or 'max', got {mode!r}")
         if threshold_mode not in ("rel", "abs"):
-            raise ValueError(f"ReduceLROnPlateau: expected threshold_mode 'rel' or 'abs', got {threshold_mode!r}")
+            raise ValueError(f"ReduceLROnPlateau: expected threshold_mode 'rel' or 'abs', "
+                             f"got {threshold_mode!r}")
         n = len(optimizer.param_groups)
         self.min_lrs = list(min_lr) if isinstance(min_lr, (list, tuple)) else [min_lr] * n
         self.mode, self.factor, self.patience, self.threshold = mode, factor, patience, threshold
@@ -1875,7 +1919,8 @@ class ReduceLROnPlateau(LRScheduler):
 
     def _is_better(self, a, best):
         if self.threshold_mode == "rel":
-            return a < best * (1 - self.threshold) if self.mode == "min" else a > best * (self.threshold + 1)
+            return (a < best * (1 - self.threshold) if self.mode == "min"
+                    else a > best * (self.threshold + 1))
         return a < best - self.threshold if self.mode == "min" else a > best + self.threshold
 
     def step(self, metrics):
@@ -1985,7 +2030,8 @@ def _monitored(callback, logs):
     """logs[callback.monitor], or a KeyError naming the callback and the keys it could use."""
     value = logs.get(callback.monitor)
     if value is None:
-        raise KeyError(f"{type(callback).__name__}: no {callback.monitor!r} in the logs; available: {sorted(logs)}")
+        raise KeyError(f"{type(callback).__name__}: no {callback.monitor!r} in the logs; "
+                       f"available: {sorted(logs)}")
     return value
 
 
@@ -2111,15 +2157,17 @@ class BlasThreads(Callback):
         except ImportError:
             return
         self.limit = lambda n: threadpool_limits(n, user_api="blas")
-        # 1, 2, 2, 1, 1, 2, ...: alternating order, so that training's early speed-up favours neither
-        self.queue = [n for i in range(self.turns) for n in (self.counts if i % 2 == 0 else self.counts[::-1])]
+        # 1, 2, 2, 1, 1, 2, ...: alternating order, so training's early speed-up favours neither
+        self.queue = [n for i in range(self.turns)
+                      for n in (self.counts if i % 2 == 0 else self.counts[::-1])]
         self.total, self.timed = dict.fromkeys(self.counts, 0.0), dict.fromkeys(self.counts, 0)
         self._next_turn()
 
     def _next_turn(self):
         mean = self._means()
-        if not self.queue or (len(mean) > 1 and max(mean.values()) > self.clear * min(mean.values())):
-            return self._choose()                 # all turns done, or one count already clearly slower
+        if not self.queue or (len(mean) > 1
+                              and max(mean.values()) > self.clear * min(mean.values())):
+            return self._choose()  # all turns done, or one count already clearly slower
         self.count, self.turn_time, self.warm = self.queue.pop(0), 0.0, False
         self.limit(self.count)
 
@@ -2140,7 +2188,7 @@ class BlasThreads(Callback):
             self._next_turn()
 
     def on_train_end(self, logs=None):
-        if self.count is not None:          # training ended during the turns: choose from what was timed
+        if self.count is not None:  # training ended during the turns: choose from what was timed
             self._choose()
 
     def _means(self):                         # {count: mean seconds per timed batch}
@@ -2234,7 +2282,8 @@ class ProgressLog(Callback):
 
 
 class NonFiniteLoss(ValueError):
-    """The training loss became NaN or infinite (raised by train_step; fit adds the epoch and batch)."""
+    """The training loss became NaN or infinite (raised by train_step; fit adds the epoch and
+    batch)."""
 
 
 class Sequential(Layer):
@@ -2266,7 +2315,8 @@ class Sequential(Layer):
         return len(self.layers)
 
     def __repr__(self):
-        return "Sequential(\n" + "".join(f"  ({i}): {l!r}\n" for i, l in enumerate(self.layers)) + ")"
+        return "Sequential(\n" + "".join(f"  ({i}): {layer!r}\n"
+                                          for i, layer in enumerate(self.layers)) + ")"
 
     # -- the model: forward, backward, parameters -------------------------------
     def forward(self, x):
@@ -2289,13 +2339,16 @@ class Sequential(Layer):
         return [p for layer in self.layers for p in layer.parameters()]
 
     def named_parameters(self):
-        return [(f"{i}.{k}", p) for i, l in enumerate(self.layers) for k, p in l.named_parameters()]
+        return [(f"{i}.{k}", p) for i, layer in enumerate(self.layers)
+                for k, p in layer.named_parameters()]
 
     def named_buffers(self):
-        return [(f"{i}.{k}", b) for i, l in enumerate(self.layers) for k, b in l.named_buffers()]
+        return [(f"{i}.{k}", b) for i, layer in enumerate(self.layers)
+                for k, b in layer.named_buffers()]
 
     def _state_arrays(self):               # layer by layer, as torch.nn.Sequential's state_dict
-        return {f"{i}.{k}": v for i, l in enumerate(self.layers) for k, v in l._state_arrays().items()}
+        return {f"{i}.{k}": v for i, layer in enumerate(self.layers)
+                for k, v in layer._state_arrays().items()}
 
     def train(self, mode=True):
         self.training = mode
@@ -2388,7 +2441,8 @@ class Sequential(Layer):
         out = self.forward(x)
         loss = self.loss.forward(out, y)
         if not math.isfinite(loss):
-            raise NonFiniteLoss(f"the loss became {loss} (lr {self.optimizer.param_groups[0]['lr']:g}); "
+            raise NonFiniteLoss(f"the loss became {loss} "
+                                f"(lr {self.optimizer.param_groups[0]['lr']:g}); "
                                 f"usual causes for {type(self.loss).__name__}: {self.loss.hint}")
         self.optimizer.zero_grad()
         self.backward(self.loss.backward())
@@ -2431,7 +2485,8 @@ class Sequential(Layer):
                 try:
                     loss, out = self.train_step(xb, yb)
                 except NonFiniteLoss as e:
-                    raise NonFiniteLoss(f"Sequential.fit: at epoch {epoch + 1}, batch {batch + 1}, {e}") from None
+                    raise NonFiniteLoss(f"Sequential.fit: at epoch {epoch + 1}, batch {batch + 1}, "
+                                        f"{e}") from None
                 batch_logs = {"loss": loss, "size": len(xb)}
                 if self.metrics:
                     right = self._correct(out, yb)
@@ -2629,7 +2684,7 @@ class Sequential(Layer):
 
     # -- saving and converting (see the next section) -----------------------------
     def config(self):
-        return {"class": "Sequential", "layers": [l.config() for l in self.layers]}
+        return {"class": "Sequential", "layers": [layer.config() for layer in self.layers]}
 
     def save(self, path):
         """One .npz with every weight and buffer plus the architecture (JSON) and, once compiled,
@@ -2658,7 +2713,8 @@ class Sequential(Layer):
         return model.load_state_dict(arrays)
 
     def to_torch(self):
-        """The same model as a torch.nn.Sequential, with the same weights, buffers, dtype and mode."""
+        """The same model as a torch.nn.Sequential, with the same weights, buffers, dtype and
+        mode."""
         return _to_torch(self)
 
     @staticmethod
@@ -2752,12 +2808,14 @@ class LayerState:
         state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
         missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
         if missing or unexpected:
-            raise ValueError(f"{name}.load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+            raise ValueError(f"{name}.load_state_dict: missing keys {missing}, "
+                             f"unexpected keys {unexpected}")
         pairs = []                                   # check every shape before copying anything
         for k, v in state.items():
             v = np.asarray(_plain(v))                   # torch tensors become arrays
             if v.shape != own[k].shape:
-                raise ValueError(f"{name}.load_state_dict: {k!r} has shape {v.shape}, expected {own[k].shape}")
+                raise ValueError(f"{name}.load_state_dict: {k!r} has shape {v.shape}, "
+                                 f"expected {own[k].shape}")
             pairs.append((own[k], v))
         for target, v in pairs:
             target[...] = v
@@ -2781,7 +2839,8 @@ class LayerState:
                                  "(or define config()) so that the layer can be saved")
             if _is_parameter(v) or (v is None and isinstance(spec.default, bool)):
                 v = v is not None                                     # the bias flag
-            kwargs[arg] = v.tolist() if isinstance(v, np.ndarray) else list(v) if isinstance(v, tuple) else v
+            kwargs[arg] = (v.tolist() if isinstance(v, np.ndarray)
+                           else list(v) if isinstance(v, tuple) else v)
         return {"class": type(self).__name__, "kwargs": kwargs}
 
     def __repr__(self):
@@ -2803,7 +2862,8 @@ Layer.__repr__ = LayerState.__repr__
 
 def _init_args(cls):
     """[(name, inspect.Parameter)] of the named arguments of cls's constructor."""
-    return [(name, spec) for name, spec in list(inspect.signature(cls.__init__).parameters.items())[1:]
+    return [(name, spec)
+            for name, spec in list(inspect.signature(cls.__init__).parameters.items())[1:]
             if spec.kind not in (spec.VAR_POSITIONAL, spec.VAR_KEYWORD)]
 
 
@@ -2827,7 +2887,8 @@ def _read_model_file(path, caller):
             with np.load(fh, allow_pickle=False) as f:
                 arrays = dict(f)
             config = json.loads(str(arrays.pop("__architecture__")))
-        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:   # empty, .npy, not ours
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            # empty, .npy, not ours
             raise ValueError(f"{caller}: {path} is not a tinynet model file ({e})") from None
     other = {k: v for k, v in arrays.items() if k.startswith("__") or "/" in k}
     return {k: v for k, v in arrays.items() if k not in other}, config, other
@@ -2854,8 +2915,10 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, **info):
         state = optimizer.state_dict()
         meta["optimizer"] = {"param_groups": state["param_groups"], "state": {}}
         for i, s in state["state"].items():
-            meta["optimizer"]["state"][i] = {k: v for k, v in s.items() if not isinstance(v, np.ndarray)}
-            arrays.update({f"optimizer/{i}/{k}": v for k, v in s.items() if isinstance(v, np.ndarray)})
+            meta["optimizer"]["state"][i] = {k: v for k, v in s.items()
+                                             if not isinstance(v, np.ndarray)}
+            arrays.update({f"optimizer/{i}/{k}": v for k, v in s.items()
+                           if isinstance(v, np.ndarray)})
     if scheduler is not None:
         meta["scheduler"] = scheduler.state_dict()
     arrays["__checkpoint__"] = np.array(json.dumps(meta))
@@ -2868,7 +2931,8 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None):
     `Sequential.load(path)` rebuilds the model) and restore the random generator; -> info."""
     weights, _, other = _read_model_file(path, "load_checkpoint")
     if "__checkpoint__" not in other:
-        raise ValueError(f"load_checkpoint: {path} is a model file, not a checkpoint (see save_checkpoint)")
+        raise ValueError(f"load_checkpoint: {path} is a model file, not a checkpoint "
+                         "(see save_checkpoint)")
     meta = json.loads(str(other["__checkpoint__"]))
     arrays = {k: v for k, v in other.items() if k.startswith("optimizer/")}
     model.load_state_dict(weights)
@@ -2877,7 +2941,8 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None):
         for key, v in arrays.items():
             _, i, k = key.split("/")
             state.setdefault(int(i), {})[k] = v
-        optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+        optimizer.load_state_dict({"state": state,
+                                   "param_groups": meta["optimizer"]["param_groups"]})
     if scheduler is not None:
         scheduler.load_state_dict(meta["scheduler"])
     _rng.bit_generator.state = meta["generator"]
@@ -2936,7 +3001,8 @@ def _torch_sequence_modules():
 
 
 def _to_torch(model):
-    """Sequential.to_torch: torch.nn.Sequential of the same layers, weights, buffers, dtype, mode."""
+    """Sequential.to_torch: torch.nn.Sequential of the same layers, weights, buffers, dtype,
+    mode."""
     import torch
     layers, modules = [], _torch_sequence_modules()
     for i, layer in enumerate(model.layers):
@@ -2948,9 +3014,11 @@ def _to_torch(model):
         cls = modules.get(config["class"]) or getattr(torch.nn, config["class"])
         layers.append(cls(**config["kwargs"]))
     net = torch.nn.Sequential(*layers).to(getattr(torch, model._dtype().name)).train(model.training)
-    missing, unexpected = net.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()},
+    missing, unexpected = net.load_state_dict({k: torch.from_numpy(v)
+                                               for k, v in model.state_dict().items()},
                                               strict=False)
-    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), (missing, unexpected)
+    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), \
+        (missing, unexpected)
     return net
 
 
@@ -3064,9 +3132,11 @@ def one_hot(y, num_classes):
     """Integer labels (N,) -> float32 (N, num_classes) with a single 1 per row."""
     y = np.asarray(y)
     if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
-        raise TypeError(f"one_hot: expected 1-D integer labels, got dtype {y.dtype} shape {y.shape}")
+        raise TypeError(f"one_hot: expected 1-D integer labels, got dtype {y.dtype} "
+                        f"shape {y.shape}")
     if y.size and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(f"one_hot: labels must be in [0, {num_classes}), got min {y.min()} max {y.max()}")
+        raise ValueError(f"one_hot: labels must be in [0, {num_classes}), "
+                         f"got min {y.min()} max {y.max()}")
     out = np.zeros((len(y), num_classes), np.float32)
     out[np.arange(len(y)), y] = 1
     return out
@@ -3126,25 +3196,28 @@ def load_idx(path):
     if len(raw) < 4:
         raise ValueError(f"load_idx: {path}: truncated header ({len(raw)} bytes)")
     if raw[:2] != b"\0\0":
-        raise ValueError(f"load_idx: {path}: bad magic number {raw[:4].hex()}, expected 0000 then type and rank")
+        raise ValueError(f"load_idx: {path}: bad magic number {raw[:4].hex()}, "
+                         "expected 0000 then type and rank")
     if raw[2] not in _IDX_DTYPES:
         raise ValueError(f"load_idx: {path}: unknown type byte 0x{raw[2]:02x}, "
                          f"expected one of {', '.join(f'0x{t:02x}' for t in _IDX_DTYPES)}")
     dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
     start = 4 + 4 * ndim
     if len(raw) < start:
-        raise ValueError(f"load_idx: {path}: truncated header ({ndim} dimensions need {start} bytes, "
-                         f"got {len(raw)})")
+        raise ValueError(f"load_idx: {path}: truncated header ({ndim} dimensions need "
+                         f"{start} bytes, got {len(raw)})")
     shape = tuple(int(s) for s in np.frombuffer(raw, ">u4", ndim, 4))
     size = math.prod(shape) * dtype.itemsize
     if len(raw) - start != size:
         problem = "truncated payload" if len(raw) - start < size else "trailing bytes"
         raise ValueError(f"load_idx: {path}: {problem}: shape {shape} of {dtype.name} needs "
                          f"{size} data bytes, got {len(raw) - start}")
-    return np.frombuffer(raw, dtype, math.prod(shape), start).reshape(shape).astype(dtype.newbyteorder("="))
+    return (np.frombuffer(raw, dtype, math.prod(shape), start).reshape(shape)
+            .astype(dtype.newbyteorder("=")))
 
 
-_DATA_BESIDE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")   # data/ beside tinynet.py
+# data/ beside tinynet.py
+_DATA_BESIDE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
 def _data_dir(data_dir=None):
@@ -3166,7 +3239,8 @@ def _download(name, urls, md5, dest):
             request = urllib.request.Request(url, headers={"User-Agent": "tinynet"})
             with urllib.request.urlopen(request, timeout=60) as r, open(part, "wb") as f:
                 total, got, h = int(r.headers.get("Content-Length") or 0), 0, hashlib.md5()
-                with tqdm(total=total or None, unit="B", unit_scale=True, desc=name, disable=None) as bar:
+                with tqdm(total=total or None, unit="B", unit_scale=True, desc=name,
+                          disable=None) as bar:
                     while chunk := r.read(1 << 20):
                         f.write(chunk)
                         h.update(chunk)
@@ -3194,8 +3268,9 @@ def _find(dataset, name, folder, download, caller):
     if not os.path.exists(path):
         urls = [mirror + name for mirror in DATA_MIRRORS[dataset]]
         if not download:
-            raise FileNotFoundError(f"{caller}: {path} not found; download it (e.g. from {urls[0]}, "
-                                    f"MD5 {DATA_MD5[name]}) and put it there, or pass download=True")
+            raise FileNotFoundError(f"{caller}: {path} not found; download it "
+                                    f"(e.g. from {urls[0]}, MD5 {DATA_MD5[name]}) and put it "
+                                    "there, or pass download=True")
         os.makedirs(folder, exist_ok=True)
         _download(name, urls, DATA_MD5[name], path)
     return path
@@ -3213,9 +3288,11 @@ def load_mnist(data_dir=None, download=True):
         paths = [_find("mnist", f"{split}-{kind}-idx{d}-ubyte.gz", folder, download, "load_mnist")
                  for kind, d in (("images", 3), ("labels", 1))]
         X, y = load_idx(paths[0]), load_idx(paths[1])
-        if X.dtype != np.uint8 or X.shape[1:] != (28, 28) or y.dtype != np.uint8 or y.shape != X.shape[:1]:
+        if (X.dtype != np.uint8 or X.shape[1:] != (28, 28)
+                or y.dtype != np.uint8 or y.shape != X.shape[:1]):
             raise ValueError(f"load_mnist: expected uint8 images (N, 28, 28) and labels (N,), got "
-                             f"{X.dtype} {X.shape} in {paths[0]} and {y.dtype} {y.shape} in {paths[1]}")
+                             f"{X.dtype} {X.shape} in {paths[0]} and {y.dtype} {y.shape} "
+                             f"in {paths[1]}")
         out += [(X / np.float32(255)).reshape(-1, 1, 28, 28), y.astype(np.int64)]
     return tuple(out)
 
@@ -3235,7 +3312,8 @@ def load_svhn(split="train", data_dir=None, download=True):
                           "pip install scipy") from None
     if split not in ("train", "test", "extra"):
         raise ValueError(f"load_svhn: split must be 'train', 'test' or 'extra', got {split!r}")
-    path = _find("svhn", f"{split}_32x32.mat", os.path.join(_data_dir(data_dir), "svhn"), download, "load_svhn")
+    path = _find("svhn", f"{split}_32x32.mat", os.path.join(_data_dir(data_dir), "svhn"), download,
+                 "load_svhn")
     mat = loadmat(path, variable_names=("X", "y"))
     if "X" not in mat or "y" not in mat:
         raise ValueError(f"load_svhn: {path} must hold arrays 'X' and 'y'")
@@ -3245,8 +3323,10 @@ def load_svhn(split="train", data_dir=None, download=True):
                          f"got X {X.dtype} {X.shape} and y {y.shape}")
     y = y.ravel()
     if y.size and (y.min() < 1 or y.max() > 10):
-        raise ValueError(f"load_svhn: {path}: labels must be 1..10 (10 = digit 0), got {y.min()}..{y.max()}")
-    X = np.ascontiguousarray(X.transpose(3, 2, 0, 1))   # (32, 32, 3, N) -> (N, 3, 32, 32), still uint8
+        raise ValueError(f"load_svhn: {path}: labels must be 1..10 (10 = digit 0), "
+                         f"got {y.min()}..{y.max()}")
+    # (32, 32, 3, N) -> (N, 3, 32, 32), still uint8
+    X = np.ascontiguousarray(X.transpose(3, 2, 0, 1))
     return X / np.float32(255), (y % 10).astype(np.int64)
 
 
@@ -3263,21 +3343,22 @@ def load_iris(path=None):
     path = next((p for p in tried if os.path.exists(p)), None)
     if path is None:
         raise FileNotFoundError(
-            "load_iris: iris.csv not found; looked in " + " and ".join(dict.fromkeys(tried)) + ". It comes "
-            "with tinynet (data/iris.csv in its repository), or as sklearn.datasets' iris.csv (header "
-            "'150,4,setosa,versicolor,virginica'): put it in one of those places, set TINYNET_DATA to "
-            "its folder, or pass load_iris(path)")
+            "load_iris: iris.csv not found; looked in " + " and ".join(dict.fromkeys(tried))
+            + ". It comes with tinynet (data/iris.csv in its repository), or as sklearn.datasets' "
+            "iris.csv (header '150,4,setosa,versicolor,virginica'): put it in one of those places, "
+            "set TINYNET_DATA to its folder, or pass load_iris(path)")
     with open(path) as f:
         header = f.readline().strip().split(",")
         try:
             n, d = int(header[0]), int(header[1])
             data = np.loadtxt(f, delimiter=",", ndmin=2)
         except (ValueError, IndexError) as e:
-            raise ValueError(f"load_iris: {path}: expected a header 'n_samples,n_features,names...' "
-                             f"and numeric rows ({e})") from None
+            raise ValueError(f"load_iris: {path}: expected a header "
+                             f"'n_samples,n_features,names...' and numeric rows ({e})") from None
     classes = len(header) - 2
     if data.shape != (n, d + 1):
-        raise ValueError(f"load_iris: {path}: header says {n} rows of {d} features and a label, got {data.shape}")
+        raise ValueError(f"load_iris: {path}: header says {n} rows of {d} features and a label, "
+                         f"got {data.shape}")
     y = data[:, d].astype(np.int64)
     if (y != data[:, d]).any() or y.min() < 0 or y.max() >= classes:
         raise ValueError(f"load_iris: {path}: labels must be integers 0..{classes - 1}")
@@ -3297,13 +3378,15 @@ def train_val_split(X, y, val_size, shuffle=True, stratify=False):
     X, y = np.asarray(X), np.asarray(y)
     n = len(y)
     if len(X) != n:
-        raise ValueError(f"train_val_split: X and y must have the same length, got {len(X)} and {n}")
+        raise ValueError(f"train_val_split: X and y must have the same length, "
+                         f"got {len(X)} and {n}")
     if isinstance(val_size, (int, np.integer)) and not isinstance(val_size, bool):
         n_val = int(val_size)
     elif isinstance(val_size, (float, np.floating)) and 0 < val_size < 1:
         n_val = round(val_size * n)
     else:
-        raise ValueError(f"train_val_split: val_size must be a fraction in (0, 1) or a count, got {val_size!r}")
+        raise ValueError(f"train_val_split: val_size must be a fraction in (0, 1) or a count, "
+                         f"got {val_size!r}")
     if not 0 < n_val < n:
         raise ValueError(f"train_val_split: val_size={val_size!r} gives {n_val} of {n} samples for "
                          "validation; both parts need at least one")
@@ -3331,7 +3414,8 @@ def train_val_split(X, y, val_size, shuffle=True, stratify=False):
 def _pyplot():
     """matplotlib.pyplot, on the Agg backend when there is no display and no backend was chosen."""
     import matplotlib
-    if not os.environ.get("DISPLAY") and "MPLBACKEND" not in os.environ and "matplotlib.pyplot" not in sys.modules:
+    if (not os.environ.get("DISPLAY") and "MPLBACKEND" not in os.environ
+            and "matplotlib.pyplot" not in sys.modules):
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
@@ -3340,7 +3424,8 @@ def _pyplot():
 def _figure(width, height, ncols=1, **kw):
     """(fig, axes (1, ncols)) with constrained layout: matplotlib makes room for every title,
     tick label, colour bar and "outside" legend, so no text is cut or overlaps the data."""
-    return _pyplot().subplots(1, ncols, figsize=(width, height), layout="constrained", squeeze=False, **kw)
+    return _pyplot().subplots(1, ncols, figsize=(width, height), layout="constrained",
+                              squeeze=False, **kw)
 
 
 def _save(fig, path, caller):
@@ -3440,7 +3525,8 @@ def _epoch_panel(ax, key):
 
 
 def confusion_matrix(y_true, y_pred, num_classes=None):
-    """counts[i, j] = number of samples of class i predicted as j (rows: true, columns: predicted)."""
+    """counts[i, j] = number of samples of class i predicted as j (rows: true, columns:
+    predicted)."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if y_true.shape != y_pred.shape or y_true.ndim != 1:
         raise ValueError(f"confusion_matrix: expected two 1-D label arrays of the same length, "
@@ -3448,7 +3534,8 @@ def confusion_matrix(y_true, y_pred, num_classes=None):
     both = np.concatenate([y_true, y_pred])
     n = num_classes or int(both.max(initial=-1) + 1)
     if both.size and (both.min() < 0 or both.max() >= n):
-        raise ValueError(f"confusion_matrix: labels must be integers in [0, {n}), got {both.min()}..{both.max()}")
+        raise ValueError(f"confusion_matrix: labels must be integers in [0, {n}), "
+                         f"got {both.min()}..{both.max()}")
     return np.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)
 
 
@@ -3466,7 +3553,8 @@ def plot_history(history, path=None, keys=("loss", "accuracy"), title=None):
     h = _as_dict(history)
     found = [k for k in keys if k in h]
     if not found:
-        raise ValueError(f"plot_history: none of the keys {list(keys)} is in the history (it has {sorted(h)})")
+        raise ValueError(f"plot_history: none of the keys {list(keys)} is in the history "
+                         f"(it has {sorted(h)})")
     fig, axes = _figure(4.2 * len(found) + 1.6, 3.6, len(found))
     for ax, key in zip(axes[0], found):
         for k, label, style in zip((key, "val_" + key), ("training", "validation"), _styles(2)):
@@ -3487,7 +3575,8 @@ def plot_curves(histories, path=None, keys=("val_accuracy", "val_loss"), title=N
         raise ValueError("plot_curves: expected at least one history, got none")
     styles = _styles(len(histories))
     longest = max(len(str(label)) for label in histories)
-    fig, axes = _figure(4.5 * len(keys) + 0.8 + 0.075 * longest, max(3.8, 0.24 * len(histories) + 1.3), len(keys))
+    fig, axes = _figure(4.5 * len(keys) + 0.8 + 0.075 * longest,
+                        max(3.8, 0.24 * len(histories) + 1.3), len(keys))
     for ax, key in zip(axes[0], keys):
         for (label, history), style in zip(histories.items(), styles):
             values = _as_dict(history).get(key, [])
@@ -3516,7 +3605,8 @@ def plot_confusion_matrix(y_true, y_pred, path=None, class_names=None, title=Non
     # column names: level when they fit in a cell, else slanted 45 degrees when their boxes
     # still clear the next one, else vertical
     rotation = 0 if name_in < 0.8 * cell else 45 if 0.71 * name_in + 0.1 < cell else 90
-    fig, axes = _figure(n * cell + name_in + 2.2, n * cell + name_in * (0, 0.75, 1)[rotation // 45] + 2.1)
+    fig, axes = _figure(n * cell + name_in + 2.2,
+                        n * cell + name_in * (0, 0.75, 1)[rotation // 45] + 2.1)
     ax = axes[0, 0]
     im = ax.imshow(cm, cmap="Blues", vmin=0)
     fig.colorbar(im, ax=ax, label="samples", shrink=0.9)
@@ -3527,7 +3617,8 @@ def plot_confusion_matrix(y_true, y_pred, path=None, class_names=None, title=Non
                   ha="right" if rotation else "center", rotation_mode="anchor")
     ax.set_yticks(range(n), names, fontsize=fontsize)
     ax.set(xlabel="predicted class", ylabel="true class")
-    ax.set_title(f"accuracy {np.trace(cm) / max(cm.sum(), 1):.4f} ({np.trace(cm)}/{cm.sum()})", fontsize=10)
+    ax.set_title(f"accuracy {np.trace(cm) / max(cm.sum(), 1):.4f} ({np.trace(cm)}/{cm.sum()})",
+                 fontsize=10)
     _suptitle(fig, f"{title}: confusion matrix" if title else "confusion matrix", fontsize=11)
     _save(fig, path, "plot_confusion_matrix")
     return fig
@@ -3545,7 +3636,8 @@ def plot_predictions(X, y_true, y_pred, path=None, class_names=None, n=32, title
     captions = [f"{names[y_pred[i]]} ({names[y_true[i]]})" for i in idx]
     cols = min(8, len(idx))
     rows = -(-len(idx) // cols)
-    width = max(1.3, 0.065 * max(map(len, captions)) + 0.25)    # inches per image, room for its caption
+    # inches per image, room for its caption
+    width = max(1.3, 0.065 * max(map(len, captions)) + 0.25)
     fig = _pyplot().figure(figsize=(max(width * cols, 5), 1.5 * rows + 0.8), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
@@ -3572,14 +3664,16 @@ def plot_embeddings(embeddings, y, path=None, class_names=None, title=None):
     import textwrap
     y = np.asarray(y)
     classes = np.unique(y)
-    names = [str(c) for c in class_names] if class_names is not None else [str(c) for c in range(int(y.max()) + 1)]
+    names = ([str(c) for c in class_names] if class_names is not None
+             else [str(c) for c in range(int(y.max()) + 1)])
     columns = 1 if len(classes) <= 12 else 2
-    fig, axes = _figure(4.6 * len(embeddings) + 0.5 + 0.08 * max(map(len, names)) * columns, 5.0, len(embeddings))
+    fig, axes = _figure(4.6 * len(embeddings) + 0.5 + 0.08 * max(map(len, names)) * columns, 5.0,
+                        len(embeddings))
     for ax, (panel, Z) in zip(axes[0], embeddings.items()):
         Z = np.asarray(Z)
         for c, style in zip(classes, _styles(len(classes))):
-            ax.scatter(*Z[y == c].T, s=10, color=style["color"], marker=style["marker"], label=names[c],
-                       linewidths=0)
+            ax.scatter(*Z[y == c].T, s=10, color=style["color"], marker=style["marker"],
+                       label=names[c], linewidths=0)
         ax.set(xticks=[], yticks=[])
         ax.set_title(textwrap.fill(panel, 48), fontsize=10)
     _legend_outside(fig, axes, title="class", markerscale=1.8, ncols=columns)
@@ -3592,10 +3686,11 @@ def plot_batch_loss(history, path=None, title=None):
     """The training loss of every optimizer step (history.batch_loss, or a list of floats)
     against the update number, with its running mean and the ends of epochs; a log scale
     when the loss spans more than two decades. title names the data set and model."""
-    losses = np.asarray(history.batch_loss if isinstance(history, History) else history, dtype=np.float64)
+    losses = np.asarray(history.batch_loss if isinstance(history, History) else history,
+                        dtype=np.float64)
     if losses.ndim != 1 or not losses.size:
-        raise ValueError(f"plot_batch_loss: expected history.batch_loss, a non-empty list of floats, "
-                         f"got shape {losses.shape}")
+        raise ValueError(f"plot_batch_loss: expected history.batch_loss, a non-empty list of "
+                         f"floats, got shape {losses.shape}")
     steps = np.arange(1, len(losses) + 1)
     (first, second), window = _styles(2), max(1, len(losses) // 50)
     fig, axes = _figure(8, 3.8)
@@ -3606,11 +3701,14 @@ def plot_batch_loss(history, path=None, title=None):
         ax.plot(steps[window - 1:], mean, color=second["color"], linestyle="--", lw=2,
                 label=f"mean of the last {window}")
     epochs = len(history.epoch) if isinstance(history, History) else 0
-    if epochs > 1 and len(losses) % epochs == 0:      # an epoch axis on top; dotted lines up to 20 epochs
+    # an epoch axis on top; dotted lines up to 20 epochs
+    if epochs > 1 and len(losses) % epochs == 0:
         per = len(losses) // epochs
-        ax.secondary_xaxis("top", functions=(lambda s: s / per, lambda e: e * per)).set_xlabel("epoch")
+        ax.secondary_xaxis("top", functions=(lambda s: s / per,
+                                             lambda e: e * per)).set_xlabel("epoch")
         for e in range(1, epochs if epochs <= 20 else 0):
-            ax.axvline(e * per + 0.5, color="0.5", lw=0.7, linestyle=":", label="end of an epoch" if e == 1 else None)
+            ax.axvline(e * per + 0.5, color="0.5", lw=0.7, linestyle=":",
+                       label="end of an epoch" if e == 1 else None)
     if losses.min() > 0 and losses.max() > 100 * losses.min():
         ax.set_yscale("log")
     ax.set(xlabel="update (optimizer step)", ylabel="training loss of the batch")
@@ -3649,15 +3747,15 @@ def plot_optimizer_paths(panels, path=None, title=None):
     f(x, y) evaluates on arrays, paths is {label: (steps + 1, 2) array} as optimizer_path
     returns, minimum the (x, y) marked with a star. The i-th path of every panel has the i-th
     colour, line style and marker, a black dot at its start and a large marker at its end;
-    each panel's legend sits below it. The view covers every path and the minimum. Contour levels are quantiles of f
-    over the view, so narrow valleys (Rosenbrock's) show too.
+    each panel's legend sits below it. The view covers every path and the minimum. Contour
+    levels are quantiles of f over the view, so narrow valleys (Rosenbrock's) show too.
     """
     import textwrap
     most = max(len(paths) for _, paths, *_ in panels.values())
     fig, axes = _figure(5.2 * len(panels), 4.6 + 0.22 * (most + 2) // 2, len(panels))
     for ax, (panel, (f, paths, *minimum)) in zip(axes[0], panels.items()):
-        points = np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in paths.values()]
-                                + [np.reshape(minimum, (-1, 2))])
+        points = np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1, 2)
+                                 for p in paths.values()] + [np.reshape(minimum, (-1, 2))])
         lo, hi = points.min(axis=0), points.max(axis=0)
         lo, hi = lo - 0.1 * (hi - lo) - 0.1, hi + 0.1 * (hi - lo) + 0.1
         gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 200), np.linspace(lo[1], hi[1], 200))
@@ -3668,7 +3766,8 @@ def plot_optimizer_paths(panels, path=None, title=None):
             p = np.asarray(p)
             ax.plot(*p.T, label=label, lw=1.4, ms=4, markevery=max(1, (len(p) - 1) // 12), **style)
             ax.plot(*p[0], "o", color="black", ms=5)
-            ax.plot(*p[-1], marker=style["marker"], color=style["color"], mec="black", ms=9, zorder=4)
+            ax.plot(*p[-1], marker=style["marker"], color=style["color"], mec="black", ms=9,
+                    zorder=4)
         if minimum:
             ax.plot(*minimum[0], "*", color="gold", mec="black", ms=14, label="minimum", zorder=5)
         ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]), xlabel="x", ylabel="y")
@@ -3744,9 +3843,12 @@ def add_common_args(parser, epochs=10, batch_size=128, lr=1e-3, optimizer="adam"
                         help="torch's behaviour: --weight-decay on every parameter, biases "
                              "included")
     parser.add_argument("--seed", type=int, default=0, help="tinynet.manual_seed (%(default)s)")
-    parser.add_argument("--data-dir", default=None, help="data folder (default: $TINYNET_DATA, else data/)")
-    parser.add_argument("--out", default=os.path.join("runs", name), help="output folder (%(default)s)")
-    parser.add_argument("--quick", action="store_true", help="a small subset and 1 epoch (smoke test)")
+    parser.add_argument("--data-dir", default=None,
+                        help="data folder (default: $TINYNET_DATA, else data/)")
+    parser.add_argument("--out", default=os.path.join("runs", name),
+                        help="output folder (%(default)s)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a small subset and 1 epoch (smoke test)")
     parser.add_argument("--no-plots", action="store_true", help="do not draw the PNG figures")
     parser.add_argument("--threads", type=threads_flag, default="auto",
                         help="BLAS threads: a number, or auto: try 1 and 2 on the first batches "
@@ -3773,7 +3875,8 @@ def flags_typed(parser, argv=None):
     import argparse
     unset = object()
     typed = parser.parse_args(argv, argparse.Namespace(**{a.dest: unset for a in parser._actions}))
-    return {s for a in parser._actions if a.option_strings and getattr(typed, a.dest, unset) is not unset
+    return {s for a in parser._actions
+            if a.option_strings and getattr(typed, a.dest, unset) is not unset
             for s in a.option_strings if s.startswith("--")}
 
 
@@ -3782,8 +3885,8 @@ def reject_flags(parser, flags, reason, argv=None):
     was typed on the command line: the run would ignore it, `reason` says why."""
     typed = [f for f in flags if f in flags_typed(parser, argv)]
     if typed:
-        parser.error(f"{' and '.join(typed)} {'has' if len(typed) == 1 else 'have'} no effect {reason}; "
-                     f"remove {'it' if len(typed) == 1 else 'them'}")
+        parser.error(f"{' and '.join(typed)} {'has' if len(typed) == 1 else 'have'} no effect "
+                     f"{reason}; remove {'it' if len(typed) == 1 else 'them'}")
 
 
 def exit_missing_data(script, dataset, error, files, data_dir, subfolder, source):
@@ -3795,8 +3898,8 @@ def exit_missing_data(script, dataset, error, files, data_dir, subfolder, source
     sys.exit(f"{script}: {dataset} is not available.\n{error}\n\n"
              f"What to do: get {', '.join(files)} ({source})\n"
              f"and put {them} in {folder}{os.sep}, or run with --data-dir DIR (or set the\n"
-             f"TINYNET_DATA environment variable to DIR) where DIR/{subfolder + '/' if subfolder else ''} "
-             f"holds {them}.")
+             f"TINYNET_DATA environment variable to DIR) where "
+             f"DIR/{subfolder + '/' if subfolder else ''} holds {them}.")
 
 
 def blas_thread_callbacks(threads):
@@ -3932,20 +4035,24 @@ def save_run_figures(history, y_test, y_pred, out, title, class_names=None, X_te
     plot_history(history, os.path.join(out, "accuracy.png"), keys=("accuracy",), title=title)
     if getattr(history, "batch_loss", None):
         plot_batch_loss(history, os.path.join(out, "batch_loss.png"), title=title)
-    plot_confusion_matrix(y_test, y_pred, os.path.join(out, "confusion.png"), class_names, title=title)
+    plot_confusion_matrix(y_test, y_pred, os.path.join(out, "confusion.png"), class_names,
+                          title=title)
     if X_test is not None:
-        plot_predictions(X_test, y_test, y_pred, os.path.join(out, "predictions.png"), class_names, title=title)
+        plot_predictions(X_test, y_test, y_pred, os.path.join(out, "predictions.png"), class_names,
+                         title=title)
 
 
 def print_table(rows, path=None):
     """Print rows (a list of dicts with the same keys) as an aligned table; with `path`, also
     write them as CSV (atomically)."""
     keys = list(rows[0])
-    cells = [keys] + [[f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in rows]
+    cells = [keys] + [[f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys]
+                      for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(keys))]
     for c in cells:
         print("  ".join(s.ljust(w) for s, w in zip(c, widths)).rstrip())
     if path:
         with _atomic_open(path, "w") as f:
             f.write("\n".join(",".join(c) for c in [keys] + [[repr(r[k]) if isinstance(r[k], float)
-                                                              else str(r[k]) for k in keys] for r in rows]) + "\n")
+                                                              else str(r[k]) for k in keys]
+                                                             for r in rows]) + "\n")

@@ -38,7 +38,8 @@ def load_iris_or_exit(data_dir):
         return tn.load_iris(os.path.join(data_dir, "iris.csv") if data_dir else None)
     except FileNotFoundError as e:
         tn.exit_missing_data("train_iris.py", "Iris", e, ["iris.csv"], data_dir, "",
-                             "the 150-row table in scikit-learn's layout, sklearn/datasets/data/iris.csv")
+                             "the 150-row table in scikit-learn's layout, "
+                             "sklearn/datasets/data/iris.csv")
 
 
 # The lab's two test functions and their gradients, for --trajectories.
@@ -58,8 +59,8 @@ def rosenbrock_grad(x, y):
     return -2 * (1 - x) - 400 * x * (y - x ** 2), 200 * (y - x ** 2)
 
 
-OPTIMIZERS = {"SGD": (tn.SGD, {}), "momentum 0.9": (tn.SGD, {"momentum": 0.9}), "RMSprop": (tn.RMSprop, {}),
-              "Adam": (tn.Adam, {}), "Lion": (tn.Lion, {})}
+OPTIMIZERS = {"SGD": (tn.SGD, {}), "momentum 0.9": (tn.SGD, {"momentum": 0.9}),
+              "RMSprop": (tn.RMSprop, {}), "Adam": (tn.Adam, {}), "Lion": (tn.Lion, {})}
 # (name, f, gradient, start, steps, minimum, lr of each optimizer): each lr is about the largest
 # that keeps its path stable and readable (SGD on Rosenbrock diverges above ~1e-3 from this start).
 TEST_FUNCTIONS = (
@@ -77,9 +78,11 @@ def draw_trajectories(path):
     for name, f, grad, start, steps, minimum, lrs in TEST_FUNCTIONS:
         paths = {}
         for label, (cls, options) in OPTIMIZERS.items():
-            points = tn.optimizer_path(lambda params: cls(params, lr=lrs[label], **options), grad, start, steps)
+            points = tn.optimizer_path(lambda params: cls(params, lr=lrs[label], **options), grad,
+                                       start, steps)
             paths[f"{label} lr={lrs[label]:g}"] = points
-            print(f"{name}: {label} lr={lrs[label]:g} ends at ({points[-1, 0]:.3f}, {points[-1, 1]:.3f})")
+            print(f"{name}: {label} lr={lrs[label]:g} ends at "
+                  f"({points[-1, 0]:.3f}, {points[-1, 1]:.3f})")
         panels[f"{name}: {steps} steps from {start}"] = (f, paths, minimum)
     tn.plot_optimizer_paths(panels, path, title="Optimizer paths on the Iris lab's test functions")
 
@@ -129,7 +132,8 @@ def main(argv=None):
     y_pred = model.predict(X_test).argmax(axis=1)
     tn.save_model_and_history(model, history, args.out)
     if not args.no_plots:
-        title = f"Iris, MLP 4-100-100-3 {args.activation}, {args.loss} loss, {args.optimizer} lr {args.lr:g}"
+        title = (f"Iris, MLP 4-100-100-3 {args.activation}, {args.loss} loss, "
+                 f"{args.optimizer} lr {args.lr:g}")
         tn.save_run_figures(history, y_test, y_pred, args.out, title, CLASSES)
     if args.trajectories:
         draw_trajectories(os.path.join(args.out, "trajectories.png"))

@@ -147,10 +147,12 @@ def load_mnist_or_exit(data_dir, quick=False):
     try:
         X_train, y_train, X_test, y_test = tn.load_mnist(data_dir)
     except OSError as e:
-        files = [f"{s}-{k}-idx{d}-ubyte.gz" for s in ("train", "t10k") for k, d in (("images", 3), ("labels", 1))]
+        files = [f"{s}-{k}-idx{d}-ubyte.gz" for s in ("train", "t10k")
+                 for k, d in (("images", 3), ("labels", 1))]
         tn.exit_missing_data("train_mnist.py", "MNIST", e, files, data_dir, "mnist",
                              "from https://ossci-datasets.s3.amazonaws.com/mnist/")
-    X_train, y_train, X_val, y_val = X_train[:-10000], y_train[:-10000], X_train[-10000:], y_train[-10000:]
+    X_train, y_train, X_val, y_val = (X_train[:-10000], y_train[:-10000],
+                                      X_train[-10000:], y_train[-10000:])
     if quick:
         return X_train[:1000], y_train[:1000], X_val[:500], y_val[:500], X_test[:500], y_test[:500]
     return X_train, y_train, X_val, y_val, X_test, y_test
@@ -160,8 +162,8 @@ def learned_features(model, X):
     """The input of the model's last Linear layer for images X -> (N, d), 1,000 images at a time
     (a convnet's activations are big)."""
     last = max(i for i, layer in enumerate(model) if isinstance(layer, tn.Linear))
-    return np.concatenate([model.activations(X[i:i + 1000])[last - 1].reshape(len(X[i:i + 1000]), -1)
-                           for i in range(0, len(X), 1000)])
+    return np.concatenate([model.activations(X[i:i + 1000])[last - 1]
+                           .reshape(len(X[i:i + 1000]), -1) for i in range(0, len(X), 1000)])
 
 
 def train_parity_probe(F_train, y_train, F_test, y_test, epochs, batch_size):
@@ -194,23 +196,31 @@ def embeddings(model, args, X_train, y_train, X_test, y_test, n=1000):
     for name, features in (("raw pixels", lambda X: X.reshape(len(X), -1)),
                            ("learned features", lambda X: learned_features(model, X))):
         F_train, F_test = features(X_train[:10000]), features(X_test)
-        accuracy = train_parity_probe(F_train, y_train[:10000], F_test, y_test, args.epochs, args.batch_size)
-        print(f"even/odd linear probe on {name} ({F_train.shape[1]} dims): test accuracy {accuracy:.4f}")
+        accuracy = train_parity_probe(F_train, y_train[:10000], F_test, y_test, args.epochs,
+                                      args.batch_size)
+        print(f"even/odd linear probe on {name} ({F_train.shape[1]} dims): "
+              f"test accuracy {accuracy:.4f}")
         if not args.no_plots:
-            print(f"{args.projection} of the {name} of {min(n, len(F_train)):,} training images ...", flush=True)
-            panels[f"{name} ({F_train.shape[1]} dims); even/odd linear probe: test accuracy {accuracy:.4f}"] = \
+            print(f"{args.projection} of the {name} of {min(n, len(F_train)):,} training images "
+                  "...", flush=True)
+            panels[f"{name} ({F_train.shape[1]} dims); even/odd linear probe: "
+                   f"test accuracy {accuracy:.4f}"] = \
                 project_2d(F_train[:n], args.projection, args.seed)
     if panels:
         tn.plot_embeddings(panels, y_train[:n], os.path.join(args.out, "embeddings.png"),
-                           title=f"MNIST {args.model}: {'t-SNE' if args.projection == 'tsne' else 'PCA'} of "
-                                 f"{min(n, len(X_train)):,} training images, raw pixels and learned features")
+                           title=f"MNIST {args.model}: "
+                                 f"{'t-SNE' if args.projection == 'tsne' else 'PCA'} of "
+                                 f"{min(n, len(X_train)):,} training images, raw pixels and "
+                                 "learned features")
 
 
 def compare_optimizers(args, train, val):
     """Train the same model from the same initialisation for (at most) 5 epochs with each optimizer,
-    and Adam with OneCycleLR; plot val accuracy and loss per epoch; print final accuracy and time per epoch."""
-    runs = [("sgd", 0.1, "none"), ("momentum", 0.01, "none"), ("rmsprop", 1e-3, "none"), ("adam", 1e-3, "none"),
-            ("adamw", 1e-3, "none"), ("lion", 1e-4, "none"), ("adam", 3e-3, "onecycle")]
+    and Adam with OneCycleLR; plot val accuracy and loss per epoch; print final accuracy and time
+    per epoch."""
+    runs = [("sgd", 0.1, "none"), ("momentum", 0.01, "none"), ("rmsprop", 1e-3, "none"),
+            ("adam", 1e-3, "none"), ("adamw", 1e-3, "none"), ("lion", 1e-4, "none"),
+            ("adam", 3e-3, "onecycle")]
     epochs, histories, rows = min(args.epochs, 5), {}, []
     for name, lr, schedule in runs:
         label = f"{name} lr={lr:g}" + ("" if schedule == "none" else f" + {schedule}")
@@ -222,9 +232,11 @@ def compare_optimizers(args, train, val):
         print(tn.describe_run(description, optimizer, scheduler))
         model.compile(optimizer, loss_for(args.loss), scheduler=scheduler)
         start = time.perf_counter()
-        histories[label] = h = model.fit(*train, epochs=epochs, batch_size=args.batch_size, validation_data=val,
-                                         verbose=2, callbacks=tn.blas_thread_callbacks(args.threads)).history
-        rows.append({"run": label, "val_accuracy": h["val_accuracy"][-1], "val_loss": h["val_loss"][-1],
+        histories[label] = h = model.fit(*train, epochs=epochs, batch_size=args.batch_size,
+                                         validation_data=val, verbose=2,
+                                         callbacks=tn.blas_thread_callbacks(args.threads)).history
+        rows.append({"run": label, "val_accuracy": h["val_accuracy"][-1],
+                     "val_loss": h["val_loss"][-1],
                      "s_per_epoch": (time.perf_counter() - start) / epochs})
     tn.print_table(rows, os.path.join(args.out, "optimizers.csv"))
     if not args.no_plots:
@@ -254,9 +266,11 @@ def main(argv=None):
     parser.add_argument("--channels", type=tn.positive_int, nargs=2, default=[8, 16],
                         metavar=("C1", "C2"), help="labcnn: channels of its two convs (8 16)")
     parser.add_argument("--loss", choices=("ce", "mse"), default="ce",
-                        help="ce: CrossEntropyLoss on logits; mse: Softmax + MSELoss on one-hot (%(default)s)")
+                        help="ce: CrossEntropyLoss on logits; mse: Softmax + MSELoss on one-hot "
+                        "(%(default)s)")
     parser.add_argument("--embeddings", action="store_true",
-                        help="draw raw pixels and learned features in 2-D; even/odd linear probe on each")
+                        help="draw raw pixels and learned features in 2-D; even/odd linear probe "
+                        "on each")
     parser.add_argument("--projection", choices=("tsne", "pca"), default="tsne",
                         help="with --embeddings: t-SNE (scikit-learn) or PCA, the fast one (%(default)s)")
     parser.add_argument("--compare-optimizers", action="store_true", help="also train with every optimizer")
@@ -297,7 +311,8 @@ def main(argv=None):
     print(tn.describe_run(description, optimizer, scheduler))
     start = time.perf_counter()
     history = model.fit(X_train, t_train, epochs=args.epochs, batch_size=args.batch_size,
-                        validation_data=(X_val, t_val), verbose=1, callbacks=tn.blas_thread_callbacks(args.threads))
+                        validation_data=(X_val, t_val), verbose=1,
+                        callbacks=tn.blas_thread_callbacks(args.threads))
     print(f"training time: {time.perf_counter() - start:.1f} s")
 
     y_pred = model.predict(X_test).argmax(axis=1)

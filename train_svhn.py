@@ -32,13 +32,14 @@ def build_model(mean, std, kind="mlp", batchnorm=False):
     ([BatchNorm2d] after each conv)."""
     if kind == "mlp":
         norm = [tn.BatchNorm1d(128)] if batchnorm else []
-        return tn.Sequential([tn.Normalize(mean, std), tn.Flatten(), tn.Linear(3072, 128), *norm, tn.ReLU(),
-                              tn.Linear(128, 10)])
+        return tn.Sequential([tn.Normalize(mean, std), tn.Flatten(), tn.Linear(3072, 128), *norm,
+                              tn.ReLU(), tn.Linear(128, 10)])
     layers = [tn.Normalize(mean, std)]
     for c_in, c_out in ((3, 32), (32, 64)):   # (N, 3, 32, 32) -> 32 x 16 x 16 -> 64 x 8 x 8
-        layers += [tn.Conv2d(c_in, c_out, 3, padding=1), *([tn.BatchNorm2d(c_out)] if batchnorm else []),
-                   tn.ReLU(), tn.MaxPool2d(2)]
-    return tn.Sequential(layers + [tn.Flatten(), tn.Linear(64 * 8 * 8, 128), tn.ReLU(), tn.Linear(128, 10)])
+        layers += [tn.Conv2d(c_in, c_out, 3, padding=1),
+                   *([tn.BatchNorm2d(c_out)] if batchnorm else []), tn.ReLU(), tn.MaxPool2d(2)]
+    return tn.Sequential(layers + [tn.Flatten(), tn.Linear(64 * 8 * 8, 128), tn.ReLU(),
+                                   tn.Linear(128, 10)])
 
 
 def check_gradients(model, X, n=20, seed=0):
@@ -84,8 +85,8 @@ def load_svhn_or_exit(data_dir, quick=False):
         X, y = tn.load_svhn("train", data_dir)
         X_test, y_test = tn.load_svhn("test", data_dir)
     except OSError as e:
-        tn.exit_missing_data("train_svhn.py", "SVHN", e, ["train_32x32.mat", "test_32x32.mat"], data_dir, "svhn",
-                             "from http://ufldl.stanford.edu/housenumbers/")
+        tn.exit_missing_data("train_svhn.py", "SVHN", e, ["train_32x32.mat", "test_32x32.mat"],
+                             data_dir, "svhn", "from http://ufldl.stanford.edu/housenumbers/")
     if quick:
         X, y, X_test, y_test = X[:1500], y[:1500], X_test[:500], y_test[:500]
     return (*tn.train_val_split(X, y, 0.3, stratify=True), X_test, y_test)
@@ -108,13 +109,14 @@ def sweep(args, train, val, mean, std):
         model.compile(opt, tn.CrossEntropyLoss(), scheduler=scheduler)
         print(tn.describe_run(describe_model(args.model, batchnorm), opt, scheduler))
         start = time.perf_counter()
-        histories[name] = history = model.fit(*train, epochs=args.epochs, batch_size=args.batch_size,
+        histories[name] = history = model.fit(*train, epochs=args.epochs,
+                                              batch_size=args.batch_size,
                                               validation_data=val, verbose=2,
                                               callbacks=tn.blas_thread_callbacks(args.threads))
         h = {k: v[-1] for k, v in history.history.items()}
-        rows.append({"lr": lr, "optimizer": optimizer, "batchnorm": batchnorm, "train_loss": h["loss"],
-                     "val_loss": h["val_loss"], "val_accuracy": h["val_accuracy"],
-                     "time_s": time.perf_counter() - start})
+        rows.append({"lr": lr, "optimizer": optimizer, "batchnorm": batchnorm,
+                     "train_loss": h["loss"], "val_loss": h["val_loss"],
+                     "val_accuracy": h["val_accuracy"], "time_s": time.perf_counter() - start})
         if best is None or h["val_accuracy"] > best[0]:
             best = h["val_accuracy"], name, model, history
         if not args.no_plots:
@@ -137,8 +139,10 @@ def describe_model(kind, batchnorm):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     tn.add_common_args(parser, epochs=10, batch_size=128, lr=1e-3, optimizer="adam")
-    parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="architecture (%(default)s)")
-    parser.add_argument("--batchnorm", action="store_true", help="add BatchNorm after the hidden layers")
+    parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp",
+                        help="architecture (%(default)s)")
+    parser.add_argument("--batchnorm", action="store_true",
+                        help="add BatchNorm after the hidden layers")
     parser.add_argument("--sweep", action="store_true",
                         help="train the grid lr {1e-3, 1e-2} x optimizer {adam, momentum} x batchnorm {off, on}")
     parser.add_argument("--gradcheck", action="store_true",
@@ -179,7 +183,8 @@ def main(argv=None):
         history = model.fit(X_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
                             validation_data=(X_val, y_val), verbose=1,
                             callbacks=tn.blas_thread_callbacks(args.threads))
-        title = f"SVHN {args.model}{' + batchnorm' if args.batchnorm else ''}, {args.optimizer} lr {args.lr:g}"
+        title = (f"SVHN {args.model}{' + batchnorm' if args.batchnorm else ''}, "
+                 f"{args.optimizer} lr {args.lr:g}")
 
     y_pred = model.predict(X_test).argmax(axis=1)
     tn.save_model_and_history(model, history, args.out)
