@@ -2,8 +2,8 @@
 gradient checks, data loaders, training scripts and the benchmark. Run: pytest test_tinynet.py
 
 Sections: shared helpers · layers · losses · gradient checking · optimizers · schedulers ·
-Sequential and fit · serialisation · data · plots and training scripts · benchmark · copying a class ·
-dependencies.
+Sequential and fit · serialisation · data · plots and training scripts · benchmark ·
+copying a class · dependencies.
 Names: torch parity `test_<thing>_matches_torch`, gradient checks `test_<thing>_gradcheck`,
 bad input `test_<thing>_rejects_<what>`."""
 import argparse
@@ -32,7 +32,6 @@ import torch.nn.functional as F
 
 import tinynet as tn
 
-
 # ════════════════════════════════════════════════════════════════════════════
 # Shared helpers: float64 parity against PyTorch (with the worst relative error
 # reported at the end), random inputs, small models, the data folder
@@ -43,14 +42,16 @@ PARITY_ERRORS = []   # max|ours - torch| / max|torch| of every array compared by
 
 @pytest.fixture(scope="module", autouse=True)
 def _report_parity(request):
-    """Print, at the end of the module, how many arrays were compared and the worst relative error."""
+    """Print, at the end of the module, how many arrays were compared and the worst relative
+    error."""
     yield
     plugins = request.config.pluginmanager
     reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
     if PARITY_ERRORS and reporter is not None and capture is not None:
         with capture.global_and_fixture_disabled():
-            reporter.write_line(f"\nPyTorch parity: {len(PARITY_ERRORS)} arrays compared, worst relative "
-                                f"error max|ours - torch| / max|torch| = {max(PARITY_ERRORS):.3g}")
+            reporter.write_line(f"\nPyTorch parity: {len(PARITY_ERRORS)} arrays compared, worst "
+                                f"relative error max|ours - torch| / max|torch| = "
+                                f"{max(PARITY_ERRORS):.3g}")
 
 
 def T(a, requires_grad=True):
@@ -59,7 +60,8 @@ def T(a, requires_grad=True):
 
 
 def assert_parity(ours, theirs, what=""):
-    """ours (float64) equals theirs (torch tensor or array) to rtol 1e-8; records the relative error."""
+    """ours (float64) equals theirs (torch tensor or array) to rtol 1e-8; records the relative
+    error."""
     theirs = theirs.detach().numpy() if torch.is_tensor(theirs) else np.asarray(theirs)
     ours = np.asarray(ours)
     assert ours.dtype == np.float64, f"{what}: computed in {ours.dtype}, expected float64"
@@ -110,7 +112,7 @@ SHAPES_ND = [(7,), (4, 5), (2, 3, 4), (2, 3, 4, 5)]
 def randn(seed, shape, zeros=False):
     x = np.random.default_rng(seed).standard_normal(shape)
     if zeros:
-        x.reshape(-1)[::4] = 0.0          # exercise the kink of ReLU / LeakyReLU (torch: x > 0 branch)
+        x.reshape(-1)[::4] = 0.0  # exercise the kink of ReLU / LeakyReLU (torch: x > 0 branch)
     return x
 
 
@@ -118,7 +120,8 @@ def mlp_pair(n_in, h1, h2, c, head=None, seed=0):
     """tinynet and torch Linear-ReLU-Linear-Tanh-Linear[-head] in float64 with the same weights."""
     tn.manual_seed(seed)
     layers = [tn.Linear(n_in, h1), tn.ReLU(), tn.Linear(h1, h2), tn.Tanh(), tn.Linear(h2, c)]
-    mods = [torch.nn.Linear(n_in, h1), torch.nn.ReLU(), torch.nn.Linear(h1, h2), torch.nn.Tanh(), torch.nn.Linear(h2, c)]
+    mods = [torch.nn.Linear(n_in, h1), torch.nn.ReLU(), torch.nn.Linear(h1, h2), torch.nn.Tanh(),
+            torch.nn.Linear(h2, c)]
     if head:
         layers.append(getattr(tn, head)(dim=1))
         mods.append(getattr(torch.nn, head)(dim=1))
@@ -147,14 +150,16 @@ def _tiny_data(n=48, classes=3, seed=0):
     return X, (X @ rng.standard_normal((4, classes))).argmax(1)
 
 
-HERE = os.path.dirname(os.path.abspath(tn.__file__))      # the project folder: tinynet.py and the scripts
+# the project folder: tinynet.py and the scripts
+HERE = os.path.dirname(os.path.abspath(tn.__file__))
 DATA = os.environ.get("TINYNET_DATA") or os.path.join(os.path.dirname(os.path.abspath(tn.__file__)),
                                                       "..", "shared", "data")
 
 
 def need(path):
     if not os.path.exists(path):
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"{path} not found (set TINYNET_DATA)")
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"{path} not found "
+                                                               f"(set TINYNET_DATA)")
 
 
 # ════════════════════════════════════════════════════════════════════════════
@@ -184,14 +189,16 @@ def test_linear_matches_torch(n, fin, fout, bias):
 def test_activation_matches_torch(name, shape):
     ref = {"ReLU": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh}[name]
     seed = len(shape)
-    layer_parity(getattr(tn, name)(), ref, 3 * randn(seed, shape, zeros=True), randn(seed + 1, shape))
+    layer_parity(getattr(tn, name)(), ref, 3 * randn(seed, shape, zeros=True),
+                 randn(seed + 1, shape))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_relu_matches_torch_on_special_values_and_keeps_memory_order(dtype):
     x = np.array([[np.nan, -np.inf, np.inf, -0.0, 0.0, -1.5, 2.5, -1e-30]], dtype=dtype)
     np.testing.assert_array_equal(tn.ReLU().forward(x), torch.relu(torch.from_numpy(x)).numpy())
-    batch_innermost = np.ascontiguousarray(randn(3, (4, 3, 5, 6)).transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+    batch_innermost = np.ascontiguousarray(randn(3, (4, 3, 5, 6)).transpose(1, 2, 3, 0)
+                                           ).transpose(3, 0, 1, 2)
     y = tn.ReLU().forward(batch_innermost.astype(dtype))
     assert y.dtype == dtype and y.strides == batch_innermost.astype(dtype).strides
 
@@ -208,7 +215,8 @@ def test_sigmoid_matches_torch_on_extreme_inputs(dtype):
     x = np.array([[-1e4, -800.0, -50.0, -1e-8, 0.0, 1e-8, 50.0, 800.0, 1e4]], dtype=dtype)
     g = np.linspace(-1, 1, x.size).reshape(x.shape).astype(dtype)
     layer = tn.Sigmoid()
-    # underflow (exp(-1e4) == 0) is benign and happens in torch too; overflow, 0/0 and inf/inf are bugs
+    # underflow (exp(-1e4) == 0) is benign and happens in torch too;
+    # overflow, 0/0 and inf/inf are bugs
     with warnings.catch_warnings(), np.errstate(over="raise", divide="raise", invalid="raise"):
         warnings.simplefilter("error")
         y, gx = layer.forward(x), layer.backward(g)
@@ -220,25 +228,28 @@ def test_sigmoid_matches_torch_on_extreme_inputs(dtype):
 
 
 @pytest.mark.parametrize("scale", [1.0, 1e3])
-@pytest.mark.parametrize("shape,dim", [((1, 4), 1), ((6, 5), 1), ((6, 5), 0), ((3, 4, 5), -1), ((3, 4, 5), 1),
-                                       ((2, 3, 4, 2), 2)])
+@pytest.mark.parametrize("shape,dim", [((1, 4), 1), ((6, 5), 1), ((6, 5), 0), ((3, 4, 5), -1),
+                                       ((3, 4, 5), 1), ((2, 3, 4, 2), 2)])
 @pytest.mark.parametrize("name", ["Softmax", "LogSoftmax"])
 def test_softmax_matches_torch(name, shape, dim, scale):
     ref = {"Softmax": torch.softmax, "LogSoftmax": torch.log_softmax}[name]
-    x, g = scale * randn(len(shape) + dim, shape), randn(7, shape)    # arbitrary upstream grad: the full JVP
+    # arbitrary upstream grad: the full JVP
+    x, g = scale * randn(len(shape) + dim, shape), randn(7, shape)
     with np.errstate(over="raise", divide="raise", invalid="raise"):
         layer_parity(getattr(tn, name)(dim=dim), lambda t: ref(t, dim), x, g)
 
 
 @pytest.mark.parametrize("shape", [(4, 7), (2, 3, 4), (5, 1, 2, 2), (3, 2, 1, 4, 2)])
 def test_flatten_matches_torch(shape):
-    layer_parity(tn.Flatten(), torch.nn.Flatten(), randn(1, shape), randn(2, (shape[0], int(np.prod(shape[1:])))))
+    layer_parity(tn.Flatten(), torch.nn.Flatten(), randn(1, shape),
+                 randn(2, (shape[0], int(np.prod(shape[1:])))))
 
 
 def test_flatten_gradient_is_stored_like_its_input():
     """Flatten's docstring: the gradient keeps the input's memory order (a Conv2d's outputs are
     batch-innermost views), so the layers before it keep working on long contiguous runs."""
-    x = tn.Conv2d(2, 3, 3).forward(np.random.default_rng(0).standard_normal((4, 2, 5, 5)).astype(np.float32))
+    x = tn.Conv2d(2, 3, 3).forward(np.random.default_rng(0).standard_normal((4, 2, 5, 5))
+                                   .astype(np.float32))
     flat = tn.Flatten()
     g = np.random.default_rng(1).standard_normal(flat.forward(x).shape).astype(np.float32)
     dx = flat.backward(g)
@@ -273,7 +284,8 @@ def test_conv2d_matches_torch(cin, cout, k, s, p, bias, hw):
     _copy_params(ours, theirs)
     x = np.random.default_rng(0).standard_normal((3, cin) + hw)
     _assert_same_step(ours, theirs, x)
-    _assert_same_step(ours, theirs, 2 * x)           # again: caches are refreshed, grads accumulate from zero
+    # again: caches are refreshed, grads accumulate from zero
+    _assert_same_step(ours, theirs, 2 * x)
 
 
 def test_conv2d_float32_matches_torch():
@@ -281,7 +293,8 @@ def test_conv2d_float32_matches_torch():
     theirs = torch.nn.Conv2d(8, 16, 3, padding=1)
     ours = tn.Conv2d(8, 16, 3, padding=1).load_state_dict(theirs.state_dict())
     x = rng.standard_normal((4, 8, 12, 12), dtype=np.float32)
-    np.testing.assert_allclose(ours.forward(x), theirs(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ours.forward(x), theirs(torch.from_numpy(x)).detach().numpy(),
+                               rtol=1e-4, atol=1e-5)
 
 
 POOL_CONFIGS = [  # kernel, stride, padding, input (H, W)
@@ -327,8 +340,10 @@ def test_maxpool2d_matches_torch_on_nan():
 
 
 @pytest.mark.parametrize("cls, shape", [("BatchNorm1d", (8, 5)), ("BatchNorm1d", (3, 4)),
-                                        ("BatchNorm2d", (4, 3, 5, 6)), ("BatchNorm2d", (2, 4, 3, 3)),
-                                        ("BatchNorm2d", (5, 2, 1, 7)), ("BatchNorm2d", (2, 1, 4, 4))])
+                                        ("BatchNorm2d", (4, 3, 5, 6)),
+                                        ("BatchNorm2d", (2, 4, 3, 3)),
+                                        ("BatchNorm2d", (5, 2, 1, 7)),
+                                        ("BatchNorm2d", (2, 1, 4, 4))])
 @pytest.mark.parametrize("momentum, eps", [(0.1, 1e-5), (0.3, 1e-3)])
 def test_batchnorm_matches_torch_in_training_then_eval(cls, shape, momentum, eps):
     rng = np.random.default_rng(0)
@@ -341,8 +356,10 @@ def test_batchnorm_matches_torch_in_training_then_eval(cls, shape, momentum, eps
     for step in range(4):                            # batch statistics and running statistics
         x = rng.standard_normal(shape) * (step + 1) + step
         _assert_same_step(ours, theirs, x)
-        np.testing.assert_allclose(ours.running_mean, theirs.running_mean.numpy(), rtol=1e-8, atol=1e-12)
-        np.testing.assert_allclose(ours.running_var, theirs.running_var.numpy(), rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(ours.running_mean, theirs.running_mean.numpy(), rtol=1e-8,
+                                   atol=1e-12)
+        np.testing.assert_allclose(ours.running_var, theirs.running_var.numpy(), rtol=1e-8,
+                                   atol=1e-12)
     ours.eval(), theirs.eval()                       # normalised by the running statistics
     _assert_same_step(ours, theirs, rng.standard_normal(shape) + 1)
 
@@ -350,11 +367,13 @@ def test_batchnorm_matches_torch_in_training_then_eval(cls, shape, momentum, eps
 @pytest.mark.parametrize("shape", [(5, 3), (4, 3, 6, 5)])
 def test_normalize_matches_torch(shape):
     rng = np.random.default_rng(6)
-    mean, std = (a.astype(np.float32).astype(np.float64) for a in (rng.standard_normal(3), rng.uniform(0.5, 2, 3)))
+    mean, std = (a.astype(np.float32).astype(np.float64)
+                 for a in (rng.standard_normal(3), rng.uniform(0.5, 2, 3)))
     layer = tn.Normalize(mean, std).astype(np.float64)
     x, g = rng.standard_normal(shape), rng.standard_normal(shape)
     view = (-1,) + (1,) * (len(shape) - 2)
-    layer_parity(layer, lambda t: (t - torch.tensor(mean).reshape(view)) / torch.tensor(std).reshape(view), x, g)
+    layer_parity(layer, lambda t: (t - torch.tensor(mean).reshape(view))
+                 / torch.tensor(std).reshape(view), x, g)
 
 
 # ── initialisation, parameters, configuration ───────────────────────────────
@@ -375,7 +394,8 @@ def test_linear_init_matches_torch(fin, fout):
     bound = 1 / np.sqrt(fin)
     assert layer.weight.data.dtype == layer.bias.data.dtype == np.float32
     assert layer.weight.grad.dtype == np.float32 and not layer.weight.grad.any()
-    for ours, theirs in [(layer.weight.data, ref.weight.detach().numpy()), (layer.bias.data, ref.bias.detach().numpy())]:
+    for ours, theirs in [(layer.weight.data, ref.weight.detach().numpy()),
+                         (layer.bias.data, ref.bias.detach().numpy())]:
         assert ours.shape == theirs.shape
         assert np.abs(ours).max() <= bound and np.abs(theirs).max() <= bound
     if fin * fout > 10_000:   # U(-b, b): std b / sqrt(3), fills the interval; torch's does the same
@@ -393,7 +413,8 @@ def test_conv2d_init_matches_torch():
     for p in layer.parameters():
         assert p.data.dtype == np.float32
         assert np.abs(p.data).max() <= bound and np.abs(p.data).max() > 0.8 * bound
-    assert tn.Conv2d(3, 16, 3, bias=False).bias is None and len(tn.Conv2d(3, 16, 3, bias=False).parameters()) == 1
+    assert (tn.Conv2d(3, 16, 3, bias=False).bias is None
+            and len(tn.Conv2d(3, 16, 3, bias=False).parameters()) == 1)
     tn.manual_seed(0)
     np.testing.assert_array_equal(tn.Conv2d(3, 16, [5, 3]).weight.data, layer.weight.data)
 
@@ -402,7 +423,8 @@ def test_batchnorm_init_matches_torch():
     bn = tn.BatchNorm2d(4)
     assert bn.buffers == ("running_mean", "running_var")
     assert [n for n, _ in bn.named_parameters()] == ["weight", "bias"]
-    for a, value in ((bn.weight.data, 1), (bn.bias.data, 0), (bn.running_mean, 0), (bn.running_var, 1)):
+    for a, value in ((bn.weight.data, 1), (bn.bias.data, 0), (bn.running_mean, 0),
+                     (bn.running_var, 1)):
         assert a.dtype == np.float32 and a.shape == (4,) and np.all(a == value)
     assert (bn.eps, bn.momentum) == (1e-5, 0.1)
 
@@ -417,8 +439,9 @@ def test_manual_seed_makes_init_repeatable():
     assert not np.array_equal(b.weight.data, c.weight.data)
 
 
-@pytest.mark.parametrize("data, dtype", [([0, 0], np.float32), ([True, False], np.float32), (np.arange(3), np.float32),
-                                         (np.zeros(2), np.float64), (np.zeros(2, np.float32), np.float32)])
+@pytest.mark.parametrize("data, dtype", [([0, 0], np.float32), ([True, False], np.float32),
+                                         (np.arange(3), np.float32), (np.zeros(2), np.float64),
+                                         (np.zeros(2, np.float32), np.float32)])
 def test_parameter_casts_integers_and_booleans_to_float32(data, dtype):
     want = np.array(data, dtype) - 0.5
     p = tn.Parameter(data)
@@ -430,24 +453,32 @@ def test_parameter_casts_integers_and_booleans_to_float32(data, dtype):
 
 def test_layer_repr_and_config_are_torch_style_keywords():
     layer = tn.Conv2d(3, 8, (3, 5), stride=2, padding=[1, 2])
-    kwargs = {"in_channels": 3, "out_channels": 8, "kernel_size": [3, 5], "stride": [2, 2], "padding": [1, 2],
-              "bias": True}
-    assert repr(layer) == ("Conv2d(in_channels=3, out_channels=8, kernel_size=[3, 5], stride=[2, 2], "
-                           "padding=[1, 2], bias=True)")
-    assert layer.config() == {"class": "Conv2d", "kwargs": kwargs} and not hasattr(layer, "init_args")
+    kwargs = {"in_channels": 3, "out_channels": 8, "kernel_size": [3, 5], "stride": [2, 2],
+              "padding": [1, 2], "bias": True}
+    assert repr(layer) == ("Conv2d(in_channels=3, out_channels=8, kernel_size=[3, 5], "
+                           "stride=[2, 2], padding=[1, 2], bias=True)")
+    assert (layer.config() == {"class": "Conv2d", "kwargs": kwargs}
+            and not hasattr(layer, "init_args"))
     assert (layer.kernel_size, layer.stride, layer.padding) == ((3, 5), (2, 2), (1, 2))
     assert tn.MaxPool2d(2).stride == (2, 2) and tn.AvgPool2d(3, 1).stride == (1, 1)
     for made, text in [(tn.Linear(3, 2), "Linear(in_features=3, out_features=2, bias=True)"),
-                       (tn.Linear(3, 2, bias=False), "Linear(in_features=3, out_features=2, bias=False)"),
-                       (tn.MaxPool2d(2), "MaxPool2d(kernel_size=[2, 2], stride=[2, 2], padding=[0, 0])"),
-                       (tn.AvgPool2d(3, 1), "AvgPool2d(kernel_size=[3, 3], stride=[1, 1], padding=[0, 0])"),
+                       (tn.Linear(3, 2, bias=False),
+                        "Linear(in_features=3, out_features=2, bias=False)"),
+                       (tn.MaxPool2d(2),
+                        "MaxPool2d(kernel_size=[2, 2], stride=[2, 2], padding=[0, 0])"),
+                       (tn.AvgPool2d(3, 1),
+                        "AvgPool2d(kernel_size=[3, 3], stride=[1, 1], padding=[0, 0])"),
                        (tn.BatchNorm1d(3), "BatchNorm1d(num_features=3, eps=1e-05, momentum=0.1)"),
-                       (tn.Dropout(0.2), "Dropout(p=0.2)"), (tn.LeakyReLU(), "LeakyReLU(negative_slope=0.01)"),
+                       (tn.Dropout(0.2), "Dropout(p=0.2)"),
+                       (tn.LeakyReLU(), "LeakyReLU(negative_slope=0.01)"),
                        (tn.Softmax(), "Softmax(dim=1)"), (tn.ReLU(), "ReLU()"),
-                       (tn.Normalize([0.5], [2.0]), "Normalize(mean=[0.5], std=[2.0])"), (layer, repr(layer))]:
+                       (tn.Normalize([0.5], [2.0]), "Normalize(mean=[0.5], std=[2.0])"),
+                       (layer, repr(layer))]:
         config = made.config()
-        assert repr(made) == text and config["class"] == type(made).__name__ and set(config) == {"class", "kwargs"}
-        assert repr(type(made)(**json.loads(json.dumps(config["kwargs"])))) == text     # rebuilt from its JSON
+        assert (repr(made) == text and config["class"] == type(made).__name__
+                and set(config) == {"class", "kwargs"})
+        # rebuilt from its JSON
+        assert repr(type(made)(**json.loads(json.dumps(config["kwargs"])))) == text
 
 
 @pytest.mark.parametrize("make, shape", [(lambda: tn.Linear(3, 2), (4, 3)),
@@ -463,7 +494,7 @@ def test_backward_adds_into_grads(make, shape):
     once = [p.grad.copy() for p in layer.parameters()]
     assert all(p1.any() for p1 in once)
     layer(x)
-    layer.backward(g)                                               # backward adds into .grad, as torch
+    layer.backward(g)  # backward adds into .grad, as torch
     for p, p1 in zip(layer.parameters(), once):
         np.testing.assert_allclose(p.grad, 2 * p1)
     layer.zero_grad()
@@ -485,14 +516,16 @@ def test_conv2d_first_layer_can_skip_the_input_gradient():
 # ── dtype ────────────────────────────────────────────────────────────────────
 
 @pytest.mark.parametrize("make, shape", [
-    (lambda: tn.Linear(6, 4), (5, 6)), (tn.ReLU, (5, 6)), (tn.LeakyReLU, (5, 6)), (tn.Sigmoid, (5, 6)),
+    (lambda: tn.Linear(6, 4), (5, 6)), (tn.ReLU, (5, 6)), (tn.LeakyReLU, (5, 6)),
+    (tn.Sigmoid, (5, 6)),
     (tn.Tanh, (5, 6)), (tn.Softmax, (5, 6)), (tn.LogSoftmax, (5, 6)), (tn.Flatten, (5, 6)),
     (lambda: tn.Dropout(0.3), (5, 6)),
-    (lambda: tn.Conv2d(3, 4, 3, stride=2, padding=1), (2, 3, 9, 8)), (lambda: tn.MaxPool2d(3, 2, 1), (2, 3, 9, 8)),
+    (lambda: tn.Conv2d(3, 4, 3, stride=2, padding=1), (2, 3, 9, 8)),
+    (lambda: tn.MaxPool2d(3, 2, 1), (2, 3, 9, 8)),
     (lambda: tn.AvgPool2d(2), (2, 3, 9, 8)), (lambda: tn.BatchNorm2d(3), (2, 3, 9, 8)),
     (lambda: tn.BatchNorm1d(3), (4, 3)),
-], ids=["Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Flatten", "Dropout",
-        "Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm2d", "BatchNorm1d"])
+], ids=["Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Flatten",
+        "Dropout", "Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm2d", "BatchNorm1d"])
 def test_layer_keeps_float32(make, shape):
     layer = make()
     x = randn(0, shape).astype(np.float32)
@@ -514,9 +547,10 @@ def test_astype_converts_params_and_grads():
 
 def test_train_eval_flags_and_call():
     model = tn.Sequential(tn.Linear(3, 4), tn.Dropout(0.5))
-    assert model.eval() is model and not model.training and not any(l.training for l in model.layers)
+    assert (model.eval() is model and not model.training
+            and not any(layer.training for layer in model.layers))
     model.train()
-    assert model.training and all(l.training for l in model.layers)
+    assert model.training and all(layer.training for layer in model.layers)
     layer, x = tn.Tanh(), randn(0, (2, 3))
     np.testing.assert_array_equal(layer(x), layer.forward(x))
 
@@ -536,8 +570,8 @@ def test_dropout_training_mask_and_scaling(p):
     np.testing.assert_allclose(y[kept], 1 / (1 - p), rtol=1e-15)            # inverted-dropout scale
     assert abs(y.mean() - 1) < 5 * np.sqrt(p / (1 - p) / n)                  # unbiased
     g = randn(1, x.shape)
-    np.testing.assert_array_equal(layer.backward(g), g * y)                  # the same mask and scale
-    assert not np.array_equal(layer.forward(x), y)                           # a fresh mask each call
+    np.testing.assert_array_equal(layer.backward(g), g * y)  # the same mask and scale
+    assert not np.array_equal(layer.forward(x), y)  # a fresh mask each call
 
 
 def test_dropout_mask_is_elementwise_and_keeps_dtype():
@@ -566,7 +600,8 @@ def test_dropout_eval_keeps_no_mask_and_backward_is_identity():
     layer.eval()
     x, g = randn(0, (4, 4)), randn(1, (4, 4))
     np.testing.assert_array_equal(layer.forward(x), x)
-    assert layer._cache.shape == () and layer._cache == 1     # eval: the training mask is dropped for a scalar 1
+    # eval: the training mask is dropped for a scalar 1
+    assert layer._cache.shape == () and layer._cache == 1
     np.testing.assert_array_equal(layer.backward(g), g)
 
 
@@ -585,28 +620,35 @@ def test_dropout_deterministic_under_manual_seed():
 # ── bad input and bad arguments ──────────────────────────────────────────────
 
 @pytest.mark.parametrize("layer, shape, match", [
-    *[pytest.param(lambda: tn.Linear(4, 3), shape, rf"^Linear: expected 2-D input with 4 features on axis 1, "
-                                                   rf"got shape {re.escape(str(shape))}$",
+    *[pytest.param(lambda: tn.Linear(4, 3), shape,
+                   rf"^Linear: expected 2-D input with 4 features on axis 1, "
+                   rf"got shape {re.escape(str(shape))}$",
                    id="Linear-" + "x".join(map(str, shape)))
       for shape in [(2, 5), (2, 3), (4,), (2, 4, 1), (2, 1, 4)]],
     pytest.param(lambda: tn.Conv2d(3, 4, 3), (2, 4, 8, 8),
-                 r"^Conv2d: expected 4-D input with 3 channels.*\(2, 4, 8, 8\)", id="Conv2d-channels"),
-    pytest.param(lambda: tn.Conv2d(3, 4, 3), (3, 8, 8), r"^Conv2d: expected 4-D.*\(3, 8, 8\)", id="Conv2d-rank"),
+                 r"^Conv2d: expected 4-D input with 3 channels.*\(2, 4, 8, 8\)",
+                 id="Conv2d-channels"),
+    pytest.param(lambda: tn.Conv2d(3, 4, 3), (3, 8, 8), r"^Conv2d: expected 4-D.*\(3, 8, 8\)",
+                 id="Conv2d-rank"),
     pytest.param(lambda: tn.Conv2d(3, 4, 5, padding=1), (2, 3, 2, 9),
-                 r"^Conv2d: kernel \(5, 5\).*larger.*\(4, 11\).*\(2, 3, 2, 9\)", id="Conv2d-kernel-larger"),
-    pytest.param(lambda: tn.MaxPool2d(3), (2, 3, 2, 9), r"^MaxPool2d: kernel \(3, 3\).*larger.*\(2, 9\)",
-                 id="MaxPool2d-kernel-larger"),
-    pytest.param(lambda: tn.AvgPool2d(2), (2, 8, 8), r"^AvgPool2d: expected 4-D.*\(2, 8, 8\)", id="AvgPool2d-rank"),
-    pytest.param(lambda: tn.BatchNorm2d(3), (2, 4, 5, 5), r"^BatchNorm2d: .*3 features.*\(2, 4, 5, 5\)",
-                 id="BatchNorm2d-features"),
+                 r"^Conv2d: kernel \(5, 5\).*larger.*\(4, 11\).*\(2, 3, 2, 9\)",
+                 id="Conv2d-kernel-larger"),
+    pytest.param(lambda: tn.MaxPool2d(3), (2, 3, 2, 9),
+                 r"^MaxPool2d: kernel \(3, 3\).*larger.*\(2, 9\)", id="MaxPool2d-kernel-larger"),
+    pytest.param(lambda: tn.AvgPool2d(2), (2, 8, 8), r"^AvgPool2d: expected 4-D.*\(2, 8, 8\)",
+                 id="AvgPool2d-rank"),
+    pytest.param(lambda: tn.BatchNorm2d(3), (2, 4, 5, 5),
+                 r"^BatchNorm2d: .*3 features.*\(2, 4, 5, 5\)", id="BatchNorm2d-features"),
     pytest.param(lambda: tn.BatchNorm2d(3), (2, 3, 5), r"^BatchNorm2d: expected 4-D.*\(2, 3, 5\)",
                  id="BatchNorm2d-rank"),
     pytest.param(lambda: tn.BatchNorm1d(3), (2, 3, 5), r"^BatchNorm1d: expected 2-D.*\(2, 3, 5\)",
                  id="BatchNorm1d-rank"),
-    pytest.param(lambda: tn.BatchNorm1d(3), (1, 3), r"^BatchNorm1d: training needs more than 1 value per channel, "
-                                                    r"got input shape \(1, 3\)", id="BatchNorm1d-one-sample"),
+    pytest.param(lambda: tn.BatchNorm1d(3), (1, 3),
+                 r"^BatchNorm1d: training needs more than 1 value per channel, "
+                 r"got input shape \(1, 3\)", id="BatchNorm1d-one-sample"),
     pytest.param(lambda: tn.Normalize([0.1, 0.2, 0.3], [1.0, 2.0, 3.0]), (5, 4),
-                 r"^Normalize: expected input \(N, 3, ...\), got shape \(5, 4\)", id="Normalize-channels"),
+                 r"^Normalize: expected input \(N, 3, ...\), got shape \(5, 4\)",
+                 id="Normalize-channels"),
 ])
 def test_layer_rejects_bad_input_shape(layer, shape, match):
     with pytest.raises(ValueError, match=match):
@@ -614,17 +656,19 @@ def test_layer_rejects_bad_input_shape(layer, shape, match):
 
 
 @pytest.mark.parametrize("make, exc, match", [
-    *[pytest.param(lambda p=p: tn.Dropout(p), ValueError, rf"Dropout: p must be in \[0, 1\), got {re.escape(str(p))}",
+    *[pytest.param(lambda p=p: tn.Dropout(p), ValueError,
+                   rf"Dropout: p must be in \[0, 1\), got {re.escape(str(p))}",
                    id=f"Dropout-p={p}") for p in [-0.1, 1, 1.0, 1.5, float("nan")]],
     pytest.param(lambda: tn.Conv2d(1, 1, (3, 3, 3)), TypeError, r"Conv2d: kernel_size.*\(3, 3, 3\)",
                  id="Conv2d-kernel_size-3d"),
-    pytest.param(lambda: tn.MaxPool2d(2, 1.5), TypeError, r"MaxPool2d: stride.*1.5", id="MaxPool2d-stride-float"),
-    pytest.param(lambda: tn.MaxPool2d(3, padding=2), ValueError, r"MaxPool2d: padding \(2, 2\).*half.*\(3, 3\)",
-                 id="MaxPool2d-padding-over-half"),
-    pytest.param(lambda: tn.Conv2d(1, 1, 3, stride=(1, 0)), ValueError, r"Conv2d: stride must be >= 1, got \(1, 0\)",
-                 id="Conv2d-stride-0"),
-    pytest.param(lambda: tn.AvgPool2d(3, padding=-1), ValueError, r"AvgPool2d: padding must be >= 0, got -1",
-                 id="AvgPool2d-padding-negative"),
+    pytest.param(lambda: tn.MaxPool2d(2, 1.5), TypeError, r"MaxPool2d: stride.*1.5",
+                 id="MaxPool2d-stride-float"),
+    pytest.param(lambda: tn.MaxPool2d(3, padding=2), ValueError,
+                 r"MaxPool2d: padding \(2, 2\).*half.*\(3, 3\)", id="MaxPool2d-padding-over-half"),
+    pytest.param(lambda: tn.Conv2d(1, 1, 3, stride=(1, 0)), ValueError,
+                 r"Conv2d: stride must be >= 1, got \(1, 0\)", id="Conv2d-stride-0"),
+    pytest.param(lambda: tn.AvgPool2d(3, padding=-1), ValueError,
+                 r"AvgPool2d: padding must be >= 0, got -1", id="AvgPool2d-padding-negative"),
     pytest.param(lambda: tn.Normalize([0.0, 1.0], [1.0, 0.0]), ValueError, r"Normalize: .*std > 0",
                  id="Normalize-std-0"),
 ])
@@ -633,13 +677,15 @@ def test_layer_rejects_bad_arguments(make, exc, match):
         make()
 
 
-@pytest.mark.parametrize("make", [lambda: tn.Linear(3, 2), tn.ReLU, tn.LeakyReLU, tn.Sigmoid, tn.Tanh, tn.Softmax,
-                                  tn.LogSoftmax, tn.Flatten, tn.Dropout, lambda: tn.Conv2d(1, 2, 3),
-                                  lambda: tn.MaxPool2d(2), lambda: tn.AvgPool2d(2), lambda: tn.BatchNorm1d(3),
+@pytest.mark.parametrize("make", [lambda: tn.Linear(3, 2), tn.ReLU, tn.LeakyReLU, tn.Sigmoid,
+                                  tn.Tanh, tn.Softmax, tn.LogSoftmax, tn.Flatten, tn.Dropout,
+                                  lambda: tn.Conv2d(1, 2, 3), lambda: tn.MaxPool2d(2),
+                                  lambda: tn.AvgPool2d(2), lambda: tn.BatchNorm1d(3),
                                   lambda: tn.BatchNorm2d(3), lambda: tn.Normalize([0.5], [2.0])])
 def test_layer_rejects_backward_before_forward(make):
     layer = make()
-    with pytest.raises(RuntimeError, match=f"^{type(layer).__name__}.backward called before forward$"):
+    with pytest.raises(RuntimeError,
+                       match=f"^{type(layer).__name__}.backward called before forward$"):
         layer.backward(np.ones((2, 3)))
 
 
