@@ -732,14 +732,17 @@ def test_losses_accept_any_integer_label_dtype(label_dtype):
     for name in ("CrossEntropyLoss", "NLLLoss"):
         pred = log_softmax(randn(0, (6, 4))) if name == "NLLLoss" else randn(0, (6, 4))
         expected = getattr(torch.nn, name)()(T(pred, False), torch.from_numpy(y.astype(np.int64)))
-        assert_parity(getattr(tn, name)()(pred, y.astype(label_dtype)), expected, f"{name}, {label_dtype} labels")
+        assert_parity(getattr(tn, name)()(pred, y.astype(label_dtype)), expected,
+                      f"{name}, {label_dtype} labels")
 
 
 @pytest.mark.parametrize("name", ["CrossEntropyLoss", "NLLLoss", "MSELoss"])
 def test_loss_gradient_keeps_float32(name):
-    pred = (log_softmax(randn(0, (5, 3))) if name == "NLLLoss" else randn(0, (5, 3))).astype(np.float32)
+    pred = (log_softmax(randn(0, (5, 3))) if name == "NLLLoss"
+            else randn(0, (5, 3))).astype(np.float32)
     labels = np.array([0, 1, 2, 0, 1])
-    target = tn.one_hot(labels, 3).astype(np.float64) if name == "MSELoss" else labels    # float64 target too
+    # float64 target too
+    target = tn.one_hot(labels, 3).astype(np.float64) if name == "MSELoss" else labels
     loss = getattr(tn, name)()
     loss.forward(pred, target)
     assert loss.backward().dtype == np.float32
@@ -763,14 +766,18 @@ def test_classification_loss_rejects_bad_labels(name, labels, exc, pattern):
     *[pytest.param(name, pred_shape, target_shape, pattern, id=f"{name}-{case}")
       for name in ("CrossEntropyLoss", "NLLLoss")
       for case, pred_shape, target_shape, pattern in [
-          ("target-longer", (4, 3), (5,), r"expected target of shape \(4,\) for pred \(4, 3\), got \(5,\)"),
-          ("target-2d", (4, 3), (4, 3), r"expected target of shape \(4,\) for pred \(4, 3\), got \(4, 3\)"),
+          ("target-longer", (4, 3), (5,),
+           r"expected target of shape \(4,\) for pred \(4, 3\), got \(5,\)"),
+          ("target-2d", (4, 3), (4, 3),
+           r"expected target of shape \(4,\) for pred \(4, 3\), got \(4, 3\)"),
           ("pred-1d", (4,), (4,), r"expected pred of shape \(N, C\), got \(4,\)"),
           ("pred-3d", (2, 3, 4), (2,), r"expected pred of shape \(N, C\), got \(2, 3, 4\)")]],
     *[pytest.param("MSELoss", pred_shape, target_shape,
-                   rf".*same shape, got {re.escape(str(pred_shape))} and {re.escape(str(target_shape))}",
+                   rf".*same shape, got {re.escape(str(pred_shape))} "
+                   rf"and {re.escape(str(target_shape))}",
                    id=f"MSELoss-{case}")
-      for case, pred_shape, target_shape in [("target-1d", (4, 3), (4,)), ("target-2d", (4,), (4, 1)),
+      for case, pred_shape, target_shape in [("target-1d", (4, 3), (4,)),
+                                             ("target-2d", (4,), (4, 1)),
                                              ("transposed", (4, 3), (3, 4))]],
 ])
 def test_loss_rejects_shape_mismatch(name, pred_shape, target_shape, pattern):
@@ -779,15 +786,18 @@ def test_loss_rejects_shape_mismatch(name, pred_shape, target_shape, pattern):
         getattr(tn, name)()(np.zeros(pred_shape), target)
 
 
-@pytest.mark.parametrize("pred, what", [(np.full((3, 4), 0.25), "max 0.25"),                # probabilities
+@pytest.mark.parametrize("pred, what", [(np.full((3, 4), 0.25), "max 0.25"),  # probabilities
                                         (np.log(np.full((3, 4), 0.25)) + 0.5, "exp-sum 1.649"),
                                         (np.full((3, 4), -0.1), "exp-sum 3.619"),
-                                        (np.random.default_rng(0).standard_normal((3, 4)), "row 0")],
-                         ids=["probabilities", "shifted-log-probabilities", "negative-constant", "logits"])
+                                        (np.random.default_rng(0).standard_normal((3, 4)),
+                                         "row 0")],
+                         ids=["probabilities", "shifted-log-probabilities", "negative-constant",
+                              "logits"])
 def test_nll_loss_rejects_input_that_is_not_log_probabilities(pred, what):
-    with pytest.raises(ValueError, match=f"NLLLoss: expected log-probabilities.*{what}.*add LogSoftmax.*CrossEntropyLoss"):
+    with pytest.raises(ValueError, match=f"NLLLoss: expected log-probabilities.*{what}"
+                                         ".*add LogSoftmax.*CrossEntropyLoss"):
         tn.NLLLoss()(pred, np.array([0, 1, 2]))
-    assert tn.NLLLoss()(log_softmax(pred), np.array([0, 1, 2])) > 0                # log-probabilities pass
+    assert tn.NLLLoss()(log_softmax(pred), np.array([0, 1, 2])) > 0  # log-probabilities pass
 
 
 @pytest.mark.parametrize("shape", [(1,), (7,), (16, 1), (5, 1)])
@@ -802,13 +812,15 @@ def test_bce_with_logits_matches_torch(shape, scale):
     tv = F.binary_cross_entropy_with_logits(xt, T(t, False))
     tv.backward()
     assert math.isfinite(value)
-    np.testing.assert_allclose(value, tv.item(), rtol=1e-8, atol=1e-15)   # torch rounds log(1 + 1e-27) to 0
+    # torch rounds log(1 + 1e-27) to 0
+    np.testing.assert_allclose(value, tv.item(), rtol=1e-8, atol=1e-15)
     assert_parity(loss.backward(), xt.grad, "BCEWithLogitsLoss gradient")
 
 
 def test_bce_with_logits_rejects_bad_input():
     loss = tn.BCEWithLogitsLoss()
-    with pytest.raises(ValueError, match=r"BCEWithLogitsLoss: expected logits \(N,\) or \(N, 1\).*\(4, 2\)"):
+    with pytest.raises(ValueError,
+                       match=r"BCEWithLogitsLoss: expected logits \(N,\) or \(N, 1\).*\(4, 2\)"):
         loss(np.zeros((4, 2)), np.zeros((4, 2)))
     with pytest.raises(ValueError, match="same shape.*\\(4,\\) and \\(4, 1\\)"):
         loss(np.zeros(4), np.zeros((4, 1)))
@@ -852,12 +864,15 @@ GRADCHECK_LAYERS = [  # id, layer, input shape
     ("BatchNorm2d-eval", lambda: tn.BatchNorm2d(2).eval(), (3, 2, 3, 2)),
     ("Normalize", lambda: tn.Normalize([0.1, -0.2, 0.3], [0.5, 1.0, 2.0]), (5, 3)),
     ("Normalize-4d", lambda: tn.Normalize([0.1, -0.2, 0.3], [0.5, 1.0, 2.0]), (2, 3, 3, 2)),
-    ("Sequential", lambda: tn.Sequential(tn.Linear(4, 5), tn.Tanh(), tn.Linear(5, 3), tn.LogSoftmax()), (6, 4)),
+    ("Sequential", lambda: tn.Sequential(tn.Linear(4, 5), tn.Tanh(), tn.Linear(5, 3),
+                                         tn.LogSoftmax()), (6, 4)),
 ]
 
 
-@pytest.mark.parametrize("seed", [0, 1, 42, 1234])      # the input's seed: gradcheck's projection is independent
-@pytest.mark.parametrize("make, shape", [pytest.param(make, shape, id=i) for i, make, shape in GRADCHECK_LAYERS])
+# the input's seed: gradcheck's projection is independent
+@pytest.mark.parametrize("seed", [0, 1, 42, 1234])
+@pytest.mark.parametrize("make, shape", [pytest.param(make, shape, id=i)
+                                         for i, make, shape in GRADCHECK_LAYERS])
 def test_layer_gradcheck(make, shape, seed):
     tn.manual_seed(0)
     layer = make().astype(np.float64)
@@ -865,9 +880,11 @@ def test_layer_gradcheck(make, shape, seed):
     for p in layer.parameters():                      # away from BatchNorm's ones / zeros init
         p.data[...] = rng.uniform(0.5, 1.5, p.data.shape) * rng.choice([-1, 1], p.data.shape)
     if isinstance(layer, tn.BatchNorm2d) and not layer.training:
-        layer.running_mean[...], layer.running_var[...] = rng.standard_normal(2), rng.uniform(0.5, 2, 2)
+        layer.running_mean[...], layer.running_var[...] = (rng.standard_normal(2),
+                                                           rng.uniform(0.5, 2, 2))
     before = layer.state_dict()
-    assert tn.gradcheck(layer, away_from_kinks(seed, shape)) < 1e-7  # continuous input: no ties in a window
+    # continuous input: no ties in a window
+    assert tn.gradcheck(layer, away_from_kinks(seed, shape)) < 1e-7
     for k, v in layer.state_dict().items():           # parameters and running statistics restored
         np.testing.assert_array_equal(v, before[k], err_msg=k)
 
@@ -883,14 +900,18 @@ def test_dropout_training_gradcheck():
     np.testing.assert_allclose(analytic, tn.numerical_gradient(f, x.copy()), rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("name, shape", [("CrossEntropyLoss", (6, 4)), ("NLLLoss", (6, 4)), ("MSELoss", (6, 4)),
+@pytest.mark.parametrize("name, shape", [("CrossEntropyLoss", (6, 4)), ("NLLLoss", (6, 4)),
+                                         ("MSELoss", (6, 4)),
                                          ("BCEWithLogitsLoss", (1,)), ("BCEWithLogitsLoss", (7,)),
-                                         ("BCEWithLogitsLoss", (16, 1)), ("BCEWithLogitsLoss", (5, 1))],
-                         ids=["CrossEntropyLoss", "NLLLoss", "MSELoss", "BCEWithLogitsLoss-1", "BCEWithLogitsLoss-7",
-                              "BCEWithLogitsLoss-16x1", "BCEWithLogitsLoss-5x1"])
+                                         ("BCEWithLogitsLoss", (16, 1)),
+                                         ("BCEWithLogitsLoss", (5, 1))],
+                         ids=["CrossEntropyLoss", "NLLLoss", "MSELoss", "BCEWithLogitsLoss-1",
+                              "BCEWithLogitsLoss-7", "BCEWithLogitsLoss-16x1",
+                              "BCEWithLogitsLoss-5x1"])
 def test_loss_gradcheck(name, shape):
     pred = log_softmax(randn(0, shape)) if name == "NLLLoss" else randn(0, shape)
-    target = {"MSELoss": randn(1, shape), "BCEWithLogitsLoss": np.random.default_rng(1).integers(0, 2, shape) * 1.0
+    target = {"MSELoss": randn(1, shape), "BCEWithLogitsLoss":
+              np.random.default_rng(1).integers(0, 2, shape) * 1.0
               }.get(name, np.array([0, 3, 1, 1, 2, 0]))
     loss = getattr(tn, name)()
     loss.forward(pred, target)
@@ -926,7 +947,8 @@ class _HalfTanh(tn.Tanh):
         return 0.5 * super().backward(grad)       # half the true gradient
 
 
-@pytest.mark.parametrize("make", [_WrongTanh, lambda: _WrongLinear(3, 2)], ids=["input-grad", "param-grad"])
+@pytest.mark.parametrize("make", [_WrongTanh, lambda: _WrongLinear(3, 2)],
+                         ids=["input-grad", "param-grad"])
 def test_gradcheck_catches_wrong_backward(make):
     assert tn.gradcheck(make().astype(np.float64), away_from_kinks(0, (4, 3))) > 1e-2
 
@@ -939,21 +961,22 @@ def test_gradcheck_error_is_relative_even_for_tiny_inputs():
 
 @pytest.mark.parametrize("make, shape", [
     (lambda: tn.Sequential(tn.Linear(4, 5), tn.BatchNorm1d(5), tn.Tanh(), tn.Linear(5, 3)), (6, 4)),
-    (lambda: tn.Sequential(tn.Conv2d(2, 3, 3, padding=1), tn.BatchNorm2d(3), tn.ReLU(), tn.MaxPool2d(2),
-                           tn.Flatten(), tn.Linear(12, 2)), (3, 2, 4, 4))])
+    (lambda: tn.Sequential(tn.Conv2d(2, 3, 3, padding=1), tn.BatchNorm2d(3), tn.ReLU(),
+                           tn.MaxPool2d(2), tn.Flatten(), tn.Linear(12, 2)), (3, 2, 4, 4))])
 def test_model_gradcheck_with_a_truly_zero_gradient(make, shape):
     """A bias before BatchNorm has a zero gradient: central differences give rounding noise
     there, which must not make a correct model look wrong (it reported 1.0)."""
     tn.manual_seed(0)
     model = make().astype(np.float64)
     x = np.random.default_rng(3).standard_normal(shape)
-    assert np.abs(tn.numerical_gradient(lambda _: float(np.sum(model.forward(x) ** 2)), model[0].bias.data)).max() < 1e-6
+    assert np.abs(tn.numerical_gradient(lambda _: float(np.sum(model.forward(x) ** 2)),
+                                        model[0].bias.data)).max() < 1e-6
     assert tn.gradcheck(model, x) < 1e-7
 
 
 def test_gradcheck_rejects_float32_layer():
-    with pytest.raises(TypeError, match=r"^gradcheck: Linear\(in_features=3, out_features=2, bias=True\) "
-                                        r"must be float64"):
+    with pytest.raises(TypeError, match=r"^gradcheck: Linear\(in_features=3, out_features=2, "
+                                        r"bias=True\) must be float64"):
         tn.gradcheck(tn.Linear(3, 2), randn(0, (4, 3)))
 
 
@@ -964,7 +987,8 @@ def test_gradcheck_rejects_float32_layer():
 OPT_SHAPES = [(5, 3), (7,), (2, 3, 4, 4)]
 
 
-def _drive(opt_name, opt_kw, steps=60, sched=None, sched_kw=None, metrics=None, shapes=OPT_SHAPES, groups=None):
+def _drive(opt_name, opt_kw, steps=60, sched=None, sched_kw=None, metrics=None, shapes=OPT_SHAPES,
+           groups=None):
     """Run tinynet's and torch's optimizer (and scheduler) on the same random float64 gradients.
 
     groups: None (one group), or [(parameter indices, hyper-parameters of that group), ...].
@@ -978,11 +1002,14 @@ def _drive(opt_name, opt_kw, steps=60, sched=None, sched_kw=None, metrics=None, 
     theirs = [torch.tensor(a, requires_grad=True) for a in init]
 
     def grouped(params):
-        return params if groups is None else [{"params": [params[i] for i in idx], **kw} for idx, kw in groups]
+        return params if groups is None else [{"params": [params[i] for i in idx], **kw}
+                                              for idx, kw in groups]
 
-    opt, topt = getattr(tn, opt_name)(grouped(ours), **opt_kw), getattr(torch.optim, opt_name)(grouped(theirs), **opt_kw)
+    opt, topt = (getattr(tn, opt_name)(grouped(ours), **opt_kw),
+                 getattr(torch.optim, opt_name)(grouped(theirs), **opt_kw))
     if sched:
-        s, ts = getattr(tn, sched)(opt, **sched_kw), getattr(torch.optim.lr_scheduler, sched)(topt, **sched_kw)
+        s, ts = (getattr(tn, sched)(opt, **sched_kw),
+                 getattr(torch.optim.lr_scheduler, sched)(topt, **sched_kw))
     mom = "betas" if "betas" in topt.param_groups[0] else "momentum"
 
     def record(o, sc):
@@ -1005,7 +1032,8 @@ def _drive(opt_name, opt_kw, steps=60, sched=None, sched_kw=None, metrics=None, 
             args = () if metrics is None else (metrics[i],)
             s.step(*args)
             ts.step(*args)
-    return ([p.data for p in ours], np.array(rec)), ([t.detach().numpy() for t in theirs], np.array(trec))
+    return (([p.data for p in ours], np.array(rec)),
+            ([t.detach().numpy() for t in theirs], np.array(trec)))
 
 
 OPTIMIZER_CONFIGS = [
@@ -1025,7 +1053,8 @@ OPTIMIZER_CONFIGS = [
     ("Adagrad", dict()),
     ("Adagrad", dict(lr=0.1, lr_decay=0.05)),
     ("Adagrad", dict(weight_decay=0.1)),
-    ("Adagrad", dict(lr=0.1, lr_decay=0.01, weight_decay=0.05, initial_accumulator_value=0.5, eps=1e-3)),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.01, weight_decay=0.05, initial_accumulator_value=0.5,
+                     eps=1e-3)),
     ("Adam", dict()),
     ("Adam", dict(lr=0.01, betas=(0.8, 0.99), eps=1e-3)),
     ("Adam", dict(lr=0.01, weight_decay=0.1)),
@@ -1063,9 +1092,11 @@ def test_optimizer_param_groups_match_torch(name, kw):
     np.testing.assert_allclose(rec, trec, rtol=0, atol=0)
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
-    opt = getattr(tn, name)([{"params": [tn.Parameter(np.zeros(2))], "lr": 0.5}, {"params": [tn.Parameter(np.zeros(3))]}], **kw)
+    opt = getattr(tn, name)([{"params": [tn.Parameter(np.zeros(2))], "lr": 0.5},
+                             {"params": [tn.Parameter(np.zeros(3))]}], **kw)
     assert [g["lr"] for g in opt.param_groups] == [0.5, kw["lr"]]
-    assert set(opt.param_groups[1]) == set(opt.defaults) | {"params"}        # every hyper-parameter in each group
+    # every hyper-parameter in each group
+    assert set(opt.param_groups[1]) == set(opt.defaults) | {"params"}
     with pytest.raises(AttributeError, match="2 parameter groups"):
         opt.lr
 
@@ -1096,14 +1127,16 @@ def test_lion_matches_paper(kw):
         opt.step()
     full = dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0) | kw
     for i, (p, a) in enumerate(zip(params, init)):
-        np.testing.assert_allclose(p.data, _lion_reference(a, [s[i] for s in grads], **full), rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(p.data, _lion_reference(a, [s[i] for s in grads], **full),
+                                   rtol=1e-10, atol=1e-13)
 
 
 def test_lion_param_groups_match_paper():
     rng = np.random.default_rng(1)
     a, b = tn.Parameter(rng.standard_normal(4)), tn.Parameter(rng.standard_normal(3))
     a0, b0 = a.data.copy(), b.data.copy()
-    opt = tn.Lion([{"params": [a], "weight_decay": 0.5}, {"params": [b], "lr": 0.01}], lr=0.1, betas=(0.8, 0.9))
+    opt = tn.Lion([{"params": [a], "weight_decay": 0.5}, {"params": [b], "lr": 0.01}], lr=0.1,
+                  betas=(0.8, 0.9))
     ga, gb = rng.standard_normal((5, 4)), rng.standard_normal((5, 3))
     for i in range(5):
         a.grad[...], b.grad[...] = ga[i], gb[i]
@@ -1123,7 +1156,7 @@ def test_optimizer_keeps_float32_and_keys_state_by_parameter(name, kw):
     for _ in range(3):
         a.grad[...], b.grad[...] = 0.5, -0.25
         opt.step()
-    assert set(opt.state) == {a, b}                      # one entry per Parameter object, same shapes
+    assert set(opt.state) == {a, b}  # one entry per Parameter object, same shapes
     assert a.data.dtype == b.data.dtype == np.float32
     buffers = [v for st in opt.state.values() for v in st.values() if isinstance(v, np.ndarray)]
     assert len(buffers) >= 2 and all(v.dtype == np.float32 and v.shape == (3, 2) for v in buffers)
@@ -1162,7 +1195,8 @@ def test_optimizer_state_dict_has_torchs_structure_and_resumes(name, kw):
     assert state["param_groups"][0]["lr"] == 0.02 and set(state["state"]) == {0, 1, 2}
     clone = [tn.Parameter(p.data.copy()) for p in params]
     opt2 = getattr(tn, name)([{"params": clone[:2]}, {"params": clone[2:]}], **kw)
-    opt2.load_state_dict(json.loads(json.dumps({"param_groups": state["param_groups"], "state": {}})) | {"state": state["state"]})
+    opt2.load_state_dict(json.loads(json.dumps({"param_groups": state["param_groups"],
+                                                "state": {}})) | {"state": state["state"]})
     assert opt2.param_groups[0]["lr"] == 0.02
     run(opt, params, grads[3:])
     run(opt2, clone, grads[3:])
@@ -1172,8 +1206,10 @@ def test_optimizer_state_dict_has_torchs_structure_and_resumes(name, kw):
         getattr(tn, name)(clone, **kw).load_state_dict(state)
 
 
-@pytest.mark.parametrize("name, kw", [("SGD", dict(lr=0.1, momentum=0.9)), ("RMSprop", dict(centered=True, momentum=0.3)),
-                                      ("Adagrad", dict()), ("Adam", dict(amsgrad=True)), ("AdamW", dict(lr=0.01))])
+@pytest.mark.parametrize("name, kw", [("SGD", dict(lr=0.1, momentum=0.9)),
+                                      ("RMSprop", dict(centered=True, momentum=0.3)),
+                                      ("Adagrad", dict()), ("Adam", dict(amsgrad=True)),
+                                      ("AdamW", dict(lr=0.01))])
 def test_optimizer_loads_torchs_state_dict(name, kw):
     rng = np.random.default_rng(3)
     init = [rng.standard_normal(s) for s in OPT_SHAPES]
@@ -1225,7 +1261,8 @@ def test_optimizer_accepts_any_object_with_data_and_grad(name):
     assert not np.array_equal(mine.data, [1.0, -2.0]) and opts[0].lr == 0.05
 
 
-@pytest.mark.parametrize("max_norm, norm_type", [(1.0, 2.0), (0.5, 1.0), (3.0, math.inf), (100.0, 2.0), (0.1, 3.0)])
+@pytest.mark.parametrize("max_norm, norm_type", [(1.0, 2.0), (0.5, 1.0), (3.0, math.inf),
+                                                 (100.0, 2.0), (0.1, 3.0)])
 def test_clip_grad_norm_matches_torch(max_norm, norm_type):
     rng = np.random.default_rng(4)
     grads = [rng.standard_normal(s) for s in OPT_SHAPES]
@@ -1239,7 +1276,8 @@ def test_clip_grad_norm_matches_torch(max_norm, norm_type):
     assert_parity(np.float64(total), ttotal, "clip_grad_norm_ total")
     for p, t in zip(ours, theirs):
         assert_parity(p.grad, t.grad, "clip_grad_norm_ gradient")
-    assert (max_norm < total) == (not np.allclose(ours[0].grad, grads[0]))   # clipped exactly when above
+    # clipped exactly when above
+    assert (max_norm < total) == (not np.allclose(ours[0].grad, grads[0]))
 
 
 OPTIMIZER_INVALID = [
@@ -1247,8 +1285,10 @@ OPTIMIZER_INVALID = [
     ("SGD", dict(lr=-1e-5), "SGD: expected lr >= 0, got -1e-05"),
     ("SGD", dict(lr=0.1, momentum=-0.5), "SGD: expected momentum >= 0, got -0.5"),
     ("SGD", dict(lr=0.1, weight_decay=-1e-4), "SGD: expected weight_decay >= 0, got -0.0001"),
-    ("SGD", dict(lr=0.1, nesterov=True), r"SGD: nesterov=True expects momentum > 0 and dampening = 0, got momentum=0"),
-    ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.1, nesterov=True), r"dampening = 0, got .*dampening=0.1"),
+    ("SGD", dict(lr=0.1, nesterov=True),
+     r"SGD: nesterov=True expects momentum > 0 and dampening = 0, got momentum=0"),
+    ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.1, nesterov=True),
+     r"dampening = 0, got .*dampening=0.1"),
     ("RMSprop", dict(lr=-1.0), "RMSprop: expected lr >= 0, got -1.0"),
     ("RMSprop", dict(alpha=-0.5), "RMSprop: expected alpha >= 0, got -0.5"),
     ("RMSprop", dict(eps=-1e-8), "RMSprop: expected eps >= 0, got -1e-08"),
@@ -1257,7 +1297,8 @@ OPTIMIZER_INVALID = [
     ("Adagrad", dict(lr=-0.01), "Adagrad: expected lr >= 0, got -0.01"),
     ("Adagrad", dict(lr_decay=-0.1), "Adagrad: expected lr_decay >= 0, got -0.1"),
     ("Adagrad", dict(weight_decay=-0.1), "Adagrad: expected weight_decay >= 0, got -0.1"),
-    ("Adagrad", dict(initial_accumulator_value=-1.0), "Adagrad: expected initial_accumulator_value >= 0, got -1.0"),
+    ("Adagrad", dict(initial_accumulator_value=-1.0),
+     "Adagrad: expected initial_accumulator_value >= 0, got -1.0"),
     ("Adagrad", dict(eps=-1.0), "Adagrad: expected eps >= 0, got -1.0"),
     ("Adam", dict(lr=-1e-3), "Adam: expected lr >= 0, got -0.001"),
     ("Adam", dict(eps=-1e-8), "Adam: expected eps >= 0, got -1e-08"),
@@ -1287,16 +1328,21 @@ def test_optimizer_rejects_bad_arguments(name, kw, match):
 
 @pytest.mark.parametrize("name", ["SGD", "RMSprop", "Adagrad", "Adam", "AdamW", "Lion"])
 def test_optimizer_rejects_empty_or_non_parameters(name):
-    with pytest.raises(ValueError, match=f"{name}: expected a non-empty iterable of parameters, got an empty one"):
+    with pytest.raises(ValueError, match=f"{name}: expected a non-empty iterable of parameters, "
+                                         "got an empty one"):
         getattr(tn, name)(iter([]), lr=0.1)
-    with pytest.raises(TypeError, match=f"{name}: expected parameters with .data and .grad arrays, got ndarray"):
+    with pytest.raises(TypeError, match=f"{name}: expected parameters with .data and .grad arrays"
+                                        ", got ndarray"):
         getattr(tn, name)([np.zeros(2)], lr=0.1)
-    with pytest.raises(TypeError, match=f"{name}: expected parameters with .data and .grad arrays, got list"):
+    with pytest.raises(TypeError, match=f"{name}: expected parameters with .data and .grad arrays"
+                                        ", got list"):
         getattr(tn, name)([[1.0, 2.0]], lr=0.1)
     p, q = tn.Parameter(np.zeros(2)), tn.Parameter(np.zeros(3))
-    with pytest.raises(ValueError, match=f"{name}: some parameters appear in more than one parameter group"):
+    with pytest.raises(ValueError, match=f"{name}: some parameters appear in more than one "
+                                         "parameter group"):
         getattr(tn, name)([{"params": [p, q]}, {"params": [q]}], lr=0.1)
-    assert getattr(tn, name)([{"params": p}, {"params": [q]}], lr=0.1).param_groups[0]["params"] == [p]   # as torch
+    assert (getattr(tn, name)([{"params": p}, {"params": [q]}], lr=0.1).param_groups[0]["params"]
+            == [p])  # as torch
 
 
 # ════════════════════════════════════════════════════════════════════════════
@@ -1320,8 +1366,9 @@ SCHEDULER_CONFIGS = [
     ("OneCycleLR", dict(max_lr=1.0, total_steps=150)),
     ("OneCycleLR", dict(max_lr=0.5, total_steps=150, anneal_strategy="linear")),
     ("OneCycleLR", dict(max_lr=0.3, total_steps=150, pct_start=0.25, three_phase=True)),
-    ("OneCycleLR", dict(max_lr=0.3, epochs=10, steps_per_epoch=15, anneal_strategy="linear", three_phase=True,
-                        div_factor=10.0, final_div_factor=100.0, cycle_momentum=False)),
+    ("OneCycleLR", dict(max_lr=0.3, epochs=10, steps_per_epoch=15, anneal_strategy="linear",
+                        three_phase=True, div_factor=10.0, final_div_factor=100.0,
+                        cycle_momentum=False)),
 ]
 
 
@@ -1329,19 +1376,22 @@ SCHEDULER_CONFIGS = [
 def test_scheduler_matches_torch(sched, kw):
     opt_kw = dict(lr=0.1, momentum=0.9)
     (ours, rec), (theirs, trec) = _drive("SGD", opt_kw, steps=150, sched=sched, sched_kw=kw)
-    assert rec.shape == (150, 1, 3) and len(set(rec[:, 0, 0])) > 2     # one group; the lr does change
-    np.testing.assert_allclose(rec, trec, rtol=1e-13, atol=0)   # lr, get_last_lr and momentum at every step
+    assert rec.shape == (150, 1, 3) and len(set(rec[:, 0, 0])) > 2  # one group; the lr does change
+    # lr, get_last_lr and momentum at every step
+    np.testing.assert_allclose(rec, trec, rtol=1e-13, atol=0)
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
 
 
-@pytest.mark.parametrize("opt_name, opt_kw", [("Adam", dict(lr=0.01)), ("AdamW", dict(betas=(0.9, 0.9))),
+@pytest.mark.parametrize("opt_name, opt_kw", [("Adam", dict(lr=0.01)),
+                                              ("AdamW", dict(betas=(0.9, 0.9))),
                                               ("SGD", dict(lr=0.1)), ("RMSprop", dict())])
 @pytest.mark.parametrize("kw", [dict(max_lr=0.05, total_steps=100),
-                                dict(max_lr=0.02, total_steps=120, base_momentum=0.7, max_momentum=0.9,
-                                     three_phase=True, anneal_strategy="linear")])
+                                dict(max_lr=0.02, total_steps=120, base_momentum=0.7,
+                                     max_momentum=0.9, three_phase=True, anneal_strategy="linear")])
 def test_one_cycle_momentum_matches_torch(opt_name, opt_kw, kw):
-    (ours, rec), (theirs, trec) = _drive(opt_name, opt_kw, steps=kw["total_steps"], sched="OneCycleLR", sched_kw=kw)
+    (ours, rec), (theirs, trec) = _drive(opt_name, opt_kw, steps=kw["total_steps"],
+                                         sched="OneCycleLR", sched_kw=kw)
     lo, hi = kw.get("base_momentum", 0.85), kw.get("max_momentum", 0.95)
     np.testing.assert_allclose(rec[:, 0, 2].min(), lo)
     np.testing.assert_allclose(rec[:, 0, 2].max(), hi)
@@ -1363,7 +1413,8 @@ def test_one_cycle_lion_cycles_beta1():
 def _plateau_metrics():
     rng = np.random.default_rng(2)
     return np.concatenate([np.linspace(1.0, 0.5, 20), np.full(15, 0.5), 0.5 - 1e-6 * np.arange(12),
-                           0.49 - 3e-4 * np.arange(12),   # steps above rel 1e-4, below abs 1e-3
+                           # steps above rel 1e-4, below abs 1e-3
+                           0.49 - 3e-4 * np.arange(12),
                            np.linspace(0.48, 0.3, 10), 0.3 + 0.05 * rng.random(30), np.full(13, 0.2)])
 
 
