@@ -1413,16 +1413,18 @@ def test_one_cycle_lion_cycles_beta1():
 def _plateau_metrics():
     rng = np.random.default_rng(2)
     return np.concatenate([np.linspace(1.0, 0.5, 20), np.full(15, 0.5), 0.5 - 1e-6 * np.arange(12),
-                           # steps above rel 1e-4, below abs 1e-3
-                           0.49 - 3e-4 * np.arange(12),
-                           np.linspace(0.48, 0.3, 10), 0.3 + 0.05 * rng.random(30), np.full(13, 0.2)])
+                           0.49 - 3e-4 * np.arange(12),   # steps above rel 1e-4, below abs 1e-3
+                           np.linspace(0.48, 0.3, 10), 0.3 + 0.05 * rng.random(30),
+                           np.full(13, 0.2)])
 
 
 @pytest.mark.parametrize("kw, sign, lr", [
     (dict(), 1, 0.1),
     (dict(mode="max", factor=0.5, patience=3, threshold=0.01, cooldown=2), -1, 0.1),
-    (dict(threshold_mode="abs", threshold=0.001, patience=2, cooldown=1, factor=0.5, min_lr=1e-4), 1, 0.1),
-    (dict(mode="max", threshold_mode="abs", threshold=0.0, patience=0, factor=0.5), 1, 1e-6),   # eps stops it
+    (dict(threshold_mode="abs", threshold=0.001, patience=2, cooldown=1, factor=0.5, min_lr=1e-4),
+     1, 0.1),
+    # eps stops it
+    (dict(mode="max", threshold_mode="abs", threshold=0.0, patience=0, factor=0.5), 1, 1e-6),
 ])
 def test_reduce_lr_on_plateau_matches_torch(kw, sign, lr):
     metrics = sign * _plateau_metrics()
@@ -1456,7 +1458,7 @@ def test_scheduler_with_param_groups_matches_torch(sched, kw, opt_name):
     opt_kw = dict(lr=0.1, momentum=0.9) if opt_name == "SGD" else dict(lr=0.01)
     (ours, rec), (theirs, trec) = _drive(opt_name, opt_kw, steps=60, sched=sched, sched_kw=kw,
                                          groups=[([0, 2], {"lr": 0.05}), ([1], {})])
-    assert rec.shape == (60, 2, 3) and len(set(rec[:, 1, 0])) > 2        # two groups; the lr does change
+    assert rec.shape == (60, 2, 3) and len(set(rec[:, 1, 0])) > 2  # two groups; the lr does change
     np.testing.assert_allclose(rec, trec, rtol=1e-13, atol=0)
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
@@ -1474,13 +1476,15 @@ def _sequential(lib, opt, kinds):
 
 
 @pytest.mark.parametrize("kinds, milestones", [(("linear", "cosine"), [5]), (("exp", "step"), [4]),
-                                               (("linear", "exp", "cosine"), [5, 12]), (("lambda", "mult"), [6]),
+                                               (("linear", "exp", "cosine"), [5, 12]),
+                                               (("lambda", "mult"), [6]),
                                                (("step", "linear"), [0])])
 def test_sequential_lr_matches_torch(kinds, milestones):
     ours = [tn.Parameter(np.zeros(2)), tn.Parameter(np.zeros(1))]
     theirs = [torch.zeros(2, requires_grad=True), torch.zeros(1, requires_grad=True)]
     opt = tn.SGD([{"params": ours[:1]}, {"params": ours[1:], "lr": 0.3}], lr=0.1, momentum=0.9)
-    topt = torch.optim.SGD([{"params": theirs[:1]}, {"params": theirs[1:], "lr": 0.3}], lr=0.1, momentum=0.9)
+    topt = torch.optim.SGD([{"params": theirs[:1]}, {"params": theirs[1:], "lr": 0.3}], lr=0.1,
+                           momentum=0.9)
     s = tn.SequentialLR(opt, _sequential("tn", opt, kinds), milestones)
     ts = torch.optim.lr_scheduler.SequentialLR(topt, _sequential("torch", topt, kinds), milestones)
     got, want = [], []
@@ -1503,13 +1507,15 @@ def test_reduce_lr_on_plateau_with_param_groups_matches_torch():
     np.testing.assert_allclose(rec, trec, rtol=1e-13, atol=0)
 
 
-@pytest.mark.parametrize("sched, kw", [(name, kw) for name, kw in MULTI_GROUP_SCHEDULERS if "lambda" not in kw]
+@pytest.mark.parametrize("sched, kw", [(name, kw) for name, kw in MULTI_GROUP_SCHEDULERS
+                                       if "lambda" not in kw]
                          + [("ReduceLROnPlateau", dict(patience=0))])
 def test_scheduler_state_dict_resumes(sched, kw):
     """Step 10 times, save both states (through JSON, as a checkpoint does), load them into a fresh
     optimizer and scheduler, step 10 more: the same lrs as 20 uninterrupted steps."""
     def make():
-        opt = tn.SGD([{"params": [tn.Parameter(np.zeros(1))]}, {"params": [tn.Parameter(np.zeros(1))], "lr": 0.05}],
+        opt = tn.SGD([{"params": [tn.Parameter(np.zeros(1))]},
+                      {"params": [tn.Parameter(np.zeros(1))], "lr": 0.05}],
                      lr=0.1, momentum=0.9)
         return opt, getattr(tn, sched)(opt, **kw)
 
@@ -1523,7 +1529,8 @@ def test_scheduler_state_dict_resumes(sched, kw):
 
     opt, s = make()
     first = run(opt, s, 10, 0)
-    saved = {"opt": opt.state_dict(), "sched": json.loads(json.dumps(s.state_dict()))}   # JSON: as a checkpoint
+    # JSON: as a checkpoint
+    saved = {"opt": opt.state_dict(), "sched": json.loads(json.dumps(s.state_dict()))}
     rest = run(opt, s, 10, 10)
     opt2, s2 = make()
     opt2.load_state_dict(saved["opt"])
@@ -1541,7 +1548,8 @@ def test_lambda_lr_state_dict_leaves_the_functions_out():
 def _docstring_example(obj):
     """The indented code block at the end of obj's docstring, run: {name: value} it defines."""
     lines = obj.__doc__[obj.__doc__.rindex("e.g."):].splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(" " * 8))      # the indented block
+    # the indented block
+    start = next(i for i, line in enumerate(lines) if line.startswith(" " * 8))
     code = textwrap.dedent("\n".join(lines[start:]))
     namespace = {"tn": tn, "math": math}
     exec(code, namespace)
@@ -1568,8 +1576,8 @@ def test_custom_scheduler_matches_lambda_lr_in_torch():
 
 def test_scheduler_says_when_fit_steps_it():
     for name in ["StepLR", "MultiStepLR", "ExponentialLR", "LinearLR", "CosineAnnealingLR",
-                 "CosineAnnealingWarmRestarts", "OneCycleLR", "ReduceLROnPlateau", "LambdaLR", "MultiplicativeLR",
-                 "SequentialLR"]:
+                 "CosineAnnealingWarmRestarts", "OneCycleLR", "ReduceLROnPlateau", "LambdaLR",
+                 "MultiplicativeLR", "SequentialLR"]:
         cls = getattr(tn, name)
         assert cls.step_every == ("batch" if name == "OneCycleLR" else "epoch"), name
         assert cls.needs_metric == (name == "ReduceLROnPlateau"), name
@@ -1578,19 +1586,25 @@ def test_scheduler_says_when_fit_steps_it():
 SCHEDULER_INVALID = [
     ("LinearLR", dict(start_factor=0.0), r"LinearLR: expected start_factor in \(0, 1\], got 0.0"),
     ("LinearLR", dict(end_factor=1.5), r"LinearLR: expected end_factor in \[0, 1\], got 1.5"),
-    ("CosineAnnealingWarmRestarts", dict(T_0=0), "CosineAnnealingWarmRestarts: expected a positive integer T_0, got 0"),
-    ("CosineAnnealingWarmRestarts", dict(T_0=10, T_mult=0), "expected an integer T_mult >= 1, got 0"),
-    ("OneCycleLR", dict(max_lr=0.1), r"OneCycleLR: expected a positive integer total_steps \(or epochs and "
-                                     r"steps_per_epoch\), got None"),
-    ("OneCycleLR", dict(max_lr=0.1, total_steps=0), "expected a positive integer total_steps .*got 0"),
+    ("CosineAnnealingWarmRestarts", dict(T_0=0),
+     "CosineAnnealingWarmRestarts: expected a positive integer T_0, got 0"),
+    ("CosineAnnealingWarmRestarts", dict(T_0=10, T_mult=0),
+     "expected an integer T_mult >= 1, got 0"),
+    ("OneCycleLR", dict(max_lr=0.1), r"OneCycleLR: expected a positive integer total_steps "
+                                     r"\(or epochs and steps_per_epoch\), got None"),
+    ("OneCycleLR", dict(max_lr=0.1, total_steps=0),
+     "expected a positive integer total_steps .*got 0"),
     ("OneCycleLR", dict(max_lr=0.1, epochs=0, steps_per_epoch=10),
      "OneCycleLR: expected a positive integer epochs, got 0"),
-    ("OneCycleLR", dict(max_lr=0.1, total_steps=10, pct_start=1.5), r"expected a float pct_start in \[0, 1\], got 1.5"),
+    ("OneCycleLR", dict(max_lr=0.1, total_steps=10, pct_start=1.5),
+     r"expected a float pct_start in \[0, 1\], got 1.5"),
     ("OneCycleLR", dict(max_lr=0.1, total_steps=10, anneal_strategy="exp"),
      "OneCycleLR: expected anneal_strategy 'cos' or 'linear', got 'exp'"),
     ("ReduceLROnPlateau", dict(factor=1.0), "ReduceLROnPlateau: expected factor < 1.0, got 1.0"),
-    ("ReduceLROnPlateau", dict(mode="mean"), "ReduceLROnPlateau: expected mode 'min' or 'max', got 'mean'"),
-    ("ReduceLROnPlateau", dict(threshold_mode="pct"), "expected threshold_mode 'rel' or 'abs', got 'pct'"),
+    ("ReduceLROnPlateau", dict(mode="mean"),
+     "ReduceLROnPlateau: expected mode 'min' or 'max', got 'mean'"),
+    ("ReduceLROnPlateau", dict(threshold_mode="pct"),
+     "expected threshold_mode 'rel' or 'abs', got 'pct'"),
 ]
 
 
@@ -1599,13 +1613,14 @@ def test_scheduler_rejects_bad_arguments(name, kw, match):
     with pytest.raises(ValueError, match=match):
         getattr(tn, name)(tn.SGD([tn.Parameter(np.zeros(2))], lr=0.1), **kw)
     with pytest.raises(ValueError):
-        getattr(torch.optim.lr_scheduler, name)(torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1), **kw)
+        getattr(torch.optim.lr_scheduler, name)(
+            torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1), **kw)
 
 
 def test_scheduler_rejects_misuse_beyond_torch_checks():
     opt = tn.Adagrad([tn.Parameter(np.zeros(2))])
-    with pytest.raises(ValueError, match="OneCycleLR: cycle_momentum=True expects an optimizer with momentum or "
-                                         "betas, got Adagrad"):
+    with pytest.raises(ValueError, match="OneCycleLR: cycle_momentum=True expects an optimizer "
+                                         "with momentum or betas, got Adagrad"):
         tn.OneCycleLR(opt, max_lr=0.1, total_steps=10)
     sched = tn.OneCycleLR(opt, max_lr=0.1, total_steps=3, cycle_momentum=False)
     for _ in range(3):
@@ -1637,16 +1652,18 @@ def test_sequential_lr_rejects_bad_arguments():
 # ── forward and backward against torch.nn.Sequential ────────────────────────
 
 @pytest.mark.parametrize("variant", ["nll", "cross_entropy", "softmax_mse"])
-@pytest.mark.parametrize("n,n_in,h1,h2,c,seed", [(1, 3, 4, 5, 2, 0), (8, 4, 16, 8, 3, 1), (64, 20, 32, 16, 10, 2)])
+@pytest.mark.parametrize("n,n_in,h1,h2,c,seed", [(1, 3, 4, 5, 2, 0), (8, 4, 16, 8, 3, 1),
+                                                 (64, 20, 32, 16, 10, 2)])
 def test_sequential_mlp_matches_torch(variant, n, n_in, h1, h2, c, seed):
     head, loss, ref_loss = {"nll": ("LogSoftmax", tn.NLLLoss(), torch.nn.NLLLoss()),
-                            "cross_entropy": (None, tn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss()),
+                            "cross_entropy": (None, tn.CrossEntropyLoss(),
+                                              torch.nn.CrossEntropyLoss()),
                             "softmax_mse": ("Softmax", tn.MSELoss(), torch.nn.MSELoss())}[variant]
     model, ref = mlp_pair(n_in, h1, h2, c, head, seed)
     x = randn(seed, (n, n_in))
     y = np.random.default_rng(seed).integers(0, c, n)
-    target, ref_target = ((tn.one_hot(y, c).astype(np.float64), T(tn.one_hot(y, c), False)) if variant == "softmax_mse"
-                          else (y, torch.from_numpy(y)))
+    target, ref_target = ((tn.one_hot(y, c).astype(np.float64), T(tn.one_hot(y, c), False))
+                          if variant == "softmax_mse" else (y, torch.from_numpy(y)))
     xt = T(x)
     ref_value = ref_loss(ref(xt), ref_target)
     ref_value.backward()
@@ -1663,11 +1680,13 @@ def test_sequential_mlp_matches_torch(variant, n, n_in, h1, h2, c, seed):
 def test_cnn_sequential_matches_torch():
     torch.manual_seed(0)
     theirs = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(4, 6, (3, 2), stride=(1, 2)), torch.nn.Flatten(), torch.nn.Linear(6 * 3 * 2, 5)).double()
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2), torch.nn.Conv2d(4, 6, (3, 2), stride=(1, 2)), torch.nn.Flatten(),
+        torch.nn.Linear(6 * 3 * 2, 5)).double()
     ours = tn.Sequential(
         tn.Conv2d(1, 4, 3, padding=1), tn.BatchNorm2d(4), tn.ReLU(), tn.MaxPool2d(2),
-        tn.Conv2d(4, 6, (3, 2), stride=(1, 2)), tn.Flatten(), tn.Linear(6 * 3 * 2, 5)).astype(np.float64)
+        tn.Conv2d(4, 6, (3, 2), stride=(1, 2)), tn.Flatten(),
+        tn.Linear(6 * 3 * 2, 5)).astype(np.float64)
     ours.load_state_dict(theirs.state_dict())
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((8, 1, 10, 9)), rng.integers(0, 5, 8)
@@ -1680,7 +1699,8 @@ def test_cnn_sequential_matches_torch():
     named_t = dict(theirs.named_parameters())
     assert [k for k, _ in ours.named_parameters()] == list(named_t)
     for k, p in ours.named_parameters():
-        np.testing.assert_allclose(p.grad, named_t[k].grad.numpy(), rtol=1e-8, atol=1e-12, err_msg=k)
+        np.testing.assert_allclose(p.grad, named_t[k].grad.numpy(), rtol=1e-8, atol=1e-12,
+                                   err_msg=k)
     assert [k for k, _ in ours.named_buffers()] == ["1.running_mean", "1.running_var"]
     for k, b in ours.named_buffers():
         np.testing.assert_allclose(b, theirs.state_dict()[k].numpy(), rtol=1e-10, err_msg=k)
