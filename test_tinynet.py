@@ -1720,7 +1720,8 @@ def test_sequential_backward_without_input_grad():
 
 
 def test_sequential_backward_without_input_grad_stops_at_the_first_layer_with_parameters():
-    """As torch's autograd: layers before the first parameter need no backward, and that layer no dx."""
+    """As torch's autograd: layers before the first parameter need no backward, and that layer
+    no dx."""
     class NoBackward(tn.Layer):
         def forward(self, x):
             return x
@@ -1735,7 +1736,8 @@ def test_sequential_backward_without_input_grad_stops_at_the_first_layer_with_pa
 
     tn.manual_seed(0)
     first = SpyLinear(12, 5)
-    model = tn.Sequential(NoBackward(), tn.Flatten(), first, tn.BatchNorm1d(5), tn.ReLU(), tn.Linear(5, 3)).astype(np.float64)
+    model = tn.Sequential(NoBackward(), tn.Flatten(), first, tn.BatchNorm1d(5), tn.ReLU(),
+                          tn.Linear(5, 3)).astype(np.float64)
     x = randn(1, (8, 3, 4))
     reference = tn.Sequential(*model.layers[1:])            # the same layers, full backward
     reference.forward(x)
@@ -1761,14 +1763,16 @@ def test_sequential_constructors_and_add():
     a = tn.Sequential([tn.Linear(2, 3), tn.ReLU()])
     b = tn.Sequential(tn.Linear(2, 3), tn.ReLU())
     c = tn.Sequential().add(tn.Linear(2, 3)).add(tn.ReLU())
-    assert ([repr(l) for l in a] == [repr(l) for l in b] == [repr(l) for l in c]
+    assert ([repr(layer) for layer in a] == [repr(layer) for layer in b]
+            == [repr(layer) for layer in c]
             == ["Linear(in_features=2, out_features=3, bias=True)", "ReLU()"])
     assert len(a) == 2 and isinstance(a[1], tn.ReLU)
 
 
 def test_sequential_rejects_bad_input_width():
     model = tn.Sequential(tn.Linear(4, 8), tn.ReLU(), tn.Linear(7, 2))
-    with pytest.raises(ValueError, match=r"^Linear: expected 2-D input with 7 features on axis 1, got shape \(3, 8\)$"):
+    with pytest.raises(ValueError, match=r"^Linear: expected 2-D input with 7 features on axis 1, "
+                                         r"got shape \(3, 8\)$"):
         model.predict(np.zeros((3, 4)))
 
 
@@ -1828,7 +1832,7 @@ def test_fit_validation_split_takes_the_tail():
     hist = model.fit(X, y, epochs=2, batch_size=8, validation_split=0.25, verbose=0)
     train_ids = np.concatenate([ids for training, ids in spy.calls if training])
     val_ids = np.concatenate([ids for training, ids in spy.calls if not training])
-    assert sorted(train_ids) == sorted(list(range(30)) * 2)                # 30 training samples, each epoch
+    assert sorted(train_ids) == sorted(list(range(30)) * 2)  # 30 training samples, each epoch
     np.testing.assert_array_equal(val_ids, np.tile(np.arange(30, 40), 2))
     assert hist.history["val_loss"][-1] == model.evaluate(X[30:], y[30:])["loss"]
 
@@ -1836,9 +1840,12 @@ def test_fit_validation_split_takes_the_tail():
 def test_fit_validation_data_wins_over_validation_split():
     model, spy = _spied()
     X, y = _id_data(40)
-    model.fit(X, y, epochs=1, batch_size=8, validation_data=(X[:5], y[:5]), validation_split=0.25, verbose=0)
-    assert sorted(np.concatenate([ids for training, ids in spy.calls if training])) == list(range(40))
-    np.testing.assert_array_equal(np.concatenate([ids for training, ids in spy.calls if not training]), range(5))
+    model.fit(X, y, epochs=1, batch_size=8, validation_data=(X[:5], y[:5]), validation_split=0.25,
+              verbose=0)
+    assert (sorted(np.concatenate([ids for training, ids in spy.calls if training]))
+            == list(range(40)))
+    np.testing.assert_array_equal(np.concatenate([ids for training, ids in spy.calls
+                                                  if not training]), range(5))
 
 
 def test_fit_history_keys_and_lengths():
@@ -1864,9 +1871,11 @@ def test_history_to_csv(tmp_path):
     assert os.listdir(tmp_path) == ["history.csv"]
     rows = path.read_text().splitlines()
     assert rows[0] == "epoch,loss,accuracy,lr" and len(rows) == 3
-    assert [float(v) for v in rows[2].split(",")] == [1, hist.history["loss"][1], hist.history["accuracy"][1], 0.05]
-    by_hand = tn.History()                                # a Callback: recorded through on_epoch_end
-    for epoch, logs in enumerate(zip(hist.history["loss"], hist.history["accuracy"], hist.history["lr"])):
+    assert [float(v) for v in rows[2].split(",")] == [1, hist.history["loss"][1],
+                                                      hist.history["accuracy"][1], 0.05]
+    by_hand = tn.History()  # a Callback: recorded through on_epoch_end
+    for epoch, logs in enumerate(zip(hist.history["loss"], hist.history["accuracy"],
+                                     hist.history["lr"])):
         by_hand.on_epoch_end(epoch, dict(zip(["loss", "accuracy", "lr"], logs)))
     by_hand.to_csv(tmp_path / "by_hand.csv")
     assert (tmp_path / "by_hand.csv").read_text() == path.read_text()
@@ -1907,14 +1916,18 @@ def test_fit_verbose_1_on_a_terminal_shows_a_bar_with_the_running_loss():
     code = textwrap.dedent("""
         import sys, functools, numpy as np, tqdm.std, tinynet as tn
         sys.stderr.isatty = lambda: True                                   # as on a terminal
-        tqdm.std.tqdm.__init__ = functools.partialmethod(tqdm.std.tqdm.__init__, mininterval=0)  # draw every batch
-        X = np.random.default_rng(0).standard_normal((40, 4)).astype(np.float32); y = (X[:, 0] > 0).astype(int)
-        m = tn.Sequential(tn.Linear(4, 2)); m.compile(tn.SGD(m.parameters(), lr=0.1), tn.CrossEntropyLoss())
+        # draw every batch
+        tqdm.std.tqdm.__init__ = functools.partialmethod(tqdm.std.tqdm.__init__, mininterval=0)
+        X = np.random.default_rng(0).standard_normal((40, 4)).astype(np.float32)
+        y = (X[:, 0] > 0).astype(int)
+        m = tn.Sequential(tn.Linear(4, 2))
+        m.compile(tn.SGD(m.parameters(), lr=0.1), tn.CrossEntropyLoss())
         m.fit(X, y, epochs=2, batch_size=8, verbose=1)
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE)
     assert r.returncode == 0, r.stderr
-    assert "epoch 1/2:" in r.stderr and "0/5 [" in r.stderr and "epoch 2/2:" in r.stderr     # tqdm bars
+    # tqdm bars
+    assert "epoch 1/2:" in r.stderr and "0/5 [" in r.stderr and "epoch 2/2:" in r.stderr
     lines = r.stdout.splitlines()
     assert len(lines) == 2
     for line in lines:                  # the bar's running loss at 5/5 is the epoch's loss
@@ -1933,10 +1946,11 @@ def test_predict_evaluate_activations_batched_eval_mode_no_caches():
     spy.calls.clear()
     out = model.predict(X, batch_size=4)
     assert [len(ids) for _, ids in spy.calls] == [4, 4, 2] and not any(t for t, _ in spy.calls)
-    assert model.training and all(l.training for l in model.layers)     # mode restored
+    assert model.training and all(layer.training for layer in model.layers)     # mode restored
     assert _no_caches(model)
     model.eval()
-    np.testing.assert_allclose(out, model.forward(X), rtol=1e-6, atol=1e-6)     # dropout off in predict
+    # dropout off in predict
+    np.testing.assert_allclose(out, model.forward(X), rtol=1e-6, atol=1e-6)
     model.train()
     np.testing.assert_allclose(model.predict(X, batch_size=3), out, rtol=1e-6, atol=1e-6)
     res = model.evaluate(X, y, batch_size=3)
@@ -1960,11 +1974,12 @@ def test_evaluate_accuracy_with_one_hot_targets():
 
 
 def test_summary():
-    model = tn.Sequential(tn.Linear(4, 16), tn.ReLU(), tn.Dropout(0.2), tn.Linear(16, 3), tn.Softmax())
+    model = tn.Sequential(tn.Linear(4, 16), tn.ReLU(), tn.Dropout(0.2), tn.Linear(16, 3),
+                          tn.Softmax())
     text = model.summary()
-    for piece in ["Linear(in_features=4, out_features=16, bias=True)", "(None, 16)", "80", "ReLU()", "Dropout(p=0.2)",
-                  "Linear(in_features=16, out_features=3, bias=True)", "(None, 3)", "51", "Softmax(dim=1)",
-                  "Total params: 131"]:
+    for piece in ["Linear(in_features=4, out_features=16, bias=True)", "(None, 16)", "80",
+                  "ReLU()", "Dropout(p=0.2)", "Linear(in_features=16, out_features=3, bias=True)",
+                  "(None, 3)", "51", "Softmax(dim=1)", "Total params: 131"]:
         assert piece in text, piece
     assert len(text.splitlines()) == 5 + 4 and _no_caches(model)
     conv_like = tn.Sequential(tn.Flatten(), tn.Linear(12, 50), tn.Tanh(), tn.Linear(50, 20))
@@ -1973,7 +1988,7 @@ def test_summary():
     text = conv_like.summary(input_shape=(3, 4))
     assert "(None, 12)" in text and "650" in text and "Total params: 1,670" in text
     conv_like.predict(np.zeros((2, 3, 4)))
-    assert conv_like.summary() == text                                  # the last input shape is remembered
+    assert conv_like.summary() == text  # the last input shape is remembered
 
 
 def test_fit_is_deterministic_under_manual_seed():
@@ -1984,7 +1999,7 @@ def test_fit_is_deterministic_under_manual_seed():
         X, y = _id_data(40)
         hist = model.fit(X / 40, y, epochs=3, batch_size=8, validation_split=0.2, verbose=0)
         return hist.history, model.state_dict()
-    (h1, w1), (h2, w2), (h3, w3) = run(0), run(0), run(1)
+    (h1, w1), (h2, w2), (h3, _) = run(0), run(0), run(1)
     assert h1 == h2
     assert all(np.array_equal(w1[k], w2[k]) for k in w1)
     assert h1 != h3
@@ -1994,7 +2009,8 @@ def test_fit_casts_float64_inputs_to_model_dtype():
     model, spy = _spied()
     X, y = _id_data(10)
     model.fit(X.astype(np.float64), y, epochs=1, verbose=0)
-    assert spy.calls and all(ids.dtype == np.float32 for _, ids in spy.calls)     # what the layers were given
+    # what the layers were given
+    assert spy.calls and all(ids.dtype == np.float32 for _, ids in spy.calls)
     assert all(p.data.dtype == np.float32 for p in model.parameters())
     assert model.predict(X.astype(np.float64)).dtype == np.float32
 
