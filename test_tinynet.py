@@ -2028,16 +2028,19 @@ def test_fit_rejects_non_finite_inputs(where, bad):
     model = _compiled(loss=tn.MSELoss())
     with pytest.raises(ValueError, match=rf"Sequential\.fit: {where} contains NaN or Inf"):
         model.fit(X, y, verbose=0)
-    with pytest.raises(ValueError, match=rf"Sequential\.fit \(validation_data\): {where} contains NaN or Inf"):
-        model.fit(np.zeros((4, 4)), tn.one_hot(np.arange(4) % 3, 3), validation_data=(X, y), verbose=0)
+    with pytest.raises(ValueError, match=rf"Sequential\.fit \(validation_data\): {where} "
+                                         r"contains NaN or Inf"):
+        model.fit(np.zeros((4, 4)), tn.one_hot(np.arange(4) % 3, 3), validation_data=(X, y),
+                  verbose=0)
 
 
 def test_fit_rejects_non_finite_loss_with_the_usual_causes():
     X, y = randn(0, (64, 4)), np.arange(64) % 3
     model = _compiled(lr=1e30)
-    with np.errstate(all="ignore"), pytest.raises(tn.NonFiniteLoss, match=r"^Sequential\.fit: at epoch 1, batch 2, "
-                                                  r"the loss became (nan|inf) \(lr 1e\+30\); usual causes for "
-                                                  r"CrossEntropyLoss: a learning rate too large"):
+    with np.errstate(all="ignore"), pytest.raises(
+            tn.NonFiniteLoss, match=r"^Sequential\.fit: at epoch 1, batch 2, "
+                                    r"the loss became (nan|inf) \(lr 1e\+30\); usual causes for "
+                                    r"CrossEntropyLoss: a learning rate too large"):
         model.fit(X, y, epochs=3, batch_size=16, verbose=0)
     assert issubclass(tn.NonFiniteLoss, ValueError) and "LogSoftmax" in tn.NLLLoss.hint
 
@@ -2052,7 +2055,8 @@ def test_fit_rejects_non_finite_loss_in_a_later_epoch():
 
 
 def test_fit_rejects_validation_split_out_of_range():
-    with pytest.raises(ValueError, match=r"Sequential\.fit: validation_split must be in \(0, 1\), got 1\.5"):
+    with pytest.raises(ValueError,
+                       match=r"Sequential\.fit: validation_split must be in \(0, 1\), got 1\.5"):
         _compiled().fit(np.zeros((8, 4)), np.zeros(8, np.int64), validation_split=1.5, verbose=0)
 
 
@@ -2065,7 +2069,8 @@ def test_fit_and_evaluate_reject_uncompiled_model():
 
 def test_compile_and_add_reject_bad_arguments():
     model = _small_model()
-    with pytest.raises(TypeError, match=r"Sequential\.compile: loss must be a Loss instance.*'mse'"):
+    with pytest.raises(TypeError,
+                       match=r"Sequential\.compile: loss must be a Loss instance.*'mse'"):
         model.compile(tn.SGD(model.parameters(), lr=0.1), "mse")
     with pytest.raises(TypeError, match=r"Sequential\.compile: loss must be a Loss instance"):
         model.compile(tn.SGD(model.parameters(), lr=0.1), tn.MSELoss)
@@ -2080,7 +2085,8 @@ def test_compile_and_add_reject_bad_arguments():
 def test_train_step_is_one_update_and_matches_torch():
     X, y = _tiny_data(16)
     model = _small_model().astype(np.float64)
-    tmodel = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).double()
+    tmodel = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
+                                 torch.nn.Linear(8, 3)).double()
     tmodel.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
     topt = torch.optim.SGD(tmodel.parameters(), lr=0.1, momentum=0.9)
     opt = tn.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -2110,10 +2116,13 @@ def test_history_batch_loss_has_every_update():
             losses.append((batch, logs["loss"], logs["size"]))
 
     h = model.fit(X, y, epochs=3, batch_size=16, verbose=0, callbacks=[Spy()])
-    assert len(h.batch_loss) == 3 * 4 and h.batch_loss == [l for _, l, _ in losses]
-    assert [b for b, _, _ in losses] == [0, 1, 2, 3] * 3 and [s for *_, s in losses][:4] == [16, 16, 16, 2]
+    assert len(h.batch_loss) == 3 * 4 and h.batch_loss == [loss for _, loss, _ in losses]
+    assert ([b for b, _, _ in losses] == [0, 1, 2, 3] * 3
+            and [s for *_, s in losses][:4] == [16, 16, 16, 2])
     sizes = np.array([16, 16, 16, 2])
-    np.testing.assert_allclose(h.history["loss"], [np.dot(h.batch_loss[i * 4:(i + 1) * 4], sizes) / 50 for i in range(3)])
+    np.testing.assert_allclose(h.history["loss"],
+                               [np.dot(h.batch_loss[i * 4:(i + 1) * 4], sizes) / 50
+                                for i in range(3)])
 
 
 def test_callbacks_are_called_in_keras_order():
@@ -2132,8 +2141,9 @@ def test_callbacks_are_called_in_keras_order():
     cb = Log()
     model.fit(X, y, epochs=2, batch_size=10, validation_data=(X, y), verbose=0, callbacks=[cb])
     keys = "['accuracy', 'loss', 'lr', 'val_accuracy', 'val_loss']"
-    assert events == ["train_begin", "epoch_begin 0", "batch_end 0", "batch_end 1", f"epoch_end 0 {keys}",
-                      "epoch_begin 1", "batch_end 0", "batch_end 1", f"epoch_end 1 {keys}", "train_end"]
+    assert events == ["train_begin", "epoch_begin 0", "batch_end 0", "batch_end 1",
+                      f"epoch_end 0 {keys}", "epoch_begin 1", "batch_end 0", "batch_end 1",
+                      f"epoch_end 1 {keys}", "train_end"]
     assert cb.model is model
 
 
@@ -2192,7 +2202,8 @@ def test_model_checkpoint_saves_every_epoch_or_the_best(tmp_path):
     model = _small_model()
     model.compile(tn.SGD(model.parameters(), lr=0.1), tn.CrossEntropyLoss())
     every = tn.ModelCheckpoint(tmp_path / "m-{epoch:02d}.npz")
-    best = tn.ModelCheckpoint(str(tmp_path / "best.npz"), monitor="val_accuracy", save_best_only=True)
+    best = tn.ModelCheckpoint(str(tmp_path / "best.npz"), monitor="val_accuracy",
+                              save_best_only=True)
     saved = []
 
     class Watch(tn.Callback):
@@ -2202,12 +2213,16 @@ def test_model_checkpoint_saves_every_epoch_or_the_best(tmp_path):
 
     model.fit(X, y, epochs=4, validation_data=(X, y), verbose=0,
               callbacks=[_scripted([0.5, 0.7, 0.6, 0.9], "val_accuracy"), every, best, Watch()])
-    assert sorted(os.listdir(tmp_path)) == ["best.npz", "m-01.npz", "m-02.npz", "m-03.npz", "m-04.npz"]
+    assert sorted(os.listdir(tmp_path)) == ["best.npz", "m-01.npz", "m-02.npz", "m-03.npz",
+                                            "m-04.npz"]
     assert saved[0] != saved[1] and saved[1] == saved[2] and saved[2] != saved[3]
-    np.testing.assert_array_equal(tn.Sequential.load(tmp_path / "m-04.npz")[0].weight.data, model[0].weight.data)
-    with pytest.raises(KeyError, match=r"ModelCheckpoint: no 'val_acc' in the logs; available: \['accuracy'"):
+    np.testing.assert_array_equal(tn.Sequential.load(tmp_path / "m-04.npz")[0].weight.data,
+                                  model[0].weight.data)
+    with pytest.raises(KeyError, match=r"ModelCheckpoint: no 'val_acc' in the logs; "
+                                       r"available: \['accuracy'"):
         model.fit(X, y, epochs=1, verbose=0,
-                  callbacks=[tn.ModelCheckpoint(tmp_path / "x.npz", monitor="val_acc", save_best_only=True)])
+                  callbacks=[tn.ModelCheckpoint(tmp_path / "x.npz", monitor="val_acc",
+                                                save_best_only=True)])
 
 
 def _blas_threads():
@@ -2239,23 +2254,26 @@ def test_blas_threads_tries_each_count_then_keeps_the_faster(slow):
     count is made slower by a sleep."""
     from threadpoolctl import threadpool_limits
     with threadpool_limits(2, user_api="blas"):                   # restored after the test
-        choose = tn.BlasThreads(turns=2, seconds=0, clear=np.inf)   # a turn: 1 untimed + 1 timed batch
+        # a turn: 1 untimed + 1 timed batch
+        choose = tn.BlasThreads(turns=2, seconds=0, clear=np.inf)
         seen = _fit_watching_blas_threads(choose, lambda n, i: 0.01 * (n == slow))
         assert seen[:8] == [1, 1, 2, 2, 2, 2, 1, 1]
-        assert choose.chosen == 3 - slow and set(seen[8:]) == {3 - slow} and _blas_threads() == 3 - slow
-        early = tn.BlasThreads(turns=2, seconds=0)                  # the slow count is clearly slower at once
+        assert (choose.chosen == 3 - slow and set(seen[8:]) == {3 - slow}
+                and _blas_threads() == 3 - slow)
+        early = tn.BlasThreads(turns=2, seconds=0)  # the slow count is clearly slower at once
         seen = _fit_watching_blas_threads(early, lambda n, i: 0.01 * (n == slow))
         assert seen[:4] == [1, 1, 2, 2] and set(seen[4:]) == {3 - slow} and early.chosen == 3 - slow
-        short = tn.BlasThreads(turns=3, seconds=0)                  # more turns than the 3 batches of this fit
+        short = tn.BlasThreads(turns=3, seconds=0)  # more turns than the 3 batches of this fit
         assert _fit_watching_blas_threads(short, lambda n, i: 0, n=24) == [1, 1, 2]
-        assert short.chosen == 1 and short.count is None and _blas_threads() == 1   # only 1 thread was timed
+        # only 1 thread was timed
+        assert short.chosen == 1 and short.count is None and _blas_threads() == 1
 
 
 def test_blas_threads_chooses_by_the_mean_so_that_stalls_count():
     """With a core busy, 2 threads make most batches fast but some stall for many ms: the count
     with the smaller mean trains faster, even when its median batch is slower."""
     from threadpoolctl import threadpool_limits
-    steady, stall = 0.003, 0.02                 # 1 thread: always 3 ms; 2 threads: 0 ms, every 4th 20 ms
+    steady, stall = 0.003, 0.02  # 1 thread: always 3 ms; 2 threads: 0 ms, every 4th 20 ms
 
     def delay(count, i):
         return steady if count == 1 else stall * (i % 4 == 0)
@@ -2265,8 +2283,10 @@ def test_blas_threads_chooses_by_the_mean_so_that_stalls_count():
         seen = _fit_watching_blas_threads(choose, delay, n=400, batch_size=2)
         assert choose.chosen == 1 and _blas_threads() == 1
         timed_2 = choose.timed[2]
-        assert choose.total[2] / timed_2 > steady > 0.001 and timed_2 >= 6    # 2's median batch is the faster
-        assert seen[:3] == [1, 1, 1] and 2 in seen and set(seen[-10:]) == {1}     # turns, then 1 thread
+        # 2's median batch is the faster
+        assert choose.total[2] / timed_2 > steady > 0.001 and timed_2 >= 6
+        # turns, then 1 thread
+        assert seen[:3] == [1, 1, 1] and 2 in seen and set(seen[-10:]) == {1}
 
 
 def test_threads_flag_sets_blas_threads_or_asks_for_the_callback():
@@ -2274,7 +2294,8 @@ def test_threads_flag_sets_blas_threads_or_asks_for_the_callback():
     assert [type(c) for c in tn.blas_thread_callbacks("auto")] == [tn.BlasThreads]
     with threadpool_limits(2, user_api="blas"):
         assert tn.blas_thread_callbacks("1") == [] and _blas_threads() == 1
-    with pytest.raises(ValueError, match="--threads: expected auto or a positive number, got 'two'"):
+    with pytest.raises(ValueError,
+                       match="--threads: expected auto or a positive number, got 'two'"):
         tn.blas_thread_callbacks("two")
 
 
