@@ -2350,7 +2350,8 @@ def test_fit_steps_scheduler_per_epoch_or_per_batch():
 
 
 def _torch_lrs(sched, kw, steps, metrics=None, lr=0.1):
-    """torch's lr before each of `steps` scheduler steps, and after the last (metrics: ReduceLROnPlateau's)."""
+    """torch's lr before each of `steps` scheduler steps, and after the last (metrics:
+    ReduceLROnPlateau's)."""
     topt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr, momentum=0.9)
     ts, lrs = getattr(torch.optim.lr_scheduler, sched)(topt, **kw), []
     for i in range(steps):
@@ -2364,7 +2365,8 @@ def test_fit_steps_epoch_scheduler_per_epoch():
     X, y = _tiny_data(64)
     model = _small_model()
     opt = tn.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    model.compile(opt, tn.CrossEntropyLoss(), scheduler=tn.CosineAnnealingLR(opt, T_max=4, eta_min=0.01))
+    model.compile(opt, tn.CrossEntropyLoss(),
+                  scheduler=tn.CosineAnnealingLR(opt, T_max=4, eta_min=0.01))
     hist = model.fit(X, y, epochs=6, batch_size=16, verbose=0)
     expected = _torch_lrs("CosineAnnealingLR", dict(T_max=4, eta_min=0.01), 6)
     np.testing.assert_allclose(hist.history["lr"], expected[:6], rtol=1e-13)
@@ -2372,7 +2374,7 @@ def test_fit_steps_epoch_scheduler_per_epoch():
 
 
 def test_fit_steps_one_cycle_per_batch():
-    X, y = _tiny_data(64)                                         # 64 samples / 16 = 4 batches per epoch
+    X, y = _tiny_data(64)  # 64 samples / 16 = 4 batches per epoch
     model = _small_model()
     opt = tn.Adam(model.parameters())
     sched = tn.OneCycleLR(opt, max_lr=0.05, epochs=3, steps_per_epoch=4)
@@ -2385,14 +2387,15 @@ def test_fit_steps_one_cycle_per_batch():
 
 def test_fit_feeds_val_loss_to_reduce_lr_on_plateau():
     X, y = _tiny_data(64)
-    Xv, yv = X[:32], (y[:32] + 1) % 3                     # wrong labels: val_loss rises while loss falls
+    Xv, yv = X[:32], (y[:32] + 1) % 3  # wrong labels: val_loss rises while loss falls
     model = _small_model()
     opt = tn.SGD(model.parameters(), lr=0.1, momentum=0.9)
     kw = dict(patience=0, factor=0.5)
     model.compile(opt, tn.CrossEntropyLoss(), scheduler=tn.ReduceLROnPlateau(opt, **kw))
     hist = model.fit(X, y, epochs=8, batch_size=16, validation_data=(Xv, yv), verbose=0).history
     expected = _torch_lrs("ReduceLROnPlateau", kw, 8, hist["val_loss"])
-    assert expected != _torch_lrs("ReduceLROnPlateau", kw, 8, hist["loss"])   # the test tells them apart
+    # the test tells them apart
+    assert expected != _torch_lrs("ReduceLROnPlateau", kw, 8, hist["loss"])
     np.testing.assert_allclose(hist["lr"] + [opt.lr], expected, rtol=1e-13)
 
 
@@ -2400,7 +2403,7 @@ def test_fit_feeds_train_loss_to_reduce_lr_on_plateau_without_validation():
     X, y = _tiny_data(64)
     model = _small_model()
     opt = tn.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    kw = dict(mode="max", patience=1, factor=0.5)         # a falling loss is "no improvement" in max mode
+    kw = dict(mode="max", patience=1, factor=0.5)  # a falling loss is "no improvement" in max mode
     model.compile(opt, tn.CrossEntropyLoss(), scheduler=tn.ReduceLROnPlateau(opt, **kw))
     hist = model.fit(X, y, epochs=8, batch_size=16, verbose=0).history
     expected = _torch_lrs("ReduceLROnPlateau", kw, 8, hist["loss"])
@@ -2472,16 +2475,17 @@ def test_state_dict_keys_are_torchs():
     model = tn.Sequential(tn.Linear(3, 4), tn.BatchNorm1d(4), tn.Linear(4, 2))
     ref = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
     want = [k for k in ref.state_dict() if not k.endswith("num_batches_tracked")]
-    assert list(model.state_dict()) == want == ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean",
-                                                "1.running_var", "2.weight", "2.bias"]
+    assert list(model.state_dict()) == want == ["0.weight", "0.bias", "1.weight", "1.bias",
+                                                "1.running_mean", "1.running_var", "2.weight",
+                                                "2.bias"]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_state_dict_torch_to_tinynet(seed, dtype):
     torch.manual_seed(seed)
-    ref = torch.nn.Sequential(torch.nn.Linear(5, 12), torch.nn.ReLU(), torch.nn.Linear(12, 6), torch.nn.Tanh(),
-                              torch.nn.Linear(6, 3), torch.nn.Softmax(dim=1))
+    ref = torch.nn.Sequential(torch.nn.Linear(5, 12), torch.nn.ReLU(), torch.nn.Linear(12, 6),
+                              torch.nn.Tanh(), torch.nn.Linear(6, 3), torch.nn.Softmax(dim=1))
     model, _ = mlp_pair(5, 12, 6, 3, "Softmax", seed=seed + 10)
     model.astype(dtype)
     if dtype == np.float64:
@@ -2503,18 +2507,23 @@ def test_state_dict_tinynet_to_torch(seed):
     model, _ = mlp_pair(5, 12, 6, 3, "LogSoftmax", seed=seed)
     model.astype(np.float32)
     torch.manual_seed(seed + 100)
-    ref = torch.nn.Sequential(torch.nn.Linear(5, 12), torch.nn.ReLU(), torch.nn.Linear(12, 6), torch.nn.Tanh(),
-                              torch.nn.Linear(6, 3), torch.nn.LogSoftmax(dim=1))
-    ref.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})   # strict: same keys
+    ref = torch.nn.Sequential(torch.nn.Linear(5, 12), torch.nn.ReLU(), torch.nn.Linear(12, 6),
+                              torch.nn.Tanh(), torch.nn.Linear(6, 3), torch.nn.LogSoftmax(dim=1))
+    # strict: same keys
+    ref.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
     x = randn(seed, (9, 5)).astype(np.float32)
-    np.testing.assert_allclose(model.predict(x), ref(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.predict(x), ref(torch.from_numpy(x)).detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("edit,pattern", [
     (lambda sd: sd.pop("2.bias"), r"Sequential\.load_state_dict: missing keys \['2\.bias'\]"),
-    (lambda sd: sd.update({"5.weight": np.zeros((3, 8))}), r"Sequential\.load_state_dict:.*unexpected keys \['5\.weight'\]"),
-    (lambda sd: sd.update({"2.weight": np.zeros((8, 3))}), r"Sequential\.load_state_dict: '2\.weight' has shape \(8, 3\), expected \(3, 8\)"),
-    (lambda sd: sd.update({"0.bias": torch.zeros(7)}), r"'0\.bias' has shape \(7,\), expected \(8,\)"),
+    (lambda sd: sd.update({"5.weight": np.zeros((3, 8))}),
+     r"Sequential\.load_state_dict:.*unexpected keys \['5\.weight'\]"),
+    (lambda sd: sd.update({"2.weight": np.zeros((8, 3))}),
+     r"Sequential\.load_state_dict: '2\.weight' has shape \(8, 3\), expected \(3, 8\)"),
+    (lambda sd: sd.update({"0.bias": torch.zeros(7)}),
+     r"'0\.bias' has shape \(7,\), expected \(8,\)"),
 ], ids=["missing", "unexpected", "mis-shaped", "mis-shaped-tensor"])
 def test_load_state_dict_rejects_bad_keys_and_shapes(edit, pattern):
     model, other = _small_model(), _small_model()
@@ -2532,7 +2541,7 @@ def test_load_state_dict_rejects_bad_keys_and_shapes(edit, pattern):
 def test_load_state_dict_ignores_num_batches_tracked():
     torch.manual_seed(0)
     ref = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)).double()
-    ref(torch.randn(8, 4, dtype=torch.float64))          # running statistics move; num_batches_tracked = 1
+    ref(torch.randn(8, 4, dtype=torch.float64))  # running statistics move; num_batches_tracked = 1
     sd = ref.state_dict()
     assert "1.num_batches_tracked" in sd
     model = tn.Sequential(tn.Linear(4, 3), tn.BatchNorm1d(3)).astype(np.float64)
@@ -2544,11 +2553,11 @@ def test_load_state_dict_ignores_num_batches_tracked():
 
 
 TORCH_MODELS = [
-    lambda: tn.Sequential(tn.Flatten(), tn.Linear(12, 8), tn.BatchNorm1d(8), tn.LeakyReLU(0.2), tn.Dropout(0.3),
-                          tn.Linear(8, 3, bias=False), tn.LogSoftmax()),
-    lambda: tn.Sequential(tn.Conv2d(3, 4, 3, stride=2, padding=1), tn.BatchNorm2d(4), tn.ReLU(), tn.MaxPool2d(2),
-                          tn.Conv2d(4, 2, (2, 1), bias=False), tn.Tanh(), tn.AvgPool2d(1), tn.Flatten(),
-                          tn.Sigmoid(), tn.Softmax()),
+    lambda: tn.Sequential(tn.Flatten(), tn.Linear(12, 8), tn.BatchNorm1d(8), tn.LeakyReLU(0.2),
+                          tn.Dropout(0.3), tn.Linear(8, 3, bias=False), tn.LogSoftmax()),
+    lambda: tn.Sequential(tn.Conv2d(3, 4, 3, stride=2, padding=1), tn.BatchNorm2d(4), tn.ReLU(),
+                          tn.MaxPool2d(2), tn.Conv2d(4, 2, (2, 1), bias=False), tn.Tanh(),
+                          tn.AvgPool2d(1), tn.Flatten(), tn.Sigmoid(), tn.Softmax()),
 ]
 
 
@@ -2562,14 +2571,16 @@ def test_to_torch_and_back_gives_the_same_outputs(make, training):
             layer.running_mean += 0.3
             layer.running_var *= 2.0
     model.train(training)
-    x = np.random.default_rng(0).standard_normal((4, 3, 2, 2) if isinstance(model[0], tn.Flatten) else (4, 3, 8, 8))
+    x = np.random.default_rng(0).standard_normal((4, 3, 2, 2) if isinstance(model[0], tn.Flatten)
+                                                 else (4, 3, 8, 8))
     net = model.to_torch()
     assert isinstance(net, torch.nn.Sequential) and net.training == training
     assert all(p.dtype == torch.float64 for p in net.parameters())
     if not training:                                      # (Dropout draws differ in training)
         assert_parity(model.predict(x), net(torch.tensor(x)), "to_torch outputs")
     back = tn.Sequential.from_torch(net)
-    assert [type(l) for l in back] == [type(l) for l in model] and back.training == training
+    assert ([type(layer) for layer in back] == [type(layer) for layer in model]
+            and back.training == training)
     for (k, v), (k2, v2) in zip(model.state_dict().items(), back.state_dict().items()):
         assert k == k2 and v.dtype == v2.dtype == np.float64
         np.testing.assert_array_equal(v, v2)
@@ -2578,13 +2589,15 @@ def test_to_torch_and_back_gives_the_same_outputs(make, training):
 
 def test_from_torch_and_to_torch_reject_unsupported_modules():
     net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.GELU(), torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError, match=r"Sequential.from_torch: module 1 \(GELU.*\) is not supported"):
+    with pytest.raises(ValueError,
+                       match=r"Sequential.from_torch: module 1 \(GELU.*\) is not supported"):
         tn.Sequential.from_torch(net)
     with pytest.raises(ValueError, match=r"module 0 .*dilation=\(2, 2\) is not supported"):
         tn.Sequential.from_torch(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3, dilation=2)))
     with pytest.raises(ValueError, match=r"module 0 .*ceil_mode=True is not supported"):
         tn.Sequential.from_torch(torch.nn.Sequential(torch.nn.MaxPool2d(2, ceil_mode=True)))
-    with pytest.raises(ValueError, match=r"Sequential.to_torch: layer 0 \(Normalize.*\) has no torch.nn equivalent"):
+    with pytest.raises(ValueError, match=r"Sequential.to_torch: layer 0 \(Normalize.*\) "
+                                         r"has no torch.nn equivalent"):
         tn.Sequential(tn.Normalize([0.0], [1.0])).to_torch()
 
 
@@ -2594,7 +2607,8 @@ def test_from_torch_float32_trained_weights():
     model = tn.Sequential.from_torch(net)
     x = np.random.default_rng(1).standard_normal((6, 5)).astype(np.float32)
     assert model[0].weight.data.dtype == np.float32
-    np.testing.assert_allclose(model.predict(x), net(torch.tensor(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.predict(x), net(torch.tensor(x)).detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
 
 
 # ── save / load round trips ─────────────────────────────────────────────────
@@ -2609,8 +2623,8 @@ def test_save_load_round_trip(tmp_path, arch, dtype):
                               tn.Linear(5, 3), tn.Softmax(dim=1)).astype(dtype)
         x = randn(0, (7, 3, 4)).astype(dtype)
     else:
-        model = tn.Sequential(tn.Conv2d(1, 2, (3, 2), padding=(1, 0)), tn.BatchNorm2d(2), tn.MaxPool2d(2),
-                              tn.AvgPool2d(2, 1)).astype(dtype)
+        model = tn.Sequential(tn.Conv2d(1, 2, (3, 2), padding=(1, 0)), tn.BatchNorm2d(2),
+                              tn.MaxPool2d(2), tn.AvgPool2d(2, 1)).astype(dtype)
         x = randn(0, (4, 1, 8, 9)).astype(dtype)
         model.forward(x)                                 # running statistics move away from 0 / 1
         model.eval()
@@ -2648,15 +2662,18 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert os.listdir(tmp_path) == ["m.npz"]
     x = randn(0, (3, 4)).astype(np.float32)
-    np.testing.assert_array_equal(tn.Sequential.load(path).predict(x), old.predict(x))   # the old file intact
+    # the old file intact
+    np.testing.assert_array_equal(tn.Sequential.load(path).predict(x), old.predict(x))
 
 
 def test_load_reads_files_saved_with_positional_args(tmp_path):
     """Files from before the keyword configs hold {"class", "args", "kwargs"} per layer."""
-    model = tn.Sequential(tn.Conv2d(1, 2, 3, padding=1), tn.ReLU(), tn.Flatten(), tn.Linear(8, 2, bias=False))
+    model = tn.Sequential(tn.Conv2d(1, 2, 3, padding=1), tn.ReLU(), tn.Flatten(),
+                          tn.Linear(8, 2, bias=False))
     old = {"class": "Sequential", "layers": [
-        {"class": "Conv2d", "args": [1, 2, 3], "kwargs": {"padding": 1}}, {"class": "ReLU", "args": [], "kwargs": {}},
-        {"class": "Flatten", "args": [], "kwargs": {}}, {"class": "Linear", "args": [8, 2], "kwargs": {"bias": False}}]}
+        {"class": "Conv2d", "args": [1, 2, 3], "kwargs": {"padding": 1}},
+        {"class": "ReLU", "args": [], "kwargs": {}}, {"class": "Flatten", "args": [], "kwargs": {}},
+        {"class": "Linear", "args": [8, 2], "kwargs": {"bias": False}}]}
     np.savez(tmp_path / "old.npz", **model.state_dict(), __architecture__=np.array(json.dumps(old)))
     loaded = tn.Sequential.load(tmp_path / "old.npz")
     assert loaded.config() == model.config()
@@ -2695,7 +2712,8 @@ def test_load_a_users_own_layers_with_custom_objects(tmp_path):
     model = tn.Sequential(tn.Linear(3, 4), Square(), Scale(4, init=0.5))
     path = tmp_path / "m.npz"
     model.save(path)
-    with pytest.raises(ValueError, match=r"unknown layer class 'Square'.*custom_objects=\{'Square': Square\}"):
+    with pytest.raises(ValueError,
+                       match=r"unknown layer class 'Square'.*custom_objects=\{'Square': Square\}"):
         tn.Sequential.load(path)
     loaded = tn.Sequential.load(path, custom_objects={"Square": Square, "Scale": Scale})
     x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
@@ -2714,7 +2732,8 @@ def test_load_reports_a_bug_in_a_layer_constructor_as_itself(tmp_path):
     model.save(tmp_path / "m.npz")
     with open(tmp_path / "m.npz", "rb") as f:
         data = dict(np.load(f))
-    data["__architecture__"] = np.array(json.dumps({"class": "Sequential", "layers": [{"class": "Broken", "kwargs": {"n": -1}}]}))
+    data["__architecture__"] = np.array(json.dumps(
+        {"class": "Sequential", "layers": [{"class": "Broken", "kwargs": {"n": -1}}]}))
     np.savez(tmp_path / "m.npz", **data)
     with pytest.raises(ZeroDivisionError, match="my bug"):
         tn.Sequential.load(tmp_path / "m.npz", custom_objects={"Broken": Broken})
@@ -2732,10 +2751,12 @@ def test_save_rejects_a_layer_that_does_not_keep_its_arguments(tmp_path):
 RESUME = textwrap.dedent("""
     import sys, numpy as np, tinynet as tn
     mode, path = sys.argv[1], sys.argv[2]
-    X = np.random.default_rng(0).standard_normal((100, 6)).astype(np.float32); y = (X[:, 0] * X[:, 1] > 0).astype(np.int64)
+    X = np.random.default_rng(0).standard_normal((100, 6)).astype(np.float32)
+    y = (X[:, 0] * X[:, 1] > 0).astype(np.int64)
     tn.manual_seed(7)
     model = tn.Sequential(tn.Linear(6, 16), tn.ReLU(), tn.Dropout(0.3), tn.Linear(16, 2))
-    opt = tn.Adam([{"params": model.parameters()[:2], "weight_decay": 1e-3}, {"params": model.parameters()[2:]}], lr=0.01)
+    opt = tn.Adam([{"params": model.parameters()[:2], "weight_decay": 1e-3},
+                   {"params": model.parameters()[2:]}], lr=0.01)
     sched = tn.OneCycleLR(opt, max_lr=0.05, total_steps=4 * 7)
     model.compile(opt, tn.CrossEntropyLoss(), scheduler=sched)
     if mode == "all":
@@ -2745,7 +2766,8 @@ RESUME = textwrap.dedent("""
         tn.save_checkpoint(path + ".ckpt.npz", model, opt, sched, epoch=2)
     else:
         model = tn.Sequential.load(path + ".ckpt.npz")
-        opt = tn.Adam([{"params": model.parameters()[:2], "weight_decay": 1e-3}, {"params": model.parameters()[2:]}], lr=0.01)
+        opt = tn.Adam([{"params": model.parameters()[:2], "weight_decay": 1e-3},
+                       {"params": model.parameters()[2:]}], lr=0.01)
         sched = tn.OneCycleLR(opt, max_lr=0.05, total_steps=4 * 7)
         model.compile(opt, tn.CrossEntropyLoss(), scheduler=sched)
         assert tn.load_checkpoint(path + ".ckpt.npz", model, opt, sched) == {"epoch": 2}
@@ -2756,8 +2778,9 @@ RESUME = textwrap.dedent("""
 
 def test_checkpoint_resume_in_a_fresh_process_is_bit_identical(tmp_path):
     def run(mode, name):
-        r = subprocess.run([sys.executable, "-c", RESUME, mode, str(tmp_path / name)], capture_output=True,
-                           text=True, cwd=HERE, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+        r = subprocess.run([sys.executable, "-c", RESUME, mode, str(tmp_path / name)],
+                           capture_output=True, text=True, cwd=HERE,
+                           env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
         assert r.returncode == 0, r.stderr
         return tn.Sequential.load(tmp_path / name).state_dict()
 
