@@ -2827,7 +2827,8 @@ def test_load_rejects_corrupt_file(tmp_path, content):
 
 # ── IDX ─────────────────────────────────────────────────────────────────────
 
-IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.int16, 0x0C: np.int32, 0x0D: np.float32, 0x0E: np.float64}
+IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.int16, 0x0C: np.int32, 0x0D: np.float32,
+             0x0E: np.float64}
 
 
 def idx_bytes(a, code=None):
@@ -2948,7 +2949,8 @@ def test_data_dir_resolution(tmp_path, monkeypatch):
     assert len(tn.load_mnist(download=False)[0]) == 4                       # $TINYNET_DATA
     assert len(tn.load_mnist(tmp_path / "arg", download=False)[0]) == 2     # the argument wins
     monkeypatch.delenv("TINYNET_DATA")
-    default = tn._data_dir()                                                # data/ beside tinynet.py
+    # data/ beside tinynet.py
+    default = tn._data_dir()
     assert os.path.isabs(default) and os.path.basename(default) == "data"
 
 
@@ -2967,7 +2969,8 @@ def test_load_iris():
 def test_load_iris_default_path(tmp_path, monkeypatch, where):
     folder = DATA if where == "TINYNET_DATA" else tn._DATA_BESIDE
     need(os.path.join(folder, "iris.csv"))
-    monkeypatch.setenv("TINYNET_DATA", DATA if where == "TINYNET_DATA" else str(tmp_path))  # no iris.csv there
+    # no iris.csv there
+    monkeypatch.setenv("TINYNET_DATA", DATA if where == "TINYNET_DATA" else str(tmp_path))
     X, y = tn.load_iris()
     assert X.shape == (150, 4) and np.bincount(y).tolist() == [50, 50, 50]
 
@@ -2989,17 +2992,20 @@ def test_load_iris_rejects_bad_file(tmp_path, text):
 def test_load_iris_rejects_a_missing_file_saying_where_and_how(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYNET_DATA", str(tmp_path))
     monkeypatch.setattr(tn, "_DATA_BESIDE", str(tmp_path / "beside"))
-    with pytest.raises(FileNotFoundError, match=r"load_iris: iris.csv not found; looked in .*iris.csv and "
-                                                r".*beside.iris.csv.*TINYNET_DATA.*load_iris\(path\)"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"load_iris: iris.csv not found; looked in .*iris.csv and "
+                             r".*beside.iris.csv.*TINYNET_DATA.*load_iris\(path\)"):
         tn.load_iris()
 
 
 # ── downloads, from a local http.server ─────────────────────────────────────
 
 def test_missing_files_without_download(tmp_path):
-    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "mnist" / "train-images-idx3-ubyte.gz"))):
+    with pytest.raises(FileNotFoundError,
+                       match=re.escape(str(tmp_path / "mnist" / "train-images-idx3-ubyte.gz"))):
         tn.load_mnist(tmp_path, download=False)
-    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "svhn" / "test_32x32.mat"))):
+    with pytest.raises(FileNotFoundError,
+                       match=re.escape(str(tmp_path / "svhn" / "test_32x32.mat"))):
         tn.load_svhn("test", tmp_path, download=False)
     assert not (tmp_path / "mnist").exists()
 
@@ -3009,7 +3015,8 @@ MNIST_NAMES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
-    """/good/<f> serves f, /missing/<f> answers 404, /drop/<f> promises all of f, sends half and hangs up."""
+    """/good/<f> serves f, /missing/<f> answers 404, /drop/<f> promises all of f, sends half and
+    hangs up."""
 
     def do_GET(self):
         kind, _, name = self.path.strip("/").partition("/")
@@ -3036,16 +3043,19 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """(base URL, {file name: (bytes, md5)}) of a server on 127.0.0.1 holding small MNIST and SVHN files."""
+    """(base URL, {file name: (bytes, md5)}) of a server on 127.0.0.1 holding small MNIST and
+    SVHN files."""
     root = tmp_path_factory.mktemp("www")
     rng = np.random.default_rng(0)
     files = {}
     for name, n in zip(MNIST_NAMES, (6, 6, 4, 4)):
         shape = (n, 28, 28) if "images" in name else (n,)
-        write_idx(root / name, rng.integers(0, 10 if len(shape) == 1 else 256, shape, dtype=np.uint8))
+        write_idx(root / name, rng.integers(0, 10 if len(shape) == 1 else 256, shape,
+                                            dtype=np.uint8))
     svhn_file(root, "test", 5)
     for name in MNIST_NAMES + ["test_32x32.mat"]:
-        files[name] = ((root / name).read_bytes(), hashlib.md5((root / name).read_bytes()).hexdigest())
+        files[name] = ((root / name).read_bytes(),
+                       hashlib.md5((root / name).read_bytes()).hexdigest())
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.root = str(root)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -3085,7 +3095,8 @@ def test_download_md5_mismatch(tmp_path, monkeypatch, server):
     with pytest.raises(OSError, match="MD5") as err:
         tn.load_mnist(tmp_path)
     assert urls[0] + "train-labels-idx1-ubyte.gz" in str(err.value)
-    assert os.listdir(tmp_path / "mnist") == ["train-images-idx3-ubyte.gz"]   # fetched before; no .part
+    # fetched before; no .part
+    assert os.listdir(tmp_path / "mnist") == ["train-images-idx3-ubyte.gz"]
 
 
 def test_download_connection_dropped(tmp_path, monkeypatch, server):
@@ -3117,7 +3128,8 @@ def test_download_svhn(tmp_path, monkeypatch, server):
 # ── SVHN, on small .mat files in the official layout ────────────────────────
 
 def svhn_file(folder, split, n, seed=0, **override):
-    """Write <folder>/<split>_32x32.mat: X (32, 32, 3, n) uint8, y (n, 1) in 1..10 (10 = digit 0)."""
+    """Write <folder>/<split>_32x32.mat: X (32, 32, 3, n) uint8, y (n, 1) in 1..10
+    (10 = digit 0)."""
     from scipy.io import savemat
     rng = np.random.default_rng(seed)
     X = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
@@ -3210,7 +3222,7 @@ def test_train_val_split_rejects_length_mismatch():
 
 @pytest.mark.parametrize("counts, val_size, expected", [
     ([60, 30, 10], 0.2, [12, 6, 2]),
-    ([7, 5, 3], 0.4, [3, 2, 1]),           # quotas 2.8, 2, 1.2: the largest remainder gets the extra one
+    ([7, 5, 3], 0.4, [3, 2, 1]),  # quotas 2.8, 2, 1.2: the largest remainder gets the extra one
     ([50, 50, 50], 30, [10, 10, 10]),
     ([10, 30], 0.05, [1, 1]),              # quotas 0.5, 1.5: a tie goes to the first class
 ])
@@ -3221,7 +3233,8 @@ def test_train_val_split_stratified(counts, val_size, expected, shuffle):
     X = np.arange(len(y))
     X_tr, y_tr, X_val, y_val = tn.train_val_split(X, y, val_size, shuffle=shuffle, stratify=True)
     assert np.bincount(y_val, minlength=len(counts)).tolist() == expected
-    assert np.bincount(y_tr, minlength=len(counts)).tolist() == [c - e for c, e in zip(counts, expected)]
+    assert (np.bincount(y_tr, minlength=len(counts)).tolist()
+            == [c - e for c, e in zip(counts, expected)])
     np.testing.assert_array_equal(y[X_tr], y_tr)
     assert sorted(np.concatenate([X_tr, X_val])) == list(range(len(y)))
     if not shuffle:   # order kept, and each class's last samples validate
@@ -3315,14 +3328,14 @@ def test_minibatches_rejects_bad_arguments(X, y, batch_size, pattern):
 
 SCRIPTS = HERE                                               # the scripts sit beside tinynet.py
 LAST_LINE = re.compile(r"^test accuracy: 0\.\d{4}$|^test accuracy: 1\.0000$")
-EPOCH_LINE = re.compile(r"^epoch 1/1 - loss: \d+\.\d{4} - accuracy: \d\.\d{4} - val_loss: \d+\.\d{4} - "
-                        r"val_accuracy: \d\.\d{4} - lr: ", re.M)
+EPOCH_LINE = re.compile(r"^epoch 1/1 - loss: \d+\.\d{4} - accuracy: \d\.\d{4} - "
+                        r"val_loss: \d+\.\d{4} - val_accuracy: \d\.\d{4} - lr: ", re.M)
 RUN_PNGS = ("loss.png", "accuracy.png", "batch_loss.png", "confusion.png")
 IRIS = ["setosa", "versicolor", "virginica"]
 CLASS_NAMES = {3: IRIS, 10: [str(i) for i in range(10)],
-               20: ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-                    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle",
-                    "bottle"]}
+               20: ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                    "ship", "truck", "apple", "aquarium_fish", "baby", "bear", "beaver", "bed",
+                    "bee", "beetle", "bicycle", "bottle"]}
 
 
 # ── checking figures ──────────────────────────────────────────────────────────
@@ -3357,13 +3370,15 @@ def _in_view_tick_labels(axis):
                         (axis.get_minor_ticks(), axis.get_minorticklocs())):
         for tick, loc in zip(ticks, locs):
             if lo - eps <= loc <= hi + eps:
-                labels += [t for t in (tick.label1, tick.label2) if t.get_visible() and t.get_text().strip()]
+                labels += [t for t in (tick.label1, tick.label2)
+                           if t.get_visible() and t.get_text().strip()]
     return labels
 
 
 def _drawn_texts(fig):
     """(every text the figure draws, [tick labels of each axis], [legends])."""
-    all_axes = list(fig.axes) + [c for ax in fig.axes for c in ax.child_axes]   # child: secondary axes
+    # child: secondary axes
+    all_axes = list(fig.axes) + [c for ax in fig.axes for c in ax.child_axes]
     texts, ticks, legends = list(fig.texts), [], list(fig.legends)
     if fig._suptitle is not None:
         texts.append(fig._suptitle)
@@ -3379,7 +3394,7 @@ def _drawn_texts(fig):
                     texts += ticks[-1]
     for legend in legends:
         texts += [*legend.get_texts(), legend.get_title()]
-    texts = list({id(t): t for t in texts}.values())               # (the suptitle is also in fig.texts)
+    texts = list({id(t): t for t in texts}.values())  # (the suptitle is also in fig.texts)
     return [t for t in texts if t.get_visible() and t.get_text().strip()], ticks, legends
 
 
