@@ -3424,10 +3424,11 @@ def _assert_text_fits(fig):
     for labels in ticks:
         bad = _overlapping([extent[id(t)].extents for t in labels])
         assert not bad, "overlapping tick labels: " + ", ".join(f"{labels[i].get_text()!r} and "
-                                                               f"{labels[j].get_text()!r}" for i, j in bad)
+                                                               f"{labels[j].get_text()!r}"
+                                                               for i, j in bad)
     bad = _overlapping([extent[id(t)].extents for t in texts])
-    assert not bad, "overlapping texts: " + ", ".join(f"{texts[i].get_text()!r} and {texts[j].get_text()!r}"
-                                                      for i, j in bad)
+    assert not bad, "overlapping texts: " + ", ".join(f"{texts[i].get_text()!r} and "
+                                                      f"{texts[j].get_text()!r}" for i, j in bad)
     data_axes = [ax for ax in fig.axes if not hasattr(ax, "_colorbar")]
     for legend in legends:
         box = legend.get_window_extent(renderer).extents
@@ -3435,7 +3436,8 @@ def _assert_text_fits(fig):
         for ax in data_axes:
             assert not _overlapping([box, ax.get_window_extent(renderer).extents]), \
                 f"the legend {[t.get_text() for t in inside]} covers the data of {ax.get_title()!r}"
-        others = [extent[id(t)].extents for t in texts if t not in inside and t is not legend.get_title()]
+        others = [extent[id(t)].extents for t in texts
+                  if t not in inside and t is not legend.get_title()]
         assert not any(i == 0 for i, _ in _overlapping([box] + others)), "a legend covers a text"
 
 
@@ -3444,7 +3446,8 @@ def _history(n_epochs=6, scale=1.0, batches=5):
     for e in range(n_epochs):
         h.batch_loss += [scale * 2.0 / (e + 1 + b / batches) for b in range(batches)]
         h.on_epoch_end(e, {"loss": scale / (e + 1), "accuracy": 1 - 0.5 / (e + 1),
-                           "val_loss": 1.2 * scale / (e + 1), "val_accuracy": 1 - 0.6 / (e + 1), "lr": 1e-3})
+                           "val_loss": 1.2 * scale / (e + 1), "val_accuracy": 1 - 0.6 / (e + 1),
+                           "lr": 1e-3})
     return h
 
 
@@ -3464,25 +3467,29 @@ def test_every_plot_helper_writes_a_png_whose_text_fits(tmp_path, figures, n):
     y, y_pred = _labels(n, 30 * n)
     title = f"Data{n} MLP 4-100-100-{n}"
     f = lambda x, y: (x - 3) ** 2 + (y - 5) ** 2             # noqa: E731
-    paths = {f"optimizer {i} lr={0.01 * (i + 1):g}": np.cumsum(rng.normal(0.2, 0.3, (30, 2)), axis=0)
+    paths = {f"optimizer {i} lr={0.01 * (i + 1):g}":
+             np.cumsum(rng.normal(0.2, 0.3, (30, 2)), axis=0)
              for i in range(n)}
     drawn = {
         "history": lambda p: tn.plot_history(_history(), p, title=title),
         "one_key": lambda p: tn.plot_history(_history(40, 3.0), p, keys=("loss",),
-                                             title=f"{title}, cross-entropy loss, adam lr 0.001, a long title"),
-        "curves": lambda p: tn.plot_curves({f"run {i}: lr={10.0 ** -(i % 4):g} adam + onecycle": _history(scale=i + 1)
+                                             title=f"{title}, cross-entropy loss, adam lr 0.001, "
+                                                   "a long title"),
+        "curves": lambda p: tn.plot_curves({f"run {i}: lr={10.0 ** -(i % 4):g} adam + onecycle":
+                                            _history(scale=i + 1)
                                             for i in range(n)}, p, title=title),
         "confusion": lambda p: tn.plot_confusion_matrix(y, y_pred, p, names, title=title),
         "confusion_ids": lambda p: tn.plot_confusion_matrix(y, y_pred, p, title=title),
-        "predictions": lambda p: tn.plot_predictions(rng.random((len(y), 3, 32, 32)), y, y_pred, p, names,
-                                                     n=12, title=title),
-        "embeddings": lambda p: tn.plot_embeddings({"raw pixels (784 dims); probe 0.8808": rng.normal(size=(len(y), 2)),
-                                                    "learned features (256 dims); even/odd linear probe: test "
-                                                    "accuracy 0.9618": rng.random((len(y), 2))},
-                                                   y, p, names, title=title),
+        "predictions": lambda p: tn.plot_predictions(rng.random((len(y), 3, 32, 32)), y, y_pred, p,
+                                                     names, n=12, title=title),
+        "embeddings": lambda p: tn.plot_embeddings(
+            {"raw pixels (784 dims); probe 0.8808": rng.normal(size=(len(y), 2)),
+             "learned features (256 dims); even/odd linear probe: test "
+             "accuracy 0.9618": rng.random((len(y), 2))},
+            y, p, names, title=title),
         "batch_loss": lambda p: tn.plot_batch_loss(_history(n), p, title=title),
-        "paths": lambda p: tn.plot_optimizer_paths({"quadratic": (f, paths, (3, 5)), "again": (f, paths)}, p,
-                                                   title=title),
+        "paths": lambda p: tn.plot_optimizer_paths({"quadratic": (f, paths, (3, 5)),
+                                                    "again": (f, paths)}, p, title=title),
     }
     if n != 3:                            # these two do not depend on n: one size is enough
         for name in ("history", "one_key"):
@@ -3495,13 +3502,15 @@ def test_every_plot_helper_writes_a_png_whose_text_fits(tmp_path, figures, n):
             _assert_text_fits(fig)
         except AssertionError as e:
             raise AssertionError(f"{name} with {n}: {e}") from None
-        assert title in fig._suptitle.get_text().replace("\n", " "), f"{name}: the title does not name the run"
+        assert title in fig._suptitle.get_text().replace("\n", " "), \
+            f"{name}: the title does not name the run"
 
 
 def test_iris_confusion_matrix_names_do_not_run_together(tmp_path, figures):
     """The known defect: 3 Iris classes gave "versicolorvirginica" and a cut title."""
     y, y_pred = _labels(3, 30)
-    tn.plot_confusion_matrix(y, y_pred, tmp_path / "cm.png", IRIS, title="Iris, MLP 4-100-100-3 relu, ce loss")
+    tn.plot_confusion_matrix(y, y_pred, tmp_path / "cm.png", IRIS,
+                             title="Iris, MLP 4-100-100-3 relu, ce loss")
     _assert_text_fits(figures[-1])
     ax = figures[-1].axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == IRIS
@@ -3520,7 +3529,8 @@ def test_embeddings_legend_outside_the_points(tmp_path, figures):
     legend = [a.get_legend() for a in fig.axes if a.get_legend()][0]
     assert [t.get_text() for t in legend.get_texts()] == [str(c) for c in range(10)]
     for ax in fig.axes:
-        assert not _overlapping([legend.get_window_extent(renderer).extents, ax.get_window_extent(renderer).extents])
+        assert not _overlapping([legend.get_window_extent(renderer).extents,
+                                 ax.get_window_extent(renderer).extents])
 
 
 @pytest.mark.parametrize("n", [3, 10, 20])
@@ -3528,7 +3538,8 @@ def test_curves_differ_in_colour_and_in_line_style_and_marker(tmp_path, figures,
     tn.plot_curves({f"run {i}": _history() for i in range(n)}, tmp_path / "c.png")
     lines = figures[-1].axes[0].get_lines()
     assert len(lines) == n
-    colours = {tuple(np.round(np.array(__import__("matplotlib").colors.to_rgba(line.get_color())), 3))
+    colours = {tuple(np.round(np.array(__import__("matplotlib").colors
+                                       .to_rgba(line.get_color())), 3))
                for line in lines}
     assert len(colours) == n, "two curves share a colour"
     assert len({(line.get_linestyle(), line.get_marker()) for line in lines}) == n, \
@@ -3560,7 +3571,8 @@ def test_optimizer_path_sgd_closed_form():
     path = tn.optimizer_path(lambda params: tn.SGD(params, lr=lr), _quadratic_grad, (0, 0), steps)
     assert path.shape == (steps + 1, 2) and path.dtype == np.float64
     t = np.arange(steps + 1)[:, None]
-    np.testing.assert_allclose(path, [3, 5] + (1 - 2 * lr) ** t * (np.array([0, 0]) - [3, 5]), rtol=1e-12)
+    np.testing.assert_allclose(path, [3, 5] + (1 - 2 * lr) ** t * (np.array([0, 0]) - [3, 5]),
+                               rtol=1e-12)
     with pytest.raises(ValueError, match="optimizer_path"):
         tn.optimizer_path(lambda params: tn.SGD(params, lr=lr), _quadratic_grad, (0, 0, 0), 3)
 
@@ -3578,17 +3590,19 @@ def test_optimizer_path_matches_torch():
             out.append(p.detach().clone().numpy())
         return np.array(out)
     for ours, theirs in ((lambda ps: tn.Adam(ps, lr=0.2), lambda ps: torch.optim.Adam(ps, lr=0.2)),
-                         (lambda ps: tn.RMSprop(ps, lr=0.1), lambda ps: torch.optim.RMSprop(ps, lr=0.1)),
+                         (lambda ps: tn.RMSprop(ps, lr=0.1),
+                          lambda ps: torch.optim.RMSprop(ps, lr=0.1)),
                          (lambda ps: tn.SGD(ps, lr=0.01, momentum=0.9),
                           lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9))):
-        np.testing.assert_allclose(tn.optimizer_path(ours, _quadratic_grad, (0, 0), 50), torch_path(theirs, 50),
-                                   rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(tn.optimizer_path(ours, _quadratic_grad, (0, 0), 50),
+                                   torch_path(theirs, 50), rtol=1e-10, atol=1e-12)
 
 
 def test_plot_optimizer_paths_draws_each_path_over_contours(tmp_path, figures):
     f = lambda x, y: (x - 3) ** 2 + (y - 5) ** 2              # noqa: E731
     paths = {name: tn.optimizer_path(make, _quadratic_grad, (0, 0), 40)
-             for name, make in (("SGD", lambda ps: tn.SGD(ps, lr=0.05)), ("Adam", lambda ps: tn.Adam(ps, lr=0.2)))}
+             for name, make in (("SGD", lambda ps: tn.SGD(ps, lr=0.05)),
+                                ("Adam", lambda ps: tn.Adam(ps, lr=0.2)))}
     tn.plot_optimizer_paths({"quadratic": (f, paths, (3, 5))}, tmp_path / "p.png", title="paths")
     _png_ok(tmp_path / "p.png")
     ax = figures[-1].axes[0]
@@ -3608,23 +3622,25 @@ def _parser():
 def test_flags_typed_sees_typed_flags_even_at_their_default():
     parser = _parser()
     assert tn.flags_typed(parser, []) == set()
-    assert tn.flags_typed(parser, ["--lr", "0.001", "--quick", "--batch=64"]) == {"--lr", "--quick", "--batch-size"}
+    assert (tn.flags_typed(parser, ["--lr", "0.001", "--quick", "--batch=64"])
+            == {"--lr", "--quick", "--batch-size"})
 
 
 def test_reject_flags_exits_with_a_usage_error(capsys):
     parser = _parser()
-    tn.reject_flags(parser, ["--lr"], "with --sweep", argv=["--epochs", "3"])          # not typed: fine
+    tn.reject_flags(parser, ["--lr"], "with --sweep", argv=["--epochs", "3"])  # not typed: fine
     with pytest.raises(SystemExit) as e:
         tn.reject_flags(parser, ["--lr", "--optimizer", "--epochs"], "with --sweep",
                         argv=["--lr=0.001", "--optimizer", "adam"])
     assert e.value.code == 2
-    assert "--lr and --optimizer have no effect with --sweep; remove them" in capsys.readouterr().err
+    assert ("--lr and --optimizer have no effect with --sweep; remove them"
+            in capsys.readouterr().err)
 
 
 def test_exit_missing_data_says_what_to_do(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        tn.exit_missing_data("train_x.py", "X", OSError("tried: http://a, http://b"), ["a.gz", "b.gz"],
-                             tmp_path, "x", "from http://example.org/")
+        tn.exit_missing_data("train_x.py", "X", OSError("tried: http://a, http://b"),
+                             ["a.gz", "b.gz"], tmp_path, "x", "from http://example.org/")
     message = str(e.value.code)
     for part in ("train_x.py: X is not available", "tried: http://a, http://b", "a.gz, b.gz",
                  str(tmp_path / "x"), "--data-dir", "TINYNET_DATA"):
@@ -3632,7 +3648,8 @@ def test_exit_missing_data_says_what_to_do(tmp_path, capsys):
 
 
 def test_old_helpers_are_gone_and_scripts_compile_and_fit_themselves():
-    assert not hasattr(tn, "fit_with_args") and not hasattr(tn, "parse_args") and not hasattr(tn, "save_run")
+    assert (not hasattr(tn, "fit_with_args") and not hasattr(tn, "parse_args")
+            and not hasattr(tn, "save_run"))
     for script in ("train_mnist.py", "train_svhn.py", "train_iris.py"):
         with open(os.path.join(SCRIPTS, script)) as fh:
             source = fh.read()
@@ -3667,14 +3684,15 @@ def _check_run(r, out, pngs):
     assert LAST_LINE.match(r.stdout.splitlines()[-1]), r.stdout[-500:]
     assert EPOCH_LINE.search(r.stdout), r.stdout[-2000:]
     model = tn.Sequential.load(out / "model.npz")
-    assert (out / "history.csv").read_text().splitlines()[0] == "epoch,loss,accuracy,val_loss,val_accuracy,lr"
+    assert ((out / "history.csv").read_text().splitlines()[0]
+            == "epoch,loss,accuracy,val_loss,val_accuracy,lr")
     for name in pngs:
         _png_ok(out / name)
     return model
 
 
 def _refused_downloads():
-    with socket.socket() as s:        # a closed local port: every download attempt is refused at once
+    with socket.socket() as s:  # a closed local port: every download attempt is refused at once
         s.bind(("127.0.0.1", 0))
         proxy = f"http://127.0.0.1:{s.getsockname()[1]}"
     return {**{k: proxy for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")},
