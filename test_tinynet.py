@@ -3724,24 +3724,29 @@ def test_script_help(script, monkeypatch, capsys):
         _main(script, ["--help"], monkeypatch)
     assert e.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
-    for flag in ("--epochs", "--batch-size", "--lr", "--optimizer", "--scheduler", "--weight-decay", "--seed",
-                 "--data-dir", "--out", "--quick", "--no-plots"):
+    for flag in ("--epochs", "--batch-size", "--lr", "--optimizer", "--scheduler", "--weight-decay",
+                 "--seed", "--data-dir", "--out", "--quick", "--no-plots"):
         assert flag in out
     assert "a small subset and 1 epoch" in out
-    extra = {"train_mnist": ("--projection {tsne,pca}", "--embeddings"), "train_svhn": ("--sweep", "--batchnorm"),
-             "train_iris": ("--loss {ce,nll}", "--activation {relu,sigmoid}", "--trajectories")}[script]
+    extra = {"train_mnist": ("--projection {tsne,pca}", "--embeddings"),
+             "train_svhn": ("--sweep", "--batchnorm"),
+             "train_iris": ("--loss {ce,nll}", "--activation {relu,sigmoid}",
+                            "--trajectories")}[script]
     for flag in extra:
         assert flag in out
 
 
 @pytest.mark.parametrize("script, argv, message", [
     ("train_svhn", ["--sweep", "--lr", "0.01"], "--lr has no effect with --sweep"),
-    ("train_svhn", ["--sweep", "--optimizer", "sgd", "--batchnorm"], "--optimizer and --batchnorm have no effect"),
+    ("train_svhn", ["--sweep", "--optimizer", "sgd", "--batchnorm"],
+     "--optimizer and --batchnorm have no effect"),
     ("train_mnist", ["--projection", "pca"], "--projection has no effect without --embeddings"),
-    ("train_mnist", ["--embeddings", "--projection", "pca", "--no-plots"], "--projection has no effect with --no-plots"),
+    ("train_mnist", ["--embeddings", "--projection", "pca", "--no-plots"],
+     "--projection has no effect with --no-plots"),
     ("train_iris", ["--quick", "--epochs", "5"], "--epochs has no effect with --quick"),
     ("train_svhn", ["--quick", "--epochs", "5"], "--epochs has no effect with --quick"),
-    ("train_iris", ["--trajectories", "--no-plots"], "--trajectories has no effect with --no-plots"),
+    ("train_iris", ["--trajectories", "--no-plots"],
+     "--trajectories has no effect with --no-plots"),
 ])
 def test_ignored_flags_are_rejected(script, argv, message, monkeypatch, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
@@ -3772,15 +3777,18 @@ def test_train_iris_normalize_holds_training_statistics(iris_quick):
     norm = tn.Sequential.load(out / "model.npz")[0]
     X, _ = tn.load_iris(os.path.join(SCRIPTS, "data", "iris.csv"))
     assert norm.mean.shape == norm.std.shape == (4,)
-    assert np.all(np.abs(norm.mean - X.mean(0)) < 0.6 * X.std(0)) and np.all(norm.std > 0.2)  # a training subset's
+    # a training subset's
+    assert np.all(np.abs(norm.mean - X.mean(0)) < 0.6 * X.std(0)) and np.all(norm.std > 0.2)
     model = tn.Sequential.load(out / "model.npz")
-    np.testing.assert_allclose(model.activations(X[:5])[0], (X[:5] - norm.mean) / norm.std, rtol=1e-5)
+    np.testing.assert_allclose(model.activations(X[:5])[0], (X[:5] - norm.mean) / norm.std,
+                               rtol=1e-5)
 
 
 def test_train_iris_trajectories_reach_the_minimum(iris_quick):
     r, _ = iris_quick
     ends = {m[0]: (float(m[1]), float(m[2])) for m in
-            re.findall(r"^\(x-3\)² \+ \(y-5\)²: (.+?) lr=\S+ ends at \((\S+), (\S+)\)$", r.stdout, re.M)}
+            re.findall(r"^\(x-3\)² \+ \(y-5\)²: (.+?) lr=\S+ ends at \((\S+), (\S+)\)$",
+                       r.stdout, re.M)}
     assert set(ends) == {"SGD", "momentum 0.9", "RMSprop", "Adam", "Lion"}
     for name, end in ends.items():
         assert np.hypot(end[0] - 3, end[1] - 5) < 0.2, (name, end)
@@ -3789,25 +3797,28 @@ def test_train_iris_trajectories_reach_the_minimum(iris_quick):
 
 def test_train_iris_reaches_the_accuracy_bar_with_each_loss_and_activation(tmp_path):
     for args in ((), ("--loss", "nll", "--activation", "sigmoid")):
-        r = _run("train_iris.py", *args, "--no-plots", "--out", tmp_path / "_".join(args or ("default",)))
+        r = _run("train_iris.py", *args, "--no-plots", "--out",
+                 tmp_path / "_".join(args or ("default",)))
         assert r.returncode == 0, r.stderr[-2000:]
         assert float(r.stdout.split()[-1]) >= 0.9667, (args, r.stdout[-300:])
-        assert not any(name.endswith(".png") for name in os.listdir(tmp_path / "_".join(args or ("default",))))
+        assert not any(name.endswith(".png")
+                       for name in os.listdir(tmp_path / "_".join(args or ("default",))))
         assert "saved model.npz, history.csv in" in r.stdout and "figures" not in r.stdout
     model = tn.Sequential.load(tmp_path / "--loss_nll_--activation_sigmoid" / "model.npz")
     assert isinstance(model[-1], tn.LogSoftmax) and isinstance(model[2], tn.Sigmoid)
 
 
 def test_train_iris_without_iris_csv_fails_cleanly(tmp_path):
-    r = _run("train_iris.py", "--quick", "--data-dir", tmp_path / "empty", "--out", tmp_path / "out")
+    r = _run("train_iris.py", "--quick", "--data-dir", tmp_path / "empty", "--out",
+             tmp_path / "out")
     _assert_clean_failure(r, "iris.csv", str(tmp_path / "empty"))
 
 
 # MNIST
 
 def test_train_mnist_quick_embeddings_and_optimizers(tmp_path):
-    r = _run("train_mnist.py", "--quick", "--embeddings", "--projection", "pca", "--compare-optimizers",
-             "--out", tmp_path, "--data-dir", _mnist_dir())
+    r = _run("train_mnist.py", "--quick", "--embeddings", "--projection", "pca",
+             "--compare-optimizers", "--out", tmp_path, "--data-dir", _mnist_dir())
     _check_run(r, tmp_path, RUN_PNGS + ("predictions.png", "embeddings.png", "optimizers.png"))
     assert len(re.findall(r"even/odd linear probe on .*: test accuracy 0\.\d{4}", r.stdout)) == 2
     rows = (tmp_path / "optimizers.csv").read_text().splitlines()
@@ -3829,7 +3840,8 @@ def test_train_mnist_parity_probe_is_a_logistic_regression(monkeypatch):
     train_mnist = importlib.import_module("train_mnist")
     compiled = []
     compile_ = tn.Sequential.compile
-    monkeypatch.setattr(tn.Sequential, "compile", lambda self, *a, **k: compiled.append((self, a, k))
+    monkeypatch.setattr(tn.Sequential, "compile",
+                        lambda self, *a, **k: compiled.append((self, a, k))
                         or compile_(self, *a, **k))
     tn.manual_seed(0)
     y = np.arange(400) % 10
@@ -3838,7 +3850,8 @@ def test_train_mnist_parity_probe_is_a_logistic_regression(monkeypatch):
     assert accuracy == 1.0
     [(probe, (_, loss), _)] = compiled
     assert isinstance(loss, tn.BCEWithLogitsLoss)
-    assert len(probe) == 1 and isinstance(probe[0], tn.Linear) and probe[0].weight.data.shape == (1, 10)
+    assert (len(probe) == 1 and isinstance(probe[0], tn.Linear)
+            and probe[0].weight.data.shape == (1, 10))
 
 
 def test_train_mnist_projection_pca_and_default_tsne(monkeypatch, capsys):
@@ -3847,18 +3860,20 @@ def test_train_mnist_projection_pca_and_default_tsne(monkeypatch, capsys):
     np.testing.assert_allclose(train_mnist.project_2d(F, "pca", 0), tn.pca(F, 2))
     with pytest.raises(SystemExit):
         _main("train_mnist", ["--help"], monkeypatch)
-    assert "(tsne)" in capsys.readouterr().out          # t-SNE is the default; the slow path is not run here
+    # t-SNE is the default; the slow path is not run here
+    assert "(tsne)" in capsys.readouterr().out
 
 
 def test_train_mnist_without_data_fails_cleanly(tmp_path):
-    r = _run("train_mnist.py", "--quick", "--data-dir", tmp_path / "empty", "--out", tmp_path / "out",
-             env=_refused_downloads())
+    r = _run("train_mnist.py", "--quick", "--data-dir", tmp_path / "empty", "--out",
+             tmp_path / "out", env=_refused_downloads())
     _assert_clean_failure(r, "https://ossci-datasets.s3.amazonaws.com/mnist/train-images-idx3-ubyte.gz",
                           "http://yann.lecun.com/exdb/mnist/", "t10k-labels-idx1-ubyte.gz",
                           str(tmp_path / "empty" / "mnist"))
 
 
-@pytest.mark.parametrize("argv, epochs", [(["--model", "cnn"], 6), ([], 10), (["--model", "cnn", "--epochs", "3"], 3)])
+@pytest.mark.parametrize("argv, epochs", [(["--model", "cnn"], 6), ([], 10),
+                                          (["--model", "cnn", "--epochs", "3"], 3)])
 def test_train_mnist_epochs_default_depends_on_the_model(tmp_path, argv, epochs):
     r = _run("train_mnist.py", *argv, "--data-dir", tmp_path / "empty", "--out", tmp_path / "out",
              env=_refused_downloads())                 # stops at the missing data, after the config
@@ -3869,51 +3884,58 @@ def test_train_mnist_epochs_default_depends_on_the_model(tmp_path, argv, epochs)
 
 @pytest.fixture
 def svhn_dir(tmp_path):
-    """Small synthetic SVHN files in the official layout: X (32, 32, 3, N) uint8, y (N, 1), 10 for digit 0."""
+    """Small synthetic SVHN files in the official layout: X (32, 32, 3, N) uint8, y (N, 1),
+    10 for digit 0."""
     from scipy.io import savemat
     rng = np.random.default_rng(0)
     folder = tmp_path / "data" / "svhn"
     folder.mkdir(parents=True)
     for split, n in (("train", 300), ("test", 100)):
         X = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
-        X[:, :, 2] //= 4                                         # channels with different statistics
-        savemat(folder / f"{split}_32x32.mat", {"X": X, "y": rng.integers(1, 11, (n, 1)).astype(np.uint8)})
+        X[:, :, 2] //= 4  # channels with different statistics
+        savemat(folder / f"{split}_32x32.mat",
+                {"X": X, "y": rng.integers(1, 11, (n, 1)).astype(np.uint8)})
     return tmp_path / "data"
 
 
 def test_train_svhn_quick_cnn_batchnorm_normalizes_with_training_statistics(tmp_path, svhn_dir):
     out = tmp_path / "out"
-    r = _run("train_svhn.py", "--quick", "--model", "cnn", "--batchnorm", "--no-plots", "--data-dir", svhn_dir,
-             "--out", out)
+    r = _run("train_svhn.py", "--quick", "--model", "cnn", "--batchnorm", "--no-plots",
+             "--data-dir", svhn_dir, "--out", out)
     model = _check_run(r, out, ())                 # the figures: test_train_svhn_sweep
     assert not any(name.endswith(".png") for name in os.listdir(out))
     assert "saved model.npz, history.csv in" in r.stdout and "figures" not in r.stdout
     assert "train 210, validation 90, test 100 images" in r.stdout
-    assert isinstance(model[0], tn.Normalize) and any(isinstance(layer, tn.BatchNorm2d) for layer in model)
+    assert (isinstance(model[0], tn.Normalize)
+            and any(isinstance(layer, tn.BatchNorm2d) for layer in model))
     X, _ = tn.load_svhn("train", svhn_dir)
-    np.testing.assert_allclose(model[0].mean, X.mean(axis=(0, 2, 3)), atol=0.01)     # 210 of the 300 images
+    # 210 of the 300 images
+    np.testing.assert_allclose(model[0].mean, X.mean(axis=(0, 2, 3)), atol=0.01)
     np.testing.assert_allclose(model[0].std, X.std(axis=(0, 2, 3)), rtol=0.05)
     assert model[0].mean[2] < model[0].mean[0] / 2
 
 
 def test_train_svhn_sweep(tmp_path, svhn_dir):
     out = tmp_path / "out"
-    r = _run("train_svhn.py", "--quick", "--sweep", "--scheduler", "cosine", "--data-dir", svhn_dir, "--out", out)
+    r = _run("train_svhn.py", "--quick", "--sweep", "--scheduler", "cosine", "--data-dir", svhn_dir,
+             "--out", out)
     runs = [f"lr{lr}_{opt}_{bn}" for lr in ("0.001", "0.01") for opt in ("adam", "momentum")
             for bn in ("nobn", "bn")]
-    _check_run(r, out, RUN_PNGS + ("predictions.png", "sweep.png") + tuple(f"loss_{name}.png" for name in runs))
+    _check_run(r, out, RUN_PNGS + ("predictions.png", "sweep.png")
+               + tuple(f"loss_{name}.png" for name in runs))
     rows = (out / "results.csv").read_text().splitlines()
-    assert rows[0] == "lr,optimizer,batchnorm,train_loss,val_loss,val_accuracy,time_s" and len(rows) == 9
-    assert re.search(r"^best configuration: lr0\.01?_(adam|momentum)_(no)?bn \(val accuracy 0\.\d{4}\)$",
-                     r.stdout, re.M)
+    assert (rows[0] == "lr,optimizer,batchnorm,train_loss,val_loss,val_accuracy,time_s"
+            and len(rows) == 9)
+    assert re.search(r"^best configuration: lr0\.01?_(adam|momentum)_(no)?bn "
+                     r"\(val accuracy 0\.\d{4}\)$", r.stdout, re.M)
     assert isinstance(tn.Sequential.load(out / "model.npz")[0], tn.Normalize)
 
 
 def test_train_svhn_without_data_fails_cleanly(tmp_path):
-    r = _run("train_svhn.py", "--quick", "--data-dir", tmp_path / "empty", "--out", tmp_path / "out",
-             env=_refused_downloads())
-    _assert_clean_failure(r, "http://ufldl.stanford.edu/housenumbers/", "train_32x32.mat", "test_32x32.mat",
-                          str(tmp_path / "empty" / "svhn"))
+    r = _run("train_svhn.py", "--quick", "--data-dir", tmp_path / "empty", "--out",
+             tmp_path / "out", env=_refused_downloads())
+    _assert_clean_failure(r, "http://ufldl.stanford.edu/housenumbers/", "train_32x32.mat",
+                          "test_32x32.mat", str(tmp_path / "empty" / "svhn"))
     assert not os.listdir(tmp_path / "empty" / "svhn")      # no partial download left behind
 
 
@@ -3924,31 +3946,38 @@ def test_train_svhn_without_data_fails_cleanly(tmp_path):
 def test_bench_smoke_runs_every_table(tmp_path):
     """bench_tinynet.py --smoke runs every code path (epochs, layers with their GEMM limits, BLAS
     threads quiet and busy, memory) on tiny data in a few seconds; no timing is asserted."""
-    r = _run("bench_tinynet.py", "--smoke", "--out", tmp_path / "bench.json", env={"TINYNET_DATA": DATA})
+    r = _run("bench_tinynet.py", "--smoke", "--out", tmp_path / "bench.json",
+             env={"TINYNET_DATA": DATA})
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "bench.json").read_text())
-    assert set(res["epochs"]) == {"mlp", "cnn-small", "cnn-32-64"} and set(res["busy"]) == {"quiet", "busy"}
-    assert {"Conv2d 32->64 k3 p1 @14", "Conv2d 1->32 k3 p1 @28", "Linear 784->256", "MaxPool2d(2) @28",
-            "BatchNorm2d(32) @28"} <= set(res["layers"])
+    assert (set(res["epochs"]) == {"mlp", "cnn-small", "cnn-32-64"}
+            and set(res["busy"]) == {"quiet", "busy"})
+    assert {"Conv2d 32->64 k3 p1 @14", "Conv2d 1->32 k3 p1 @28", "Linear 784->256",
+            "MaxPool2d(2) @28", "BatchNorm2d(32) @28"} <= set(res["layers"])
     for row in list(res["epochs"].values()) + list(res["layers"].values()):
         assert row["tinynet_s" if "tinynet_s" in row else "tinynet_ms"] > 0 and row["ratio"] > 0
     assert res["layers"]["Conv2d 32->64 k3 p1 @14"]["gemm_ms"] > 0
-    assert res["memory"]["mlp"]["tinynet_peak_mb"] > 0 and res["info"]["torch_threads_tried"] == [1, 2]
+    assert (res["memory"]["mlp"]["tinynet_peak_mb"] > 0
+            and res["info"]["torch_threads_tried"] == [1, 2])
 
 
 # ════════════════════════════════════════════════════════════════════════════
 # Copying a class: the minimal excerpt of each layer runs alone and stays short
 # ════════════════════════════════════════════════════════════════════════════
 
-PUBLIC_LAYERS = ["Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Flatten", "Dropout",
-                 "Normalize", "Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d"]
-EXCERPT_ARGS = {"Linear": ((5, 3), (4, 5)), "Conv2d": ((2, 3, 3, 2, 1), (2, 2, 7, 6)), "MaxPool2d": ((3, 2, 1), (2, 3, 7, 6)),
-                "AvgPool2d": ((2,), (2, 3, 6, 6)), "BatchNorm1d": ((5,), (6, 5)), "BatchNorm2d": ((3,), (2, 3, 4, 4)),
-                "Normalize": (([0.1, 0.2, 0.3], [1.0, 2.0, 3.0]), (2, 3, 4)), "Flatten": ((), (2, 3, 4))}
+PUBLIC_LAYERS = ["Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
+                 "Flatten", "Dropout", "Normalize", "Conv2d", "MaxPool2d", "AvgPool2d",
+                 "BatchNorm1d", "BatchNorm2d"]
+EXCERPT_ARGS = {"Linear": ((5, 3), (4, 5)), "Conv2d": ((2, 3, 3, 2, 1), (2, 2, 7, 6)),
+                "MaxPool2d": ((3, 2, 1), (2, 3, 7, 6)), "AvgPool2d": ((2,), (2, 3, 6, 6)),
+                "BatchNorm1d": ((5,), (6, 5)), "BatchNorm2d": ((3,), (2, 3, 4, 4)),
+                "Normalize": (([0.1, 0.2, 0.3], [1.0, 2.0, 3.0]), (2, 3, 4)),
+                "Flatten": ((), (2, 3, 4))}
 
 
 def _definitions():
-    """{name: (ast node, source lines)} of every module-level definition of tinynet.py, and the import lines."""
+    """{name: (ast node, source lines)} of every module-level definition of tinynet.py, and the
+    import lines."""
     source = open(tn.__file__).read()
     tree, lines = ast.parse(source), source.splitlines()
     defs, imports = {}, []
@@ -3988,7 +4017,7 @@ def test_each_layer_copies_out_alone_and_stays_short(capsys):
         code = "\n".join(imports) + "\n\n" + "\n\n".join(defs[n] for n in names)
         sizes[name] = sum(len(defs[n].splitlines()) for n in names)
         namespace = {}
-        exec(compile(code, f"<excerpt {name}>", "exec"), namespace)         # runs alone, with numpy only
+        exec(compile(code, f"<excerpt {name}>", "exec"), namespace)  # runs alone, with numpy only
         args, shape = EXCERPT_ARGS.get(name, ((), (4, 5)))
         tn.manual_seed(0)
         if "_rng" in namespace:
@@ -4003,7 +4032,8 @@ def test_each_layer_copies_out_alone_and_stays_short(capsys):
             np.testing.assert_array_equal(p.grad, q.grad, err_msg=name)
     median = float(np.median(list(sizes.values())))
     with capsys.disabled():
-        print("\ncopy excerpt lines: " + ", ".join(f"{k} {v}" for k, v in sizes.items()) + f"; median {median:g}")
+        print("\ncopy excerpt lines: " + ", ".join(f"{k} {v}" for k, v in sizes.items())
+              + f"; median {median:g}")
     assert median <= 60 and sizes["Conv2d"] <= 120 and sizes["MaxPool2d"] <= 100, sizes
 
 
@@ -4015,9 +4045,11 @@ def test_import_loads_only_numpy_and_stdlib():
     code = ("import json, sys; before = set(sys.modules); import tinynet; "
             "print(json.dumps(sorted(set(sys.modules) - before)))")
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.abspath(tn.__file__)))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout
     loaded = json.loads(out)
     assert "tinynet" in loaded and "numpy" in loaded
-    foreign = [m for m in loaded if m.split(".")[0] not in sys.stdlib_module_names | {"numpy", "tinynet"}
-               and not re.fullmatch(r"_?cython_\w+", m)]     # registered by numpy's Cython extensions
+    foreign = [m for m in loaded
+               if m.split(".")[0] not in sys.stdlib_module_names | {"numpy", "tinynet"}
+               and not re.fullmatch(r"_?cython_\w+", m)]  # registered by numpy's Cython extensions
     assert foreign == []
