@@ -2,8 +2,8 @@
 gradient checks, data loaders, training scripts and the benchmark. Run: pytest test_tinynet.py
 
 Sections: shared helpers · layers · losses · gradient checking · optimizers · schedulers ·
-Sequential and fit · serialisation · data · plots and training scripts · benchmark · copying a class ·
-dependencies.
+Sequential and fit · serialisation · data · plots and training scripts · benchmark ·
+copying a class · dependencies.
 Names: torch parity `test_<thing>_matches_torch`, gradient checks `test_<thing>_gradcheck`,
 bad input `test_<thing>_rejects_<what>`."""
 import argparse
@@ -32,7 +32,6 @@ import torch.nn.functional as F
 
 import tinynet as tn
 
-
 # ════════════════════════════════════════════════════════════════════════════
 # Shared helpers: float64 parity against PyTorch (with the worst relative error
 # reported at the end), random inputs, small models, the data folder
@@ -45,14 +44,16 @@ PARITY_ERRORS = []   # max|ours - torch| / max|torch| of every array compared by
 
 @pytest.fixture(scope="module", autouse=True)
 def _report_parity(request):
-    """Print, at the end of the module, how many arrays were compared and the worst relative error."""
+    """Print, at the end of the module, how many arrays were compared and the worst relative
+    error."""
     yield
     plugins = request.config.pluginmanager
     reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
     if PARITY_ERRORS and reporter is not None and capture is not None:
         with capture.global_and_fixture_disabled():
-            reporter.write_line(f"\nPyTorch parity: {len(PARITY_ERRORS)} arrays compared, worst relative "
-                                f"error max|ours - torch| / max|torch| = {max(PARITY_ERRORS):.3g}")
+            reporter.write_line(f"\nPyTorch parity: {len(PARITY_ERRORS)} arrays compared, worst "
+                                f"relative error max|ours - torch| / max|torch| = "
+                                f"{max(PARITY_ERRORS):.3g}")
 
 
 def T(a, requires_grad=True):
@@ -116,7 +117,7 @@ SHAPES_ND = [(7,), (4, 5), (2, 3, 4), (2, 3, 4, 5)]
 def randn(seed, shape, zeros=False):
     x = np.random.default_rng(seed).standard_normal(shape)
     if zeros:
-        x.reshape(-1)[::4] = 0.0          # exercise the kink of ReLU / LeakyReLU (torch: x > 0 branch)
+        x.reshape(-1)[::4] = 0.0  # exercise the kink of ReLU / LeakyReLU (torch: x > 0 branch)
     return x
 
 
@@ -124,7 +125,8 @@ def mlp_pair(n_in, h1, h2, c, head=None, seed=0):
     """tinynet and torch Linear-ReLU-Linear-Tanh-Linear[-head] in float64 with the same weights."""
     tn.manual_seed(seed)
     layers = [tn.Linear(n_in, h1), tn.ReLU(), tn.Linear(h1, h2), tn.Tanh(), tn.Linear(h2, c)]
-    mods = [torch.nn.Linear(n_in, h1), torch.nn.ReLU(), torch.nn.Linear(h1, h2), torch.nn.Tanh(), torch.nn.Linear(h2, c)]
+    mods = [torch.nn.Linear(n_in, h1), torch.nn.ReLU(), torch.nn.Linear(h1, h2), torch.nn.Tanh(),
+            torch.nn.Linear(h2, c)]
     if head:
         layers.append(getattr(tn, head)(dim=1))
         mods.append(getattr(torch.nn, head)(dim=1))
@@ -159,7 +161,8 @@ DATA = tn._data_dir()      # as tinynet finds it: $TINYNET_DATA, else data/ (iri
 
 def need(path):
     if not os.path.exists(path):
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"{path} not found (set TINYNET_DATA)")
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"{path} not found "
+                                                               f"(set TINYNET_DATA)")
 
 
 # ════════════════════════════════════════════════════════════════════════════
@@ -189,14 +192,16 @@ def test_linear_matches_torch(n, fin, fout, bias):
 def test_activation_matches_torch(name, shape):
     ref = {"ReLU": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh}[name]
     seed = len(shape)
-    layer_parity(getattr(tn, name)(), ref, 3 * randn(seed, shape, zeros=True), randn(seed + 1, shape))
+    layer_parity(getattr(tn, name)(), ref, 3 * randn(seed, shape, zeros=True),
+                 randn(seed + 1, shape))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_relu_matches_torch_on_special_values_and_keeps_memory_order(dtype):
     x = np.array([[np.nan, -np.inf, np.inf, -0.0, 0.0, -1.5, 2.5, -1e-30]], dtype=dtype)
     np.testing.assert_array_equal(tn.ReLU().forward(x), torch.relu(torch.from_numpy(x)).numpy())
-    batch_innermost = np.ascontiguousarray(randn(3, (4, 3, 5, 6)).transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+    batch_innermost = np.ascontiguousarray(randn(3, (4, 3, 5, 6)).transpose(1, 2, 3, 0)
+                                           ).transpose(3, 0, 1, 2)
     y = tn.ReLU().forward(batch_innermost.astype(dtype))
     assert y.dtype == dtype and y.strides == batch_innermost.astype(dtype).strides
 
@@ -213,7 +218,8 @@ def test_sigmoid_matches_torch_on_extreme_inputs(dtype):
     x = np.array([[-1e4, -800.0, -50.0, -1e-8, 0.0, 1e-8, 50.0, 800.0, 1e4]], dtype=dtype)
     g = np.linspace(-1, 1, x.size).reshape(x.shape).astype(dtype)
     layer = tn.Sigmoid()
-    # underflow (exp(-1e4) == 0) is benign and happens in torch too; overflow, 0/0 and inf/inf are bugs
+    # underflow (exp(-1e4) == 0) is benign and happens in torch too;
+    # overflow, 0/0 and inf/inf are bugs
     with warnings.catch_warnings(), np.errstate(over="raise", divide="raise", invalid="raise"):
         warnings.simplefilter("error")
         y, gx = layer.forward(x), layer.backward(g)
@@ -225,25 +231,28 @@ def test_sigmoid_matches_torch_on_extreme_inputs(dtype):
 
 
 @pytest.mark.parametrize("scale", [1.0, 1e3])
-@pytest.mark.parametrize("shape,dim", [((1, 4), 1), ((6, 5), 1), ((6, 5), 0), ((3, 4, 5), -1), ((3, 4, 5), 1),
-                                       ((2, 3, 4, 2), 2)])
+@pytest.mark.parametrize("shape,dim", [((1, 4), 1), ((6, 5), 1), ((6, 5), 0), ((3, 4, 5), -1),
+                                       ((3, 4, 5), 1), ((2, 3, 4, 2), 2)])
 @pytest.mark.parametrize("name", ["Softmax", "LogSoftmax"])
 def test_softmax_matches_torch(name, shape, dim, scale):
     ref = {"Softmax": torch.softmax, "LogSoftmax": torch.log_softmax}[name]
-    x, g = scale * randn(len(shape) + dim, shape), randn(7, shape)    # arbitrary upstream grad: the full JVP
+    # arbitrary upstream grad: the full JVP
+    x, g = scale * randn(len(shape) + dim, shape), randn(7, shape)
     with np.errstate(over="raise", divide="raise", invalid="raise"):
         layer_parity(getattr(tn, name)(dim=dim), lambda t: ref(t, dim), x, g)
 
 
 @pytest.mark.parametrize("shape", [(4, 7), (2, 3, 4), (5, 1, 2, 2), (3, 2, 1, 4, 2)])
 def test_flatten_matches_torch(shape):
-    layer_parity(tn.Flatten(), torch.nn.Flatten(), randn(1, shape), randn(2, (shape[0], int(np.prod(shape[1:])))))
+    layer_parity(tn.Flatten(), torch.nn.Flatten(), randn(1, shape),
+                 randn(2, (shape[0], int(np.prod(shape[1:])))))
 
 
 def test_flatten_gradient_is_stored_like_its_input():
     """Flatten's docstring: the gradient keeps the input's memory order (a Conv2d's outputs are
     batch-innermost views), so the layers before it keep working on long contiguous runs."""
-    x = tn.Conv2d(2, 3, 3).forward(np.random.default_rng(0).standard_normal((4, 2, 5, 5)).astype(np.float32))
+    x = tn.Conv2d(2, 3, 3).forward(np.random.default_rng(0).standard_normal((4, 2, 5, 5))
+                                   .astype(np.float32))
     flat = tn.Flatten()
     g = np.random.default_rng(1).standard_normal(flat.forward(x).shape).astype(np.float32)
     dx = flat.backward(g)
@@ -278,7 +287,8 @@ def test_conv2d_matches_torch(cin, cout, k, s, p, bias, hw):
     _copy_params(ours, theirs)
     x = np.random.default_rng(0).standard_normal((3, cin) + hw)
     _assert_same_step(ours, theirs, x)
-    _assert_same_step(ours, theirs, 2 * x)           # again: caches are refreshed, grads accumulate from zero
+    # again: caches are refreshed, grads accumulate from zero
+    _assert_same_step(ours, theirs, 2 * x)
 
 
 def test_conv2d_float32_matches_torch():
@@ -286,7 +296,8 @@ def test_conv2d_float32_matches_torch():
     theirs = torch.nn.Conv2d(8, 16, 3, padding=1)
     ours = tn.Conv2d(8, 16, 3, padding=1).load_state_dict(theirs.state_dict())
     x = rng.standard_normal((4, 8, 12, 12), dtype=np.float32)
-    np.testing.assert_allclose(ours.forward(x), theirs(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ours.forward(x), theirs(torch.from_numpy(x)).detach().numpy(),
+                               rtol=1e-4, atol=1e-5)
 
 
 POOL_CONFIGS = [  # kernel, stride, padding, input (H, W)
@@ -332,8 +343,10 @@ def test_maxpool2d_matches_torch_on_nan():
 
 
 @pytest.mark.parametrize("cls, shape", [("BatchNorm1d", (8, 5)), ("BatchNorm1d", (3, 4)),
-                                        ("BatchNorm2d", (4, 3, 5, 6)), ("BatchNorm2d", (2, 4, 3, 3)),
-                                        ("BatchNorm2d", (5, 2, 1, 7)), ("BatchNorm2d", (2, 1, 4, 4))])
+                                        ("BatchNorm2d", (4, 3, 5, 6)),
+                                        ("BatchNorm2d", (2, 4, 3, 3)),
+                                        ("BatchNorm2d", (5, 2, 1, 7)),
+                                        ("BatchNorm2d", (2, 1, 4, 4))])
 @pytest.mark.parametrize("momentum, eps", [(0.1, 1e-5), (0.3, 1e-3)])
 def test_batchnorm_matches_torch_in_training_then_eval(cls, shape, momentum, eps):
     rng = np.random.default_rng(0)
@@ -355,11 +368,13 @@ def test_batchnorm_matches_torch_in_training_then_eval(cls, shape, momentum, eps
 @pytest.mark.parametrize("shape", [(5, 3), (4, 3, 6, 5)])
 def test_normalize_matches_torch(shape):
     rng = np.random.default_rng(6)
-    mean, std = (a.astype(np.float32).astype(np.float64) for a in (rng.standard_normal(3), rng.uniform(0.5, 2, 3)))
+    mean, std = (a.astype(np.float32).astype(np.float64)
+                 for a in (rng.standard_normal(3), rng.uniform(0.5, 2, 3)))
     layer = tn.Normalize(mean, std).astype(np.float64)
     x, g = rng.standard_normal(shape), rng.standard_normal(shape)
     view = (-1,) + (1,) * (len(shape) - 2)
-    layer_parity(layer, lambda t: (t - torch.tensor(mean).reshape(view)) / torch.tensor(std).reshape(view), x, g)
+    layer_parity(layer, lambda t: (t - torch.tensor(mean).reshape(view))
+                 / torch.tensor(std).reshape(view), x, g)
 
 
 # ── initialisation, parameters, configuration ───────────────────────────────
@@ -380,7 +395,8 @@ def test_linear_init_matches_torch(fin, fout):
     bound = 1 / np.sqrt(fin)
     assert layer.weight.data.dtype == layer.bias.data.dtype == np.float32
     assert layer.weight.grad.dtype == np.float32 and not layer.weight.grad.any()
-    for ours, theirs in [(layer.weight.data, ref.weight.detach().numpy()), (layer.bias.data, ref.bias.detach().numpy())]:
+    for ours, theirs in [(layer.weight.data, ref.weight.detach().numpy()),
+                         (layer.bias.data, ref.bias.detach().numpy())]:
         assert ours.shape == theirs.shape
         assert np.abs(ours).max() <= bound and np.abs(theirs).max() <= bound
     if fin * fout > 10_000:   # U(-b, b): std b / sqrt(3), fills the interval; torch's does the same
@@ -398,7 +414,8 @@ def test_conv2d_init_matches_torch():
     for p in layer.parameters():
         assert p.data.dtype == np.float32
         assert np.abs(p.data).max() <= bound and np.abs(p.data).max() > 0.8 * bound
-    assert tn.Conv2d(3, 16, 3, bias=False).bias is None and len(tn.Conv2d(3, 16, 3, bias=False).parameters()) == 1
+    assert (tn.Conv2d(3, 16, 3, bias=False).bias is None
+            and len(tn.Conv2d(3, 16, 3, bias=False).parameters()) == 1)
     tn.manual_seed(0)
     np.testing.assert_array_equal(tn.Conv2d(3, 16, [5, 3]).weight.data, layer.weight.data)
 
@@ -407,7 +424,8 @@ def test_batchnorm_init_matches_torch():
     bn = tn.BatchNorm2d(4)
     assert bn.buffers == ("running_mean", "running_var")
     assert [n for n, _ in bn.named_parameters()] == ["weight", "bias"]
-    for a, value in ((bn.weight.data, 1), (bn.bias.data, 0), (bn.running_mean, 0), (bn.running_var, 1)):
+    for a, value in ((bn.weight.data, 1), (bn.bias.data, 0), (bn.running_mean, 0),
+                     (bn.running_var, 1)):
         assert a.dtype == np.float32 and a.shape == (4,) and np.all(a == value)
     assert (bn.eps, bn.momentum) == (1e-5, 0.1)
 
@@ -422,8 +440,9 @@ def test_manual_seed_makes_init_repeatable():
     assert not np.array_equal(b.weight.data, c.weight.data)
 
 
-@pytest.mark.parametrize("data, dtype", [([0, 0], np.float32), ([True, False], np.float32), (np.arange(3), np.float32),
-                                         (np.zeros(2), np.float64), (np.zeros(2, np.float32), np.float32)])
+@pytest.mark.parametrize("data, dtype", [([0, 0], np.float32), ([True, False], np.float32),
+                                         (np.arange(3), np.float32), (np.zeros(2), np.float64),
+                                         (np.zeros(2, np.float32), np.float32)])
 def test_parameter_casts_integers_and_booleans_to_float32(data, dtype):
     want = np.array(data, dtype) - 0.5
     p = tn.Parameter(data)
@@ -435,24 +454,32 @@ def test_parameter_casts_integers_and_booleans_to_float32(data, dtype):
 
 def test_layer_repr_and_config_are_torch_style_keywords():
     layer = tn.Conv2d(3, 8, (3, 5), stride=2, padding=[1, 2])
-    kwargs = {"in_channels": 3, "out_channels": 8, "kernel_size": [3, 5], "stride": [2, 2], "padding": [1, 2],
-              "bias": True}
-    assert repr(layer) == ("Conv2d(in_channels=3, out_channels=8, kernel_size=[3, 5], stride=[2, 2], "
-                           "padding=[1, 2], bias=True)")
-    assert layer.config() == {"class": "Conv2d", "kwargs": kwargs} and not hasattr(layer, "init_args")
+    kwargs = {"in_channels": 3, "out_channels": 8, "kernel_size": [3, 5], "stride": [2, 2],
+              "padding": [1, 2], "bias": True}
+    assert repr(layer) == ("Conv2d(in_channels=3, out_channels=8, kernel_size=[3, 5], "
+                           "stride=[2, 2], padding=[1, 2], bias=True)")
+    assert (layer.config() == {"class": "Conv2d", "kwargs": kwargs}
+            and not hasattr(layer, "init_args"))
     assert (layer.kernel_size, layer.stride, layer.padding) == ((3, 5), (2, 2), (1, 2))
     assert tn.MaxPool2d(2).stride == (2, 2) and tn.AvgPool2d(3, 1).stride == (1, 1)
     for made, text in [(tn.Linear(3, 2), "Linear(in_features=3, out_features=2, bias=True)"),
-                       (tn.Linear(3, 2, bias=False), "Linear(in_features=3, out_features=2, bias=False)"),
-                       (tn.MaxPool2d(2), "MaxPool2d(kernel_size=[2, 2], stride=[2, 2], padding=[0, 0])"),
-                       (tn.AvgPool2d(3, 1), "AvgPool2d(kernel_size=[3, 3], stride=[1, 1], padding=[0, 0])"),
+                       (tn.Linear(3, 2, bias=False),
+                        "Linear(in_features=3, out_features=2, bias=False)"),
+                       (tn.MaxPool2d(2),
+                        "MaxPool2d(kernel_size=[2, 2], stride=[2, 2], padding=[0, 0])"),
+                       (tn.AvgPool2d(3, 1),
+                        "AvgPool2d(kernel_size=[3, 3], stride=[1, 1], padding=[0, 0])"),
                        (tn.BatchNorm1d(3), "BatchNorm1d(num_features=3, eps=1e-05, momentum=0.1)"),
-                       (tn.Dropout(0.2), "Dropout(p=0.2)"), (tn.LeakyReLU(), "LeakyReLU(negative_slope=0.01)"),
+                       (tn.Dropout(0.2), "Dropout(p=0.2)"),
+                       (tn.LeakyReLU(), "LeakyReLU(negative_slope=0.01)"),
                        (tn.Softmax(), "Softmax(dim=1)"), (tn.ReLU(), "ReLU()"),
-                       (tn.Normalize([0.5], [2.0]), "Normalize(mean=[0.5], std=[2.0])"), (layer, repr(layer))]:
+                       (tn.Normalize([0.5], [2.0]), "Normalize(mean=[0.5], std=[2.0])"),
+                       (layer, repr(layer))]:
         config = made.config()
-        assert repr(made) == text and config["class"] == type(made).__name__ and set(config) == {"class", "kwargs"}
-        assert repr(type(made)(**json.loads(json.dumps(config["kwargs"])))) == text     # rebuilt from its JSON
+        assert (repr(made) == text and config["class"] == type(made).__name__
+                and set(config) == {"class", "kwargs"})
+        # rebuilt from its JSON
+        assert repr(type(made)(**json.loads(json.dumps(config["kwargs"])))) == text
 
 
 @pytest.mark.parametrize("make, shape", [(lambda: tn.Linear(3, 2), (4, 3)),
@@ -468,7 +495,7 @@ def test_backward_adds_into_grads(make, shape):
     once = [p.grad.copy() for p in layer.parameters()]
     assert all(p1.any() for p1 in once)
     layer(x)
-    layer.backward(g)                                               # backward adds into .grad, as torch
+    layer.backward(g)  # backward adds into .grad, as torch
     for p, p1 in zip(layer.parameters(), once):
         np.testing.assert_allclose(p.grad, 2 * p1)
     layer.zero_grad()
@@ -490,14 +517,16 @@ def test_conv2d_first_layer_can_skip_the_input_gradient():
 # ── dtype ────────────────────────────────────────────────────────────────────
 
 @pytest.mark.parametrize("make, shape", [
-    (lambda: tn.Linear(6, 4), (5, 6)), (tn.ReLU, (5, 6)), (tn.LeakyReLU, (5, 6)), (tn.Sigmoid, (5, 6)),
+    (lambda: tn.Linear(6, 4), (5, 6)), (tn.ReLU, (5, 6)), (tn.LeakyReLU, (5, 6)),
+    (tn.Sigmoid, (5, 6)),
     (tn.Tanh, (5, 6)), (tn.Softmax, (5, 6)), (tn.LogSoftmax, (5, 6)), (tn.Flatten, (5, 6)),
     (lambda: tn.Dropout(0.3), (5, 6)),
-    (lambda: tn.Conv2d(3, 4, 3, stride=2, padding=1), (2, 3, 9, 8)), (lambda: tn.MaxPool2d(3, 2, 1), (2, 3, 9, 8)),
+    (lambda: tn.Conv2d(3, 4, 3, stride=2, padding=1), (2, 3, 9, 8)),
+    (lambda: tn.MaxPool2d(3, 2, 1), (2, 3, 9, 8)),
     (lambda: tn.AvgPool2d(2), (2, 3, 9, 8)), (lambda: tn.BatchNorm2d(3), (2, 3, 9, 8)),
     (lambda: tn.BatchNorm1d(3), (4, 3)),
-], ids=["Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Flatten", "Dropout",
-        "Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm2d", "BatchNorm1d"])
+], ids=["Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Flatten",
+        "Dropout", "Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm2d", "BatchNorm1d"])
 def test_layer_keeps_float32(make, shape):
     layer = make()
     x = randn(0, shape).astype(np.float32)
@@ -519,9 +548,10 @@ def test_astype_converts_params_and_grads():
 
 def test_train_eval_flags_and_call():
     model = tn.Sequential(tn.Linear(3, 4), tn.Dropout(0.5))
-    assert model.eval() is model and not model.training and not any(l.training for l in model.layers)
+    assert (model.eval() is model and not model.training
+            and not any(layer.training for layer in model.layers))
     model.train()
-    assert model.training and all(l.training for l in model.layers)
+    assert model.training and all(layer.training for layer in model.layers)
     layer, x = tn.Tanh(), randn(0, (2, 3))
     np.testing.assert_array_equal(layer(x), layer.forward(x))
 
@@ -541,8 +571,8 @@ def test_dropout_training_mask_and_scaling(p):
     np.testing.assert_allclose(y[kept], 1 / (1 - p), rtol=1e-15)            # inverted-dropout scale
     assert abs(y.mean() - 1) < 5 * np.sqrt(p / (1 - p) / n)                  # unbiased
     g = randn(1, x.shape)
-    np.testing.assert_array_equal(layer.backward(g), g * y)                  # the same mask and scale
-    assert not np.array_equal(layer.forward(x), y)                           # a fresh mask each call
+    np.testing.assert_array_equal(layer.backward(g), g * y)  # the same mask and scale
+    assert not np.array_equal(layer.forward(x), y)  # a fresh mask each call
 
 
 def test_dropout_mask_is_elementwise_and_keeps_dtype():
@@ -571,7 +601,8 @@ def test_dropout_eval_keeps_no_mask_and_backward_is_identity():
     layer.eval()
     x, g = randn(0, (4, 4)), randn(1, (4, 4))
     np.testing.assert_array_equal(layer.forward(x), x)
-    assert layer._cache.shape == () and layer._cache == 1     # eval: the training mask is dropped for a scalar 1
+    # eval: the training mask is dropped for a scalar 1
+    assert layer._cache.shape == () and layer._cache == 1
     np.testing.assert_array_equal(layer.backward(g), g)
 
 
@@ -596,23 +627,29 @@ def test_dropout_deterministic_under_manual_seed():
                    id="Linear-" + "x".join(map(str, shape)))
       for shape in [(2, 5), (2, 3), (5,), (2, 4, 1), ()]],
     pytest.param(lambda: tn.Conv2d(3, 4, 3), (2, 4, 8, 8),
-                 r"^Conv2d: expected 4-D input with 3 channels.*\(2, 4, 8, 8\)", id="Conv2d-channels"),
-    pytest.param(lambda: tn.Conv2d(3, 4, 3), (3, 8, 8), r"^Conv2d: expected 4-D.*\(3, 8, 8\)", id="Conv2d-rank"),
+                 r"^Conv2d: expected 4-D input with 3 channels.*\(2, 4, 8, 8\)",
+                 id="Conv2d-channels"),
+    pytest.param(lambda: tn.Conv2d(3, 4, 3), (3, 8, 8), r"^Conv2d: expected 4-D.*\(3, 8, 8\)",
+                 id="Conv2d-rank"),
     pytest.param(lambda: tn.Conv2d(3, 4, 5, padding=1), (2, 3, 2, 9),
-                 r"^Conv2d: kernel \(5, 5\).*larger.*\(4, 11\).*\(2, 3, 2, 9\)", id="Conv2d-kernel-larger"),
-    pytest.param(lambda: tn.MaxPool2d(3), (2, 3, 2, 9), r"^MaxPool2d: kernel \(3, 3\).*larger.*\(2, 9\)",
-                 id="MaxPool2d-kernel-larger"),
-    pytest.param(lambda: tn.AvgPool2d(2), (2, 8, 8), r"^AvgPool2d: expected 4-D.*\(2, 8, 8\)", id="AvgPool2d-rank"),
-    pytest.param(lambda: tn.BatchNorm2d(3), (2, 4, 5, 5), r"^BatchNorm2d: .*3 features.*\(2, 4, 5, 5\)",
-                 id="BatchNorm2d-features"),
+                 r"^Conv2d: kernel \(5, 5\).*larger.*\(4, 11\).*\(2, 3, 2, 9\)",
+                 id="Conv2d-kernel-larger"),
+    pytest.param(lambda: tn.MaxPool2d(3), (2, 3, 2, 9),
+                 r"^MaxPool2d: kernel \(3, 3\).*larger.*\(2, 9\)", id="MaxPool2d-kernel-larger"),
+    pytest.param(lambda: tn.AvgPool2d(2), (2, 8, 8), r"^AvgPool2d: expected 4-D.*\(2, 8, 8\)",
+                 id="AvgPool2d-rank"),
+    pytest.param(lambda: tn.BatchNorm2d(3), (2, 4, 5, 5),
+                 r"^BatchNorm2d: .*3 features.*\(2, 4, 5, 5\)", id="BatchNorm2d-features"),
     pytest.param(lambda: tn.BatchNorm2d(3), (2, 3, 5), r"^BatchNorm2d: expected 4-D.*\(2, 3, 5\)",
                  id="BatchNorm2d-rank"),
     pytest.param(lambda: tn.BatchNorm1d(3), (2, 3, 5), r"^BatchNorm1d: expected 2-D.*\(2, 3, 5\)",
                  id="BatchNorm1d-rank"),
-    pytest.param(lambda: tn.BatchNorm1d(3), (1, 3), r"^BatchNorm1d: training needs more than 1 value per channel, "
-                                                    r"got input shape \(1, 3\)", id="BatchNorm1d-one-sample"),
+    pytest.param(lambda: tn.BatchNorm1d(3), (1, 3),
+                 r"^BatchNorm1d: training needs more than 1 value per channel, "
+                 r"got input shape \(1, 3\)", id="BatchNorm1d-one-sample"),
     pytest.param(lambda: tn.Normalize([0.1, 0.2, 0.3], [1.0, 2.0, 3.0]), (5, 4),
-                 r"^Normalize: expected input \(N, 3, ...\), got shape \(5, 4\)", id="Normalize-channels"),
+                 r"^Normalize: expected input \(N, 3, ...\), got shape \(5, 4\)",
+                 id="Normalize-channels"),
 ])
 def test_layer_rejects_bad_input_shape(layer, shape, match):
     with pytest.raises(ValueError, match=match):
@@ -620,17 +657,19 @@ def test_layer_rejects_bad_input_shape(layer, shape, match):
 
 
 @pytest.mark.parametrize("make, exc, match", [
-    *[pytest.param(lambda p=p: tn.Dropout(p), ValueError, rf"Dropout: p must be in \[0, 1\), got {re.escape(str(p))}",
+    *[pytest.param(lambda p=p: tn.Dropout(p), ValueError,
+                   rf"Dropout: p must be in \[0, 1\), got {re.escape(str(p))}",
                    id=f"Dropout-p={p}") for p in [-0.1, 1, 1.0, 1.5, float("nan")]],
     pytest.param(lambda: tn.Conv2d(1, 1, (3, 3, 3)), TypeError, r"Conv2d: kernel_size.*\(3, 3, 3\)",
                  id="Conv2d-kernel_size-3d"),
-    pytest.param(lambda: tn.MaxPool2d(2, 1.5), TypeError, r"MaxPool2d: stride.*1.5", id="MaxPool2d-stride-float"),
-    pytest.param(lambda: tn.MaxPool2d(3, padding=2), ValueError, r"MaxPool2d: padding \(2, 2\).*half.*\(3, 3\)",
-                 id="MaxPool2d-padding-over-half"),
-    pytest.param(lambda: tn.Conv2d(1, 1, 3, stride=(1, 0)), ValueError, r"Conv2d: stride must be >= 1, got \(1, 0\)",
-                 id="Conv2d-stride-0"),
-    pytest.param(lambda: tn.AvgPool2d(3, padding=-1), ValueError, r"AvgPool2d: padding must be >= 0, got -1",
-                 id="AvgPool2d-padding-negative"),
+    pytest.param(lambda: tn.MaxPool2d(2, 1.5), TypeError, r"MaxPool2d: stride.*1.5",
+                 id="MaxPool2d-stride-float"),
+    pytest.param(lambda: tn.MaxPool2d(3, padding=2), ValueError,
+                 r"MaxPool2d: padding \(2, 2\).*half.*\(3, 3\)", id="MaxPool2d-padding-over-half"),
+    pytest.param(lambda: tn.Conv2d(1, 1, 3, stride=(1, 0)), ValueError,
+                 r"Conv2d: stride must be >= 1, got \(1, 0\)", id="Conv2d-stride-0"),
+    pytest.param(lambda: tn.AvgPool2d(3, padding=-1), ValueError,
+                 r"AvgPool2d: padding must be >= 0, got -1", id="AvgPool2d-padding-negative"),
     pytest.param(lambda: tn.Normalize([0.0, 1.0], [1.0, 0.0]), ValueError, r"Normalize: .*std > 0",
                  id="Normalize-std-0"),
 ])
@@ -639,13 +678,15 @@ def test_layer_rejects_bad_arguments(make, exc, match):
         make()
 
 
-@pytest.mark.parametrize("make", [lambda: tn.Linear(3, 2), tn.ReLU, tn.LeakyReLU, tn.Sigmoid, tn.Tanh, tn.Softmax,
-                                  tn.LogSoftmax, tn.Flatten, tn.Dropout, lambda: tn.Conv2d(1, 2, 3),
-                                  lambda: tn.MaxPool2d(2), lambda: tn.AvgPool2d(2), lambda: tn.BatchNorm1d(3),
+@pytest.mark.parametrize("make", [lambda: tn.Linear(3, 2), tn.ReLU, tn.LeakyReLU, tn.Sigmoid,
+                                  tn.Tanh, tn.Softmax, tn.LogSoftmax, tn.Flatten, tn.Dropout,
+                                  lambda: tn.Conv2d(1, 2, 3), lambda: tn.MaxPool2d(2),
+                                  lambda: tn.AvgPool2d(2), lambda: tn.BatchNorm1d(3),
                                   lambda: tn.BatchNorm2d(3), lambda: tn.Normalize([0.5], [2.0])])
 def test_layer_rejects_backward_before_forward(make):
     layer = make()
-    with pytest.raises(RuntimeError, match=f"^{type(layer).__name__}.backward called before forward$"):
+    with pytest.raises(RuntimeError,
+                       match=f"^{type(layer).__name__}.backward called before forward$"):
         layer.backward(np.ones((2, 3)))
 
 
@@ -692,14 +733,17 @@ def test_losses_accept_any_integer_label_dtype(label_dtype):
     for name in ("CrossEntropyLoss", "NLLLoss"):
         pred = log_softmax(randn(0, (6, 4))) if name == "NLLLoss" else randn(0, (6, 4))
         expected = getattr(torch.nn, name)()(T(pred, False), torch.from_numpy(y.astype(np.int64)))
-        assert_parity(getattr(tn, name)()(pred, y.astype(label_dtype)), expected, f"{name}, {label_dtype} labels")
+        assert_parity(getattr(tn, name)()(pred, y.astype(label_dtype)), expected,
+                      f"{name}, {label_dtype} labels")
 
 
 @pytest.mark.parametrize("name", ["CrossEntropyLoss", "NLLLoss", "MSELoss"])
 def test_loss_gradient_keeps_float32(name):
-    pred = (log_softmax(randn(0, (5, 3))) if name == "NLLLoss" else randn(0, (5, 3))).astype(np.float32)
+    pred = (log_softmax(randn(0, (5, 3))) if name == "NLLLoss"
+            else randn(0, (5, 3))).astype(np.float32)
     labels = np.array([0, 1, 2, 0, 1])
-    target = tn.one_hot(labels, 3).astype(np.float64) if name == "MSELoss" else labels    # float64 target too
+    # float64 target too
+    target = tn.one_hot(labels, 3).astype(np.float64) if name == "MSELoss" else labels
     loss = getattr(tn, name)()
     loss.forward(pred, target)
     assert loss.backward().dtype == np.float32
@@ -723,14 +767,18 @@ def test_classification_loss_rejects_bad_labels(name, labels, exc, pattern):
     *[pytest.param(name, pred_shape, target_shape, pattern, id=f"{name}-{case}")
       for name in ("CrossEntropyLoss", "NLLLoss")
       for case, pred_shape, target_shape, pattern in [
-          ("target-longer", (4, 3), (5,), r"expected target of shape \(4,\) for pred \(4, 3\), got \(5,\)"),
-          ("target-2d", (4, 3), (4, 3), r"expected target of shape \(4,\) for pred \(4, 3\), got \(4, 3\)"),
+          ("target-longer", (4, 3), (5,),
+           r"expected target of shape \(4,\) for pred \(4, 3\), got \(5,\)"),
+          ("target-2d", (4, 3), (4, 3),
+           r"expected target of shape \(4,\) for pred \(4, 3\), got \(4, 3\)"),
           ("pred-1d", (4,), (4,), r"expected pred of shape \(N, C\), got \(4,\)"),
           ("pred-3d", (2, 3, 4), (2,), r"expected pred of shape \(N, C\), got \(2, 3, 4\)")]],
     *[pytest.param("MSELoss", pred_shape, target_shape,
-                   rf".*same shape, got {re.escape(str(pred_shape))} and {re.escape(str(target_shape))}",
+                   rf".*same shape, got {re.escape(str(pred_shape))} "
+                   rf"and {re.escape(str(target_shape))}",
                    id=f"MSELoss-{case}")
-      for case, pred_shape, target_shape in [("target-1d", (4, 3), (4,)), ("target-2d", (4,), (4, 1)),
+      for case, pred_shape, target_shape in [("target-1d", (4, 3), (4,)),
+                                             ("target-2d", (4,), (4, 1)),
                                              ("transposed", (4, 3), (3, 4))]],
 ])
 def test_loss_rejects_shape_mismatch(name, pred_shape, target_shape, pattern):
@@ -739,15 +787,18 @@ def test_loss_rejects_shape_mismatch(name, pred_shape, target_shape, pattern):
         getattr(tn, name)()(np.zeros(pred_shape), target)
 
 
-@pytest.mark.parametrize("pred, what", [(np.full((3, 4), 0.25), "max 0.25"),                # probabilities
+@pytest.mark.parametrize("pred, what", [(np.full((3, 4), 0.25), "max 0.25"),  # probabilities
                                         (np.log(np.full((3, 4), 0.25)) + 0.5, "exp-sum 1.649"),
                                         (np.full((3, 4), -0.1), "exp-sum 3.619"),
-                                        (np.random.default_rng(0).standard_normal((3, 4)), "row 0")],
-                         ids=["probabilities", "shifted-log-probabilities", "negative-constant", "logits"])
+                                        (np.random.default_rng(0).standard_normal((3, 4)),
+                                         "row 0")],
+                         ids=["probabilities", "shifted-log-probabilities", "negative-constant",
+                              "logits"])
 def test_nll_loss_rejects_input_that_is_not_log_probabilities(pred, what):
-    with pytest.raises(ValueError, match=f"NLLLoss: expected log-probabilities.*{what}.*add LogSoftmax.*CrossEntropyLoss"):
+    with pytest.raises(ValueError, match=f"NLLLoss: expected log-probabilities.*{what}"
+                                         ".*add LogSoftmax.*CrossEntropyLoss"):
         tn.NLLLoss()(pred, np.array([0, 1, 2]))
-    assert tn.NLLLoss()(log_softmax(pred), np.array([0, 1, 2])) > 0                # log-probabilities pass
+    assert tn.NLLLoss()(log_softmax(pred), np.array([0, 1, 2])) > 0  # log-probabilities pass
 
 
 @pytest.mark.parametrize("shape", [(1,), (7,), (16, 1), (5, 1)])
@@ -768,7 +819,8 @@ def test_bce_with_logits_matches_torch(shape, scale):
 
 def test_bce_with_logits_rejects_bad_input():
     loss = tn.BCEWithLogitsLoss()
-    with pytest.raises(ValueError, match=r"BCEWithLogitsLoss: expected logits \(N,\) or \(N, 1\).*\(4, 2\)"):
+    with pytest.raises(ValueError,
+                       match=r"BCEWithLogitsLoss: expected logits \(N,\) or \(N, 1\).*\(4, 2\)"):
         loss(np.zeros((4, 2)), np.zeros((4, 2)))
     with pytest.raises(ValueError, match="same shape.*\\(4,\\) and \\(4, 1\\)"):
         loss(np.zeros(4), np.zeros((4, 1)))
@@ -812,12 +864,15 @@ GRADCHECK_LAYERS = [  # id, layer, input shape
     ("BatchNorm2d-eval", lambda: tn.BatchNorm2d(2).eval(), (3, 2, 3, 2)),
     ("Normalize", lambda: tn.Normalize([0.1, -0.2, 0.3], [0.5, 1.0, 2.0]), (5, 3)),
     ("Normalize-4d", lambda: tn.Normalize([0.1, -0.2, 0.3], [0.5, 1.0, 2.0]), (2, 3, 3, 2)),
-    ("Sequential", lambda: tn.Sequential(tn.Linear(4, 5), tn.Tanh(), tn.Linear(5, 3), tn.LogSoftmax()), (6, 4)),
+    ("Sequential", lambda: tn.Sequential(tn.Linear(4, 5), tn.Tanh(), tn.Linear(5, 3),
+                                         tn.LogSoftmax()), (6, 4)),
 ]
 
 
-@pytest.mark.parametrize("seed", [0, 1, 42, 1234])      # the input's seed: gradcheck's projection is independent
-@pytest.mark.parametrize("make, shape", [pytest.param(make, shape, id=i) for i, make, shape in GRADCHECK_LAYERS])
+# the input's seed: gradcheck's projection is independent
+@pytest.mark.parametrize("seed", [0, 1, 42, 1234])
+@pytest.mark.parametrize("make, shape", [pytest.param(make, shape, id=i)
+                                         for i, make, shape in GRADCHECK_LAYERS])
 def test_layer_gradcheck(make, shape, seed):
     tn.manual_seed(0)
     layer = make().astype(np.float64)
@@ -825,9 +880,11 @@ def test_layer_gradcheck(make, shape, seed):
     for p in layer.parameters():                      # away from BatchNorm's ones / zeros init
         p.data[...] = rng.uniform(0.5, 1.5, p.data.shape) * rng.choice([-1, 1], p.data.shape)
     if isinstance(layer, tn.BatchNorm2d) and not layer.training:
-        layer.running_mean[...], layer.running_var[...] = rng.standard_normal(2), rng.uniform(0.5, 2, 2)
+        layer.running_mean[...], layer.running_var[...] = (rng.standard_normal(2),
+                                                           rng.uniform(0.5, 2, 2))
     before = layer.state_dict()
-    assert tn.gradcheck(layer, away_from_kinks(seed, shape)) < 1e-7  # continuous input: no ties in a window
+    # continuous input: no ties in a window
+    assert tn.gradcheck(layer, away_from_kinks(seed, shape)) < 1e-7
     for k, v in layer.state_dict().items():           # parameters and running statistics restored
         np.testing.assert_array_equal(v, before[k], err_msg=k)
 
@@ -843,14 +900,18 @@ def test_dropout_training_gradcheck():
     np.testing.assert_allclose(analytic, tn.numerical_gradient(f, x.copy()), rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("name, shape", [("CrossEntropyLoss", (6, 4)), ("NLLLoss", (6, 4)), ("MSELoss", (6, 4)),
+@pytest.mark.parametrize("name, shape", [("CrossEntropyLoss", (6, 4)), ("NLLLoss", (6, 4)),
+                                         ("MSELoss", (6, 4)),
                                          ("BCEWithLogitsLoss", (1,)), ("BCEWithLogitsLoss", (7,)),
-                                         ("BCEWithLogitsLoss", (16, 1)), ("BCEWithLogitsLoss", (5, 1))],
-                         ids=["CrossEntropyLoss", "NLLLoss", "MSELoss", "BCEWithLogitsLoss-1", "BCEWithLogitsLoss-7",
-                              "BCEWithLogitsLoss-16x1", "BCEWithLogitsLoss-5x1"])
+                                         ("BCEWithLogitsLoss", (16, 1)),
+                                         ("BCEWithLogitsLoss", (5, 1))],
+                         ids=["CrossEntropyLoss", "NLLLoss", "MSELoss", "BCEWithLogitsLoss-1",
+                              "BCEWithLogitsLoss-7", "BCEWithLogitsLoss-16x1",
+                              "BCEWithLogitsLoss-5x1"])
 def test_loss_gradcheck(name, shape):
     pred = log_softmax(randn(0, shape)) if name == "NLLLoss" else randn(0, shape)
-    target = {"MSELoss": randn(1, shape), "BCEWithLogitsLoss": np.random.default_rng(1).integers(0, 2, shape) * 1.0
+    target = {"MSELoss": randn(1, shape), "BCEWithLogitsLoss":
+              np.random.default_rng(1).integers(0, 2, shape) * 1.0
               }.get(name, np.array([0, 3, 1, 1, 2, 0]))
     loss = getattr(tn, name)()
     loss.forward(pred, target)
@@ -886,7 +947,8 @@ class _HalfTanh(tn.Tanh):
         return 0.5 * super().backward(grad)       # half the true gradient
 
 
-@pytest.mark.parametrize("make", [_WrongTanh, lambda: _WrongLinear(3, 2)], ids=["input-grad", "param-grad"])
+@pytest.mark.parametrize("make", [_WrongTanh, lambda: _WrongLinear(3, 2)],
+                         ids=["input-grad", "param-grad"])
 def test_gradcheck_catches_wrong_backward(make):
     assert tn.gradcheck(make().astype(np.float64), away_from_kinks(0, (4, 3))) > 1e-2
 
@@ -899,21 +961,22 @@ def test_gradcheck_error_is_relative_even_for_tiny_inputs():
 
 @pytest.mark.parametrize("make, shape", [
     (lambda: tn.Sequential(tn.Linear(4, 5), tn.BatchNorm1d(5), tn.Tanh(), tn.Linear(5, 3)), (6, 4)),
-    (lambda: tn.Sequential(tn.Conv2d(2, 3, 3, padding=1), tn.BatchNorm2d(3), tn.ReLU(), tn.MaxPool2d(2),
-                           tn.Flatten(), tn.Linear(12, 2)), (3, 2, 4, 4))])
+    (lambda: tn.Sequential(tn.Conv2d(2, 3, 3, padding=1), tn.BatchNorm2d(3), tn.ReLU(),
+                           tn.MaxPool2d(2), tn.Flatten(), tn.Linear(12, 2)), (3, 2, 4, 4))])
 def test_model_gradcheck_with_a_truly_zero_gradient(make, shape):
     """A bias before BatchNorm has a zero gradient: central differences give rounding noise
     there, which must not make a correct model look wrong (it reported 1.0)."""
     tn.manual_seed(0)
     model = make().astype(np.float64)
     x = np.random.default_rng(3).standard_normal(shape)
-    assert np.abs(tn.numerical_gradient(lambda _: float(np.sum(model.forward(x) ** 2)), model[0].bias.data)).max() < 1e-6
+    assert np.abs(tn.numerical_gradient(lambda _: float(np.sum(model.forward(x) ** 2)),
+                                        model[0].bias.data)).max() < 1e-6
     assert tn.gradcheck(model, x) < 1e-7
 
 
 def test_gradcheck_rejects_float32_layer():
-    with pytest.raises(TypeError, match=r"^gradcheck: Linear\(in_features=3, out_features=2, bias=True\) "
-                                        r"must be float64"):
+    with pytest.raises(TypeError, match=r"^gradcheck: Linear\(in_features=3, out_features=2, "
+                                        r"bias=True\) must be float64"):
         tn.gradcheck(tn.Linear(3, 2), randn(0, (4, 3)))
 
 
@@ -924,7 +987,8 @@ def test_gradcheck_rejects_float32_layer():
 OPT_SHAPES = [(5, 3), (7,), (2, 3, 4, 4)]
 
 
-def _drive(opt_name, opt_kw, steps=60, sched=None, sched_kw=None, metrics=None, shapes=OPT_SHAPES, groups=None):
+def _drive(opt_name, opt_kw, steps=60, sched=None, sched_kw=None, metrics=None, shapes=OPT_SHAPES,
+           groups=None):
     """Run tinynet's and torch's optimizer (and scheduler) on the same random float64 gradients.
 
     groups: None (one group), or [(parameter indices, hyper-parameters of that group), ...].
@@ -938,11 +1002,14 @@ def _drive(opt_name, opt_kw, steps=60, sched=None, sched_kw=None, metrics=None, 
     theirs = [torch.tensor(a, requires_grad=True) for a in init]
 
     def grouped(params):
-        return params if groups is None else [{"params": [params[i] for i in idx], **kw} for idx, kw in groups]
+        return params if groups is None else [{"params": [params[i] for i in idx], **kw}
+                                              for idx, kw in groups]
 
-    opt, topt = getattr(tn, opt_name)(grouped(ours), **opt_kw), getattr(torch.optim, opt_name)(grouped(theirs), **opt_kw)
+    opt, topt = (getattr(tn, opt_name)(grouped(ours), **opt_kw),
+                 getattr(torch.optim, opt_name)(grouped(theirs), **opt_kw))
     if sched:
-        s, ts = getattr(tn, sched)(opt, **sched_kw), getattr(torch.optim.lr_scheduler, sched)(topt, **sched_kw)
+        s, ts = (getattr(tn, sched)(opt, **sched_kw),
+                 getattr(torch.optim.lr_scheduler, sched)(topt, **sched_kw))
     mom = "betas" if "betas" in topt.param_groups[0] else "momentum"
 
     def record(o, sc):
@@ -965,7 +1032,8 @@ def _drive(opt_name, opt_kw, steps=60, sched=None, sched_kw=None, metrics=None, 
             args = () if metrics is None else (metrics[i],)
             s.step(*args)
             ts.step(*args)
-    return ([p.data for p in ours], np.array(rec)), ([t.detach().numpy() for t in theirs], np.array(trec))
+    return (([p.data for p in ours], np.array(rec)),
+            ([t.detach().numpy() for t in theirs], np.array(trec)))
 
 
 OPTIMIZER_CONFIGS = [
@@ -985,7 +1053,8 @@ OPTIMIZER_CONFIGS = [
     ("Adagrad", dict()),
     ("Adagrad", dict(lr=0.1, lr_decay=0.05)),
     ("Adagrad", dict(weight_decay=0.1)),
-    ("Adagrad", dict(lr=0.1, lr_decay=0.01, weight_decay=0.05, initial_accumulator_value=0.5, eps=1e-3)),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.01, weight_decay=0.05, initial_accumulator_value=0.5,
+                     eps=1e-3)),
     ("Adam", dict()),
     ("Adam", dict(lr=0.01, betas=(0.8, 0.99), eps=1e-3)),
     ("Adam", dict(lr=0.01, weight_decay=0.1)),
@@ -1025,7 +1094,8 @@ def test_optimizer_param_groups_match_torch(name, kw):
         assert_parity(a, b, "parameters", rtol=1e-10)
     opt = getattr(tn, name)([{"params": [tn.Parameter(np.zeros(2))], "lr": 0.5}, {"params": [tn.Parameter(np.zeros(3))]}], **kw)
     assert [g["lr"] for g in opt.param_groups] == [0.5, kw["lr"]]
-    assert set(opt.param_groups[1]) == set(opt.defaults) | {"params"}        # every hyper-parameter in each group
+    # every hyper-parameter in each group
+    assert set(opt.param_groups[1]) == set(opt.defaults) | {"params"}
     with pytest.raises(AttributeError, match="2 parameter groups"):
         opt.lr
 
@@ -1056,14 +1126,16 @@ def test_lion_matches_paper(kw):
         opt.step()
     full = dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0) | kw
     for i, (p, a) in enumerate(zip(params, init)):
-        np.testing.assert_allclose(p.data, _lion_reference(a, [s[i] for s in grads], **full), rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(p.data, _lion_reference(a, [s[i] for s in grads], **full),
+                                   rtol=1e-10, atol=1e-13)
 
 
 def test_lion_param_groups_match_paper():
     rng = np.random.default_rng(1)
     a, b = tn.Parameter(rng.standard_normal(4)), tn.Parameter(rng.standard_normal(3))
     a0, b0 = a.data.copy(), b.data.copy()
-    opt = tn.Lion([{"params": [a], "weight_decay": 0.5}, {"params": [b], "lr": 0.01}], lr=0.1, betas=(0.8, 0.9))
+    opt = tn.Lion([{"params": [a], "weight_decay": 0.5}, {"params": [b], "lr": 0.01}], lr=0.1,
+                  betas=(0.8, 0.9))
     ga, gb = rng.standard_normal((5, 4)), rng.standard_normal((5, 3))
     for i in range(5):
         a.grad[...], b.grad[...] = ga[i], gb[i]
@@ -1083,7 +1155,7 @@ def test_optimizer_keeps_float32_and_keys_state_by_parameter(name, kw):
     for _ in range(3):
         a.grad[...], b.grad[...] = 0.5, -0.25
         opt.step()
-    assert set(opt.state) == {a, b}                      # one entry per Parameter object, same shapes
+    assert set(opt.state) == {a, b}  # one entry per Parameter object, same shapes
     assert a.data.dtype == b.data.dtype == np.float32
     buffers = [v for st in opt.state.values() for v in st.values() if isinstance(v, np.ndarray)]
     assert len(buffers) >= 2 and all(v.dtype == np.float32 and v.shape == (3, 2) for v in buffers)
@@ -1122,7 +1194,8 @@ def test_optimizer_state_dict_has_torchs_structure_and_resumes(name, kw):
     assert state["param_groups"][0]["lr"] == 0.02 and set(state["state"]) == {0, 1, 2}
     clone = [tn.Parameter(p.data.copy()) for p in params]
     opt2 = getattr(tn, name)([{"params": clone[:2]}, {"params": clone[2:]}], **kw)
-    opt2.load_state_dict(json.loads(json.dumps({"param_groups": state["param_groups"], "state": {}})) | {"state": state["state"]})
+    opt2.load_state_dict(json.loads(json.dumps({"param_groups": state["param_groups"],
+                                                "state": {}})) | {"state": state["state"]})
     assert opt2.param_groups[0]["lr"] == 0.02
     run(opt, params, grads[3:])
     run(opt2, clone, grads[3:])
@@ -1132,8 +1205,10 @@ def test_optimizer_state_dict_has_torchs_structure_and_resumes(name, kw):
         getattr(tn, name)(clone, **kw).load_state_dict(state)
 
 
-@pytest.mark.parametrize("name, kw", [("SGD", dict(lr=0.1, momentum=0.9)), ("RMSprop", dict(centered=True, momentum=0.3)),
-                                      ("Adagrad", dict()), ("Adam", dict(amsgrad=True)), ("AdamW", dict(lr=0.01))])
+@pytest.mark.parametrize("name, kw", [("SGD", dict(lr=0.1, momentum=0.9)),
+                                      ("RMSprop", dict(centered=True, momentum=0.3)),
+                                      ("Adagrad", dict()), ("Adam", dict(amsgrad=True)),
+                                      ("AdamW", dict(lr=0.01))])
 def test_optimizer_loads_torchs_state_dict(name, kw):
     rng = np.random.default_rng(3)
     init = [rng.standard_normal(s) for s in OPT_SHAPES]
@@ -1185,7 +1260,8 @@ def test_optimizer_accepts_any_object_with_data_and_grad(name):
     assert not np.array_equal(mine.data, [1.0, -2.0]) and opts[0].lr == 0.05
 
 
-@pytest.mark.parametrize("max_norm, norm_type", [(1.0, 2.0), (0.5, 1.0), (3.0, math.inf), (100.0, 2.0), (0.1, 3.0)])
+@pytest.mark.parametrize("max_norm, norm_type", [(1.0, 2.0), (0.5, 1.0), (3.0, math.inf),
+                                                 (100.0, 2.0), (0.1, 3.0)])
 def test_clip_grad_norm_matches_torch(max_norm, norm_type):
     rng = np.random.default_rng(4)
     grads = [rng.standard_normal(s) for s in OPT_SHAPES]
@@ -1199,7 +1275,8 @@ def test_clip_grad_norm_matches_torch(max_norm, norm_type):
     assert_parity(np.float64(total), ttotal, "clip_grad_norm_ total")
     for p, t in zip(ours, theirs):
         assert_parity(p.grad, t.grad, "clip_grad_norm_ gradient")
-    assert (max_norm < total) == (not np.allclose(ours[0].grad, grads[0]))   # clipped exactly when above
+    # clipped exactly when above
+    assert (max_norm < total) == (not np.allclose(ours[0].grad, grads[0]))
 
 
 OPTIMIZER_INVALID = [
@@ -1207,8 +1284,10 @@ OPTIMIZER_INVALID = [
     ("SGD", dict(lr=-1e-5), "SGD: expected lr >= 0, got -1e-05"),
     ("SGD", dict(lr=0.1, momentum=-0.5), "SGD: expected momentum >= 0, got -0.5"),
     ("SGD", dict(lr=0.1, weight_decay=-1e-4), "SGD: expected weight_decay >= 0, got -0.0001"),
-    ("SGD", dict(lr=0.1, nesterov=True), r"SGD: nesterov=True expects momentum > 0 and dampening = 0, got momentum=0"),
-    ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.1, nesterov=True), r"dampening = 0, got .*dampening=0.1"),
+    ("SGD", dict(lr=0.1, nesterov=True),
+     r"SGD: nesterov=True expects momentum > 0 and dampening = 0, got momentum=0"),
+    ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.1, nesterov=True),
+     r"dampening = 0, got .*dampening=0.1"),
     ("RMSprop", dict(lr=-1.0), "RMSprop: expected lr >= 0, got -1.0"),
     ("RMSprop", dict(alpha=-0.5), "RMSprop: expected alpha >= 0, got -0.5"),
     ("RMSprop", dict(eps=-1e-8), "RMSprop: expected eps >= 0, got -1e-08"),
@@ -1217,7 +1296,8 @@ OPTIMIZER_INVALID = [
     ("Adagrad", dict(lr=-0.01), "Adagrad: expected lr >= 0, got -0.01"),
     ("Adagrad", dict(lr_decay=-0.1), "Adagrad: expected lr_decay >= 0, got -0.1"),
     ("Adagrad", dict(weight_decay=-0.1), "Adagrad: expected weight_decay >= 0, got -0.1"),
-    ("Adagrad", dict(initial_accumulator_value=-1.0), "Adagrad: expected initial_accumulator_value >= 0, got -1.0"),
+    ("Adagrad", dict(initial_accumulator_value=-1.0),
+     "Adagrad: expected initial_accumulator_value >= 0, got -1.0"),
     ("Adagrad", dict(eps=-1.0), "Adagrad: expected eps >= 0, got -1.0"),
     ("Adam", dict(lr=-1e-3), "Adam: expected lr >= 0, got -0.001"),
     ("Adam", dict(eps=-1e-8), "Adam: expected eps >= 0, got -1e-08"),
@@ -1247,16 +1327,21 @@ def test_optimizer_rejects_bad_arguments(name, kw, match):
 
 @pytest.mark.parametrize("name", ["SGD", "RMSprop", "Adagrad", "Adam", "AdamW", "Lion"])
 def test_optimizer_rejects_empty_or_non_parameters(name):
-    with pytest.raises(ValueError, match=f"{name}: expected a non-empty iterable of parameters, got an empty one"):
+    with pytest.raises(ValueError, match=f"{name}: expected a non-empty iterable of parameters, "
+                                         "got an empty one"):
         getattr(tn, name)(iter([]), lr=0.1)
-    with pytest.raises(TypeError, match=f"{name}: expected parameters with .data and .grad arrays, got ndarray"):
+    with pytest.raises(TypeError, match=f"{name}: expected parameters with .data and .grad arrays"
+                                        ", got ndarray"):
         getattr(tn, name)([np.zeros(2)], lr=0.1)
-    with pytest.raises(TypeError, match=f"{name}: expected parameters with .data and .grad arrays, got list"):
+    with pytest.raises(TypeError, match=f"{name}: expected parameters with .data and .grad arrays"
+                                        ", got list"):
         getattr(tn, name)([[1.0, 2.0]], lr=0.1)
     p, q = tn.Parameter(np.zeros(2)), tn.Parameter(np.zeros(3))
-    with pytest.raises(ValueError, match=f"{name}: some parameters appear in more than one parameter group"):
+    with pytest.raises(ValueError, match=f"{name}: some parameters appear in more than one "
+                                         "parameter group"):
         getattr(tn, name)([{"params": [p, q]}, {"params": [q]}], lr=0.1)
-    assert getattr(tn, name)([{"params": p}, {"params": [q]}], lr=0.1).param_groups[0]["params"] == [p]   # as torch
+    assert (getattr(tn, name)([{"params": p}, {"params": [q]}], lr=0.1).param_groups[0]["params"]
+            == [p])  # as torch
 
 
 # ════════════════════════════════════════════════════════════════════════════
@@ -1280,8 +1365,9 @@ SCHEDULER_CONFIGS = [
     ("OneCycleLR", dict(max_lr=1.0, total_steps=150)),
     ("OneCycleLR", dict(max_lr=0.5, total_steps=150, anneal_strategy="linear")),
     ("OneCycleLR", dict(max_lr=0.3, total_steps=150, pct_start=0.25, three_phase=True)),
-    ("OneCycleLR", dict(max_lr=0.3, epochs=10, steps_per_epoch=15, anneal_strategy="linear", three_phase=True,
-                        div_factor=10.0, final_div_factor=100.0, cycle_momentum=False)),
+    ("OneCycleLR", dict(max_lr=0.3, epochs=10, steps_per_epoch=15, anneal_strategy="linear",
+                        three_phase=True, div_factor=10.0, final_div_factor=100.0,
+                        cycle_momentum=False)),
 ]
 
 
@@ -1295,13 +1381,15 @@ def test_scheduler_matches_torch(sched, kw):
         assert_parity(a, b, "parameters", rtol=1e-10)
 
 
-@pytest.mark.parametrize("opt_name, opt_kw", [("Adam", dict(lr=0.01)), ("AdamW", dict(betas=(0.9, 0.9))),
+@pytest.mark.parametrize("opt_name, opt_kw", [("Adam", dict(lr=0.01)),
+                                              ("AdamW", dict(betas=(0.9, 0.9))),
                                               ("SGD", dict(lr=0.1)), ("RMSprop", dict())])
 @pytest.mark.parametrize("kw", [dict(max_lr=0.05, total_steps=100),
-                                dict(max_lr=0.02, total_steps=120, base_momentum=0.7, max_momentum=0.9,
-                                     three_phase=True, anneal_strategy="linear")])
+                                dict(max_lr=0.02, total_steps=120, base_momentum=0.7,
+                                     max_momentum=0.9, three_phase=True, anneal_strategy="linear")])
 def test_one_cycle_momentum_matches_torch(opt_name, opt_kw, kw):
-    (ours, rec), (theirs, trec) = _drive(opt_name, opt_kw, steps=kw["total_steps"], sched="OneCycleLR", sched_kw=kw)
+    (ours, rec), (theirs, trec) = _drive(opt_name, opt_kw, steps=kw["total_steps"],
+                                         sched="OneCycleLR", sched_kw=kw)
     lo, hi = kw.get("base_momentum", 0.85), kw.get("max_momentum", 0.95)
     np.testing.assert_allclose(rec[:, 0, 2].min(), lo)
     np.testing.assert_allclose(rec[:, 0, 2].max(), hi)
@@ -1386,13 +1474,15 @@ def _sequential(lib, opt, kinds):
 
 
 @pytest.mark.parametrize("kinds, milestones", [(("linear", "cosine"), [5]), (("exp", "step"), [4]),
-                                               (("linear", "exp", "cosine"), [5, 12]), (("lambda", "mult"), [6]),
+                                               (("linear", "exp", "cosine"), [5, 12]),
+                                               (("lambda", "mult"), [6]),
                                                (("step", "linear"), [0])])
 def test_sequential_lr_matches_torch(kinds, milestones):
     ours = [tn.Parameter(np.zeros(2)), tn.Parameter(np.zeros(1))]
     theirs = [torch.zeros(2, requires_grad=True), torch.zeros(1, requires_grad=True)]
     opt = tn.SGD([{"params": ours[:1]}, {"params": ours[1:], "lr": 0.3}], lr=0.1, momentum=0.9)
-    topt = torch.optim.SGD([{"params": theirs[:1]}, {"params": theirs[1:], "lr": 0.3}], lr=0.1, momentum=0.9)
+    topt = torch.optim.SGD([{"params": theirs[:1]}, {"params": theirs[1:], "lr": 0.3}], lr=0.1,
+                           momentum=0.9)
     s = tn.SequentialLR(opt, _sequential("tn", opt, kinds), milestones)
     ts = torch.optim.lr_scheduler.SequentialLR(topt, _sequential("torch", topt, kinds), milestones)
     got, want = [], []
@@ -1415,13 +1505,15 @@ def test_reduce_lr_on_plateau_with_param_groups_matches_torch():
     assert_parity(rec, trec, "lr at every step", rtol=1e-13)
 
 
-@pytest.mark.parametrize("sched, kw", [(name, kw) for name, kw in MULTI_GROUP_SCHEDULERS if "lambda" not in kw]
+@pytest.mark.parametrize("sched, kw", [(name, kw) for name, kw in MULTI_GROUP_SCHEDULERS
+                                       if "lambda" not in kw]
                          + [("ReduceLROnPlateau", dict(patience=0))])
 def test_scheduler_state_dict_resumes(sched, kw):
     """Step 10 times, save both states (through JSON, as a checkpoint does), load them into a fresh
     optimizer and scheduler, step 10 more: the same lrs as 20 uninterrupted steps."""
     def make():
-        opt = tn.SGD([{"params": [tn.Parameter(np.zeros(1))]}, {"params": [tn.Parameter(np.zeros(1))], "lr": 0.05}],
+        opt = tn.SGD([{"params": [tn.Parameter(np.zeros(1))]},
+                      {"params": [tn.Parameter(np.zeros(1))], "lr": 0.05}],
                      lr=0.1, momentum=0.9)
         return opt, getattr(tn, sched)(opt, **kw)
 
@@ -1435,7 +1527,8 @@ def test_scheduler_state_dict_resumes(sched, kw):
 
     opt, s = make()
     first = run(opt, s, 10, 0)
-    saved = {"opt": opt.state_dict(), "sched": json.loads(json.dumps(s.state_dict()))}   # JSON: as a checkpoint
+    # JSON: as a checkpoint
+    saved = {"opt": opt.state_dict(), "sched": json.loads(json.dumps(s.state_dict()))}
     rest = run(opt, s, 10, 10)
     opt2, s2 = make()
     opt2.load_state_dict(saved["opt"])
@@ -1453,7 +1546,8 @@ def test_lambda_lr_state_dict_leaves_the_functions_out():
 def _docstring_example(obj):
     """The indented code block at the end of obj's docstring, run: {name: value} it defines."""
     lines = obj.__doc__[obj.__doc__.rindex("e.g."):].splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(" " * 8))      # the indented block
+    # the indented block
+    start = next(i for i, line in enumerate(lines) if line.startswith(" " * 8))
     code = textwrap.dedent("\n".join(lines[start:]))
     namespace = {"tn": tn, "math": math}
     exec(code, namespace)
@@ -1480,8 +1574,8 @@ def test_custom_scheduler_matches_lambda_lr_in_torch():
 
 def test_scheduler_says_when_fit_steps_it():
     for name in ["StepLR", "MultiStepLR", "ExponentialLR", "LinearLR", "CosineAnnealingLR",
-                 "CosineAnnealingWarmRestarts", "OneCycleLR", "ReduceLROnPlateau", "LambdaLR", "MultiplicativeLR",
-                 "SequentialLR"]:
+                 "CosineAnnealingWarmRestarts", "OneCycleLR", "ReduceLROnPlateau", "LambdaLR",
+                 "MultiplicativeLR", "SequentialLR"]:
         cls = getattr(tn, name)
         assert cls.step_every == ("batch" if name == "OneCycleLR" else "epoch"), name
         assert cls.needs_metric == (name == "ReduceLROnPlateau"), name
@@ -1490,19 +1584,25 @@ def test_scheduler_says_when_fit_steps_it():
 SCHEDULER_INVALID = [
     ("LinearLR", dict(start_factor=0.0), r"LinearLR: expected start_factor in \(0, 1\], got 0.0"),
     ("LinearLR", dict(end_factor=1.5), r"LinearLR: expected end_factor in \[0, 1\], got 1.5"),
-    ("CosineAnnealingWarmRestarts", dict(T_0=0), "CosineAnnealingWarmRestarts: expected a positive integer T_0, got 0"),
-    ("CosineAnnealingWarmRestarts", dict(T_0=10, T_mult=0), "expected an integer T_mult >= 1, got 0"),
-    ("OneCycleLR", dict(max_lr=0.1), r"OneCycleLR: expected a positive integer total_steps \(or epochs and "
-                                     r"steps_per_epoch\), got None"),
-    ("OneCycleLR", dict(max_lr=0.1, total_steps=0), "expected a positive integer total_steps .*got 0"),
+    ("CosineAnnealingWarmRestarts", dict(T_0=0),
+     "CosineAnnealingWarmRestarts: expected a positive integer T_0, got 0"),
+    ("CosineAnnealingWarmRestarts", dict(T_0=10, T_mult=0),
+     "expected an integer T_mult >= 1, got 0"),
+    ("OneCycleLR", dict(max_lr=0.1), r"OneCycleLR: expected a positive integer total_steps "
+                                     r"\(or epochs and steps_per_epoch\), got None"),
+    ("OneCycleLR", dict(max_lr=0.1, total_steps=0),
+     "expected a positive integer total_steps .*got 0"),
     ("OneCycleLR", dict(max_lr=0.1, epochs=0, steps_per_epoch=10),
      "OneCycleLR: expected a positive integer epochs, got 0"),
-    ("OneCycleLR", dict(max_lr=0.1, total_steps=10, pct_start=1.5), r"expected a float pct_start in \[0, 1\], got 1.5"),
+    ("OneCycleLR", dict(max_lr=0.1, total_steps=10, pct_start=1.5),
+     r"expected a float pct_start in \[0, 1\], got 1.5"),
     ("OneCycleLR", dict(max_lr=0.1, total_steps=10, anneal_strategy="exp"),
      "OneCycleLR: expected anneal_strategy 'cos' or 'linear', got 'exp'"),
     ("ReduceLROnPlateau", dict(factor=1.0), "ReduceLROnPlateau: expected factor < 1.0, got 1.0"),
-    ("ReduceLROnPlateau", dict(mode="mean"), "ReduceLROnPlateau: expected mode 'min' or 'max', got 'mean'"),
-    ("ReduceLROnPlateau", dict(threshold_mode="pct"), "expected threshold_mode 'rel' or 'abs', got 'pct'"),
+    ("ReduceLROnPlateau", dict(mode="mean"),
+     "ReduceLROnPlateau: expected mode 'min' or 'max', got 'mean'"),
+    ("ReduceLROnPlateau", dict(threshold_mode="pct"),
+     "expected threshold_mode 'rel' or 'abs', got 'pct'"),
 ]
 
 
@@ -1511,13 +1611,14 @@ def test_scheduler_rejects_bad_arguments(name, kw, match):
     with pytest.raises(ValueError, match=match):
         getattr(tn, name)(tn.SGD([tn.Parameter(np.zeros(2))], lr=0.1), **kw)
     with pytest.raises(ValueError):
-        getattr(torch.optim.lr_scheduler, name)(torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1), **kw)
+        getattr(torch.optim.lr_scheduler, name)(
+            torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1), **kw)
 
 
 def test_scheduler_rejects_misuse_beyond_torch_checks():
     opt = tn.Adagrad([tn.Parameter(np.zeros(2))])
-    with pytest.raises(ValueError, match="OneCycleLR: cycle_momentum=True expects an optimizer with momentum or "
-                                         "betas, got Adagrad"):
+    with pytest.raises(ValueError, match="OneCycleLR: cycle_momentum=True expects an optimizer "
+                                         "with momentum or betas, got Adagrad"):
         tn.OneCycleLR(opt, max_lr=0.1, total_steps=10)
     sched = tn.OneCycleLR(opt, max_lr=0.1, total_steps=3, cycle_momentum=False)
     for _ in range(3):
@@ -1549,16 +1650,18 @@ def test_sequential_lr_rejects_bad_arguments():
 # ── forward and backward against torch.nn.Sequential ────────────────────────
 
 @pytest.mark.parametrize("variant", ["nll", "cross_entropy", "softmax_mse"])
-@pytest.mark.parametrize("n,n_in,h1,h2,c,seed", [(1, 3, 4, 5, 2, 0), (8, 4, 16, 8, 3, 1), (64, 20, 32, 16, 10, 2)])
+@pytest.mark.parametrize("n,n_in,h1,h2,c,seed", [(1, 3, 4, 5, 2, 0), (8, 4, 16, 8, 3, 1),
+                                                 (64, 20, 32, 16, 10, 2)])
 def test_sequential_mlp_matches_torch(variant, n, n_in, h1, h2, c, seed):
     head, loss, ref_loss = {"nll": ("LogSoftmax", tn.NLLLoss(), torch.nn.NLLLoss()),
-                            "cross_entropy": (None, tn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss()),
+                            "cross_entropy": (None, tn.CrossEntropyLoss(),
+                                              torch.nn.CrossEntropyLoss()),
                             "softmax_mse": ("Softmax", tn.MSELoss(), torch.nn.MSELoss())}[variant]
     model, ref = mlp_pair(n_in, h1, h2, c, head, seed)
     x = randn(seed, (n, n_in))
     y = np.random.default_rng(seed).integers(0, c, n)
-    target, ref_target = ((tn.one_hot(y, c).astype(np.float64), T(tn.one_hot(y, c), False)) if variant == "softmax_mse"
-                          else (y, torch.from_numpy(y)))
+    target, ref_target = ((tn.one_hot(y, c).astype(np.float64), T(tn.one_hot(y, c), False))
+                          if variant == "softmax_mse" else (y, torch.from_numpy(y)))
     xt = T(x)
     ref_value = ref_loss(ref(xt), ref_target)
     ref_value.backward()
@@ -1575,11 +1678,13 @@ def test_sequential_mlp_matches_torch(variant, n, n_in, h1, h2, c, seed):
 def test_cnn_sequential_matches_torch():
     torch.manual_seed(0)
     theirs = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(4, 6, (3, 2), stride=(1, 2)), torch.nn.Flatten(), torch.nn.Linear(6 * 3 * 2, 5)).double()
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2), torch.nn.Conv2d(4, 6, (3, 2), stride=(1, 2)), torch.nn.Flatten(),
+        torch.nn.Linear(6 * 3 * 2, 5)).double()
     ours = tn.Sequential(
         tn.Conv2d(1, 4, 3, padding=1), tn.BatchNorm2d(4), tn.ReLU(), tn.MaxPool2d(2),
-        tn.Conv2d(4, 6, (3, 2), stride=(1, 2)), tn.Flatten(), tn.Linear(6 * 3 * 2, 5)).astype(np.float64)
+        tn.Conv2d(4, 6, (3, 2), stride=(1, 2)), tn.Flatten(),
+        tn.Linear(6 * 3 * 2, 5)).astype(np.float64)
     ours.load_state_dict(theirs.state_dict())
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((8, 1, 10, 9)), rng.integers(0, 5, 8)
@@ -1660,7 +1765,8 @@ def test_sequential_constructors_and_add():
     a = tn.Sequential([tn.Linear(2, 3), tn.ReLU()])
     b = tn.Sequential(tn.Linear(2, 3), tn.ReLU())
     c = tn.Sequential().add(tn.Linear(2, 3)).add(tn.ReLU())
-    assert ([repr(l) for l in a] == [repr(l) for l in b] == [repr(l) for l in c]
+    assert ([repr(layer) for layer in a] == [repr(layer) for layer in b]
+            == [repr(layer) for layer in c]
             == ["Linear(in_features=2, out_features=3, bias=True)", "ReLU()"])
     assert len(a) == 2 and isinstance(a[1], tn.ReLU)
 
@@ -1728,7 +1834,7 @@ def test_fit_validation_split_takes_the_tail():
     hist = model.fit(X, y, epochs=2, batch_size=8, validation_split=0.25, verbose=0)
     train_ids = np.concatenate([ids for training, ids in spy.calls if training])
     val_ids = np.concatenate([ids for training, ids in spy.calls if not training])
-    assert sorted(train_ids) == sorted(list(range(30)) * 2)                # 30 training samples, each epoch
+    assert sorted(train_ids) == sorted(list(range(30)) * 2)  # 30 training samples, each epoch
     np.testing.assert_array_equal(val_ids, np.tile(np.arange(30, 40), 2))
     assert hist.history["val_loss"][-1] == model.evaluate(X[30:], y[30:])["loss"]
 
@@ -1736,9 +1842,12 @@ def test_fit_validation_split_takes_the_tail():
 def test_fit_validation_data_wins_over_validation_split():
     model, spy = _spied()
     X, y = _id_data(40)
-    model.fit(X, y, epochs=1, batch_size=8, validation_data=(X[:5], y[:5]), validation_split=0.25, verbose=0)
-    assert sorted(np.concatenate([ids for training, ids in spy.calls if training])) == list(range(40))
-    np.testing.assert_array_equal(np.concatenate([ids for training, ids in spy.calls if not training]), range(5))
+    model.fit(X, y, epochs=1, batch_size=8, validation_data=(X[:5], y[:5]), validation_split=0.25,
+              verbose=0)
+    assert (sorted(np.concatenate([ids for training, ids in spy.calls if training]))
+            == list(range(40)))
+    np.testing.assert_array_equal(np.concatenate([ids for training, ids in spy.calls
+                                                  if not training]), range(5))
 
 
 def test_fit_history_keys_and_lengths():
@@ -1764,9 +1873,11 @@ def test_history_to_csv(tmp_path):
     assert os.listdir(tmp_path) == ["history.csv"]
     rows = path.read_text().splitlines()
     assert rows[0] == "epoch,loss,accuracy,lr" and len(rows) == 3
-    assert [float(v) for v in rows[2].split(",")] == [1, hist.history["loss"][1], hist.history["accuracy"][1], 0.05]
-    by_hand = tn.History()                                # a Callback: recorded through on_epoch_end
-    for epoch, logs in enumerate(zip(hist.history["loss"], hist.history["accuracy"], hist.history["lr"])):
+    assert [float(v) for v in rows[2].split(",")] == [1, hist.history["loss"][1],
+                                                      hist.history["accuracy"][1], 0.05]
+    by_hand = tn.History()  # a Callback: recorded through on_epoch_end
+    for epoch, logs in enumerate(zip(hist.history["loss"], hist.history["accuracy"],
+                                     hist.history["lr"])):
         by_hand.on_epoch_end(epoch, dict(zip(["loss", "accuracy", "lr"], logs)))
     by_hand.to_csv(tmp_path / "by_hand.csv")
     assert (tmp_path / "by_hand.csv").read_text() == path.read_text()
@@ -1807,14 +1918,18 @@ def test_fit_verbose_1_on_a_terminal_shows_a_bar_with_the_running_loss():
     code = textwrap.dedent("""
         import sys, functools, numpy as np, tqdm.std, tinynet as tn
         sys.stderr.isatty = lambda: True                                   # as on a terminal
-        tqdm.std.tqdm.__init__ = functools.partialmethod(tqdm.std.tqdm.__init__, mininterval=0)  # draw every batch
-        X = np.random.default_rng(0).standard_normal((40, 4)).astype(np.float32); y = (X[:, 0] > 0).astype(int)
-        m = tn.Sequential(tn.Linear(4, 2)); m.compile(tn.SGD(m.parameters(), lr=0.1), tn.CrossEntropyLoss())
+        # draw every batch
+        tqdm.std.tqdm.__init__ = functools.partialmethod(tqdm.std.tqdm.__init__, mininterval=0)
+        X = np.random.default_rng(0).standard_normal((40, 4)).astype(np.float32)
+        y = (X[:, 0] > 0).astype(int)
+        m = tn.Sequential(tn.Linear(4, 2))
+        m.compile(tn.SGD(m.parameters(), lr=0.1), tn.CrossEntropyLoss())
         m.fit(X, y, epochs=2, batch_size=8, verbose=1)
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE)
     assert r.returncode == 0, r.stderr
-    assert "epoch 1/2:" in r.stderr and "0/5 [" in r.stderr and "epoch 2/2:" in r.stderr     # tqdm bars
+    # tqdm bars
+    assert "epoch 1/2:" in r.stderr and "0/5 [" in r.stderr and "epoch 2/2:" in r.stderr
     lines = r.stdout.splitlines()
     assert len(lines) == 2
     for line in lines:                  # the bar's running loss at 5/5 is the epoch's loss
@@ -1833,10 +1948,11 @@ def test_predict_evaluate_activations_batched_eval_mode_no_caches():
     spy.calls.clear()
     out = model.predict(X, batch_size=4)
     assert [len(ids) for _, ids in spy.calls] == [4, 4, 2] and not any(t for t, _ in spy.calls)
-    assert model.training and all(l.training for l in model.layers)     # mode restored
+    assert model.training and all(layer.training for layer in model.layers)     # mode restored
     assert _no_caches(model)
     model.eval()
-    np.testing.assert_allclose(out, model.forward(X), rtol=1e-6, atol=1e-6)     # dropout off in predict
+    # dropout off in predict
+    np.testing.assert_allclose(out, model.forward(X), rtol=1e-6, atol=1e-6)
     model.train()
     np.testing.assert_allclose(model.predict(X, batch_size=3), out, rtol=1e-6, atol=1e-6)
     res = model.evaluate(X, y, batch_size=3)
@@ -1889,7 +2005,7 @@ def test_fit_is_deterministic_under_manual_seed():
         X, y = _id_data(40)
         hist = model.fit(X / 40, y, epochs=3, batch_size=8, validation_split=0.2, verbose=0)
         return hist.history, model.state_dict()
-    (h1, w1), (h2, w2), (h3, w3) = run(0), run(0), run(1)
+    (h1, w1), (h2, w2), (h3, _) = run(0), run(0), run(1)
     assert h1 == h2
     assert all(np.array_equal(w1[k], w2[k]) for k in w1)
     assert h1 != h3
@@ -1899,7 +2015,8 @@ def test_fit_casts_float64_inputs_to_model_dtype():
     model, spy = _spied()
     X, y = _id_data(10)
     model.fit(X.astype(np.float64), y, epochs=1, verbose=0)
-    assert spy.calls and all(ids.dtype == np.float32 for _, ids in spy.calls)     # what the layers were given
+    # what the layers were given
+    assert spy.calls and all(ids.dtype == np.float32 for _, ids in spy.calls)
     assert all(p.data.dtype == np.float32 for p in model.parameters())
     assert model.predict(X.astype(np.float64)).dtype == np.float32
 
@@ -1917,16 +2034,19 @@ def test_fit_rejects_non_finite_inputs(where, bad):
     model = _compiled(loss=tn.MSELoss())
     with pytest.raises(ValueError, match=rf"Sequential\.fit: {where} contains NaN or Inf"):
         model.fit(X, y, verbose=0)
-    with pytest.raises(ValueError, match=rf"Sequential\.fit \(validation_data\): {where} contains NaN or Inf"):
-        model.fit(np.zeros((4, 4)), tn.one_hot(np.arange(4) % 3, 3), validation_data=(X, y), verbose=0)
+    with pytest.raises(ValueError, match=rf"Sequential\.fit \(validation_data\): {where} "
+                                         r"contains NaN or Inf"):
+        model.fit(np.zeros((4, 4)), tn.one_hot(np.arange(4) % 3, 3), validation_data=(X, y),
+                  verbose=0)
 
 
 def test_fit_rejects_non_finite_loss_with_the_usual_causes():
     X, y = randn(0, (64, 4)), np.arange(64) % 3
     model = _compiled(lr=1e30)
-    with np.errstate(all="ignore"), pytest.raises(tn.NonFiniteLoss, match=r"^Sequential\.fit: at epoch 1, batch 2, "
-                                                  r"the loss became (nan|inf) \(lr 1e\+30\); usual causes for "
-                                                  r"CrossEntropyLoss: a learning rate too large"):
+    with np.errstate(all="ignore"), pytest.raises(
+            tn.NonFiniteLoss, match=r"^Sequential\.fit: at epoch 1, batch 2, "
+                                    r"the loss became (nan|inf) \(lr 1e\+30\); usual causes for "
+                                    r"CrossEntropyLoss: a learning rate too large"):
         model.fit(X, y, epochs=3, batch_size=16, verbose=0)
     assert issubclass(tn.NonFiniteLoss, ValueError) and "LogSoftmax" in tn.NLLLoss.hint
 
@@ -1941,7 +2061,8 @@ def test_fit_rejects_non_finite_loss_in_a_later_epoch():
 
 
 def test_fit_rejects_validation_split_out_of_range():
-    with pytest.raises(ValueError, match=r"Sequential\.fit: validation_split must be in \(0, 1\), got 1\.5"):
+    with pytest.raises(ValueError,
+                       match=r"Sequential\.fit: validation_split must be in \(0, 1\), got 1\.5"):
         _compiled().fit(np.zeros((8, 4)), np.zeros(8, np.int64), validation_split=1.5, verbose=0)
 
 
@@ -1954,7 +2075,8 @@ def test_fit_and_evaluate_reject_uncompiled_model():
 
 def test_compile_and_add_reject_bad_arguments():
     model = _small_model()
-    with pytest.raises(TypeError, match=r"Sequential\.compile: loss must be a Loss instance.*'mse'"):
+    with pytest.raises(TypeError,
+                       match=r"Sequential\.compile: loss must be a Loss instance.*'mse'"):
         model.compile(tn.SGD(model.parameters(), lr=0.1), "mse")
     with pytest.raises(TypeError, match=r"Sequential\.compile: loss must be a Loss instance"):
         model.compile(tn.SGD(model.parameters(), lr=0.1), tn.MSELoss)
@@ -1969,7 +2091,8 @@ def test_compile_and_add_reject_bad_arguments():
 def test_train_step_is_one_update_and_matches_torch():
     X, y = _tiny_data(16)
     model = _small_model().astype(np.float64)
-    tmodel = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).double()
+    tmodel = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
+                                 torch.nn.Linear(8, 3)).double()
     tmodel.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
     topt = torch.optim.SGD(tmodel.parameters(), lr=0.1, momentum=0.9)
     opt = tn.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -1999,10 +2122,13 @@ def test_history_batch_loss_has_every_update():
             losses.append((batch, logs["loss"], logs["size"]))
 
     h = model.fit(X, y, epochs=3, batch_size=16, verbose=0, callbacks=[Spy()])
-    assert len(h.batch_loss) == 3 * 4 and h.batch_loss == [l for _, l, _ in losses]
-    assert [b for b, _, _ in losses] == [0, 1, 2, 3] * 3 and [s for *_, s in losses][:4] == [16, 16, 16, 2]
+    assert len(h.batch_loss) == 3 * 4 and h.batch_loss == [loss for _, loss, _ in losses]
+    assert ([b for b, _, _ in losses] == [0, 1, 2, 3] * 3
+            and [s for *_, s in losses][:4] == [16, 16, 16, 2])
     sizes = np.array([16, 16, 16, 2])
-    np.testing.assert_allclose(h.history["loss"], [np.dot(h.batch_loss[i * 4:(i + 1) * 4], sizes) / 50 for i in range(3)])
+    np.testing.assert_allclose(h.history["loss"],
+                               [np.dot(h.batch_loss[i * 4:(i + 1) * 4], sizes) / 50
+                                for i in range(3)])
 
 
 def test_callbacks_are_called_in_keras_order():
@@ -2021,8 +2147,9 @@ def test_callbacks_are_called_in_keras_order():
     cb = Log()
     model.fit(X, y, epochs=2, batch_size=10, validation_data=(X, y), verbose=0, callbacks=[cb])
     keys = "['accuracy', 'loss', 'lr', 'val_accuracy', 'val_loss']"
-    assert events == ["train_begin", "epoch_begin 0", "batch_end 0", "batch_end 1", f"epoch_end 0 {keys}",
-                      "epoch_begin 1", "batch_end 0", "batch_end 1", f"epoch_end 1 {keys}", "train_end"]
+    assert events == ["train_begin", "epoch_begin 0", "batch_end 0", "batch_end 1",
+                      f"epoch_end 0 {keys}", "epoch_begin 1", "batch_end 0", "batch_end 1",
+                      f"epoch_end 1 {keys}", "train_end"]
     assert cb.model is model
 
 
@@ -2081,7 +2208,8 @@ def test_model_checkpoint_saves_every_epoch_or_the_best(tmp_path):
     model = _small_model()
     model.compile(tn.SGD(model.parameters(), lr=0.1), tn.CrossEntropyLoss())
     every = tn.ModelCheckpoint(tmp_path / "m-{epoch:02d}.npz")
-    best = tn.ModelCheckpoint(str(tmp_path / "best.npz"), monitor="val_accuracy", save_best_only=True)
+    best = tn.ModelCheckpoint(str(tmp_path / "best.npz"), monitor="val_accuracy",
+                              save_best_only=True)
     saved = []
 
     class Watch(tn.Callback):
@@ -2091,12 +2219,16 @@ def test_model_checkpoint_saves_every_epoch_or_the_best(tmp_path):
 
     model.fit(X, y, epochs=4, validation_data=(X, y), verbose=0,
               callbacks=[_scripted([0.5, 0.7, 0.6, 0.9], "val_accuracy"), every, best, Watch()])
-    assert sorted(os.listdir(tmp_path)) == ["best.npz", "m-01.npz", "m-02.npz", "m-03.npz", "m-04.npz"]
+    assert sorted(os.listdir(tmp_path)) == ["best.npz", "m-01.npz", "m-02.npz", "m-03.npz",
+                                            "m-04.npz"]
     assert saved[0] != saved[1] and saved[1] == saved[2] and saved[2] != saved[3]
-    np.testing.assert_array_equal(tn.Sequential.load(tmp_path / "m-04.npz")[0].weight.data, model[0].weight.data)
-    with pytest.raises(KeyError, match=r"ModelCheckpoint: no 'val_acc' in the logs; available: \['accuracy'"):
+    np.testing.assert_array_equal(tn.Sequential.load(tmp_path / "m-04.npz")[0].weight.data,
+                                  model[0].weight.data)
+    with pytest.raises(KeyError, match=r"ModelCheckpoint: no 'val_acc' in the logs; "
+                                       r"available: \['accuracy'"):
         model.fit(X, y, epochs=1, verbose=0,
-                  callbacks=[tn.ModelCheckpoint(tmp_path / "x.npz", monitor="val_acc", save_best_only=True)])
+                  callbacks=[tn.ModelCheckpoint(tmp_path / "x.npz", monitor="val_acc",
+                                                save_best_only=True)])
 
 
 def _blas_threads():
@@ -2185,7 +2317,8 @@ def test_threads_flag_sets_blas_threads_or_asks_for_the_callback():
     assert [type(c) for c in tn.blas_thread_callbacks("auto")] == [tn.BlasThreads]
     with threadpool_limits(2, user_api="blas"):
         assert tn.blas_thread_callbacks("1") == [] and _blas_threads() == 1
-    with pytest.raises(ValueError, match="--threads: expected auto or a positive number, got 'two'"):
+    with pytest.raises(ValueError,
+                       match="--threads: expected auto or a positive number, got 'two'"):
         tn.blas_thread_callbacks("two")
 
 
@@ -2602,7 +2735,8 @@ def test_fit_steps_scheduler_per_epoch_or_per_batch():
 
 
 def _torch_lrs(sched, kw, steps, metrics=None, lr=0.1):
-    """torch's lr before each of `steps` scheduler steps, and after the last (metrics: ReduceLROnPlateau's)."""
+    """torch's lr before each of `steps` scheduler steps, and after the last (metrics:
+    ReduceLROnPlateau's)."""
     topt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr, momentum=0.9)
     ts, lrs = getattr(torch.optim.lr_scheduler, sched)(topt, **kw), []
     for i in range(steps):
@@ -2616,7 +2750,8 @@ def test_fit_steps_epoch_scheduler_per_epoch():
     X, y = _tiny_data(64)
     model = _small_model()
     opt = tn.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    model.compile(opt, tn.CrossEntropyLoss(), scheduler=tn.CosineAnnealingLR(opt, T_max=4, eta_min=0.01))
+    model.compile(opt, tn.CrossEntropyLoss(),
+                  scheduler=tn.CosineAnnealingLR(opt, T_max=4, eta_min=0.01))
     hist = model.fit(X, y, epochs=6, batch_size=16, verbose=0)
     expected = _torch_lrs("CosineAnnealingLR", dict(T_max=4, eta_min=0.01), 6)
     assert_parity(hist.history["lr"], expected[:6], "lr", rtol=1e-13)
@@ -2624,7 +2759,7 @@ def test_fit_steps_epoch_scheduler_per_epoch():
 
 
 def test_fit_steps_one_cycle_per_batch():
-    X, y = _tiny_data(64)                                         # 64 samples / 16 = 4 batches per epoch
+    X, y = _tiny_data(64)  # 64 samples / 16 = 4 batches per epoch
     model = _small_model()
     opt = tn.Adam(model.parameters())
     sched = tn.OneCycleLR(opt, max_lr=0.05, epochs=3, steps_per_epoch=4)
@@ -2637,7 +2772,7 @@ def test_fit_steps_one_cycle_per_batch():
 
 def test_fit_feeds_val_loss_to_reduce_lr_on_plateau():
     X, y = _tiny_data(64)
-    Xv, yv = X[:32], (y[:32] + 1) % 3                     # wrong labels: val_loss rises while loss falls
+    Xv, yv = X[:32], (y[:32] + 1) % 3  # wrong labels: val_loss rises while loss falls
     model = _small_model()
     opt = tn.SGD(model.parameters(), lr=0.1, momentum=0.9)
     kw = dict(patience=0, factor=0.5)
@@ -2652,7 +2787,7 @@ def test_fit_feeds_train_loss_to_reduce_lr_on_plateau_without_validation():
     X, y = _tiny_data(64)
     model = _small_model()
     opt = tn.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    kw = dict(mode="max", patience=1, factor=0.5)         # a falling loss is "no improvement" in max mode
+    kw = dict(mode="max", patience=1, factor=0.5)  # a falling loss is "no improvement" in max mode
     model.compile(opt, tn.CrossEntropyLoss(), scheduler=tn.ReduceLROnPlateau(opt, **kw))
     hist = model.fit(X, y, epochs=8, batch_size=16, verbose=0).history
     expected = _torch_lrs("ReduceLROnPlateau", kw, 8, hist["loss"])
@@ -2724,16 +2859,17 @@ def test_state_dict_keys_are_torchs():
     model = tn.Sequential(tn.Linear(3, 4), tn.BatchNorm1d(4), tn.Linear(4, 2))
     ref = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
     want = [k for k in ref.state_dict() if not k.endswith("num_batches_tracked")]
-    assert list(model.state_dict()) == want == ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean",
-                                                "1.running_var", "2.weight", "2.bias"]
+    assert list(model.state_dict()) == want == ["0.weight", "0.bias", "1.weight", "1.bias",
+                                                "1.running_mean", "1.running_var", "2.weight",
+                                                "2.bias"]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_state_dict_torch_to_tinynet(seed, dtype):
     torch.manual_seed(seed)
-    ref = torch.nn.Sequential(torch.nn.Linear(5, 12), torch.nn.ReLU(), torch.nn.Linear(12, 6), torch.nn.Tanh(),
-                              torch.nn.Linear(6, 3), torch.nn.Softmax(dim=1))
+    ref = torch.nn.Sequential(torch.nn.Linear(5, 12), torch.nn.ReLU(), torch.nn.Linear(12, 6),
+                              torch.nn.Tanh(), torch.nn.Linear(6, 3), torch.nn.Softmax(dim=1))
     model, _ = mlp_pair(5, 12, 6, 3, "Softmax", seed=seed + 10)
     model.astype(dtype)
     if dtype == np.float64:
@@ -2755,18 +2891,23 @@ def test_state_dict_tinynet_to_torch(seed):
     model, _ = mlp_pair(5, 12, 6, 3, "LogSoftmax", seed=seed)
     model.astype(np.float32)
     torch.manual_seed(seed + 100)
-    ref = torch.nn.Sequential(torch.nn.Linear(5, 12), torch.nn.ReLU(), torch.nn.Linear(12, 6), torch.nn.Tanh(),
-                              torch.nn.Linear(6, 3), torch.nn.LogSoftmax(dim=1))
-    ref.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})   # strict: same keys
+    ref = torch.nn.Sequential(torch.nn.Linear(5, 12), torch.nn.ReLU(), torch.nn.Linear(12, 6),
+                              torch.nn.Tanh(), torch.nn.Linear(6, 3), torch.nn.LogSoftmax(dim=1))
+    # strict: same keys
+    ref.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
     x = randn(seed, (9, 5)).astype(np.float32)
-    np.testing.assert_allclose(model.predict(x), ref(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.predict(x), ref(torch.from_numpy(x)).detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("edit,pattern", [
     (lambda sd: sd.pop("2.bias"), r"Sequential\.load_state_dict: missing keys \['2\.bias'\]"),
-    (lambda sd: sd.update({"5.weight": np.zeros((3, 8))}), r"Sequential\.load_state_dict:.*unexpected keys \['5\.weight'\]"),
-    (lambda sd: sd.update({"2.weight": np.zeros((8, 3))}), r"Sequential\.load_state_dict: '2\.weight' has shape \(8, 3\), expected \(3, 8\)"),
-    (lambda sd: sd.update({"0.bias": torch.zeros(7)}), r"'0\.bias' has shape \(7,\), expected \(8,\)"),
+    (lambda sd: sd.update({"5.weight": np.zeros((3, 8))}),
+     r"Sequential\.load_state_dict:.*unexpected keys \['5\.weight'\]"),
+    (lambda sd: sd.update({"2.weight": np.zeros((8, 3))}),
+     r"Sequential\.load_state_dict: '2\.weight' has shape \(8, 3\), expected \(3, 8\)"),
+    (lambda sd: sd.update({"0.bias": torch.zeros(7)}),
+     r"'0\.bias' has shape \(7,\), expected \(8,\)"),
 ], ids=["missing", "unexpected", "mis-shaped", "mis-shaped-tensor"])
 def test_load_state_dict_rejects_bad_keys_and_shapes(edit, pattern):
     model, other = _small_model(), _small_model()
@@ -2784,7 +2925,7 @@ def test_load_state_dict_rejects_bad_keys_and_shapes(edit, pattern):
 def test_load_state_dict_ignores_num_batches_tracked():
     torch.manual_seed(0)
     ref = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)).double()
-    ref(torch.randn(8, 4, dtype=torch.float64))          # running statistics move; num_batches_tracked = 1
+    ref(torch.randn(8, 4, dtype=torch.float64))  # running statistics move; num_batches_tracked = 1
     sd = ref.state_dict()
     assert "1.num_batches_tracked" in sd
     model = tn.Sequential(tn.Linear(4, 3), tn.BatchNorm1d(3)).astype(np.float64)
@@ -2796,11 +2937,11 @@ def test_load_state_dict_ignores_num_batches_tracked():
 
 
 TORCH_MODELS = [
-    lambda: tn.Sequential(tn.Flatten(), tn.Linear(12, 8), tn.BatchNorm1d(8), tn.LeakyReLU(0.2), tn.Dropout(0.3),
-                          tn.Linear(8, 3, bias=False), tn.LogSoftmax()),
-    lambda: tn.Sequential(tn.Conv2d(3, 4, 3, stride=2, padding=1), tn.BatchNorm2d(4), tn.ReLU(), tn.MaxPool2d(2),
-                          tn.Conv2d(4, 2, (2, 1), bias=False), tn.Tanh(), tn.AvgPool2d(1), tn.Flatten(),
-                          tn.Sigmoid(), tn.Softmax()),
+    lambda: tn.Sequential(tn.Flatten(), tn.Linear(12, 8), tn.BatchNorm1d(8), tn.LeakyReLU(0.2),
+                          tn.Dropout(0.3), tn.Linear(8, 3, bias=False), tn.LogSoftmax()),
+    lambda: tn.Sequential(tn.Conv2d(3, 4, 3, stride=2, padding=1), tn.BatchNorm2d(4), tn.ReLU(),
+                          tn.MaxPool2d(2), tn.Conv2d(4, 2, (2, 1), bias=False), tn.Tanh(),
+                          tn.AvgPool2d(1), tn.Flatten(), tn.Sigmoid(), tn.Softmax()),
 ]
 
 
@@ -2814,14 +2955,16 @@ def test_to_torch_and_back_gives_the_same_outputs(make, training):
             layer.running_mean += 0.3
             layer.running_var *= 2.0
     model.train(training)
-    x = np.random.default_rng(0).standard_normal((4, 3, 2, 2) if isinstance(model[0], tn.Flatten) else (4, 3, 8, 8))
+    x = np.random.default_rng(0).standard_normal((4, 3, 2, 2) if isinstance(model[0], tn.Flatten)
+                                                 else (4, 3, 8, 8))
     net = model.to_torch()
     assert isinstance(net, torch.nn.Sequential) and net.training == training
     assert all(p.dtype == torch.float64 for p in net.parameters())
     if not training:                                      # (Dropout draws differ in training)
         assert_parity(model.predict(x), net(torch.tensor(x)), "to_torch outputs")
     back = tn.Sequential.from_torch(net)
-    assert [type(l) for l in back] == [type(l) for l in model] and back.training == training
+    assert ([type(layer) for layer in back] == [type(layer) for layer in model]
+            and back.training == training)
     for (k, v), (k2, v2) in zip(model.state_dict().items(), back.state_dict().items()):
         assert k == k2 and v.dtype == v2.dtype == np.float64
         np.testing.assert_array_equal(v, v2)
@@ -2836,7 +2979,8 @@ def test_from_torch_and_to_torch_reject_unsupported_modules():
         tn.Sequential.from_torch(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3, dilation=2)))
     with pytest.raises(ValueError, match=r"module 0 .*ceil_mode=True is not supported"):
         tn.Sequential.from_torch(torch.nn.Sequential(torch.nn.MaxPool2d(2, ceil_mode=True)))
-    with pytest.raises(ValueError, match=r"Sequential.to_torch: layer 0 \(Normalize.*\) has no torch.nn equivalent"):
+    with pytest.raises(ValueError, match=r"Sequential.to_torch: layer 0 \(Normalize.*\) "
+                                         r"has no torch.nn equivalent"):
         tn.Sequential(tn.Normalize([0.0], [1.0])).to_torch()
 
 
@@ -2846,7 +2990,8 @@ def test_from_torch_float32_trained_weights():
     model = tn.Sequential.from_torch(net)
     x = np.random.default_rng(1).standard_normal((6, 5)).astype(np.float32)
     assert model[0].weight.data.dtype == np.float32
-    np.testing.assert_allclose(model.predict(x), net(torch.tensor(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.predict(x), net(torch.tensor(x)).detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
 
 
 # ── save / load round trips ─────────────────────────────────────────────────
@@ -2861,8 +3006,8 @@ def test_save_load_round_trip(tmp_path, arch, dtype):
                               tn.Linear(5, 3), tn.Softmax(dim=1)).astype(dtype)
         x = randn(0, (7, 3, 4)).astype(dtype)
     else:
-        model = tn.Sequential(tn.Conv2d(1, 2, (3, 2), padding=(1, 0)), tn.BatchNorm2d(2), tn.MaxPool2d(2),
-                              tn.AvgPool2d(2, 1)).astype(dtype)
+        model = tn.Sequential(tn.Conv2d(1, 2, (3, 2), padding=(1, 0)), tn.BatchNorm2d(2),
+                              tn.MaxPool2d(2), tn.AvgPool2d(2, 1)).astype(dtype)
         x = randn(0, (4, 1, 8, 9)).astype(dtype)
         model.forward(x)                                 # running statistics move away from 0 / 1
         model.eval()
@@ -2900,15 +3045,18 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert os.listdir(tmp_path) == ["m.npz"]
     x = randn(0, (3, 4)).astype(np.float32)
-    np.testing.assert_array_equal(tn.Sequential.load(path).predict(x), old.predict(x))   # the old file intact
+    # the old file intact
+    np.testing.assert_array_equal(tn.Sequential.load(path).predict(x), old.predict(x))
 
 
 def test_load_reads_files_saved_with_positional_args(tmp_path):
     """Files from before the keyword configs hold {"class", "args", "kwargs"} per layer."""
-    model = tn.Sequential(tn.Conv2d(1, 2, 3, padding=1), tn.ReLU(), tn.Flatten(), tn.Linear(8, 2, bias=False))
+    model = tn.Sequential(tn.Conv2d(1, 2, 3, padding=1), tn.ReLU(), tn.Flatten(),
+                          tn.Linear(8, 2, bias=False))
     old = {"class": "Sequential", "layers": [
-        {"class": "Conv2d", "args": [1, 2, 3], "kwargs": {"padding": 1}}, {"class": "ReLU", "args": [], "kwargs": {}},
-        {"class": "Flatten", "args": [], "kwargs": {}}, {"class": "Linear", "args": [8, 2], "kwargs": {"bias": False}}]}
+        {"class": "Conv2d", "args": [1, 2, 3], "kwargs": {"padding": 1}},
+        {"class": "ReLU", "args": [], "kwargs": {}}, {"class": "Flatten", "args": [], "kwargs": {}},
+        {"class": "Linear", "args": [8, 2], "kwargs": {"bias": False}}]}
     np.savez(tmp_path / "old.npz", **model.state_dict(), __architecture__=np.array(json.dumps(old)))
     loaded = tn.Sequential.load(tmp_path / "old.npz")
     assert loaded.config() == model.config()
@@ -2947,7 +3095,8 @@ def test_load_a_users_own_layers_with_custom_objects(tmp_path):
     model = tn.Sequential(tn.Linear(3, 4), Square(), Scale(4, init=0.5))
     path = tmp_path / "m.npz"
     model.save(path)
-    with pytest.raises(ValueError, match=r"unknown layer class 'Square'.*custom_objects=\{'Square': Square\}"):
+    with pytest.raises(ValueError,
+                       match=r"unknown layer class 'Square'.*custom_objects=\{'Square': Square\}"):
         tn.Sequential.load(path)
     loaded = tn.Sequential.load(path, custom_objects={"Square": Square, "Scale": Scale})
     x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
@@ -2966,7 +3115,8 @@ def test_load_reports_a_bug_in_a_layer_constructor_as_itself(tmp_path):
     model.save(tmp_path / "m.npz")
     with open(tmp_path / "m.npz", "rb") as f:
         data = dict(np.load(f))
-    data["__architecture__"] = np.array(json.dumps({"class": "Sequential", "layers": [{"class": "Broken", "kwargs": {"n": -1}}]}))
+    data["__architecture__"] = np.array(json.dumps(
+        {"class": "Sequential", "layers": [{"class": "Broken", "kwargs": {"n": -1}}]}))
     np.savez(tmp_path / "m.npz", **data)
     with pytest.raises(ZeroDivisionError, match="my bug"):
         tn.Sequential.load(tmp_path / "m.npz", custom_objects={"Broken": Broken})
@@ -2984,10 +3134,12 @@ def test_save_rejects_a_layer_that_does_not_keep_its_arguments(tmp_path):
 RESUME = textwrap.dedent("""
     import sys, numpy as np, tinynet as tn
     mode, path = sys.argv[1], sys.argv[2]
-    X = np.random.default_rng(0).standard_normal((100, 6)).astype(np.float32); y = (X[:, 0] * X[:, 1] > 0).astype(np.int64)
+    X = np.random.default_rng(0).standard_normal((100, 6)).astype(np.float32)
+    y = (X[:, 0] * X[:, 1] > 0).astype(np.int64)
     tn.manual_seed(7)
     model = tn.Sequential(tn.Linear(6, 16), tn.ReLU(), tn.Dropout(0.3), tn.Linear(16, 2))
-    opt = tn.Adam([{"params": model.parameters()[:2], "weight_decay": 1e-3}, {"params": model.parameters()[2:]}], lr=0.01)
+    opt = tn.Adam([{"params": model.parameters()[:2], "weight_decay": 1e-3},
+                   {"params": model.parameters()[2:]}], lr=0.01)
     sched = tn.OneCycleLR(opt, max_lr=0.05, total_steps=4 * 7)
     model.compile(opt, tn.CrossEntropyLoss(), scheduler=sched)
     if mode == "all":
@@ -2997,7 +3149,8 @@ RESUME = textwrap.dedent("""
         tn.save_checkpoint(path + ".ckpt.npz", model, opt, sched, epoch=2)
     else:
         model = tn.Sequential.load(path + ".ckpt.npz")
-        opt = tn.Adam([{"params": model.parameters()[:2], "weight_decay": 1e-3}, {"params": model.parameters()[2:]}], lr=0.01)
+        opt = tn.Adam([{"params": model.parameters()[:2], "weight_decay": 1e-3},
+                       {"params": model.parameters()[2:]}], lr=0.01)
         sched = tn.OneCycleLR(opt, max_lr=0.05, total_steps=4 * 7)
         model.compile(opt, tn.CrossEntropyLoss(), scheduler=sched)
         assert tn.load_checkpoint(path + ".ckpt.npz", model, opt, sched) == {"epoch": 2}
@@ -3008,8 +3161,9 @@ RESUME = textwrap.dedent("""
 
 def test_checkpoint_resume_in_a_fresh_process_is_bit_identical(tmp_path):
     def run(mode, name):
-        r = subprocess.run([sys.executable, "-c", RESUME, mode, str(tmp_path / name)], capture_output=True,
-                           text=True, cwd=HERE, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+        r = subprocess.run([sys.executable, "-c", RESUME, mode, str(tmp_path / name)],
+                           capture_output=True, text=True, cwd=HERE,
+                           env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
         assert r.returncode == 0, r.stderr
         return tn.Sequential.load(tmp_path / name).state_dict()
 
@@ -3056,7 +3210,8 @@ def test_load_rejects_corrupt_file(tmp_path, content):
 
 # ── IDX ─────────────────────────────────────────────────────────────────────
 
-IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.int16, 0x0C: np.int32, 0x0D: np.float32, 0x0E: np.float64}
+IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.int16, 0x0C: np.int32, 0x0D: np.float32,
+             0x0E: np.float64}
 
 
 def idx_bytes(a, code=None):
@@ -3177,7 +3332,8 @@ def test_data_dir_resolution(tmp_path, monkeypatch):
     assert len(tn.load_mnist(download=False)[0]) == 4                       # $TINYNET_DATA
     assert len(tn.load_mnist(tmp_path / "arg", download=False)[0]) == 2     # the argument wins
     monkeypatch.delenv("TINYNET_DATA")
-    default = tn._data_dir()                                                # data/ beside tinynet.py
+    # data/ beside tinynet.py
+    default = tn._data_dir()
     assert os.path.isabs(default) and os.path.basename(default) == "data"
 
 
@@ -3196,7 +3352,8 @@ def test_load_iris():
 def test_load_iris_default_path(tmp_path, monkeypatch, where):
     folder = DATA if where == "TINYNET_DATA" else tn._DATA_BESIDE
     need(os.path.join(folder, "iris.csv"))
-    monkeypatch.setenv("TINYNET_DATA", DATA if where == "TINYNET_DATA" else str(tmp_path))  # no iris.csv there
+    # no iris.csv there
+    monkeypatch.setenv("TINYNET_DATA", DATA if where == "TINYNET_DATA" else str(tmp_path))
     X, y = tn.load_iris()
     assert X.shape == (150, 4) and np.bincount(y).tolist() == [50, 50, 50]
 
@@ -3218,17 +3375,20 @@ def test_load_iris_rejects_bad_file(tmp_path, text):
 def test_load_iris_rejects_a_missing_file_saying_where_and_how(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYNET_DATA", str(tmp_path))
     monkeypatch.setattr(tn, "_DATA_BESIDE", str(tmp_path / "beside"))
-    with pytest.raises(FileNotFoundError, match=r"load_iris: iris.csv not found; looked in .*iris.csv and "
-                                                r".*beside.iris.csv.*TINYNET_DATA.*load_iris\(path\)"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"load_iris: iris.csv not found; looked in .*iris.csv and "
+                             r".*beside.iris.csv.*TINYNET_DATA.*load_iris\(path\)"):
         tn.load_iris()
 
 
 # ── downloads, from a local http.server ─────────────────────────────────────
 
 def test_missing_files_without_download(tmp_path):
-    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "mnist" / "train-images-idx3-ubyte.gz"))):
+    with pytest.raises(FileNotFoundError,
+                       match=re.escape(str(tmp_path / "mnist" / "train-images-idx3-ubyte.gz"))):
         tn.load_mnist(tmp_path, download=False)
-    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "svhn" / "test_32x32.mat"))):
+    with pytest.raises(FileNotFoundError,
+                       match=re.escape(str(tmp_path / "svhn" / "test_32x32.mat"))):
         tn.load_svhn("test", tmp_path, download=False)
     assert not (tmp_path / "mnist").exists()
 
@@ -3238,7 +3398,8 @@ MNIST_NAMES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
-    """/good/<f> serves f, /missing/<f> answers 404, /drop/<f> promises all of f, sends half and hangs up."""
+    """/good/<f> serves f, /missing/<f> answers 404, /drop/<f> promises all of f, sends half and
+    hangs up."""
 
     def do_GET(self):
         kind, _, name = self.path.strip("/").partition("/")
@@ -3265,16 +3426,19 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """(base URL, {file name: (bytes, md5)}) of a server on 127.0.0.1 holding small MNIST and SVHN files."""
+    """(base URL, {file name: (bytes, md5)}) of a server on 127.0.0.1 holding small MNIST and
+    SVHN files."""
     root = tmp_path_factory.mktemp("www")
     rng = np.random.default_rng(0)
     files = {}
     for name, n in zip(MNIST_NAMES, (6, 6, 4, 4)):
         shape = (n, 28, 28) if "images" in name else (n,)
-        write_idx(root / name, rng.integers(0, 10 if len(shape) == 1 else 256, shape, dtype=np.uint8))
+        write_idx(root / name, rng.integers(0, 10 if len(shape) == 1 else 256, shape,
+                                            dtype=np.uint8))
     svhn_file(root, "test", 5)
     for name in MNIST_NAMES + ["test_32x32.mat"]:
-        files[name] = ((root / name).read_bytes(), hashlib.md5((root / name).read_bytes()).hexdigest())
+        files[name] = ((root / name).read_bytes(),
+                       hashlib.md5((root / name).read_bytes()).hexdigest())
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.root = str(root)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -3314,7 +3478,8 @@ def test_download_md5_mismatch(tmp_path, monkeypatch, server):
     with pytest.raises(OSError, match="MD5") as err:
         tn.load_mnist(tmp_path)
     assert urls[0] + "train-labels-idx1-ubyte.gz" in str(err.value)
-    assert os.listdir(tmp_path / "mnist") == ["train-images-idx3-ubyte.gz"]   # fetched before; no .part
+    # fetched before; no .part
+    assert os.listdir(tmp_path / "mnist") == ["train-images-idx3-ubyte.gz"]
 
 
 def test_download_connection_dropped(tmp_path, monkeypatch, server):
@@ -3346,7 +3511,8 @@ def test_download_svhn(tmp_path, monkeypatch, server):
 # ── SVHN, on small .mat files in the official layout ────────────────────────
 
 def svhn_file(folder, split, n, seed=0, **override):
-    """Write <folder>/<split>_32x32.mat: X (32, 32, 3, n) uint8, y (n, 1) in 1..10 (10 = digit 0)."""
+    """Write <folder>/<split>_32x32.mat: X (32, 32, 3, n) uint8, y (n, 1) in 1..10
+    (10 = digit 0)."""
     from scipy.io import savemat
     rng = np.random.default_rng(seed)
     X = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
@@ -3439,7 +3605,7 @@ def test_train_val_split_rejects_length_mismatch():
 
 @pytest.mark.parametrize("counts, val_size, expected", [
     ([60, 30, 10], 0.2, [12, 6, 2]),
-    ([7, 5, 3], 0.4, [3, 2, 1]),           # quotas 2.8, 2, 1.2: the largest remainder gets the extra one
+    ([7, 5, 3], 0.4, [3, 2, 1]),  # quotas 2.8, 2, 1.2: the largest remainder gets the extra one
     ([50, 50, 50], 30, [10, 10, 10]),
     ([10, 30], 0.05, [1, 1]),              # quotas 0.5, 1.5: a tie goes to the first class
 ])
@@ -3450,7 +3616,8 @@ def test_train_val_split_stratified(counts, val_size, expected, shuffle):
     X = np.arange(len(y))
     X_tr, y_tr, X_val, y_val = tn.train_val_split(X, y, val_size, shuffle=shuffle, stratify=True)
     assert np.bincount(y_val, minlength=len(counts)).tolist() == expected
-    assert np.bincount(y_tr, minlength=len(counts)).tolist() == [c - e for c, e in zip(counts, expected)]
+    assert (np.bincount(y_tr, minlength=len(counts)).tolist()
+            == [c - e for c, e in zip(counts, expected)])
     np.testing.assert_array_equal(y[X_tr], y_tr)
     assert sorted(np.concatenate([X_tr, X_val])) == list(range(len(y)))
     if not shuffle:   # order kept, and each class's last samples validate
@@ -3544,14 +3711,14 @@ def test_minibatches_rejects_bad_arguments(X, y, batch_size, pattern):
 
 SCRIPTS = HERE                                               # the scripts sit beside tinynet.py
 LAST_LINE = re.compile(r"^test accuracy: 0\.\d{4}$|^test accuracy: 1\.0000$")
-EPOCH_LINE = re.compile(r"^epoch 1/1 - loss: \d+\.\d{4} - accuracy: \d\.\d{4} - val_loss: \d+\.\d{4} - "
-                        r"val_accuracy: \d\.\d{4} - lr: ", re.M)
+EPOCH_LINE = re.compile(r"^epoch 1/1 - loss: \d+\.\d{4} - accuracy: \d\.\d{4} - "
+                        r"val_loss: \d+\.\d{4} - val_accuracy: \d\.\d{4} - lr: ", re.M)
 RUN_PNGS = ("loss.png", "accuracy.png", "batch_loss.png", "confusion.png")
 IRIS = ["setosa", "versicolor", "virginica"]
 CLASS_NAMES = {3: IRIS, 10: [str(i) for i in range(10)],
-               20: ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-                    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle",
-                    "bottle"]}
+               20: ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                    "ship", "truck", "apple", "aquarium_fish", "baby", "bear", "beaver", "bed",
+                    "bee", "beetle", "bicycle", "bottle"]}
 
 
 # ── checking figures ──────────────────────────────────────────────────────────
@@ -3586,13 +3753,15 @@ def _in_view_tick_labels(axis):
                         (axis.get_minor_ticks(), axis.get_minorticklocs())):
         for tick, loc in zip(ticks, locs):
             if lo - eps <= loc <= hi + eps:
-                labels += [t for t in (tick.label1, tick.label2) if t.get_visible() and t.get_text().strip()]
+                labels += [t for t in (tick.label1, tick.label2)
+                           if t.get_visible() and t.get_text().strip()]
     return labels
 
 
 def _drawn_texts(fig):
     """(every text the figure draws, [tick labels of each axis], [legends])."""
-    all_axes = list(fig.axes) + [c for ax in fig.axes for c in ax.child_axes]   # child: secondary axes
+    # child: secondary axes
+    all_axes = list(fig.axes) + [c for ax in fig.axes for c in ax.child_axes]
     texts, ticks, legends = list(fig.texts), [], list(fig.legends)
     if fig._suptitle is not None:
         texts.append(fig._suptitle)
@@ -3608,7 +3777,7 @@ def _drawn_texts(fig):
                     texts += ticks[-1]
     for legend in legends:
         texts += [*legend.get_texts(), legend.get_title()]
-    texts = list({id(t): t for t in texts}.values())               # (the suptitle is also in fig.texts)
+    texts = list({id(t): t for t in texts}.values())  # (the suptitle is also in fig.texts)
     return [t for t in texts if t.get_visible() and t.get_text().strip()], ticks, legends
 
 
@@ -3638,10 +3807,11 @@ def _assert_text_fits(fig):
     for labels in ticks:
         bad = _overlapping([extent[id(t)].extents for t in labels])
         assert not bad, "overlapping tick labels: " + ", ".join(f"{labels[i].get_text()!r} and "
-                                                               f"{labels[j].get_text()!r}" for i, j in bad)
+                                                               f"{labels[j].get_text()!r}"
+                                                               for i, j in bad)
     bad = _overlapping([extent[id(t)].extents for t in texts])
-    assert not bad, "overlapping texts: " + ", ".join(f"{texts[i].get_text()!r} and {texts[j].get_text()!r}"
-                                                      for i, j in bad)
+    assert not bad, "overlapping texts: " + ", ".join(f"{texts[i].get_text()!r} and "
+                                                      f"{texts[j].get_text()!r}" for i, j in bad)
     data_axes = [ax for ax in fig.axes if not hasattr(ax, "_colorbar")]
     for legend in legends:
         box = legend.get_window_extent(renderer).extents
@@ -3649,7 +3819,8 @@ def _assert_text_fits(fig):
         for ax in data_axes:
             assert not _overlapping([box, ax.get_window_extent(renderer).extents]), \
                 f"the legend {[t.get_text() for t in inside]} covers the data of {ax.get_title()!r}"
-        others = [extent[id(t)].extents for t in texts if t not in inside and t is not legend.get_title()]
+        others = [extent[id(t)].extents for t in texts
+                  if t not in inside and t is not legend.get_title()]
         assert not any(i == 0 for i, _ in _overlapping([box] + others)), "a legend covers a text"
 
 
@@ -3658,7 +3829,8 @@ def _history(n_epochs=6, scale=1.0, batches=5):
     for e in range(n_epochs):
         h.batch_loss += [scale * 2.0 / (e + 1 + b / batches) for b in range(batches)]
         h.on_epoch_end(e, {"loss": scale / (e + 1), "accuracy": 1 - 0.5 / (e + 1),
-                           "val_loss": 1.2 * scale / (e + 1), "val_accuracy": 1 - 0.6 / (e + 1), "lr": 1e-3})
+                           "val_loss": 1.2 * scale / (e + 1), "val_accuracy": 1 - 0.6 / (e + 1),
+                           "lr": 1e-3})
     return h
 
 
@@ -3678,25 +3850,29 @@ def test_every_plot_helper_writes_a_png_whose_text_fits(tmp_path, figures, n):
     y, y_pred = _labels(n, 30 * n)
     title = f"Data{n} MLP 4-100-100-{n}"
     f = lambda x, y: (x - 3) ** 2 + (y - 5) ** 2             # noqa: E731
-    paths = {f"optimizer {i} lr={0.01 * (i + 1):g}": np.cumsum(rng.normal(0.2, 0.3, (30, 2)), axis=0)
+    paths = {f"optimizer {i} lr={0.01 * (i + 1):g}":
+             np.cumsum(rng.normal(0.2, 0.3, (30, 2)), axis=0)
              for i in range(n)}
     drawn = {
         "history": lambda p: tn.plot_history(_history(), p, title=title),
         "one_key": lambda p: tn.plot_history(_history(40, 3.0), p, keys=("loss",),
-                                             title=f"{title}, cross-entropy loss, adam lr 0.001, a long title"),
-        "curves": lambda p: tn.plot_curves({f"run {i}: lr={10.0 ** -(i % 4):g} adam + onecycle": _history(scale=i + 1)
+                                             title=f"{title}, cross-entropy loss, adam lr 0.001, "
+                                                   "a long title"),
+        "curves": lambda p: tn.plot_curves({f"run {i}: lr={10.0 ** -(i % 4):g} adam + onecycle":
+                                            _history(scale=i + 1)
                                             for i in range(n)}, p, title=title),
         "confusion": lambda p: tn.plot_confusion_matrix(y, y_pred, p, names, title=title),
         "confusion_ids": lambda p: tn.plot_confusion_matrix(y, y_pred, p, title=title),
-        "predictions": lambda p: tn.plot_predictions(rng.random((len(y), 3, 32, 32)), y, y_pred, p, names,
-                                                     n=12, title=title),
-        "embeddings": lambda p: tn.plot_embeddings({"raw pixels (784 dims); probe 0.8808": rng.normal(size=(len(y), 2)),
-                                                    "learned features (256 dims); even/odd linear probe: test "
-                                                    "accuracy 0.9618": rng.random((len(y), 2))},
-                                                   y, p, names, title=title),
+        "predictions": lambda p: tn.plot_predictions(rng.random((len(y), 3, 32, 32)), y, y_pred, p,
+                                                     names, n=12, title=title),
+        "embeddings": lambda p: tn.plot_embeddings(
+            {"raw pixels (784 dims); probe 0.8808": rng.normal(size=(len(y), 2)),
+             "learned features (256 dims); even/odd linear probe: test "
+             "accuracy 0.9618": rng.random((len(y), 2))},
+            y, p, names, title=title),
         "batch_loss": lambda p: tn.plot_batch_loss(_history(n), p, title=title),
-        "paths": lambda p: tn.plot_optimizer_paths({"quadratic": (f, paths, (3, 5)), "again": (f, paths)}, p,
-                                                   title=title),
+        "paths": lambda p: tn.plot_optimizer_paths({"quadratic": (f, paths, (3, 5)),
+                                                    "again": (f, paths)}, p, title=title),
     }
     if n != 3:                            # these two do not depend on n: one size is enough
         for name in ("history", "one_key"):
@@ -3709,13 +3885,15 @@ def test_every_plot_helper_writes_a_png_whose_text_fits(tmp_path, figures, n):
             _assert_text_fits(fig)
         except AssertionError as e:
             raise AssertionError(f"{name} with {n}: {e}") from None
-        assert title in fig._suptitle.get_text().replace("\n", " "), f"{name}: the title does not name the run"
+        assert title in fig._suptitle.get_text().replace("\n", " "), \
+            f"{name}: the title does not name the run"
 
 
 def test_iris_confusion_matrix_names_do_not_run_together(tmp_path, figures):
     """The known defect: 3 Iris classes gave "versicolorvirginica" and a cut title."""
     y, y_pred = _labels(3, 30)
-    tn.plot_confusion_matrix(y, y_pred, tmp_path / "cm.png", IRIS, title="Iris, MLP 4-100-100-3 relu, ce loss")
+    tn.plot_confusion_matrix(y, y_pred, tmp_path / "cm.png", IRIS,
+                             title="Iris, MLP 4-100-100-3 relu, ce loss")
     _assert_text_fits(figures[-1])
     ax = figures[-1].axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == IRIS
@@ -3734,7 +3912,8 @@ def test_embeddings_legend_outside_the_points(tmp_path, figures):
     legend = [a.get_legend() for a in fig.axes if a.get_legend()][0]
     assert [t.get_text() for t in legend.get_texts()] == [str(c) for c in range(10)]
     for ax in fig.axes:
-        assert not _overlapping([legend.get_window_extent(renderer).extents, ax.get_window_extent(renderer).extents])
+        assert not _overlapping([legend.get_window_extent(renderer).extents,
+                                 ax.get_window_extent(renderer).extents])
 
 
 @pytest.mark.parametrize("n", [3, 10, 20])
@@ -3742,7 +3921,8 @@ def test_curves_differ_in_colour_and_in_line_style_and_marker(tmp_path, figures,
     tn.plot_curves({f"run {i}": _history() for i in range(n)}, tmp_path / "c.png")
     lines = figures[-1].axes[0].get_lines()
     assert len(lines) == n
-    colours = {tuple(np.round(np.array(__import__("matplotlib").colors.to_rgba(line.get_color())), 3))
+    colours = {tuple(np.round(np.array(__import__("matplotlib").colors
+                                       .to_rgba(line.get_color())), 3))
                for line in lines}
     assert len(colours) == n, "two curves share a colour"
     assert len({(line.get_linestyle(), line.get_marker()) for line in lines}) == n, \
@@ -3774,7 +3954,8 @@ def test_optimizer_path_sgd_closed_form():
     path = tn.optimizer_path(lambda params: tn.SGD(params, lr=lr), _quadratic_grad, (0, 0), steps)
     assert path.shape == (steps + 1, 2) and path.dtype == np.float64
     t = np.arange(steps + 1)[:, None]
-    np.testing.assert_allclose(path, [3, 5] + (1 - 2 * lr) ** t * (np.array([0, 0]) - [3, 5]), rtol=1e-12)
+    np.testing.assert_allclose(path, [3, 5] + (1 - 2 * lr) ** t * (np.array([0, 0]) - [3, 5]),
+                               rtol=1e-12)
     with pytest.raises(ValueError, match="optimizer_path"):
         tn.optimizer_path(lambda params: tn.SGD(params, lr=lr), _quadratic_grad, (0, 0, 0), 3)
 
@@ -3792,7 +3973,8 @@ def test_optimizer_path_matches_torch():
             out.append(p.detach().clone().numpy())
         return np.array(out)
     for ours, theirs in ((lambda ps: tn.Adam(ps, lr=0.2), lambda ps: torch.optim.Adam(ps, lr=0.2)),
-                         (lambda ps: tn.RMSprop(ps, lr=0.1), lambda ps: torch.optim.RMSprop(ps, lr=0.1)),
+                         (lambda ps: tn.RMSprop(ps, lr=0.1),
+                          lambda ps: torch.optim.RMSprop(ps, lr=0.1)),
                          (lambda ps: tn.SGD(ps, lr=0.01, momentum=0.9),
                           lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9))):
         assert_parity(tn.optimizer_path(ours, _quadratic_grad, (0, 0), 50), torch_path(theirs, 50),
@@ -3802,7 +3984,8 @@ def test_optimizer_path_matches_torch():
 def test_plot_optimizer_paths_draws_each_path_over_contours(tmp_path, figures):
     f = lambda x, y: (x - 3) ** 2 + (y - 5) ** 2              # noqa: E731
     paths = {name: tn.optimizer_path(make, _quadratic_grad, (0, 0), 40)
-             for name, make in (("SGD", lambda ps: tn.SGD(ps, lr=0.05)), ("Adam", lambda ps: tn.Adam(ps, lr=0.2)))}
+             for name, make in (("SGD", lambda ps: tn.SGD(ps, lr=0.05)),
+                                ("Adam", lambda ps: tn.Adam(ps, lr=0.2)))}
     tn.plot_optimizer_paths({"quadratic": (f, paths, (3, 5))}, tmp_path / "p.png", title="paths")
     _png_ok(tmp_path / "p.png")
     ax = figures[-1].axes[0]
@@ -3822,23 +4005,25 @@ def _parser():
 def test_flags_typed_sees_typed_flags_even_at_their_default():
     parser = _parser()
     assert tn.flags_typed(parser, []) == set()
-    assert tn.flags_typed(parser, ["--lr", "0.001", "--quick", "--batch=64"]) == {"--lr", "--quick", "--batch-size"}
+    assert (tn.flags_typed(parser, ["--lr", "0.001", "--quick", "--batch=64"])
+            == {"--lr", "--quick", "--batch-size"})
 
 
 def test_reject_flags_exits_with_a_usage_error(capsys):
     parser = _parser()
-    tn.reject_flags(parser, ["--lr"], "with --sweep", argv=["--epochs", "3"])          # not typed: fine
+    tn.reject_flags(parser, ["--lr"], "with --sweep", argv=["--epochs", "3"])  # not typed: fine
     with pytest.raises(SystemExit) as e:
         tn.reject_flags(parser, ["--lr", "--optimizer", "--epochs"], "with --sweep",
                         argv=["--lr=0.001", "--optimizer", "adam"])
     assert e.value.code == 2
-    assert "--lr and --optimizer have no effect with --sweep; remove them" in capsys.readouterr().err
+    assert ("--lr and --optimizer have no effect with --sweep; remove them"
+            in capsys.readouterr().err)
 
 
 def test_exit_missing_data_says_what_to_do(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        tn.exit_missing_data("train_x.py", "X", OSError("tried: http://a, http://b"), ["a.gz", "b.gz"],
-                             tmp_path, "x", "from http://example.org/")
+        tn.exit_missing_data("train_x.py", "X", OSError("tried: http://a, http://b"),
+                             ["a.gz", "b.gz"], tmp_path, "x", "from http://example.org/")
     message = str(e.value.code)
     for part in ("train_x.py: X is not available", "tried: http://a, http://b", "a.gz, b.gz",
                  str(tmp_path / "x"), "--data-dir", "TINYNET_DATA"):
@@ -3846,7 +4031,8 @@ def test_exit_missing_data_says_what_to_do(tmp_path, capsys):
 
 
 def test_old_helpers_are_gone_and_scripts_compile_and_fit_themselves():
-    assert not hasattr(tn, "fit_with_args") and not hasattr(tn, "parse_args") and not hasattr(tn, "save_run")
+    assert (not hasattr(tn, "fit_with_args") and not hasattr(tn, "parse_args")
+            and not hasattr(tn, "save_run"))
     for script in ("train_mnist.py", "train_svhn.py", "train_iris.py"):
         with open(os.path.join(SCRIPTS, script)) as fh:
             source = fh.read()
@@ -3881,14 +4067,15 @@ def _check_run(r, out, pngs):
     assert LAST_LINE.match(r.stdout.splitlines()[-1]), r.stdout[-500:]
     assert EPOCH_LINE.search(r.stdout), r.stdout[-2000:]
     model = tn.Sequential.load(out / "model.npz")
-    assert (out / "history.csv").read_text().splitlines()[0] == "epoch,loss,accuracy,val_loss,val_accuracy,lr"
+    assert ((out / "history.csv").read_text().splitlines()[0]
+            == "epoch,loss,accuracy,val_loss,val_accuracy,lr")
     for name in pngs:
         _png_ok(out / name)
     return model
 
 
 def _refused_downloads():
-    with socket.socket() as s:        # a closed local port: every download attempt is refused at once
+    with socket.socket() as s:  # a closed local port: every download attempt is refused at once
         s.bind(("127.0.0.1", 0))
         proxy = f"http://127.0.0.1:{s.getsockname()[1]}"
     return {**{k: proxy for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")},
@@ -3920,8 +4107,8 @@ def test_script_help(script, monkeypatch, capsys):
         _main(script, ["--help"], monkeypatch)
     assert e.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
-    for flag in ("--epochs", "--batch-size", "--lr", "--optimizer", "--scheduler", "--weight-decay", "--seed",
-                 "--data-dir", "--out", "--quick", "--no-plots"):
+    for flag in ("--epochs", "--batch-size", "--lr", "--optimizer", "--scheduler", "--weight-decay",
+                 "--seed", "--data-dir", "--out", "--quick", "--no-plots"):
         assert flag in out
     assert "a small subset and 1 epoch" in out
     extra = {"train_mnist": ("--projection {tsne,pca}", "--embeddings"), "train_svhn": ("--sweep", "--batchnorm"),
@@ -3932,12 +4119,15 @@ def test_script_help(script, monkeypatch, capsys):
 
 @pytest.mark.parametrize("script, argv, message", [
     ("train_svhn", ["--sweep", "--lr", "0.01"], "--lr has no effect with --sweep"),
-    ("train_svhn", ["--sweep", "--optimizer", "sgd", "--batchnorm"], "--optimizer and --batchnorm have no effect"),
+    ("train_svhn", ["--sweep", "--optimizer", "sgd", "--batchnorm"],
+     "--optimizer and --batchnorm have no effect"),
     ("train_mnist", ["--projection", "pca"], "--projection has no effect without --embeddings"),
-    ("train_mnist", ["--embeddings", "--projection", "pca", "--no-plots"], "--projection has no effect with --no-plots"),
+    ("train_mnist", ["--embeddings", "--projection", "pca", "--no-plots"],
+     "--projection has no effect with --no-plots"),
     ("train_iris", ["--quick", "--epochs", "5"], "--epochs has no effect with --quick"),
     ("train_svhn", ["--quick", "--epochs", "5"], "--epochs has no effect with --quick"),
-    ("train_iris", ["--trajectories", "--no-plots"], "--trajectories has no effect with --no-plots"),
+    ("train_iris", ["--trajectories", "--no-plots"],
+     "--trajectories has no effect with --no-plots"),
 ])
 def test_ignored_flags_are_rejected(script, argv, message, monkeypatch, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
@@ -3968,15 +4158,18 @@ def test_train_iris_normalize_holds_training_statistics(iris_quick):
     norm = tn.Sequential.load(out / "model.npz")[0]
     X, _ = tn.load_iris(os.path.join(SCRIPTS, "data", "iris.csv"))
     assert norm.mean.shape == norm.std.shape == (4,)
-    assert np.all(np.abs(norm.mean - X.mean(0)) < 0.6 * X.std(0)) and np.all(norm.std > 0.2)  # a training subset's
+    # a training subset's
+    assert np.all(np.abs(norm.mean - X.mean(0)) < 0.6 * X.std(0)) and np.all(norm.std > 0.2)
     model = tn.Sequential.load(out / "model.npz")
-    np.testing.assert_allclose(model.activations(X[:5])[0], (X[:5] - norm.mean) / norm.std, rtol=1e-5)
+    np.testing.assert_allclose(model.activations(X[:5])[0], (X[:5] - norm.mean) / norm.std,
+                               rtol=1e-5)
 
 
 def test_train_iris_trajectories_reach_the_minimum(iris_quick):
     r, _ = iris_quick
     ends = {m[0]: (float(m[1]), float(m[2])) for m in
-            re.findall(r"^\(x-3\)² \+ \(y-5\)²: (.+?) lr=\S+ ends at \((\S+), (\S+)\)$", r.stdout, re.M)}
+            re.findall(r"^\(x-3\)² \+ \(y-5\)²: (.+?) lr=\S+ ends at \((\S+), (\S+)\)$",
+                       r.stdout, re.M)}
     assert set(ends) == {"SGD", "momentum 0.9", "RMSprop", "Adam", "Lion"}
     for name, end in ends.items():
         assert np.hypot(end[0] - 3, end[1] - 5) < 0.2, (name, end)
@@ -3985,25 +4178,28 @@ def test_train_iris_trajectories_reach_the_minimum(iris_quick):
 
 def test_train_iris_reaches_the_accuracy_bar_with_each_loss_and_activation(tmp_path):
     for args in ((), ("--loss", "nll", "--activation", "sigmoid")):
-        r = _run("train_iris.py", *args, "--no-plots", "--out", tmp_path / "_".join(args or ("default",)))
+        r = _run("train_iris.py", *args, "--no-plots", "--out",
+                 tmp_path / "_".join(args or ("default",)))
         assert r.returncode == 0, r.stderr[-2000:]
         assert float(r.stdout.split()[-1]) >= 0.9667, (args, r.stdout[-300:])
-        assert not any(name.endswith(".png") for name in os.listdir(tmp_path / "_".join(args or ("default",))))
+        assert not any(name.endswith(".png")
+                       for name in os.listdir(tmp_path / "_".join(args or ("default",))))
         assert "saved model.npz, history.csv in" in r.stdout and "figures" not in r.stdout
     model = tn.Sequential.load(tmp_path / "--loss_nll_--activation_sigmoid" / "model.npz")
     assert isinstance(model[-1], tn.LogSoftmax) and isinstance(model[2], tn.Sigmoid)
 
 
 def test_train_iris_without_iris_csv_fails_cleanly(tmp_path):
-    r = _run("train_iris.py", "--quick", "--data-dir", tmp_path / "empty", "--out", tmp_path / "out")
+    r = _run("train_iris.py", "--quick", "--data-dir", tmp_path / "empty", "--out",
+             tmp_path / "out")
     _assert_clean_failure(r, "iris.csv", str(tmp_path / "empty"))
 
 
 # MNIST
 
 def test_train_mnist_quick_embeddings_and_optimizers(tmp_path):
-    r = _run("train_mnist.py", "--quick", "--embeddings", "--projection", "pca", "--compare-optimizers",
-             "--out", tmp_path, "--data-dir", _mnist_dir())
+    r = _run("train_mnist.py", "--quick", "--embeddings", "--projection", "pca",
+             "--compare-optimizers", "--out", tmp_path, "--data-dir", _mnist_dir())
     _check_run(r, tmp_path, RUN_PNGS + ("predictions.png", "embeddings.png", "optimizers.png"))
     assert len(re.findall(r"even/odd linear probe on .*: test accuracy 0\.\d{4}", r.stdout)) == 2
     rows = (tmp_path / "optimizers.csv").read_text().splitlines()
@@ -4025,7 +4221,8 @@ def test_train_mnist_parity_probe_is_a_logistic_regression(monkeypatch):
     train_mnist = importlib.import_module("train_mnist")
     compiled = []
     compile_ = tn.Sequential.compile
-    monkeypatch.setattr(tn.Sequential, "compile", lambda self, *a, **k: compiled.append((self, a, k))
+    monkeypatch.setattr(tn.Sequential, "compile",
+                        lambda self, *a, **k: compiled.append((self, a, k))
                         or compile_(self, *a, **k))
     tn.manual_seed(0)
     y = np.arange(400) % 10
@@ -4034,7 +4231,8 @@ def test_train_mnist_parity_probe_is_a_logistic_regression(monkeypatch):
     assert accuracy == 1.0
     [(probe, (_, loss), _)] = compiled
     assert isinstance(loss, tn.BCEWithLogitsLoss)
-    assert len(probe) == 1 and isinstance(probe[0], tn.Linear) and probe[0].weight.data.shape == (1, 10)
+    assert (len(probe) == 1 and isinstance(probe[0], tn.Linear)
+            and probe[0].weight.data.shape == (1, 10))
 
 
 def test_train_mnist_projection_pca_and_default_tsne(monkeypatch, capsys):
@@ -4043,18 +4241,20 @@ def test_train_mnist_projection_pca_and_default_tsne(monkeypatch, capsys):
     np.testing.assert_allclose(train_mnist.project_2d(F, "pca", 0), tn.pca(F, 2))
     with pytest.raises(SystemExit):
         _main("train_mnist", ["--help"], monkeypatch)
-    assert "(tsne)" in capsys.readouterr().out          # t-SNE is the default; the slow path is not run here
+    # t-SNE is the default; the slow path is not run here
+    assert "(tsne)" in capsys.readouterr().out
 
 
 def test_train_mnist_without_data_fails_cleanly(tmp_path):
-    r = _run("train_mnist.py", "--quick", "--data-dir", tmp_path / "empty", "--out", tmp_path / "out",
-             env=_refused_downloads())
+    r = _run("train_mnist.py", "--quick", "--data-dir", tmp_path / "empty", "--out",
+             tmp_path / "out", env=_refused_downloads())
     _assert_clean_failure(r, "https://ossci-datasets.s3.amazonaws.com/mnist/train-images-idx3-ubyte.gz",
                           "http://yann.lecun.com/exdb/mnist/", "t10k-labels-idx1-ubyte.gz",
                           str(tmp_path / "empty" / "mnist"))
 
 
-@pytest.mark.parametrize("argv, epochs", [(["--model", "cnn"], 6), ([], 10), (["--model", "cnn", "--epochs", "3"], 3)])
+@pytest.mark.parametrize("argv, epochs", [(["--model", "cnn"], 6), ([], 10),
+                                          (["--model", "cnn", "--epochs", "3"], 3)])
 def test_train_mnist_epochs_default_depends_on_the_model(tmp_path, argv, epochs):
     r = _run("train_mnist.py", *argv, "--data-dir", tmp_path / "empty", "--out", tmp_path / "out",
              env=_refused_downloads())                 # stops at the missing data, after the config
@@ -4065,51 +4265,58 @@ def test_train_mnist_epochs_default_depends_on_the_model(tmp_path, argv, epochs)
 
 @pytest.fixture
 def svhn_dir(tmp_path):
-    """Small synthetic SVHN files in the official layout: X (32, 32, 3, N) uint8, y (N, 1), 10 for digit 0."""
+    """Small synthetic SVHN files in the official layout: X (32, 32, 3, N) uint8, y (N, 1),
+    10 for digit 0."""
     from scipy.io import savemat
     rng = np.random.default_rng(0)
     folder = tmp_path / "data" / "svhn"
     folder.mkdir(parents=True)
     for split, n in (("train", 300), ("test", 100)):
         X = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
-        X[:, :, 2] //= 4                                         # channels with different statistics
-        savemat(folder / f"{split}_32x32.mat", {"X": X, "y": rng.integers(1, 11, (n, 1)).astype(np.uint8)})
+        X[:, :, 2] //= 4  # channels with different statistics
+        savemat(folder / f"{split}_32x32.mat",
+                {"X": X, "y": rng.integers(1, 11, (n, 1)).astype(np.uint8)})
     return tmp_path / "data"
 
 
 def test_train_svhn_quick_cnn_batchnorm_normalizes_with_training_statistics(tmp_path, svhn_dir):
     out = tmp_path / "out"
-    r = _run("train_svhn.py", "--quick", "--model", "cnn", "--batchnorm", "--no-plots", "--data-dir", svhn_dir,
-             "--out", out)
+    r = _run("train_svhn.py", "--quick", "--model", "cnn", "--batchnorm", "--no-plots",
+             "--data-dir", svhn_dir, "--out", out)
     model = _check_run(r, out, ())                 # the figures: test_train_svhn_sweep
     assert not any(name.endswith(".png") for name in os.listdir(out))
     assert "saved model.npz, history.csv in" in r.stdout and "figures" not in r.stdout
     assert "train 210, validation 90, test 100 images" in r.stdout
-    assert isinstance(model[0], tn.Normalize) and any(isinstance(layer, tn.BatchNorm2d) for layer in model)
+    assert (isinstance(model[0], tn.Normalize)
+            and any(isinstance(layer, tn.BatchNorm2d) for layer in model))
     X, _ = tn.load_svhn("train", svhn_dir)
-    np.testing.assert_allclose(model[0].mean, X.mean(axis=(0, 2, 3)), atol=0.01)     # 210 of the 300 images
+    # 210 of the 300 images
+    np.testing.assert_allclose(model[0].mean, X.mean(axis=(0, 2, 3)), atol=0.01)
     np.testing.assert_allclose(model[0].std, X.std(axis=(0, 2, 3)), rtol=0.05)
     assert model[0].mean[2] < model[0].mean[0] / 2
 
 
 def test_train_svhn_sweep(tmp_path, svhn_dir):
     out = tmp_path / "out"
-    r = _run("train_svhn.py", "--quick", "--sweep", "--scheduler", "cosine", "--data-dir", svhn_dir, "--out", out)
+    r = _run("train_svhn.py", "--quick", "--sweep", "--scheduler", "cosine", "--data-dir", svhn_dir,
+             "--out", out)
     runs = [f"lr{lr}_{opt}_{bn}" for lr in ("0.001", "0.01") for opt in ("adam", "momentum")
             for bn in ("nobn", "bn")]
-    _check_run(r, out, RUN_PNGS + ("predictions.png", "sweep.png") + tuple(f"loss_{name}.png" for name in runs))
+    _check_run(r, out, RUN_PNGS + ("predictions.png", "sweep.png")
+               + tuple(f"loss_{name}.png" for name in runs))
     rows = (out / "results.csv").read_text().splitlines()
-    assert rows[0] == "lr,optimizer,batchnorm,train_loss,val_loss,val_accuracy,time_s" and len(rows) == 9
-    assert re.search(r"^best configuration: lr0\.01?_(adam|momentum)_(no)?bn \(val accuracy 0\.\d{4}\)$",
-                     r.stdout, re.M)
+    assert (rows[0] == "lr,optimizer,batchnorm,train_loss,val_loss,val_accuracy,time_s"
+            and len(rows) == 9)
+    assert re.search(r"^best configuration: lr0\.01?_(adam|momentum)_(no)?bn "
+                     r"\(val accuracy 0\.\d{4}\)$", r.stdout, re.M)
     assert isinstance(tn.Sequential.load(out / "model.npz")[0], tn.Normalize)
 
 
 def test_train_svhn_without_data_fails_cleanly(tmp_path):
-    r = _run("train_svhn.py", "--quick", "--data-dir", tmp_path / "empty", "--out", tmp_path / "out",
-             env=_refused_downloads())
-    _assert_clean_failure(r, "http://ufldl.stanford.edu/housenumbers/", "train_32x32.mat", "test_32x32.mat",
-                          str(tmp_path / "empty" / "svhn"))
+    r = _run("train_svhn.py", "--quick", "--data-dir", tmp_path / "empty", "--out",
+             tmp_path / "out", env=_refused_downloads())
+    _assert_clean_failure(r, "http://ufldl.stanford.edu/housenumbers/", "train_32x32.mat",
+                          "test_32x32.mat", str(tmp_path / "empty" / "svhn"))
     assert not os.listdir(tmp_path / "empty" / "svhn")      # no partial download left behind
 
 
@@ -4838,7 +5045,8 @@ def test_train_mnist_transformer_model_and_attention_figure(tmp_path, figures):
 def test_bench_smoke_runs_every_table(tmp_path):
     """bench_tinynet.py --smoke runs every code path (epochs, layers with their GEMM limits, BLAS
     threads quiet and busy, memory) on tiny data in a few seconds; no timing is asserted."""
-    r = _run("bench_tinynet.py", "--smoke", "--out", tmp_path / "bench.json", env={"TINYNET_DATA": DATA})
+    r = _run("bench_tinynet.py", "--smoke", "--out", tmp_path / "bench.json",
+             env={"TINYNET_DATA": DATA})
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "bench.json").read_text())
     assert set(res["epochs"]) == {"mlp", "cnn-small", "cnn-32-64", "lstm", "transformer"}
@@ -4848,7 +5056,8 @@ def test_bench_smoke_runs_every_table(tmp_path):
     for row in list(res["epochs"].values()) + list(res["layers"].values()):
         assert row["tinynet_s" if "tinynet_s" in row else "tinynet_ms"] > 0 and row["ratio"] > 0
     assert res["layers"]["Conv2d 32->64 k3 p1 @14"]["gemm_ms"] > 0
-    assert res["memory"]["mlp"]["tinynet_peak_mb"] > 0 and res["info"]["torch_threads_tried"] == [1, 2]
+    assert (res["memory"]["mlp"]["tinynet_peak_mb"] > 0
+            and res["info"]["torch_threads_tried"] == [1, 2])
 
 
 # ════════════════════════════════════════════════════════════════════════════
@@ -5611,7 +5820,8 @@ EXCERPT_ARGS |= {"LayerNorm": ((5,), (2, 3, 5)), "MultiheadAttention": ((6, 2, 0
 
 
 def _definitions():
-    """{name: (ast node, source lines)} of every module-level definition of tinynet.py, and the import lines."""
+    """{name: (ast node, source lines)} of every module-level definition of tinynet.py, and the
+    import lines."""
     source = open(tn.__file__).read()
     tree, lines = ast.parse(source), source.splitlines()
     defs, imports = {}, []
@@ -5656,7 +5866,7 @@ def test_each_layer_copies_out_alone_and_stays_short(capsys):
         names = excerpt(name, defs)
         code = "\n".join(imports) + "\n\n" + "\n\n".join(defs[n] for n in names)
         namespace = {}
-        exec(compile(code, f"<excerpt {name}>", "exec"), namespace)         # runs alone, with numpy only
+        exec(compile(code, f"<excerpt {name}>", "exec"), namespace)  # runs alone, with numpy only
         args, shape = EXCERPT_ARGS.get(name, ((), (4, 5)))
         tn.manual_seed(0)
         if "_rng" in namespace:
@@ -5672,7 +5882,8 @@ def test_each_layer_copies_out_alone_and_stays_short(capsys):
             np.testing.assert_array_equal(p.grad, q.grad, err_msg=name)
     median = float(np.median(list(sizes.values())))
     with capsys.disabled():
-        print("\ncopy excerpt lines: " + ", ".join(f"{k} {v}" for k, v in sizes.items()) + f"; median {median:g}")
+        print("\ncopy excerpt lines: " + ", ".join(f"{k} {v}" for k, v in sizes.items())
+              + f"; median {median:g}")
     assert median <= 60 and sizes["Conv2d"] <= 120 and sizes["MaxPool2d"] <= 100, sizes
     assert all(sizes[name] <= limit for name, limit in ATTENTION_EXCERPTS.items()), sizes
     assert all(sizes[name] <= most for name, most in COPIED_WHOLE.items()), sizes
@@ -5719,11 +5930,13 @@ def test_import_loads_only_numpy_and_stdlib():
     code = ("import json, sys; before = set(sys.modules); import tinynet; "
             "print(json.dumps(sorted(set(sys.modules) - before)))")
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.abspath(tn.__file__)))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout
     loaded = json.loads(out)
     assert "tinynet" in loaded and "numpy" in loaded
-    foreign = [m for m in loaded if m.split(".")[0] not in sys.stdlib_module_names | {"numpy", "tinynet"}
-               and not re.fullmatch(r"_?cython_\w+", m)]     # registered by numpy's Cython extensions
+    foreign = [m for m in loaded
+               if m.split(".")[0] not in sys.stdlib_module_names | {"numpy", "tinynet"}
+               and not re.fullmatch(r"_?cython_\w+", m)]  # registered by numpy's Cython extensions
     assert foreign == []
 
 
