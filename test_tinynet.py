@@ -21,7 +21,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import tracemalloc
 import warnings
 
@@ -155,7 +154,7 @@ def _tiny_data(n=48, classes=3, seed=0):
     return X, (X @ rng.standard_normal((4, classes))).argmax(1)
 
 
-HERE = os.path.dirname(os.path.abspath(tn.__file__))      # the project folder: tinynet.py and the scripts
+HERE = os.path.dirname(os.path.abspath(tn.__file__))  # project folder: tinynet.py and the scripts
 DATA = tn._data_dir()      # as tinynet finds it: $TINYNET_DATA, else data/ (iris.csv ships there)
 
 
@@ -1092,7 +1091,8 @@ def test_optimizer_param_groups_match_torch(name, kw):
     assert_parity(rec, trec, "lr at every step", rtol=0)
     for a, b in zip(ours, theirs):
         assert_parity(a, b, "parameters", rtol=1e-10)
-    opt = getattr(tn, name)([{"params": [tn.Parameter(np.zeros(2))], "lr": 0.5}, {"params": [tn.Parameter(np.zeros(3))]}], **kw)
+    opt = getattr(tn, name)([{"params": [tn.Parameter(np.zeros(2))], "lr": 0.5},
+                             {"params": [tn.Parameter(np.zeros(3))]}], **kw)
     assert [g["lr"] for g in opt.param_groups] == [0.5, kw["lr"]]
     # every hyper-parameter in each group
     assert set(opt.param_groups[1]) == set(opt.defaults) | {"params"}
@@ -1375,7 +1375,7 @@ SCHEDULER_CONFIGS = [
 def test_scheduler_matches_torch(sched, kw):
     opt_kw = dict(lr=0.1, momentum=0.9)
     (ours, rec), (theirs, trec) = _drive("SGD", opt_kw, steps=150, sched=sched, sched_kw=kw)
-    assert rec.shape == (150, 1, 3) and len(set(rec[:, 0, 0])) > 2     # one group; the lr does change
+    assert rec.shape == (150, 1, 3) and len(set(rec[:, 0, 0])) > 2  # one group; the lr does change
     assert_parity(rec, trec, "lr, get_last_lr and momentum at every step", rtol=1e-13)
     for a, b in zip(ours, theirs):
         assert_parity(a, b, "parameters", rtol=1e-10)
@@ -1412,15 +1412,18 @@ def _plateau_metrics():
     rng = np.random.default_rng(2)
     return np.concatenate([np.linspace(1.0, 0.5, 20), np.full(15, 0.5), 0.5 - 1e-6 * np.arange(12),
                            0.49 - 3e-4 * np.arange(12),   # steps above rel 1e-4, below abs 1e-3
-                           0.47 - 7e-5 * np.arange(12),   # steps of rel 1.5e-4: the default threshold
-                           np.linspace(0.48, 0.3, 10), 0.3 + 0.05 * rng.random(30), np.full(13, 0.2)])
+                           0.47 - 7e-5 * np.arange(12),   # steps of rel 1.5e-4: default threshold
+                           np.linspace(0.48, 0.3, 10), 0.3 + 0.05 * rng.random(30),
+                           np.full(13, 0.2)])
 
 
 @pytest.mark.parametrize("kw, sign, lr", [
     (dict(), 1, 0.1),
     (dict(mode="max", factor=0.5, patience=3, threshold=0.01, cooldown=2), -1, 0.1),
-    (dict(threshold_mode="abs", threshold=0.001, patience=2, cooldown=1, factor=0.5, min_lr=1e-4), 1, 0.1),
-    (dict(mode="max", threshold_mode="abs", threshold=0.0, patience=0, factor=0.5), 1, 1e-6),   # eps stops it
+    (dict(threshold_mode="abs", threshold=0.001, patience=2, cooldown=1, factor=0.5,
+          min_lr=1e-4), 1, 0.1),
+    # eps stops it
+    (dict(mode="max", threshold_mode="abs", threshold=0.0, patience=0, factor=0.5), 1, 1e-6),
     (dict(mode="max", threshold_mode="abs", threshold=1e-3, patience=2, factor=0.5), -1, 0.1),
     (dict(patience=0, factor=0.9), 1, 0.1),                      # the default threshold, rel 1e-4
 ])
@@ -1456,7 +1459,7 @@ def test_scheduler_with_param_groups_matches_torch(sched, kw, opt_name):
     opt_kw = dict(lr=0.1, momentum=0.9) if opt_name == "SGD" else dict(lr=0.01)
     (ours, rec), (theirs, trec) = _drive(opt_name, opt_kw, steps=60, sched=sched, sched_kw=kw,
                                          groups=[([0, 2], {"lr": 0.05}), ([1], {})])
-    assert rec.shape == (60, 2, 3) and len(set(rec[:, 1, 0])) > 2        # two groups; the lr does change
+    assert rec.shape == (60, 2, 3) and len(set(rec[:, 1, 0])) > 2  # two groups; the lr does change
     assert_parity(rec, trec, "lr at every step", rtol=1e-13)
     for a, b in zip(ours, theirs):
         assert_parity(a, b, "parameters", rtol=1e-10)
@@ -1723,7 +1726,8 @@ def test_sequential_backward_after_compile_skips_the_input_gradient():
 
 
 def test_sequential_backward_after_compile_stops_at_the_first_layer_with_parameters():
-    """As torch's autograd: layers before the first parameter need no backward, and that layer no dx."""
+    """As torch's autograd: layers before the first parameter need no backward, and that layer
+    no dx."""
     class NoBackward(tn.Layer):
         def forward(self, x):
             return x
@@ -1976,7 +1980,8 @@ def test_evaluate_accuracy_with_one_hot_targets():
 
 
 def test_summary():
-    model = tn.Sequential(tn.Linear(4, 16), tn.ReLU(), tn.Dropout(0.2), tn.Linear(16, 3), tn.Softmax())
+    model = tn.Sequential(tn.Linear(4, 16), tn.ReLU(), tn.Dropout(0.2), tn.Linear(16, 3),
+                          tn.Softmax())
     lines = []
     assert model.summary(print_fn=lines.append) is None
     [text] = lines
@@ -2286,7 +2291,8 @@ def test_blas_threads_tries_each_count_then_keeps_the_faster(slow):
         # more turns than the 3 batches of this fit
         short = tn.BlasThreads(turns=3, seconds=0, clock=FakeClock())
         assert _fit_watching_blas_threads(short, lambda n, i: 0, n=24) == [1, 1, 2]
-        assert short.chosen == 1 and short.count is None and _blas_threads() == 1   # only 1 thread was timed
+        # only 1 thread was timed
+        assert short.chosen == 1 and short.count is None and _blas_threads() == 1
         nothing = tn.BlasThreads(clock=FakeClock())        # one batch, untimed: the largest count
         assert _fit_watching_blas_threads(nothing, lambda n, i: 0, n=8) == [1]
         assert nothing.chosen == 2 and nothing.count is None and _blas_threads() == 2
@@ -2779,7 +2785,8 @@ def test_fit_feeds_val_loss_to_reduce_lr_on_plateau():
     model.compile(opt, tn.CrossEntropyLoss(), scheduler=tn.ReduceLROnPlateau(opt, **kw))
     hist = model.fit(X, y, epochs=8, batch_size=16, validation_data=(Xv, yv), verbose=0).history
     expected = _torch_lrs("ReduceLROnPlateau", kw, 8, hist["val_loss"])
-    assert expected != _torch_lrs("ReduceLROnPlateau", kw, 8, hist["loss"])   # the test tells them apart
+    # the test tells them apart
+    assert expected != _torch_lrs("ReduceLROnPlateau", kw, 8, hist["loss"])
     assert_parity(hist["lr"] + [opt.lr], expected, "lr", rtol=1e-13)
 
 
@@ -4111,8 +4118,10 @@ def test_script_help(script, monkeypatch, capsys):
                  "--seed", "--data-dir", "--out", "--quick", "--no-plots"):
         assert flag in out
     assert "a small subset and 1 epoch" in out
-    extra = {"train_mnist": ("--projection {tsne,pca}", "--embeddings"), "train_svhn": ("--sweep", "--batchnorm"),
-             "train_iris": ("--loss {ce,nll,mse}", "--activation {relu,sigmoid}", "--trajectories")}[script]
+    extra = {"train_mnist": ("--projection {tsne,pca}", "--embeddings"),
+             "train_svhn": ("--sweep", "--batchnorm"),
+             "train_iris": ("--loss {ce,nll,mse}", "--activation {relu,sigmoid}",
+                            "--trajectories")}[script]
     for flag in extra:
         assert flag in out
 
@@ -5051,8 +5060,8 @@ def test_bench_smoke_runs_every_table(tmp_path):
     res = json.loads((tmp_path / "bench.json").read_text())
     assert set(res["epochs"]) == {"mlp", "cnn-small", "cnn-32-64", "lstm", "transformer"}
     assert set(res["busy"]) == {"quiet", "busy"}
-    assert {"Conv2d 32->64 k3 p1 @14", "Conv2d 1->32 k3 p1 @28", "Linear 784->256", "MaxPool2d(2) @28",
-            "BatchNorm2d(32) @28"} <= set(res["layers"])
+    assert {"Conv2d 32->64 k3 p1 @14", "Conv2d 1->32 k3 p1 @28", "Linear 784->256",
+            "MaxPool2d(2) @28", "BatchNorm2d(32) @28"} <= set(res["layers"])
     for row in list(res["epochs"].values()) + list(res["layers"].values()):
         assert row["tinynet_s" if "tinynet_s" in row else "tinynet_ms"] > 0 and row["ratio"] > 0
     assert res["layers"]["Conv2d 32->64 k3 p1 @14"]["gemm_ms"] > 0
@@ -5158,7 +5167,8 @@ def test_nll_loss_takes_a_certain_row_and_names_the_first_bad_one():
 
 def test_bce_with_logits_rejects_a_scalar_and_a_third_axis():
     for shape in ((), (4, 1, 1), (4, 3)):
-        with pytest.raises(ValueError, match=r"^BCEWithLogitsLoss: expected logits \(N,\) or \(N, 1\)"):
+        with pytest.raises(ValueError,
+                           match=r"^BCEWithLogitsLoss: expected logits \(N,\) or \(N, 1\)"):
             tn.BCEWithLogitsLoss()(np.zeros(shape), np.zeros(shape))
 
 
@@ -5172,7 +5182,8 @@ class _Options(tn.Layer):
 
 
 def test_config_tells_the_bias_parameter_from_flags_and_none():
-    """A Parameter (or None) stands for the bias flag; other flags and None values stay as they are."""
+    """A Parameter (or None) stands for the bias flag; other flags and None values stay as
+    they are."""
     assert _Options().config()["kwargs"] == {"shift": None, "center": False, "bias": True}
     assert (_Options(shift=1.5, center=True, bias=False).config()["kwargs"]
             == {"shift": 1.5, "center": True, "bias": False})
@@ -5439,14 +5450,14 @@ def test_recurrent_dropout_between_layers_matches_torch(name):
     ours, _ = recurrent_pair(name, {"num_layers": 2, "dropout": 0.4, "batch_first": True})
     ours.train()
     layers = [
-        getattr(torch.nn, name)(4 if l == 0 else 3, 3, batch_first=True).double() for l in range(2)
+        getattr(torch.nn, name)(4 if i == 0 else 3, 3, batch_first=True).double() for i in range(2)
     ]
-    for l, m in enumerate(layers):
+    for i, m in enumerate(layers):
         m.load_state_dict(
             {
-                k.replace(f"_l{l}", "_l0"): torch.from_numpy(v)
+                k.replace(f"_l{i}", "_l0"): torch.from_numpy(v)
                 for k, v in ours.state_dict().items()
-                if f"_l{l}" in k
+                if f"_l{i}" in k
             }
         )
     x, g = randn(1, (3, 6, 4)), randn(2, (3, 6, 3))
@@ -5458,10 +5469,10 @@ def test_recurrent_dropout_between_layers_matches_torch(name):
     yt.backward(T(g, False))
     assert_parity(y, yt, f"{name} with dropout, forward")
     assert_parity(ours.backward(g), xt.grad, f"{name} with dropout, input gradient")
-    for l, m in enumerate(layers):
+    for i, m in enumerate(layers):
         for k, q in m.named_parameters():
             assert_parity(
-                getattr(ours, k.replace("_l0", f"_l{l}")).grad, q.grad, f"{name} {k} l{l} gradient"
+                getattr(ours, k.replace("_l0", f"_l{i}")).grad, q.grad, f"{name} {k} l{i} gradient"
             )
 
 
@@ -5770,7 +5781,8 @@ def test_sequence_layers_reject_bad_arguments():
 def test_train_mnist_recurrent_models_read_rows_as_steps(model, tmp_path):
     train_mnist = importlib.import_module("train_mnist")
     net, _ = train_mnist.build_model(model)
-    assert [type(layer).__name__ for layer in net] == ["Flatten", model.upper(), "LastStep", "Linear"]
+    assert ([type(layer).__name__ for layer in net]
+            == ["Flatten", model.upper(), "LastStep", "Linear"])
     assert net.predict(np.zeros((3, 1, 28, 28), np.float32)).shape == (3, 10) and net[1].batch_first
     r = _run(
         "train_mnist.py",
@@ -5799,11 +5811,14 @@ def test_train_iris_mse_is_the_labs_summed_squared_error(tmp_path, capsys):
 # Copying a class: the minimal excerpt of each layer runs alone and stays short
 # ════════════════════════════════════════════════════════════════════════════
 
-PUBLIC_LAYERS = ["Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Flatten", "Dropout",
-                 "Normalize", "Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d"]
-EXCERPT_ARGS = {"Linear": ((5, 3), (4, 5)), "Conv2d": ((2, 3, 3, 2, 1), (2, 2, 7, 6)), "MaxPool2d": ((3, 2, 1), (2, 3, 7, 6)),
-                "AvgPool2d": ((2,), (2, 3, 6, 6)), "BatchNorm1d": ((5,), (6, 5)), "BatchNorm2d": ((3,), (2, 3, 4, 4)),
-                "Normalize": (([0.1, 0.2, 0.3], [1.0, 2.0, 3.0]), (2, 3, 4)), "Flatten": ((), (2, 3, 4))}
+PUBLIC_LAYERS = ["Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
+                 "Flatten", "Dropout", "Normalize", "Conv2d", "MaxPool2d", "AvgPool2d",
+                 "BatchNorm1d", "BatchNorm2d"]
+EXCERPT_ARGS = {"Linear": ((5, 3), (4, 5)), "Conv2d": ((2, 3, 3, 2, 1), (2, 2, 7, 6)),
+                "MaxPool2d": ((3, 2, 1), (2, 3, 7, 6)), "AvgPool2d": ((2,), (2, 3, 6, 6)),
+                "BatchNorm1d": ((5,), (6, 5)), "BatchNorm2d": ((3,), (2, 3, 4, 4)),
+                "Normalize": (([0.1, 0.2, 0.3], [1.0, 2.0, 3.0]), (2, 3, 4)),
+                "Flatten": ((), (2, 3, 4))}
 PUBLIC_LAYERS += ["Embedding", "RNN", "LSTM", "GRU", "LastStep"]
 EXCERPT_ARGS |= {"Embedding": ((7, 3), (2, 5)), "RNN": ((3, 4, 2), (5, 2, 3)),
                  "LSTM": ((3, 4, 1), (5, 2, 3)), "GRU": ((3, 4, 1), (5, 2, 3)),

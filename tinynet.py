@@ -1219,8 +1219,10 @@ class Optimizer:
         for p in group["params"]:
             if not (_is_parameter(p) and isinstance(p.data, np.ndarray)
                     and isinstance(p.grad, np.ndarray)):
-                raise TypeError(f"{name}: expected parameters with .data and .grad arrays, got {type(p).__name__}")
-        if {id(p) for p in group["params"]} & {id(p) for g in self.param_groups for p in g["params"]}:
+                raise TypeError(f"{name}: expected parameters with .data and .grad arrays, "
+                                f"got {type(p).__name__}")
+        if ({id(p) for p in group["params"]}
+                & {id(p) for g in self.param_groups for p in g["params"]}):
             raise ValueError(f"{name}: some parameters appear in more than one parameter group")
         for k, v in group.items():  # torch's checks: every number >= 0, betas in [0, 1)
             if k == "betas":
@@ -2052,7 +2054,8 @@ class EarlyStopping(Callback):
                  baseline=None, restore_best_weights=False, start_from_epoch=0):
         self.monitor, self.min_delta, self.patience = monitor, abs(min_delta), patience
         self.verbose, self.baseline, self.start_from_epoch = verbose, baseline, start_from_epoch
-        self.restore_best_weights, self.larger = restore_best_weights, _monitor_is_better(mode, monitor)
+        self.restore_best_weights, self.larger = (restore_best_weights,
+                                                  _monitor_is_better(mode, monitor))
 
     def on_train_begin(self, logs=None):
         self.wait, self.stopped_epoch, self.best_epoch = 0, 0, 0
@@ -2551,7 +2554,8 @@ class Sequential(Layer):
             return x, y, self._check_data("fit (validation_data)", *validation_data)
         if validation_split:
             if not 0 < validation_split < 1:
-                raise ValueError(f"Sequential.fit: validation_split must be in (0, 1), got {validation_split}")
+                raise ValueError(f"Sequential.fit: validation_split must be in (0, 1), "
+                                 f"got {validation_split}")
             cut = int(len(x) * (1 - validation_split))
             return x[:cut], y[:cut], (x[cut:], y[cut:])
         return x, y, None
@@ -2694,8 +2698,8 @@ class Sequential(Layer):
 
     @staticmethod
     def load(path, custom_objects=None):
-        """Rebuild a model written by `save` (or `save_checkpoint`): architecture, dtype, weights and
-        buffers, and the loss and metrics it was compiled with (so evaluate works; fit needs
+        """Rebuild a model written by `save` (or `save_checkpoint`): architecture, dtype, weights
+        and buffers, and the loss and metrics it was compiled with (so evaluate works; fit needs
         compile). custom_objects: {"ClassName": class} for layers and losses not tinynet's, as
         Keras."""
         arrays, config, _ = _read_model_file(path, "Sequential.load")
@@ -2835,7 +2839,8 @@ class LayerState:
         for arg, spec in _init_args(type(self)):
             v = getattr(self, arg, spec.default)
             if v is spec.empty:
-                raise ValueError(f"{type(self).__name__}: keep the constructor argument {arg!r} as self.{arg} "
+                raise ValueError(f"{type(self).__name__}: keep the constructor argument {arg!r} "
+                                 f"as self.{arg} "
                                  "(or define config()) so that the layer can be saved")
             if _is_parameter(v) or (v is None and isinstance(spec.default, bool)):
                 v = v is not None                                     # the bias flag
@@ -2950,8 +2955,9 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None):
 
 
 # tinynet's layers that torch.nn has under the same name and arguments; torch options they must keep
-_TORCH_LAYERS = ("Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Dropout",
-                 "Flatten", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax")
+_TORCH_LAYERS = ("Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d",
+                 "Dropout", "Flatten", "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
+                 "Softmax", "LogSoftmax")
 _TORCH_LAYERS += ("Embedding", "RNN", "LSTM", "GRU", "LastStep")   # see _torch_sequence_modules
 _TORCH_LAYERS += ("LayerNorm", "GELU", "TransformerEncoderLayer")
 # why some tinynet layers have no twin in torch.nn.Sequential
@@ -2972,9 +2978,9 @@ def _torch_encoder_args(m):
                 activation=("relu", "gelu")[m.activation_relu_or_gelu - 1],
                 layer_norm_eps=m.norm1.eps, batch_first=m.self_attn.batch_first,
                 norm_first=m.norm_first)
-_TORCH_DEFAULTS = {"dilation": (1, (1, 1)), "groups": (1,), "padding_mode": ("zeros",), "ceil_mode": (False,),
-                   "return_indices": (False,), "count_include_pad": (True,), "divisor_override": (None,),
-                   "affine": (True,), "track_running_stats": (True,)}
+_TORCH_DEFAULTS = {"dilation": (1, (1, 1)), "groups": (1,), "padding_mode": ("zeros",),
+                   "ceil_mode": (False,), "return_indices": (False,), "count_include_pad": (True,),
+                   "divisor_override": (None,), "affine": (True,), "track_running_stats": (True,)}
 _TORCH_DEFAULTS |= {"max_norm": (None,), "scale_grad_by_freq": (False,), "sparse": (False,),
                     "proj_size": (0,)}
 
@@ -3652,8 +3658,8 @@ def plot_predictions(X, y_true, y_pred, path=None, class_names=None, n=32, title
             ax.set(xticks=[], yticks=[])
             for s in ax.spines.values():
                 s.set(color="red", linewidth=2)
-    _suptitle(fig, f"{title + ': ' if title else ''}predicted (true) test images; {len(wrong):,} of "
-              f"{len(y_true):,} misclassified, shown first in red", fontsize=11)
+    _suptitle(fig, f"{title + ': ' if title else ''}predicted (true) test images; {len(wrong):,} "
+              f"of {len(y_true):,} misclassified, shown first in red", fontsize=11)
     _save(fig, path, "plot_predictions")
     return fig
 

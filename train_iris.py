@@ -26,7 +26,8 @@ def build_model(mean, std, activation="relu", loss="ce"):
     """Normalize(mean, std), 4-100-act-100-act-3; a LogSoftmax output for NLLLoss, a Softmax
     output for MSELoss."""
     act = {"relu": tn.ReLU, "sigmoid": tn.Sigmoid}[activation]
-    layers = [tn.Normalize(mean, std), tn.Linear(4, 100), act(), tn.Linear(100, 100), act(), tn.Linear(100, 3)]
+    layers = [tn.Normalize(mean, std), tn.Linear(4, 100), act(), tn.Linear(100, 100), act(),
+              tn.Linear(100, 3)]
     return tn.Sequential(layers + {"nll": [tn.LogSoftmax()], "mse": [tn.Softmax()]}.get(loss, []))
 
 
@@ -88,7 +89,8 @@ def draw_trajectories(path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     tn.add_common_args(parser, epochs=100, batch_size=16, lr=1e-3)
     parser.add_argument("--loss", choices=("ce", "nll", "mse"), default="ce",
                         help="ce: CrossEntropyLoss on logits; nll: LogSoftmax + NLLLoss; mse: "
@@ -96,7 +98,8 @@ def main(argv=None):
     parser.add_argument("--activation", choices=("relu", "sigmoid"), default="relu",
                         help="hidden-layer activation (%(default)s)")
     parser.add_argument("--trajectories", action="store_true",
-                        help="also draw optimizer paths on the lab's quadratic and Rosenbrock (trajectories.png)")
+                        help="also draw optimizer paths on the lab's quadratic and Rosenbrock "
+                             "(trajectories.png)")
     args = parser.parse_args(argv)
     if args.quick:
         tn.reject_flags(parser, ["--epochs"], "with --quick, which trains 1 epoch", argv)
@@ -127,7 +130,8 @@ def main(argv=None):
     description = f"mlp 4-100-100-3 {args.activation}, {args.loss} loss"
     print(tn.describe_run(description, optimizer, scheduler))
     history = model.fit(X_train, target(y_train), epochs=args.epochs, batch_size=args.batch_size,
-                        validation_data=(X_val, target(y_val)), verbose=1, callbacks=tn.blas_thread_callbacks(args.threads))
+                        validation_data=(X_val, target(y_val)), verbose=1,
+                        callbacks=tn.blas_thread_callbacks(args.threads))
 
     y_pred = model.predict(X_test).argmax(axis=1)
     tn.save_model_and_history(model, history, args.out)

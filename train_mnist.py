@@ -64,7 +64,8 @@ def _recurrent(cell):
     """Each image as 28 rows of 28 pixels, a sequence (N, 28, 28) batch_first: cell(28, 128),
     its last step h_28 (N, 128) (tn.LastStep), Linear(128, 10)."""
     layers = [tn.Flatten(1, 2), cell(28, 128, batch_first=True), tn.LastStep(), tn.Linear(128, 10)]
-    return layers, f"{cell.__name__.lower()} 28 rows as steps: {cell.__name__}(28, 128), last step, 128-10"
+    return layers, (f"{cell.__name__.lower()} 28 rows as steps: {cell.__name__}(28, 128), "
+                    "last step, 128-10")
 
 
 def lstm(**_):
@@ -227,7 +228,8 @@ def compare_optimizers(args, train, val):
         print(f"--- {label}")
         tn.manual_seed(args.seed)
         model, description = build_model(args.model, args.loss, **model_options(args))
-        optimizer = tn.make_optimizer(name, model.parameters(), lr, 1e-2 if name == "adamw" else 0.0)
+        optimizer = tn.make_optimizer(name, model.parameters(), lr,
+                                      1e-2 if name == "adamw" else 0.0)
         scheduler = tn.make_scheduler(schedule, optimizer, epochs, len(train[0]), args.batch_size)
         print(tn.describe_run(description, optimizer, scheduler))
         model.compile(optimizer, loss_for(args.loss), scheduler=scheduler)
@@ -250,7 +252,8 @@ def model_options(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     tn.add_common_args(parser, epochs=10, batch_size=128, lr=3e-3, optimizer="adam", scheduler=None)
     epochs = parser._option_string_actions["--epochs"]       # its default depends on --model
     epochs.default = None
@@ -272,13 +275,15 @@ def main(argv=None):
                         help="draw raw pixels and learned features in 2-D; even/odd linear probe "
                         "on each")
     parser.add_argument("--projection", choices=("tsne", "pca"), default="tsne",
-                        help="with --embeddings: t-SNE (scikit-learn) or PCA, the fast one (%(default)s)")
-    parser.add_argument("--compare-optimizers", action="store_true", help="also train with every optimizer")
+                        help="with --embeddings: t-SNE (scikit-learn) or PCA, the fast one "
+                             "(%(default)s)")
+    parser.add_argument("--compare-optimizers", action="store_true",
+                        help="also train with every optimizer")
     args = parser.parse_args(argv)
     if args.quick:
         tn.reject_flags(parser, ["--epochs"], "with --quick, which trains 1 epoch", argv)
         args.epochs = 1
-    elif args.epochs is None:                 # the convnet reaches 99.2% in 6 epochs (under 2 minutes)
+    elif args.epochs is None:                 # the convnet reaches 99.2% in 6 epochs (under 2 min)
         args.epochs = MODELS[args.model][1]
     if args.scheduler is None:                # plain --optimizer sgd is plain SGD at --lr
         args.scheduler = "onecycle" if args.optimizer == "adam" else "none"

@@ -137,14 +137,16 @@ def describe_model(kind, batchnorm):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     tn.add_common_args(parser, epochs=10, batch_size=128, lr=1e-3, optimizer="adam")
     parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp",
                         help="architecture (%(default)s)")
     parser.add_argument("--batchnorm", action="store_true",
                         help="add BatchNorm after the hidden layers")
     parser.add_argument("--sweep", action="store_true",
-                        help="train the grid lr {1e-3, 1e-2} x optimizer {adam, momentum} x batchnorm {off, on}")
+                        help="train the grid lr {1e-3, 1e-2} x optimizer {adam, momentum} x "
+                             "batchnorm {off, on}")
     parser.add_argument("--gradcheck", action="store_true",
                         help="before training, check the model's gradients by central differences "
                              "(float64, 4 images, 20 coordinates of the input and of each "
