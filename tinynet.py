@@ -557,15 +557,10 @@ class Embedding(Layer):
 
 
 class _RNNBase(Layer):
-    """RNN, LSTM, GRU: x (T, N, F) (batch_first: (N, T, F)) -> the last layer's h_t: (T, N, D*H)
-    (or (N, T, D*H)); D = 2 if bidirectional: a reverse direction reads the steps backwards.
-    Layer l > 0 reads layer l-1's output (through dropout, in training). h_0 = 0; final h:
-    .h_n (layers*D, N, H). Per layer and direction, gi = x W_ih^T + b_ih for all steps at once,
-    then _steps over t; _steps_back gives dgi, dgh, the gradients of gi and of
-    gh = h_{t-1} W_hh^T + b_hh, then dW_ih = dgi^T x, dW_hh = dgh^T h_{t-1}, db_ih = sum dgi,
-    db_hh = sum dgh, dx = dgi W_ih. Weights and biases ~ U(-1/sqrt(H), 1/sqrt(H)), as torch."""
-    gates = 1           # blocks of H rows in W_ih and W_hh: LSTM 4 (i, f, g, o), GRU 3 (r, z, n)
-    kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    """RNN, LSTM, GRU: x (T, N, F) (batch_first: (N, T, F)) -> y (T, N, D*H), the last layer's h_t
+    (D = 2 if bidirectional: the reverse reads t = T..1); final h: .h_n (num_layers * D, N, H).
+    BPTT: t = T..1 by _cell_back, then dW_ih = dgi^T x, dW_hh = dgh^T h_{t-1}, dx = dgi W_ih."""
+    kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")    # all ~ U(-1/sqrt(H), 1/sqrt(H))
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False):
@@ -573,17 +568,12 @@ class _RNNBase(Layer):
             raise ValueError(f"{type(self).__name__}: dropout must be in [0, 1), got {dropout}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, dropout
-        self.bidirectional, D = bidirectional, 2 if bidirectional else 1
-        G, k = self.gates * hidden_size, 1 / math.sqrt(hidden_size)
-        for l, d in [(l, d) for l in range(num_layers) for d in range(D)]:    # torch's order
-            shapes = [(G, D * hidden_size if l else input_size), (G, hidden_size), (G,), (G,)]
-            for kind, shape in zip(self.kinds, shapes[:4 if bias else 2]):
-                w = _rng.uniform(-k, k, shape).astype(np.float32)
-                setattr(self, f"{kind}_l{l}" + "_reverse" * d, Parameter(w))
-
-    def _weights(self, l):       # per direction: [W_ih, W_hh, b_ih, b_hh] of layer l (biases None)
-        return [[getattr(self, f"{kind}_l{l}{sfx}", None) for kind in self.kinds]
-                for sfx in ["", "_reverse"][:1 + self.bidirectional]]
+        self.bidirectional, D, G = bidirectional, 1 + bidirectional, self.gates * hidden_size
+        for i, sfx in [(i, sfx) for i in range(num_layers) for sfx in ("", "_reverse")[:D]]:
+            shapes = [(G, D * hidden_size if i else input_size), (G, hidden_size), (G,), (G,)]
+            for kind, shape in zip(self.kinds, shapes[:4 if bias else 2]):   # torch's order
+                w = _rng.uniform(-1 / math.sqrt(hidden_size), 1 / math.sqrt(hidden_size), shape)
+                setattr(self, f"{kind}_l{i}{sfx}", Parameter(w.astype(np.float32)))
 
     def forward(self, x):
         if np.ndim(x) != 3 or np.shape(x)[2] != self.input_size or 0 in np.shape(x):
@@ -591,46 +581,47 @@ class _RNNBase(Layer):
             raise ValueError(f"{type(self).__name__}: expected shape ({axes}, {self.input_size}) "
                              f"with N, T > 0, got {np.shape(x)}")
         x = np.swapaxes(x, 0, 1) if self.batch_first else np.asarray(x)     # (T, N, F)
-        self._cache = []
-        for l in range(self.num_layers):
-            drop = self.dropout if l and self.training else 0               # between layers only
-            keep = (_rng.random(x.shape) >= drop).astype(x.dtype) if drop else 1
-            mask = keep / x.dtype.type(1 - drop)                            # 1 without dropout
+        (T, N, _), H, self._cache = x.shape, self.hidden_size, []
+        for i, drop in enumerate([0] + [self.dropout * self.training] * (self.num_layers - 1)):
+            mask = (_rng.random(x.shape) >= drop) / x.dtype.type(1 - drop) if drop else 1  # dropout
             x, runs = x * mask, []
-            for d, params in enumerate(self._weights(l)):                    # d = 1: reverse
-                W_ih, W_hh, b_ih, b_hh = (0 if p is None else p.data for p in params)
-                gi = x.reshape(-1, x.shape[2]) @ W_ih.T + b_ih          # (T*N, G): all steps
-                gi = gi.reshape(*x.shape[:2], -1)                       # (T, N, G)
-                runs.append(self._steps(gi[::-1] if d else gi, W_hh, b_hh))  # (hs, cache)
-            self._cache.append((x, mask, runs))                             # hs: (T+1, N, H)
-            x = np.concatenate([hs[:0:-1] if d else hs[1:] for d, (hs, _) in enumerate(runs)], 2)
-        self.h_n = np.stack([hs[-1] for _, _, runs in self._cache for hs, _ in runs])
+            for o, sfx in ((1, ""), (-1, "_reverse"))[:1 + self.bidirectional]:  # o: step order
+                W = [getattr(self, f"{kind}_l{i}{sfx}", None) for kind in self.kinds]
+                W_ih, W_hh, b_ih, b_hh = (0 if p is None else p.data for p in W)   # no bias: 0
+                gi = (x[::o].reshape(T * N, -1) @ W_ih.T + b_ih).reshape(T, N, -1)  # (T, N, G)
+                hs, c, saved = np.zeros((T + 1, N, H), gi.dtype), 0, [None] * T  # h_0 = c_0 = 0
+                for t in range(T):          # h_t, c_t = cell(gi_t, gh = h_{t-1} W_hh^T + b_hh, ...)
+                    hs[t + 1], c, saved[t] = self._cell(gi[t], hs[t] @ W_hh.T + b_hh, hs[t], c)
+                runs.append((o, W, hs, c, saved))
+            self._cache.append((x, mask, runs))
+            x = np.concatenate([hs[1:][::o] for o, _, hs, _, _ in runs], axis=2)
+        self.h_n = np.stack([hs[-1] for *_, runs in self._cache for _, _, hs, _, _ in runs])
         return x.swapaxes(0, 1) if self.batch_first else x                  # (T, N, D*H)
 
     def backward(self, grad):                                               # grad: like the output
         grad = grad.swapaxes(0, 1) if self.batch_first else grad            # (T, N, D*H)
-        H = self.hidden_size
-        for l in reversed(range(self.num_layers)):
-            (x, mask, runs), dx = self._saved()[l], 0
-            for d, (hs, cache) in enumerate(runs):
-                W_ih, W_hh, b_ih, b_hh = self._weights(l)[d]
-                dy = grad[..., d * H:(d + 1) * H]                            # (T, N, H)
-                dgi, dgh = self._steps_back(dy[::-1] if d else dy, hs, cache, W_hh.data)
-                W_hh.grad += dgh.reshape(-1, dgh.shape[2]).T @ hs[:-1].reshape(-1, H)
-                dgi = dgi[::-1] if d else dgi                               # in x's step order
-                W_ih.grad += dgi.reshape(-1, dgi.shape[2]).T @ x.reshape(-1, x.shape[2])
+        for i in reversed(range(self.num_layers)):
+            (x, mask, runs), dx, T = self._saved()[i], 0, len(grad)
+            for dy, (o, W, hs, _, saved) in zip(np.split(grad, len(runs), axis=2), runs):
+                (W_ih, W_hh, b_ih, b_hh), dgi, dgh, dh, dc = W, [None] * T, [None] * T, 0, 0
+                for t in reversed(range(T)):            # from dh_T = dc_T = 0; the cell's formulas
+                    dgi[t], dgh[t], dh, dc = self._cell_back(dh + dy[::o][t], dc, W_hh, *saved[t])
+                dgi, dgh = np.stack(dgi), np.stack(dgh)                     # (T, N, G), (T, N, G)
+                W_ih.grad += dgi.reshape(-1, dgi.shape[2]).T @ x[::o].reshape(-1, x.shape[2])
+                W_hh.grad += dgh.reshape(-1, dgh.shape[2]).T @ hs[:-1].reshape(-1, hs.shape[2])
                 for b, db in [(b_ih, dgi), (b_hh, dgh)] if self.bias else []:
-                    b.grad += db.sum(axis=(0, 1))
-                dx = dx + dgi @ W_ih.data if l or self.needs_input_grad else None    # (T, N, F)
-            grad = None if dx is None else dx * mask                        # None: not asked for
+                    b.grad += db.sum(axis=(0, 1))                           # db = sum dg
+                dx = dx + (dgi @ W_ih.data)[::o] if i or self.needs_input_grad else None  # dgi W_ih
+            grad = None if dx is None else dx * mask
         return grad.swapaxes(0, 1) if self.batch_first and grad is not None else grad
 
 
 class RNN(_RNNBase):
-    """Elman RNN, as torch.nn.RNN. Per layer and direction, for t = 1..T (x_t: (N, F), h_t: (N, H)):
-        h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)   (or relu)
-    backward (BPTT), for t = T..1, with dh = dy_t + dh_t from step t+1:
-        da = dh * (1 - h_t^2)   (relu: dh * (h_t > 0));   dh_{t-1} = da W_hh;   dgi = dgh = da."""
+    """Elman RNN, as torch.nn.RNN. Per step (gi_t = x_t W_ih^T + b_ih, gh = h_{t-1} W_hh^T + b_hh):
+        h_t = tanh(gi_t + gh)  (or relu)   (N, H)
+    backward, with dh = dL/dh_t:  dgi_t = dgh_t = dh (1 - h_t^2)  (relu: dh (h_t > 0)),
+        dh_{t-1} = dgh_t W_hh."""
+    gates = 1           # blocks of H rows in W_ih and W_hh: LSTM 4 (i, f, g, o), GRU 3 (r, z, n)
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False):
@@ -640,99 +631,59 @@ class RNN(_RNNBase):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional)
 
-    def _steps(self, gi, W_hh, b_hh):                      # gi: (T, N, H) -> hs: (T+1, N, H)
-        hs = np.zeros((len(gi) + 1,) + gi.shape[1:], gi.dtype)          # hs[0] = h_0 = 0
-        for t in range(len(gi)):
-            a = gi[t] + hs[t] @ W_hh.T + b_hh                           # (N, H)
-            hs[t + 1] = np.tanh(a) if self.nonlinearity == "tanh" else np.maximum(a, 0)
-        return hs, None
+    def _cell(self, gi, gh, h, c):                  # gi, gh: (N, H) -> h_t, c (unused), saved
+        h = np.tanh(gi + gh) if self.nonlinearity == "tanh" else np.maximum(gi + gh, 0)
+        return h, c, (h,)
 
-    def _steps_back(self, dy, hs, cache, W_hh):            # dy: (T, N, H) -> da: (T, N, H)
-        da, dh = np.empty_like(dy), 0
-        for t in reversed(range(len(dy))):
-            dh = dh + dy[t]                                 # from the output and from step t+1
-            h = hs[t + 1]
-            da[t] = dh * (1 - h * h) if self.nonlinearity == "tanh" else dh * (h > 0)
-            dh = da[t] @ W_hh
-        return da, da
+    def _cell_back(self, dh, dc, W_hh, h):
+        da = dh * (1 - h * h) if self.nonlinearity == "tanh" else dh * (h > 0)
+        return da, da, da @ W_hh.data, dc
 
 
 class LSTM(_RNNBase):
-    """Long short-term memory, as torch.nn.LSTM. Per layer and direction, for t = 1..T:
-        i, f, g, o = split(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)   (N, 4H), torch's order
-        i, f, o = sigmoid(i, f, o);  g = tanh(g);  c_t = f * c_{t-1} + i * g;  h_t = o * tanh(c_t)
-    backward (BPTT), for t = T..1, with dh = dy_t + dh_t and dc = dc_t from step t+1:
-        dc += dh * o * (1 - tanh(c_t)^2);   dc_{t-1} = dc * f;   dh_{t-1} = da W_hh, where
-        da = [dc g, dc c_{t-1}, dc i, dh tanh(c_t)] * [i (1-i), f (1-f), 1-g^2, o (1-o)]  (N, 4H)
-    c_0 = 0; final c: .c_n, like .h_n (num_layers * D, N, H). dgi = dgh = da."""
+    """Long short-term memory, as torch.nn.LSTM. Per step, i, f, g, o = split(gi_t + gh) (N, 4H):
+        i, f, o = sigmoid(i, f, o);  g = tanh(g);  c_t = f c_{t-1} + i g;  h_t = o tanh(c_t)  (N, H)
+    backward, with dh = dL/dh_t, dc = dL/dc_t:  dc += dh o (1 - tanh(c_t)^2);  dc_{t-1} = dc f;
+        dgi_t = dgh_t = [dc g i (1-i), dc c_{t-1} f (1-f), dc i (1-g^2), dh tanh(c_t) o (1-o)]"""
     gates = 4
+    c_n = property(lambda self: np.stack([c for *_, runs in self._saved() for *_, c, _ in runs]))
 
-    def forward(self, x):
-        y = super().forward(x)
-        self.c_n = np.stack([cs[-1] for _, _, runs in self._cache for _, (_, cs) in runs])
-        return y
+    def _cell(self, gi, gh, h, c):                  # gi, gh: (N, 4H); h, c: (N, H)
+        i, f, g, o = np.split(gi + gh, 4, axis=1)
+        i, f, o = (0.5 + 0.5 * np.tanh(0.5 * a) for a in (i, f, o))    # sigmoid (no exp overflow)
+        g = np.tanh(g)
+        c_t = f * c + i * g
+        tanh_c = np.tanh(c_t)
+        return o * tanh_c, c_t, (i, f, g, o, c, tanh_c)
 
-    def _steps(self, gi, W_hh, b_hh):                      # gi: (T, N, 4H) -> hs: (T+1, N, H)
-        (T, N, _), H = gi.shape, self.hidden_size
-        hs, cs = np.zeros((2, T + 1, N, H), gi.dtype)       # hs[0] = h_0 = 0, cs[0] = c_0 = 0
-        acts = np.empty_like(gi)                            # (T, N, 4H): i, f, g, o
-        for t in range(T):
-            a = gi[t] + hs[t] @ W_hh.T + b_hh               # (N, 4H)
-            acts[t] = 0.5 + 0.5 * np.tanh(0.5 * a)          # sigmoid (no exp to overflow) ...
-            acts[t, :, 2 * H:3 * H] = np.tanh(a[:, 2 * H:3 * H])   # ... but g = tanh
-            i, f, g, o = np.split(acts[t], 4, axis=1)
-            cs[t + 1] = f * cs[t] + i * g
-            hs[t + 1] = o * np.tanh(cs[t + 1])
-        return hs, (acts, cs)
-
-    def _steps_back(self, dy, hs, cache, W_hh):            # dy: (T, N, H) -> da: (T, N, 4H)
-        (acts, cs), dh, dc = cache, 0, 0
-        tanh_c, da = np.tanh(cs[1:]), np.empty_like(acts)   # (T, N, H), (T, N, 4H)
-        for t in reversed(range(len(dy))):
-            i, f, g, o = np.split(acts[t], 4, axis=1)
-            dh = dh + dy[t]
-            dc = dc + dh * o * (1 - tanh_c[t] ** 2)
-            np.concatenate([dc * g * i * (1 - i), dc * cs[t] * f * (1 - f), dc * i * (1 - g * g),
-                            dh * tanh_c[t] * o * (1 - o)], axis=1, out=da[t])
-            dc, dh = dc * f, da[t] @ W_hh
-        return da, da
+    def _cell_back(self, dh, dc, W_hh, i, f, g, o, c, tanh_c):      # c: c_{t-1}
+        dc = dc + dh * o * (1 - tanh_c ** 2)
+        da = np.concatenate([dc * g * i * (1 - i), dc * c * f * (1 - f), dc * i * (1 - g * g),
+                             dh * tanh_c * o * (1 - o)], axis=1)              # (N, 4H)
+        return da, da, da @ W_hh.data, dc * f                  # dh_{t-1} = dgh_t W_hh
 
 
 class GRU(_RNNBase):
-    """Gated recurrent unit, as torch.nn.GRU. Per layer and direction, for t = 1..T, with
-    gi = x_t W_ih^T + b_ih and gh = h_{t-1} W_hh^T + b_hh, each (N, 3H) in blocks r, z, n:
+    """Gated recurrent unit, as torch.nn.GRU (layers, directions, loops over t: _RNNBase). Per
+    step, in blocks r, z, n of H columns of gi_t = x_t W_ih^T + b_ih and gh = h_{t-1} W_hh^T + b_hh:
         r = sigmoid(gi_r + gh_r);  z = sigmoid(gi_z + gh_z);  n = tanh(gi_n + r * gh_n)  (torch's)
-        h_t = (1 - z) * n + z * h_{t-1}
-    backward (BPTT), for t = T..1, with dh = dy_t + dh_t from step t+1:
+        h_t = (1 - z) n + z h_{t-1}
+    backward, with dh = dL/dh_t:
         dn = dh (1 - z) (1 - n^2);   dz = dh (h_{t-1} - n) z (1 - z);   dr = dn gh_n r (1 - r)
-        dgi = [dr, dz, dn];   dgh = [dr, dz, dn r];   dh_{t-1} = dh z + dgh W_hh."""
+        dgi_t = [dr, dz, dn];   dgh_t = [dr, dz, dn r];   dh_{t-1} = dh z + dgh_t W_hh."""
     gates = 3
 
-    def _steps(self, gi, W_hh, b_hh):                      # gi: (T, N, 3H) -> hs: (T+1, N, H)
-        (T, N, _), H = gi.shape, self.hidden_size
-        hs, acts = np.zeros((T + 1, N, H), gi.dtype), np.empty_like(gi)   # acts: r, z, n
-        gh_n = np.empty((T, N, H), gi.dtype)
-        for t in range(T):
-            gh = hs[t] @ W_hh.T + b_hh                      # (N, 3H)
-            acts[t, :, :2 * H] = 0.5 + 0.5 * np.tanh(0.5 * (gi[t, :, :2 * H] + gh[:, :2 * H]))
-            gh_n[t] = gh[:, 2 * H:]
-            acts[t, :, 2 * H:] = np.tanh(gi[t, :, 2 * H:] + acts[t, :, :H] * gh_n[t])
-            r, z, n = np.split(acts[t], 3, axis=1)
-            hs[t + 1] = (1 - z) * n + z * hs[t]
-        return hs, (acts, gh_n)
+    def _cell(self, gi, gh, h, c):                  # gi, gh: (N, 3H); h: (N, H)
+        H = self.hidden_size
+        r, z = np.split(0.5 + 0.5 * np.tanh(0.5 * (gi[:, :2 * H] + gh[:, :2 * H])), 2, axis=1)
+        n = np.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
+        return (1 - z) * n + z * h, c, (r, z, n, gh[:, 2 * H:], h)
 
-    def _steps_back(self, dy, hs, cache, W_hh):            # dy: (T, N, H) -> dgi, dgh: (T, N, 3H)
-        (acts, gh_n), dh = cache, 0
-        dgi, dgh = np.empty_like(acts), np.empty_like(acts)
-        for t in reversed(range(len(dy))):
-            r, z, n = np.split(acts[t], 3, axis=1)
-            dh = dh + dy[t]
-            dn = dh * (1 - z) * (1 - n * n)
-            dr, dz = dn * gh_n[t] * r * (1 - r), dh * (hs[t] - n) * z * (1 - z)
-            np.concatenate([dr, dz, dn], axis=1, out=dgi[t])
-            np.concatenate([dr, dz, dn * r], axis=1, out=dgh[t])
-            dh = dh * z + dgh[t] @ W_hh
-        return dgi, dgh
+    def _cell_back(self, dh, dc, W_hh, r, z, n, gh_n, h):
+        dn = dh * (1 - z) * (1 - n * n)
+        dr, dz = dn * gh_n * r * (1 - r), dh * (h - n) * z * (1 - z)
+        dgh = np.concatenate([dr, dz, dn * r], axis=1)
+        return np.concatenate([dr, dz, dn], axis=1), dgh, dh * z + dgh @ W_hh.data, dc
 
 
 class LastStep(Layer):
