@@ -5922,6 +5922,9 @@ def test_readme_states_the_sizes_the_code_has():
     assert (f"`ReLU` is {sizes['ReLU']} lines in all, `Linear` {sizes['Linear']}, `Conv2d` "
             f"{sizes['Conv2d']}, `MaxPool2d` {sizes['MaxPool2d']} (median over the layers "
             f"{median:g})") in readme
+    assert (f"`LSTM` is {sizes['LSTM']} lines (with the recurrent base it shares with `RNN` and "
+            f"`GRU`), `MultiheadAttention` {sizes['MultiheadAttention']} and "
+            f"`TransformerEncoderLayer` {sizes['TransformerEncoderLayer']} (") in readme
     assert f"`Layer` (the core: {core} lines)" in " ".join(tn.__doc__.split())
     assert not re.search(r"\bX{2,}\b|\.X{2,}", readme), "a placeholder is left in README.md"
 
@@ -6361,7 +6364,10 @@ def test_every_plot_helper_returns_its_figure_left_open_without_a_path(
 def test_plot_path_format_follows_the_extension_and_folders_are_created(
     tmp_path, pyplot, name, magic
 ):
-    for helper, draw in _every_plot(tmp_path / name).items():
+    helpers = list(_every_plot(tmp_path / name).items())
+    if not name.endswith(".png"):       # every helper writes through _save: two are enough here
+        helpers = helpers[:2]
+    for helper, draw in helpers:
         fig = draw()
         assert (tmp_path / name).read_bytes().startswith(magic), helper
         assert not os.path.exists(f"{tmp_path / name}.tmp")

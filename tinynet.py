@@ -33,7 +33,7 @@ from bisect import bisect_right
 
 import numpy as np
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 # ════════════════════════════════════════════════════════════════════════════
