@@ -2607,8 +2607,8 @@ class Sequential(Layer):
             raise ValueError(f"Sequential.summary: the layers do not tell the input's shape (the "
                              f"model starts with {first}); run it on data once or give input_shape "
                              f"without the batch axis, e.g. summary(input_shape=(1, 28, 28))")
-        dtype = int if isinstance(self.layers[0], Embedding) else float     # indices or values
-        [outs] = list(self._outputs(np.zeros((1, *shape), dtype), 1))
+        zeros = np.zeros((1, *shape), np.int64)     # _as_input: indices for an Embedding, else cast
+        [outs] = list(self._outputs(zeros, 1))
         rows = [(f"{i}: {_describe(layer)}", str((None, *out.shape[1:])),
                  sum(p.data.size for p in layer.parameters()))
                 for i, (layer, out) in enumerate(zip(self.layers, outs))]
