@@ -5827,7 +5827,7 @@ EXCERPT_INPUTS = {"Embedding": lambda shape: np.random.default_rng(1).integers(0
 # layer: most lines of its excerpt (recurrent ones include _RNNBase: layers, directions, dropout)
 COPIED_WHOLE = {"Embedding": 60, "RNN": 120, "LSTM": 120, "GRU": 120}
 ATTENTION_EXCERPTS = {"LayerNorm": 120, "GELU": 120, "MultiheadAttention": 120,
-                      "TransformerEncoderLayer": 290}
+                      "TransformerEncoderLayer": 283}
 PUBLIC_LAYERS += [*ATTENTION_EXCERPTS, "PositionalEmbedding", "MeanOverSteps"]
 EXCERPT_ARGS |= {"LayerNorm": ((5,), (2, 3, 5)), "MultiheadAttention": ((6, 2, 0.2), (3, 2, 6)),
                  "TransformerEncoderLayer": ((6, 3, 8), (3, 2, 6)),

@@ -870,8 +870,7 @@ class MultiheadAttention(Layer):
 
 
 class TransformerEncoderLayer(Layer):
-    """Self-attention and a feed-forward block, each with dropout, a residual and a LayerNorm, as
-    torch.nn.TransformerEncoderLayer (same sublayers and keys); x, y: (N, T, E) or (T, N, E).
+    """As torch.nn.TransformerEncoderLayer (same sublayers and keys); x, y: (N, T, E) or (T, N, E).
     sa(x) = dropout1(self_attn(x)),  ff(x) = dropout2(linear2(dropout(activation(linear1(x))))).
     post-norm (norm_first=False):  h = norm1(x + sa(x)),  y = norm2(h + ff(h)).
     pre-norm (norm_first=True):    h = x + sa(norm1(x)),  y = h + ff(norm2(h)).  backward: the
@@ -893,13 +892,8 @@ class TransformerEncoderLayer(Layer):
         self.sa = [self.self_attn, self.dropout1]                            # the two branches
         self.ff = [self.linear1, act, Dropout(dropout), self.linear2, self.dropout2]
 
-    def named_parameters(self):       # torch's keys: self_attn.in_proj_weight, linear1.weight, ...
-        layers = [(k, v) for k, v in vars(self).items() if isinstance(v, Layer)]
-        return [(f"{k}.{n}", p) for k, layer in layers for n, p in layer.named_parameters()]
-
-    def parameters(self):             # in the same order
-        return [p for layer in self.sa + self.ff + [self.norm1, self.norm2]
-                for p in layer.parameters()]
+    def parameters(self):             # the sublayers' in torch's order: self_attn, linear1, ...
+        return [p for v in vars(self).values() if isinstance(v, Layer) for p in v.parameters()]
 
     def train(self, mode=True):
         for layer in self.sa + self.ff + [self.norm1, self.norm2]:
@@ -922,8 +916,7 @@ class TransformerEncoderLayer(Layer):
         dh = self.norm1.backward(dz + self._chain(self.ff, dz, back=True))
         return dh + self._chain(self.sa, dh, back=True)
 
-    @staticmethod
-    def _chain(layers, x, back=False):    # the layers' forward in order, or their backward reversed
+    def _chain(self, layers, x, back=False):  # the layers' forward in order, or backward reversed
         for layer in reversed(layers) if back else layers:
             x = layer.backward(x) if back else layer.forward(x)
         return x
@@ -2740,7 +2733,15 @@ class LayerState:
     buffers = ()
 
     def named_parameters(self):
-        return [(k, v) for k, v in vars(self).items() if _is_parameter(v)]
+        """[(name, parameter)] in attribute order; a sublayer (an attribute that is a Layer) adds
+        its own under "attribute.name", as torch's nested keys (self_attn.in_proj_weight)."""
+        named = []
+        for k, v in vars(self).items():
+            if _is_parameter(v):
+                named.append((k, v))
+            elif isinstance(v, Layer):
+                named += [(f"{k}.{name}", p) for name, p in v.named_parameters()]
+        return named
 
     def named_buffers(self):
         return [(k, getattr(self, k)) for k in self.buffers]
