@@ -649,7 +649,7 @@ class LSTM(_RNNBase):
     c_n = property(lambda self: np.stack([c for *_, runs in self._saved() for *_, c, _ in runs]))
 
     def _cell(self, gi, gh, h, c):                  # gi, gh: (N, 4H); h, c: (N, H)
-        i, f, g, o = np.split(gi + gh, 4, axis=1)
+        i, f, g, o = (gi + gh).reshape(-1, 4, self.hidden_size).swapaxes(0, 1)  # 4 (N, H) blocks
         i, f, o = (0.5 + 0.5 * np.tanh(0.5 * a) for a in (i, f, o))    # sigmoid (no exp overflow)
         g = np.tanh(g)
         c_t = f * c + i * g
@@ -675,7 +675,8 @@ class GRU(_RNNBase):
 
     def _cell(self, gi, gh, h, c):                  # gi, gh: (N, 3H); h: (N, H)
         H = self.hidden_size
-        r, z = np.split(0.5 + 0.5 * np.tanh(0.5 * (gi[:, :2 * H] + gh[:, :2 * H])), 2, axis=1)
+        rz = 0.5 + 0.5 * np.tanh(0.5 * (gi[:, :2 * H] + gh[:, :2 * H]))       # sigmoid (N, 2H)
+        r, z = rz[:, :H], rz[:, H:]
         n = np.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
         return (1 - z) * n + z * h, c, (r, z, n, gh[:, 2 * H:], h)
 
