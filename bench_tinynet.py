@@ -69,28 +69,10 @@ def blas_info():
 
 def torch_layer(name, args):
     """torch.nn's layer `name`, or, for the tinynet layers that torch.nn lacks, the module a
-    torch user writes (PositionalEmbedding: a learned table added to x; MeanOverSteps: a mean;
-    LSTM returning only its output and LastStep, as Sequential.to_torch builds them)."""
+    torch user writes, as Sequential.to_torch builds it (PositionalEmbedding: a learned table
+    added to x; MeanOverSteps: a mean; LastStep; LSTM returning only its output)."""
     import torch
-
-    class PositionalEmbedding(torch.nn.Module):
-        def __init__(self, max_len, embedding_dim):
-            super().__init__()
-            self.weight = torch.nn.Parameter(0.02 * torch.randn(max_len, embedding_dim))
-
-        def forward(self, x):
-            return x + self.weight[:x.shape[1]]
-
-    class MeanOverSteps(torch.nn.Module):
-        def __init__(self, dim=1):
-            super().__init__()
-            self.dim = dim
-
-        def forward(self, x):
-            return x.mean(dim=self.dim)
-    twins = {"PositionalEmbedding": PositionalEmbedding, "MeanOverSteps": MeanOverSteps,
-             **tn._torch_sequence_modules()}
-    return (twins.get(name) or getattr(torch.nn, name))(*args)
+    return (tn._torch_sequence_modules().get(name) or getattr(torch.nn, name))(*args)
 
 
 def build(spec, batch=BATCH):

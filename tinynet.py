@@ -2912,13 +2912,12 @@ _TORCH_LAYERS = ("Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm1d", "B
                  "Dropout", "Flatten", "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
                  "Softmax", "LogSoftmax")
 _TORCH_LAYERS += ("Embedding", "RNN", "LSTM", "GRU", "LastStep")   # see _torch_sequence_modules
-_TORCH_LAYERS += ("LayerNorm", "GELU", "TransformerEncoderLayer")
+_TORCH_LAYERS += ("LayerNorm", "GELU", "TransformerEncoderLayer", "PositionalEmbedding",
+                  "MeanOverSteps")
 # why some tinynet layers have no twin in torch.nn.Sequential
 _NOT_IN_TORCH = {
     "MultiheadAttention": "torch's takes (query, key, value) and returns a tuple, so it cannot "
-                          "sit in torch.nn.Sequential; TransformerEncoderLayer can",
-    "PositionalEmbedding": "torch.nn has none: write nn.Parameter(table) and x + table[:T]",
-    "MeanOverSteps": "torch.nn has none: write x.mean(dim=1)"}
+                          "sit in torch.nn.Sequential; TransformerEncoderLayer can"}
 
 
 def _torch_encoder_args(m):
@@ -2941,7 +2940,8 @@ _TORCH_DEFAULTS |= {"max_norm": (None,), "scale_grad_by_freq": (False,), "sparse
 def _torch_sequence_modules():
     """{name: torch module class} for the layers of a torch.nn.Sequential that torch.nn lacks:
     RNN, LSTM and GRU returning only their output (torch's return (output, h_n)), with torch's
-    names, arguments and state-dict keys, and LastStep."""
+    names, arguments and state-dict keys; LastStep, MeanOverSteps and PositionalEmbedding as a
+    torch user writes them (x[:, -1], x.mean(dim=1), x + table[:T]), with tinynet's arguments."""
     import torch
 
     def output_only(cls):
@@ -2955,8 +2955,22 @@ def _torch_sequence_modules():
         def forward(self, x):
             return x.select(self.dim, -1)
 
+    class MeanOverSteps(LastStep):
+        def forward(self, x):
+            return x.mean(dim=self.dim)
+
+    class PositionalEmbedding(torch.nn.Module):
+        def __init__(self, max_len, embedding_dim):
+            super().__init__()
+            self.max_len, self.embedding_dim = max_len, embedding_dim
+            self.weight = torch.nn.Parameter(0.02 * torch.randn(max_len, embedding_dim))
+
+        def forward(self, x):
+            return x + self.weight[:x.shape[1]]
+
     recurrent = {name: output_only(getattr(torch.nn, name)) for name in ("RNN", "LSTM", "GRU")}
-    return recurrent | {"LastStep": LastStep}
+    return recurrent | {"LastStep": LastStep, "MeanOverSteps": MeanOverSteps,
+                        "PositionalEmbedding": PositionalEmbedding}
 
 
 def _to_torch(model):
