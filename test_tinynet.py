@@ -4070,28 +4070,18 @@ def test_save_run_figures_titles_name_the_run(tmp_path, figures):
 
 # ── the training scripts ──────────────────────────────────────────────────────
 
-def _start(script, *args, env=None):
-    """The script running in a new process (a Popen); _finish(p) waits for its result."""
+def _run(script, *args, env=None):
     # one BLAS thread: on a busy 2-core machine OpenBLAS threads wait on each other (2-5x slower)
     env = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", **os.environ, **(env or {})}
     env.pop("DISPLAY", None)
     env.pop("MPLBACKEND", None)      # the scripts must pick Agg themselves
-    return subprocess.Popen([sys.executable, os.path.join(SCRIPTS, script), *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.run([sys.executable, os.path.join(SCRIPTS, script), *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=300)
 
 
-def _finish(p):
-    """A started script's subprocess.CompletedProcess (returncode, stdout, stderr)."""
-    stdout, stderr = p.communicate(timeout=300)
-    return subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
-
-
-def _run(script, *args, env=None):
-    return _finish(_start(script, *args, env=env))
-
-
-# The slowest script runs start when the session starts (those of the selected tests), each in
-# its own process with one BLAS thread: they take the second core while the other tests run here.
+# The slowest script runs start when the session starts (those of the selected tests), one at a
+# time in its own process with one BLAS thread: they take the second core while the other tests
+# run here.
 BACKGROUND = {  # test: out folder -> (script, args, env, needs MNIST)
     "test_train_mnist_quick_embeddings_and_optimizers": lambda out: (
         "train_mnist.py", ["--quick", "--embeddings", "--projection", "pca",
@@ -4110,18 +4100,19 @@ BACKGROUND = {  # test: out folder -> (script, args, env, needs MNIST)
 
 @pytest.fixture(scope="session", autouse=True)
 def background(request, tmp_path_factory):
-    """background(test name) -> (its out folder, its CompletedProcess), started at session start
-    (a run that needs MNIST starts only if the data is there; the test then fails on need())."""
+    """background(test name) -> (its out folder, its CompletedProcess). The runs of the selected
+    tests start at session start, one after another (one process beside this one: 2 cores);
+    a run that needs MNIST starts only if the data is there (the test then fails on need())."""
+    from concurrent.futures import ThreadPoolExecutor
     selected, started = {item.originalname for item in request.session.items}, {}
-    for name in BACKGROUND.keys() & selected:
+    pool = ThreadPoolExecutor(max_workers=1)
+    for name in [name for name in BACKGROUND if name in selected]:
         out = tmp_path_factory.mktemp(name)
         script, args, env, mnist = BACKGROUND[name](out)
         if not mnist or os.path.isdir(os.path.join(DATA, "mnist")):
-            started[name] = out, _start(script, *args, env=env)
-    yield lambda name: (started[name][0], _finish(started[name][1]))
-    for _, p in started.values():
-        p.kill()
-        p.communicate()
+            started[name] = out, pool.submit(_run, script, *args, env=env)
+    yield lambda name: (started[name][0], started[name][1].result())
+    pool.shutdown(cancel_futures=True)
 
 
 def _check_run(r, out, pngs):
