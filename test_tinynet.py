@@ -4070,13 +4070,18 @@ def test_save_run_figures_titles_name_the_run(tmp_path, figures):
 
 # ── the training scripts ──────────────────────────────────────────────────────
 
-def _run(script, *args, env=None):
+def _command(script, *args, env=None):
+    """subprocess.run's arguments for the script, with this moment's environment and folder."""
     # one BLAS thread: on a busy 2-core machine OpenBLAS threads wait on each other (2-5x slower)
     env = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", **os.environ, **(env or {})}
     env.pop("DISPLAY", None)
     env.pop("MPLBACKEND", None)      # the scripts must pick Agg themselves
-    return subprocess.run([sys.executable, os.path.join(SCRIPTS, script), *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    return dict(args=[sys.executable, os.path.join(SCRIPTS, script), *map(str, args)],
+                env=env, cwd=os.getcwd(), capture_output=True, text=True, timeout=300)
+
+
+def _run(script, *args, env=None):
+    return subprocess.run(**_command(script, *args, env=env))
 
 
 # The slowest script runs start when the session starts (those of the selected tests), one at a
@@ -4110,7 +4115,8 @@ def background(request, tmp_path_factory):
         out = tmp_path_factory.mktemp(name)
         script, args, env, mnist = BACKGROUND[name](out)
         if not mnist or os.path.isdir(os.path.join(DATA, "mnist")):
-            started[name] = out, pool.submit(_run, script, *args, env=env)
+            # the command is made now: later tests change os.environ and the folder
+            started[name] = out, pool.submit(subprocess.run, **_command(script, *args, env=env))
     yield lambda name: (started[name][0], started[name][1].result())
     pool.shutdown(cancel_futures=True)
 
