@@ -2911,9 +2911,9 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None):
 _TORCH_LAYERS = ("Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d",
                  "Dropout", "Flatten", "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
                  "Softmax", "LogSoftmax")
-_TORCH_LAYERS += ("Embedding", "RNN", "LSTM", "GRU", "LastStep")   # see _torch_sequence_modules
-_TORCH_LAYERS += ("LayerNorm", "GELU", "TransformerEncoderLayer", "PositionalEmbedding",
-                  "MeanOverSteps")
+_TORCH_LAYERS += ("Embedding", "RNN", "LSTM", "GRU", "LastStep", "MeanOverSteps",
+                  "PositionalEmbedding")                          # see _torch_sequence_modules
+_TORCH_LAYERS += ("LayerNorm", "GELU", "TransformerEncoderLayer")
 # why some tinynet layers have no twin in torch.nn.Sequential
 _NOT_IN_TORCH = {
     "MultiheadAttention": "torch's takes (query, key, value) and returns a tuple, so it cannot "
