@@ -70,8 +70,8 @@ class Layer:
     training = True
     needs_input_grad = True   # False lets backward skip grad_x (the first layer of a model)
 
-    def __call__(self, x):
-        return self.forward(x)
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
 
     def _saved(self):                  # forward's self._cache; a clear error if it has not run
         if getattr(self, "_cache", None) is None:
