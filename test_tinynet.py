@@ -3353,6 +3353,37 @@ def test_data_dir_resolution(tmp_path, monkeypatch):
     assert os.path.isabs(default) and os.path.basename(default) == "data"
 
 
+def test_data_dir_beside_a_clone_else_the_user_cache(tmp_path, monkeypatch):
+    """data/ beside tinynet.py in a clone or a folder of one's own; the user cache when pip put
+    tinynet.py there (a tinynet-*.dist-info beside it), in a site-packages, or where it may not
+    write."""
+    monkeypatch.delenv("TINYNET_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+    def data_dir_of(folder, *beside):
+        folder.mkdir(parents=True)
+        for name in beside:
+            (folder / name).mkdir()
+        monkeypatch.setattr(tn, "_DATA_BESIDE", str(folder / "data"))
+        return tn._data_dir()
+    cache = str(tmp_path / "xdg" / "tinynet")
+    assert data_dir_of(tmp_path / "clone", "data") == str(tmp_path / "clone" / "data")
+    assert data_dir_of(tmp_path / "own") == str(tmp_path / "own" / "data")    # a copied tinynet.py
+    assert data_dir_of(tmp_path / "target", "tinynet-0.1.dist-info") == cache
+    assert data_dir_of(tmp_path / "lib" / "site-packages") == cache
+    assert data_dir_of(tmp_path / "lib" / "dist-packages") == cache
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert tn._data_dir() == str(tmp_path / "home" / ".cache" / "tinynet")
+    assert tn._data_dir(tmp_path / "arg") == str(tmp_path / "arg")          # the argument wins
+    monkeypatch.setenv("TINYNET_DATA", str(tmp_path / "env"))
+    assert tn._data_dir() == str(tmp_path / "env")                          # and $TINYNET_DATA
+    monkeypatch.delenv("TINYNET_DATA")
+    data_dir_of(tmp_path / "read-only", "data")
+    monkeypatch.setattr(tn.os, "access", lambda path, mode: False)     # a folder it may not write
+    assert tn._data_dir() == str(tmp_path / "home" / ".cache" / "tinynet")
+
+
 # ── Iris ────────────────────────────────────────────────────────────────────
 
 def test_load_iris():
@@ -3391,10 +3422,34 @@ def test_load_iris_rejects_bad_file(tmp_path, text):
 def test_load_iris_rejects_a_missing_file_saying_where_and_how(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYNET_DATA", str(tmp_path))
     monkeypatch.setattr(tn, "_DATA_BESIDE", str(tmp_path / "beside"))
+    monkeypatch.setitem(sys.modules, "sklearn", None)       # as if scikit-learn were not installed
     with pytest.raises(FileNotFoundError,
                        match=r"load_iris: iris.csv not found; looked in .*iris.csv and "
-                             r".*beside.iris.csv.*TINYNET_DATA.*load_iris\(path\)"):
-        tn.load_iris()
+                             r".*beside.iris.csv and in scikit-learn.*MD5 "
+                             r"d69a16ea6136ccb02a7c37c66375ebba.*TINYNET_DATA.*load_iris\(path\)"
+                             r".*download=True"):
+        tn.load_iris(download=False)
+    with pytest.raises(FileNotFoundError, match=r"load_iris: .*nowhere.csv not found"):
+        tn.load_iris(tmp_path / "nowhere.csv")
+    assert os.listdir(tmp_path) == []
+
+
+def test_load_iris_reads_scikit_learns_copy_when_it_has_none(tmp_path, monkeypatch):
+    """An installed tinynet has no data/iris.csv; scikit-learn ships the same file (same bytes),
+    read in place, found without importing scikit-learn, and only when its MD5 matches."""
+    monkeypatch.setenv("TINYNET_DATA", str(tmp_path))
+    monkeypatch.setattr(tn, "_DATA_BESIDE", str(tmp_path / "beside"))
+    ours = os.path.join(HERE, "data", "iris.csv")
+    need(ours)
+    path = tn._sklearn_iris()
+    assert path.endswith(os.path.join("sklearn", "datasets", "data", "iris.csv"))
+    with open(path, "rb") as theirs, open(ours, "rb") as fh:
+        assert theirs.read() == fh.read()
+    X, y = tn.load_iris(download=False)
+    assert X.shape == (150, 4) and np.bincount(y).tolist() == [50, 50, 50]
+    assert os.listdir(tmp_path) == []                       # read where it is, not copied
+    monkeypatch.setitem(tn.DATA_MD5, "iris.csv", "0" * 32)
+    assert tn._sklearn_iris() is None                       # another file: not used
 
 
 # ── downloads, from a local http.server ─────────────────────────────────────
@@ -3443,7 +3498,7 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """(base URL, {file name: (bytes, md5)}) of a server on 127.0.0.1 holding small MNIST and
-    SVHN files."""
+    SVHN files, and the real iris.csv."""
     root = tmp_path_factory.mktemp("www")
     rng = np.random.default_rng(0)
     files = {}
@@ -3452,7 +3507,9 @@ def server(tmp_path_factory):
         write_idx(root / name, rng.integers(0, 10 if len(shape) == 1 else 256, shape,
                                             dtype=np.uint8))
     svhn_file(root, "test", 5)
-    for name in MNIST_NAMES + ["test_32x32.mat"]:
+    with open(os.path.join(HERE, "data", "iris.csv"), "rb") as fh:     # the real one
+        (root / "iris.csv").write_bytes(fh.read())
+    for name in MNIST_NAMES + ["test_32x32.mat", "iris.csv"]:
         files[name] = ((root / name).read_bytes(),
                        hashlib.md5((root / name).read_bytes()).hexdigest())
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -3522,6 +3579,24 @@ def test_download_svhn(tmp_path, monkeypatch, server):
     X, y = tn.load_svhn("test", tmp_path)
     assert X.shape == (5, 3, 32, 32) and y[0] == 0
     assert_downloaded(tmp_path / "svhn", {"test_32x32.mat": server[1]["test_32x32.mat"]})
+
+
+def test_download_iris_without_scikit_learn(tmp_path, monkeypatch, server):
+    monkeypatch.setenv("TINYNET_DATA", str(tmp_path / "data"))
+    monkeypatch.setattr(tn, "_DATA_BESIDE", str(tmp_path / "beside"))
+    monkeypatch.setitem(sys.modules, "sklearn", None)       # as if scikit-learn were not installed
+    base, files = server
+    monkeypatch.setitem(tn.DATA_MIRRORS, "iris", [f"{base}/missing/", f"{base}/good/"])
+    assert files["iris.csv"][1] == tn.DATA_MD5["iris.csv"]  # the published MD5, not patched
+    published = tn.DATA_MD5["iris.csv"]
+    monkeypatch.setitem(tn.DATA_MD5, "iris.csv", "0" * 32)
+    with pytest.raises(OSError, match=r"iris.csv: MD5 " + published):
+        tn.load_iris()
+    assert os.listdir(tmp_path / "data") == []              # nothing kept, no .part
+    monkeypatch.setitem(tn.DATA_MD5, "iris.csv", published)
+    X, y = tn.load_iris()
+    assert_downloaded(tmp_path / "data", {"iris.csv": files["iris.csv"]})
+    assert X.shape == (150, 4) and np.bincount(y).tolist() == [50, 50, 50]
 
 
 # ── SVHN, on small .mat files in the official layout ────────────────────────
@@ -6172,8 +6247,12 @@ def _copy_project(dest, names=("tinynet.py", "pyproject.toml", "README.md", "req
     return dest
 
 
-def test_pip_install_gives_the_module_from_any_folder_even_one_holding_a_clone(tmp_path):
-    src, site, holder = _copy_project(tmp_path / "src"), tmp_path / "site", tmp_path / "content"
+@pytest.fixture(scope="module")
+def pip_installed(tmp_path_factory):
+    """(folder, pip's CompletedProcess) of `pip install --no-deps --target folder` of the project,
+    done once for the tests that import an installed tinynet."""
+    root = tmp_path_factory.mktemp("install")
+    src, site = _copy_project(root / "src"), root / "site"
     r = subprocess.run(
         [
             sys.executable,
@@ -6193,6 +6272,13 @@ def test_pip_install_gives_the_module_from_any_folder_even_one_holding_a_clone(t
         text=True,
         timeout=300,
     )
+    return site, r
+
+
+def test_pip_install_gives_the_module_from_any_folder_even_one_holding_a_clone(
+    tmp_path, pip_installed
+):
+    (site, r), holder = pip_installed, tmp_path / "content"
     assert r.returncode == 0, r.stderr
     info = f"tinynet-{tn.__version__}.dist-info"
     assert sorted(p.name for p in site.iterdir() if p.name != "__pycache__") == [info, "tinynet.py"]
@@ -6219,6 +6305,51 @@ def test_pip_install_gives_the_module_from_any_folder_even_one_holding_a_clone(t
         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
     )
     assert "has no attribute 'Sequential'" in r.stderr  # the trap the README's %cd avoids
+
+
+def test_an_installed_tinynet_keeps_its_data_in_the_user_cache(tmp_path, pip_installed, server):
+    """tinynet installed by pip into a read-only folder, imported from another folder with
+    TINYNET_DATA unset: its data folder is ~/.cache/tinynet; load_iris reads scikit-learn's copy,
+    and without scikit-learn downloads iris.csv into the cache (from a local server, with the
+    published MD5); load_mnist downloads there too; nothing is written beside tinynet.py."""
+    (site, r), (base, files) = pip_installed, server
+    assert r.returncode == 0, r.stderr
+    home, cache = tmp_path / "home", tmp_path / "home" / ".cache" / "tinynet"
+    (tmp_path / "work").mkdir()
+    mnist_md5 = {name: files[name][1] for name in MNIST_NAMES}
+    code = textwrap.dedent(f"""
+        import json, os, sys
+        import tinynet as tn
+        seen = {{"file": tn.__file__, "data_dir": tn._data_dir()}}
+        X, y = tn.load_iris()                           # scikit-learn's copy, read in place
+        seen["iris"] = [X.shape[0], os.path.exists(os.path.join(tn._data_dir(), "iris.csv"))]
+        sys.modules["sklearn"] = None                   # as if scikit-learn were not installed
+        tn.DATA_MIRRORS["iris"] = ["{base}/missing/", "{base}/good/"]
+        X, y = tn.load_iris()                           # downloaded, the published MD5 checked
+        seen["iris"] += [X.shape[0], int(y.sum())]
+        tn.DATA_MIRRORS["mnist"] = ["{base}/good/"]
+        tn.DATA_MD5.update({mnist_md5!r})
+        seen["mnist"] = [len(a) for a in tn.load_mnist()]
+        print(json.dumps(seen))
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("TINYNET_DATA", "XDG_CACHE_HOME")}
+    env |= {"PYTHONPATH": str(site), "HOME": str(home), "PYTHONDONTWRITEBYTECODE": "1"}
+    before = sorted(p.name for p in site.iterdir())
+    os.chmod(site, 0o555)                               # a site-packages it may not write
+    try:
+        r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "work", env=env,
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        os.chmod(site, 0o755)
+    assert r.returncode == 0, r.stderr
+    seen = json.loads(r.stdout.splitlines()[-1])
+    assert seen["file"] == str(site / "tinynet.py") and seen["data_dir"] == str(cache)
+    assert seen["iris"] == [150, False, 150, 150]
+    assert seen["mnist"] == [6, 6, 4, 4]
+    assert sorted(p.name for p in site.iterdir()) == before
+    assert sorted(os.listdir(cache)) == ["iris.csv", "mnist"]
+    assert_downloaded(cache / "mnist", {name: files[name] for name in MNIST_NAMES})
+    assert (cache / "iris.csv").read_bytes() == files["iris.csv"][0]
 
 
 def test_requirements_runtime_apart_from_tests_and_ruff_configured():

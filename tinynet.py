@@ -3133,6 +3133,12 @@ def minibatches(X, y, batch_size, shuffle=True):
 DATA_MIRRORS = {
     "mnist": ["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"],
     "svhn": ["http://ufldl.stanford.edu/housenumbers/"],
+    # scikit-learn's iris.csv, the same bytes as data/iris.csv (load_iris reads an installed
+    # scikit-learn's copy first; these are for an installed tinynet without it)
+    "iris": ["https://raw.githubusercontent.com/scikit-learn/scikit-learn/1.9.1/sklearn/datasets/"
+             "data/",
+             "https://raw.githubusercontent.com/scikit-learn/scikit-learn/main/sklearn/datasets/"
+             "data/"],
 }
 DATA_MD5 = {
     "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
@@ -3142,6 +3148,7 @@ DATA_MD5 = {
     "train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373",
     "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3",
     "extra_32x32.mat": "a93ce644f1a588dc4d68dda5feec44a7",
+    "iris.csv": "d69a16ea6136ccb02a7c37c66375ebba",
 }
 
 # IDX type byte -> big-endian dtype of the data
@@ -3189,13 +3196,42 @@ def load_idx(path):
             .astype(dtype.newbyteorder("=")))
 
 
-# data/ beside tinynet.py
+# data/ beside tinynet.py: a clone's data folder (iris.csv ships there)
 _DATA_BESIDE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
 def _data_dir(data_dir=None):
-    """`data_dir` if given, else $TINYNET_DATA, else data/ beside tinynet.py."""
-    return os.fspath(data_dir or os.environ.get("TINYNET_DATA") or _DATA_BESIDE)
+    """The folder the loaders read and download into: `data_dir` if given, else
+    $TINYNET_DATA, else data/ beside tinynet.py in a clone, else (an installed tinynet) a
+    per-user cache, $XDG_CACHE_HOME/tinynet or ~/.cache/tinynet, as Keras and scikit-learn
+    keep theirs.
+
+    A clone, or tinynet.py copied into a folder of one's own, keeps its data beside it. The
+    cache is used instead when tinynet.py is installed: pip put it there (a
+    tinynet-*.dist-info folder beside it, as `pip install .` and `pip install --target` leave),
+    or its folder is a site-packages or dist-packages, or the folder that would hold the data
+    (data/ if it exists, else tinynet.py's own) may not be written.
+    """
+    chosen = data_dir or os.environ.get("TINYNET_DATA")
+    if chosen:
+        return os.fspath(chosen)
+    return _user_cache() if _installed() else _DATA_BESIDE
+
+
+def _installed():
+    """True when tinynet.py is an installed copy rather than a clone's (see _data_dir)."""
+    here = os.path.dirname(_DATA_BESIDE)
+    by_pip = any(name.startswith("tinynet-") and name.endswith(".dist-info")
+                 for name in (os.listdir(here) if os.path.isdir(here) else ()))
+    in_site = os.path.basename(here) in ("site-packages", "dist-packages")
+    folder = _DATA_BESIDE if os.path.isdir(_DATA_BESIDE) else here
+    return by_pip or in_site or not os.access(folder, os.W_OK)
+
+
+def _user_cache():
+    """$XDG_CACHE_HOME/tinynet, else ~/.cache/tinynet."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "tinynet")
 
 
 def _download(name, urls, md5, dest):
@@ -3303,23 +3339,48 @@ def load_svhn(split="train", data_dir=None, download=True):
     return X / np.float32(255), (y % 10).astype(np.int64)
 
 
-def load_iris(path=None):
+def _sklearn_iris():
+    """Path of an installed scikit-learn's iris.csv when its MD5 is DATA_MD5["iris.csv"], else
+    None. The file is found without importing scikit-learn (which takes seconds)."""
+    import importlib.util
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", "iris.csv")
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        same = hashlib.md5(f.read()).hexdigest() == DATA_MD5["iris.csv"]
+    return path if same else None
+
+
+def load_iris(path=None, download=True):
     """Fisher's Iris: X float32 (150, 4) (sepal/petal length/width, cm), y int64 0..2.
 
     Reads a CSV in scikit-learn's layout: a header `n_samples,n_features,
     class names...`, then one row of features and an integer label per sample.
-    path=None: $TINYNET_DATA/iris.csv if it exists, else data/iris.csv beside tinynet.py.
-    A missing file raises a FileNotFoundError that says where it looked and how to get it.
+    path=None: the first that exists of iris.csv in the data folder (see _data_dir), data/iris.csv
+    beside tinynet.py, scikit-learn's copy (sklearn/datasets/data/iris.csv, the same file, used
+    when its MD5 matches); else, with download=True, iris.csv downloaded into the data folder
+    (an installed tinynet without scikit-learn). A missing file raises a FileNotFoundError that
+    says where it looked and how to get it.
     """
-    tried = [os.fspath(path)] if path is not None else [os.path.join(_data_dir(), "iris.csv"),
-                                                        os.path.join(_DATA_BESIDE, "iris.csv")]
-    path = next((p for p in tried if os.path.exists(p)), None)
     if path is None:
-        raise FileNotFoundError(
-            "load_iris: iris.csv not found; looked in " + " and ".join(dict.fromkeys(tried))
-            + ". It comes with tinynet (data/iris.csv in its repository), or as sklearn.datasets' "
-            "iris.csv (header '150,4,setosa,versicolor,virginica'): put it in one of those places, "
-            "set TINYNET_DATA to its folder, or pass load_iris(path)")
+        folder = _data_dir()
+        tried = [os.path.join(folder, "iris.csv"), os.path.join(_DATA_BESIDE, "iris.csv")]
+        path = next((p for p in tried if os.path.exists(p)), None) or _sklearn_iris()
+        if path is None and download:
+            path = _find("iris", "iris.csv", folder, True, "load_iris")
+        if path is None:
+            raise FileNotFoundError(
+                f"load_iris: iris.csv not found; looked in {' and '.join(dict.fromkeys(tried))} "
+                "and in scikit-learn. It comes with tinynet (data/iris.csv in its repository) "
+                "and with scikit-learn (sklearn/datasets/data/iris.csv, MD5 "
+                f"{DATA_MD5['iris.csv']}): put it in one of those places, set TINYNET_DATA to its "
+                "folder, pass load_iris(path), or download=True")
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"load_iris: {path} not found")
     with open(path) as f:
         header = f.readline().strip().split(",")
         try:
