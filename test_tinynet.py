@@ -30,8 +30,8 @@ import threadpoolctl
 import torch
 import torch.nn.functional as F
 
+import scripts_common as common
 import tinynet as tn
-import train_common as common
 
 # One thread for torch and for BLAS here: the tests' arrays are tiny, and the script runs
 # started in the background (BACKGROUND) take the other core. Tests of BlasThreads set their
@@ -4148,7 +4148,7 @@ def test_scripts_use_only_public_names_and_their_helpers_live_beside_them():
         with open(os.path.join(SCRIPTS, script)) as fh:
             used = set(re.findall(r"\btn\.(\w+)", fh.read()))
         assert used and all(hasattr(tn, n) and not n.startswith("_") for n in used), (script, used)
-    with open(os.path.join(SCRIPTS, "train_common.py")) as fh:
+    with open(os.path.join(SCRIPTS, "scripts_common.py")) as fh:
         # the one private name: the data folder that exit_missing_data's message names
         assert set(re.findall(r"\btn\.(_\w+)", fh.read())) == {"_data_dir"}
 

@@ -17,8 +17,8 @@ import os
 
 import numpy as np
 
+import scripts_common as common
 import tinynet as tn
-import train_common as common
 
 CLASSES = ("setosa", "versicolor", "virginica")
 

@@ -29,8 +29,8 @@ import time
 
 import numpy as np
 
+import scripts_common as common
 import tinynet as tn
-import train_common as common
 
 
 def mlp(hidden=(256,), **_):

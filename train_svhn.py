@@ -22,8 +22,8 @@ import time
 
 import numpy as np
 
+import scripts_common as common
 import tinynet as tn
-import train_common as common
 
 SWEEP = {"lr": (1e-3, 1e-2), "optimizer": ("adam", "momentum"), "batchnorm": (False, True)}
 
