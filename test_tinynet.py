@@ -6320,15 +6320,15 @@ def test_an_installed_tinynet_keeps_its_data_in_the_user_cache(tmp_path, pip_ins
     code = textwrap.dedent(f"""
         import json, os, sys
         import tinynet as tn
+        tn.DATA_MIRRORS["iris"] = ["{base}/missing/", "{base}/good/"]      # never the internet
+        tn.DATA_MIRRORS["mnist"] = ["{base}/good/"]
+        tn.DATA_MD5.update({mnist_md5!r})                  # the small MNIST files' MD5
         seen = {{"file": tn.__file__, "data_dir": tn._data_dir()}}
         X, y = tn.load_iris()                           # scikit-learn's copy, read in place
         seen["iris"] = [X.shape[0], os.path.exists(os.path.join(tn._data_dir(), "iris.csv"))]
         sys.modules["sklearn"] = None                   # as if scikit-learn were not installed
-        tn.DATA_MIRRORS["iris"] = ["{base}/missing/", "{base}/good/"]
         X, y = tn.load_iris()                           # downloaded, the published MD5 checked
         seen["iris"] += [X.shape[0], int(y.sum())]
-        tn.DATA_MIRRORS["mnist"] = ["{base}/good/"]
-        tn.DATA_MD5.update({mnist_md5!r})
         seen["mnist"] = [len(a) for a in tn.load_mnist()]
         print(json.dumps(seen))
     """)
