@@ -1129,8 +1129,9 @@ class _WeightedLoss(Loss):
         counted = target != self.ignore_index                               # (N, d1, ...)
         labels = target[counted]
         if labels.size and (labels.min() < 0 or labels.max() >= classes):
-            raise ValueError(f"{name}: labels must be in [0, {classes}) or equal ignore_index="
-                             f"{self.ignore_index}, got min {labels.min()} max {labels.max()}")
+            raise ValueError(f"{name}: labels must be in [0, {classes}), got min {labels.min()} "
+                             f"max {labels.max()} (among the targets not equal to ignore_index="
+                             f"{self.ignore_index})")
         if self.weight is not None and self.weight.shape != (classes,):
             raise ValueError(f"{name}: expected a class weight of shape ({classes},), one per "
                              f"class of pred {pred.shape}, got {self.weight.shape}")
