@@ -1148,19 +1148,14 @@ class _WeightedLoss(Loss):
         d = super().backward(grad)
         # exactly 0 at ignored positions, as torch: also where the mean is 0 / 0 or grad is NaN
         _, _, _, counted, _ = self._saved()
-        np.copyto(d, 0, where=~np.expand_dims(counted, 1))
+        if not counted.all():
+            np.copyto(d, 0, where=~np.expand_dims(counted, 1))
         return d
 
 
 def _pick(logp, label):
     """logp[n, label[n, ...], ...]: the log-probability of each position's label (class axis 1)."""
     return np.take_along_axis(logp, np.expand_dims(label, 1), axis=1)[:, 0]
-
-
-def _onehot(label, classes, dtype):
-    """(N, C, d1, ...) with 1 at each position's label on axis 1, 0 elsewhere."""
-    class_index = np.arange(classes).reshape((1, classes) + (1,) * (label.ndim - 1))
-    return (np.expand_dims(label, 1) == class_index).astype(dtype)
 
 
 class CrossEntropyLoss(_WeightedLoss):
@@ -1201,12 +1196,20 @@ class CrossEntropyLoss(_WeightedLoss):
     def _grad(self):
         logp, label, label_weight, counted, w = self._saved()
         eps, classes = self.label_smoothing, logp.shape[1]
-        class_weight = w.reshape((1, classes) + (1,) * (logp.ndim - 2))      # (1, C, 1, ...)
+        label = np.expand_dims(label, 1)                                     # (N, 1, d1, ...)
         label_weight = np.expand_dims(label_weight, 1)                       # (N, 1, d1, ...)
         counted = np.expand_dims(counted, 1)                                 # (N, 1, d1, ...)
-        q = ((1 - eps) * label_weight * _onehot(label, classes, logp.dtype)
-             + eps / classes * class_weight * counted)                       # (N, C, d1, ...)
-        return q.sum(axis=1, keepdims=True) * np.exp(logp) - q
+        # (sum_c q_i[c]) softmax(x_i) - q_i, q_i the smoothed, weighted target (0 if ignored):
+        # sum_c q_i[c] = (1 - eps) w[t_i] + eps / C sum(w)
+        q_total = (1 - eps) * label_weight + eps / classes * w.sum() * counted  # (N, 1, d1, ...)
+        grad = q_total * np.exp(logp)                                        # (N, C, d1, ...)
+        if eps:
+            class_weight = w.reshape((1, classes) + (1,) * (logp.ndim - 2))  # (1, C, 1, ...)
+            grad -= eps / classes * class_weight * counted
+        # and q_i's (1 - eps) w[t_i] at the label: grad[i, t_i] -= (1 - eps) w[t_i]
+        at_label = np.take_along_axis(grad, label, axis=1) - (1 - eps) * label_weight
+        np.put_along_axis(grad, label, at_label, axis=1)
+        return grad
 
 
 class NLLLoss(_WeightedLoss):
@@ -1236,15 +1239,18 @@ class NLLLoss(_WeightedLoss):
                              f"{values.max():.4g} and exp-sum {total[first]:.4g}; add "
                              "LogSoftmax() as the model's last layer, or use CrossEntropyLoss "
                              "on logits")
-        # where counted, not times counted: an ignored label may pick a log(0) = -inf
-        terms = np.where(counted, label_weight * -_pick(pred, label), 0)      # (N, d1, ...)
+        # 0 where ignored, not times 0: an ignored position's pick may be log(0) = -inf
+        logp_label = np.where(counted, _pick(pred, label), 0)                # (N, d1, ...)
+        terms = label_weight * -logp_label
         self._cache = pred, label, label_weight, counted, w
         return self._reduce(terms, self._denominator_of(label_weight, counted))
 
     def _grad(self):
         pred, label, label_weight, counted, w = self._saved()
-        onehot = _onehot(label, pred.shape[1], pred.dtype)                   # (N, C, d1, ...)
-        return -np.expand_dims(label_weight, 1) * onehot
+        grad = np.zeros_like(pred)                                           # (N, C, d1, ...)
+        # grad[i, t_i] = -w[t_i]
+        np.put_along_axis(grad, np.expand_dims(label, 1), -np.expand_dims(label_weight, 1), 1)
+        return grad
 
 
 class MSELoss(Loss):
