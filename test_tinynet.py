@@ -5905,6 +5905,8 @@ def test_permute_to_torch_from_torch_and_save_load(tmp_path):
     loaded = tn.Sequential.load(tmp_path / "m.npz")
     assert loaded[-1].config() == {"class": "Permute", "args": [0, 2, 1], "kwargs": {}}
     np.testing.assert_array_equal(loaded.predict(x), out)
+    tn.Sequential(tn.Permute(*np.array([1, 0]))).save(tmp_path / "numpy-dims.npz")
+    assert tn.Sequential.load(tmp_path / "numpy-dims.npz")[0].dims == (1, 0)
 
 
 def test_sequence_layers_init_matches_torch():

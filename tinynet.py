@@ -258,7 +258,7 @@ class Permute(Layer):
             dims = tuple(dims[0])                          # Permute((0, 2, 1)), as x.permute
         if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in dims):
             raise TypeError(f"Permute: expected integer dims, got {dims}")
-        self.dims = dims
+        self.dims = tuple(int(d) for d in dims)            # NumPy integers too: saved as JSON
 
     def forward(self, x):
         x = np.asarray(x)
