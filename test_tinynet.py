@@ -5520,7 +5520,7 @@ def test_recurrent_dropout_between_layers_matches_torch(name):
         )
     x, g = randn(1, (3, 6, 4)), randn(2, (3, 6, 3))
     y = ours.forward(x)
-    mask = ours._cache[1][1].swapaxes(0, 1)  # (N, T, H): batch first, as the modules
+    mask = ours._cache[1][0].swapaxes(0, 1)  # (N, T, H): batch first, as the modules
     assert ((mask == 0) | (mask == 1 / 0.6)).all() and 0 < (mask == 0).mean() < 1
     xt = T(x)
     yt = layers[1](layers[0](xt)[0] * torch.from_numpy(mask))[0]
@@ -5877,13 +5877,19 @@ EXCERPT_ARGS = {"Linear": ((5, 3), (4, 5)), "Conv2d": ((2, 3, 3, 2, 1), (2, 2, 7
                 "BatchNorm1d": ((5,), (6, 5)), "BatchNorm2d": ((3,), (2, 3, 4, 4)),
                 "Normalize": (([0.1, 0.2, 0.3], [1.0, 2.0, 3.0]), (2, 3, 4)),
                 "Flatten": ((), (2, 3, 4))}
-PUBLIC_LAYERS += ["Embedding", "RNN", "LSTM", "GRU", "LastStep"]
+PUBLIC_LAYERS += ["Embedding", "RNN", "LSTM", "GRU", "LastStep", "RNNCell", "LSTMCell",
+                  "GRUCell"]
 EXCERPT_ARGS |= {"Embedding": ((7, 3), (2, 5)), "RNN": ((3, 4, 2), (5, 2, 3)),
                  "LSTM": ((3, 4, 1), (5, 2, 3)), "GRU": ((3, 4, 1), (5, 2, 3)),
-                 "LastStep": ((), (2, 5, 3))}
+                 "LastStep": ((), (2, 5, 3)), "RNNCell": ((3, 4), (5, 3)),
+                 "LSTMCell": ((3, 4), (5, 3)), "GRUCell": ((3, 4), (5, 3))}
 EXCERPT_INPUTS = {"Embedding": lambda shape: np.random.default_rng(1).integers(0, 7, shape)}
-# layer: most lines of its excerpt (recurrent ones include _RNNBase: layers, directions, dropout)
-COPIED_WHOLE = {"Embedding": 60, "RNN": 120, "LSTM": 120, "GRU": 120}
+# layer: lines its excerpt may reach. Ceilings to notice, not targets: recurrent layers bring
+# _RNNBase (layers, directions, dropout, states in and out) and their step's formulas; cells
+# bring _CellBase (the stack of calls) and the same step. Readable code first: if a change
+# needs more, raise the number and say why, rather than squeeze the code.
+COPIED_WHOLE = {"Embedding": 60, "RNN": 240, "LSTM": 240, "GRU": 240, "RNNCell": 190,
+                "LSTMCell": 190, "GRUCell": 190}
 ATTENTION_EXCERPTS = {"LayerNorm": 120, "GELU": 120, "MultiheadAttention": 120,
                       "TransformerEncoderLayer": 283}
 PUBLIC_LAYERS += [*ATTENTION_EXCERPTS, "PositionalEmbedding", "MeanOverSteps"]
@@ -5932,6 +5938,10 @@ def excerpt_sizes(defs):
             for name in PUBLIC_LAYERS}
 
 
+def _as_tuple(out):
+    return out if isinstance(out, tuple) else (out,)
+
+
 def test_each_layer_copies_out_alone_and_stays_short(capsys):
     defs, imports = _definitions()
     sizes = excerpt_sizes(defs)
@@ -5947,17 +5957,20 @@ def test_each_layer_copies_out_alone_and_stays_short(capsys):
         copy, ours = namespace[name](*args), getattr(tn, name)(*args)
         x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
         x = EXCERPT_INPUTS[name](shape) if name in EXCERPT_INPUTS else x
-        y = ours.forward(x)
-        np.testing.assert_array_equal(copy.forward(x), y, err_msg=name)
-        g = np.random.default_rng(2).standard_normal(y.shape).astype(np.float32)
-        np.testing.assert_array_equal(copy.backward(g), ours.backward(g), err_msg=name)
+        y = _as_tuple(ours.forward(x))             # a cell may return (h, c); backward a tuple
+        for a, b in zip(_as_tuple(copy.forward(x)), y, strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+        g = np.random.default_rng(2).standard_normal(y[0].shape).astype(np.float32)
+        for a, b in zip(_as_tuple(copy.backward(g)), _as_tuple(ours.backward(g)), strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=name)
         for p, q in zip(copy.parameters(), ours.parameters()):
             np.testing.assert_array_equal(p.grad, q.grad, err_msg=name)
     median = float(np.median(list(sizes.values())))
     with capsys.disabled():
         print("\ncopy excerpt lines: " + ", ".join(f"{k} {v}" for k, v in sizes.items())
               + f"; median {median:g}")
-    assert median <= 60 and sizes["Conv2d"] <= 120 and sizes["MaxPool2d"] <= 100, sizes
+    # ceilings to notice (see COPIED_WHOLE); the three cells moved the median from 60 to 69
+    assert median <= 70 and sizes["Conv2d"] <= 120 and sizes["MaxPool2d"] <= 100, sizes
     assert all(sizes[name] <= limit for name, limit in ATTENTION_EXCERPTS.items()), sizes
     assert all(sizes[name] <= most for name, most in COPIED_WHOLE.items()), sizes
 
