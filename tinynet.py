@@ -719,7 +719,11 @@ class _RNNBase(Layer):
         D = 1 + self.bidirectional
         shape = (self.num_layers * D, x.shape[1], self.hidden_size)         # (L * D, N, H)
         if self.cell_state:                                                 # an LSTM
-            h_0, c_0 = (None, None) if hx is None else hx
+            hx = (None, None) if hx is None else hx
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise ValueError(f"{type(self).__name__}: expected hx = (h_0, c_0), each of shape "
+                                 f"{shape}, got {type(hx).__name__} of shape {np.shape(hx)}")
+            h_0, c_0 = hx
             c_0 = _state(self, "c_0", c_0, shape, x.dtype)
             self.c_n = np.empty_like(c_0)
         else:
@@ -770,10 +774,12 @@ class _RNNBase(Layer):
         D = 1 + self.bidirectional
         H = self.hidden_size
         dh_n = _state(self, "grad_h_n", grad_h_n, self.h_n.shape, dy.dtype)   # (L * D, N, H)
-        dc_n = [None] * len(dh_n)
+        dc_n = [None] * len(dh_n)                            # an RNN or a GRU has no c
         if self.cell_state:
             dc_n = _state(self, "grad_c_n", grad_c_n, self.c_n.shape, dy.dtype)
             self.grad_c0 = np.empty_like(dc_n)
+        elif grad_c_n is not None:
+            raise ValueError(f"{type(self).__name__}: there is no c_n, so no grad_c_n")
         self.grad_h0 = np.empty_like(dh_n)
         for layer in reversed(range(self.num_layers)):
             mask, runs = cache[layer]
