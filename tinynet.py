@@ -788,9 +788,10 @@ class _RNNBase(Layer):
             for direction in range(D):
                 k = layer * D + direction
                 dhs = dy[:, :, direction * H:(direction + 1) * H]          # (T, N, H)
-                dx_run, self.grad_h0[k], dc_0 = self._run_backward(
-                    dhs[::-1] if direction else dhs, dh_n[k], dc_n[k], runs[direction],
-                    self._params(layer, direction), need_dx)
+                dhs = dhs[::-1] if direction else dhs       # in the order the run read x
+                params = self._params(layer, direction)
+                dx_run, self.grad_h0[k], dc_0 = self._run_backward(dhs, dh_n[k], dc_n[k],
+                                                                   runs[direction], params, need_dx)
                 if self.cell_state:
                     self.grad_c0[k] = dc_0
                 if need_dx:
