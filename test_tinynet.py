@@ -5767,6 +5767,19 @@ def test_final_states_after_predict_and_in_eval_mode_match_torch():
     assert gru.h_n.shape == (1, 6, 3)
 
 
+def test_recurrent_states_keep_the_layers_dtype():
+    """A float32 layer given float64 states computes in float32, and so do its gradients."""
+    tn.manual_seed(0)
+    lstm, cell = tn.LSTM(4, 3, num_layers=2), tn.GRUCell(4, 3)
+    x, states = np.ones((5, 2, 4), np.float32), (np.ones((2, 2, 3)), np.ones((2, 2, 3)))
+    y = lstm(x, states)
+    lstm.backward(np.ones_like(y), np.ones((2, 2, 3)), np.ones((2, 2, 3)))
+    arrays = [y, lstm.h_n, lstm.c_n, lstm.grad_h0, lstm.grad_c0]
+    h = cell(x[0], np.ones((2, 3)))
+    arrays += [h, *cell.backward(np.ones((2, 3)))]
+    assert [a.dtype for a in arrays] == [np.float32] * len(arrays)
+
+
 def test_cell_stack_in_training_and_eval_mode():
     """In training, calls stack up and each backward undoes the latest one; once all are undone,
     a new call starts a new stack. In eval mode calls are not kept (a sampling loop may call a

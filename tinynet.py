@@ -562,14 +562,14 @@ def _sigmoid(a):
 
 
 def _state(layer, what, value, shape, dtype):
-    """A state array (h_0, c_0, ...) of `shape`: zeros if value is None, else a ValueError naming
-    the layer unless value has that shape."""
+    """A state array (h_0, c_0, ...) of `shape` and `dtype`: zeros if value is None, else value
+    (cast), or a ValueError naming the layer unless value has that shape."""
     if value is None:
         return np.zeros(shape, dtype)
     if np.shape(value) != shape:
         raise ValueError(f"{type(layer).__name__}: expected {what} of shape {shape}, "
                          f"got {np.shape(value)}")
-    return np.asarray(value)
+    return np.asarray(value, dtype)
 
 
 # ── One time step: the formulas of RNN/RNNCell, LSTM/LSTMCell, GRU/GRUCell ──
