@@ -561,7 +561,7 @@ class BatchNorm2d(_BatchNorm):
     ndim, axes = 4, "nchw"
 
 
-# ── Sequences: embedding and recurrent layers ───────────────────────────────
+# ── Sequences: embedding, recurrent layers and cells ────────────────────────
 # A recurrent layer loops over the time steps (the algorithm is sequential), never over samples
 # or features: x W_ih^T for all steps is one matrix product before the loop, the loop does only
 # h_{t-1} W_hh^T and the gates, and each weight gradient is one product after the loop.
@@ -588,135 +588,392 @@ class Embedding(Layer):
         np.add.at(self.weight.grad, x, grad * (x != self.padding_idx)[..., None])   # repeats add up
 
 
+def _sigmoid(a):
+    """1 / (1 + exp(-a)), computed as 0.5 + 0.5 tanh(a / 2): the same number, never overflowing."""
+    return 0.5 + 0.5 * np.tanh(0.5 * a)
+
+
+def _state(layer, what, value, shape, dtype):
+    """A state array (h_0, c_0, ...) of `shape` and `dtype`: zeros if value is None, else value
+    (cast), or a ValueError naming the layer unless value has that shape."""
+    if value is None:
+        return np.zeros(shape, dtype)
+    if np.shape(value) != shape:
+        raise ValueError(f"{type(layer).__name__}: expected {what} of shape {shape}, "
+                         f"got {np.shape(value)}")
+    return np.asarray(value, dtype)
+
+
+# ── One time step: the formulas of RNN/RNNCell, LSTM/LSTMCell, GRU/GRUCell ──
+# Each step class holds one step's forward and backward, as CS231n's rnn_step_forward/backward;
+# the layers (_RNNBase: the loops over time, layers and directions) and the cells (_CellBase: one
+# step per call) both use them. A step receives xw = x_t W_ih^T + b_ih already computed (the
+# layer computes it for all t in one product) and returns h_t, c_t (None but in an LSTM) and a
+# cache; its backward returns dxw = dL/dxw, dhw = dL/d(h_{t-1} W_hh^T + b_hh), dh_{t-1}, dc_{t-1}.
+
+class _RNNStep:
+    """Elman RNN step: h_t = tanh(xw + h_{t-1} W_hh^T + b_hh)   (N, H)   (relu if asked)
+    backward, given dh = dL/dh_t:   da = dh (1 - h_t^2)   (relu: dh [h_t > 0])
+        dxw = dhw = da;   dh_{t-1} = da W_hh.   An RNN has no c: None comes in and goes out."""
+    gates = 1              # W_ih: (gates * H, F), W_hh: (gates * H, H); LSTM 4, GRU 3
+    cell_state = False     # only an LSTM carries a c_t beside h_t
+
+    def _check_nonlinearity(self, nonlinearity):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"{type(self).__name__}: nonlinearity must be 'tanh' or 'relu', "
+                             f"got {nonlinearity!r}")
+
+    def _step_forward(self, xw, h_prev, c_prev, W_hh, b_hh):
+        a = xw + h_prev @ W_hh.T + b_hh                                    # (N, H)
+        h = np.tanh(a) if self.nonlinearity == "tanh" else np.maximum(a, 0)
+        return h, None, h                                      # the cache: h_t
+
+    def _step_backward(self, dh, dc, h, W_hh):
+        da = dh * (1 - h * h) if self.nonlinearity == "tanh" else dh * (h > 0)   # (N, H)
+        return da, da, da @ W_hh, None
+
+
+class _LSTMStep:
+    """LSTM step, in blocks of H columns in torch's order i, f, g, o:
+        a = xw + h_{t-1} W_hh^T + b_hh                          (N, 4H)
+        i = sigmoid(a_i);  f = sigmoid(a_f);  g = tanh(a_g);  o = sigmoid(a_o)     (N, H) each
+        c_t = f c_{t-1} + i g;   h_t = o tanh(c_t)
+    backward, given dh = dL/dh_t and dc = dL/dc_t (from the steps after t):
+        dc_t = dc + dh o (1 - tanh(c_t)^2)        (h_t depends on c_t too)
+        da = [dc_t g i (1 - i),  dc_t c_{t-1} f (1 - f),  dc_t i (1 - g^2),  dh tanh(c_t) o (1 - o)]
+        dxw = dhw = da;   dh_{t-1} = da W_hh;   dc_{t-1} = dc_t f"""
+    gates = 4
+    cell_state = True
+
+    def _step_forward(self, xw, h_prev, c_prev, W_hh, b_hh):
+        H = self.hidden_size
+        a = xw + h_prev @ W_hh.T + b_hh                                    # (N, 4H)
+        i = _sigmoid(a[:, :H])                                             # (N, H)
+        f = _sigmoid(a[:, H:2 * H])
+        g = np.tanh(a[:, 2 * H:3 * H])
+        o = _sigmoid(a[:, 3 * H:])
+        c = f * c_prev + i * g
+        tanh_c = np.tanh(c)
+        h = o * tanh_c
+        return h, c, ((i, f, g, o), c_prev, tanh_c)
+
+    def _step_backward(self, dh, dc, cache, W_hh):
+        gates, c_prev, tanh_c = cache
+        i, f, g, o = gates
+        dc = dc + dh * o * (1 - tanh_c * tanh_c)                           # (N, H)
+        da_i = dc * g * i * (1 - i)
+        da_f = dc * c_prev * f * (1 - f)
+        da_g = dc * i * (1 - g * g)
+        da_o = dh * tanh_c * o * (1 - o)
+        da = np.concatenate([da_i, da_f, da_g, da_o], axis=1)             # (N, 4H)
+        return da, da, da @ W_hh, dc * f
+
+
+class _GRUStep:
+    """GRU step (torch's: r multiplies hw_n), in blocks r, z, n of H columns, with
+    hw = h_{t-1} W_hh^T + b_hh (N, 3H):
+        r = sigmoid(xw_r + hw_r);  z = sigmoid(xw_z + hw_z);  n = tanh(xw_n + r hw_n)   (N, H)
+        h_t = (1 - z) n + z h_{t-1}
+    backward, given dh = dL/dh_t:
+        dn = dh (1 - z) (1 - n^2);   dz = dh (h_{t-1} - n) z (1 - z);   dr = dn hw_n r (1 - r)
+        dxw = [dr, dz, dn];   dhw = [dr, dz, dn r];   dh_{t-1} = dh z + dhw W_hh"""
+    gates = 3
+    cell_state = False
+
+    def _step_forward(self, xw, h_prev, c_prev, W_hh, b_hh):
+        H = self.hidden_size
+        hw = h_prev @ W_hh.T + b_hh                                        # (N, 3H)
+        rz = _sigmoid(xw[:, :2 * H] + hw[:, :2 * H])                       # (N, 2H): r and z
+        r = rz[:, :H]
+        z = rz[:, H:]
+        hw_n = hw[:, 2 * H:]                                               # (N, H)
+        n = np.tanh(xw[:, 2 * H:] + r * hw_n)
+        h = (1 - z) * n + z * h_prev
+        return h, None, ((r, z, n), hw_n, h_prev)
+
+    def _step_backward(self, dh, dc, cache, W_hh):
+        gates, hw_n, h_prev = cache
+        r, z, n = gates
+        dn = dh * (1 - z) * (1 - n * n)                                    # (N, H)
+        dz = dh * (h_prev - n) * z * (1 - z)
+        dr = dn * hw_n * r * (1 - r)
+        dxw = np.concatenate([dr, dz, dn], axis=1)                         # (N, 3H)
+        dhw = np.concatenate([dr, dz, dn * r], axis=1)
+        return dxw, dhw, dh * z + dhw @ W_hh, None
+
+
+# ── Recurrent layers: the loops over time steps, layers and directions ──────
+
 class _RNNBase(Layer):
-    """RNN, LSTM, GRU: x (T, N, F) (batch_first: (N, T, F)) -> y (T, N, D*H), the last layer's h_t
-    (D = 2 if bidirectional: the reverse reads t = T..1); final h: .h_n (num_layers * D, N, H).
-    BPTT: t = T..1 by _cell_back, then dW_ih = dgi^T x, dW_hh = dgh^T h_{t-1}, dx = dgi W_ih."""
-    kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")    # all ~ U(-1/sqrt(H), 1/sqrt(H))
+    """RNN, LSTM, GRU: the loops over layers, directions and time steps around one step's
+    formulas (_RNNStep, _LSTMStep, _GRUStep, which the cells use too).
+        x (T, N, F) (batch_first: (N, T, F)), hx = h_0 (an LSTM: (h_0, c_0)) (L * D, N, H) or None
+        (zeros) -> y (T, N, D * H), the last layer's h_t;  .h_n (.c_n): the final states
+    L = num_layers; D = 2 if bidirectional: the reverse direction reads t = T..1. Row l * D + d
+    of the states is layer l's direction d. Layer l > 0 reads layer l - 1's output, dropped out
+    in training. backward(dy, grad_h_n=None, grad_c_n=None) -> dx, and .grad_h0 (.grad_c0):
+    dL/dh_0 (dL/dc_0), also when hx was None (the gradient at the zero state)."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False):
         if not 0 <= dropout < 1:
             raise ValueError(f"{type(self).__name__}: dropout must be in [0, 1), got {dropout}")
-        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.bias, self.batch_first, self.dropout = bias, batch_first, dropout
-        self.bidirectional, D, G = bidirectional, 1 + bidirectional, self.gates * hidden_size
-        for i, sfx in [(i, sfx) for i in range(num_layers) for sfx in ("", "_reverse")[:D]]:
-            shapes = [(G, D * hidden_size if i else input_size), (G, hidden_size), (G,), (G,)]
-            for kind, shape in zip(self.kinds, shapes[:4 if bias else 2]):   # torch's order
-                w = _rng.uniform(-1 / math.sqrt(hidden_size), 1 / math.sqrt(hidden_size), shape)
-                setattr(self, f"{kind}_l{i}{sfx}", Parameter(w.astype(np.float32)))
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = dropout
+        self.bidirectional = bidirectional
+        D = 1 + bidirectional
+        G = self.gates * hidden_size
+        bound = 1 / math.sqrt(hidden_size)
+        for layer in range(num_layers):
+            shapes = {"weight_ih": (G, D * hidden_size if layer else input_size),
+                      "weight_hh": (G, hidden_size), "bias_ih": (G,), "bias_hh": (G,)}
+            for direction in range(D):                         # torch's order of keys
+                for kind in list(shapes)[:4 if bias else 2]:
+                    w = _rng.uniform(-bound, bound, shapes[kind]).astype(np.float32)
+                    setattr(self, f"{kind}_l{layer}" + "_reverse" * direction, Parameter(w))
 
-    def forward(self, x):
+    def _params(self, layer, direction):
+        """weight_ih, weight_hh, bias_ih, bias_hh (None without bias) of one layer, direction."""
+        suffix = f"_l{layer}" + "_reverse" * direction
+        return [getattr(self, kind + suffix, None)
+                for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+
+    def forward(self, x, hx=None):
         if np.ndim(x) != 3 or np.shape(x)[2] != self.input_size or 0 in np.shape(x):
             axes = "N, T" if self.batch_first else "T, N"
             raise ValueError(f"{type(self).__name__}: expected shape ({axes}, {self.input_size}) "
                              f"with N, T > 0, got {np.shape(x)}")
         x = np.swapaxes(x, 0, 1) if self.batch_first else np.asarray(x)     # (T, N, F)
-        (T, N, _), H, self._cache = x.shape, self.hidden_size, []
-        for i, drop in enumerate([0] + [self.dropout * self.training] * (self.num_layers - 1)):
-            mask = (_rng.random(x.shape) >= drop) / x.dtype.type(1 - drop) if drop else 1  # dropout
-            x, runs = x * mask, []
-            for o, sfx in ((1, ""), (-1, "_reverse"))[:1 + self.bidirectional]:  # o: step order
-                W = [getattr(self, f"{kind}_l{i}{sfx}", None) for kind in self.kinds]
-                W_ih, W_hh, b_ih, b_hh = (0 if p is None else p.data for p in W)   # no bias: 0
-                gi = (x[::o].reshape(T * N, -1) @ W_ih.T + b_ih).reshape(T, N, -1)  # (T, N, G)
-                hs, c, saved = np.zeros((T + 1, N, H), gi.dtype), 0, [None] * T  # h_0 = c_0 = 0
-                for t in range(T):          # h_t, c_t = cell(gi_t, gh = h_{t-1} W_hh^T + b_hh, ...)
-                    hs[t + 1], c, saved[t] = self._cell(gi[t], hs[t] @ W_hh.T + b_hh, hs[t], c)
-                runs.append((o, W, hs, c, saved))
-            self._cache.append((x, mask, runs))
-            x = np.concatenate([hs[1:][::o] for o, _, hs, _, _ in runs], axis=2)
-        self.h_n = np.stack([hs[-1] for *_, runs in self._cache for _, _, hs, _, _ in runs])
-        return x.swapaxes(0, 1) if self.batch_first else x                  # (T, N, D*H)
+        D = 1 + self.bidirectional
+        shape = (self.num_layers * D, x.shape[1], self.hidden_size)         # (L * D, N, H)
+        if self.cell_state:                                                 # an LSTM
+            hx = (None, None) if hx is None else hx
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise ValueError(f"{type(self).__name__}: expected hx = (h_0, c_0), each of shape "
+                                 f"{shape}, got {type(hx).__name__} of shape {np.shape(hx)}")
+            h_0, c_0 = hx
+            c_0 = _state(self, "c_0", c_0, shape, x.dtype)
+            self.c_n = np.empty_like(c_0)
+        else:
+            h_0, c_0 = hx, [None] * shape[0]
+        h_0 = _state(self, "h_0", h_0, shape, x.dtype)
+        self.h_n = np.empty_like(h_0)
+        self._cache = []                                # per layer: its dropout mask, its runs
+        for layer in range(self.num_layers):
+            p = self.dropout if layer > 0 and self.training else 0
+            mask = (_rng.random(x.shape) >= p) / x.dtype.type(1 - p) if p else 1
+            x = x * mask
+            outputs = []
+            runs = []
+            for direction in range(D):
+                k = layer * D + direction
+                x_run = x[::-1] if direction else x     # the reverse direction reads t = T..1
+                hs, c_T, steps = self._run(x_run, h_0[k], c_0[k], self._params(layer, direction))
+                self.h_n[k] = hs[-1]
+                if self.cell_state:
+                    self.c_n[k] = c_T
+                outputs.append(hs[:0:-1] if direction else hs[1:])   # h_t in x's order (T, N, H)
+                runs.append((x_run, hs, steps))
+            self._cache.append((mask, runs))
+            x = np.concatenate(outputs, axis=2)                            # (T, N, D * H)
+        return x.swapaxes(0, 1) if self.batch_first else x
 
-    def backward(self, grad):                                               # grad: like the output
-        grad = grad.swapaxes(0, 1) if self.batch_first else grad            # (T, N, D*H)
-        for i in reversed(range(self.num_layers)):
-            (x, mask, runs), dx, T = self._saved()[i], 0, len(grad)
-            for dy, (o, W, hs, _, saved) in zip(np.split(grad, len(runs), axis=2), runs):
-                (W_ih, W_hh, b_ih, b_hh), dgi, dgh, dh, dc = W, [None] * T, [None] * T, 0, 0
-                for t in reversed(range(T)):            # from dh_T = dc_T = 0; the cell's formulas
-                    dgi[t], dgh[t], dh, dc = self._cell_back(dh + dy[::o][t], dc, W_hh, *saved[t])
-                dgi, dgh = np.stack(dgi), np.stack(dgh)                     # (T, N, G), (T, N, G)
-                W_ih.grad += dgi.reshape(-1, dgi.shape[2]).T @ x[::o].reshape(-1, x.shape[2])
-                W_hh.grad += dgh.reshape(-1, dgh.shape[2]).T @ hs[:-1].reshape(-1, hs.shape[2])
-                for b, db in [(b_ih, dgi), (b_hh, dgh)] if self.bias else []:
-                    b.grad += db.sum(axis=(0, 1))                           # db = sum dg
-                dx = dx + (dgi @ W_ih.data)[::o] if i or self.needs_input_grad else None  # dgi W_ih
-            grad = None if dx is None else dx * mask
-        return grad.swapaxes(0, 1) if self.batch_first and grad is not None else grad
+    def _run(self, x, h, c, params):
+        """One layer in one direction: x (T, N, F), h_0, c_0 (N, H) -> h_0..h_T (T + 1, N, H), c_T,
+        the steps' caches. x W_ih^T + b_ih for every t is one product before the loop."""
+        weight_ih, weight_hh, bias_ih, bias_hh = params
+        b_ih = 0 if bias_ih is None else bias_ih.data                      # (G,)
+        b_hh = 0 if bias_hh is None else bias_hh.data
+        T, N, F = x.shape
+        xw = (x.reshape(T * N, F) @ weight_ih.data.T + b_ih).reshape(T, N, -1)   # (T, N, G)
+        hs = np.empty((T + 1, N, self.hidden_size), xw.dtype)
+        hs[0] = h
+        steps = []
+        for t in range(T):
+            h, c, cache = self._step_forward(xw[t], h, c, weight_hh.data, b_hh)
+            hs[t + 1] = h
+            steps.append(cache)
+        return hs, c, steps
+
+    def backward(self, grad_out, grad_h_n=None, grad_c_n=None):
+        """dL/dy, dL/dh_n, dL/dc_n (None: 0) -> dL/dx; sets .grad_h0 (.grad_c0)."""
+        cache = self._saved()
+        dy = grad_out.swapaxes(0, 1) if self.batch_first else grad_out     # (T, N, D * H)
+        D = 1 + self.bidirectional
+        H = self.hidden_size
+        dh_n = _state(self, "grad_h_n", grad_h_n, self.h_n.shape, dy.dtype)   # (L * D, N, H)
+        dc_n = [None] * len(dh_n)                            # an RNN or a GRU has no c
+        if self.cell_state:
+            dc_n = _state(self, "grad_c_n", grad_c_n, self.c_n.shape, dy.dtype)
+            self.grad_c0 = np.empty_like(dc_n)
+        elif grad_c_n is not None:
+            raise ValueError(f"{type(self).__name__}: there is no c_n, so no grad_c_n")
+        self.grad_h0 = np.empty_like(dh_n)
+        for layer in reversed(range(self.num_layers)):
+            mask, runs = cache[layer]
+            need_dx = layer > 0 or self.needs_input_grad    # not for the first layer of a model
+            dx = 0                                          # the directions' dx add up
+            for direction in range(D):
+                k = layer * D + direction
+                dhs = dy[:, :, direction * H:(direction + 1) * H]          # (T, N, H)
+                dhs = dhs[::-1] if direction else dhs       # in the order the run read x
+                params = self._params(layer, direction)
+                dx_run, self.grad_h0[k], dc_0 = self._run_backward(dhs, dh_n[k], dc_n[k],
+                                                                   runs[direction], params, need_dx)
+                if self.cell_state:
+                    self.grad_c0[k] = dc_0
+                if need_dx:
+                    dx = dx + (dx_run[::-1] if direction else dx_run)      # (T, N, F)
+            dy = dx * mask
+        if not self.needs_input_grad:
+            return None
+        return dy.swapaxes(0, 1) if self.batch_first else dy
+
+    def _run_backward(self, dhs, dh, dc, run, params, need_dx):
+        """Backpropagation through time, t = T..1, in one layer and direction: dhs (T, N, H) =
+        dL/dh_t from the output, dh, dc = dL/dh_T, dL/dc_T -> dx (T, N, F), dL/dh_0, dL/dc_0;
+        each weight's gradient is one product after the loop."""
+        x, hs, steps = run
+        weight_ih, weight_hh, bias_ih, bias_hh = params
+        T, N, F = x.shape
+        dxw = np.empty((T, N, weight_hh.data.shape[0]), hs.dtype)         # (T, N, G)
+        dhw = np.empty_like(dxw)
+        for t in reversed(range(T)):
+            dh = dh + dhs[t]                            # h_t goes to the output and to step t + 1
+            dxw[t], dhw[t], dh, dc = self._step_backward(dh, dc, steps[t], weight_hh.data)
+        weight_ih.grad += dxw.reshape(T * N, -1).T @ x.reshape(T * N, F)
+        weight_hh.grad += dhw.reshape(T * N, -1).T @ hs[:-1].reshape(T * N, -1)
+        if bias_ih is not None:
+            bias_ih.grad += dxw.sum(axis=(0, 1))
+            bias_hh.grad += dhw.sum(axis=(0, 1))
+        dx = dxw @ weight_ih.data if need_dx else None
+        return dx, dh, dc
 
 
-class RNN(_RNNBase):
-    """Elman RNN, as torch.nn.RNN. Per step (gi_t = x_t W_ih^T + b_ih, gh = h_{t-1} W_hh^T + b_hh):
-        h_t = tanh(gi_t + gh)  (or relu)   (N, H)
-    backward, with dh = dL/dh_t:  dgi_t = dgh_t = dh (1 - h_t^2)  (relu: dh (h_t > 0)),
-        dh_{t-1} = dgh_t W_hh."""
-    gates = 1           # blocks of H rows in W_ih and W_hh: LSTM 4 (i, f, g, o), GRU 3 (r, z, n)
+class RNN(_RNNStep, _RNNBase):
+    """Elman RNN, as torch.nn.RNN: the loops of _RNNBase around _RNNStep's formulas."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"RNN: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self._check_nonlinearity(nonlinearity)
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional)
 
-    def _cell(self, gi, gh, h, c):                  # gi, gh: (N, H) -> h_t, c (unused), saved
-        h = np.tanh(gi + gh) if self.nonlinearity == "tanh" else np.maximum(gi + gh, 0)
-        return h, c, (h,)
 
-    def _cell_back(self, dh, dc, W_hh, h):
-        da = dh * (1 - h * h) if self.nonlinearity == "tanh" else dh * (h > 0)
-        return da, da, da @ W_hh.data, dc
+class LSTM(_LSTMStep, _RNNBase):
+    """Long short-term memory, as torch.nn.LSTM: the loops of _RNNBase around _LSTMStep's
+    formulas. hx = (h_0, c_0); after forward .h_n and .c_n, after backward .grad_h0, .grad_c0."""
 
 
-class LSTM(_RNNBase):
-    """Long short-term memory, as torch.nn.LSTM. Per step, i, f, g, o = split(gi_t + gh) (N, 4H):
-        i, f, o = sigmoid(i, f, o);  g = tanh(g);  c_t = f c_{t-1} + i g;  h_t = o tanh(c_t)  (N, H)
-    backward, with dh = dL/dh_t, dc = dL/dc_t:  dc += dh o (1 - tanh(c_t)^2);  dc_{t-1} = dc f;
-        dgi_t = dgh_t = [dc g i (1-i), dc c_{t-1} f (1-f), dc i (1-g^2), dh tanh(c_t) o (1-o)]"""
-    gates = 4
-    c_n = property(lambda self: np.stack([c for *_, runs in self._saved() for *_, c, _ in runs]))
-
-    def _cell(self, gi, gh, h, c):                  # gi, gh: (N, 4H); h, c: (N, H)
-        i, f, g, o = (gi + gh).reshape(-1, 4, self.hidden_size).swapaxes(0, 1)  # 4 (N, H) blocks
-        i, f, o = (0.5 + 0.5 * np.tanh(0.5 * a) for a in (i, f, o))    # sigmoid (no exp overflow)
-        g = np.tanh(g)
-        c_t = f * c + i * g
-        tanh_c = np.tanh(c_t)
-        return o * tanh_c, c_t, (i, f, g, o, c, tanh_c)
-
-    def _cell_back(self, dh, dc, W_hh, i, f, g, o, c, tanh_c):      # c: c_{t-1}
-        dc = dc + dh * o * (1 - tanh_c ** 2)
-        da = np.concatenate([dc * g * i * (1 - i), dc * c * f * (1 - f), dc * i * (1 - g * g),
-                             dh * tanh_c * o * (1 - o)], axis=1)              # (N, 4H)
-        return da, da, da @ W_hh.data, dc * f                  # dh_{t-1} = dgh_t W_hh
+class GRU(_GRUStep, _RNNBase):
+    """Gated recurrent unit, as torch.nn.GRU: the loops of _RNNBase around _GRUStep's formulas."""
 
 
-class GRU(_RNNBase):
-    """Gated recurrent unit, as torch.nn.GRU (layers, directions, loops over t: _RNNBase). Per
-    step, in blocks r, z, n of H columns of gi_t = x_t W_ih^T + b_ih and gh = h_{t-1} W_hh^T + b_hh:
-        r = sigmoid(gi_r + gh_r);  z = sigmoid(gi_z + gh_z);  n = tanh(gi_n + r * gh_n)  (torch's)
-        h_t = (1 - z) n + z h_{t-1}
-    backward, with dh = dL/dh_t:
-        dn = dh (1 - z) (1 - n^2);   dz = dh (h_{t-1} - n) z (1 - z);   dr = dn gh_n r (1 - r)
-        dgi_t = [dr, dz, dn];   dgh_t = [dr, dz, dn r];   dh_{t-1} = dh z + dgh_t W_hh."""
-    gates = 3
+# ── Cells: one time step per call, backpropagation through time by hand ─────
 
-    def _cell(self, gi, gh, h, c):                  # gi, gh: (N, 3H); h: (N, H)
-        H = self.hidden_size
-        rz = 0.5 + 0.5 * np.tanh(0.5 * (gi[:, :2 * H] + gh[:, :2 * H]))       # sigmoid (N, 2H)
-        r, z = rz[:, :H], rz[:, H:]
-        n = np.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
-        return (1 - z) * n + z * h, c, (r, z, n, gh[:, 2 * H:], h)
+class _CellBase(Layer):
+    """RNNCell, LSTMCell, GRUCell: one step per call, by the same step formulas as their layers,
+    with torch's weight_ih (G, F), weight_hh (G, H), bias_ih, bias_hh (G,) (G = gates * H),
+    all ~ U(-1/sqrt(H), 1/sqrt(H)).
+    Calls stack up: each call in training mode is kept, and backward undoes the latest call not
+    yet undone (so calling backward in reverse order is backpropagation through time), returning
+    dL/dx and dL/dh_{t-1} (dL/dc_{t-1}) and adding into the weights' grads. In eval mode calls
+    are not kept (a sampling loop may call the cell thousands of times), and predict or evaluate
+    of a model empties the stack."""
 
-    def _cell_back(self, dh, dc, W_hh, r, z, n, gh_n, h):
-        dn = dh * (1 - z) * (1 - n * n)
-        dr, dz = dn * gh_n * r * (1 - r), dh * (h - n) * z * (1 - z)
-        dgh = np.concatenate([dr, dz, dn * r], axis=1)
-        return np.concatenate([dr, dz, dn], axis=1), dgh, dh * z + dgh @ W_hh.data, dc
+    def __init__(self, input_size, hidden_size, bias=True):
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        G = self.gates * hidden_size
+        bound = 1 / math.sqrt(hidden_size)
+        shapes = {"weight_ih": (G, input_size), "weight_hh": (G, hidden_size), "bias_ih": (G,),
+                  "bias_hh": (G,)}
+        for kind in list(shapes)[:4 if bias else 2]:
+            w = _rng.uniform(-bound, bound, shapes[kind]).astype(np.float32)
+            setattr(self, kind, Parameter(w))
+        self._cache = None                       # the stack of calls not yet undone
+
+    def _call(self, x, h_prev, c_prev):
+        """One step: x (N, F), h_{t-1}, c_{t-1} (N, H) or None (zeros) -> h_t, c_t."""
+        x = _check_input(self, x, 2, self.input_size)
+        shape = (x.shape[0], self.hidden_size)
+        h_prev = _state(self, "h", h_prev, shape, x.dtype)                 # (N, H)
+        if self.cell_state:
+            c_prev = _state(self, "c", c_prev, shape, x.dtype)
+        b_ih = self.bias_ih.data if self.bias else 0
+        b_hh = self.bias_hh.data if self.bias else 0
+        xw = x @ self.weight_ih.data.T + b_ih                              # (N, G)
+        h, c, cache = self._step_forward(xw, h_prev, c_prev, self.weight_hh.data, b_hh)
+        if self.training:
+            self._cache = self._cache or []
+            self._cache.append((x, h_prev, cache))
+        return h, c
+
+    def _undo(self, dh, dc):
+        """Backward of the latest call not yet undone: dL/dh_t, dL/dc_t -> dL/dx, dL/dh_{t-1},
+        dL/dc_{t-1}."""
+        if not self._cache:
+            raise RuntimeError(f"{type(self).__name__}.backward: no call left to undo (each "
+                               "backward undoes one call made in training mode, latest first)")
+        x, h_prev, cache = self._cache.pop()
+        dh = _state(self, "dh", dh, h_prev.shape, h_prev.dtype)           # (N, H)
+        if self.cell_state:
+            dc = _state(self, "dc", dc, h_prev.shape, h_prev.dtype)
+        dxw, dhw, dh_prev, dc_prev = self._step_backward(dh, dc, cache, self.weight_hh.data)
+        self.weight_ih.grad += dxw.T @ x                                   # (G, F)
+        self.weight_hh.grad += dhw.T @ h_prev                              # (G, H)
+        if self.bias:
+            self.bias_ih.grad += dxw.sum(axis=0)
+            self.bias_hh.grad += dhw.sum(axis=0)
+        return dxw @ self.weight_ih.data, dh_prev, dc_prev
+
+    def forward(self, x, hx=None):
+        """h_t = cell(x, h_{t-1}): x (N, F), hx (N, H) or None (zeros) -> (N, H)."""
+        h, _ = self._call(x, hx, None)
+        return h
+
+    def backward(self, dh):
+        """dL/dh_t -> (dL/dx, dL/dh_{t-1}) of the latest call not yet undone."""
+        dx, dh_prev, _ = self._undo(dh, None)
+        return dx, dh_prev
+
+
+class RNNCell(_RNNStep, _CellBase):
+    """One step of an Elman RNN, as torch.nn.RNNCell: h = cell(x, h); dx, dh = cell.backward(dh).
+    Formulas: _RNNStep; the stack of calls: _CellBase."""
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh"):
+        self._check_nonlinearity(nonlinearity)
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, bias)
+
+
+class LSTMCell(_LSTMStep, _CellBase):
+    """One step of an LSTM, as torch.nn.LSTMCell: h, c = cell(x, (h, c));
+    dx, dh, dc = cell.backward(dh, dc). Formulas: _LSTMStep; the stack of calls: _CellBase."""
+
+    def forward(self, x, hx=None):
+        """x (N, F), hx = (h_{t-1}, c_{t-1}) (N, H) each, or None (zeros) -> h_t, c_t."""
+        if hx is None:
+            hx = (None, None)
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise ValueError(f"LSTMCell: expected hx = (h, c) or None, got {type(hx).__name__}")
+        return self._call(x, hx[0], hx[1])
+
+    def backward(self, dh, dc=None):
+        """dL/dh_t, dL/dc_t (None: 0) -> (dL/dx, dL/dh_{t-1}, dL/dc_{t-1}) of the latest call."""
+        return self._undo(dh, dc)
+
+
+class GRUCell(_GRUStep, _CellBase):
+    """One step of a GRU, as torch.nn.GRUCell: h = cell(x, h); dx, dh = cell.backward(dh).
+    Formulas: _GRUStep; the stack of calls: _CellBase."""
 
 
 class LastStep(Layer):
