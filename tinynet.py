@@ -10,7 +10,7 @@ Sections, in order: parameters and base layer · layers (ending with sequences: 
 and recurrent layers) · attention and transformers · losses · optimizers · schedulers ·
 Sequential, History and callbacks · saving, loading and PyTorch interop · gradient check ·
 data · plots · training-script helpers.
-A layer copies out alone with `Layer` (the core: 26 lines), `Parameter`, `_rng`
+A layer copies out alone with `Layer` (the core: 43 lines), `Parameter`, `_rng`
 and the few helpers it names; saving, loading, astype and repr are LayerState's,
 composed into Layer in their own section. Only numpy (and the standard library)
 is imported at module level; tqdm, matplotlib, scipy, scikit-learn, threadpoolctl
@@ -78,8 +78,23 @@ class Layer:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         return self._cache
 
-    def parameters(self):              # attributes with .data and .grad, in order: weight, bias
-        return [v for v in vars(self).values() if _is_parameter(v)]
+    def _sublayers(self):
+        """(name, layer) pairs, torch's child modules: the public attributes that are Layers, and
+        the Layers in public lists or tuples ("blocks.0", as torch's ModuleList); never "_name"."""
+        for name, v in vars(self).items():
+            if name.startswith("_"):
+                continue
+            if isinstance(v, Layer):
+                yield name, v
+            elif isinstance(v, (list, tuple)):
+                for i, item in enumerate(v):
+                    if isinstance(item, Layer):
+                        yield f"{name}.{i}", item
+
+    def parameters(self):              # own (weight, bias), then each sublayer's; a tied one once
+        every = [v for v in vars(self).values() if _is_parameter(v)]
+        every += [p for _, layer in self._sublayers() for p in layer.parameters()]
+        return list({id(p): p for p in every}.values())
 
     def zero_grad(self):
         for p in self.parameters():
@@ -87,6 +102,8 @@ class Layer:
 
     def train(self, mode=True):
         self.training = mode
+        for _, layer in self._sublayers():
+            layer.train(mode)
         return self
 
     def eval(self):
@@ -890,32 +907,32 @@ class TransformerEncoderLayer(Layer):
         self.norm1, self.norm2 = LayerNorm(d, layer_norm_eps), LayerNorm(d, layer_norm_eps)
         self.dropout1, self.dropout2 = Dropout(dropout), Dropout(dropout)
         act = ReLU() if activation == "relu" else GELU()
-        self.sa = [self.self_attn, self.dropout1]                            # the two branches
-        self.ff = [self.linear1, act, Dropout(dropout), self.linear2, self.dropout2]
+        self._sa = [self.self_attn, self.dropout1]                            # the two branches
+        self._ff = [self.linear1, act, Dropout(dropout), self.linear2, self.dropout2]
 
     def parameters(self):             # the sublayers' in torch's order: self_attn, linear1, ...
         return [p for v in vars(self).values() if isinstance(v, Layer) for p in v.parameters()]
 
     def train(self, mode=True):
-        for layer in self.sa + self.ff + [self.norm1, self.norm2]:
+        for layer in self._sa + self._ff + [self.norm1, self.norm2]:
             layer.train(mode)
         return super().train(mode)
 
     def forward(self, x):
         x, run = _check_tokens(self, x, self.d_model, self.batch_first), self._chain
         if self.norm_first:
-            h = x + run(self.sa, self.norm1.forward(x))
-            return h + run(self.ff, self.norm2.forward(h))
-        h = self.norm1.forward(x + run(self.sa, x))
-        return self.norm2.forward(h + run(self.ff, h))
+            h = x + run(self._sa, self.norm1.forward(x))
+            return h + run(self._ff, self.norm2.forward(h))
+        h = self.norm1.forward(x + run(self._sa, x))
+        return self.norm2.forward(h + run(self._ff, h))
 
     def backward(self, grad):
         if self.norm_first:
-            dh = grad + self.norm2.backward(self._chain(self.ff, grad, back=True))
-            return dh + self.norm1.backward(self._chain(self.sa, dh, back=True))
+            dh = grad + self.norm2.backward(self._chain(self._ff, grad, back=True))
+            return dh + self.norm1.backward(self._chain(self._sa, dh, back=True))
         dz = self.norm2.backward(grad)
-        dh = self.norm1.backward(dz + self._chain(self.ff, dz, back=True))
-        return dh + self._chain(self.sa, dh, back=True)
+        dh = self.norm1.backward(dz + self._chain(self._ff, dz, back=True))
+        return dh + self._chain(self._sa, dh, back=True)
 
     def _chain(self, layers, x, back=False):  # the layers' forward in order, or backward reversed
         for layer in reversed(layers) if back else layers:
@@ -2266,7 +2283,7 @@ class Sequential(Layer):
         return "Sequential(\n" + "".join(f"  ({i}): {layer!r}\n"
                                           for i, layer in enumerate(self.layers)) + ")"
 
-    # -- the model: forward, backward, parameters -------------------------------
+    # -- the model: forward, backward -------------------------------------------
     def forward(self, x):
         self._input_shape = np.shape(x)[1:]
         for layer in self.layers:
@@ -2283,31 +2300,8 @@ class Sequential(Layer):
                 break
         return grad
 
-    def parameters(self):
-        return [p for layer in self.layers for p in layer.parameters()]
-
-    def named_parameters(self):
-        return [(f"{i}.{k}", p) for i, layer in enumerate(self.layers)
-                for k, p in layer.named_parameters()]
-
-    def named_buffers(self):
-        return [(f"{i}.{k}", b) for i, layer in enumerate(self.layers)
-                for k, b in layer.named_buffers()]
-
-    def _state_arrays(self):               # layer by layer, as torch.nn.Sequential's state_dict
-        return {f"{i}.{k}": v for i, layer in enumerate(self.layers)
-                for k, v in layer._state_arrays().items()}
-
-    def train(self, mode=True):
-        self.training = mode
-        for layer in self.layers:
-            layer.train(mode)
-        return self
-
-    def astype(self, dtype):
-        for layer in self.layers:
-            layer.astype(dtype)
-        return self
+    def _sublayers(self):                 # named "0", "1", ... as torch.nn.Sequential's
+        return [(str(i), layer) for i, layer in enumerate(self.layers)]
 
     def _dtype(self):
         params = self.parameters()
@@ -2734,22 +2728,30 @@ class LayerState:
     buffers = ()
 
     def named_parameters(self):
-        """[(name, parameter)] in attribute order; a sublayer (an attribute that is a Layer) adds
-        its own under "attribute.name", as torch's nested keys (self_attn.in_proj_weight)."""
-        named = []
-        for k, v in vars(self).items():
-            if _is_parameter(v):
-                named.append((k, v))
-            elif isinstance(v, Layer):
-                named += [(f"{k}.{name}", p) for name, p in v.named_parameters()]
-        return named
+        """[(name, parameter)] in torch's order: own Parameters in attribute order, then each
+        sublayer's under "sublayer.name" ("blocks.0.weight"); a Parameter reached twice (a tied
+        weight) is listed once, under its first name (torch's remove_duplicate)."""
+        own = [(k, v) for k, v in vars(self).items() if _is_parameter(v)]
+        return _once(own + [(f"{name}.{k}", p) for name, layer in self._sublayers()
+                            for k, p in layer.named_parameters()])
 
     def named_buffers(self):
-        return [(k, getattr(self, k)) for k in self.buffers]
+        """[(name, array)]: own buffers, then each sublayer's, as named_parameters."""
+        own = [(k, getattr(self, k)) for k in self.buffers]
+        return _once(own + [(f"{name}.{k}", b) for name, layer in self._sublayers()
+                            for k, b in layer.named_buffers()])
 
     def _state_arrays(self):
-        """{name: the live array}: parameters' data, then buffers."""
-        return {k: p.data for k, p in self.named_parameters()} | dict(self.named_buffers())
+        """{name: the live array} in torch's state_dict order: own parameters' data, own buffers,
+        then each sublayer's under "sublayer.name". A tied Parameter keeps each of its names
+        (torch's state_dict too): load_state_dict fills it from each."""
+        sublayers = list(self._sublayers())
+        inside = tuple(f"{name}." for name, _ in sublayers)      # keys of a sublayer's parameters
+        arrays = {k: p.data for k, p in self.named_parameters() if not k.startswith(inside)}
+        arrays |= {k: getattr(self, k) for k in self.buffers}
+        for name, layer in sublayers:
+            arrays |= {f"{name}.{k}": v for k, v in layer._state_arrays().items()}
+        return arrays
 
     def state_dict(self):
         """{name: copy of the array}, parameters then buffers, with torch's key names."""
@@ -2779,11 +2781,14 @@ class LayerState:
         return self
 
     def astype(self, dtype):
-        """Convert every parameter (and its grad) and buffer to `dtype`, in place."""
+        """Convert every parameter (and its grad) and buffer to `dtype`, in place, sublayers too
+        (an array already of that dtype is kept: a tied Parameter reached again is left alone)."""
         for p in self.parameters():
-            p.data, p.grad = p.data.astype(dtype), p.grad.astype(dtype)
-        for k, b in self.named_buffers():
-            setattr(self, k, b.astype(dtype))
+            p.data, p.grad = p.data.astype(dtype, copy=False), p.grad.astype(dtype, copy=False)
+        for k in self.buffers:
+            setattr(self, k, getattr(self, k).astype(dtype, copy=False))
+        for _, layer in self._sublayers():
+            layer.astype(dtype)
         return self
 
     def config(self):
@@ -2816,6 +2821,14 @@ Layer.load_state_dict = LayerState.load_state_dict
 Layer.astype = LayerState.astype
 Layer.config = LayerState.config
 Layer.__repr__ = LayerState.__repr__
+
+
+def _once(named):
+    """[(name, value)] without the values listed before under another name (a tied Parameter)."""
+    first = {}
+    for name, value in named:
+        first.setdefault(id(value), (name, value))
+    return list(first.values())
 
 
 def _init_args(cls):
