@@ -1790,7 +1790,7 @@ def test_sequential_rejects_bad_input_width():
         model.predict(np.zeros((3, 4)))
 
 
-# ── composition: sublayers as attributes, as torch's Module ────────────────────
+# ── composition: sublayers as attributes, as torch's Module; tn.Model ────────
 
 class _Composed(tn.Layer):
     """A sublayer, a list of sublayers (torch's ModuleList), an own Parameter set after them, a
@@ -1894,6 +1894,236 @@ def test_adam_step_on_a_tied_weight_matches_torch():
             assert_parity(p.grad, theirs.get_parameter(k).grad, f"{k} gradient at step {step}")
         for k, v in ours.state_dict().items():
             assert_parity(v, theirs.state_dict()[k], f"{k} after step {step}")
+
+
+class _TwoInputs(tn.Model):
+    """scores = linear(features) + mean over t of emb(tokens)[:, t]: (N, F), (N, T) -> (N, C)."""
+
+    def __init__(self, features=3, vocab=6, classes=4):
+        self.linear = tn.Linear(features, classes)
+        self.emb = tn.Embedding(vocab, classes)
+
+    def forward(self, x):
+        features, tokens = x
+        self._cache = tokens.shape[1]
+        return self.linear.forward(features) + self.emb.forward(tokens).mean(axis=1)
+
+    def backward(self, grad):                      # -> (grad wrt features, None for the tokens)
+        steps = self._saved()
+        self.emb.backward(np.repeat(grad[:, None] / steps, steps, axis=1))       # (N, T, C)
+        return self.linear.backward(grad), None
+
+
+def _torch_two_inputs():
+    class TwoInputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear, self.emb = torch.nn.Linear(3, 4), torch.nn.Embedding(6, 4)
+
+        def forward(self, features, tokens):
+            return self.linear(features) + self.emb(tokens).mean(dim=1)
+
+    torch.manual_seed(0)
+    return TwoInputs().double()
+
+
+def _two_input_data(n=12, seed=0):
+    rng = np.random.default_rng(seed)
+    features, tokens = rng.standard_normal((n, 3)), rng.integers(0, 6, (n, 5))
+    return features, tokens, rng.integers(0, 4, n)
+
+
+def test_model_subclass_with_two_inputs_train_step_matches_torch():
+    ours, theirs = _TwoInputs(), _torch_two_inputs()
+    ours.astype(np.float64).load_state_dict(theirs.state_dict())
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    ours.compile(tn.SGD(ours.parameters(), lr=0.1, momentum=0.9), tn.CrossEntropyLoss())
+    opt_t = torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=0.9)
+    features, tokens, y = _two_input_data()
+    for step in range(2):
+        value, out = ours.train_step((features, tokens), y)
+        opt_t.zero_grad()
+        out_t = theirs(T(features, False), torch.from_numpy(tokens))
+        value_t = torch.nn.functional.cross_entropy(out_t, torch.from_numpy(y))
+        value_t.backward()
+        opt_t.step()
+        assert_parity(out, out_t, f"output at step {step}")
+        assert_parity(np.float64(value), value_t, f"loss at step {step}")
+        for (k, p), (k_t, p_t) in zip(ours.named_parameters(), theirs.named_parameters(),
+                                      strict=True):
+            assert k == k_t
+            assert_parity(p.grad, p_t.grad, f"{k} gradient at step {step}")
+            assert_parity(p.data, p_t, f"{k} after step {step}")
+    assert tn.gradcheck(ours, (features[:4], tokens[:4])) < 1e-7
+
+
+def test_model_subclass_fits_evaluates_and_predicts_on_tuples():
+    features, tokens, y = _two_input_data(20)
+    tn.manual_seed(0)
+    model = _TwoInputs()
+    model.compile(tn.Adam(model.parameters(), lr=0.05), tn.CrossEntropyLoss())
+    seen = []
+    forward = model.forward
+    model.forward = lambda x: seen.append(x) or forward(x)
+    hist = model.fit((features, tokens), y, batch_size=8, epochs=3, validation_split=0.25,
+                     verbose=0)
+    assert set(hist.history) == {"loss", "accuracy", "val_loss", "val_accuracy", "lr"}
+    assert hist.history["loss"][-1] < hist.history["loss"][0]
+    # each batch: rows of both inputs taken together (float ones in the model's dtype)
+    rows = {tuple(f): tuple(t) for f, t in zip(features.astype(np.float32), tokens)}
+    for f, t in seen[:6]:
+        assert f.dtype == np.float32 and t.dtype == tokens.dtype and len(f) == len(t)
+        assert all(rows[tuple(a)] == tuple(b) for a, b in zip(f, t))
+    assert sorted(len(f) for f, _ in seen[:2]) == [7, 8]             # 15 training rows, shuffled
+    del model.forward
+    out = model.predict((features, tokens), batch_size=7)
+    np.testing.assert_allclose(out, model.eval().forward((features.astype(np.float32), tokens)))
+    result = model.evaluate((features, tokens), y, batch_size=7)
+    assert result["loss"] == pytest.approx(tn.CrossEntropyLoss()(out, y), rel=1e-6)
+    assert result["accuracy"] == np.mean(out.argmax(1) == y)
+    history = model.fit((features, tokens), y, validation_data=((features, tokens), y),
+                        verbose=0).history
+    assert history["val_loss"][0] == pytest.approx(model.evaluate((features, tokens), y)["loss"])
+
+
+def test_model_save_weights_and_load_weights_use_torch_keys(tmp_path):
+    tn.manual_seed(0)
+    model, other = _TwoInputs(), _TwoInputs()
+    path = tmp_path / "two.weights.npz"
+    model.save_weights(path)
+    with np.load(path) as f:
+        assert list(f.files) == list(_torch_two_inputs().state_dict())
+    features, tokens, _ = _two_input_data()
+    assert not np.array_equal(other.predict((features, tokens)), model.predict((features, tokens)))
+    assert other.load_weights(path) is other
+    np.testing.assert_array_equal(other.predict((features, tokens)),
+                                  model.predict((features, tokens)))
+    with pytest.raises(ValueError, match=r"^_TwoInputs\.load_weights: .*two\.weights\.npz: "
+                                         r"_TwoInputs\.load_state_dict: 'emb\.weight' has shape "
+                                         r"\(6, 4\), expected \(9, 4\)"):
+        _TwoInputs(vocab=9).load_weights(path)
+    model.emb = tn.Linear(2, 2)
+    with pytest.raises(ValueError, match=r"two\.weights\.npz: .*missing keys \['emb\.bias'\]"):
+        model.load_weights(path)
+    (tmp_path / "not.npz").write_text("text")
+    with pytest.raises(ValueError, match=r"not\.npz is not an \.npz of weights"):
+        model.load_weights(tmp_path / "not.npz")
+
+
+def test_count_params_and_weights_list_a_tied_weight_once():
+    class Tied(tn.Model):
+        def __init__(self):
+            self.emb, self.head = tn.Embedding(5, 3), tn.Linear(3, 5)
+            self.head.weight = self.emb.weight
+
+    model = Tied()
+    assert list(model.state_dict()) == ["emb.weight", "head.weight", "head.bias"]
+    assert model.count_params() == 5 * 3 + 5 and len(model.weights) == 2
+    copies = model.get_weights()
+    copies[0][...] = 2
+    model.set_weights(copies)
+    assert (model.head.weight.data == 2).all() and model.head.weight is model.emb.weight
+    lines = []
+    model.summary(print_fn=lines.append)
+    rows = lines[0].splitlines()
+    assert [row.split() for row in rows[2:4]] == [["emb:", "Embedding(5,", "3)", "15"],
+                                                  ["head:", "Linear(3,", "5)", "20"]]
+    assert rows[-1] == "Total params: 20 (a tied weight counted once)"
+
+
+def test_model_subclass_without_forward_or_backward_says_so():
+    class Half(tn.Model):
+        def __init__(self):
+            self.linear = tn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.linear.forward(x)
+
+    with pytest.raises(NotImplementedError, match=r"^Model: a Model subclass defines forward"):
+        tn.Model().forward(np.zeros((1, 2)))
+    model = Half()
+    model.compile(tn.SGD(model.parameters(), lr=0.1), tn.MSELoss())
+    with pytest.raises(NotImplementedError, match=r"^Half: a Model subclass defines backward"):
+        model.fit(np.zeros((4, 2)), np.zeros((4, 2)), verbose=0)
+
+
+def test_fit_rejects_inputs_whose_first_axes_differ():
+    model = _TwoInputs()
+    model.compile(tn.SGD(model.parameters(), lr=0.1), tn.CrossEntropyLoss())
+    features, tokens, y = _two_input_data()
+    with pytest.raises(ValueError, match=r"^_TwoInputs\.fit: the inputs must share their first "
+                                         r"axis \(one row per sample\), got shapes \(12, 3\), "
+                                         r"\(11, 5\)$"):
+        model.fit((features, tokens[:11]), y, verbose=0)
+    with pytest.raises(ValueError, match=r"^_TwoInputs\.evaluate: X has 12 samples but y has 3$"):
+        model.evaluate((features, tokens), y[:3])
+    with pytest.raises(TypeError, match=r"^Sequential: takes one input array, got a tuple"):
+        tn.Sequential(tn.Linear(3, 2)).predict((features, features))
+
+
+class _PositionNLL(tn.Loss):
+    """-mean of scores[n, y[n, t], t] over the positions whose target is not ignore_index:
+    scores (N, C, T), targets (N, T) (as NLLLoss(ignore_index=...) on log-probabilities)."""
+
+    def __init__(self, ignore_index=-100):
+        super().__init__()
+        self.ignore_index = ignore_index
+
+    def forward(self, scores, y):
+        kept = y != self.ignore_index                                     # (N, T)
+        index = np.where(kept, y, 0)[:, None]                             # (N, 1, T)
+        self._cache = scores.shape, index, kept
+        return float(-(np.take_along_axis(scores, index, 1)[:, 0] * kept).sum() / kept.sum())
+
+    def backward(self):
+        shape, index, kept = self._saved()
+        grad = np.zeros(shape)
+        np.put_along_axis(grad, index, -(kept / kept.sum())[:, None], 1)
+        return grad
+
+
+class _Tagger(tn.Model):
+    """A class score per token: tokens (N, T) -> scores (N, C, T) (emb's rows, moved to axis 1)."""
+
+    def __init__(self):
+        self.emb = tn.Embedding(5, 3)
+
+    def forward(self, tokens):
+        return self.emb.forward(tokens).transpose(0, 2, 1)
+
+    def backward(self, grad):
+        self.emb.backward(grad.transpose(0, 2, 1))
+
+
+def test_fit_and_evaluate_with_sequence_targets_count_positions_not_ignored():
+    model = _Tagger()
+    model.emb.weight.data[...] = np.eye(3)[[0, 1, 2, 0, 1]]           # token k -> class k % 3
+    tokens = np.array([[0, 1, 2], [3, 4, 0], [1, 1, 1], [2, 3, 4]])
+    y = np.array([[0, 1, 0], [0, 2, -100], [-100, -100, -100], [2, 2, 1]])
+    # predictions   0 1 2      0 1 0        1 1 1                2 0 1
+    # right         1 1 0      1 0 (ign.)   (ignored)            1 0 1    -> 5 of 8 counted
+    model.compile(tn.SGD(model.parameters(), lr=0.0), _PositionNLL())
+    assert model.evaluate(tokens, y)["accuracy"] == 5 / 8
+    hist = model.fit(tokens, y, batch_size=2, shuffle=False, verbose=0).history
+    assert hist["accuracy"] == [5 / 8]                   # over positions: not the batches' mean
+    assert len(model.predict(tokens)) == 4
+    model.compile(tn.SGD(model.parameters(), lr=0.0), _PositionNLL(ignore_index=7))
+    y_all = np.where(y < 0, 1, y)                       # nothing ignored: 12 positions
+    assert model.evaluate(tokens, y_all)["accuracy"] == 8 / 12
+    model.compile(tn.SGD(model.parameters(), lr=0.0), tn.MSELoss())   # no ignore_index
+    assert model._correct(model.predict(tokens), y_all) == (8, 12)
+
+
+def test_accuracy_rejects_sequence_targets_that_miss_the_output_positions():
+    model = _Tagger()
+    model.compile(tn.SGD(model.parameters(), lr=0.0), _PositionNLL())
+    tokens = np.zeros((4, 3), np.int64)
+    with pytest.raises(ValueError, match=r"^_Tagger\.evaluate: accuracy needs one class index per "
+                                         r"position of the output \(4, 3, 3\), targets of shape "
+                                         r"\(4, 3\) \(or \(4, 3, 3\): one-hot\), got targets of "
+                                         r"shape \(4, 2\)$"):
+        model._correct(model.predict(tokens), np.zeros((4, 2), np.int64), "evaluate")
+
 
 # ── fit, evaluate, predict, summary, activations ─────────────────────────────
 
@@ -2811,9 +3041,9 @@ def test_accuracy_of_a_single_logit_model():
     model.compile(tn.SGD(model.parameters(), lr=0.0), tn.BCEWithLogitsLoss())
     assert model.evaluate(X, t)["accuracy"] == 0.6
     assert model.fit(X, t, batch_size=4, verbose=0).history["accuracy"] == [0.6]
-    assert tn.Sequential._correct(X[:, :1], t[:, 0]) == 6               # 1-D targets
-    assert tn.Sequential._correct(X[:, :1] / 10, t) == 6                # logit 0.05 > 0: right
-    assert tn.Sequential._correct(-X[:, :1], t) == 4
+    assert model._correct(X[:, :1], t[:, 0]) == (6, 10)                 # 1-D targets
+    assert model._correct(X[:, :1] / 10, t) == (6, 10)                  # logit 0.05 > 0: right
+    assert model._correct(-X[:, :1], t) == (4, 10)
 
 
 # ── schedulers in fit ───────────────────────────────────────────────────────
