@@ -2115,6 +2115,24 @@ def test_fit_and_evaluate_with_sequence_targets_count_positions_not_ignored():
     assert model._correct(model.predict(tokens), y_all) == (8, 12)
 
 
+def test_fit_with_cross_entropy_over_positions_matches_torch():
+    """With CrossEntropyLoss(ignore_index) over (N, C, T) (the losses' part of issue 24)."""
+    if not hasattr(tn.CrossEntropyLoss(), "ignore_index"):
+        pytest.skip("CrossEntropyLoss over (N, C, d1, ...) not merged yet")
+    model = _Tagger().astype(np.float64)
+    model.emb.weight.data[...] = np.eye(3)[[0, 1, 2, 0, 1]]
+    tokens = np.array([[0, 1, 2], [3, 4, 0], [1, 1, 1], [2, 3, 4]])
+    y = np.array([[0, 1, 0], [0, 2, -100], [-100, -100, -100], [2, 2, 1]])
+    model.compile(tn.SGD(model.parameters(), lr=0.0), tn.CrossEntropyLoss(ignore_index=-100))
+    result = model.evaluate(tokens, y)
+    scores = T(model.predict(tokens), False)
+    assert_parity(np.float64(result["loss"]),
+                  torch.nn.functional.cross_entropy(scores, torch.from_numpy(y)), "loss")
+    assert result["accuracy"] == 5 / 8
+    hist = model.fit(tokens, y, batch_size=2, shuffle=False, verbose=0).history
+    assert hist["accuracy"] == [5 / 8]
+
+
 def test_accuracy_rejects_sequence_targets_that_miss_the_output_positions():
     model = _Tagger()
     model.compile(tn.SGD(model.parameters(), lr=0.0), _PositionNLL())
