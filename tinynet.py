@@ -907,7 +907,7 @@ class TransformerEncoderLayer(Layer):
         self.norm1, self.norm2 = LayerNorm(d, layer_norm_eps), LayerNorm(d, layer_norm_eps)
         self.dropout1, self.dropout2 = Dropout(dropout), Dropout(dropout)
         act = ReLU() if activation == "relu" else GELU()
-        self._sa = [self.self_attn, self.dropout1]                            # the two branches
+        self._sa = [self.self_attn, self.dropout1]                           # the two branches
         self._ff = [self.linear1, act, Dropout(dropout), self.linear2, self.dropout2]
 
     def parameters(self):             # the sublayers' in torch's order: self_attn, linear1, ...
