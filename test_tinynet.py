@@ -1987,30 +1987,6 @@ def test_model_subclass_fits_evaluates_and_predicts_on_tuples():
     assert history["val_loss"][0] == pytest.approx(model.evaluate((features, tokens), y)["loss"])
 
 
-def test_model_save_weights_and_load_weights_use_torch_keys(tmp_path):
-    tn.manual_seed(0)
-    model, other = _TwoInputs(), _TwoInputs()
-    path = tmp_path / "two.weights.npz"
-    model.save_weights(path)
-    with np.load(path) as f:
-        assert list(f.files) == list(_torch_two_inputs().state_dict())
-    features, tokens, _ = _two_input_data()
-    assert not np.array_equal(other.predict((features, tokens)), model.predict((features, tokens)))
-    assert other.load_weights(path) is other
-    np.testing.assert_array_equal(other.predict((features, tokens)),
-                                  model.predict((features, tokens)))
-    with pytest.raises(ValueError, match=r"^_TwoInputs\.load_weights: .*two\.weights\.npz: "
-                                         r"_TwoInputs\.load_state_dict: 'emb\.weight' has shape "
-                                         r"\(6, 4\), expected \(9, 4\)"):
-        _TwoInputs(vocab=9).load_weights(path)
-    model.emb = tn.Linear(2, 2)
-    with pytest.raises(ValueError, match=r"two\.weights\.npz: .*missing keys \['emb\.bias'\]"):
-        model.load_weights(path)
-    (tmp_path / "not.npz").write_text("text")
-    with pytest.raises(ValueError, match=r"not\.npz is not an \.npz of weights"):
-        model.load_weights(tmp_path / "not.npz")
-
-
 def test_count_params_and_weights_list_a_tied_weight_once():
     class Tied(tn.Model):
         def __init__(self):
@@ -3416,6 +3392,44 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     x = randn(0, (3, 4)).astype(np.float32)
     # the old file intact
     np.testing.assert_array_equal(tn.Sequential.load(path).predict(x), old.predict(x))
+
+
+def test_model_save_weights_and_load_weights_use_torch_keys(tmp_path):
+    tn.manual_seed(0)
+    model, other = _TwoInputs(), _TwoInputs()
+    path = tmp_path / "two.weights.npz"
+    model.save_weights(path)
+    with np.load(path) as f:
+        assert list(f.files) == list(_torch_two_inputs().state_dict())
+    features, tokens, _ = _two_input_data()
+    assert not np.array_equal(other.predict((features, tokens)), model.predict((features, tokens)))
+    assert other.load_weights(path) is other
+    np.testing.assert_array_equal(other.predict((features, tokens)),
+                                  model.predict((features, tokens)))
+    with pytest.raises(ValueError, match=r"^_TwoInputs\.load_weights: .*two\.weights\.npz: "
+                                         r"_TwoInputs\.load_state_dict: 'emb\.weight' has shape "
+                                         r"\(6, 4\), expected \(9, 4\)"):
+        _TwoInputs(vocab=9).load_weights(path)
+    model.emb = tn.Linear(2, 2)
+    with pytest.raises(ValueError, match=r"two\.weights\.npz: .*missing keys \['emb\.bias'\]"):
+        model.load_weights(path)
+
+    def broken_savez(f, **arrays):                 # written atomically: the old file stays
+        f.write(b"PK\x03\x04 half a file")
+        raise OSError("disk full")
+    saved = path.read_bytes()
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(np, "savez", broken_savez)
+        with pytest.raises(OSError, match="disk full"):
+            other.save_weights(path)
+    assert path.read_bytes() == saved and sorted(os.listdir(tmp_path)) == ["two.weights.npz"]
+    sequential = _small_model()
+    sequential.save(tmp_path / "whole.npz")                    # a model file's weights load too
+    loaded = _small_model(seed=1).load_weights(tmp_path / "whole.npz")
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.weights, sequential.weights))
+    (tmp_path / "not.npz").write_text("text")
+    with pytest.raises(ValueError, match=r"not\.npz is not an \.npz of weights"):
+        model.load_weights(tmp_path / "not.npz")
 
 
 def test_load_reads_files_saved_with_positional_args(tmp_path):
