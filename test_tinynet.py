@@ -1855,6 +1855,13 @@ def test_composed_layer_lists_parameters_and_state_as_torch_module():
     assert ours.head.weight is ours.emb.weight
     for k, v in ours.state_dict().items():
         assert_parity(v, theirs.state_dict()[k], k)
+    outer, outer_t = tn.Layer(), torch.nn.Module()          # a Sequential as a sublayer
+    outer.encoder = tn.Sequential(tn.Linear(2, 3), tn.BatchNorm1d(3))
+    outer_t.encoder = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
+    outer.head, outer_t.head = tn.Linear(3, 1), torch.nn.Linear(3, 1)
+    assert [k for k, _ in outer.named_parameters()] == [k for k, _ in outer_t.named_parameters()]
+    assert list(outer.state_dict()) == [k for k in outer_t.state_dict()
+                                        if not k.endswith("num_batches_tracked")]
 
 
 def test_composition_recurses_zero_grad_train_eval_and_astype():
