@@ -8,9 +8,9 @@ converts everything in place.
 
 Sections, in order: parameters and base layer · layers (ending with sequences: embedding
 and recurrent layers) · attention and transformers · losses · optimizers · schedulers ·
-Sequential, History and callbacks · saving, loading and PyTorch interop · gradient check ·
+Model, Sequential, History and callbacks · saving, loading and PyTorch interop · gradient check ·
 data · plots.
-A layer copies out alone with `Layer` (the core: 26 lines), `Parameter`, `_rng`
+A layer copies out alone with `Layer` (the core: 43 lines), `Parameter`, `_rng`
 and the few helpers it names; saving, loading, astype and repr are LayerState's,
 composed into Layer in their own section. Only numpy (and the standard library)
 is imported at module level; tqdm, matplotlib, scipy, scikit-learn, threadpoolctl
@@ -78,8 +78,23 @@ class Layer:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         return self._cache
 
-    def parameters(self):              # attributes with .data and .grad, in order: weight, bias
-        return [v for v in vars(self).values() if _is_parameter(v)]
+    def _sublayers(self):
+        """(name, layer) pairs, torch's child modules: the public attributes that are Layers, and
+        the Layers in public lists or tuples ("blocks.0", as torch's ModuleList); never "_name"."""
+        for name, v in vars(self).items():
+            if name.startswith("_"):
+                continue
+            if isinstance(v, Layer):
+                yield name, v
+            elif isinstance(v, (list, tuple)):
+                for i, item in enumerate(v):
+                    if isinstance(item, Layer):
+                        yield f"{name}.{i}", item
+
+    def parameters(self):              # own (weight, bias), then each sublayer's; a tied one once
+        every = [v for v in vars(self).values() if _is_parameter(v)]
+        every += [p for _, layer in self._sublayers() for p in layer.parameters()]
+        return list({id(p): p for p in every}.values())
 
     def zero_grad(self):
         for p in self.parameters():
@@ -87,6 +102,8 @@ class Layer:
 
     def train(self, mode=True):
         self.training = mode
+        for _, layer in self._sublayers():
+            layer.train(mode)
         return self
 
     def eval(self):
@@ -1179,32 +1196,32 @@ class TransformerEncoderLayer(Layer):
         self.norm1, self.norm2 = LayerNorm(d, layer_norm_eps), LayerNorm(d, layer_norm_eps)
         self.dropout1, self.dropout2 = Dropout(dropout), Dropout(dropout)
         act = ReLU() if activation == "relu" else GELU()
-        self.sa = [self.self_attn, self.dropout1]                            # the two branches
-        self.ff = [self.linear1, act, Dropout(dropout), self.linear2, self.dropout2]
+        self._sa = [self.self_attn, self.dropout1]                           # the two branches
+        self._ff = [self.linear1, act, Dropout(dropout), self.linear2, self.dropout2]
 
     def parameters(self):             # the sublayers' in torch's order: self_attn, linear1, ...
         return [p for v in vars(self).values() if isinstance(v, Layer) for p in v.parameters()]
 
     def train(self, mode=True):
-        for layer in self.sa + self.ff + [self.norm1, self.norm2]:
+        for layer in self._sa + self._ff + [self.norm1, self.norm2]:
             layer.train(mode)
         return super().train(mode)
 
     def forward(self, x):
         x, run = _check_tokens(self, x, self.d_model, self.batch_first), self._chain
         if self.norm_first:
-            h = x + run(self.sa, self.norm1.forward(x))
-            return h + run(self.ff, self.norm2.forward(h))
-        h = self.norm1.forward(x + run(self.sa, x))
-        return self.norm2.forward(h + run(self.ff, h))
+            h = x + run(self._sa, self.norm1.forward(x))
+            return h + run(self._ff, self.norm2.forward(h))
+        h = self.norm1.forward(x + run(self._sa, x))
+        return self.norm2.forward(h + run(self._ff, h))
 
     def backward(self, grad):
         if self.norm_first:
-            dh = grad + self.norm2.backward(self._chain(self.ff, grad, back=True))
-            return dh + self.norm1.backward(self._chain(self.sa, dh, back=True))
+            dh = grad + self.norm2.backward(self._chain(self._ff, grad, back=True))
+            return dh + self.norm1.backward(self._chain(self._sa, dh, back=True))
         dz = self.norm2.backward(grad)
-        dh = self.norm1.backward(dz + self._chain(self.ff, dz, back=True))
-        return dh + self._chain(self.sa, dh, back=True)
+        dh = self.norm1.backward(dz + self._chain(self._ff, dz, back=True))
+        return dh + self._chain(self._sa, dh, back=True)
 
     def _chain(self, layers, x, back=False):  # the layers' forward in order, or backward reversed
         for layer in reversed(layers) if back else layers:
@@ -2312,7 +2329,7 @@ class ReduceLROnPlateau(LRScheduler):
 
 
 # ════════════════════════════════════════════════════════════════════════════
-# Sequential, History and callbacks
+# Model, Sequential, History and callbacks
 # ════════════════════════════════════════════════════════════════════════════
 
 class Callback:
@@ -2656,80 +2673,43 @@ class NonFiniteLoss(ValueError):
     batch)."""
 
 
-class Sequential(Layer):
-    """A stack of layers run in order, with Keras's compile / fit / evaluate / predict.
+def _rows(x, index):
+    """x[index], or each input's rows for several inputs (a tuple of arrays with one first axis)."""
+    return tuple(a[index] for a in x) if isinstance(x, tuple) else x[index]
 
-    `Sequential([l1, l2])`, `Sequential(l1, l2)` or `add(layer)`. State-dict keys are
-    torch.nn.Sequential's ("0.weight", "1.running_mean", ...).
+
+def _length(x):
+    """The number of samples in x (the first input's, for several inputs)."""
+    return len(x[0]) if isinstance(x, tuple) else len(x)
+
+
+def _drop_caches(layer):
+    """Forget what forward saved for backward, in the layer and every sublayer (frees memory)."""
+    layer._cache = None
+    for _, sublayer in layer._sublayers():
+        _drop_caches(sublayer)
+
+
+class Model(Layer):
+    """A Layer with Keras's training surface: compile / fit / evaluate / predict / train_step,
+    callbacks, get_weights / set_weights / count_params, save_weights / load_weights.
+
+    Sequential is one. For a model of your own, subclass it: hold the sublayers as attributes
+    in __init__ (a Layer, or a list of Layers), write forward(x) and backward(grad) by hand
+    (backward calls the sublayers' backward in reverse order), and fit it. Several inputs come
+    as a tuple of arrays with one first axis, `fit((X_img, X_tokens), y)`: they are batched
+    and shuffled together and forward gets the tuple (evaluate and predict too).
     """
+    optimizer = loss = scheduler = history = None
+    metrics, stop_training = (), False
 
-    def __init__(self, *layers):
-        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
-            layers = layers[0]
-        self.layers = []
-        for layer in layers:
-            self.add(layer)
-        self.optimizer = self.loss = self.scheduler = self._input_shape = self.history = None
-        self.metrics, self.stop_training = (), False
-
-    def add(self, layer):
-        if not isinstance(layer, Layer):
-            raise TypeError(f"Sequential.add: expected a Layer, got {type(layer).__name__}")
-        self.layers.append(layer)
-        return self
-
-    def __getitem__(self, i):
-        return self.layers[i]
-
-    def __len__(self):
-        return len(self.layers)
-
-    def __repr__(self):
-        return "Sequential(\n" + "".join(f"  ({i}): {layer!r}\n"
-                                          for i, layer in enumerate(self.layers)) + ")"
-
-    # -- the model: forward, backward, parameters -------------------------------
     def forward(self, x):
-        self._input_shape = np.shape(x)[1:]
-        for layer in self.layers:
-            x = layer.forward(x)
-        return x
+        raise NotImplementedError(f"{type(self).__name__}: a Model subclass defines forward(x) "
+                                  "(and backward(grad)) itself")
 
     def backward(self, grad):
-        """Every layer's backward, last to first; returns grad wrt the input, or None once a layer
-        returns None: after `compile`, the first layer with parameters skips its input gradient
-        (see compile), and the layers before it have nothing to learn."""
-        for layer in reversed(self.layers):
-            grad = layer.backward(grad)
-            if grad is None:
-                break
-        return grad
-
-    def parameters(self):
-        return [p for layer in self.layers for p in layer.parameters()]
-
-    def named_parameters(self):
-        return [(f"{i}.{k}", p) for i, layer in enumerate(self.layers)
-                for k, p in layer.named_parameters()]
-
-    def named_buffers(self):
-        return [(f"{i}.{k}", b) for i, layer in enumerate(self.layers)
-                for k, b in layer.named_buffers()]
-
-    def _state_arrays(self):               # layer by layer, as torch.nn.Sequential's state_dict
-        return {f"{i}.{k}": v for i, layer in enumerate(self.layers)
-                for k, v in layer._state_arrays().items()}
-
-    def train(self, mode=True):
-        self.training = mode
-        for layer in self.layers:
-            layer.train(mode)
-        return self
-
-    def astype(self, dtype):
-        for layer in self.layers:
-            layer.astype(dtype)
-        return self
+        raise NotImplementedError(f"{type(self).__name__}: a Model subclass defines backward(grad)"
+                                  " itself (the sublayers' backward, in reverse order)")
 
     def _dtype(self):
         params = self.parameters()
@@ -2738,9 +2718,10 @@ class Sequential(Layer):
     # -- Keras's names for the weights ----------------------------------------------
     @property
     def weights(self):
-        """Every layer's parameter arrays (parameters() order), then its buffers: the live arrays,
-        in state_dict() order (Keras's model.weights, BatchNorm's moving statistics included)."""
-        return list(self._state_arrays().values())
+        """Every parameter's array, then every buffer, in state_dict() order, each array once (a
+        tied weight once): the live arrays (Keras's model.weights, BatchNorm's moving statistics
+        included)."""
+        return [w for _, w in _once(self._state_arrays().items())]
 
     def get_weights(self):
         """Copies of `weights`, as Keras's get_weights()."""
@@ -2748,16 +2729,44 @@ class Sequential(Layer):
 
     def set_weights(self, weights):
         """Copy a list like get_weights()'s into the model (shapes checked before any copy)."""
-        keys = list(self._state_arrays())
-        if len(weights) != len(keys):
-            raise ValueError(f"Sequential.set_weights: expected {len(keys)} arrays (as get_weights "
+        name, own = type(self).__name__, _once(self._state_arrays().items())
+        if len(weights) != len(own):
+            raise ValueError(f"{name}.set_weights: expected {len(own)} arrays (as get_weights "
                              f"returns), got {len(weights)}")
-        self.load_state_dict(dict(zip(keys, weights)))
+        for (key, w), new in zip(own, weights):
+            if np.shape(new) != w.shape:
+                raise ValueError(f"{name}.set_weights: {key!r} has shape {np.shape(new)}, "
+                                 f"expected {w.shape}")
+        for (_, w), new in zip(own, weights):
+            w[...] = _plain(new)
 
     def count_params(self):
-        """Number of values in `weights`, as Keras's (buffers such as BatchNorm's running
-        statistics count too; sum(p.data.size for p in model.parameters()) counts the learnable)."""
+        """Number of values in `weights`, as Keras's: a tied weight counts once, and buffers such
+        as BatchNorm's running statistics count too (sum(p.data.size for p in
+        model.parameters()) counts the learnable)."""
         return sum(w.size for w in self.weights)
+
+    def save_weights(self, path):
+        """The state_dict() in one .npz (torch's keys), written atomically."""
+        with _atomic_open(path) as f:
+            np.savez(f, **self.state_dict())
+
+    def load_weights(self, path):
+        """Load an .npz of save_weights (or of save, save_checkpoint) into the model, in place;
+        keys and shapes must match (see load_state_dict)."""
+        where = f"{type(self).__name__}.load_weights: {path}"
+        with open(path, "rb") as fh:              # a missing file raises FileNotFoundError
+            try:
+                with np.load(fh, allow_pickle=False) as f:
+                    arrays = dict(f)
+            except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+                raise ValueError(f"{where} is not an .npz of weights ({e})") from None
+        # a model file's architecture, a checkpoint's optimizer: not weights
+        state = {k: v for k, v in arrays.items() if not k.startswith("__") and "/" not in k}
+        try:
+            return self.load_state_dict(state)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
 
     # -- training ---------------------------------------------------------------
     def compile(self, optimizer, loss, metrics=("accuracy",), scheduler=None):
@@ -2766,37 +2775,30 @@ class Sequential(Layer):
         metrics: "accuracy", or "acc" (Keras's alias: the logs then say "acc", "val_acc").
         The scheduler is a tn.LRScheduler, or any object with step() and its two attributes
         `step_every` ("epoch" or "batch") and `needs_metric` (True: step(val_loss)).
-
-        Training needs no gradient wrt the data (as torch's autograd when x.requires_grad is
-        False), so compile sets `needs_input_grad = False` on the first layer with parameters:
-        its backward skips dx (an MLP's first dx = dy W) and `backward` stops there. Set it back
-        to True on that layer to get input gradients (saliency maps) from a compiled model.
         """
+        name = type(self).__name__
         if not isinstance(loss, Loss):
-            raise TypeError(f"Sequential.compile: loss must be a Loss instance such as "
+            raise TypeError(f"{name}.compile: loss must be a Loss instance such as "
                             f"CrossEntropyLoss(), got {loss!r}")
         if getattr(loss, "reduction", "mean") == "none":
-            raise ValueError(f"Sequential.compile: {loss!r} gives one loss per sample; fit "
+            raise ValueError(f"{name}.compile: {loss!r} gives one loss per sample; fit "
                              "needs one number per batch: use reduction='mean' (the default) "
                              "or 'sum'")
         unknown = set(metrics) - {"accuracy", "acc"}
         if unknown:
-            raise ValueError(f"Sequential.compile: unknown metrics {sorted(unknown)}; "
+            raise ValueError(f"{name}.compile: unknown metrics {sorted(unknown)}; "
                              f"known: ['accuracy'] (or its alias 'acc')")
         if scheduler is not None:
             missing = [a for a in ("step_every", "needs_metric") if not hasattr(scheduler, a)]
             if missing:
-                raise TypeError(f"Sequential.compile: the scheduler {type(scheduler).__name__} has "
+                raise TypeError(f"{name}.compile: the scheduler {type(scheduler).__name__} has "
                                 f"no {' and no '.join(missing)}; subclass tn.LRScheduler, or set "
                                 f"step_every = 'epoch' or 'batch' and needs_metric = False")
             if scheduler.step_every not in ("epoch", "batch"):
-                raise ValueError(f"Sequential.compile: the scheduler's step_every must be 'epoch' "
+                raise ValueError(f"{name}.compile: the scheduler's step_every must be 'epoch' "
                                  f"or 'batch', got {scheduler.step_every!r}")
         self.optimizer, self.loss, self.metrics = optimizer, loss, tuple(metrics)
         self.scheduler = scheduler
-        first = next((layer for layer in self.layers if layer.parameters()), None)
-        if first is not None:
-            first.needs_input_grad = False
         return self
 
     def train_step(self, x, y):
@@ -2826,6 +2828,7 @@ class Sequential(Layer):
         """Train on (x, y) in minibatches of batch_size (None: 32), one `train_step` each, from
         epoch `initial_epoch` up to `epochs` (Keras's arguments, in Keras's order); -> History.
 
+        x is an array, or a tuple of arrays (several inputs: batched and shuffled together).
         The scheduler steps after every batch or every epoch, as its `step_every` says; one that
         `needs_metric` (ReduceLROnPlateau) gets val_loss, or the training loss without validation
         data. `validation_split` holds out the last fraction of x before shuffling (as Keras;
@@ -2834,41 +2837,46 @@ class Sequential(Layer):
         a run (e.g. after load_checkpoint): epochs are numbered from it, and a scheduler that
         counts epochs (or batches) and is behind is first stepped up to it.
         """
+        name = type(self).__name__
         if self.optimizer is None:
-            raise RuntimeError("Sequential.fit: call compile(optimizer, loss) first")
+            raise RuntimeError(f"{name}.fit: call compile(optimizer, loss) first")
         batch_size = 32 if batch_size is None else batch_size
         if batch_size < 1:
-            raise ValueError(f"Sequential.fit: batch_size must be >= 1 (or None: 32), "
+            raise ValueError(f"{name}.fit: batch_size must be >= 1 (or None: 32), "
                              f"got {batch_size}")
         x, y, validation_data = self._fit_data(x, y, validation_data, validation_split)
-        steps = math.ceil(len(x) / batch_size)
+        steps = math.ceil(_length(x) / batch_size)
         callbacks = self._callbacks(callbacks, verbose, epochs, steps)
         self._continue_schedule(initial_epoch, steps)
         self.stop_training, logs = False, {}
         _notify(callbacks, "on_train_begin", {})
         for epoch in range(initial_epoch, epochs):
             self.train()
-            lr, seen, total, correct = self.optimizer.param_groups[0]["lr"], 0, 0.0, 0
+            lr, seen, total = self.optimizer.param_groups[0]["lr"], 0, 0.0
+            correct = counted = 0                  # accuracy: positions right, positions counted
             _notify(callbacks, "on_epoch_begin", epoch, {})
-            for batch, (xb, yb) in enumerate(minibatches(x, y, batch_size, shuffle)):
+            # the rows of each batch, drawn as minibatches draws them
+            for batch, (rows, yb) in enumerate(minibatches(np.arange(len(y)), y, batch_size,
+                                                           shuffle)):
+                xb = _rows(x, rows)
                 _notify(callbacks, "on_train_batch_begin", batch, {})
                 try:
                     loss, out = self.train_step(xb, yb)
                 except NonFiniteLoss as e:
-                    raise NonFiniteLoss(f"Sequential.fit: at epoch {epoch + 1}, batch {batch + 1}, "
+                    raise NonFiniteLoss(f"{name}.fit: at epoch {epoch + 1}, batch {batch + 1}, "
                                         f"{e}") from None
-                batch_logs = {"loss": loss, "size": len(xb)}
+                batch_logs = {"loss": loss, "size": len(yb)}
                 if self.metrics:
-                    right = self._correct(out, yb)
-                    batch_logs.update(dict.fromkeys(self.metrics, right / len(xb)))
-                    correct += right
-                seen, total = seen + len(xb), total + loss * len(xb)
+                    right, positions = self._correct(out, yb, "fit")
+                    batch_logs.update(dict.fromkeys(self.metrics, right / max(positions, 1)))
+                    correct, counted = correct + right, counted + positions
+                seen, total = seen + len(yb), total + loss * len(yb)
                 _notify(callbacks, "on_train_batch_end", batch, batch_logs)
                 if self.stop_training:
                     break
-            logs = {"loss": total / seen, **dict.fromkeys(self.metrics, correct / seen)}
+            logs = {"loss": total / seen, **dict.fromkeys(self.metrics, correct / max(counted, 1))}
             if validation_data is not None:
-                val = self._evaluate(*validation_data, callbacks=callbacks)
+                val = self._evaluate(*validation_data, callbacks=callbacks, where="fit")
                 logs.update({"val_" + k: v for k, v in val.items()})
             logs["lr"] = lr
             if self.scheduler is not None and self.scheduler.step_every == "epoch":
@@ -2888,12 +2896,12 @@ class Sequential(Layer):
         callbacks = list(callbacks or [])
         for c in callbacks:
             if isinstance(c, LRScheduler):
-                raise TypeError(f"Sequential.fit: {type(c).__name__} is a scheduler, not a "
-                                f"callback: pass it to compile(optimizer, loss, scheduler=...), "
-                                f"which steps it")
+                raise TypeError(f"{type(self).__name__}.fit: {type(c).__name__} is a scheduler, "
+                                f"not a callback: pass it to compile(optimizer, loss, "
+                                f"scheduler=...), which steps it")
             if not isinstance(c, Callback):
-                raise TypeError(f"Sequential.fit: callbacks must be tn.Callback instances, "
-                                f"got {type(c).__name__}")
+                raise TypeError(f"{type(self).__name__}.fit: callbacks must be tn.Callback "
+                                f"instances, got {type(c).__name__}")
         self.history = History()
         callbacks += [self.history, ProgressLog(verbose, epochs, steps)]
         for c in callbacks:
@@ -2909,8 +2917,8 @@ class Sequential(Layer):
         if sched is None or sched.needs_metric or initial_epoch == 0:
             return
         if not hasattr(sched, "last_epoch"):
-            raise TypeError(f"Sequential.fit: initial_epoch={initial_epoch} needs the scheduler's "
-                            f"step count last_epoch; {type(sched).__name__} has none")
+            raise TypeError(f"{type(self).__name__}.fit: initial_epoch={initial_epoch} needs the "
+                            f"scheduler's step count last_epoch; {type(sched).__name__} has none")
         while sched.last_epoch < initial_epoch * (steps if sched.step_every == "batch" else 1):
             sched.step()
 
@@ -2921,91 +2929,219 @@ class Sequential(Layer):
             return x, y, self._check_data("fit (validation_data)", *validation_data)
         if validation_split:
             if not 0 < validation_split < 1:
-                raise ValueError(f"Sequential.fit: validation_split must be in (0, 1), "
+                raise ValueError(f"{type(self).__name__}.fit: validation_split must be in (0, 1), "
                                  f"got {validation_split}")
-            cut = int(len(x) * (1 - validation_split))
-            return x[:cut], y[:cut], (x[cut:], y[cut:])
+            cut = int(len(y) * (1 - validation_split))
+            return _rows(x, slice(None, cut)), y[:cut], (_rows(x, slice(cut, None)), y[cut:])
         return x, y, None
 
     def _check_data(self, where, X, y):
-        """Cast X to the model's dtype; reject mismatched lengths and NaN/Inf."""
-        X, y = np.asarray(X), np.asarray(y)
-        if len(X) != len(y):
-            raise ValueError(f"Sequential.{where}: X has {len(X)} samples but y has {len(y)}")
-        for name, a in (("X", X), ("y", y)):
+        """Cast X (an array, or a tuple of arrays) to the model's dtype; reject inputs whose
+        first axes differ, a y of another length, and NaN/Inf."""
+        name = type(self).__name__
+        inputs, y = [np.asarray(a) for a in (X if isinstance(X, tuple) else (X,))], np.asarray(y)
+        if len({len(a) for a in inputs}) > 1:
+            raise ValueError(f"{name}.{where}: the inputs must share their first axis (one row "
+                             f"per sample), got shapes {', '.join(str(a.shape) for a in inputs)}")
+        if len(inputs[0]) != len(y):
+            raise ValueError(f"{name}.{where}: X has {len(inputs[0])} samples but y has {len(y)}")
+        for what, a in [("X", a) for a in inputs] + [("y", y)]:
             if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
-                raise ValueError(f"Sequential.{where}: {name} contains NaN or Inf")
+                raise ValueError(f"{name}.{where}: {what} contains NaN or Inf")
         return self._as_input(X), y
 
     def _as_input(self, X):
-        """X in the model's dtype, except the integer indices of a first Embedding layer."""
+        """X (or each input of a tuple) as the model computes: float arrays in the model's dtype;
+        integer ones (token indices) as they are."""
+        if isinstance(X, tuple):
+            return tuple(self._as_input(a) for a in X)
         X = np.asarray(X)
-        first = self.layers[0] if self.layers else None
-        if isinstance(first, Embedding) and np.issubdtype(X.dtype, np.integer):
+        if np.issubdtype(X.dtype, np.integer):
             return X
         return X.astype(self._dtype(), copy=False)
 
-    @staticmethod
-    def _correct(out, y):
-        """Number of rows whose arg-max matches the label (or the one-hot target's arg-max);
-        one output column: the logit's sign against a 0/1 target."""
+    def _correct(self, out, y, where="fit"):
+        """(positions right, positions counted) for accuracy.
+
+        Class-index targets y (N, d1, ...) against outputs (N, C, d1, ...), as the losses take
+        them: a position is right when the arg-max over the C classes (axis 1) is its target;
+        positions whose target is the loss's ignore_index (if it has one) are not counted.
+        A target shaped as the output (one-hot, probabilities): arg-max against arg-max. One
+        output column (N, 1): the logit's sign against a 0/1 target."""
         if out.ndim == 2 and out.shape[1] == 1:
-            return int(((out[:, 0] > 0) == (np.reshape(y, len(y)) > 0.5)).sum())
-        return int((out.argmax(axis=1) == (y.argmax(axis=1) if y.ndim == 2 else y)).sum())
+            return int(((out[:, 0] > 0) == (np.reshape(y, len(y)) > 0.5)).sum()), len(y)
+        if y.shape == out.shape:
+            return int((out.argmax(axis=1) == y.argmax(axis=1)).sum()), y.size // y.shape[1]
+        positions = out.shape[:1] + out.shape[2:]
+        if y.shape != positions:
+            raise ValueError(f"{type(self).__name__}.{where}: accuracy needs one class index per "
+                             f"position of the output {out.shape}, targets of shape {positions}"
+                             f" (or {out.shape}: one-hot), got targets of shape {y.shape}")
+        ignore_index = getattr(self.loss, "ignore_index", None)
+        counted = np.ones(y.shape, bool) if ignore_index is None else y != ignore_index
+        right = (out.argmax(axis=1) == y) & counted
+        return int(right.sum()), int(counted.sum())
 
     # -- inference ----------------------------------------------------------------
-    def _outputs(self, X, batch_size, callbacks=()):
-        """Yield, batch by batch in eval mode, the list of every layer's output; drop caches after.
+    def _predictions(self, X, batch_size, callbacks=()):
+        """Yield forward's output batch by batch, in eval mode; drop the caches after.
         callbacks: told on_test_batch_begin/end around each batch."""
         was_training = self.training
         self.eval()
         X = self._as_input(X)
-        self._input_shape = X.shape[1:]               # for summary()
         try:
-            for batch, i in enumerate(range(0, len(X), batch_size)):
+            for batch, start in enumerate(range(0, _length(X), batch_size)):
                 _notify(callbacks, "on_test_batch_begin", batch, {})
-                outs, x = [], X[i:i + batch_size]
-                for layer in self.layers:
-                    x = layer.forward(x)
-                    outs.append(x)
-                _notify(callbacks, "on_test_batch_end", batch, {"size": len(x)})
-                yield outs
+                out = self.forward(_rows(X, slice(start, start + batch_size)))
+                _notify(callbacks, "on_test_batch_end", batch, {"size": len(out)})
+                yield out
         finally:
-            for layer in self.layers:
-                layer._cache = None
+            _drop_caches(self)
             self.train(was_training)
 
     def predict(self, x, batch_size=256, verbose=0):
-        """The model's outputs for x, computed in batches in eval mode (verbose: accepted for
-        Keras's calls; predict prints nothing)."""
-        return np.concatenate([outs[-1] for outs in self._outputs(x, batch_size)])
-
-    def activations(self, X, batch_size=256):
-        """[output of every layer] for X, in eval mode: the hidden representations."""
-        return [np.concatenate(col) for col in zip(*self._outputs(X, batch_size))]
+        """The model's outputs for x (an array, or a tuple of arrays), computed in batches in eval
+        mode (verbose: accepted for Keras's calls; predict prints nothing)."""
+        return np.concatenate(list(self._predictions(x, batch_size)))
 
     def evaluate(self, x, y, batch_size=256, verbose=0, return_dict=True):
         """{"loss": mean loss, "accuracy": fraction correct} on (x, y), in eval mode. Unlike
         Keras, a dict by default; return_dict=False gives Keras's [loss, accuracy] (the loss
         alone without metrics). verbose: accepted for Keras's calls; evaluate prints nothing."""
         if self.loss is None:
-            raise RuntimeError("Sequential.evaluate: call compile(optimizer, loss) first")
-        result = self._evaluate(*self._check_data("evaluate", x, y), batch_size)
+            raise RuntimeError(f"{type(self).__name__}.evaluate: call compile(optimizer, loss) "
+                               "first")
+        result = self._evaluate(*self._check_data("evaluate", x, y), batch_size, where="evaluate")
         if return_dict:
             return result
         return list(result.values()) if len(result) > 1 else result["loss"]
 
-    def _evaluate(self, x, y, batch_size=256, callbacks=()):
+    def _evaluate(self, x, y, batch_size=256, callbacks=(), where="evaluate"):
         """evaluate, on data already checked and cast by _check_data; callbacks (fit's, in
         validation) are told on_test_begin, on_test_batch_begin/end and on_test_end."""
         _notify(callbacks, "on_test_begin", {})
-        out = np.concatenate([outs[-1] for outs in self._outputs(x, batch_size, callbacks)])
+        out = np.concatenate(list(self._predictions(x, batch_size, callbacks)))
         result = {"loss": self.loss.forward(out, y)}
         self.loss._cache = None
         if self.metrics:
-            result.update(dict.fromkeys(self.metrics, self._correct(out, y) / len(y)))
+            right, counted = self._correct(out, y, where)
+            result.update(dict.fromkeys(self.metrics, right / max(counted, 1)))
         _notify(callbacks, "on_test_end", dict(result))
         return result
+
+    def summary(self, print_fn=None):
+        """Print a table of the sublayers (name, layer, parameters) and the total; -> None. No
+        output shapes, as Keras's summary of a subclassed model: forward is yours (Sequential's
+        summary runs its layers and shows them). print_fn: as Sequential.summary's."""
+        own = sum(p.data.size for p in vars(self).values() if _is_parameter(p))
+        rows = [("(own parameters)", own)] if own else []
+        rows += [(f"{name}: {_describe(layer)}", sum(p.data.size for p in layer.parameters()))
+                 for name, layer in self._sublayers()]
+        w = max([len(label) for label, _ in rows] + [10]) + 4
+        lines = [f"{'Layer':<{w}}{'Param #':>12}", "=" * (w + 12)]
+        lines += [f"{label:<{w}}{n:>12,}" for label, n in rows]
+        total = sum(p.data.size for p in self.parameters())
+        tied = " (a tied weight counted once)" if total < sum(n for _, n in rows) else ""
+        lines += ["=" * (w + 12), f"Total params: {total:,}{tied}"]
+        (print_fn or print)("\n".join(lines))
+
+
+class Sequential(Model):
+    """A stack of layers run in order: a Model (compile / fit / evaluate / predict).
+
+    `Sequential([l1, l2])`, `Sequential(l1, l2)` or `add(layer)`. State-dict keys are
+    torch.nn.Sequential's ("0.weight", "1.running_mean", ...).
+    """
+    _input_shape = None              # of the last input seen, for summary()
+
+    def __init__(self, *layers):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = layers[0]
+        self.layers = []
+        for layer in layers:
+            self.add(layer)
+
+    def add(self, layer):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential.add: expected a Layer, got {type(layer).__name__}")
+        self.layers.append(layer)
+        return self
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __repr__(self):
+        return "Sequential(\n" + "".join(f"  ({i}): {layer!r}\n"
+                                          for i, layer in enumerate(self.layers)) + ")"
+
+    def _sublayers(self):                 # named "0", "1", ... as torch.nn.Sequential's
+        return [(str(i), layer) for i, layer in enumerate(self.layers)]
+
+    # -- the model: forward, backward ------------------------------------------------
+    def forward(self, x):
+        self._input_shape = np.shape(x)[1:]
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, grad):
+        """Every layer's backward, last to first; returns grad wrt the input, or None once a layer
+        returns None: after `compile`, the first layer with parameters skips its input gradient
+        (see compile), and the layers before it have nothing to learn."""
+        for layer in reversed(self.layers):
+            grad = layer.backward(grad)
+            if grad is None:
+                break
+        return grad
+
+    def compile(self, optimizer, loss, metrics=("accuracy",), scheduler=None):
+        """Model.compile, and: training needs no gradient wrt the data (as torch's autograd when
+        x.requires_grad is False), so compile sets `needs_input_grad = False` on the first layer
+        with parameters: its backward skips dx (an MLP's first dx = dy W) and `backward` stops
+        there. Set it back to True on that layer to get input gradients (saliency maps) from a
+        compiled model."""
+        super().compile(optimizer, loss, metrics, scheduler)
+        first = next((layer for layer in self.layers if layer.parameters()), None)
+        if first is not None:
+            first.needs_input_grad = False
+        return self
+
+    def _as_input(self, X):
+        """X in the model's dtype, except the integer indices of a first Embedding layer."""
+        if isinstance(X, tuple):
+            raise TypeError("Sequential: takes one input array, got a tuple; several inputs need "
+                            "a tn.Model subclass whose forward takes the tuple")
+        X = np.asarray(X)
+        first = self.layers[0] if self.layers else None
+        if isinstance(first, Embedding) and np.issubdtype(X.dtype, np.integer):
+            return X
+        return X.astype(self._dtype(), copy=False)
+
+    # -- every layer's output -----------------------------------------------------------
+    def _outputs(self, X, batch_size):
+        """Yield, batch by batch in eval mode, the list of every layer's output (activations,
+        summary); drop the caches after."""
+        was_training = self.training
+        self.eval()
+        X = self._as_input(X)
+        self._input_shape = X.shape[1:]               # for summary()
+        try:
+            for i in range(0, len(X), batch_size):
+                outs, x = [], X[i:i + batch_size]
+                for layer in self.layers:
+                    x = layer.forward(x)
+                    outs.append(x)
+                yield outs
+        finally:
+            _drop_caches(self)
+            self.train(was_training)
+
+    def activations(self, X, batch_size=256):
+        """[output of every layer] for X, in eval mode: the hidden representations."""
+        return [np.concatenate(col) for col in zip(*self._outputs(X, batch_size))]
 
     def summary(self, input_shape=None, print_fn=None):
         """Print a table of layer, output shape and parameter count, with the total; -> None.
@@ -3156,22 +3292,30 @@ class LayerState:
     buffers = ()
 
     def named_parameters(self):
-        """[(name, parameter)] in attribute order; a sublayer (an attribute that is a Layer) adds
-        its own under "attribute.name", as torch's nested keys (self_attn.in_proj_weight)."""
-        named = []
-        for k, v in vars(self).items():
-            if _is_parameter(v):
-                named.append((k, v))
-            elif isinstance(v, Layer):
-                named += [(f"{k}.{name}", p) for name, p in v.named_parameters()]
-        return named
+        """[(name, parameter)] in torch's order: own Parameters in attribute order, then each
+        sublayer's under "sublayer.name" ("blocks.0.weight"); a Parameter reached twice (a tied
+        weight) is listed once, under its first name (torch's remove_duplicate)."""
+        own = [(k, v) for k, v in vars(self).items() if _is_parameter(v)]
+        return _once(own + [(f"{name}.{k}", p) for name, layer in self._sublayers()
+                            for k, p in layer.named_parameters()])
 
     def named_buffers(self):
-        return [(k, getattr(self, k)) for k in self.buffers]
+        """[(name, array)]: own buffers, then each sublayer's, as named_parameters."""
+        own = [(k, getattr(self, k)) for k in self.buffers]
+        return _once(own + [(f"{name}.{k}", b) for name, layer in self._sublayers()
+                            for k, b in layer.named_buffers()])
 
     def _state_arrays(self):
-        """{name: the live array}: parameters' data, then buffers."""
-        return {k: p.data for k, p in self.named_parameters()} | dict(self.named_buffers())
+        """{name: the live array} in torch's state_dict order: own parameters' data, own buffers,
+        then each sublayer's under "sublayer.name". A tied Parameter keeps each of its names
+        (torch's state_dict too): load_state_dict fills it from each."""
+        sublayers = list(self._sublayers())
+        inside = tuple(f"{name}." for name, _ in sublayers)      # keys of a sublayer's parameters
+        arrays = {k: p.data for k, p in self.named_parameters() if not k.startswith(inside)}
+        arrays |= {k: getattr(self, k) for k in self.buffers}
+        for name, layer in sublayers:
+            arrays |= {f"{name}.{k}": v for k, v in layer._state_arrays().items()}
+        return arrays
 
     def state_dict(self):
         """{name: copy of the array}, parameters then buffers, with torch's key names."""
@@ -3201,11 +3345,14 @@ class LayerState:
         return self
 
     def astype(self, dtype):
-        """Convert every parameter (and its grad) and buffer to `dtype`, in place."""
+        """Convert every parameter (and its grad) and buffer to `dtype`, in place, sublayers too
+        (an array already of that dtype is kept: a tied Parameter reached again is left alone)."""
         for p in self.parameters():
-            p.data, p.grad = p.data.astype(dtype), p.grad.astype(dtype)
-        for k, b in self.named_buffers():
-            setattr(self, k, b.astype(dtype))
+            p.data, p.grad = p.data.astype(dtype, copy=False), p.grad.astype(dtype, copy=False)
+        for k in self.buffers:
+            setattr(self, k, getattr(self, k).astype(dtype, copy=False))
+        for _, layer in self._sublayers():
+            layer.astype(dtype)
         return self
 
     def config(self):
@@ -3238,6 +3385,14 @@ Layer.load_state_dict = LayerState.load_state_dict
 Layer.astype = LayerState.astype
 Layer.config = LayerState.config
 Layer.__repr__ = LayerState.__repr__
+
+
+def _once(named):
+    """[(name, value)] without the values listed before under another name (a tied Parameter)."""
+    first = {}
+    for name, value in named:
+        first.setdefault(id(value), (name, value))
+    return list(first.values())
 
 
 def _init_args(cls):
@@ -3502,12 +3657,15 @@ def gradcheck(layer, x, eps=1e-6):
     mode). Buffers (BatchNorm's running statistics) are restored after. When backward returns
     None for the input (a compiled model's first layer with parameters skips it, see
     Sequential.compile), only the parameters are checked,
-    as for integer x (Embedding's indices), which has no gradient.
+    as for integer x (Embedding's indices), which has no gradient. Several inputs: x is a tuple
+    of arrays (forward gets the tuple) and backward returns a tuple of their gradients.
     """
     if any(p.data.dtype != np.float64 for p in layer.parameters()):
         raise TypeError(f"gradcheck: {layer!r} must be float64; call .astype(np.float64) first")
-    integer = np.issubdtype(np.asarray(x).dtype, np.integer)     # indices (Embedding): no gradient
-    x = np.array(x, dtype=None if integer else np.float64)
+    several = isinstance(x, tuple)          # several inputs: forward gets the tuple
+    inputs = [np.array(a, dtype=None if np.issubdtype(np.asarray(a).dtype, np.integer)
+                       else np.float64) for a in (x if several else (x,))]
+    x = tuple(inputs) if several else inputs[0]
     state = layer.state_dict()
     y = layer.forward(x)
     r = (np.arange(y.size) * 0.6180339887498949 + 0.5) % 1.0 * 2 - 1
@@ -3515,7 +3673,10 @@ def gradcheck(layer, x, eps=1e-6):
     noise = 8 * np.finfo(np.float64).eps * float(np.abs(y * r).sum()) / eps
     layer.zero_grad()
     grad_x = layer.backward(r)
-    pairs = [] if integer or grad_x is None else [(grad_x, x)]
+    # one gradient per input (a tuple of them for several inputs; None: not computed)
+    grads = grad_x if several and grad_x is not None else [grad_x] * len(inputs)
+    pairs = [(g, a) for g, a in zip(grads, inputs)
+             if g is not None and not np.issubdtype(a.dtype, np.integer)]   # indices: no gradient
     pairs += [(p.grad.copy(), p.data) for p in layer.parameters()]
     f = lambda _: float(np.sum(layer.forward(x) * r))  # noqa: E731
     worst = 0.0
