@@ -4847,11 +4847,11 @@ def test_transformer_encoder_layer_with_dropout_matches_torch_in_eval():
     ours, theirs = _torch_twin(tn.TransformerEncoderLayer(8, 4, 16, **kw),
                                torch.nn.TransformerEncoderLayer(8, 4, 16, **kw))
     ours.eval(), theirs.eval()
-    assert not any(layer.training for layer in ours.sa + ours.ff + [ours.norm1, ours.norm2])
+    assert not any(layer.training for layer in ours._sa + ours._ff + [ours.norm1, ours.norm2])
     layer_parity(ours, theirs, randn(0, (3, 5, 8)), randn(1, (3, 5, 8)))
     _assert_param_grads(ours, theirs)
     ours.train()
-    assert all(layer.training for layer in ours.sa + ours.ff + [ours.norm1, ours.norm2])
+    assert all(layer.training for layer in ours._sa + ours._ff + [ours.norm1, ours.norm2])
 
 
 def test_positional_embedding_and_mean_over_steps_match_torch_expressions():
