@@ -963,7 +963,7 @@ class TransformerEncoderLayer(Layer):
     def train(self, mode=True):       # the sublayers, and those only in _ff: activation, dropout
         for layer in [v for v in vars(self).values() if isinstance(v, Layer)] + self._ff:
             layer.train(mode)
-        return super().train(mode)
+        return Layer.train(self, mode)
 
     def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
         x = _check_tokens(self, src, self.d_model, self.batch_first, "src")
