@@ -4895,7 +4895,7 @@ MASK_KINDS = ["none", "bool-2d", "float-2d", "bool-3d", "float-3d", "padding", "
 def test_multihead_attention_masks_and_cross_attention_match_torch(kind, cross, batch_first):
     """Output, weights (mean and per head), dquery, dkey, dvalue and every parameter gradient;
     cross-attention with L = 3 queries and S = 5 keys, key != value."""
-    n, h, e, t_q = 2, 2, 4, 3
+    n, h, e, t_q = 3, 2, 4, 3
     t_k = 5 if cross else t_q
     kw = dict(bias=kind != "bool-2d", batch_first=batch_first)
     ours, theirs = _torch_twin(tn.MultiheadAttention(e, h, **kw),

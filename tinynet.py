@@ -807,24 +807,23 @@ def _check_tokens(layer, x, features, batch_first, name="input", like=None):
     return x
 
 
-def _masks(layer, n, t_q, t_k, heads, dtype, **masks):
+def _masks(layer, n, t_q, t_k, heads, **masks):
     """The masks given, checked (bool or float; (N, S) if a key_padding_mask, else (L, S) or
     (N * heads, L, S); a ValueError naming it otherwise), as what they add to the scores
     (N, heads, L, S) (broadcast): -inf where a bool mask is True (not allowed), a float as it is."""
     added = []
     for name, mask in masks.items():
-        padding = name.endswith("key_padding_mask")
-        shapes = [(n, t_k)] if padding else [(t_q, t_k), (n * heads, t_q, t_k)]
         if mask is None:
             continue
-        mask = np.asarray(mask)
+        mask, padding = np.asarray(mask), name.endswith("key_padding_mask")
+        shapes = [(n, t_k)] if padding else [(t_q, t_k), (n * heads, t_q, t_k)]
         if mask.shape not in shapes or mask.dtype.kind not in "bf":
             raise ValueError(f"{type(layer).__name__}: {name} must be a bool or float array of "
                              f"shape {' or '.join(map(str, shapes))}, got {mask.dtype} of shape "
                              f"{mask.shape}")
         mask = np.where(mask, -np.inf, 0) if mask.dtype == bool else mask
         shape = (n, 1, 1, t_k) if padding else (-1, heads if mask.ndim == 3 else 1, t_q, t_k)
-        added.append(mask.astype(dtype).reshape(shape))
+        added.append(mask.reshape(shape))
     return added
 
 
@@ -878,8 +877,8 @@ class MultiheadAttention(Layer):
         inputs = [u if self.batch_first else u.transpose(1, 0, 2) for u in inputs]  # (N, T, E)
         (n, t_q, _), t_k = inputs[0].shape, inputs[-1].shape[1]                # L, S
         causal = np.triu(np.ones((t_q, t_k), bool), 1) if is_causal or self.causal else None
-        masks = _masks(self, n, t_q, t_k, h, np.result_type(x, self.in_proj_weight.data),
-                       attn_mask=attn_mask, key_padding_mask=key_padding_mask, causal=causal)
+        masks = _masks(self, n, t_q, t_k, h, attn_mask=attn_mask,
+                       key_padding_mask=key_padding_mask, causal=causal)
         heads, rows = [], 3 * e // len(inputs)              # q, k, v: (N, h, T, hs) each
         for i, u in enumerate(inputs):                      # W_in's rows i * rows, ...
             r = slice(i * rows, (i + 1) * rows)
@@ -968,7 +967,7 @@ class TransformerEncoderLayer(Layer):
     def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
         x = _check_tokens(self, src, self.d_model, self.batch_first, "src")
         n, t = x.shape[:2] if self.batch_first else x.shape[1::-1]
-        _masks(self, n, t, t, self.nhead, x.dtype, src_mask=src_mask,
+        _masks(self, n, t, t, self.nhead, src_mask=src_mask,
                src_key_padding_mask=src_key_padding_mask)
         h = self._block(self.norm1, self._sa, x, attn_mask=src_mask,
                         key_padding_mask=src_key_padding_mask, is_causal=is_causal or self.causal)
@@ -1040,9 +1039,9 @@ class TransformerDecoderLayer(Layer):
         m = _check_tokens(self, memory, self.d_model, self.batch_first, "memory", ("tgt", x))
         n, t = x.shape[:2] if self.batch_first else x.shape[1::-1]
         s = m.shape[1 if self.batch_first else 0]
-        _masks(self, n, t, t, self.nhead, x.dtype, tgt_mask=tgt_mask,
+        _masks(self, n, t, t, self.nhead, tgt_mask=tgt_mask,
                tgt_key_padding_mask=tgt_key_padding_mask)
-        _masks(self, n, t, s, self.nhead, x.dtype, memory_mask=memory_mask,
+        _masks(self, n, t, s, self.nhead, memory_mask=memory_mask,
                memory_key_padding_mask=memory_key_padding_mask)
         h = self._block(self.norm1, self._sa, x, attn_mask=tgt_mask,
                         key_padding_mask=tgt_key_padding_mask, is_causal=tgt_is_causal)
