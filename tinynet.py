@@ -890,7 +890,7 @@ class MultiheadAttention(Layer):
         for mask in masks:
             s += mask
         s_max = s.max(axis=-1, keepdims=True)
-        if np.isneginf(s_max).any():
+        if masks and np.isneginf(s_max).any():
             raise ValueError("MultiheadAttention: a query has all its keys masked (its softmax "
                              "is 0/0; torch returns NaN): leave each query at least one key")
         a = np.exp(s - s_max)
