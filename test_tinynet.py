@@ -6967,14 +6967,14 @@ EXCERPT_ARGS |= {"Embedding": ((7, 3), (2, 5)), "RNN": ((3, 4, 2), (5, 2, 3)),
                  "LSTMCell": ((3, 4), (5, 3)), "GRUCell": ((3, 4), (5, 3))}
 EXCERPT_INPUTS = {"Embedding": lambda shape: np.random.default_rng(1).integers(0, 7, shape)}
 # layer: lines its excerpt may reach. Ceilings to notice, not targets: every excerpt brings the
-# Layer core (43 lines with composition); recurrent layers bring _RNNBase (layers, directions,
-# dropout, states in and out) and their step's formulas; cells bring _CellBase (the stack of
-# calls) and the same step. Readable code first: if a change needs more, raise the number and
-# say why, rather than squeeze the code.
-COPIED_WHOLE = {"Embedding": 77, "RNN": 270, "LSTM": 270, "GRU": 270, "RNNCell": 210,
+# Layer core (44 lines with composition and its docstring's word on LayerState); recurrent
+# layers bring _RNNBase (layers, directions, dropout, states in and out) and their step's
+# formulas; cells bring _CellBase (the stack of calls) and the same step. Readable code first:
+# if a change needs more, raise the number and say why, rather than squeeze the code.
+COPIED_WHOLE = {"Embedding": 78, "RNN": 270, "LSTM": 270, "GRU": 270, "RNNCell": 210,
                 "LSTMCell": 210, "GRUCell": 210}
 ATTENTION_EXCERPTS = {"LayerNorm": 137, "GELU": 137, "MultiheadAttention": 137,
-                      "TransformerEncoderLayer": 300}
+                      "TransformerEncoderLayer": 301}
 PUBLIC_LAYERS += [*ATTENTION_EXCERPTS, "PositionalEmbedding", "MeanOverSteps"]
 EXCERPT_ARGS |= {"LayerNorm": ((5,), (2, 3, 5)), "MultiheadAttention": ((6, 2, 0.2), (3, 2, 6)),
                  "TransformerEncoderLayer": ((6, 3, 8), (3, 2, 6)),
@@ -6984,8 +6984,9 @@ EXCERPT_ARGS |= {"Permute": ((0, 2, 1), (2, 3, 5))}
 
 
 def _definitions():
-    """{name: (ast node, source lines)} of every module-level definition of tinynet.py, and the
-    import lines."""
+    """{name: source text} of every module-level definition of tinynet.py, and the import lines.
+    `class Layer(LayerState):` is taken as `class Layer:`, as a copy may write it (LayerState is
+    the saving part a copied layer does not need; Layer's docstring says so)."""
     source = open(tn.__file__).read()
     tree, lines = ast.parse(source), source.splitlines()
     defs, imports = {}, []
@@ -6995,7 +6996,7 @@ def _definitions():
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             imports.append(text)
         elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            defs[node.name] = text
+            defs[node.name] = text.replace("class Layer(LayerState):", "class Layer:", 1)
         elif isinstance(node, ast.Assign):
             for target in node.targets:
                 if isinstance(target, ast.Name):
@@ -7055,8 +7056,8 @@ def test_each_layer_copies_out_alone_and_stays_short(capsys):
         print("\ncopy excerpt lines: " + ", ".join(f"{k} {v}" for k, v in sizes.items())
               + f"; median {median:g}")
     # ceilings to notice (see COPIED_WHOLE): the Layer core's composition and the three cells
-    # moved the median from 60
-    assert median <= 90 and sizes["Conv2d"] <= 137 and sizes["MaxPool2d"] <= 117, sizes
+    # moved the median from 60; Layer's docstring naming LayerState added 1 line to each
+    assert median <= 90 and sizes["Conv2d"] <= 138 and sizes["MaxPool2d"] <= 118, sizes
     assert all(sizes[name] <= limit for name, limit in ATTENTION_EXCERPTS.items()), sizes
     assert all(sizes[name] <= most for name, most in COPIED_WHOLE.items()), sizes
 

@@ -10,11 +10,11 @@ Sections, in order: parameters and base layer · layers (ending with sequences: 
 and recurrent layers) · attention and transformers · losses · optimizers · schedulers ·
 Model, Sequential, History and callbacks · saving, loading and PyTorch interop · gradient check ·
 data · plots.
-A layer copies out alone with `Layer` (the core: 43 lines), `Parameter`, `_rng`
+A layer copies out alone with `Layer` (the core: 44 lines), `Parameter`, `_rng`
 and the few helpers it names; saving, loading, astype and repr are LayerState's,
-composed into Layer in their own section. Only numpy (and the standard library)
-is imported at module level; tqdm, matplotlib, scipy, scikit-learn, threadpoolctl
-and torch are imported inside the functions that need them.
+Layer's base class defined just before it, which a copy leaves out (`class Layer:`).
+Only numpy (and the standard library) is imported at module level; tqdm, matplotlib,
+scipy, scikit-learn, threadpoolctl and torch are imported inside the functions that need them.
 """
 import contextlib
 import gzip
@@ -65,8 +65,105 @@ def _is_parameter(v):                 # the one definition: anything with .data 
     return hasattr(v, "data") and hasattr(v, "grad")
 
 
-class Layer:
-    """Base class: forward(x) -> y; backward(grad_y) -> grad_x, adding into parameters' .grad."""
+class LayerState:
+    """Layer's saving part, its base class: named_parameters, named_buffers, state_dict,
+    load_state_dict, astype, config and repr. It uses Layer's parameters() and _sublayers().
+
+    A layer's state is its parameters, then its `buffers` (names of non-learnable arrays, e.g.
+    BatchNorm's running statistics), with torch's key names. Its config is its class and
+    constructor arguments, read back from the attributes of the same names (as torch's layers
+    keep them; a Parameter or None stands for the `bias` flag); a layer of your own that keeps
+    them otherwise defines config().
+    """
+    buffers = ()
+
+    def named_parameters(self):
+        """[(name, parameter)] in torch's order: own Parameters in attribute order, then each
+        sublayer's under "sublayer.name" ("blocks.0.weight"); a Parameter reached twice (a tied
+        weight) is listed once, under its first name (torch's remove_duplicate)."""
+        own = [(k, v) for k, v in vars(self).items() if _is_parameter(v)]
+        return _once(own + [(f"{name}.{k}", p) for name, layer in self._sublayers()
+                            for k, p in layer.named_parameters()])
+
+    def named_buffers(self):
+        """[(name, array)]: own buffers, then each sublayer's, as named_parameters."""
+        own = [(k, getattr(self, k)) for k in self.buffers]
+        return _once(own + [(f"{name}.{k}", b) for name, layer in self._sublayers()
+                            for k, b in layer.named_buffers()])
+
+    def _state_arrays(self):
+        """{name: the live array} in torch's state_dict order: own parameters' data, own buffers,
+        then each sublayer's under "sublayer.name". A tied Parameter keeps each of its names
+        (torch's state_dict too): load_state_dict fills it from each."""
+        sublayers = list(self._sublayers())
+        inside = tuple(f"{name}." for name, _ in sublayers)      # keys of a sublayer's parameters
+        arrays = {k: p.data for k, p in self.named_parameters() if not k.startswith(inside)}
+        arrays |= {k: getattr(self, k) for k in self.buffers}
+        for name, layer in sublayers:
+            arrays |= {f"{name}.{k}": v for k, v in layer._state_arrays().items()}
+        return arrays
+
+    def state_dict(self):
+        """{name: copy of the array}, parameters then buffers, with torch's key names."""
+        return {k: np.array(v) for k, v in self._state_arrays().items()}
+
+    def load_state_dict(self, state):
+        """Copy arrays (NumPy or torch tensors) into the parameters and buffers, in place.
+
+        Keys and shapes must match exactly (torch's `num_batches_tracked` is ignored);
+        values are cast to the layer's dtype. Nothing is copied unless everything matches.
+        """
+        name, own = type(self).__name__, self._state_arrays()
+        state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+        missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+        if missing or unexpected:
+            raise ValueError(f"{name}.load_state_dict: missing keys {missing}, "
+                             f"unexpected keys {unexpected}")
+        pairs = []                                   # check every shape before copying anything
+        for k, v in state.items():
+            v = np.asarray(_plain(v))                   # torch tensors become arrays
+            if v.shape != own[k].shape:
+                raise ValueError(f"{name}.load_state_dict: {k!r} has shape {v.shape}, "
+                                 f"expected {own[k].shape}")
+            pairs.append((own[k], v))
+        for target, v in pairs:
+            target[...] = v
+        return self
+
+    def astype(self, dtype):
+        """Convert every parameter (and its grad) and buffer to `dtype`, in place, sublayers too
+        (an array already of that dtype is kept: a tied Parameter reached again is left alone)."""
+        for p in self.parameters():
+            p.data, p.grad = p.data.astype(dtype, copy=False), p.grad.astype(dtype, copy=False)
+        for k in self.buffers:
+            setattr(self, k, getattr(self, k).astype(dtype, copy=False))
+        for _, layer in self._sublayers():
+            layer.astype(dtype)
+        return self
+
+    def config(self):
+        """{"class": name, "kwargs": constructor arguments}: enough to rebuild the layer."""
+        kwargs = {}
+        for arg, spec in _init_args(type(self)):
+            v = getattr(self, arg, spec.default)
+            if v is spec.empty:
+                raise ValueError(f"{type(self).__name__}: keep the constructor argument {arg!r} "
+                                 f"as self.{arg} "
+                                 "(or define config()) so that the layer can be saved")
+            if _is_parameter(v) or (v is None and isinstance(spec.default, bool)):
+                v = v is not None                                     # the bias flag
+            kwargs[arg] = (v.tolist() if isinstance(v, np.ndarray)
+                           else list(v) if isinstance(v, tuple) else v)
+        return {"class": type(self).__name__, "kwargs": kwargs}
+
+    def __repr__(self):
+        kwargs = self.config()["kwargs"]
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+
+
+class Layer(LayerState):
+    """Base class: forward(x) -> y; backward(grad_y) -> grad_x, adding into parameters' .grad.
+    Saving, loading, astype, repr: LayerState's (above); a copy may write `class Layer:` alone."""
     training = True
     needs_input_grad = True   # False lets backward skip grad_x (the first layer of a model)
 
@@ -3263,9 +3360,8 @@ def _notify(callbacks, event, *args):
 # ════════════════════════════════════════════════════════════════════════════
 # Saving, loading and PyTorch interop
 # ════════════════════════════════════════════════════════════════════════════
-# What Sequential.save/load, checkpoints, torch interop and astype need. LayerState holds
-# Layer's saving part and is composed into Layer below, apart from its core, so that a layer
-# copied out alone does not drag it along (it runs without it; it just cannot be saved).
+# What Sequential.save/load, checkpoints and torch interop need; LayerState (Layer's saving,
+# loading and astype, defined just before Layer) calls the helpers _once and _init_args below.
 
 @contextlib.contextmanager
 def _atomic_open(path, mode="wb"):
@@ -3278,113 +3374,6 @@ def _atomic_open(path, mode="wb"):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-class LayerState:
-    """The saving and loading methods of every Layer (composed into Layer below).
-
-    A layer's state is its parameters, then its `buffers` (names of non-learnable arrays, e.g.
-    BatchNorm's running statistics), with torch's key names. Its config is its class and
-    constructor arguments, read back from the attributes of the same names (as torch's layers
-    keep them; a Parameter or None stands for the `bias` flag); a layer of your own that keeps
-    them otherwise defines config().
-    """
-    buffers = ()
-
-    def named_parameters(self):
-        """[(name, parameter)] in torch's order: own Parameters in attribute order, then each
-        sublayer's under "sublayer.name" ("blocks.0.weight"); a Parameter reached twice (a tied
-        weight) is listed once, under its first name (torch's remove_duplicate)."""
-        own = [(k, v) for k, v in vars(self).items() if _is_parameter(v)]
-        return _once(own + [(f"{name}.{k}", p) for name, layer in self._sublayers()
-                            for k, p in layer.named_parameters()])
-
-    def named_buffers(self):
-        """[(name, array)]: own buffers, then each sublayer's, as named_parameters."""
-        own = [(k, getattr(self, k)) for k in self.buffers]
-        return _once(own + [(f"{name}.{k}", b) for name, layer in self._sublayers()
-                            for k, b in layer.named_buffers()])
-
-    def _state_arrays(self):
-        """{name: the live array} in torch's state_dict order: own parameters' data, own buffers,
-        then each sublayer's under "sublayer.name". A tied Parameter keeps each of its names
-        (torch's state_dict too): load_state_dict fills it from each."""
-        sublayers = list(self._sublayers())
-        inside = tuple(f"{name}." for name, _ in sublayers)      # keys of a sublayer's parameters
-        arrays = {k: p.data for k, p in self.named_parameters() if not k.startswith(inside)}
-        arrays |= {k: getattr(self, k) for k in self.buffers}
-        for name, layer in sublayers:
-            arrays |= {f"{name}.{k}": v for k, v in layer._state_arrays().items()}
-        return arrays
-
-    def state_dict(self):
-        """{name: copy of the array}, parameters then buffers, with torch's key names."""
-        return {k: np.array(v) for k, v in self._state_arrays().items()}
-
-    def load_state_dict(self, state):
-        """Copy arrays (NumPy or torch tensors) into the parameters and buffers, in place.
-
-        Keys and shapes must match exactly (torch's `num_batches_tracked` is ignored);
-        values are cast to the layer's dtype. Nothing is copied unless everything matches.
-        """
-        name, own = type(self).__name__, self._state_arrays()
-        state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-        missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
-        if missing or unexpected:
-            raise ValueError(f"{name}.load_state_dict: missing keys {missing}, "
-                             f"unexpected keys {unexpected}")
-        pairs = []                                   # check every shape before copying anything
-        for k, v in state.items():
-            v = np.asarray(_plain(v))                   # torch tensors become arrays
-            if v.shape != own[k].shape:
-                raise ValueError(f"{name}.load_state_dict: {k!r} has shape {v.shape}, "
-                                 f"expected {own[k].shape}")
-            pairs.append((own[k], v))
-        for target, v in pairs:
-            target[...] = v
-        return self
-
-    def astype(self, dtype):
-        """Convert every parameter (and its grad) and buffer to `dtype`, in place, sublayers too
-        (an array already of that dtype is kept: a tied Parameter reached again is left alone)."""
-        for p in self.parameters():
-            p.data, p.grad = p.data.astype(dtype, copy=False), p.grad.astype(dtype, copy=False)
-        for k in self.buffers:
-            setattr(self, k, getattr(self, k).astype(dtype, copy=False))
-        for _, layer in self._sublayers():
-            layer.astype(dtype)
-        return self
-
-    def config(self):
-        """{"class": name, "kwargs": constructor arguments}: enough to rebuild the layer."""
-        kwargs = {}
-        for arg, spec in _init_args(type(self)):
-            v = getattr(self, arg, spec.default)
-            if v is spec.empty:
-                raise ValueError(f"{type(self).__name__}: keep the constructor argument {arg!r} "
-                                 f"as self.{arg} "
-                                 "(or define config()) so that the layer can be saved")
-            if _is_parameter(v) or (v is None and isinstance(spec.default, bool)):
-                v = v is not None                                     # the bias flag
-            kwargs[arg] = (v.tolist() if isinstance(v, np.ndarray)
-                           else list(v) if isinstance(v, tuple) else v)
-        return {"class": type(self).__name__, "kwargs": kwargs}
-
-    def __repr__(self):
-        kwargs = self.config()["kwargs"]
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
-
-
-# Layer = its core (the first section) + LayerState, method by method:
-Layer.buffers = LayerState.buffers
-Layer.named_parameters = LayerState.named_parameters
-Layer.named_buffers = LayerState.named_buffers
-Layer._state_arrays = LayerState._state_arrays
-Layer.state_dict = LayerState.state_dict
-Layer.load_state_dict = LayerState.load_state_dict
-Layer.astype = LayerState.astype
-Layer.config = LayerState.config
-Layer.__repr__ = LayerState.__repr__
 
 
 def _once(named):
