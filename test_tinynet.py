@@ -2919,7 +2919,8 @@ def test_stop_training_set_by_a_callback_ends_fit():
 # keras, so that the suite stays fast.
 
 KERAS_FIT_ARGS = ["x", "y", "batch_size", "epochs", "verbose", "callbacks", "validation_split",
-                  "validation_data", "shuffle", "initial_epoch"]     # keras.Model.fit's first ten
+                  "validation_data", "shuffle", "class_weight", "sample_weight",
+                  "initial_epoch"]                                  # keras.Model.fit's first 12
 
 
 def test_fit_takes_keras_arguments_in_keras_order():
