@@ -1,9 +1,10 @@
 """The tinynet test suite: every layer, loss, optimizer and scheduler against PyTorch in float64,
 gradient checks, data loaders, training scripts and the benchmark. Run: pytest test_tinynet.py
 
-Sections: shared helpers · layers · losses · gradient checking · optimizers · schedulers ·
-Sequential and fit · serialisation · data · plots and training scripts · benchmark ·
-copying a class · dependencies.
+Sections: shared helpers · parameters and base layer · layers · sequences · attention and
+transformers · losses · optimizers · schedulers · Model, Sequential and callbacks · saving ·
+gradient checking · data · plots · training scripts · benchmark · copying a class, README,
+notebook, install and dependencies.
 Names: torch parity `test_<thing>_matches_torch`, gradient checks `test_<thing>_gradcheck`,
 bad input `test_<thing>_rejects_<what>`."""
 import argparse
@@ -39,9 +40,11 @@ import tinynet as tn
 torch.set_num_threads(1)
 threadpoolctl.threadpool_limits(1, user_api="blas")
 
+
 # ════════════════════════════════════════════════════════════════════════════
-# Shared helpers: float64 parity against PyTorch (with the worst relative error
-# reported at the end), random inputs, small models, the data folder
+# Shared helpers: float64 parity against PyTorch (the worst relative error reported
+# at the end), torch twins, random inputs, small models, the data folder and data
+# fixtures, a local http server, the script runs started in the background
 # ════════════════════════════════════════════════════════════════════════════
 
 PARITY_ERRORS = []   # max|ours - torch| / max|torch| of every array compared by assert_parity
@@ -143,6 +146,56 @@ def mlp_pair(n_in, h1, h2, c, head=None, seed=0):
     return model, ref
 
 
+def _torch_twin(ours, theirs, jitter=0.1, seed=0):
+    """ours (float64) and the torch module theirs with the same weights, moved off their init
+    (LayerNorm's ones and zeros, attention's zero biases) by jitter * N(0, 1)."""
+    rng = np.random.default_rng(seed)
+    theirs.double()
+    assert list(ours.state_dict()) == list(theirs.state_dict())         # torch's keys and order
+    state = {k: v.detach().numpy() + jitter * rng.standard_normal(tuple(v.shape))
+             for k, v in theirs.state_dict().items()}
+    theirs.load_state_dict({k: torch.tensor(v) for k, v in state.items()})
+    ours.astype(np.float64).load_state_dict(state)
+    return ours, theirs
+
+
+def _assert_param_grads(ours, theirs):
+    """Every parameter gradient, paired by torch's names."""
+    named = dict(theirs.named_parameters())
+    assert [k for k, _ in ours.named_parameters()] == list(named)
+    for k, p in ours.named_parameters():
+        assert_parity(p.grad, named[k].grad, f"{ours!r} {k}.grad")
+
+
+def recurrent_pair(name, kw, seed=0):
+    """tinynet's and torch's layer (float64, eval if it has dropout) with the same weights."""
+    kw = {"input_size": 4, "hidden_size": 3} | kw
+    tn.manual_seed(seed)
+    ours = getattr(tn, name)(**kw).astype(np.float64)
+    theirs = getattr(torch.nn, name)(**kw).double()
+    theirs.load_state_dict(
+        {k: torch.from_numpy(v) for k, v in ours.state_dict().items()}
+    )  # strict: same keys
+    if kw.get("dropout"):
+        ours.eval(), theirs.eval()
+    return ours, theirs
+
+
+def _torch_hx(name, states):
+    """Torch's hx from our (h_0, c_0) arrays: a tuple for an LSTM, h_0 alone otherwise."""
+    return tuple(T(s) for s in states) if name == "LSTM" else T(states[0])
+
+
+def cell_pair(name, kw, seed=0):
+    """tinynet's and torch's cell (float64) with the same weights; torch's keys, strictly."""
+    kw = {"input_size": 4, "hidden_size": 3} | kw
+    tn.manual_seed(seed)
+    ours = getattr(tn, name)(**kw).astype(np.float64)
+    theirs = getattr(torch.nn, name)(**kw).double()
+    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    return ours, theirs
+
+
 def log_softmax(x):
     """x - logsumexp(x) along axis 1: log-probabilities, as NLLLoss expects."""
     m = x.max(axis=1, keepdims=True)
@@ -162,6 +215,117 @@ def _tiny_data(n=48, classes=3, seed=0):
     return X, (X @ rng.standard_normal((4, classes))).argmax(1)
 
 
+def away_from_kinks(seed, shape):
+    x = randn(seed, shape)
+    return np.sign(x) * (0.1 + np.abs(x))
+
+
+OPT_SHAPES = [(5, 3), (7,), (2, 3, 4, 4)]
+
+
+def _drive(opt_name, opt_kw, steps=60, sched=None, sched_kw=None, metrics=None, shapes=OPT_SHAPES,
+           groups=None):
+    """Run tinynet's and torch's optimizer (and scheduler) on the same random float64 gradients.
+
+    groups: None (one group), or [(parameter indices, hyper-parameters of that group), ...].
+    Returns, for each side: the parameters at the end, and per step and group the lr,
+    get_last_lr() and momentum (SGD/RMSprop "momentum", else "betas"[0]) in force for that step:
+    an array (steps, groups, 3).
+    """
+    rng = np.random.default_rng(0)
+    init = [rng.standard_normal(s) for s in shapes]
+    ours = [tn.Parameter(a.copy()) for a in init]
+    theirs = [torch.tensor(a, requires_grad=True) for a in init]
+
+    def grouped(params):
+        return params if groups is None else [{"params": [params[i] for i in idx], **kw}
+                                              for idx, kw in groups]
+
+    opt, topt = (getattr(tn, opt_name)(grouped(ours), **opt_kw),
+                 getattr(torch.optim, opt_name)(grouped(theirs), **opt_kw))
+    if sched:
+        s, ts = (getattr(tn, sched)(opt, **sched_kw),
+                 getattr(torch.optim.lr_scheduler, sched)(topt, **sched_kw))
+    mom = "betas" if "betas" in topt.param_groups[0] else "momentum"
+
+    def record(o, sc):
+        last = sc.get_last_lr() if sched else [g["lr"] for g in o.param_groups]
+        return [(g["lr"], lr, np.ravel(g.get(mom, 0.0))[0]) for g, lr in zip(o.param_groups, last)]
+
+    rec, trec = [], []
+    for i in range(steps):
+        rec.append(record(opt, s if sched else None))
+        trec.append(record(topt, ts if sched else None))
+        grads = [rng.standard_normal(sh) for sh in shapes]
+        opt.zero_grad()
+        for p, g in zip(ours, grads):
+            p.grad += g
+        opt.step()
+        for t, g in zip(theirs, grads):
+            t.grad = torch.tensor(g)
+        topt.step()
+        if sched:
+            args = () if metrics is None else (metrics[i],)
+            s.step(*args)
+            ts.step(*args)
+    return (([p.data for p in ours], np.array(rec)),
+            ([t.detach().numpy() for t in theirs], np.array(trec)))
+
+
+class _TwoInputs(tn.Model):
+    """scores = linear(features) + mean over t of emb(tokens)[:, t]: (N, F), (N, T) -> (N, C)."""
+
+    def __init__(self, features=3, vocab=6, classes=4):
+        self.linear = tn.Linear(features, classes)
+        self.emb = tn.Embedding(vocab, classes)
+
+    def forward(self, x):
+        features, tokens = x
+        self._cache = tokens.shape[1]
+        return self.linear.forward(features) + self.emb.forward(tokens).mean(axis=1)
+
+    def backward(self, grad):                      # -> (grad wrt features, None for the tokens)
+        steps = self._saved()
+        self.emb.backward(np.repeat(grad[:, None] / steps, steps, axis=1))       # (N, T, C)
+        return self.linear.backward(grad), None
+
+
+def _torch_two_inputs():
+    class TwoInputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear, self.emb = torch.nn.Linear(3, 4), torch.nn.Embedding(6, 4)
+
+        def forward(self, features, tokens):
+            return self.linear(features) + self.emb(tokens).mean(dim=1)
+
+    torch.manual_seed(0)
+    return TwoInputs().double()
+
+
+def _two_input_data(n=12, seed=0):
+    rng = np.random.default_rng(seed)
+    features, tokens = rng.standard_normal((n, 3)), rng.integers(0, 6, (n, 5))
+    return features, tokens, rng.integers(0, 4, n)
+
+
+def _numpy_scalars(kw):
+    """kw with every float (and each beta) as a NumPy float64 scalar."""
+    return {k: tuple(map(np.float64, v)) if k == "betas" else
+            np.float64(v) if isinstance(v, float) else v for k, v in kw.items()}
+
+
+def _assert_plain_floats(opt):
+    for group in opt.param_groups:
+        for k, v in group.items():
+            if k != "params":
+                plain = ({type(b) for b in v} == {float} if k == "betas"
+                         else type(v) in (float, bool))
+                assert plain, (k, v)
+
+
+# ── the data folder, data fixtures, a local http server ─────────────────────
+
 HERE = os.path.dirname(os.path.abspath(tn.__file__))  # project folder: tinynet.py and the scripts
 DATA = tn._data_dir()      # as tinynet finds it: $TINYNET_DATA, else data/ (iris.csv ships there)
 
@@ -172,11 +336,482 @@ def need(path):
                                                                f"(set TINYNET_DATA)")
 
 
+IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.int16, 0x0C: np.int32, 0x0D: np.float32,
+             0x0E: np.float64}
+
+
+def idx_bytes(a, code=None):
+    """An IDX file's content for array a (type byte from its dtype unless given)."""
+    code = code if code is not None else {np.dtype(t): c for c, t in IDX_TYPES.items()}[a.dtype]
+    return (bytes([0, 0, code, a.ndim]) + np.array(a.shape, ">u4").tobytes()
+            + a.astype(a.dtype.newbyteorder(">")).tobytes())
+
+
+def write_idx(path, a, gz=True):
+    content = idx_bytes(a) if isinstance(a, np.ndarray) else a
+    path.write_bytes(gzip.compress(content) if gz else content)
+    return path
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    need(os.path.join(DATA, "mnist", "train-images-idx3-ubyte.gz"))
+    return tn.load_mnist(DATA, download=False)
+
+
+def tiny_mnist(folder, n_train=5, n_test=3):
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", np.zeros((n, 28, 28), np.uint8))
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", np.zeros(n, np.uint8))
+
+
+def _mnist_dir():
+    need(os.path.join(DATA, "mnist"))             # fails, not skips, under CI
+    return DATA
+
+
+def _small_mnist(folder, n_train=3000, n_test=500):
+    """The first images of the real MNIST as IDX files in folder/mnist (the notebook's data)."""
+    need(os.path.join(DATA, "mnist"))
+    X_train, y_train, X_test, y_test = tn.load_mnist(DATA, download=False)
+    os.makedirs(folder / "mnist")
+    for kind, X, y, n in (("train", X_train, y_train, n_train), ("t10k", X_test, y_test, n_test)):
+        write_idx(
+            folder / "mnist" / f"{kind}-images-idx3-ubyte.gz",
+            np.rint(X[:n, 0] * 255).astype(np.uint8),
+        )
+        write_idx(folder / "mnist" / f"{kind}-labels-idx1-ubyte.gz", y[:n].astype(np.uint8))
+
+
+def svhn_file(folder, split, n, seed=0, **override):
+    """Write <folder>/<split>_32x32.mat: X (32, 32, 3, n) uint8, y (n, 1) in 1..10
+    (10 = digit 0)."""
+    from scipy.io import savemat
+    rng = np.random.default_rng(seed)
+    X = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
+    y = rng.integers(1, 11, (n, 1)).astype(np.uint8)
+    y[0] = 10
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{split}_32x32.mat"
+    savemat(path, {"X": X, "y": y, **override})
+    return X, y, path
+
+
+@pytest.fixture
+def svhn_dir(tmp_path):
+    return _svhn_files(tmp_path / "data")
+
+
+def _svhn_files(data):
+    """Small synthetic SVHN files in the official layout in data/svhn: X (32, 32, 3, N) uint8,
+    y (N, 1), 10 for digit 0. Returns data."""
+    from scipy.io import savemat
+    rng = np.random.default_rng(0)
+    folder = data / "svhn"
+    folder.mkdir(parents=True)
+    for split, n in (("train", 300), ("test", 100)):
+        X = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
+        X[:, :, 2] //= 4  # channels with different statistics
+        savemat(folder / f"{split}_32x32.mat",
+                {"X": X, "y": rng.integers(1, 11, (n, 1)).astype(np.uint8)})
+    return data
+
+
+MNIST_NAMES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    """/good/<f> serves f, /missing/<f> answers 404, /drop/<f> promises all of f, sends half and
+    hangs up."""
+
+    def do_GET(self):
+        kind, _, name = self.path.strip("/").partition("/")
+        path = os.path.join(self.server.root, name)
+        if kind == "good":
+            self.path = "/" + name
+            return super().do_GET()
+        if kind == "drop" and os.path.exists(path):
+            body = open(path, "rb").read()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[:len(body) // 2])
+            self.close_connection = True
+            return
+        self.send_error(404)
+
+    def translate_path(self, path):
+        return os.path.join(self.server.root, path.lstrip("/"))
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """(base URL, {file name: (bytes, md5)}) of a server on 127.0.0.1 holding small MNIST and
+    SVHN files, and the real iris.csv."""
+    root = tmp_path_factory.mktemp("www")
+    rng = np.random.default_rng(0)
+    files = {}
+    for name, n in zip(MNIST_NAMES, (6, 6, 4, 4)):
+        shape = (n, 28, 28) if "images" in name else (n,)
+        write_idx(root / name, rng.integers(0, 10 if len(shape) == 1 else 256, shape,
+                                            dtype=np.uint8))
+    svhn_file(root, "test", 5)
+    with open(os.path.join(HERE, "data", "iris.csv"), "rb") as fh:     # the real one
+        (root / "iris.csv").write_bytes(fh.read())
+    for name in MNIST_NAMES + ["test_32x32.mat", "iris.csv"]:
+        files[name] = ((root / name).read_bytes(),
+                       hashlib.md5((root / name).read_bytes()).hexdigest())
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.root = str(root)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", files
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def patch_mirrors(monkeypatch, server, *kinds, dataset="mnist"):
+    base, files = server
+    monkeypatch.setitem(tn.DATA_MIRRORS, dataset, [f"{base}/{kind}/" for kind in kinds])
+    for name, (_, md5) in files.items():
+        monkeypatch.setitem(tn.DATA_MD5, name, md5)
+    return [f"{base}/{kind}/" for kind in kinds]
+
+
+def assert_downloaded(folder, files):
+    assert sorted(os.listdir(folder)) == sorted(files)            # no .part left
+    for name, (content, _) in files.items():
+        assert (folder / name).read_bytes() == content
+
+
+# ── checking figures: written, and their text fits ──────────────────────────
+
+def _png_ok(path, min_side=150):
+    import matplotlib.image
+    img = matplotlib.image.imread(path)
+    assert img.ndim == 3 and min(img.shape[:2]) >= min_side, f"{path}: image of shape {img.shape}"
+    assert img[..., :3].std() > 0.01, f"{path}: a blank image"
+    assert not os.path.exists(f"{path}.tmp")
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the plot helpers save, kept (closed, but drawn once) for inspection."""
+    saved = []
+    save = tn._save
+
+    def keep(fig, path, caller):
+        save(fig, path, caller)
+        saved.append(fig)
+    monkeypatch.setattr(tn, "_save", keep)
+    return saved
+
+
+def _history(n_epochs=6, scale=1.0, batches=5):
+    h = tn.History()
+    for e in range(n_epochs):
+        h.batch_loss += [scale * 2.0 / (e + 1 + b / batches) for b in range(batches)]
+        h.on_epoch_end(e, {"loss": scale / (e + 1), "accuracy": 1 - 0.5 / (e + 1),
+                           "val_loss": 1.2 * scale / (e + 1), "val_accuracy": 1 - 0.6 / (e + 1),
+                           "lr": 1e-3})
+    return h
+
+
+def _labels(n, size, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, n, size)
+    y[:n] = np.arange(n)
+    return y, np.where(rng.random(size) < 0.7, y, (y + 1) % n)
+
+
+# ── script runs: the command, and the slowest runs started at session start ──
+
+SCRIPTS = HERE                                               # the scripts sit beside tinynet.py
+
+
+def _command(script, *args, env=None):
+    """subprocess.run's arguments for the script, with this moment's environment and folder."""
+    # one BLAS thread: on a busy 2-core machine OpenBLAS threads wait on each other (2-5x slower)
+    env = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", **os.environ, **(env or {})}
+    env.pop("DISPLAY", None)
+    env.pop("MPLBACKEND", None)      # the scripts must pick Agg themselves
+    return dict(args=[sys.executable, os.path.join(SCRIPTS, script), *map(str, args)],
+                env=env, cwd=os.getcwd(), capture_output=True, text=True, timeout=300)
+
+
+def _run(script, *args, env=None):
+    return subprocess.run(**_command(script, *args, env=env))
+
+
+# The slowest script runs start when the session starts (those of the selected tests), one at a
+# time in its own process with one BLAS thread: they take the second core while the other tests
+# run here.
+BACKGROUND = {  # test: out folder -> (script, args, env, needs MNIST)
+    "test_train_mnist_quick_embeddings_and_optimizers": lambda out: (
+        "train_mnist.py", ["--quick", "--embeddings", "--projection", "pca",
+                           "--compare-optimizers", "--out", out, "--data-dir", DATA], None, True),
+    "test_train_mnist_quick_cnn_mse": lambda out: (
+        "train_mnist.py", ["--quick", "--model", "cnn", "--loss", "mse", "--no-plots",
+                           "--out", out, "--data-dir", DATA], None, True),
+    "test_train_svhn_sweep": lambda out: (
+        "train_svhn.py", ["--quick", "--sweep", "--scheduler", "cosine", "--data-dir",
+                          _svhn_files(out / "data"), "--out", out / "out"], None, False),
+    "test_bench_smoke_runs_every_table": lambda out: (
+        "bench_tinynet.py", ["--smoke", "--out", out / "bench.json"], {"TINYNET_DATA": DATA},
+        False),
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def background(request, tmp_path_factory):
+    """background(test name) -> (its out folder, its CompletedProcess). The runs of the selected
+    tests start at session start, one after another (one process beside this one: 2 cores);
+    a run that needs MNIST starts only if the data is there (the test then fails on need())."""
+    from concurrent.futures import ThreadPoolExecutor
+    selected, started = {item.originalname for item in request.session.items}, {}
+    pool = ThreadPoolExecutor(max_workers=1)
+    for name in [name for name in BACKGROUND if name in selected]:
+        out = tmp_path_factory.mktemp(name)
+        script, args, env, mnist = BACKGROUND[name](out)
+        if not mnist or os.path.isdir(os.path.join(DATA, "mnist")):
+            # the command is made now: later tests change os.environ and the folder
+            started[name] = out, pool.submit(subprocess.run, **_command(script, *args, env=env))
+    yield lambda name: (started[name][0], started[name][1].result())
+    pool.shutdown(cancel_futures=True)
+
+
 # ════════════════════════════════════════════════════════════════════════════
-# Layers: parity with torch, initialisation, dtype, train/eval, dropout, bad input
+# Parameters and base layer: gradients that add up, train/eval, dtype, repr and
+# config, composition (sublayers as attributes, as torch's Module)
 # ════════════════════════════════════════════════════════════════════════════
 
-# ── parity with torch.nn in float64 ──────────────────────────────────────────
+@pytest.mark.parametrize("make, shape", [(lambda: tn.Linear(3, 2), (4, 3)),
+                                         (lambda: tn.Conv2d(2, 3, 3, padding=1), (2, 2, 5, 5)),
+                                         (lambda: tn.BatchNorm2d(2), (2, 2, 5, 5))],
+                         ids=["Linear", "Conv2d", "BatchNorm2d"])
+def test_backward_adds_into_grads(make, shape):
+    layer = make().astype(np.float64)
+    assert layer.parameters() == [layer.weight, layer.bias]         # torch's order
+    x = randn(0, shape)
+    g = randn(1, layer(x).shape)
+    layer.backward(g)
+    once = [p.grad.copy() for p in layer.parameters()]
+    assert all(p1.any() for p1 in once)
+    layer(x)
+    layer.backward(g)  # backward adds into .grad, as torch
+    for p, p1 in zip(layer.parameters(), once):
+        np.testing.assert_allclose(p.grad, 2 * p1)
+    layer.zero_grad()
+    assert not any(p.grad.any() for p in layer.parameters())
+
+
+def test_manual_seed_makes_init_repeatable():
+    tn.manual_seed(3)
+    a = tn.Linear(5, 4)
+    tn.manual_seed(3)
+    b = tn.Linear(5, 4)
+    c = tn.Linear(5, 4)
+    np.testing.assert_array_equal(a.weight.data, b.weight.data)
+    assert not np.array_equal(b.weight.data, c.weight.data)
+
+
+@pytest.mark.parametrize("data, dtype", [([0, 0], np.float32), ([True, False], np.float32),
+                                         (np.arange(3), np.float32), (np.zeros(2), np.float64),
+                                         (np.zeros(2, np.float32), np.float32)])
+def test_parameter_casts_integers_and_booleans_to_float32(data, dtype):
+    want = np.array(data, dtype) - 0.5
+    p = tn.Parameter(data)
+    assert p.data.dtype == dtype and p.grad.dtype == dtype and p.data.shape == np.shape(data)
+    p.grad += 1
+    tn.SGD([p], lr=0.5).step()
+    np.testing.assert_array_equal(p.data, want)
+
+
+def test_layer_repr_and_config_are_torch_style_keywords():
+    layer = tn.Conv2d(3, 8, (3, 5), stride=2, padding=[1, 2])
+    kwargs = {"in_channels": 3, "out_channels": 8, "kernel_size": [3, 5], "stride": [2, 2],
+              "padding": [1, 2], "bias": True}
+    assert repr(layer) == ("Conv2d(in_channels=3, out_channels=8, kernel_size=[3, 5], "
+                           "stride=[2, 2], padding=[1, 2], bias=True)")
+    assert (layer.config() == {"class": "Conv2d", "kwargs": kwargs}
+            and not hasattr(layer, "init_args"))
+    assert (layer.kernel_size, layer.stride, layer.padding) == ((3, 5), (2, 2), (1, 2))
+    assert tn.MaxPool2d(2).stride == (2, 2) and tn.AvgPool2d(3, 1).stride == (1, 1)
+    for made, text in [(tn.Linear(3, 2), "Linear(in_features=3, out_features=2, bias=True)"),
+                       (tn.Linear(3, 2, bias=False),
+                        "Linear(in_features=3, out_features=2, bias=False)"),
+                       (tn.MaxPool2d(2),
+                        "MaxPool2d(kernel_size=[2, 2], stride=[2, 2], padding=[0, 0])"),
+                       (tn.AvgPool2d(3, 1),
+                        "AvgPool2d(kernel_size=[3, 3], stride=[1, 1], padding=[0, 0])"),
+                       (tn.BatchNorm1d(3), "BatchNorm1d(num_features=3, eps=1e-05, momentum=0.1)"),
+                       (tn.Dropout(0.2), "Dropout(p=0.2)"),
+                       (tn.LeakyReLU(), "LeakyReLU(negative_slope=0.01)"),
+                       (tn.Softmax(), "Softmax(dim=1)"), (tn.ReLU(), "ReLU()"),
+                       (tn.Normalize([0.5], [2.0]), "Normalize(mean=[0.5], std=[2.0])"),
+                       (layer, repr(layer))]:
+        config = made.config()
+        assert (repr(made) == text and config["class"] == type(made).__name__
+                and set(config) == {"class", "kwargs"})
+        # rebuilt from its JSON
+        assert repr(type(made)(**json.loads(json.dumps(config["kwargs"])))) == text
+
+
+class _Options(tn.Layer):
+    def __init__(self, shift=None, center=False, bias=True):
+        self.shift, self.center = shift, center
+        self.bias = tn.Parameter(np.zeros(1)) if bias else None
+
+    def forward(self, x):
+        return x
+
+
+def test_config_tells_the_bias_parameter_from_flags_and_none():
+    """A Parameter (or None) stands for the bias flag; other flags and None values stay as
+    they are."""
+    assert _Options().config()["kwargs"] == {"shift": None, "center": False, "bias": True}
+    assert (_Options(shift=1.5, center=True, bias=False).config()["kwargs"]
+            == {"shift": 1.5, "center": True, "bias": False})
+
+
+def test_astype_converts_params_and_grads():
+    model = tn.Sequential(tn.Linear(3, 4), tn.ReLU(), tn.Linear(4, 2))
+    model.astype(np.float64)
+    assert all(p.data.dtype == p.grad.dtype == np.float64 for p in model.parameters())
+    assert model.predict(np.ones((2, 3), np.float32)).dtype == np.float64
+
+
+def test_train_eval_flags_and_call():
+    model = tn.Sequential(tn.Linear(3, 4), tn.Dropout(0.5))
+    assert (model.eval() is model and not model.training
+            and not any(layer.training for layer in model.layers))
+    model.train()
+    assert model.training and all(layer.training for layer in model.layers)
+    layer, x = tn.Tanh(), randn(0, (2, 3))
+    np.testing.assert_array_equal(layer(x), layer.forward(x))
+
+
+# ── composition: sublayers as attributes, as torch's Module ────────────────────
+
+class _Composed(tn.Layer):
+    """A sublayer, a list of sublayers (torch's ModuleList), an own Parameter set after them, a
+    weight tied to another (head.weight is emb.weight), and a private list that names the
+    sublayers again. tokens (N,) -> scores (N, 7)."""
+
+    def __init__(self):
+        self.emb = tn.Embedding(7, 4)
+        self.blocks = [tn.BatchNorm1d(4), tn.Linear(4, 4)]
+        self.scale = tn.Parameter(np.ones(4, np.float32))
+        self.head = tn.Linear(4, 7)
+        self.head.weight = self.emb.weight                              # tied: (7, 4)
+        self.pair = (tn.ReLU(), tn.Dropout(0.5))                       # a tuple: no parameters
+        self._chain = [self.emb, *self.blocks, self.head]               # private: not recursed
+
+    def forward(self, tokens):
+        h = self.blocks[1].forward(self.blocks[0].forward(self.emb.forward(tokens)))   # (N, 4)
+        self._cache = h
+        return self.head.forward(h * self.scale.data)
+
+    def backward(self, grad):
+        h = self._saved()
+        dz = self.head.backward(grad)                                   # (N, 4)
+        self.scale.grad += (dz * h).sum(axis=0)
+        self.emb.backward(self.blocks[0].backward(self.blocks[1].backward(dz * self.scale.data)))
+
+
+def _torch_composed():
+    """_Composed's structure in torch (ModuleList for the list), float64."""
+    class Composed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(7, 4)
+            self.blocks = torch.nn.ModuleList([torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 4)])
+            self.scale = torch.nn.Parameter(torch.ones(4))
+            self.head = torch.nn.Linear(4, 7)
+            self.head.weight = self.emb.weight
+
+        def forward(self, tokens):
+            return self.head(self.blocks[1](self.blocks[0](self.emb(tokens))) * self.scale)
+
+    torch.manual_seed(0)
+    return Composed().double()
+
+
+def test_composed_layer_lists_parameters_and_state_as_torch_module():
+    ours, theirs = _Composed(), _torch_composed()
+    # torch: the module's own Parameters first (scale, set after the sublayers), then each
+    # sublayer's in attribute order; the tied weight once, under its first name
+    keys = [k for k, _ in theirs.named_parameters()]
+    assert keys == ["scale", "emb.weight", "blocks.0.weight", "blocks.0.bias", "blocks.1.weight",
+                    "blocks.1.bias", "head.bias"]
+    assert [k for k, _ in ours.named_parameters()] == keys
+    assert len(ours.parameters()) == len(list(theirs.parameters())) == 7
+    assert [id(p) for p in ours.parameters()] == [id(p) for _, p in ours.named_parameters()]
+    # state_dict keeps both names of the tied weight (torch too), own arrays first
+    state_keys = [k for k in theirs.state_dict() if not k.endswith("num_batches_tracked")]
+    assert "head.weight" in state_keys and list(ours.state_dict()) == state_keys
+    assert [k for k, _ in ours.named_buffers()] == ["blocks.0.running_mean", "blocks.0.running_var"]
+    ours.astype(np.float64).load_state_dict(theirs.state_dict())     # both tied keys load
+    assert ours.head.weight is ours.emb.weight
+    for k, v in ours.state_dict().items():
+        assert_parity(v, theirs.state_dict()[k], k)
+    outer, outer_t = tn.Layer(), torch.nn.Module()          # a Sequential as a sublayer
+    outer.encoder = tn.Sequential(tn.Linear(2, 3), tn.BatchNorm1d(3))
+    outer_t.encoder = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
+    outer.head, outer_t.head = tn.Linear(3, 1), torch.nn.Linear(3, 1)
+    assert [k for k, _ in outer.named_parameters()] == [k for k, _ in outer_t.named_parameters()]
+    assert list(outer.state_dict()) == [k for k in outer_t.state_dict()
+                                        if not k.endswith("num_batches_tracked")]
+
+
+def test_composition_recurses_zero_grad_train_eval_and_astype():
+    model = _Composed()
+    for p in model.parameters():
+        p.grad[...] = 1
+    model.zero_grad()
+    assert all((p.grad == 0).all() for p in model.parameters())
+    layers = [model.emb, *model.blocks, model.head, *model.pair]
+    assert not any(layer.training for layer in [model.eval(), *layers])
+    assert all(layer.training for layer in [model.train(), *layers])
+    model.astype(np.float64)
+    arrays = [a for p in model.parameters() for a in (p.data, p.grad)]
+    assert all(a.dtype == np.float64 for a in arrays + list(model.state_dict().values()))
+    assert model.blocks[0].running_var.dtype == np.float64
+    assert model.head.weight is model.emb.weight and model.head.weight.grad.dtype == np.float64
+
+
+def test_adam_step_on_a_tied_weight_matches_torch():
+    """The tied weight's gradient is the sum of both uses; the optimizer updates it once."""
+    ours, theirs = _Composed(), _torch_composed()
+    ours.astype(np.float64).load_state_dict(theirs.state_dict())
+    opt, opt_t = tn.Adam(ours.parameters(), lr=0.01), torch.optim.Adam(theirs.parameters(), lr=0.01)
+    loss, loss_t = tn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss()
+    rng = np.random.default_rng(0)
+    for step in range(2):
+        tokens, y = rng.integers(0, 7, 6), rng.integers(0, 7, 6)
+        opt.zero_grad()
+        value = loss.forward(ours.forward(tokens), y)
+        ours.backward(loss.backward())
+        opt.step()
+        opt_t.zero_grad()
+        value_t = loss_t(theirs(torch.from_numpy(tokens)), torch.from_numpy(y))
+        value_t.backward()
+        opt_t.step()
+        assert_parity(np.float64(value), value_t, f"loss at step {step}")
+        for k, p in ours.named_parameters():
+            assert_parity(p.grad, theirs.get_parameter(k).grad, f"{k} gradient at step {step}")
+        for k, v in ours.state_dict().items():
+            assert_parity(v, theirs.state_dict()[k], f"{k} after step {step}")
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Layers: parity with torch, initialisation, dtype, dropout, bad input
+# ════════════════════════════════════════════════════════════════════════════
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("n,fin,fout", [(1, 1, 1), (5, 3, 4), (16, 10, 7), (33, 64, 2)])
@@ -193,6 +828,8 @@ def test_linear_matches_torch(n, fin, fout, bias):
     else:
         assert layer.bias is None and layer.parameters() == [layer.weight]
 
+
+# ── parity with torch.nn in float64 ──────────────────────────────────────────
 
 @pytest.mark.parametrize("shape", SHAPES_ND)
 @pytest.mark.parametrize("name", ["ReLU", "Sigmoid", "Tanh"])
@@ -438,78 +1075,6 @@ def test_batchnorm_init_matches_torch():
     assert (bn.eps, bn.momentum) == (1e-5, 0.1)
 
 
-def test_manual_seed_makes_init_repeatable():
-    tn.manual_seed(3)
-    a = tn.Linear(5, 4)
-    tn.manual_seed(3)
-    b = tn.Linear(5, 4)
-    c = tn.Linear(5, 4)
-    np.testing.assert_array_equal(a.weight.data, b.weight.data)
-    assert not np.array_equal(b.weight.data, c.weight.data)
-
-
-@pytest.mark.parametrize("data, dtype", [([0, 0], np.float32), ([True, False], np.float32),
-                                         (np.arange(3), np.float32), (np.zeros(2), np.float64),
-                                         (np.zeros(2, np.float32), np.float32)])
-def test_parameter_casts_integers_and_booleans_to_float32(data, dtype):
-    want = np.array(data, dtype) - 0.5
-    p = tn.Parameter(data)
-    assert p.data.dtype == dtype and p.grad.dtype == dtype and p.data.shape == np.shape(data)
-    p.grad += 1
-    tn.SGD([p], lr=0.5).step()
-    np.testing.assert_array_equal(p.data, want)
-
-
-def test_layer_repr_and_config_are_torch_style_keywords():
-    layer = tn.Conv2d(3, 8, (3, 5), stride=2, padding=[1, 2])
-    kwargs = {"in_channels": 3, "out_channels": 8, "kernel_size": [3, 5], "stride": [2, 2],
-              "padding": [1, 2], "bias": True}
-    assert repr(layer) == ("Conv2d(in_channels=3, out_channels=8, kernel_size=[3, 5], "
-                           "stride=[2, 2], padding=[1, 2], bias=True)")
-    assert (layer.config() == {"class": "Conv2d", "kwargs": kwargs}
-            and not hasattr(layer, "init_args"))
-    assert (layer.kernel_size, layer.stride, layer.padding) == ((3, 5), (2, 2), (1, 2))
-    assert tn.MaxPool2d(2).stride == (2, 2) and tn.AvgPool2d(3, 1).stride == (1, 1)
-    for made, text in [(tn.Linear(3, 2), "Linear(in_features=3, out_features=2, bias=True)"),
-                       (tn.Linear(3, 2, bias=False),
-                        "Linear(in_features=3, out_features=2, bias=False)"),
-                       (tn.MaxPool2d(2),
-                        "MaxPool2d(kernel_size=[2, 2], stride=[2, 2], padding=[0, 0])"),
-                       (tn.AvgPool2d(3, 1),
-                        "AvgPool2d(kernel_size=[3, 3], stride=[1, 1], padding=[0, 0])"),
-                       (tn.BatchNorm1d(3), "BatchNorm1d(num_features=3, eps=1e-05, momentum=0.1)"),
-                       (tn.Dropout(0.2), "Dropout(p=0.2)"),
-                       (tn.LeakyReLU(), "LeakyReLU(negative_slope=0.01)"),
-                       (tn.Softmax(), "Softmax(dim=1)"), (tn.ReLU(), "ReLU()"),
-                       (tn.Normalize([0.5], [2.0]), "Normalize(mean=[0.5], std=[2.0])"),
-                       (layer, repr(layer))]:
-        config = made.config()
-        assert (repr(made) == text and config["class"] == type(made).__name__
-                and set(config) == {"class", "kwargs"})
-        # rebuilt from its JSON
-        assert repr(type(made)(**json.loads(json.dumps(config["kwargs"])))) == text
-
-
-@pytest.mark.parametrize("make, shape", [(lambda: tn.Linear(3, 2), (4, 3)),
-                                         (lambda: tn.Conv2d(2, 3, 3, padding=1), (2, 2, 5, 5)),
-                                         (lambda: tn.BatchNorm2d(2), (2, 2, 5, 5))],
-                         ids=["Linear", "Conv2d", "BatchNorm2d"])
-def test_backward_adds_into_grads(make, shape):
-    layer = make().astype(np.float64)
-    assert layer.parameters() == [layer.weight, layer.bias]         # torch's order
-    x = randn(0, shape)
-    g = randn(1, layer(x).shape)
-    layer.backward(g)
-    once = [p.grad.copy() for p in layer.parameters()]
-    assert all(p1.any() for p1 in once)
-    layer(x)
-    layer.backward(g)  # backward adds into .grad, as torch
-    for p, p1 in zip(layer.parameters(), once):
-        np.testing.assert_allclose(p.grad, 2 * p1)
-    layer.zero_grad()
-    assert not any(p.grad.any() for p in layer.parameters())
-
-
 def test_conv2d_first_layer_can_skip_the_input_gradient():
     layer = tn.Conv2d(2, 3, 3).astype(np.float64)
     x = np.random.default_rng(0).standard_normal((2, 2, 6, 6))
@@ -543,25 +1108,6 @@ def test_layer_keeps_float32(make, shape):
     assert y.dtype == dx.dtype == np.float32 and dx.shape == x.shape
     assert all(p.grad.dtype == np.float32 for p in layer.parameters())
     assert all(b.dtype == np.float32 for _, b in layer.named_buffers())
-
-
-def test_astype_converts_params_and_grads():
-    model = tn.Sequential(tn.Linear(3, 4), tn.ReLU(), tn.Linear(4, 2))
-    model.astype(np.float64)
-    assert all(p.data.dtype == p.grad.dtype == np.float64 for p in model.parameters())
-    assert model.predict(np.ones((2, 3), np.float32)).dtype == np.float64
-
-
-# ── train / eval ─────────────────────────────────────────────────────────────
-
-def test_train_eval_flags_and_call():
-    model = tn.Sequential(tn.Linear(3, 4), tn.Dropout(0.5))
-    assert (model.eval() is model and not model.training
-            and not any(layer.training for layer in model.layers))
-    model.train()
-    assert model.training and all(layer.training for layer in model.layers)
-    layer, x = tn.Tanh(), randn(0, (2, 3))
-    np.testing.assert_array_equal(layer(x), layer.forward(x))
 
 
 # ── dropout in training ──────────────────────────────────────────────────────
@@ -699,8 +1245,1481 @@ def test_layer_rejects_backward_before_forward(make):
 
 
 # ════════════════════════════════════════════════════════════════════════════
+# Sequences: Embedding, RNN, LSTM, GRU, the cells, LastStep, Permute and Flatten's
+# options against torch in float64, gradient checks, initialisation, torch
+# interop, save/load, bad input
+# ════════════════════════════════════════════════════════════════════════════
+
+@pytest.mark.parametrize("padding_idx", [None, 1, -1])
+def test_embedding_matches_torch(padding_idx):
+    """Forward, and the weight gradient: repeated indices add up, the padding row gets none."""
+    tn.manual_seed(0)
+    ours = tn.Embedding(5, 3, padding_idx=padding_idx).astype(np.float64)
+    theirs = torch.nn.Embedding(5, 3, padding_idx=padding_idx).double()
+    assert ours.padding_idx == theirs.padding_idx
+    if padding_idx is not None:
+        assert not ours.weight.data[padding_idx].any()
+    theirs.load_state_dict({"weight": torch.from_numpy(ours.weight.data)})
+    x = np.array([[[1, 4, 4], [0, 1, 1]], [[4, 3, 1], [1, 1, 2]]])  # (2, 2, 3) indices, repeated
+    g = randn(2, (2, 2, 3, 3))
+    y = theirs(torch.from_numpy(x))
+    y.backward(T(g, False))
+    assert_parity(ours.forward(x), y, "Embedding forward")
+    assert ours.backward(g) is None
+    assert_parity(ours.weight.grad, theirs.weight.grad, "Embedding weight gradient")
+
+
+RECURRENT_CASES = [  # class, kwargs (input_size 4, hidden_size 3 unless given), input shape
+    ("RNN", {}, (5, 3, 4)),
+    (
+        "RNN",
+        {"nonlinearity": "relu", "num_layers": 2, "bidirectional": True, "batch_first": True},
+        (3, 5, 4),
+    ),
+    ("RNN", {"num_layers": 2, "bias": False, "bidirectional": True}, (4, 2, 4)),
+    ("RNN", {"nonlinearity": "relu", "bias": False, "batch_first": True}, (1, 1, 4)),
+    ("LSTM", {}, (5, 3, 4)),
+    ("LSTM", {"num_layers": 2, "bidirectional": True, "batch_first": True}, (3, 5, 4)),
+    ("LSTM", {"num_layers": 2, "bias": False, "batch_first": True}, (2, 4, 4)),
+    ("LSTM", {"bidirectional": True, "bias": False, "hidden_size": 5}, (1, 1, 4)),
+    ("GRU", {}, (5, 3, 4)),
+    ("GRU", {"num_layers": 2, "bidirectional": True, "batch_first": True}, (3, 5, 4)),
+    ("GRU", {"num_layers": 2, "bias": False}, (4, 2, 4)),
+    (
+        "GRU",
+        {"bidirectional": True, "bias": False, "batch_first": True, "hidden_size": 5},
+        (1, 1, 4),
+    ),
+    ("LSTM", {"num_layers": 2, "dropout": 0.5}, (4, 2, 4)),  # eval: no dropout, as torch
+    ("GRU", {"num_layers": 3, "dropout": 0.3, "bidirectional": True}, (3, 2, 4)),
+]
+
+
+@pytest.mark.parametrize(
+    "name, kw, shape", RECURRENT_CASES, ids=[f"{n}-{k}-{s}" for n, k, s in RECURRENT_CASES]
+)
+def test_recurrent_matches_torch(name, kw, shape):
+    """Output, input gradient, h_n (and c_n), every parameter gradient by torch's name, and the
+    state-dict keys in torch's order."""
+    ours, theirs = recurrent_pair(name, kw)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    x, finals = randn(1, shape), []
+    y = theirs(T(x))[0]
+    layer_parity(
+        ours, lambda t: (finals.append(theirs(t)[1]), theirs(t)[0])[1], x, randn(2, tuple(y.shape))
+    )
+    h_n, c_n = finals[0] if name == "LSTM" else (finals[0], None)
+    assert_parity(ours.h_n, h_n, f"{ours!r} h_n")
+    if c_n is not None:
+        assert_parity(ours.c_n, c_n, f"{ours!r} c_n")
+    for (k, p), (k2, q) in zip(ours.named_parameters(), theirs.named_parameters(), strict=True):
+        assert k == k2
+        assert_parity(p.grad, q.grad, f"{ours!r} {k} gradient")
+
+
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
+def test_recurrent_dropout_between_layers_matches_torch(name):
+    """In training, layer 2 reads layer 1's output times the dropout mask / (1 - p), and nothing
+    else is dropped: torch's two one-layer modules with our mask in between give the same
+    output and gradients."""
+    ours, _ = recurrent_pair(name, {"num_layers": 2, "dropout": 0.4, "batch_first": True})
+    ours.train()
+    layers = [
+        getattr(torch.nn, name)(4 if i == 0 else 3, 3, batch_first=True).double() for i in range(2)
+    ]
+    for i, m in enumerate(layers):
+        m.load_state_dict(
+            {
+                k.replace(f"_l{i}", "_l0"): torch.from_numpy(v)
+                for k, v in ours.state_dict().items()
+                if f"_l{i}" in k
+            }
+        )
+    x, g = randn(1, (3, 6, 4)), randn(2, (3, 6, 3))
+    y = ours.forward(x)
+    mask = ours._cache[1][0].swapaxes(0, 1)  # (N, T, H): batch first, as the modules
+    assert ((mask == 0) | (mask == 1 / 0.6)).all() and 0 < (mask == 0).mean() < 1
+    xt = T(x)
+    yt = layers[1](layers[0](xt)[0] * torch.from_numpy(mask))[0]
+    yt.backward(T(g, False))
+    assert_parity(y, yt, f"{name} with dropout, forward")
+    assert_parity(ours.backward(g), xt.grad, f"{name} with dropout, input gradient")
+    for i, m in enumerate(layers):
+        for k, q in m.named_parameters():
+            assert_parity(
+                getattr(ours, k.replace("_l0", f"_l{i}")).grad, q.grad, f"{name} {k} l{i} gradient"
+            )
+
+
+@pytest.mark.parametrize("name, kw, shape", [
+    ("RNN", {"num_layers": 2, "bidirectional": True}, (3, 2, 2)),
+    ("RNN", {"nonlinearity": "relu", "batch_first": True, "bias": False}, (2, 3, 2)),
+    ("LSTM", {"num_layers": 2, "bidirectional": True, "batch_first": True}, (2, 3, 2)),
+    ("LSTM", {"bias": False}, (3, 2, 2)),
+    ("GRU", {"num_layers": 2, "bidirectional": True}, (3, 2, 2)),
+    ("GRU", {"batch_first": True, "bias": False}, (2, 3, 2)),
+])
+def test_recurrent_gradcheck(name, kw, shape):
+    tn.manual_seed(0)
+    layer = getattr(tn, name)(2, 3, **kw).astype(np.float64)
+    assert tn.gradcheck(layer, away_from_kinks(0, shape)) < 1e-7
+
+
+# ── state in and out (torch's hx), and one step at a time (cells) ───────────
+
+@pytest.mark.parametrize("given", [True, False], ids=["hx", "no-hx"])
+@pytest.mark.parametrize(
+    "name, kw, shape", RECURRENT_CASES, ids=[f"{n}-{k}-{s}" for n, k, s in RECURRENT_CASES]
+)
+def test_recurrent_state_in_and_out_matches_torch(name, kw, shape, given):
+    """forward(x, hx) and backward(dy, grad_h_n, grad_c_n) against torch's autograd of
+    sum(y dy) + sum(h_n grad_h_n) + sum(c_n grad_c_n): output, h_n, c_n, dx, grad_h0, grad_c0
+    and every parameter gradient. hx=None is zeros, and grad_h0 is then the gradient at zeros."""
+    ours, theirs = recurrent_pair(name, kw)
+    batch_first = kw.get("batch_first", False)
+    N = shape[0] if batch_first else shape[1]
+    rows = ours.num_layers * (1 + ours.bidirectional)
+    state_shape = (rows, N, ours.hidden_size)
+    states = [randn(3 + i, state_shape) for i in range(2 if name == "LSTM" else 1)]
+    x = randn(1, shape)
+    xt, hxt = T(x), _torch_hx(name, states if given else [np.zeros(state_shape)] * len(states))
+    yt, finals = theirs(xt, hxt)
+    finals = finals if name == "LSTM" else (finals,)
+    dy = randn(2, tuple(yt.shape))
+    d_finals = [randn(5 + i, state_shape) for i in range(len(finals))]
+    loss = (yt * T(dy, False)).sum()
+    loss = loss + sum((f * T(d, False)).sum() for f, d in zip(finals, d_finals))
+    loss.backward()
+    hx = None if not given else (tuple(states) if name == "LSTM" else states[0])
+    y = ours(x, hx)
+    dx = ours.backward(dy, *d_finals)
+    assert_parity(y, yt, f"{ours!r} output")
+    assert_parity(ours.h_n, finals[0], f"{ours!r} h_n")
+    assert_parity(dx, xt.grad, f"{ours!r} dx")
+    hxt = hxt if name == "LSTM" else (hxt,)
+    assert_parity(ours.grad_h0, hxt[0].grad, f"{ours!r} grad_h0")
+    if name == "LSTM":
+        assert_parity(ours.c_n, finals[1], f"{ours!r} c_n")
+        assert_parity(ours.grad_c0, hxt[1].grad, f"{ours!r} grad_c0")
+    else:
+        assert not hasattr(ours, "c_n") and not hasattr(ours, "grad_c0")
+    for (k, p), (k2, q) in zip(ours.named_parameters(), theirs.named_parameters(), strict=True):
+        assert_parity(p.grad, q.grad, f"{ours!r} {k} gradient")
+
+
+CELL_CASES = [  # class, kwargs (input_size 4, hidden_size 3 unless given)
+    ("RNNCell", {}),
+    ("RNNCell", {"nonlinearity": "relu", "bias": False}),
+    ("LSTMCell", {}),
+    ("LSTMCell", {"bias": False, "hidden_size": 5}),
+    ("GRUCell", {}),
+    ("GRUCell", {"bias": False}),
+]
+
+
+@pytest.mark.parametrize("given", [True, False], ids=["h0", "no-h0"])
+@pytest.mark.parametrize("name, kw", CELL_CASES, ids=[f"{n}-{k}" for n, k in CELL_CASES])
+def test_cell_over_several_steps_matches_torch_autograd(name, kw, given):
+    """Four calls stack up; backward in reverse order, by hand (dh_t = dL/dh_t from the loss plus
+    dh_{t} from step t + 1), gives what torch's autograd gives through nn.*Cell with the same
+    weights: every h_t (c_t), dx_t, dh_0 (dc_0) and parameter gradient."""
+    ours, theirs = cell_pair(name, kw)
+    lstm = name == "LSTMCell"
+    steps, N, H = 4, 2, ours.hidden_size
+    xs = [randn(10 + t, (N, 4)) for t in range(steps)]
+    dhs = [randn(20 + t, (N, H)) for t in range(steps)]         # dL/dh_t from each step's loss
+    dc_last = randn(30, (N, H))                                 # dL/dc_T from beyond (LSTM)
+    h0, c0 = (randn(1, (N, H)), randn(2, (N, H))) if given else (np.zeros((N, H)),) * 2
+    xts, h0t, c0t = [T(x) for x in xs], T(h0), T(c0)
+    ht, ct, loss = h0t, c0t, 0
+    hs_torch, cs_torch = [], []
+    for t in range(steps):
+        if lstm:
+            ht, ct = theirs(xts[t], (ht, ct))
+        else:
+            ht = theirs(xts[t], ht)
+        hs_torch.append(ht)
+        cs_torch.append(ct)
+        loss = loss + (ht * T(dhs[t], False)).sum()
+    if lstm:
+        loss = loss + (ct * T(dc_last, False)).sum()
+    loss.backward()
+    h, c = (h0, c0) if given else (None, None)
+    for t in range(steps):                                     # forward: the calls stack up
+        if lstm:
+            h, c = ours(xs[t], None if h is None else (h, c))
+            assert_parity(c, cs_torch[t], f"{name} c_{t + 1}")
+        else:
+            h = ours(xs[t], h)
+        assert_parity(h, hs_torch[t], f"{name} h_{t + 1}")
+    dh, dc = 0, dc_last
+    for t in reversed(range(steps)):                           # backward: latest call first
+        if lstm:
+            dx, dh, dc = ours.backward(dhs[t] + dh, dc)
+        else:
+            dx, dh = ours.backward(dhs[t] + dh)
+        assert_parity(dx, xts[t].grad, f"{name} dx_{t + 1}")
+    assert_parity(dh, h0t.grad, f"{name} dh_0")
+    if lstm:
+        assert_parity(dc, c0t.grad, f"{name} dc_0")
+    for (k, p), (k2, q) in zip(ours.named_parameters(), theirs.named_parameters(), strict=True):
+        assert k == k2
+        assert_parity(p.grad, q.grad, f"{name} {k} gradient")
+
+
+class _Unrolled(tn.Layer):
+    """A cell called over x's T steps from a fixed h_0 (c_0): x (T, N, F) -> the h_t (T, N, H);
+    backward calls the cell's backward from t = T to 1. So that gradcheck can check a cell."""
+
+    def __init__(self, cell, h0, c0):
+        self.cell, self.h0, self.c0 = cell, h0, c0
+
+    def parameters(self):
+        return self.cell.parameters()
+
+    def forward(self, x):
+        h, c, hs = self.h0, self.c0, []
+        for x_t in x:
+            if isinstance(self.cell, tn.LSTMCell):
+                h, c = self.cell(x_t, (h, c))
+            else:
+                h = self.cell(x_t, h)
+            hs.append(h)
+        return np.stack(hs)
+
+    def backward(self, grad):
+        dh, dc, dxs = 0, None, []
+        for g in grad[::-1]:
+            if isinstance(self.cell, tn.LSTMCell):
+                dx, dh, dc = self.cell.backward(g + dh, dc)
+            else:
+                dx, dh = self.cell.backward(g + dh)
+            dxs.append(dx)
+        self.dh0, self.dc0 = dh, dc
+        return np.stack(dxs[::-1])
+
+
+@pytest.mark.parametrize("name, kw", CELL_CASES, ids=[f"{n}-{k}" for n, k in CELL_CASES])
+def test_cell_gradcheck(name, kw):
+    """gradcheck over three steps (x and every parameter), and dh_0 (dc_0) against central
+    differences."""
+    tn.manual_seed(0)
+    cell = getattr(tn, name)(2, **{"hidden_size": 3} | kw).astype(np.float64)
+    H = cell.hidden_size
+    h0, c0 = away_from_kinks(1, (2, H)), away_from_kinks(2, (2, H))
+    unrolled = _Unrolled(cell, h0, c0)
+    x = away_from_kinks(0, (3, 2, 2))
+    assert tn.gradcheck(unrolled, x) < 1e-7
+    r = randn(3, (3, 2, H))
+    unrolled.forward(x)
+    unrolled.backward(r)
+    f = lambda _: float(np.sum(unrolled.forward(x) * r))  # noqa: E731
+    np.testing.assert_allclose(unrolled.dh0, tn.numerical_gradient(f, h0), rtol=1e-6, atol=1e-8)
+    if name == "LSTMCell":
+        np.testing.assert_allclose(unrolled.dc0, tn.numerical_gradient(f, c0), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("name, kw", [("RNN", {"nonlinearity": "relu"}), ("LSTM", {}),
+                                      ("GRU", {"batch_first": True})])
+def test_state_carried_across_two_chunks_equals_one_run(name, kw):
+    """Two layers with the same weights read x[:2] then x[2:] from the first one's h_n (c_n):
+    the outputs and final states are one run's. Backward, the second one's grad_h0 (grad_c0)
+    goes in as the first one's grad_h_n (grad_c_n): dx and the summed parameter gradients are
+    one run's."""
+    kw = {"num_layers": 2, "dropout": 0.3} | kw
+    whole, _ = recurrent_pair(name, kw)
+    first, _ = recurrent_pair(name, kw)
+    second, _ = recurrent_pair(name, kw)
+    axis = 1 if kw.get("batch_first") else 0                      # the steps' axis
+    steps_first = (5, 2) if axis == 0 else (2, 5)                 # T = 5, N = 2
+    x, dy = randn(1, (*steps_first, 4)), randn(2, (*steps_first, 3))
+    x1, x2 = np.split(x, [2], axis=axis)
+    dy1, dy2 = np.split(dy, [2], axis=axis)
+    lstm = name == "LSTM"
+    y1 = first(x1)
+    y2 = second(x2, (first.h_n, first.c_n) if lstm else first.h_n)
+    np.testing.assert_allclose(np.concatenate([y1, y2], axis=axis), whole(x), rtol=1e-12)
+    np.testing.assert_allclose(second.h_n, whole.h_n, rtol=1e-12)
+    dx2 = second.backward(dy2)
+    dx1 = first.backward(dy1, second.grad_h0, second.grad_c0 if lstm else None)
+    np.testing.assert_allclose(np.concatenate([dx1, dx2], axis=axis), whole.backward(dy),
+                               rtol=1e-10, atol=1e-14)
+    if lstm:
+        np.testing.assert_allclose(second.c_n, whole.c_n, rtol=1e-12)
+    for p, q, r in zip(first.parameters(), second.parameters(), whole.parameters(), strict=True):
+        np.testing.assert_allclose(p.grad + q.grad, r.grad, rtol=1e-10, atol=1e-14)
+
+
+def test_final_states_after_predict_and_in_eval_mode_match_torch():
+    """h_n and c_n are attributes set by every forward: after Sequential.predict (which drops the
+    caches) and in eval mode they are the last batch's final states, as torch returns them."""
+    tn.manual_seed(0)
+    model = tn.Sequential(tn.LSTM(4, 3, num_layers=2, batch_first=True), tn.LastStep(),
+                          tn.Linear(3, 2)).astype(np.float64)
+    theirs = torch.nn.LSTM(4, 3, num_layers=2, batch_first=True).double()
+    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in model[0].state_dict().items()})
+    x = randn(1, (5, 6, 4))
+    _, (h_n, c_n) = theirs(T(x))
+    model.predict(x)                                            # (it drops the layers' caches)
+    assert_parity(model[0].h_n, h_n, "LSTM h_n after predict")
+    assert_parity(model[0].c_n, c_n, "LSTM c_n after predict")
+    gru = tn.GRU(4, 3).astype(np.float64).eval()
+    gru(x)
+    assert gru.h_n.shape == (1, 6, 3)
+
+
+def test_recurrent_states_keep_the_layers_dtype():
+    """A float32 layer given float64 states computes in float32, and so do its gradients."""
+    tn.manual_seed(0)
+    lstm, cell = tn.LSTM(4, 3, num_layers=2), tn.GRUCell(4, 3)
+    x, states = np.ones((5, 2, 4), np.float32), (np.ones((2, 2, 3)), np.ones((2, 2, 3)))
+    y = lstm(x, states)
+    lstm.backward(np.ones_like(y), np.ones((2, 2, 3)), np.ones((2, 2, 3)))
+    arrays = [y, lstm.h_n, lstm.c_n, lstm.grad_h0, lstm.grad_c0]
+    h = cell(x[0], np.ones((2, 3)))
+    arrays += [h, *cell.backward(np.ones((2, 3)))]
+    assert [a.dtype for a in arrays] == [np.float32] * len(arrays)
+
+
+def test_cell_stack_in_training_and_eval_mode():
+    """In training, calls stack up and each backward undoes the latest one; once all are undone,
+    a new call starts a new stack. In eval mode calls are not kept (a sampling loop may call a
+    cell thousands of times), so backward has nothing to undo; predict empties the stack."""
+    tn.manual_seed(0)
+    cell = tn.GRUCell(4, 3).astype(np.float64)
+    x = randn(1, (2, 4))
+    h1 = cell(x)
+    h2 = cell(x, h1)
+    dx2, dh1 = cell.backward(np.ones((2, 3)))
+    dx1, dh0 = cell.backward(dh1)
+    assert dx1.shape == dx2.shape == (2, 4) and dh0.shape == (2, 3)
+    with pytest.raises(RuntimeError, match=r"^GRUCell.backward: no call left to undo"):
+        cell.backward(np.ones((2, 3)))
+    np.testing.assert_array_equal(cell(x, h1), h2)             # a new stack
+    cell.backward(np.ones((2, 3)))
+    cell.eval()
+    h = None
+    for _ in range(1000):
+        h = cell(x, h)
+    assert not cell._cache
+    with pytest.raises(RuntimeError, match=r"^GRUCell.backward: no call left to undo"):
+        cell.backward(np.ones((2, 3)))
+    model = tn.Sequential(tn.RNNCell(4, 3), tn.Linear(3, 2))
+    model(x.astype(np.float32))
+    model.predict(x.astype(np.float32))
+    with pytest.raises(RuntimeError, match=r"^RNNCell.backward: no call left to undo"):
+        model[0].backward(np.ones((2, 3), np.float32))
+
+
+def test_cells_init_as_torch():
+    """torch's parameter names, shapes and order; U(-1/sqrt(H), 1/sqrt(H)); float32."""
+    tn.manual_seed(0)
+    for name, gates in [("RNNCell", 1), ("LSTMCell", 4), ("GRUCell", 3)]:
+        cell, ref = getattr(tn, name)(20, 50), getattr(torch.nn, name)(20, 50)
+        assert [(k, v.shape) for k, v in cell.state_dict().items()] == [
+            (k, tuple(v.shape)) for k, v in ref.state_dict().items()]
+        for k, p in cell.named_parameters():
+            assert p.data.dtype == np.float32 and p.data.shape[0] == 50 * gates
+            assert 0.9 / math.sqrt(50) < np.abs(p.data).max() <= 1 / math.sqrt(50), k
+        assert [k for k, _ in getattr(tn, name)(2, 3, bias=False).named_parameters()] == [
+            "weight_ih", "weight_hh"]
+    assert repr(tn.RNNCell(2, 3)) == "RNNCell(input_size=2, hidden_size=3, bias=True, " \
+                                     "nonlinearity='tanh')"
+    assert tn.LSTMCell(2, 3)(np.zeros((4, 2), np.float32))[1].dtype == np.float32
+
+
+def _after_forward(layer, shape=(5, 2, 4)):
+    layer(np.zeros(shape, np.float32))
+    return layer
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: tn.RNN(4, 3, num_layers=2)(np.zeros((5, 2, 4)), np.zeros((1, 2, 3))),
+         r"^RNN: expected h_0 of shape \(2, 2, 3\), got \(1, 2, 3\)"),
+        (lambda: tn.GRU(4, 3, bidirectional=True, batch_first=True)(np.zeros((2, 5, 4)),
+                                                                     np.zeros((2, 5, 3))),
+         r"^GRU: expected h_0 of shape \(2, 2, 3\), got \(2, 5, 3\)"),
+        (lambda: tn.LSTM(4, 3)(np.zeros((5, 2, 4)), np.zeros((1, 2, 3))),
+         r"^LSTM: expected hx = \(h_0, c_0\), each of shape \(1, 2, 3\), got ndarray"),
+        (lambda: tn.LSTM(4, 3)(np.zeros((5, 2, 4)), (np.zeros((1, 2, 3)), np.zeros((2, 3)))),
+         r"^LSTM: expected c_0 of shape \(1, 2, 3\), got \(2, 3\)"),
+        (lambda: tn.RNN(4, 3)(np.zeros((5, 2, 4)), (np.zeros((1, 2, 3)), np.zeros((1, 2, 3)))),
+         r"^RNN: expected h_0 of shape \(1, 2, 3\), got \(2, 1, 2, 3\)"),
+        (lambda: _after_forward(tn.LSTM(4, 3)).backward(np.zeros((5, 2, 3)), np.zeros((2, 3))),
+         r"^LSTM: expected grad_h_n of shape \(1, 2, 3\), got \(2, 3\)"),
+        (lambda: _after_forward(tn.GRU(4, 3)).backward(np.zeros((5, 2, 3)), None,
+                                                       np.zeros((1, 2, 3))),
+         r"^GRU: there is no c_n, so no grad_c_n"),
+        (lambda: tn.LSTMCell(4, 3).backward(np.zeros((2, 3))),
+         r"^LSTMCell.backward: no call left to undo"),
+        (lambda: tn.RNNCell(4, 3)(np.zeros(4)),
+         r"^RNNCell: expected 2-D input with 4 features on axis 1, got shape \(4,\)"),
+        (lambda: tn.GRUCell(4, 3)(np.zeros((2, 4)), np.zeros((3, 3))),
+         r"^GRUCell: expected h of shape \(2, 3\), got \(3, 3\)"),
+        (lambda: tn.LSTMCell(4, 3)(np.zeros((2, 4)), np.zeros((2, 3))),
+         r"^LSTMCell: expected hx = \(h, c\) or None, got ndarray"),
+        (lambda: tn.LSTMCell(4, 3)(np.zeros((2, 4)), (None, np.zeros((2, 4)))),
+         r"^LSTMCell: expected c of shape \(2, 3\), got \(2, 4\)"),
+        (lambda: _after_forward(tn.RNNCell(4, 3), (2, 4)).backward(np.zeros((2, 4))),
+         r"^RNNCell: expected dh of shape \(2, 3\), got \(2, 4\)"),
+        (lambda: tn.RNNCell(4, 3, nonlinearity="gelu"),
+         r"^RNNCell: nonlinearity must be 'tanh' or 'relu', got 'gelu'"),
+    ],
+    ids=["RNN-h0", "GRU-h0-batch-first", "LSTM-hx-not-a-pair", "LSTM-c0", "RNN-tuple",
+         "LSTM-grad-h-n", "GRU-grad-c-n", "cell-backward-first", "cell-x", "cell-h",
+         "LSTMCell-hx", "LSTMCell-c", "cell-dh", "cell-nonlinearity"],
+)
+def test_recurrent_states_and_cells_reject_bad_input(call, match):
+    with pytest.raises((ValueError, RuntimeError), match=match):
+        call()
+
+
+@pytest.mark.parametrize(
+    "make, x",
+    [
+        (lambda: tn.Embedding(6, 3), np.array([[0, 5, 2, 2], [5, 5, 1, 0]])),
+        (lambda: tn.LastStep(), (2, 4, 3)),
+        (lambda: tn.LastStep(dim=0), (4, 2, 3)),
+        (lambda: tn.Flatten(1, 2), (2, 2, 3, 2)),
+        (
+            lambda: tn.Sequential(
+                tn.Embedding(5, 2, padding_idx=0),
+                tn.GRU(2, 3, batch_first=True),
+                tn.LastStep(),
+                tn.Linear(3, 2),
+            ),
+            np.array([[1, 2, 4], [3, 3, 2]]),
+        ),
+    ],
+    ids=["Embedding", "LastStep", "LastStep-dim0", "Flatten-1-2", "Embedding-GRU-model"],
+)
+def test_sequence_layer_gradcheck(make, x):
+    """(Not with the padding index in x: its row gets no gradient, as torch, though the output
+    depends on it; test_embedding_matches_torch checks that.)"""
+    tn.manual_seed(0)
+    layer = make().astype(np.float64)
+    assert tn.gradcheck(layer, x if isinstance(x, np.ndarray) else away_from_kinks(0, x)) < 1e-7
+
+
+@pytest.mark.parametrize(
+    "dim, shape", [(1, (2, 4, 3)), (0, (4, 2, 3)), (-1, (2, 3)), (1, (3, 1, 2, 2))]
+)
+def test_last_step_matches_torch(dim, shape):
+    layer_parity(tn.LastStep(dim), lambda t: t.select(dim, -1), randn(1, shape),
+                 randn(2, tuple(np.take(np.zeros(shape), -1, axis=dim).shape)))
+
+
+@pytest.mark.parametrize(
+    "start, end, shape",
+    [
+        (1, 2, (2, 1, 4, 3)),
+        (0, -1, (2, 3, 4)),
+        (2, 3, (2, 3, 4, 5)),
+        (-3, -2, (2, 3, 4, 5)),
+        (1, 1, (2, 3, 4)),
+        (0, 1, (2, 3)),
+        (-3, -1, (2, 3, 4)),
+    ],
+)
+def test_flatten_options_match_torch(start, end, shape):
+    flat = torch.nn.Flatten(start, end)
+    layer_parity(
+        tn.Flatten(start, end),
+        flat,
+        randn(1, shape),
+        randn(2, tuple(flat(torch.zeros(shape)).shape)),
+    )
+
+
+@pytest.mark.parametrize(
+    "dims, shape",
+    [
+        ((0, 2, 1), (2, 3, 4)),
+        ((1, 0), (3, 5)),
+        ((2, 0, 3, 1), (2, 3, 4, 5)),
+        ((0, -1, 1), (2, 3, 4)),
+        (((0, 2, 1),), (2, 3, 4)),                 # one tuple, as x.permute((0, 2, 1))
+        ((0, 1, 2), (2, 3, 4)),
+    ],
+    ids=["NTV-NVT", "2d", "4d", "negative", "tuple", "identity"],
+)
+def test_permute_matches_torch(dims, shape):
+    layer_parity(tn.Permute(*dims), lambda t: t.permute(*dims), randn(1, shape),
+                 randn(2, tuple(torch.zeros(shape).permute(*dims).shape)))
+
+
+@pytest.mark.parametrize("dims, shape", [((0, 2, 1), (2, 3, 4)), ((2, 0, 3, 1), (2, 3, 2, 3))])
+def test_permute_gradcheck(dims, shape):
+    assert tn.gradcheck(tn.Permute(*dims), randn(0, shape)) < 1e-7
+
+
+@pytest.mark.parametrize(
+    "dims, shape",
+    [((0, 1), (2, 3, 4)), ((0, 1, 1), (2, 3, 4)), ((0, 1, 3), (2, 3, 4)), ((0, 2, 1), (2, 3)),
+     ((0, -4, 1), (2, 3, 4))],
+    ids=["too-few", "repeated", "out-of-range", "too-many", "negative-out-of-range"],
+)
+def test_permute_rejects_dims_that_are_not_a_permutation(dims, shape):
+    with pytest.raises(ValueError, match=rf"^Permute: dims {re.escape(str(dims))} are not a "
+                                         rf"permutation of the {len(shape)} axes of an input of "
+                                         rf"shape {re.escape(str(shape))}$"):
+        tn.Permute(*dims)(np.zeros(shape))
+    with pytest.raises(TypeError, match=r"^Permute: expected integer dims, got \(0, 2.0, 1\)$"):
+        tn.Permute(0, 2.0, 1)
+
+
+def test_permute_to_torch_from_torch_and_save_load(tmp_path):
+    """A language model's head (N, T, V) -> (N, V, T) in a Sequential: the same torch model
+    (x.permute(0, 2, 1)), back from torch, and through save/load, with the same outputs."""
+    tn.manual_seed(0)
+    model = tn.Sequential(tn.Embedding(6, 4), tn.GRU(4, 3, batch_first=True), tn.Linear(3, 5),
+                          tn.Permute(0, 2, 1)).astype(np.float64)
+    x = np.random.default_rng(0).integers(0, 6, (2, 7))
+    out = model.predict(x)
+    assert out.shape == (2, 5, 7) and repr(model[-1]) == "Permute(0, 2, 1)"
+    net = model.to_torch()
+    assert_parity(out, net(torch.from_numpy(x)), "Permute model to_torch outputs")
+    back = tn.Sequential.from_torch(net)
+    assert repr(back) == repr(model) and back[-1].dims == (0, 2, 1)
+    np.testing.assert_array_equal(back.predict(x), out)
+    model.save(tmp_path / "m.npz")
+    loaded = tn.Sequential.load(tmp_path / "m.npz")
+    assert loaded[-1].config() == {"class": "Permute", "args": [0, 2, 1], "kwargs": {}}
+    np.testing.assert_array_equal(loaded.predict(x), out)
+    tn.Sequential(tn.Permute(*np.array([1, 0]))).save(tmp_path / "numpy-dims.npz")
+    assert tn.Sequential.load(tmp_path / "numpy-dims.npz")[0].dims == (1, 0)
+
+
+def test_sequence_layers_init_matches_torch():
+    """U(-1/sqrt(H), 1/sqrt(H)) for every recurrent weight and bias; N(0, 1) for Embedding."""
+    tn.manual_seed(0)
+    for name in ("RNN", "LSTM", "GRU"):
+        layer, ref = (
+            getattr(tn, name)(20, 50, num_layers=2, bidirectional=True),
+            getattr(torch.nn, name)(20, 50, 2),
+        )
+        gates = ref.weight_hh_l0.shape[0] // 50
+        for k, p in layer.named_parameters():
+            assert p.data.dtype == np.float32 and p.data.shape[0] == 50 * gates
+            assert np.abs(p.data).max() <= 1 / math.sqrt(50) and np.abs(
+                p.data
+            ).max() > 0.9 / math.sqrt(50), k
+    w = tn.Embedding(400, 50, padding_idx=3).weight.data
+    assert w.dtype == np.float32 and not w[3].any()
+    assert abs(w.mean()) < 0.02 and abs(w.std() - 1) < 0.02
+
+
+SEQUENCE_MODELS = [
+    lambda: tn.Sequential(
+        tn.Embedding(7, 4, padding_idx=0),
+        tn.LSTM(4, 5, num_layers=2, batch_first=True, dropout=0.3),
+        tn.LastStep(),
+        tn.Linear(5, 3),
+    ),
+    lambda: tn.Sequential(
+        tn.Flatten(2, 3),
+        tn.GRU(6, 3, bidirectional=True, bias=False),
+        tn.LastStep(dim=0),
+        tn.Linear(6, 2),
+    ),
+    lambda: tn.Sequential(
+        tn.Flatten(2, 3), tn.RNN(6, 4, nonlinearity="relu", num_layers=2), tn.LastStep(0)
+    ),
+]
+
+
+def _sequence_input(model):
+    return (np.random.default_rng(0).integers(0, 7, (4, 5)) if isinstance(model[0], tn.Embedding)
+            else np.random.default_rng(0).standard_normal((5, 4, 2, 3)))
+
+
+@pytest.mark.parametrize("make", SEQUENCE_MODELS)
+def test_sequence_models_to_torch_and_back(make):
+    tn.manual_seed(0)
+    model = make().astype(np.float64).eval()
+    net = model.to_torch()
+    assert isinstance(net, torch.nn.Sequential) and not net.training
+    assert list(net.state_dict()) == list(model.state_dict())
+    x = _sequence_input(model)
+    assert_parity(model.predict(x), net(torch.from_numpy(x)), "to_torch outputs")
+    back = tn.Sequential.from_torch(net)
+    assert repr(back) == repr(model)
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), back.state_dict().items(), strict=True):
+        assert k == k2 and v2.dtype == np.float64
+        np.testing.assert_array_equal(v, v2)
+
+
+def test_from_torch_takes_plain_recurrent_modules_and_names_unsupported_options():
+    net = torch.nn.Sequential(
+        torch.nn.Embedding(5, 3, padding_idx=-2), torch.nn.GRU(3, 4, bias=False)
+    )
+    model = tn.Sequential.from_torch(net)
+    assert model[0].padding_idx == 3 and model[1].bias is False and model[1].parameters()
+    for module, option in [(torch.nn.LSTM(3, 4, proj_size=2), "proj_size=2"),
+                           (torch.nn.Embedding(5, 3, max_norm=1.0), "max_norm=1.0"),
+                           (torch.nn.Embedding(5, 3, sparse=True), "sparse=True")]:
+        with pytest.raises(
+            ValueError,
+            match=rf"Sequential.from_torch: module 0 .*{re.escape(option)} is not supported",
+        ):
+            tn.Sequential.from_torch(torch.nn.Sequential(module))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("make", SEQUENCE_MODELS)
+def test_sequence_models_save_load_round_trip(tmp_path, make, dtype):
+    tn.manual_seed(0)
+    model = make().astype(dtype)
+    model.save(tmp_path / "m.npz")
+    loaded = tn.Sequential.load(tmp_path / "m.npz")
+    assert repr(loaded) == repr(model) and all(p.data.dtype == dtype for p in loaded.parameters())
+    x = _sequence_input(model)
+    out = loaded.predict(x)
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out, model.predict(x))
+
+
+def test_sequence_model_fits_a_sequence_task():
+    """Embedding + LSTM + LastStep + Linear learns whether token 1 occurs in a sequence of 8."""
+    rng = np.random.default_rng(0)
+    X = rng.integers(1, 6, (256, 8)) * (rng.random((256, 8)) < 0.9)      # 0: padding, 1..5: tokens
+    y = (X == 1).any(axis=1).astype(np.int64)
+    tn.manual_seed(0)
+    model = tn.Sequential(
+        tn.Embedding(6, 8, padding_idx=0),
+        tn.LSTM(8, 16, batch_first=True),
+        tn.LastStep(),
+        tn.Linear(16, 2),
+    )
+    model.compile(tn.Adam(model.parameters(), lr=0.02), tn.CrossEntropyLoss())
+    model.fit(X[:192], y[:192], epochs=15, batch_size=32, verbose=0)
+    assert model.evaluate(X[192:], y[192:])["accuracy"] >= 0.9
+    lines = []
+    model.summary(print_fn=lines.append)
+    assert "(None, 8, 16)" in lines[0] and "Total params: 1,746" in lines[0]   # 48 + 1,664 + 34
+
+
+@pytest.mark.parametrize(
+    "layer, x, exc, match",
+    [
+        (
+            lambda: tn.LSTM(4, 3),
+            np.zeros((5, 4)),
+            ValueError,
+            r"^LSTM: expected shape \(T, N, 4\) .*got \(5, 4\)",
+        ),
+        (
+            lambda: tn.GRU(4, 3, batch_first=True),
+            np.zeros((2, 5, 3)),
+            ValueError,
+            r"^GRU: expected shape \(N, T, 4\) .*got \(2, 5, 3\)",
+        ),
+        (
+            lambda: tn.RNN(4, 3),
+            np.zeros((0, 2, 4)),
+            ValueError,
+            r"^RNN: .*N, T > 0, got \(0, 2, 4\)",
+        ),
+        (
+            lambda: tn.LSTM(4, 3, batch_first=True),
+            np.zeros((2, 0, 4)),
+            ValueError,
+            r"^LSTM: .*got \(2, 0, 4\)",
+        ),
+        (
+            lambda: tn.Embedding(5, 2),
+            np.array([0.0, 1.0]),
+            ValueError,
+            r"^Embedding: expected integer indices.*float64",
+        ),
+        (
+            lambda: tn.Embedding(5, 2),
+            np.array([True]),
+            ValueError,
+            r"^Embedding: expected integer indices.*bool",
+        ),
+        (
+            lambda: tn.Embedding(5, 2),
+            np.array([[0, 5]]),
+            ValueError,
+            r"^Embedding: .*\[0, 5\).*got int64 \[0 5\]$",
+        ),
+        (
+            lambda: tn.Embedding(5, 2),
+            np.array([-1, 2]),
+            ValueError,
+            r"^Embedding: .*\[0, 5\).*got int64 \[-1 +2\]$",
+        ),
+        (lambda: tn.LastStep(), np.zeros(3), ValueError, r"^LastStep: .*axis 1, got shape \(3,\)"),
+        (lambda: tn.LastStep(), np.zeros((2, 0, 3)), ValueError, r"^LastStep: .*\(2, 0, 3\)"),
+        (
+            lambda: tn.Flatten(2, 1),
+            np.zeros((2, 3, 4)),
+            ValueError,
+            r"^Flatten: start_dim=2, end_dim=1 do not fit.*comes after",
+        ),
+        (
+            lambda: tn.Flatten(1, 3),
+            np.zeros((2, 3, 4)),
+            ValueError,
+            r"^Flatten: .*end_dim=3 do not fit.*\(2, 3, 4\)",
+        ),
+        (lambda: tn.Flatten(0, 3), np.zeros((2, 3, 4)), ValueError, r"^Flatten: .*end_dim=3 do"),
+        (lambda: tn.Flatten(3, -1), np.zeros((2, 3, 4)), ValueError, r"^Flatten: start_dim=3,"),
+    ],
+    ids=[
+        "LSTM-rank",
+        "GRU-features",
+        "RNN-no-steps",
+        "LSTM-no-steps",
+        "Embedding-float",
+        "Embedding-bool",
+        "Embedding-too-large",
+        "Embedding-negative",
+        "LastStep-rank",
+        "LastStep-no-steps",
+        "Flatten-order",
+        "Flatten-range",
+        "Flatten-end-beyond",
+        "Flatten-start-beyond",
+    ],
+)
+def test_sequence_layers_reject_bad_input(layer, x, exc, match):
+    with pytest.raises(exc, match=match):
+        layer().forward(x)
+
+
+def test_sequence_layers_reject_bad_arguments():
+    with pytest.raises(
+        ValueError, match=r"RNN: nonlinearity must be 'tanh' or 'relu', got 'sigmoid'"
+    ):
+        tn.RNN(2, 3, nonlinearity="sigmoid")
+    for name, p in [("RNN", 1.5), ("LSTM", 1), ("GRU", -0.1)]:
+        with pytest.raises(ValueError, match=rf"{name}: dropout must be in \[0, 1\), got {p}"):
+            getattr(tn, name)(2, 3, dropout=p)
+    with pytest.raises(IndexError):
+        tn.Embedding(5, 2, padding_idx=5)
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Attention and transformers: Linear on (*, in_features), LayerNorm, GELU,
+# MultiheadAttention (masks, cross-attention), TransformerEncoderLayer,
+# TransformerDecoderLayer, PositionalEmbedding, MeanOverSteps, causal models
+# ════════════════════════════════════════════════════════════════════════════
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_matches_torch(approximate):
+    x = np.concatenate([randn(0, 200) * 3, [0.0, -1e-8, 1e-8, 5.9, 6.1, -8.5, 8.5, 30.0, -30.0]])
+    layer_parity(tn.GELU(approximate), torch.nn.GELU(approximate), x.reshape(11, 19),
+                 randn(1, (11, 19)))
+
+
+@pytest.mark.parametrize("shape", [(4,), (2, 3, 4), (2, 1, 3, 4), (0, 4)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_takes_any_leading_axes_as_torch(shape, bias):
+    ours, theirs = _torch_twin(tn.Linear(4, 3, bias), torch.nn.Linear(4, 3, bias))
+    x = randn(0, shape)
+    layer_parity(ours, theirs, x, randn(1, shape[:-1] + (3,)))
+    if x.size:
+        _assert_param_grads(ours, theirs)
+
+
+@pytest.mark.parametrize("normalized_shape, shape", [(4, (3, 4)), (4, (2, 5, 4)),
+                                                     ((3, 4), (2, 3, 4)), ([2, 3, 4], (2, 3, 4))])
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_matches_torch(normalized_shape, shape, affine):
+    kw = dict(eps=1e-3, elementwise_affine=affine)
+    ours, theirs = _torch_twin(tn.LayerNorm(normalized_shape, **kw),
+                               torch.nn.LayerNorm(normalized_shape, **kw))
+    layer_parity(ours, theirs, 3 * randn(0, shape) + 1, randn(1, shape))
+    _assert_param_grads(ours, theirs)
+
+
+def test_erf_is_float64_exact():
+    x = np.linspace(-7, 7, 5601)
+    np.testing.assert_allclose(tn._erf(x), [math.erf(v) for v in x], rtol=0, atol=5e-15)
+
+
+MHA_CASES = [  # embed_dim, num_heads, bias, batch_first, causal, (A, B, E): (N, T, E) or (T, N, E)
+    (8, 2, True, False, False, (5, 3, 8)), (8, 2, True, True, True, (3, 5, 8)),
+    (6, 3, False, True, False, (2, 4, 6)), (6, 1, True, False, True, (4, 2, 6)),
+    (4, 4, False, True, True, (1, 1, 4))]
+
+
+@pytest.mark.parametrize("embed_dim, num_heads, bias, batch_first, causal, shape", MHA_CASES)
+def test_multihead_attention_matches_torch(embed_dim, num_heads, bias, batch_first, causal, shape):
+    kw = dict(bias=bias, batch_first=batch_first)
+    ours, theirs = _torch_twin(tn.MultiheadAttention(embed_dim, num_heads, causal=causal, **kw),
+                               torch.nn.MultiheadAttention(embed_dim, num_heads, **kw))
+    t = shape[1 if batch_first else 0]
+    mask = torch.nn.Transformer.generate_square_subsequent_mask(t, dtype=torch.float64)
+    weights = []
+
+    def torch_fn(x):
+        y, w = theirs(x, x, x, attn_mask=mask if causal else None)
+        weights.append(w)
+        return y
+    layer_parity(ours, torch_fn, randn(0, shape), randn(1, shape))
+    _assert_param_grads(ours, theirs)
+    assert_parity(ours.attn_weights, weights[0], "attention weights averaged over heads")
+    if causal:
+        assert np.all(np.triu(ours.attn_weights, 1) == 0)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("activation, batch_first, shape", [
+    ("relu", False, (5, 3, 8)), ("gelu", True, (3, 5, 8)), ("gelu", False, (1, 2, 8))])
+def test_transformer_encoder_layer_matches_torch(norm_first, activation, batch_first, shape):
+    kw = dict(dim_feedforward=12, dropout=0.0, activation=activation, layer_norm_eps=1e-4,
+              batch_first=batch_first, norm_first=norm_first)
+    ours, theirs = _torch_twin(tn.TransformerEncoderLayer(8, 2, **kw),
+                               torch.nn.TransformerEncoderLayer(8, 2, **kw))
+    layer_parity(ours, theirs, randn(0, shape), randn(1, shape))
+    _assert_param_grads(ours, theirs)
+
+
+def test_transformer_encoder_layer_with_dropout_matches_torch_in_eval():
+    kw = dict(dropout=0.3, batch_first=True)
+    ours, theirs = _torch_twin(tn.TransformerEncoderLayer(8, 4, 16, **kw),
+                               torch.nn.TransformerEncoderLayer(8, 4, 16, **kw))
+    ours.eval(), theirs.eval()
+    assert not any(layer.training for layer in ours._sa + ours._ff + [ours.norm1, ours.norm2])
+    layer_parity(ours, theirs, randn(0, (3, 5, 8)), randn(1, (3, 5, 8)))
+    _assert_param_grads(ours, theirs)
+    ours.train()
+    assert all(layer.training for layer in ours._sa + ours._ff + [ours.norm1, ours.norm2])
+
+
+def _attention_masks(kind, n, heads, t_q, t_k, seed=3):
+    """(our keyword arguments, torch's) for masks of a kind: "none" or "+"-joined parts among
+    bool-2d, float-2d, bool-3d, float-3d (attn_mask (L, S) or (N * heads, L, S)), padding,
+    padding-float (key_padding_mask (N, S)) and causal (ours: is_causal alone; torch: also the
+    mask). A float mask holds N(0, 1) values and -inf where a bool one would be True. Key 0 is
+    never masked, so that no query loses all its keys."""
+    rng, ours = np.random.default_rng(seed), {}
+
+    def masked(shape, as_float):
+        mask = rng.random(shape) < 0.4
+        mask[..., 0] = False
+        return np.where(mask, -np.inf, rng.standard_normal(shape)) if as_float else mask
+    for part in kind.split("+"):
+        if part[:4] in ("bool", "floa"):
+            shape = (t_q, t_k) if part.endswith("2d") else (n * heads, t_q, t_k)
+            ours["attn_mask"] = masked(shape, part.startswith("float"))
+        elif part.startswith("padding"):
+            ours["key_padding_mask"] = masked((n, t_k), part.endswith("float"))
+        elif part == "causal":
+            ours["is_causal"] = True
+    theirs = {k: torch.tensor(v) for k, v in ours.items() if k != "is_causal"}
+    if "is_causal" in ours:          # torch: the flag is a hint, the mask must be given too
+        causal = torch.ones(t_q, t_k, dtype=torch.bool).triu(1)
+        like = theirs.get("key_padding_mask", causal)             # one dtype, as torch wants
+        mask = theirs.get("attn_mask", torch.zeros(t_q, t_k, dtype=like.dtype))
+        theirs["attn_mask"] = (mask | causal if mask.dtype == torch.bool
+                               else mask.masked_fill(causal, -math.inf))
+        theirs["is_causal"] = True
+    return ours, theirs
+
+
+MASK_KINDS = ["none", "bool-2d", "float-2d", "bool-3d", "float-3d", "padding", "padding-float",
+              "causal", "bool-3d+padding+causal", "float-2d+padding-float"]
+
+
+@pytest.mark.parametrize("kind", MASK_KINDS)
+@pytest.mark.parametrize("cross, batch_first", [(False, True), (True, False), (True, True)])
+def test_multihead_attention_masks_and_cross_attention_match_torch(kind, cross, batch_first):
+    """Output, weights (mean and per head), dquery, dkey, dvalue and every parameter gradient;
+    cross-attention with L = 3 queries and S = 5 keys, key != value."""
+    n, h, e, t_q = 3, 2, 4, 3
+    t_k = 5 if cross else t_q
+    kw = dict(bias=kind != "bool-2d", batch_first=batch_first)
+    ours, theirs = _torch_twin(tn.MultiheadAttention(e, h, **kw),
+                               torch.nn.MultiheadAttention(e, h, **kw))
+    our_masks, their_masks = _attention_masks(kind, n, h, t_q, t_k)
+
+    def tokens(seed, t):
+        return randn(seed, (n, t, e) if batch_first else (t, n, e))
+    query, key, value = tokens(0, t_q), tokens(1, t_k), tokens(2, t_k)
+    for average in (True, False):
+        ours.zero_grad(), theirs.zero_grad()
+        qt, kt, vt = T(query), T(key), T(value)
+        yt, wt = theirs(qt, *((kt, vt) if cross else (qt, qt)), average_attn_weights=average,
+                        **their_masks)
+        g = randn(3, tuple(yt.shape))
+        yt.backward(T(g, False))
+        y = ours(query, *((key, value) if cross else ()), average_attn_weights=average,
+                 **our_masks)
+        assert_parity(y, yt, f"{kind} output")
+        assert_parity(ours.attn_weights, wt, f"{kind} weights, average={average}")
+        assert_parity(ours.backward(g), qt.grad, f"{kind} dquery")
+        if cross:
+            assert_parity(ours.grad_key, kt.grad, f"{kind} dkey")
+            assert_parity(ours.grad_value, vt.grad, f"{kind} dvalue")
+        else:
+            assert ours.grad_key is None and ours.grad_value is None
+        _assert_param_grads(ours, theirs)
+
+
+def test_multihead_attention_key_and_value_as_the_query_equal_self_attention():
+    """mha(x, x, x) takes the cross-attention path (three products); it equals mha(x) and its
+    dquery + dkey + dvalue equals self-attention's dx."""
+    tn.manual_seed(0)
+    mha = tn.MultiheadAttention(4, 2, batch_first=True, causal=True).astype(np.float64)
+    x, g = randn(0, (2, 3, 4)), randn(1, (2, 3, 4))
+    y, dx = mha(x), mha.backward(g)
+    np.testing.assert_allclose(mha(x, x, x), y, rtol=1e-12, atol=1e-14)
+    dsum = mha.backward(g) + mha.grad_key + mha.grad_value
+    np.testing.assert_allclose(dsum, dx, rtol=1e-12, atol=1e-14)
+
+
+def test_multihead_attention_all_masked_query_raises_where_torch_gives_nan():
+    """torch 2.13 returns NaN for a query whose keys are all masked (output, weights and every
+    gradient it reaches); tinynet raises a ValueError instead, before the NaN can spread."""
+    mha, theirs = _torch_twin(tn.MultiheadAttention(4, 2), torch.nn.MultiheadAttention(4, 2))
+    x = randn(0, (3, 2, 4))                                         # (L, N, E)
+    padding = np.array([[False, False, True], [True, True, True]])  # sequence 1: all padding
+    row = np.zeros((3, 3), bool)
+    row[1] = True                                                   # query 1 sees no key
+    left = np.array([[True, False, False], [False, False, False]])  # left padding + causal:
+    causal = torch.ones(3, 3, dtype=torch.bool).triu(1)             # query 0 sees no key
+    for masks, their_masks in [
+            (dict(key_padding_mask=padding), dict(key_padding_mask=torch.tensor(padding))),
+            (dict(attn_mask=row), dict(attn_mask=torch.tensor(row))),
+            (dict(attn_mask=np.where(row, -np.inf, 0.0)),
+             dict(attn_mask=torch.tensor(np.where(row, -np.inf, 0.0)))),
+            (dict(key_padding_mask=left, is_causal=True),
+             dict(key_padding_mask=torch.tensor(left), attn_mask=causal, is_causal=True))]:
+        xt = T(x)
+        y, w = theirs(xt, xt, xt, **their_masks)
+        y.sum().backward()
+        assert y.isnan().any() and w.isnan().any() and xt.grad.isnan().any()
+        assert theirs.in_proj_weight.grad.isnan().all()      # NaN reaches every weight
+        theirs.zero_grad()
+        with pytest.raises(ValueError, match=r"^MultiheadAttention: a query has all its keys "
+                                             r"masked \(its softmax is 0/0; torch returns NaN\)"):
+            mha(x, **masks)
+    encoder = tn.TransformerEncoderLayer(4, 2, 8)
+    with pytest.raises(ValueError, match=r"^MultiheadAttention: a query has all its keys masked"):
+        encoder(x, src_key_padding_mask=padding)
+
+
+def _renamed(masks, names):
+    """Mask keyword arguments under a layer's names: attn_mask -> src_mask, ..."""
+    return {names[k]: v for k, v in masks.items()}
+
+
+ENCODER_NAMES = dict(attn_mask="src_mask", key_padding_mask="src_key_padding_mask",
+                     is_causal="is_causal")
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("kind, batch_first, causal", [
+    ("bool-2d", True, False), ("float-3d", False, False), ("padding", True, False),
+    ("causal", False, False), ("bool-3d+padding+causal", True, False),
+    ("padding-float", True, True), ("none", False, True)])
+def test_transformer_encoder_layer_with_masks_matches_torch(norm_first, kind, batch_first,
+                                                            causal):
+    """src_mask, src_key_padding_mask and is_causal as torch's; causal=True applies the square
+    subsequent mask with no argument (torch is given it)."""
+    n, t = 2, 4
+    kw = dict(dim_feedforward=12, dropout=0.0, layer_norm_eps=1e-4, batch_first=batch_first,
+              norm_first=norm_first)
+    ours, theirs = _torch_twin(tn.TransformerEncoderLayer(8, 2, causal=causal, **kw),
+                               torch.nn.TransformerEncoderLayer(8, 2, **kw))
+    our_masks, their_masks = _attention_masks(kind + "+causal" * causal, n, 2, t, t)
+    if causal:                                    # the layer's flag, not an argument
+        del our_masks["is_causal"]
+    x, g = (randn(seed, (n, t, 8) if batch_first else (t, n, 8)) for seed in (0, 1))
+    xt = T(x)
+    yt = theirs(xt, **_renamed(their_masks, ENCODER_NAMES))
+    yt.backward(T(g, False))
+    assert_parity(ours(x, **_renamed(our_masks, ENCODER_NAMES)), yt, f"{kind} output")
+    assert_parity(ours.backward(g), xt.grad, f"{kind} dsrc")
+    _assert_param_grads(ours, theirs)
+
+
+DECODER_NAMES = [dict(attn_mask="tgt_mask", key_padding_mask="tgt_key_padding_mask",
+                      is_causal="tgt_is_causal"),
+                 dict(attn_mask="memory_mask", key_padding_mask="memory_key_padding_mask",
+                      is_causal="memory_is_causal")]
+
+
+def _decoder_masks(n, heads, t, s, masks=True):
+    """(ours, torch's) decoder mask arguments: a causal target with padding and a 3-D bool mask;
+    a float memory mask with float padding (and memory_is_causal in the second case)."""
+    if not masks:
+        return {}, {}
+    tgt = _attention_masks("bool-3d+padding+causal", n, heads, t, t, seed=4)
+    memory = _attention_masks(f"float-2d+padding-float{'+causal' * (masks == 'all')}", n, heads,
+                              t, s, seed=5)
+    return [_renamed(tgt[i], DECODER_NAMES[0]) | _renamed(memory[i], DECODER_NAMES[1])
+            for i in (0, 1)]
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("activation, batch_first", [("relu", False), ("gelu", True)])
+@pytest.mark.parametrize("masks", [None, "some", "all"])
+def test_transformer_decoder_layer_matches_torch(norm_first, activation, batch_first, masks):
+    """Output, dtgt, dmemory and every parameter gradient, with L = 3 target and S = 4 memory
+    tokens, without and with every mask."""
+    n, t, s = 2, 3, 4
+    kw = dict(dim_feedforward=12, dropout=0.0, activation=activation, layer_norm_eps=1e-4,
+              batch_first=batch_first, norm_first=norm_first)
+    ours, theirs = _torch_twin(tn.TransformerDecoderLayer(8, 2, **kw),
+                               torch.nn.TransformerDecoderLayer(8, 2, **kw))
+    our_masks, their_masks = _decoder_masks(n, 2, t, s, masks)
+
+    def tokens(seed, steps):
+        return randn(seed, (n, steps, 8) if batch_first else (steps, n, 8))
+    tgt, memory, g = tokens(0, t), tokens(1, s), tokens(2, t)
+    tgt_t, memory_t = T(tgt), T(memory)
+    yt = theirs(tgt_t, memory_t, **their_masks)
+    yt.backward(T(g, False))
+    assert_parity(ours(tgt, memory, **our_masks), yt, "decoder output")
+    assert_parity(ours.backward(g), tgt_t.grad, "decoder dtgt")
+    assert_parity(ours.grad_memory, memory_t.grad, "decoder dmemory")
+    _assert_param_grads(ours, theirs)
+
+
+def test_transformer_decoder_layer_with_dropout_matches_torch_in_eval():
+    kw = dict(dropout=0.3, batch_first=True)
+    ours, theirs = _torch_twin(tn.TransformerDecoderLayer(8, 4, 16, **kw),
+                               torch.nn.TransformerDecoderLayer(8, 4, 16, **kw))
+    ours.eval(), theirs.eval()
+    sublayers = ours._sa + ours._ca + ours._ff + [ours.norm1, ours.norm2, ours.norm3]
+    assert len(sublayers) == 12 and not any(layer.training for layer in sublayers)
+    tgt, memory = randn(0, (3, 5, 8)), randn(1, (3, 2, 8))
+    tgt_t, memory_t = T(tgt), T(memory)
+    yt = theirs(tgt_t, memory_t)
+    yt.sum().backward()
+    assert_parity(ours(tgt, memory), yt, "decoder output in eval")
+    assert_parity(ours.backward(np.ones((3, 5, 8))), tgt_t.grad, "decoder dtgt in eval")
+    assert_parity(ours.grad_memory, memory_t.grad, "decoder dmemory in eval")
+    _assert_param_grads(ours, theirs)
+    ours.train()
+    assert all(layer.training for layer in sublayers)
+
+
+class _DecoderOnOneArray(tn.Layer):
+    """A decoder layer as a function of one array, [tgt; memory] along the tokens, for
+    tn.gradcheck: backward returns [dtgt; dmemory]."""
+
+    def __init__(self, decoder, t, masks):
+        self.decoder, self.t, self.masks = decoder, t, masks
+
+    def forward(self, x):
+        return self.decoder(x[:, :self.t], x[:, self.t:], **self.masks)
+
+    def backward(self, grad):
+        dtgt = self.decoder.backward(grad)
+        return np.concatenate([dtgt, self.decoder.grad_memory], axis=1)
+
+    def parameters(self):
+        return self.decoder.parameters()
+
+
+@pytest.mark.parametrize("norm_first, activation, masks", [(False, "relu", None),
+                                                           (True, "gelu", "all")])
+def test_transformer_decoder_layer_gradcheck(norm_first, activation, masks):
+    tn.manual_seed(0)
+    decoder = tn.TransformerDecoderLayer(4, 2, 6, 0.0, activation, batch_first=True,
+                                         norm_first=norm_first).astype(np.float64)
+    rng = np.random.default_rng(2)
+    for p in decoder.parameters():                  # off the zero biases and unit scales
+        p.data += 0.3 * rng.standard_normal(p.data.shape)
+    layer = _DecoderOnOneArray(decoder, 3, _decoder_masks(2, 2, 3, 2, masks)[0])
+    assert tn.gradcheck(layer, away_from_kinks(0, (2, 5, 4))) < 1e-7
+
+
+def _gpt(causal=True, vocab=7, steps=5):
+    """A baby GPT: token and position embeddings, a pre-norm causal encoder block, a head."""
+    tn.manual_seed(0)
+    return tn.Sequential(tn.Embedding(vocab, 8), tn.PositionalEmbedding(steps, 8),
+                         tn.TransformerEncoderLayer(8, 2, 16, 0.1, "gelu", batch_first=True,
+                                                    norm_first=True, causal=causal),
+                         tn.Linear(8, vocab))
+
+
+def test_causal_model_to_torch_and_back():
+    """The torch twin applies the square subsequent mask: logits of a token do not depend on
+    later tokens, in both, and they agree; from_torch gives causal=True back."""
+    model = _gpt().astype(np.float64).eval()
+    net = model.to_torch()
+    assert isinstance(net[2], torch.nn.TransformerEncoderLayer) and net[2].causal
+    assert list(net.state_dict()) == list(model.state_dict())
+    tokens = np.array([[1, 2, 3, 4, 5], [6, 5, 4, 3, 2]])
+    later = tokens.copy()
+    later[:, 3:] = 0                                     # change the last two tokens
+    with torch.no_grad():
+        theirs, theirs_later = (net(torch.tensor(x)).numpy() for x in (tokens, later))
+    ours = model.predict(tokens)
+    assert_parity(ours, theirs, "causal model to_torch")
+    np.testing.assert_array_equal(model.predict(later)[:, :3], ours[:, :3])
+    np.testing.assert_allclose(theirs_later[:, :3], theirs[:, :3], rtol=1e-12, atol=1e-12)
+    assert not np.allclose(_gpt(causal=False).astype(np.float64).eval().predict(tokens), ours)
+    back = tn.Sequential.from_torch(net)
+    assert back[2].causal and repr(back) == repr(model)
+    np.testing.assert_array_equal(back.predict(tokens), ours)
+    plain = tn.Sequential.from_torch(torch.nn.Sequential(torch.nn.TransformerEncoderLayer(4, 2)))
+    assert plain[0].causal is False
+
+
+def test_causal_model_save_load_keeps_causal(tmp_path):
+    model = _gpt().eval()
+    assert model.config()["layers"][2]["kwargs"]["causal"] is True
+    model.save(tmp_path / "gpt.npz")
+    loaded = tn.Sequential.load(tmp_path / "gpt.npz").eval()
+    tokens = np.array([[1, 2, 3, 4, 5], [6, 5, 4, 3, 2]])
+    assert loaded[2].causal and repr(loaded) == repr(model)
+    np.testing.assert_array_equal(loaded.predict(tokens), model.predict(tokens))
+
+
+def _mha_call(**kwargs):
+    """Self-attention (L = S = 3, N = 2, E = 4, 2 heads) with kwargs: key/value shapes or masks."""
+    args = [np.zeros(kwargs.pop(k)) for k in ("key", "value") if k in kwargs]
+    return lambda: tn.MultiheadAttention(4, 2)(np.zeros((3, 2, 4)), *args, **kwargs)
+
+
+def _decoder_call(memory=(5, 2, 4), **masks):
+    """A decoder layer (E = 4, 2 heads) on tgt (3, 2, 4) and memory of that shape, with masks."""
+    return lambda: tn.TransformerDecoderLayer(4, 2, 8)(np.zeros((3, 2, 4)), np.zeros(memory),
+                                                       **masks)
+
+
+@pytest.mark.parametrize("call, match", [
+    (_mha_call(attn_mask=np.zeros((3, 4), bool)),
+     r"^MultiheadAttention: attn_mask must be a bool or float array of shape \(3, 3\) or "
+     r"\(4, 3, 3\), got bool of shape \(3, 4\)$"),
+    (_mha_call(attn_mask=np.zeros((3, 3), np.int64)),
+     r"^MultiheadAttention: attn_mask .*, got int64 of shape \(3, 3\)$"),
+    (_mha_call(attn_mask=np.zeros((2, 3, 3), bool)),
+     r"^MultiheadAttention: attn_mask .*\(4, 3, 3\), got bool of shape \(2, 3, 3\)$"),
+    (_mha_call(key_padding_mask=np.zeros((3, 2), bool)),
+     r"^MultiheadAttention: key_padding_mask must be a bool or float array of shape \(2, 3\), "
+     r"got bool of shape \(3, 2\)$"),
+    (_mha_call(key=(5, 3, 4), value=(5, 3, 4)),
+     r"^MultiheadAttention: expected a 3-D key \(T, N, E\) with E = 4, N = 2 as query "
+     r"\(3, 2, 4\) and T >= 1 tokens, got shape \(5, 3, 4\)$"),
+    (_mha_call(key=(5, 2, 6), value=(5, 2, 4)),
+     r"^MultiheadAttention: expected a 3-D key .*E = 4.*got shape \(5, 2, 6\)$"),
+    (_mha_call(key=(5, 2, 4), value=(5, 1, 4)),
+     r"^MultiheadAttention: expected a 3-D value .*N = 2 as query.*got shape \(5, 1, 4\)$"),
+    (_mha_call(key=(5, 2, 4), value=(4, 2, 4)),
+     r"^MultiheadAttention: key and value must have the same shape, got key \(5, 2, 4\) and "
+     r"value \(4, 2, 4\)$"),
+    (_mha_call(key=(5, 2, 4)), r"^MultiheadAttention: expected a 3-D value .*got shape \(\)$"),
+    (_mha_call(key=(5, 2, 4), value=(5, 2, 4), attn_mask=np.zeros((3, 3), bool)),
+     r"^MultiheadAttention: attn_mask .*\(3, 5\) or \(4, 3, 5\), got bool of shape \(3, 3\)$"),
+    (lambda: tn.TransformerEncoderLayer(4, 2, 8)(np.zeros((3, 2, 4)),
+                                                src_mask=np.zeros((3, 3), np.int32)),
+     r"^TransformerEncoderLayer: src_mask must be a bool or float array of shape \(3, 3\) or "
+     r"\(4, 3, 3\), got int32 of shape \(3, 3\)$"),
+    (lambda: tn.TransformerEncoderLayer(4, 2, 8, batch_first=True)(
+        np.zeros((3, 2, 4)), src_key_padding_mask=np.zeros((2, 3), bool)),
+     r"^TransformerEncoderLayer: src_key_padding_mask .* shape \(3, 2\), got bool of shape "
+     r"\(2, 3\)$"),
+    (_decoder_call(memory=(5, 2, 6)),
+     r"^TransformerDecoderLayer: expected a 3-D memory \(T, N, E\) with E = 4, N = 2 as tgt "
+     r"\(3, 2, 4\) and T >= 1 tokens, got shape \(5, 2, 6\)$"),
+    (_decoder_call(memory=(5, 3, 4)),
+     r"^TransformerDecoderLayer: expected a 3-D memory .*got shape \(5, 3, 4\)$"),
+    (_decoder_call(tgt_mask=np.zeros((3, 5), bool)),
+     r"^TransformerDecoderLayer: tgt_mask .* \(3, 3\) or \(4, 3, 3\), got bool of shape "
+     r"\(3, 5\)$"),
+    (_decoder_call(memory_mask=np.zeros((3, 3))),
+     r"^TransformerDecoderLayer: memory_mask .* \(3, 5\) or \(4, 3, 5\), got float64 of shape "
+     r"\(3, 3\)$"),
+    (_decoder_call(tgt_key_padding_mask=np.zeros((2, 5), bool)),
+     r"^TransformerDecoderLayer: tgt_key_padding_mask .* \(2, 3\), got bool of shape \(2, 5\)$"),
+    (_decoder_call(memory_key_padding_mask=np.zeros((2, 3), bool)),
+     r"^TransformerDecoderLayer: memory_key_padding_mask .* \(2, 5\), got bool of shape "
+     r"\(2, 3\)$"),
+    (lambda: tn.TransformerDecoderLayer(4, 2, 8)(np.zeros((3, 2, 5)), np.zeros((5, 2, 4))),
+     r"^TransformerDecoderLayer: expected a 3-D tgt \(T, N, E\) with E = 4 and T >= 1 tokens, "
+     r"got shape \(3, 2, 5\)$"),
+])
+def test_attention_masks_key_value_memory_reject_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_positional_embedding_and_mean_over_steps_match_torch_expressions():
+    tn.manual_seed(0)
+    pos = tn.PositionalEmbedding(6, 4).astype(np.float64)
+    table = T(pos.weight.data)                         # torch: an nn.Parameter added to x
+    layer_parity(pos, lambda x: x + table[:x.shape[1]], randn(0, (3, 5, 4)), randn(1, (3, 5, 4)))
+    assert_parity(pos.weight.grad, table.grad, "PositionalEmbedding weight.grad")
+    assert pos.weight.grad[5].tolist() == [0.0] * 4                   # position 5 unused by T = 5
+    one = pos.forward(np.zeros((2, 1, 4)))                            # T = 1 token
+    np.testing.assert_array_equal(one, pos.weight.data[None, :1].repeat(2, 0))
+    assert 0.01 < float(tn.PositionalEmbedding(100, 50).weight.data.std()) < 0.03
+    for dim, shape in ((1, (3, 5, 4)), (-1, (2, 3)), (0, (4, 2))):
+        layer_parity(tn.MeanOverSteps(dim), lambda x, d=dim: x.mean(dim=d), randn(0, shape),
+                     randn(1, tuple(np.delete(shape, dim))))
+
+
+def test_attention_layers_init_as_torch():
+    tn.manual_seed(0)
+    mha = tn.MultiheadAttention(16, 4)
+    w, bound = mha.in_proj_weight.data, math.sqrt(6 / (16 + 48))    # Xavier uniform on (3E, E)
+    assert w.shape == (48, 16) and w.dtype == np.float32 and 0.9 * bound < np.abs(w).max() <= bound
+    assert not mha.in_proj_bias.data.any() and not mha.out_proj_bias.data.any()
+    assert 0.9 / 4 < np.abs(mha.out_proj_weight.data).max() <= 1 / 4   # a Linear's init
+    norm = tn.LayerNorm((2, 3))
+    assert norm.weight.data.tolist() == [[1.0] * 3] * 2 and not norm.bias.data.any()
+    assert tn.LayerNorm(3, elementwise_affine=False).parameters() == []
+    theirs, default = torch.nn.TransformerEncoderLayer(8, 2), tn.TransformerEncoderLayer(8, 2)
+    assert (default.dim_feedforward, default.dropout, default.activation, default.layer_norm_eps,
+            default.batch_first, default.norm_first) == (2048, 0.1, "relu", 1e-5, False, False)
+    assert default.linear1.weight.data.shape == tuple(theirs.linear1.weight.shape)
+    theirs = torch.nn.TransformerEncoderLayer(8, 2, 16)
+    ours = tn.TransformerEncoderLayer(8, 2, 16)
+    assert [(k, p.data.shape) for k, p in ours.named_parameters()] == \
+        [(k, tuple(v.shape)) for k, v in theirs.named_parameters()]
+    default = tn.TransformerDecoderLayer(8, 2)
+    assert (default.dim_feedforward, default.dropout, default.activation, default.layer_norm_eps,
+            default.batch_first, default.norm_first) == (2048, 0.1, "relu", 1e-5, False, False)
+    assert not tn.TransformerEncoderLayer(8, 2).causal
+    theirs = torch.nn.TransformerDecoderLayer(8, 2, 16)
+    ours = tn.TransformerDecoderLayer(8, 2, 16)
+    assert [(k, p.data.shape) for k, p in ours.named_parameters()] == \
+        [(k, tuple(v.shape)) for k, v in theirs.named_parameters()]
+    assert list(dict.fromkeys(k.split(".")[0] for k in ours.state_dict())) == [
+        "self_attn", "multihead_attn", "linear1", "linear2", "norm1", "norm2", "norm3"]
+
+
+ATTENTION_GRADCHECK = [
+    ("LayerNorm", lambda: tn.LayerNorm(4), (3, 4)),
+    ("LayerNorm-2d-no-affine", lambda: tn.LayerNorm((2, 3), elementwise_affine=False), (2, 2, 3)),
+    ("GELU", lambda: tn.GELU(), (3, 7)),
+    ("GELU-tanh", lambda: tn.GELU("tanh"), (3, 7)),
+    ("MultiheadAttention", lambda: tn.MultiheadAttention(6, 2), (4, 2, 6)),
+    ("MultiheadAttention-causal", lambda: tn.MultiheadAttention(4, 2, bias=False, batch_first=True,
+                                                                causal=True), (2, 3, 4)),
+    ("TransformerEncoderLayer", lambda: tn.TransformerEncoderLayer(4, 2, 6, 0.0), (3, 2, 4)),
+    ("TransformerEncoderLayer-pre-gelu", lambda: tn.TransformerEncoderLayer(
+        4, 2, 6, dropout=0.0, activation="gelu", batch_first=True, norm_first=True), (2, 3, 4)),
+    ("PositionalEmbedding", lambda: tn.PositionalEmbedding(4, 3), (2, 3, 3)),
+    ("MeanOverSteps", lambda: tn.MeanOverSteps(), (2, 3, 4)),
+    ("Linear-3d", lambda: tn.Linear(4, 3), (2, 3, 4)),
+]
+
+
+@pytest.mark.parametrize("make, shape", [pytest.param(m, s, id=i)
+                                         for i, m, s in ATTENTION_GRADCHECK])
+def test_attention_layers_gradcheck(make, shape):
+    tn.manual_seed(0)
+    layer = make().astype(np.float64)
+    rng = np.random.default_rng(2)
+    for p in layer.parameters():                      # off the zero biases and unit scales
+        p.data += 0.3 * rng.standard_normal(p.data.shape)
+    assert tn.gradcheck(layer, away_from_kinks(0, shape)) < 1e-7
+
+
+@pytest.mark.parametrize("make", [
+    lambda: tn.MultiheadAttention(4, 2, dropout=0.4, batch_first=True),
+    lambda: tn.TransformerEncoderLayer(4, 2, 6, dropout=0.4, batch_first=True)])
+def test_attention_dropout_in_training_has_the_right_gradient(make):
+    """In training the masks come from tinynet's generator; reseeded before each forward, the
+    layer is a fixed function whose backward must match central differences."""
+    tn.manual_seed(0)
+    layer = make().astype(np.float64)
+    x, r = randn(0, (2, 3, 4)), randn(1, (2, 3, 4))
+
+    def f(x):
+        tn.manual_seed(7)
+        return float(np.sum(layer.forward(x) * r))
+    f(x)
+    analytic = layer.backward(r)
+    np.testing.assert_allclose(analytic, tn.numerical_gradient(f, x.copy()), rtol=1e-6, atol=1e-8)
+    tn.manual_seed(7)
+    y1 = layer.forward(x)
+    assert not np.allclose(y1, layer.eval().forward(x))          # dropout acts in training only
+    tn.manual_seed(7)
+    np.testing.assert_array_equal(layer.train().forward(x), y1)    # same seed, same masks
+
+
+def test_attention_dropout_is_inverted_dropout():
+    """Training-mode outputs average to the eval-mode output: the kept weights are scaled by
+    1 / (1 - p)."""
+    tn.manual_seed(0)
+    mha = tn.MultiheadAttention(4, 2, dropout=0.5, bias=False, batch_first=True).astype(np.float64)
+    x = randn(0, (1, 3, 4))
+    mean = np.mean([mha.forward(x) for _ in range(2000)], axis=0)
+    expected = mha.eval().forward(x)
+    np.testing.assert_allclose(mean, expected, atol=0.1 * np.abs(expected).max())
+
+
+def _transformer_model(batch_first=True, norm_first=False, tokens=()):
+    return tn.Sequential(tn.Linear(3, 8), *tokens, tn.LayerNorm(8), tn.GELU("tanh"),
+                         tn.TransformerEncoderLayer(8, 2, 12, 0.0, "gelu", batch_first=batch_first,
+                                                    norm_first=norm_first),
+                         tn.TransformerEncoderLayer(8, 4, 6, 0.2, batch_first=batch_first),
+                         tn.Linear(8, 2))
+
+
+@pytest.mark.parametrize("batch_first, norm_first, mean", [(True, False, True),
+                                                          (False, True, False)])
+def test_transformer_model_to_torch_and_back(batch_first, norm_first, mean):
+    """train_mnist's transformer model (a position embedding, encoder layers, a mean over the
+    tokens) and one without the last two, to torch and back."""
+    tn.manual_seed(0)
+    tokens = [tn.PositionalEmbedding(6, 8)] if batch_first else []
+    model = _transformer_model(batch_first, norm_first, tokens)
+    if mean:
+        model = tn.Sequential(*model.layers[:-1], tn.MeanOverSteps(), model.layers[-1])
+    model = model.astype(np.float64).eval()
+    net = model.to_torch()
+    assert [type(m).__name__ for m in net] == [type(layer).__name__ for layer in model]
+    assert list(net.state_dict()) == list(model.state_dict())
+    x = randn(0, (2, 5, 3))
+    with torch.no_grad():
+        assert_parity(model.predict(x), net(torch.tensor(x)), "to_torch outputs")
+    back = tn.Sequential.from_torch(net)
+    assert repr(back) == repr(model) and not back.training
+    np.testing.assert_array_equal(back.predict(x), model.predict(x))
+
+
+def test_attention_layers_without_a_torch_sequential_twin_say_why():
+    with pytest.raises(ValueError, match=r"^Sequential.to_torch: layer 1 \(MultiheadAttention"
+                                         r".*returns a tuple"):
+        tn.Sequential(tn.Linear(4, 4), tn.MultiheadAttention(4, 2)).to_torch()
+    with pytest.raises(ValueError, match=r"^Sequential.to_torch: layer 0 \(TransformerDecoderLayer"
+                                         r".*two inputs \(tgt, memory\)"):
+        tn.Sequential(tn.TransformerDecoderLayer(4, 2, 8)).to_torch()
+    custom = torch.nn.TransformerEncoderLayer(4, 2, 8, activation=torch.tanh)
+    with pytest.raises(ValueError, match=r"^Sequential.from_torch: TransformerEncoderLayer with a "
+                                         r"custom activation"):
+        tn.Sequential.from_torch(torch.nn.Sequential(custom))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transformer_model_save_load(tmp_path, dtype):
+    tn.manual_seed(0)
+    mha = tn.MultiheadAttention(8, 2, dropout=0.1, bias=False, batch_first=True, causal=True)
+    model = tn.Sequential(tn.Linear(3, 8), tn.PositionalEmbedding(5, 8), mha,
+                          *_transformer_model().layers[1:-1], tn.MeanOverSteps(),
+                          tn.Linear(8, 2)).astype(dtype)
+    model.eval()
+    model.save(tmp_path / "t.npz")
+    loaded = tn.Sequential.load(tmp_path / "t.npz")
+    assert repr(loaded) == repr(model) and list(loaded.state_dict()) == list(model.state_dict())
+    keys = model.state_dict()
+    assert "5.self_attn.out_proj.weight" in keys and "2.in_proj_bias" not in keys
+    assert all(p.data.dtype == dtype for p in loaded.parameters())
+    x = randn(0, (2, 4, 3)).astype(dtype)
+    np.testing.assert_array_equal(loaded.eval().predict(x), model.predict(x))
+
+
+def test_transformer_model_fits_a_sequence_task():
+    """Which of 2 marked tokens comes first: needs attention across the sequence."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((256, 6, 2)).astype(np.float32) * 0.1
+    first, second = rng.integers(0, 6, 256), rng.integers(0, 6, 256)
+    X[np.arange(256), first, 0] = 1
+    X[np.arange(256), second, 1] = 1
+    y = (first < second).astype(np.int64)
+    tn.manual_seed(0)
+    model = tn.Sequential(tn.Linear(2, 16), tn.PositionalEmbedding(6, 16),
+                          tn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True),
+                          tn.MeanOverSteps(), tn.Linear(16, 2))
+    model.compile(tn.Adam(model.parameters(), lr=3e-3), tn.CrossEntropyLoss())
+    history = model.fit(X, y, batch_size=32, epochs=25, verbose=0)
+    assert history.history["accuracy"][-1] > 0.9
+
+
+@pytest.mark.parametrize("make, shape, match", [
+    (lambda: tn.MultiheadAttention(4, 2), (3, 4), r"^MultiheadAttention: expected a 3-D input "
+                                                  r"\(T, N, E\) with E = 4 and T >= 1 tokens, got "
+                                                  r"shape \(3, 4\)$"),
+    (lambda: tn.MultiheadAttention(4, 2, batch_first=True), (2, 3, 5),
+     r"^MultiheadAttention: .*\(N, T, E\).*\(2, 3, 5\)"),
+    (lambda: tn.MultiheadAttention(4, 2), (0, 2, 4),
+     r"^MultiheadAttention: .*T >= 1 tokens, got shape \(0, 2, 4\)"),
+    (lambda: tn.TransformerEncoderLayer(4, 2, 8, batch_first=True), (2, 0, 4),
+     r"^TransformerEncoderLayer: .*\(N, T, E\) with E = 4 and T >= 1 tokens, got shape "
+     r"\(2, 0, 4\)"),
+    (lambda: tn.TransformerEncoderLayer(4, 2, 8), (2, 3, 6),
+     r"^TransformerEncoderLayer: .*E = 4.*\(2, 3, 6\)"),
+    (lambda: tn.LayerNorm((3, 4)), (2, 4, 3),
+     r"^LayerNorm: expected input \(\*, 3, 4\), got shape \(2, 4, 3\)$"),
+    (lambda: tn.LayerNorm(4), (), r"^LayerNorm: expected input \(\*, 4\), got shape \(\)$"),
+    (lambda: tn.PositionalEmbedding(4, 3), (2, 5, 3),
+     r"^PositionalEmbedding: expected input \(N, T, 3\) with 1 <= T <= max_len=4, "
+     r"got shape \(2, 5, 3\)$"),
+    (lambda: tn.PositionalEmbedding(4, 3), (2, 0, 3),
+     r"^PositionalEmbedding: .*got shape \(2, 0, 3\)$"),
+    (lambda: tn.PositionalEmbedding(4, 3), (2, 3, 2),
+     r"^PositionalEmbedding: .*\(N, T, 3\).*\(2, 3, 2\)$"),
+    (lambda: tn.MeanOverSteps(), (2, 0, 3),
+     r"^MeanOverSteps: expected .* at least 1 step on axis 1, got shape"),
+    (lambda: tn.MeanOverSteps(2), (2, 3), r"^MeanOverSteps: .*axis 2, got shape \(2, 3\)$"),
+])
+def test_attention_layers_reject_bad_input(make, shape, match):
+    with pytest.raises(ValueError, match=match):
+        make().forward(np.zeros(shape))
+
+
+def test_attention_layers_reject_bad_arguments():
+    with pytest.raises(ValueError, match=r"^MultiheadAttention: embed_dim \(6\) must be divisible "
+                                         r"by num_heads \(4\)$"):
+        tn.MultiheadAttention(6, 4)
+    with pytest.raises(ValueError, match=r"^MultiheadAttention: embed_dim \(6\) .*\(4\)$"):
+        tn.TransformerEncoderLayer(6, 4)
+    with pytest.raises(ValueError, match=r"^GELU: approximate must be 'none' or 'tanh', "
+                                         r"got 'erf'$"):
+        tn.GELU("erf")
+    with pytest.raises(ValueError, match=r"^TransformerEncoderLayer: activation must be 'relu' or "
+                                         r"'gelu', got 'tanh'$"):
+        tn.TransformerEncoderLayer(4, 2, activation="tanh")
+    with pytest.raises(ValueError, match=r"^TransformerDecoderLayer: activation must be 'relu' or "
+                                         r"'gelu', got 'tanh'$"):
+        tn.TransformerDecoderLayer(4, 2, activation="tanh")
+    for layer in (tn.LayerNorm(3), tn.GELU(), tn.MultiheadAttention(4, 2),
+                  tn.PositionalEmbedding(3, 2), tn.MeanOverSteps()):
+        name = type(layer).__name__
+        with pytest.raises(RuntimeError, match=f"^{name}.backward called before forward$"):
+            layer.backward(np.ones((2, 3, 4)))
+
+
+def test_attention_layers_keep_float32():
+    tn.manual_seed(0)
+    model = tn.Sequential(tn.Linear(3, 8), tn.PositionalEmbedding(4, 8), tn.GELU(),
+                          tn.TransformerEncoderLayer(8, 2, 6, batch_first=True), tn.LayerNorm(8),
+                          tn.MeanOverSteps(), tn.Linear(8, 2))
+    x = randn(0, (2, 4, 3)).astype(np.float32)
+    y = model.forward(x)
+    assert y.dtype == np.float32 and model.backward(np.ones_like(y)).dtype == np.float32
+    assert all(p.grad.dtype == np.float32 and p.grad.any() for p in model.parameters())
+    decoder = tn.TransformerDecoderLayer(8, 2, 6, batch_first=True)
+    memory = randn(1, (2, 3, 8)).astype(np.float32)
+    masks = dict(tgt_is_causal=True, memory_mask=np.zeros((4, 3)),
+                 memory_key_padding_mask=np.array([[False, False, True]] * 2))
+    x = randn(2, (2, 4, 8)).astype(np.float32)
+    y = decoder(x, memory, **masks)
+    assert y.dtype == np.float32 and decoder.backward(np.ones_like(y)).dtype == np.float32
+    assert decoder.grad_memory.dtype == np.float32
+    assert all(p.grad.dtype == np.float32 and p.grad.any() for p in decoder.parameters())
+
+
+# ════════════════════════════════════════════════════════════════════════════
 # Losses
 # ════════════════════════════════════════════════════════════════════════════
+
+@pytest.mark.parametrize("shape", [(1,), (6,), (8, 3), (4, 10), (2, 3, 4)])
+def test_mse_loss_matches_torch(shape):
+    pred, target = randn(1, shape), randn(2, shape)
+    loss = tn.MSELoss()
+    value, grad = loss.forward(pred, target), loss.backward()
+    pt = T(pred)
+    ref = torch.nn.MSELoss()(pt, T(target, False))
+    ref.backward()
+    assert isinstance(value, float)
+    assert_parity(value, ref, "MSELoss value")
+    assert_parity(grad, pt.grad, "MSELoss gradient")
+
 
 @pytest.mark.parametrize("scale", [1.0, 1e3])
 @pytest.mark.parametrize("n,c", [(1, 2), (8, 3), (32, 10), (5, 100)])
@@ -720,19 +2739,6 @@ def test_classification_loss_matches_torch(name, n, c, scale):
     assert isinstance(value, float)
     assert_parity(value, ref, f"{name} value")
     assert_parity(grad, pt.grad, f"{name} gradient")
-
-
-@pytest.mark.parametrize("shape", [(1,), (6,), (8, 3), (4, 10), (2, 3, 4)])
-def test_mse_loss_matches_torch(shape):
-    pred, target = randn(1, shape), randn(2, shape)
-    loss = tn.MSELoss()
-    value, grad = loss.forward(pred, target), loss.backward()
-    pt = T(pred)
-    ref = torch.nn.MSELoss()(pt, T(target, False))
-    ref.backward()
-    assert isinstance(value, float)
-    assert_parity(value, ref, "MSELoss value")
-    assert_parity(grad, pt.grad, "MSELoss gradient")
 
 
 @pytest.mark.parametrize("label_dtype", [np.int64, np.int32, np.uint8])
@@ -844,7 +2850,7 @@ def test_bce_with_logits_rejects_bad_input():
 
 
 # ── CrossEntropyLoss and NLLLoss over positions (N, C, d1, ...): class weights, ignored
-# targets, label smoothing, as torch (issue 24) ──
+# targets, label smoothing, as torch ──
 
 CLASS_LOSS_SHAPES = [(5, 4), (3, 4, 6), (2, 3, 4, 2)]     # (N, C), (N, C, T), (N, C, d1, d2)
 CLASS_LOSS_OPTIONS = {                                    # option -> (kwargs, every k-th ignored)
@@ -1063,211 +3069,129 @@ def test_sequence_logits_through_permute_and_cross_entropy_match_torch():
         assert_parity(p.grad, tp.grad, f"Permute + CrossEntropyLoss {k} gradient")
 
 
-# ════════════════════════════════════════════════════════════════════════════
-# Gradient checking: every layer and loss against central differences, and
-# gradcheck's own behaviour (a projection independent of the caller's random state,
-# relative errors)
-# ════════════════════════════════════════════════════════════════════════════
-
-def away_from_kinks(seed, shape):
-    x = randn(seed, shape)
-    return np.sign(x) * (0.1 + np.abs(x))
+TORCH_LOSSES = {"CrossEntropyLoss": F.cross_entropy, "NLLLoss": F.nll_loss, "MSELoss": F.mse_loss,
+                "BCEWithLogitsLoss": F.binary_cross_entropy_with_logits}
 
 
-GRADCHECK_LAYERS = [  # id, layer, input shape
-    ("Linear", lambda: tn.Linear(4, 3), (5, 4)),
-    ("Linear-nobias", lambda: tn.Linear(4, 3, bias=False), (5, 4)),
-    ("ReLU", tn.ReLU, (3, 4)),
-    ("LeakyReLU", lambda: tn.LeakyReLU(0.2), (3, 2, 2)),
-    ("Sigmoid", tn.Sigmoid, (3, 4)),
-    ("Tanh", tn.Tanh, (3, 4)),
-    ("Softmax", tn.Softmax, (3, 5)),
-    ("Softmax-3d", lambda: tn.Softmax(dim=-1), (2, 3, 4)),
-    ("LogSoftmax", tn.LogSoftmax, (3, 5)),
-    ("LogSoftmax-3d", lambda: tn.LogSoftmax(dim=0), (2, 3, 4)),
-    ("Flatten", tn.Flatten, (2, 3, 2)),
-    ("Dropout-eval", lambda: tn.Dropout(0.5).eval(), (3, 4)),
-    ("Dropout-p0", lambda: tn.Dropout(0.0), (3, 4)),
-    ("Conv2d-stride-padding", lambda: tn.Conv2d(2, 3, 3, stride=2, padding=1), (2, 2, 5, 6)),
-    ("Conv2d-rectangular", lambda: tn.Conv2d(2, 2, (2, 3), padding=(0, 2)), (2, 2, 4, 3)),
-    ("MaxPool2d-overlapping", lambda: tn.MaxPool2d(3, 2, 1), (2, 2, 5, 6)),
-    ("MaxPool2d", lambda: tn.MaxPool2d(2), (2, 2, 4, 5)),
-    ("AvgPool2d", lambda: tn.AvgPool2d(3, 2, 1), (2, 2, 5, 6)),
-    ("BatchNorm1d", lambda: tn.BatchNorm1d(3), (5, 3)),
-    ("BatchNorm2d", lambda: tn.BatchNorm2d(2), (3, 2, 3, 2)),
-    ("BatchNorm2d-eval", lambda: tn.BatchNorm2d(2).eval(), (3, 2, 3, 2)),
-    ("Normalize", lambda: tn.Normalize([0.1, -0.2, 0.3], [0.5, 1.0, 2.0]), (5, 3)),
-    ("Normalize-4d", lambda: tn.Normalize([0.1, -0.2, 0.3], [0.5, 1.0, 2.0]), (2, 3, 3, 2)),
-    ("Sequential", lambda: tn.Sequential(tn.Linear(4, 5), tn.Tanh(), tn.Linear(5, 3),
-                                         tn.LogSoftmax()), (6, 4)),
-]
+def _loss_case(name, seed=0):
+    """(pred, target) for the loss `name`, float64: logits / log-probabilities and int labels,
+    or predictions and targets of one shape."""
+    rng = np.random.default_rng(seed)
+    if name in ("CrossEntropyLoss", "NLLLoss"):
+        pred = rng.standard_normal((6, 4))
+        return (log_softmax(pred) if name == "NLLLoss" else pred), np.array([0, 3, 1, 1, 2, 0])
+    if name == "MSELoss":
+        return rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
+    return rng.standard_normal((7, 1)) * 3, rng.integers(0, 2, (7, 1)) * 1.0
 
 
-# the input's seed: gradcheck's projection is independent
-@pytest.mark.parametrize("seed", [0, 1, 42, 1234])
-@pytest.mark.parametrize("make, shape", [pytest.param(make, shape, id=i)
-                                         for i, make, shape in GRADCHECK_LAYERS])
-def test_layer_gradcheck(make, shape, seed):
-    tn.manual_seed(0)
-    layer = make().astype(np.float64)
-    rng = np.random.default_rng(2)
-    for p in layer.parameters():                      # away from BatchNorm's ones / zeros init
-        p.data[...] = rng.uniform(0.5, 1.5, p.data.shape) * rng.choice([-1, 1], p.data.shape)
-    if isinstance(layer, tn.BatchNorm2d) and not layer.training:
-        layer.running_mean[...], layer.running_var[...] = (rng.standard_normal(2),
-                                                           rng.uniform(0.5, 2, 2))
-    before = layer.state_dict()
-    # continuous input: no ties in a window
-    assert tn.gradcheck(layer, away_from_kinks(seed, shape)) < 1e-7
-    for k, v in layer.state_dict().items():           # parameters and running statistics restored
-        np.testing.assert_array_equal(v, before[k], err_msg=k)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name", list(TORCH_LOSSES))
+def test_loss_reduction_matches_torch(name, reduction):
+    pred, target = _loss_case(name)
+    loss = getattr(tn, name)(reduction=reduction)
+    value = loss(pred, target)
+    xt, tt = T(pred), torch.from_numpy(target)
+    tv = TORCH_LOSSES[name](xt, tt, reduction=reduction)
+    assert type(value) is (np.ndarray if reduction == "none" else float)
+    assert_parity(np.asarray(value), tv, f"{loss!r} forward")
+    g = np.random.default_rng(1).standard_normal(tuple(tv.shape))   # dL/d(what forward returned)
+    tv.backward(torch.from_numpy(g))
+    assert_parity(loss.backward(g), xt.grad, f"{loss!r} backward(grad)")
+    xt = T(pred)
+    TORCH_LOSSES[name](xt, tt, reduction=reduction).sum().backward()
+    assert_parity(loss.backward(), xt.grad, f"{loss!r} backward()")       # grad of the sum
 
 
-def test_dropout_training_gradcheck():
-    layer, x, r = tn.Dropout(0.4), randn(0, (4, 5)), randn(1, (4, 5))
-
-    def f(x):
-        tn.manual_seed(11)                 # the same mask every call
-        return float(np.sum(layer.forward(x) * r))
-    f(x)
-    analytic = layer.backward(r)
-    np.testing.assert_allclose(analytic, tn.numerical_gradient(f, x.copy()), rtol=1e-6, atol=1e-8)
-
-
-@pytest.mark.parametrize("name, shape", [("CrossEntropyLoss", (6, 4)), ("NLLLoss", (6, 4)),
-                                         ("MSELoss", (6, 4)),
-                                         ("BCEWithLogitsLoss", (1,)), ("BCEWithLogitsLoss", (7,)),
-                                         ("BCEWithLogitsLoss", (16, 1)),
-                                         ("BCEWithLogitsLoss", (5, 1))],
-                         ids=["CrossEntropyLoss", "NLLLoss", "MSELoss", "BCEWithLogitsLoss-1",
-                              "BCEWithLogitsLoss-7", "BCEWithLogitsLoss-16x1",
-                              "BCEWithLogitsLoss-5x1"])
-def test_loss_gradcheck(name, shape):
-    pred = log_softmax(randn(0, shape)) if name == "NLLLoss" else randn(0, shape)
-    target = {"MSELoss": randn(1, shape), "BCEWithLogitsLoss":
-              np.random.default_rng(1).integers(0, 2, shape) * 1.0
-              }.get(name, np.array([0, 3, 1, 1, 2, 0]))
-    loss = getattr(tn, name)()
-    loss.forward(pred, target)
-    analytic = loss.backward()
-    numeric = tn.numerical_gradient(lambda p: loss.forward(p, target), pred.copy())
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name", list(TORCH_LOSSES))
+def test_loss_reduction_gradcheck(name, reduction):
+    pred, target = _loss_case(name, seed=2)
+    loss = getattr(tn, name)(reduction=reduction)
+    shape = np.shape(loss(pred, target))
+    w = np.random.default_rng(3).standard_normal(shape)     # upstream gradient: L = sum(w * loss)
+    analytic = loss.backward(w)
+    numeric = tn.numerical_gradient(lambda p: float(np.sum(w * loss.forward(p, target))),
+                                    pred.copy())
     np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
 
 
-def test_numerical_gradient_known_function_and_restores_x():
-    x = randn(0, (3, 4))
-    x0 = x.copy()
-    grad = tn.numerical_gradient(lambda v: float(np.sum(v ** 3)), x)
-    np.testing.assert_allclose(grad, 3 * x0 ** 2, rtol=1e-7, atol=1e-9)
-    np.testing.assert_array_equal(x, x0)
-    with pytest.raises(TypeError, match="numerical_gradient.*float64.*float32"):
-        tn.numerical_gradient(lambda v: 0.0, x.astype(np.float32))
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name", list(TORCH_LOSSES))
+def test_loss_reduction_keeps_float32(name, reduction):
+    pred, target = _loss_case(name)
+    loss = getattr(tn, name)(reduction=reduction)
+    value = loss(pred.astype(np.float32), target)
+    assert reduction != "none" or value.dtype == np.float32
+    assert loss.backward().dtype == np.float32
+    assert loss.backward(np.ones(np.shape(value), np.float64)).dtype == np.float32
 
 
-class _WrongTanh(tn.Tanh):
-    def backward(self, grad):
-        return grad * (1 - self._cache)           # should be 1 - y**2
+@pytest.mark.parametrize("name", list(TORCH_LOSSES))
+def test_loss_errors_name_the_loss(name):
+    with pytest.raises(RuntimeError, match=f"^{name}.backward called before forward$"):
+        getattr(tn, name)().backward()
+    with pytest.raises(ValueError,
+                       match=f"^{name}: expected reduction 'mean', 'sum' or 'none', got 'avg'$"):
+        getattr(tn, name)(reduction="avg")
+    pred, target = _loss_case(name)
+    loss = getattr(tn, name)(reduction="none")
+    loss(pred, target)
+    with pytest.raises(ValueError, match=rf"^{name}.backward: expected grad of the shape forward "
+                                         rf"returned, \({len(pred)},.*\), got \(3,\)$"):
+        loss.backward(np.ones(3))
+    assert repr(loss) == f"{name}(reduction='none')" and repr(getattr(tn, name)()) == f"{name}()"
 
 
-class _WrongLinear(tn.Linear):
-    def backward(self, grad):
-        gx = super().backward(grad)
-        self.bias.grad *= 0.5                     # a wrong parameter gradient
-        return gx
+@pytest.mark.parametrize("name", list(TORCH_LOSSES))
+def test_loss_takes_python_lists(name):
+    pred, target = _loss_case(name)
+    loss, ref = getattr(tn, name)(), getattr(tn, name)()
+    assert loss(pred.tolist(), target.tolist()) == ref(pred, target)
+    np.testing.assert_array_equal(loss.backward(), ref.backward())
 
 
-class _HalfTanh(tn.Tanh):
-    def backward(self, grad):
-        return 0.5 * super().backward(grad)       # half the true gradient
+def test_nll_loss_takes_a_certain_row_and_names_the_first_bad_one():
+    """log(1) = 0 is a log-probability: a row [0, -inf, ...] is valid (its loss is 0), and the
+    error names the first row that is not one."""
+    certain = np.array([[0.0, -np.inf, -np.inf], [np.log(0.5), np.log(0.5), -np.inf]])
+    assert tn.NLLLoss()(certain, np.array([0, 1])) == pytest.approx(np.log(2) / 2)
+    with pytest.raises(ValueError, match="got row 2 with max 0.5"):
+        tn.NLLLoss()(np.vstack([certain, [[0.5, -1.0, -2.0]]]), np.array([0, 1, 0]))
 
 
-@pytest.mark.parametrize("make", [_WrongTanh, lambda: _WrongLinear(3, 2)],
-                         ids=["input-grad", "param-grad"])
-def test_gradcheck_catches_wrong_backward(make):
-    assert tn.gradcheck(make().astype(np.float64), away_from_kinks(0, (4, 3))) > 1e-2
+def test_bce_with_logits_rejects_a_scalar_and_a_third_axis():
+    for shape in ((), (4, 1, 1), (4, 3)):
+        with pytest.raises(ValueError,
+                           match=r"^BCEWithLogitsLoss: expected logits \(N,\) or \(N, 1\)"):
+            tn.BCEWithLogitsLoss()(np.zeros(shape), np.zeros(shape))
 
 
-def test_gradcheck_error_is_relative_even_for_tiny_inputs():
-    x = np.random.default_rng(0).standard_normal((3, 4)) * 1e-7
-    assert 0.3 < tn.gradcheck(_HalfTanh(), x) < 0.7
-    assert tn.gradcheck(tn.Tanh(), x) < 1e-6
-
-
-@pytest.mark.parametrize("make, shape", [
-    (lambda: tn.Sequential(tn.Linear(4, 5), tn.BatchNorm1d(5), tn.Tanh(), tn.Linear(5, 3)), (6, 4)),
-    (lambda: tn.Sequential(tn.Conv2d(2, 3, 3, padding=1), tn.BatchNorm2d(3), tn.ReLU(),
-                           tn.MaxPool2d(2), tn.Flatten(), tn.Linear(12, 2)), (3, 2, 4, 4))])
-def test_model_gradcheck_with_a_truly_zero_gradient(make, shape):
-    """A bias before BatchNorm has a zero gradient: central differences give rounding noise
-    there, which must not make a correct model look wrong (it reported 1.0)."""
-    tn.manual_seed(0)
-    model = make().astype(np.float64)
-    x = np.random.default_rng(3).standard_normal(shape)
-    assert np.abs(tn.numerical_gradient(lambda _: float(np.sum(model.forward(x) ** 2)),
-                                        model[0].bias.data)).max() < 1e-6
-    assert tn.gradcheck(model, x) < 1e-7
-
-
-def test_gradcheck_rejects_float32_layer():
-    with pytest.raises(TypeError, match=r"^gradcheck: Linear\(in_features=3, out_features=2, "
-                                        r"bias=True\) must be float64"):
-        tn.gradcheck(tn.Linear(3, 2), randn(0, (4, 3)))
+def test_mse_loss_takes_integer_lists():
+    loss = tn.MSELoss()
+    assert loss([1, 2, 3], [1, 1, 1]) == pytest.approx(5 / 3)
+    np.testing.assert_allclose(loss.backward(), [0, 2 / 3, 4 / 3])
+    assert tn.MSELoss(reduction="sum")([[1, 2]], [[0, 0]]) == 5.0
 
 
 # ════════════════════════════════════════════════════════════════════════════
 # Optimizers
 # ════════════════════════════════════════════════════════════════════════════
 
-OPT_SHAPES = [(5, 3), (7,), (2, 3, 4, 4)]
-
-
-def _drive(opt_name, opt_kw, steps=60, sched=None, sched_kw=None, metrics=None, shapes=OPT_SHAPES,
-           groups=None):
-    """Run tinynet's and torch's optimizer (and scheduler) on the same random float64 gradients.
-
-    groups: None (one group), or [(parameter indices, hyper-parameters of that group), ...].
-    Returns, for each side: the parameters at the end, and per step and group the lr,
-    get_last_lr() and momentum (SGD/RMSprop "momentum", else "betas"[0]) in force for that step:
-    an array (steps, groups, 3).
-    """
-    rng = np.random.default_rng(0)
-    init = [rng.standard_normal(s) for s in shapes]
-    ours = [tn.Parameter(a.copy()) for a in init]
-    theirs = [torch.tensor(a, requires_grad=True) for a in init]
-
-    def grouped(params):
-        return params if groups is None else [{"params": [params[i] for i in idx], **kw}
-                                              for idx, kw in groups]
-
-    opt, topt = (getattr(tn, opt_name)(grouped(ours), **opt_kw),
-                 getattr(torch.optim, opt_name)(grouped(theirs), **opt_kw))
-    if sched:
-        s, ts = (getattr(tn, sched)(opt, **sched_kw),
-                 getattr(torch.optim.lr_scheduler, sched)(topt, **sched_kw))
-    mom = "betas" if "betas" in topt.param_groups[0] else "momentum"
-
-    def record(o, sc):
-        last = sc.get_last_lr() if sched else [g["lr"] for g in o.param_groups]
-        return [(g["lr"], lr, np.ravel(g.get(mom, 0.0))[0]) for g, lr in zip(o.param_groups, last)]
-
-    rec, trec = [], []
-    for i in range(steps):
-        rec.append(record(opt, s if sched else None))
-        trec.append(record(topt, ts if sched else None))
-        grads = [rng.standard_normal(sh) for sh in shapes]
+def test_sgd_step_matches_torch():
+    """Three steps of SGD with momentum on f(w) = sum(w ** 2): the same w as torch.optim.SGD."""
+    w = tn.Parameter(np.array([1.0, -2.0, 3.0]))
+    wt = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64, requires_grad=True)
+    opt = tn.SGD([w], lr=0.1, momentum=0.9)
+    opt_t = torch.optim.SGD([wt], lr=0.1, momentum=0.9)
+    for step in range(3):
         opt.zero_grad()
-        for p, g in zip(ours, grads):
-            p.grad += g
+        w.grad += 2 * w.data                                 # the gradient of sum(w ** 2)
         opt.step()
-        for t, g in zip(theirs, grads):
-            t.grad = torch.tensor(g)
-        topt.step()
-        if sched:
-            args = () if metrics is None else (metrics[i],)
-            s.step(*args)
-            ts.step(*args)
-    return (([p.data for p in ours], np.array(rec)),
-            ([t.detach().numpy() for t in theirs], np.array(trec)))
+        opt_t.zero_grad()
+        (wt ** 2).sum().backward()
+        opt_t.step()
+        assert_parity(w.data, wt, f"w after step {step}")
 
 
 OPTIMIZER_CONFIGS = [
@@ -1579,9 +3503,43 @@ def test_optimizer_rejects_empty_or_non_parameters(name):
             == [p])  # as torch
 
 
+@pytest.mark.parametrize("name, kw", OPTIMIZER_CONFIGS + [("Lion", dict(weight_decay=0.1))])
+def test_optimizer_stores_numpy_hyperparameters_as_python_floats(name, kw):
+    """NumPy 2 promotes float32 arrays to float64 in arithmetic with a np.float64 scalar: a
+    hyper-parameter kept as one would make every update of a float32 model float64."""
+    p = tn.Parameter(np.ones(3, np.float32))
+    opt = getattr(tn, name)([p], **_numpy_scalars(kw))
+    _assert_plain_floats(opt)
+    opt.lr = np.float64(0.01)                                      # the setter too
+    state = opt.state_dict()
+    state["param_groups"] = [_numpy_scalars(g) for g in state["param_groups"]]
+    opt.load_state_dict(state)                                     # and a loaded state
+    _assert_plain_floats(opt)
+    p.grad[...] = 0.5
+    opt.step()
+    assert p.data.dtype == np.float32
+
+
 # ════════════════════════════════════════════════════════════════════════════
 # Schedulers
 # ════════════════════════════════════════════════════════════════════════════
+
+def test_step_lr_matches_torch():
+    """StepLR halves the lr every 3 epochs: the same lr as torch's at each of 10 epochs."""
+    opt = tn.SGD([tn.Parameter(np.zeros(1))], lr=0.1)
+    opt_t = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    sched = tn.StepLR(opt, step_size=3, gamma=0.5)
+    sched_t = torch.optim.lr_scheduler.StepLR(opt_t, step_size=3, gamma=0.5)
+    lrs, lrs_t = [], []
+    for epoch in range(10):
+        lrs.append(opt.lr)
+        lrs_t.append(opt_t.param_groups[0]["lr"])
+        opt.step()
+        opt_t.step()
+        sched.step()
+        sched_t.step()
+    assert_parity(np.array(lrs), lrs_t, "lr at each epoch")
+
 
 SCHEDULER_CONFIGS = [
     ("StepLR", dict(step_size=7, gamma=0.5)),
@@ -1880,12 +3838,71 @@ def test_sequential_lr_rejects_bad_arguments():
         tn.SequentialLR(opt, [tn.ReduceLROnPlateau(opt), tn.StepLR(opt, 2)], [3])
 
 
-# ════════════════════════════════════════════════════════════════════════════
-# Sequential and fit: forward/backward, fit/evaluate/predict/summary/activations,
-# train_step and callbacks, schedulers in fit, end to end (Iris, logistic regression)
-# ════════════════════════════════════════════════════════════════════════════
+class _OneNumber(tn.LRScheduler):
+    def get_lr(self):
+        return self.base_lrs[0] * 0.5 ** self.last_epoch
 
-# ── forward and backward against torch.nn.Sequential ────────────────────────
+
+def test_scheduler_get_lr_may_return_one_number_for_one_group():
+    opt = tn.SGD([tn.Parameter(np.zeros(2))], lr=0.1)
+    sched = _OneNumber(opt)
+    sched.step()
+    sched.step()
+    assert opt.lr == 0.025 and type(opt.lr) is float and sched.get_last_lr() == [0.025]
+    two = tn.SGD([{"params": [tn.Parameter(np.zeros(2))]}, {"params": [tn.Parameter(np.zeros(1))]}],
+                 lr=0.1)
+    with pytest.raises(ValueError, match=r"^_OneNumber: get_lr returned one number for 2 parameter "
+                                         r"groups: return one lr per parameter group \(a list\)$"):
+        _OneNumber(two)
+
+    class Three(tn.LRScheduler):
+        def get_lr(self):
+            return [0.1, 0.2, 0.3]
+    with pytest.raises(ValueError, match=r"^Three: get_lr returned 3 lrs for 2 parameter groups: "
+                                         r"return one lr per parameter group$"):
+        Three(two)
+
+
+def test_scheduler_attributes_set_after_super_init_get_an_error_that_says_so():
+    class Late(tn.LRScheduler):
+        def __init__(self, optimizer, warmup):
+            super().__init__(optimizer)
+            self.warmup = warmup
+
+        def get_lr(self):
+            return [base * min(1.0, (self.last_epoch + 1) / self.warmup) for base in self.base_lrs]
+
+    class Buggy(tn.LRScheduler):
+        def get_lr(self):
+            return [self.optimizer.no_such_thing]
+
+    opt = tn.SGD([tn.Parameter(np.zeros(2))], lr=0.1)
+    with pytest.raises(AttributeError, match=r"^Late: get_lr reads self.warmup, which is not set "
+                                             r"yet: set your attributes BEFORE "
+                                             r"super\(\).__init__\(optimizer\)"):
+        Late(opt, 5)
+    with pytest.raises(AttributeError, match="no_such_thing") as error:    # not about self: as is
+        Buggy(opt)
+    assert "BEFORE" not in str(error.value)
+
+
+@pytest.mark.parametrize("sched, kw", SCHEDULER_CONFIGS + [
+    ("ReduceLROnPlateau", dict(factor=0.5, patience=0, min_lr=1e-3))])
+def test_scheduler_writes_python_floats_from_numpy_arguments(sched, kw):
+    opt = tn.SGD([tn.Parameter(np.ones(3, np.float32))], lr=np.float64(0.1),
+                 momentum=np.float64(0.9))
+    s = getattr(tn, sched)(opt, **_numpy_scalars(kw))
+    for step in range(12):
+        s.step(np.float64(1.0)) if sched == "ReduceLROnPlateau" else s.step()
+        _assert_plain_floats(opt)
+    assert {type(lr) for lr in s.get_last_lr()} == {float}
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Model, Sequential and callbacks: forward/backward against torch, tn.Model
+# subclasses, fit/evaluate/predict/summary, train_step and callbacks, Keras 3's
+# model surface, schedulers in fit, end to end
+# ════════════════════════════════════════════════════════════════════════════
 
 @pytest.mark.parametrize("variant", ["nll", "cross_entropy", "softmax_mse"])
 @pytest.mark.parametrize("n,n_in,h1,h2,c,seed", [(1, 3, 4, 5, 2, 0), (8, 4, 16, 8, 3, 1),
@@ -1912,6 +3929,8 @@ def test_sequential_mlp_matches_torch(variant, n, n_in, h1, h2, c, seed):
     for k in ours:
         assert_parity(ours[k].grad, theirs[k].grad, k)
 
+
+# ── forward and backward against torch.nn.Sequential ────────────────────────
 
 def test_cnn_sequential_matches_torch():
     torch.manual_seed(0)
@@ -2017,155 +4036,7 @@ def test_sequential_rejects_bad_input_width():
         model.predict(np.zeros((3, 4)))
 
 
-# ── composition: sublayers as attributes, as torch's Module; tn.Model ────────
-
-class _Composed(tn.Layer):
-    """A sublayer, a list of sublayers (torch's ModuleList), an own Parameter set after them, a
-    weight tied to another (head.weight is emb.weight), and a private list that names the
-    sublayers again. tokens (N,) -> scores (N, 7)."""
-
-    def __init__(self):
-        self.emb = tn.Embedding(7, 4)
-        self.blocks = [tn.BatchNorm1d(4), tn.Linear(4, 4)]
-        self.scale = tn.Parameter(np.ones(4, np.float32))
-        self.head = tn.Linear(4, 7)
-        self.head.weight = self.emb.weight                              # tied: (7, 4)
-        self.pair = (tn.ReLU(), tn.Dropout(0.5))                       # a tuple: no parameters
-        self._chain = [self.emb, *self.blocks, self.head]               # private: not recursed
-
-    def forward(self, tokens):
-        h = self.blocks[1].forward(self.blocks[0].forward(self.emb.forward(tokens)))   # (N, 4)
-        self._cache = h
-        return self.head.forward(h * self.scale.data)
-
-    def backward(self, grad):
-        h = self._saved()
-        dz = self.head.backward(grad)                                   # (N, 4)
-        self.scale.grad += (dz * h).sum(axis=0)
-        self.emb.backward(self.blocks[0].backward(self.blocks[1].backward(dz * self.scale.data)))
-
-
-def _torch_composed():
-    """_Composed's structure in torch (ModuleList for the list), float64."""
-    class Composed(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.emb = torch.nn.Embedding(7, 4)
-            self.blocks = torch.nn.ModuleList([torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 4)])
-            self.scale = torch.nn.Parameter(torch.ones(4))
-            self.head = torch.nn.Linear(4, 7)
-            self.head.weight = self.emb.weight
-
-        def forward(self, tokens):
-            return self.head(self.blocks[1](self.blocks[0](self.emb(tokens))) * self.scale)
-
-    torch.manual_seed(0)
-    return Composed().double()
-
-
-def test_composed_layer_lists_parameters_and_state_as_torch_module():
-    ours, theirs = _Composed(), _torch_composed()
-    # torch: the module's own Parameters first (scale, set after the sublayers), then each
-    # sublayer's in attribute order; the tied weight once, under its first name
-    keys = [k for k, _ in theirs.named_parameters()]
-    assert keys == ["scale", "emb.weight", "blocks.0.weight", "blocks.0.bias", "blocks.1.weight",
-                    "blocks.1.bias", "head.bias"]
-    assert [k for k, _ in ours.named_parameters()] == keys
-    assert len(ours.parameters()) == len(list(theirs.parameters())) == 7
-    assert [id(p) for p in ours.parameters()] == [id(p) for _, p in ours.named_parameters()]
-    # state_dict keeps both names of the tied weight (torch too), own arrays first
-    state_keys = [k for k in theirs.state_dict() if not k.endswith("num_batches_tracked")]
-    assert "head.weight" in state_keys and list(ours.state_dict()) == state_keys
-    assert [k for k, _ in ours.named_buffers()] == ["blocks.0.running_mean", "blocks.0.running_var"]
-    ours.astype(np.float64).load_state_dict(theirs.state_dict())     # both tied keys load
-    assert ours.head.weight is ours.emb.weight
-    for k, v in ours.state_dict().items():
-        assert_parity(v, theirs.state_dict()[k], k)
-    outer, outer_t = tn.Layer(), torch.nn.Module()          # a Sequential as a sublayer
-    outer.encoder = tn.Sequential(tn.Linear(2, 3), tn.BatchNorm1d(3))
-    outer_t.encoder = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
-    outer.head, outer_t.head = tn.Linear(3, 1), torch.nn.Linear(3, 1)
-    assert [k for k, _ in outer.named_parameters()] == [k for k, _ in outer_t.named_parameters()]
-    assert list(outer.state_dict()) == [k for k in outer_t.state_dict()
-                                        if not k.endswith("num_batches_tracked")]
-
-
-def test_composition_recurses_zero_grad_train_eval_and_astype():
-    model = _Composed()
-    for p in model.parameters():
-        p.grad[...] = 1
-    model.zero_grad()
-    assert all((p.grad == 0).all() for p in model.parameters())
-    layers = [model.emb, *model.blocks, model.head, *model.pair]
-    assert not any(layer.training for layer in [model.eval(), *layers])
-    assert all(layer.training for layer in [model.train(), *layers])
-    model.astype(np.float64)
-    arrays = [a for p in model.parameters() for a in (p.data, p.grad)]
-    assert all(a.dtype == np.float64 for a in arrays + list(model.state_dict().values()))
-    assert model.blocks[0].running_var.dtype == np.float64
-    assert model.head.weight is model.emb.weight and model.head.weight.grad.dtype == np.float64
-
-
-def test_adam_step_on_a_tied_weight_matches_torch():
-    """The tied weight's gradient is the sum of both uses; the optimizer updates it once."""
-    ours, theirs = _Composed(), _torch_composed()
-    ours.astype(np.float64).load_state_dict(theirs.state_dict())
-    opt, opt_t = tn.Adam(ours.parameters(), lr=0.01), torch.optim.Adam(theirs.parameters(), lr=0.01)
-    loss, loss_t = tn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss()
-    rng = np.random.default_rng(0)
-    for step in range(2):
-        tokens, y = rng.integers(0, 7, 6), rng.integers(0, 7, 6)
-        opt.zero_grad()
-        value = loss.forward(ours.forward(tokens), y)
-        ours.backward(loss.backward())
-        opt.step()
-        opt_t.zero_grad()
-        value_t = loss_t(theirs(torch.from_numpy(tokens)), torch.from_numpy(y))
-        value_t.backward()
-        opt_t.step()
-        assert_parity(np.float64(value), value_t, f"loss at step {step}")
-        for k, p in ours.named_parameters():
-            assert_parity(p.grad, theirs.get_parameter(k).grad, f"{k} gradient at step {step}")
-        for k, v in ours.state_dict().items():
-            assert_parity(v, theirs.state_dict()[k], f"{k} after step {step}")
-
-
-class _TwoInputs(tn.Model):
-    """scores = linear(features) + mean over t of emb(tokens)[:, t]: (N, F), (N, T) -> (N, C)."""
-
-    def __init__(self, features=3, vocab=6, classes=4):
-        self.linear = tn.Linear(features, classes)
-        self.emb = tn.Embedding(vocab, classes)
-
-    def forward(self, x):
-        features, tokens = x
-        self._cache = tokens.shape[1]
-        return self.linear.forward(features) + self.emb.forward(tokens).mean(axis=1)
-
-    def backward(self, grad):                      # -> (grad wrt features, None for the tokens)
-        steps = self._saved()
-        self.emb.backward(np.repeat(grad[:, None] / steps, steps, axis=1))       # (N, T, C)
-        return self.linear.backward(grad), None
-
-
-def _torch_two_inputs():
-    class TwoInputs(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.linear, self.emb = torch.nn.Linear(3, 4), torch.nn.Embedding(6, 4)
-
-        def forward(self, features, tokens):
-            return self.linear(features) + self.emb(tokens).mean(dim=1)
-
-    torch.manual_seed(0)
-    return TwoInputs().double()
-
-
-def _two_input_data(n=12, seed=0):
-    rng = np.random.default_rng(seed)
-    features, tokens = rng.standard_normal((n, 3)), rng.integers(0, 6, (n, 5))
-    return features, tokens, rng.integers(0, 4, n)
-
+# ── tn.Model subclasses: several inputs, sequence targets ───────────────────
 
 def test_model_subclass_with_two_inputs_train_step_matches_torch():
     ours, theirs = _TwoInputs(), _torch_two_inputs()
@@ -2512,6 +4383,48 @@ def test_fit_verbose_1_on_a_terminal_shows_a_bar_with_the_running_loss():
         assert re.search(rf"epoch {epoch}/2: 100%.* 5/5 .*loss={loss}", r.stderr), (line, r.stderr)
 
 
+def test_fit_progress_in_a_notebook_is_one_display_updated_in_place(monkeypatch, capsys):
+    import types
+
+    import IPython.display
+
+    shown = []
+
+    class Handle:
+        def update(self, bundle, raw):
+            shown.append(bundle)
+
+    def display(bundle, raw, display_id):
+        shown.append(bundle)
+        return Handle()
+
+    import IPython
+
+    kernel = types.SimpleNamespace(kernel=object())                   # as in a Jupyter kernel
+    monkeypatch.setattr(IPython, "get_ipython", lambda: kernel)
+    monkeypatch.setattr(IPython.display, "display", display)
+    clock = iter(range(100, 1000))
+    monkeypatch.setattr(tn.time, "monotonic", lambda: next(clock))    # every batch is 1 s later
+    X = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    model = tn.Sequential(tn.Linear(4, 2))
+    model.compile(tn.SGD(model.parameters(), lr=0.1), tn.CrossEntropyLoss())
+    history = model.fit(X, np.arange(8) % 2, epochs=2, batch_size=4, verbose=1)
+    assert capsys.readouterr() == ("", "")                              # nothing printed
+    texts = [b["text/plain"] for b in shown]
+    assert texts[0] == ""
+    assert re.fullmatch(r"epoch 1/2 \[==========> {9}\] 1/2 - loss: \d\.\d{4} - accuracy: 0\.\d{4}",
+                        texts[1]), texts[1]
+    assert re.fullmatch(r"epoch 1/2 \[=+\] 2/2 - loss: \d\.\d{4} - accuracy: 0\.\d{4}", texts[2])
+    loss = history.history["loss"][0]
+    assert f"loss: {loss:.4f}" in texts[2]             # the running mean at the end
+    lines = texts[-1].splitlines()
+    assert len(shown) == 1 + 3 + 3 and len(lines) == 2
+    assert lines[0].startswith(f"epoch 1/2 - loss: {loss:.4f} - accuracy: ")
+    assert texts[4].startswith(lines[0] + "\nepoch 2/2 [")
+    assert '<progress value="1" max="2"></progress> 1/2 - loss: ' in shown[1]["text/html"]
+    assert shown[-1]["text/html"] == '<pre style="margin: 0">' + texts[-1] + "</pre>"
+
+
 def _no_caches(model):
     return all(layer._cache is None for layer in model.layers)
 
@@ -2571,6 +4484,82 @@ def test_summary():
     conv_like.predict(np.zeros((2, 3, 2, 2)))
     conv_like.summary(print_fn=lines.append)
     assert lines[1] == lines[0]                            # the last input shape is remembered
+
+
+def test_summary_prints_the_table_and_returns_none(capsys):
+    model = tn.Sequential(tn.Flatten(), tn.Linear(12, 5), tn.ReLU(), tn.Linear(5, 2))
+    assert model.summary() is None  # not a string a notebook would echo escaped
+    out = capsys.readouterr().out
+    assert out.startswith("Layer") and out.endswith("Total params: 77\n")
+    assert "0: Flatten()" in out and "(None, 12)" in out  # inferred before any data: (12,)
+
+
+@pytest.mark.parametrize(
+    "layers, shape",
+    [
+        ([tn.Flatten(), tn.Dropout(), tn.Linear(12, 3)], (12,)),
+        ([tn.Normalize(np.zeros(12), np.ones(12)), tn.Sigmoid(), tn.Linear(12, 3)], (12,)),
+        ([tn.Flatten(), tn.BatchNorm1d(12), tn.Linear(12, 3)], (12,)),
+        ([tn.Normalize([0.5, 0.5, 0.5], [0.2, 0.2, 0.2]), tn.Flatten(), tn.Linear(12, 3)], None),
+        ([tn.BatchNorm1d(3), tn.Flatten(), tn.Linear(12, 3)], None),
+        ([tn.Conv2d(3, 4, 3), tn.Flatten(), tn.Linear(12, 3)], None),
+        ([tn.MaxPool2d(2), tn.Linear(12, 3)], None),
+    ],
+)
+def test_summary_infers_the_input_shape_only_when_the_layers_tell_it(layers, shape):
+    model = tn.Sequential(layers)
+    assert model._implied_input_shape() == shape
+    if shape is None:
+        with pytest.raises(
+            ValueError, match=r"Sequential\.summary: the layers do not tell .* input_shape"
+        ):
+            model.summary()
+    else:
+        lines = []
+        model.summary(print_fn=lines.append)
+        assert re.search(r"Linear\(12, 3\) +\(None, 3\) +39\n", lines[0]), lines[0]
+
+
+def test_summary_after_calling_the_model_directly():
+    model = tn.Sequential(tn.Conv2d(1, 2, 3), tn.Flatten(), tn.Linear(8, 2))
+    model(np.zeros((5, 1, 4, 4), np.float32))  # forward through __call__, no predict
+    lines = []
+    model.summary(print_fn=lines.append)
+    assert "(None, 2, 2, 2)" in lines[0] and "(None, 8)" in lines[0]
+
+
+def test_summary_fits_100_columns_with_long_layer_arguments():
+    mean = np.linspace(0.1, 0.9, 784)
+    model = tn.Sequential(
+        tn.Normalize(mean, mean + 1), tn.Linear(784, 256), tn.ReLU(), tn.Linear(256, 10)
+    )
+    lines = []
+    model.summary(print_fn=lines.append)
+    assert max(map(len, lines[0].splitlines())) <= 100, lines[0]
+    assert "Normalize([784 values], [784 values])" in lines[0]
+    conv = tn.Sequential(
+        tn.Normalize([0.49, 0.48, 0.45], [0.25, 0.24, 0.26]),
+        tn.Conv2d(3, 64, kernel_size=(3, 5), stride=2, padding=1),
+        tn.MaxPool2d(2),
+    )
+    conv.summary(input_shape=(3, 32, 32), print_fn=lines.append)
+    assert max(map(len, lines[1].splitlines())) <= 100, lines[1]
+    for piece in (
+        "Normalize([3 values], [3 values])",
+        "Conv2d(3, 64, [3, 5], stride=2, padding=1)",
+        "MaxPool2d(2, stride=2)",
+        "(None, 64, 16, 15)",
+        "(None, 64, 8, 7)",
+    ):
+        assert piece in lines[1], piece
+    assert tn._describe(tn.Linear(3, 4, bias=False)) == "Linear(3, 4, bias=False)"
+
+    class Tagged(tn.Layer):
+        def __init__(self, tag):
+            self.tag = tag
+
+    text = tn._describe(Tagged("a very long tag, longer than a summary column"))
+    assert len(text) == 44 and text.startswith("Tagged('a very long") and text.endswith("…)")
 
 
 def test_fit_is_deterministic_under_manual_seed():
@@ -2660,6 +4649,24 @@ def test_compile_and_add_reject_bad_arguments():
         model.compile(tn.SGD(model.parameters(), lr=0.1), tn.MSELoss(), metrics=("accuracy", "f1"))
     with pytest.raises(TypeError, match=r"Sequential\.add: expected a Layer, got function"):
         tn.Sequential(tn.Linear(2, 2), lambda x: x)
+
+
+def test_compile_rejects_reduction_none_and_a_sum_trains_as_a_scaled_mean():
+    model = _small_model()
+    with pytest.raises(ValueError, match=r"^Sequential.compile: CrossEntropyLoss\(reduction="
+                                         r"'none'\) gives one loss per sample; .*'mean' "
+                                         r"\(the default\) or 'sum'"):
+        model.compile(tn.SGD(model.parameters(), lr=0.1), tn.CrossEntropyLoss(reduction="none"))
+    X, y = _tiny_data(16)
+    X = X.astype(np.float64)
+    summed, mean = _small_model().astype(np.float64), _small_model().astype(np.float64)
+    summed.compile(tn.SGD(summed.parameters(), lr=0.01), tn.CrossEntropyLoss(reduction="sum"))
+    mean.compile(tn.SGD(mean.parameters(), lr=0.01 * 16), tn.CrossEntropyLoss())
+    loss_sum, _ = summed.train_step(X, y)
+    loss_mean, _ = mean.train_step(X, y)
+    assert loss_sum == pytest.approx(16 * loss_mean, rel=1e-12)
+    for a, b in zip(summed.parameters(), mean.parameters()):
+        np.testing.assert_allclose(a.data, b.data, rtol=1e-12, atol=1e-15)
 
 
 # ── train_step, callbacks, History, EarlyStopping, ModelCheckpoint ───────────
@@ -3625,9 +5632,23 @@ def test_fit_logistic_regression_with_bce_with_logits():
 
 
 # ════════════════════════════════════════════════════════════════════════════
-# Serialisation: state dicts and torch interop, save/load round trips (old files, users'
+# Saving: state dicts and torch interop, save/load round trips (old files, users'
 # own layers, checkpoints and resume), corrupt files
 # ════════════════════════════════════════════════════════════════════════════
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_state_dict_tinynet_to_torch(seed):
+    model, _ = mlp_pair(5, 12, 6, 3, "LogSoftmax", seed=seed)
+    model.astype(np.float32)
+    torch.manual_seed(seed + 100)
+    ref = torch.nn.Sequential(torch.nn.Linear(5, 12), torch.nn.ReLU(), torch.nn.Linear(12, 6),
+                              torch.nn.Tanh(), torch.nn.Linear(6, 3), torch.nn.LogSoftmax(dim=1))
+    # strict: same keys
+    ref.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    x = randn(seed, (9, 5)).astype(np.float32)
+    np.testing.assert_allclose(model.predict(x), ref(torch.from_numpy(x)).detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
+
 
 # ── state dicts and torch interop ───────────────────────────────────────────
 
@@ -3668,20 +5689,6 @@ def test_state_dict_torch_to_tinynet(seed, dtype):
     else:
         assert out.dtype == np.float32
         np.testing.assert_allclose(out, expected.numpy(), rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("seed", [0, 1])
-def test_state_dict_tinynet_to_torch(seed):
-    model, _ = mlp_pair(5, 12, 6, 3, "LogSoftmax", seed=seed)
-    model.astype(np.float32)
-    torch.manual_seed(seed + 100)
-    ref = torch.nn.Sequential(torch.nn.Linear(5, 12), torch.nn.ReLU(), torch.nn.Linear(12, 6),
-                              torch.nn.Tanh(), torch.nn.Linear(6, 3), torch.nn.LogSoftmax(dim=1))
-    # strict: same keys
-    ref.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
-    x = randn(seed, (9, 5)).astype(np.float32)
-    np.testing.assert_allclose(model.predict(x), ref(torch.from_numpy(x)).detach().numpy(),
-                               rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("edit,pattern", [
@@ -3886,6 +5893,46 @@ def test_load_reads_files_saved_with_positional_args(tmp_path):
     np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
 
 
+@pytest.mark.parametrize(
+    "loss, metrics", [(tn.CrossEntropyLoss(), ("accuracy",)), (tn.MSELoss(), ())]
+)
+def test_a_loaded_model_evaluates_with_the_loss_it_was_saved_with(tmp_path, loss, metrics):
+    tn.manual_seed(0)
+    model = tn.Sequential(tn.Linear(4, 3))
+    X = np.random.default_rng(0).standard_normal((20, 4)).astype(np.float32)
+    y = np.arange(20) % 3
+    target = y if isinstance(loss, tn.CrossEntropyLoss) else tn.one_hot(y, 3)
+    model.compile(tn.SGD(model.parameters(), lr=0.1), loss, metrics=metrics)
+    model.fit(X, target, epochs=2, verbose=0)
+    model.save(tmp_path / "m.npz")
+    loaded = tn.Sequential.load(tmp_path / "m.npz")
+    assert type(loaded.loss) is type(loss) and loaded.metrics == metrics
+    assert loaded.evaluate(X, target) == model.evaluate(X, target)
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+    with pytest.raises(RuntimeError, match="compile"):  # training needs an optimizer
+        loaded.fit(X, target, verbose=0)
+
+
+def test_load_reads_files_without_a_loss_and_names_an_unknown_one(tmp_path):
+    model = tn.Sequential(tn.Linear(4, 3))
+    model.save(tmp_path / "plain.npz")  # never compiled: as files saved before
+    loaded = tn.Sequential.load(tmp_path / "plain.npz")
+    assert loaded.loss is None
+    np.testing.assert_array_equal(loaded.predict(np.ones((2, 4))), model.predict(np.ones((2, 4))))
+
+    class Hinge(tn.Loss):
+        def forward(self, pred, target):
+            return 0.0
+
+    model.compile(tn.SGD(model.parameters(), lr=0.1), Hinge())
+    model.save(tmp_path / "own.npz")
+    with pytest.raises(ValueError, match=r"unknown loss class 'Hinge'.*custom_objects"):
+        tn.Sequential.load(tmp_path / "own.npz")
+    assert isinstance(
+        tn.Sequential.load(tmp_path / "own.npz", custom_objects={"Hinge": Hinge}).loss, Hinge
+    )
+
+
 class Square(tn.Layer):
     """A user's layer: y = x^2."""
 
@@ -4027,27 +6074,214 @@ def test_load_rejects_corrupt_file(tmp_path, content):
 
 
 # ════════════════════════════════════════════════════════════════════════════
+# Gradient checking: every layer and loss against central differences, and
+# gradcheck's own behaviour (a projection independent of the caller's random
+# state, relative errors on each array's scale)
+# ════════════════════════════════════════════════════════════════════════════
+
+def test_numerical_gradient_known_function_and_restores_x():
+    x = randn(0, (3, 4))
+    x0 = x.copy()
+    grad = tn.numerical_gradient(lambda v: float(np.sum(v ** 3)), x)
+    np.testing.assert_allclose(grad, 3 * x0 ** 2, rtol=1e-7, atol=1e-9)
+    np.testing.assert_array_equal(x, x0)
+    with pytest.raises(TypeError, match="numerical_gradient.*float64.*float32"):
+        tn.numerical_gradient(lambda v: 0.0, x.astype(np.float32))
+
+
+GRADCHECK_LAYERS = [  # id, layer, input shape
+    ("Linear", lambda: tn.Linear(4, 3), (5, 4)),
+    ("Linear-nobias", lambda: tn.Linear(4, 3, bias=False), (5, 4)),
+    ("ReLU", tn.ReLU, (3, 4)),
+    ("LeakyReLU", lambda: tn.LeakyReLU(0.2), (3, 2, 2)),
+    ("Sigmoid", tn.Sigmoid, (3, 4)),
+    ("Tanh", tn.Tanh, (3, 4)),
+    ("Softmax", tn.Softmax, (3, 5)),
+    ("Softmax-3d", lambda: tn.Softmax(dim=-1), (2, 3, 4)),
+    ("LogSoftmax", tn.LogSoftmax, (3, 5)),
+    ("LogSoftmax-3d", lambda: tn.LogSoftmax(dim=0), (2, 3, 4)),
+    ("Flatten", tn.Flatten, (2, 3, 2)),
+    ("Dropout-eval", lambda: tn.Dropout(0.5).eval(), (3, 4)),
+    ("Dropout-p0", lambda: tn.Dropout(0.0), (3, 4)),
+    ("Conv2d-stride-padding", lambda: tn.Conv2d(2, 3, 3, stride=2, padding=1), (2, 2, 5, 6)),
+    ("Conv2d-rectangular", lambda: tn.Conv2d(2, 2, (2, 3), padding=(0, 2)), (2, 2, 4, 3)),
+    ("MaxPool2d-overlapping", lambda: tn.MaxPool2d(3, 2, 1), (2, 2, 5, 6)),
+    ("MaxPool2d", lambda: tn.MaxPool2d(2), (2, 2, 4, 5)),
+    ("AvgPool2d", lambda: tn.AvgPool2d(3, 2, 1), (2, 2, 5, 6)),
+    ("BatchNorm1d", lambda: tn.BatchNorm1d(3), (5, 3)),
+    ("BatchNorm2d", lambda: tn.BatchNorm2d(2), (3, 2, 3, 2)),
+    ("BatchNorm2d-eval", lambda: tn.BatchNorm2d(2).eval(), (3, 2, 3, 2)),
+    ("Normalize", lambda: tn.Normalize([0.1, -0.2, 0.3], [0.5, 1.0, 2.0]), (5, 3)),
+    ("Normalize-4d", lambda: tn.Normalize([0.1, -0.2, 0.3], [0.5, 1.0, 2.0]), (2, 3, 3, 2)),
+    ("Sequential", lambda: tn.Sequential(tn.Linear(4, 5), tn.Tanh(), tn.Linear(5, 3),
+                                         tn.LogSoftmax()), (6, 4)),
+]
+
+
+# the input's seed: gradcheck's projection is independent
+@pytest.mark.parametrize("seed", [0, 1, 42, 1234])
+@pytest.mark.parametrize("make, shape", [pytest.param(make, shape, id=i)
+                                         for i, make, shape in GRADCHECK_LAYERS])
+def test_layer_gradcheck(make, shape, seed):
+    tn.manual_seed(0)
+    layer = make().astype(np.float64)
+    rng = np.random.default_rng(2)
+    for p in layer.parameters():                      # away from BatchNorm's ones / zeros init
+        p.data[...] = rng.uniform(0.5, 1.5, p.data.shape) * rng.choice([-1, 1], p.data.shape)
+    if isinstance(layer, tn.BatchNorm2d) and not layer.training:
+        layer.running_mean[...], layer.running_var[...] = (rng.standard_normal(2),
+                                                           rng.uniform(0.5, 2, 2))
+    before = layer.state_dict()
+    # continuous input: no ties in a window
+    assert tn.gradcheck(layer, away_from_kinks(seed, shape)) < 1e-7
+    for k, v in layer.state_dict().items():           # parameters and running statistics restored
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+
+
+def test_dropout_training_gradcheck():
+    layer, x, r = tn.Dropout(0.4), randn(0, (4, 5)), randn(1, (4, 5))
+
+    def f(x):
+        tn.manual_seed(11)                 # the same mask every call
+        return float(np.sum(layer.forward(x) * r))
+    f(x)
+    analytic = layer.backward(r)
+    np.testing.assert_allclose(analytic, tn.numerical_gradient(f, x.copy()), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("name, shape", [("CrossEntropyLoss", (6, 4)), ("NLLLoss", (6, 4)),
+                                         ("MSELoss", (6, 4)),
+                                         ("BCEWithLogitsLoss", (1,)), ("BCEWithLogitsLoss", (7,)),
+                                         ("BCEWithLogitsLoss", (16, 1)),
+                                         ("BCEWithLogitsLoss", (5, 1))],
+                         ids=["CrossEntropyLoss", "NLLLoss", "MSELoss", "BCEWithLogitsLoss-1",
+                              "BCEWithLogitsLoss-7", "BCEWithLogitsLoss-16x1",
+                              "BCEWithLogitsLoss-5x1"])
+def test_loss_gradcheck(name, shape):
+    pred = log_softmax(randn(0, shape)) if name == "NLLLoss" else randn(0, shape)
+    target = {"MSELoss": randn(1, shape), "BCEWithLogitsLoss":
+              np.random.default_rng(1).integers(0, 2, shape) * 1.0
+              }.get(name, np.array([0, 3, 1, 1, 2, 0]))
+    loss = getattr(tn, name)()
+    loss.forward(pred, target)
+    analytic = loss.backward()
+    numeric = tn.numerical_gradient(lambda p: loss.forward(p, target), pred.copy())
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
+
+
+class _WrongTanh(tn.Tanh):
+    def backward(self, grad):
+        return grad * (1 - self._cache)           # should be 1 - y**2
+
+
+class _WrongLinear(tn.Linear):
+    def backward(self, grad):
+        gx = super().backward(grad)
+        self.bias.grad *= 0.5                     # a wrong parameter gradient
+        return gx
+
+
+class _HalfTanh(tn.Tanh):
+    def backward(self, grad):
+        return 0.5 * super().backward(grad)       # half the true gradient
+
+
+@pytest.mark.parametrize("make", [_WrongTanh, lambda: _WrongLinear(3, 2)],
+                         ids=["input-grad", "param-grad"])
+def test_gradcheck_catches_wrong_backward(make):
+    assert tn.gradcheck(make().astype(np.float64), away_from_kinks(0, (4, 3))) > 1e-2
+
+
+def test_gradcheck_error_is_relative_even_for_tiny_inputs():
+    x = np.random.default_rng(0).standard_normal((3, 4)) * 1e-7
+    assert 0.3 < tn.gradcheck(_HalfTanh(), x) < 0.7
+    assert tn.gradcheck(tn.Tanh(), x) < 1e-6
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: tn.Sequential(tn.Linear(4, 5), tn.BatchNorm1d(5), tn.Tanh(), tn.Linear(5, 3)), (6, 4)),
+    (lambda: tn.Sequential(tn.Conv2d(2, 3, 3, padding=1), tn.BatchNorm2d(3), tn.ReLU(),
+                           tn.MaxPool2d(2), tn.Flatten(), tn.Linear(12, 2)), (3, 2, 4, 4))])
+def test_model_gradcheck_with_a_truly_zero_gradient(make, shape):
+    """A bias before BatchNorm has a zero gradient: central differences give rounding noise
+    there, which must not make a correct model look wrong (it reported 1.0)."""
+    tn.manual_seed(0)
+    model = make().astype(np.float64)
+    x = np.random.default_rng(3).standard_normal(shape)
+    assert np.abs(tn.numerical_gradient(lambda _: float(np.sum(model.forward(x) ** 2)),
+                                        model[0].bias.data)).max() < 1e-6
+    assert tn.gradcheck(model, x) < 1e-7
+
+
+def test_gradcheck_rejects_float32_layer():
+    with pytest.raises(TypeError, match=r"^gradcheck: Linear\(in_features=3, out_features=2, "
+                                        r"bias=True\) must be float64"):
+        tn.gradcheck(tn.Linear(3, 2), randn(0, (4, 3)))
+
+
+class _HalfWeightLinear(tn.Linear):
+    def backward(self, grad):
+        gx = super().backward(grad)
+        self.weight.grad *= 0.5                   # half the true weight gradient
+        return gx
+
+
+@pytest.mark.parametrize("seed", [0, 1, 42, 1234])
+def test_gradcheck_judges_each_array_on_its_own_scale(seed):
+    """A weight gradient off by half on inputs of 1e-7 reports ~0.5 (it reported 1e-7 when the
+    error was relative to the largest gradient: the bias's and the input's, 1e7 times larger)."""
+    tn.manual_seed(seed)
+    x = np.random.default_rng(seed).standard_normal((5, 4)) * 1e-7
+    assert 0.45 < tn.gradcheck(_HalfWeightLinear(4, 3).astype(np.float64), x) < 0.55
+    tn.manual_seed(seed)
+    assert tn.gradcheck(tn.Linear(4, 3).astype(np.float64), x) < 1e-7
+
+
+def test_gradcheck_computes_what_its_docstring_says():
+    """error = max(max|g - d| - noise, 0) / max(max|g|, max|d|) per array, noise = 8 macheps
+    sum|y r| / eps, r the golden-ratio sequence: recomputed here on a case where noise matters."""
+    tn.manual_seed(0)
+    layer = _HalfWeightLinear(4, 3).astype(np.float64)
+    x = np.random.default_rng(0).standard_normal((5, 4)) * 1e-7
+    reported = tn.gradcheck(layer, x)
+    y = layer.forward(x)
+    r = ((np.arange(y.size) * (math.sqrt(5) - 1) / 2 + 0.5) % 1.0 * 2 - 1).reshape(y.shape)
+    noise = 8 * np.finfo(np.float64).eps * np.abs(y * r).sum() / 1e-6
+    layer.zero_grad()
+    grads = [(layer.backward(r), x)] + [(p.grad.copy(), p.data) for p in layer.parameters()]
+    errors = []
+    for g, at in grads:
+        d = tn.numerical_gradient(lambda _: float(np.sum(layer.forward(x) * r)), at)
+        errors.append(max(np.abs(g - d).max() - noise, 0) / max(np.abs(g).max(), np.abs(d).max()))
+    assert noise > 0.01 * np.abs(grads[1][0]).max()          # the floor matters in this case
+    assert reported == pytest.approx(max(errors), rel=1e-9)
+
+
+def test_gradcheck_checks_the_parameters_of_a_compiled_model():
+    """compile makes the first layer skip its input gradient: gradcheck checks the parameters."""
+    tn.manual_seed(0)
+    x = away_from_kinks(0, (5, 4))
+    for first, bad in ((_HalfWeightLinear(4, 3), True), (tn.Linear(4, 3), False)):
+        model = tn.Sequential(first, tn.Tanh(), tn.Linear(3, 2)).astype(np.float64)
+        model.compile(tn.SGD(model.parameters(), lr=0.1), tn.MSELoss())
+        model.forward(x)
+        assert model.backward(np.ones((5, 2))) is None
+        assert (tn.gradcheck(model, x) > 0.1) == bad
+
+
+# ════════════════════════════════════════════════════════════════════════════
 # Data: IDX, MNIST, Iris, downloads, SVHN, splits, one-hot and minibatches
 # ════════════════════════════════════════════════════════════════════════════
 
+def test_one_hot():
+    y = np.array([2, 0, 1, 2])
+    out = tn.one_hot(y, 4)
+    np.testing.assert_array_equal(out, np.eye(4)[y])
+    assert out.shape == (4, 4) and out.dtype == np.float32
+    np.testing.assert_array_equal(tn.one_hot(np.array([2, 0]), 3), [[0, 0, 1], [1, 0, 0]])
+
+
 # ── IDX ─────────────────────────────────────────────────────────────────────
-
-IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.int16, 0x0C: np.int32, 0x0D: np.float32,
-             0x0E: np.float64}
-
-
-def idx_bytes(a, code=None):
-    """An IDX file's content for array a (type byte from its dtype unless given)."""
-    code = code if code is not None else {np.dtype(t): c for c, t in IDX_TYPES.items()}[a.dtype]
-    return (bytes([0, 0, code, a.ndim]) + np.array(a.shape, ">u4").tobytes()
-            + a.astype(a.dtype.newbyteorder(">")).tobytes())
-
-
-def write_idx(path, a, gz=True):
-    content = idx_bytes(a) if isinstance(a, np.ndarray) else a
-    path.write_bytes(gzip.compress(content) if gz else content)
-    return path
-
 
 @pytest.mark.parametrize("code", sorted(IDX_TYPES))
 @pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 3, 4), (2, 1, 3, 2)])
@@ -4105,12 +6339,6 @@ def test_load_idx_rejects_corrupt_gzip(tmp_path, case):
 
 # ── MNIST (the real files from $TINYNET_DATA, ../shared/data in CI) ─────────
 
-@pytest.fixture(scope="module")
-def mnist():
-    need(os.path.join(DATA, "mnist", "train-images-idx3-ubyte.gz"))
-    return tn.load_mnist(DATA, download=False)
-
-
 def test_mnist_shapes_and_dtypes(mnist):
     X_train, y_train, X_test, y_test = mnist
     assert X_train.shape == (60000, 1, 28, 28) and X_test.shape == (10000, 1, 28, 28)
@@ -4125,13 +6353,6 @@ def test_mnist_statistics(mnist):
     assert abs(X_train.mean(dtype=np.float64) - 0.1307) < 1e-4
     assert np.bincount(y_train)[:2].tolist() == [5923, 6742]
     assert np.bincount(y_test)[0] == 980
-
-
-def tiny_mnist(folder, n_train=5, n_test=3):
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        write_idx(folder / f"{split}-images-idx3-ubyte.gz", np.zeros((n, 28, 28), np.uint8))
-        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", np.zeros(n, np.uint8))
 
 
 def test_load_mnist_rejects_mismatched_files(tmp_path):
@@ -4211,6 +6432,16 @@ def test_load_iris_default_path(tmp_path, monkeypatch, where):
     assert X.shape == (150, 4) and np.bincount(y).tolist() == [50, 50, 50]
 
 
+def test_suite_finds_iris_without_tinynet_data(monkeypatch):
+    """`pytest test_tinynet.py` with no environment variable reads data/iris.csv (it ships):
+    the suite's DATA is tn._data_dir(), which falls back to the data/ folder beside tinynet.py."""
+    monkeypatch.delenv("TINYNET_DATA", raising=False)
+    assert "\nDATA = tn._data_dir()  " in open(__file__).read()
+    out = tn._data_dir()
+    assert os.path.samefile(out, os.path.join(HERE, "data"))
+    assert os.path.exists(os.path.join(out, "iris.csv"))
+
+
 @pytest.mark.parametrize("text", [
     "3,2,a,b\n1,2,0\n3,4,1\n",              # header says 3 rows, there are 2
     "2,3,a,b\n1,2,0\n3,4,1\n",              # header says 3 features
@@ -4268,77 +6499,6 @@ def test_missing_files_without_download(tmp_path):
                        match=re.escape(str(tmp_path / "svhn" / "test_32x32.mat"))):
         tn.load_svhn("test", tmp_path, download=False)
     assert not (tmp_path / "mnist").exists()
-
-
-MNIST_NAMES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
-
-
-class Handler(http.server.SimpleHTTPRequestHandler):
-    """/good/<f> serves f, /missing/<f> answers 404, /drop/<f> promises all of f, sends half and
-    hangs up."""
-
-    def do_GET(self):
-        kind, _, name = self.path.strip("/").partition("/")
-        path = os.path.join(self.server.root, name)
-        if kind == "good":
-            self.path = "/" + name
-            return super().do_GET()
-        if kind == "drop" and os.path.exists(path):
-            body = open(path, "rb").read()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body[:len(body) // 2])
-            self.close_connection = True
-            return
-        self.send_error(404)
-
-    def translate_path(self, path):
-        return os.path.join(self.server.root, path.lstrip("/"))
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """(base URL, {file name: (bytes, md5)}) of a server on 127.0.0.1 holding small MNIST and
-    SVHN files, and the real iris.csv."""
-    root = tmp_path_factory.mktemp("www")
-    rng = np.random.default_rng(0)
-    files = {}
-    for name, n in zip(MNIST_NAMES, (6, 6, 4, 4)):
-        shape = (n, 28, 28) if "images" in name else (n,)
-        write_idx(root / name, rng.integers(0, 10 if len(shape) == 1 else 256, shape,
-                                            dtype=np.uint8))
-    svhn_file(root, "test", 5)
-    with open(os.path.join(HERE, "data", "iris.csv"), "rb") as fh:     # the real one
-        (root / "iris.csv").write_bytes(fh.read())
-    for name in MNIST_NAMES + ["test_32x32.mat", "iris.csv"]:
-        files[name] = ((root / name).read_bytes(),
-                       hashlib.md5((root / name).read_bytes()).hexdigest())
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.root = str(root)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", files
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def patch_mirrors(monkeypatch, server, *kinds, dataset="mnist"):
-    base, files = server
-    monkeypatch.setitem(tn.DATA_MIRRORS, dataset, [f"{base}/{kind}/" for kind in kinds])
-    for name, (_, md5) in files.items():
-        monkeypatch.setitem(tn.DATA_MD5, name, md5)
-    return [f"{base}/{kind}/" for kind in kinds]
-
-
-def assert_downloaded(folder, files):
-    assert sorted(os.listdir(folder)) == sorted(files)            # no .part left
-    for name, (content, _) in files.items():
-        assert (folder / name).read_bytes() == content
 
 
 @pytest.mark.parametrize("kinds", [("good",), ("missing", "good")])
@@ -4407,20 +6567,6 @@ def test_download_iris_without_scikit_learn(tmp_path, monkeypatch, server):
 
 # ── SVHN, on small .mat files in the official layout ────────────────────────
 
-def svhn_file(folder, split, n, seed=0, **override):
-    """Write <folder>/<split>_32x32.mat: X (32, 32, 3, n) uint8, y (n, 1) in 1..10
-    (10 = digit 0)."""
-    from scipy.io import savemat
-    rng = np.random.default_rng(seed)
-    X = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
-    y = rng.integers(1, 11, (n, 1)).astype(np.uint8)
-    y[0] = 10
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{split}_32x32.mat"
-    savemat(path, {"X": X, "y": y, **override})
-    return X, y, path
-
-
 @pytest.mark.parametrize("split", ["train", "test", "extra"])
 def test_load_svhn(tmp_path, split):
     X, y, _ = svhn_file(tmp_path / "svhn", split, 7)
@@ -4486,6 +6632,15 @@ def test_train_val_split_sizes_and_order():
     np.testing.assert_array_equal(y_val, np.arange(15, 20))
 
 
+@pytest.mark.parametrize("val_size, n_val", [(1, 1), (np.int32(1), 1), (19, 19), (0.05, 1),
+                                             (0.95, 19)])
+def test_train_val_split_takes_an_int_as_a_count_and_a_float_as_a_fraction(val_size, n_val):
+    X, y = np.arange(40).reshape(20, 2), np.arange(20)
+    X_tr, y_tr, X_val, y_val = tn.train_val_split(X, y, val_size, shuffle=False)
+    np.testing.assert_array_equal(y_val, np.arange(20 - n_val, 20))
+    np.testing.assert_array_equal(X_tr[:, 0] // 2, np.arange(20 - n_val))
+
+
 @pytest.mark.parametrize("val_size, pattern", [
     (0.0, "fraction"), (1.0, "fraction"), (1.5, "fraction"), (-0.2, "fraction"), (True, "fraction"),
     ("0.2", "fraction"), (0, "0 of 20"), (20, "20 of 20"), (-1, "-1 of 20"), (0.01, "0 of 20"),
@@ -4544,14 +6699,6 @@ def test_train_val_split_deterministic_under_manual_seed():
 
 # ── one-hot labels and minibatches ──────────────────────────────────────────
 
-def test_one_hot():
-    y = np.array([2, 0, 1, 2])
-    out = tn.one_hot(y, 4)
-    np.testing.assert_array_equal(out, np.eye(4)[y])
-    assert out.shape == (4, 4) and out.dtype == np.float32
-    np.testing.assert_array_equal(tn.one_hot(np.array([2, 0]), 3), [[0, 0, 1], [1, 0, 0]])
-
-
 @pytest.mark.parametrize("labels, num_classes, exc, pattern", [
     ([0, 3], 3, ValueError, r"one_hot: labels must be in \[0, 3\), got min 0 max 3"),
     ([0, 4], 4, ValueError, r"one_hot: labels must be in \[0, 4\), got min 0 max 4"),
@@ -4602,15 +6749,34 @@ def test_minibatches_rejects_bad_arguments(X, y, batch_size, pattern):
 
 
 # ════════════════════════════════════════════════════════════════════════════
-# Plots and training scripts: figures whose text fits, optimizer paths, the script helpers,
-# and the three scripts run end to end on small data
+# Plots: figures whose text fits, returned, shown or written; optimizer paths
 # ════════════════════════════════════════════════════════════════════════════
 
-SCRIPTS = HERE                                               # the scripts sit beside tinynet.py
-LAST_LINE = re.compile(r"^test accuracy: 0\.\d{4}$|^test accuracy: 1\.0000$")
-EPOCH_LINE = re.compile(r"^epoch 1/1 - loss: \d+\.\d{4} - accuracy: \d\.\d{4} - "
-                        r"val_loss: \d+\.\d{4} - val_accuracy: \d\.\d{4} - lr: ", re.M)
-RUN_PNGS = ("loss.png", "accuracy.png", "batch_loss.png", "confusion.png")
+def _quadratic_grad(x, y):
+    return 2 * (x - 3), 2 * (y - 5)
+
+
+def test_optimizer_path_matches_torch():
+    torch = pytest.importorskip("torch")
+
+    def torch_path(make, steps):
+        p = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+        opt, out = make([p]), [p.detach().clone().numpy()]
+        for _ in range(steps):
+            opt.zero_grad()
+            ((p[0] - 3) ** 2 + (p[1] - 5) ** 2).backward()
+            opt.step()
+            out.append(p.detach().clone().numpy())
+        return np.array(out)
+    for ours, theirs in ((lambda ps: tn.Adam(ps, lr=0.2), lambda ps: torch.optim.Adam(ps, lr=0.2)),
+                         (lambda ps: tn.RMSprop(ps, lr=0.1),
+                          lambda ps: torch.optim.RMSprop(ps, lr=0.1)),
+                         (lambda ps: tn.SGD(ps, lr=0.01, momentum=0.9),
+                          lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9))):
+        assert_parity(tn.optimizer_path(ours, _quadratic_grad, (0, 0), 50), torch_path(theirs, 50),
+                      "optimizer_path", rtol=1e-10)
+
+
 IRIS = ["setosa", "versicolor", "virginica"]
 CLASS_NAMES = {3: IRIS, 10: [str(i) for i in range(10)],
                20: ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
@@ -4619,27 +6785,6 @@ CLASS_NAMES = {3: IRIS, 10: [str(i) for i in range(10)],
 
 
 # ── checking figures ──────────────────────────────────────────────────────────
-
-def _png_ok(path, min_side=150):
-    import matplotlib.image
-    img = matplotlib.image.imread(path)
-    assert img.ndim == 3 and min(img.shape[:2]) >= min_side, f"{path}: image of shape {img.shape}"
-    assert img[..., :3].std() > 0.01, f"{path}: a blank image"
-    assert not os.path.exists(f"{path}.tmp")
-
-
-@pytest.fixture
-def figures(monkeypatch):
-    """The figures the plot helpers save, kept (closed, but drawn once) for inspection."""
-    saved = []
-    save = tn._save
-
-    def keep(fig, path, caller):
-        save(fig, path, caller)
-        saved.append(fig)
-    monkeypatch.setattr(tn, "_save", keep)
-    return saved
-
 
 def _in_view_tick_labels(axis):
     """The tick labels an axis draws: visible, non-empty, at a location inside the view."""
@@ -4719,23 +6864,6 @@ def _assert_text_fits(fig):
         others = [extent[id(t)].extents for t in texts
                   if t not in inside and t is not legend.get_title()]
         assert not any(i == 0 for i, _ in _overlapping([box] + others)), "a legend covers a text"
-
-
-def _history(n_epochs=6, scale=1.0, batches=5):
-    h = tn.History()
-    for e in range(n_epochs):
-        h.batch_loss += [scale * 2.0 / (e + 1 + b / batches) for b in range(batches)]
-        h.on_epoch_end(e, {"loss": scale / (e + 1), "accuracy": 1 - 0.5 / (e + 1),
-                           "val_loss": 1.2 * scale / (e + 1), "val_accuracy": 1 - 0.6 / (e + 1),
-                           "lr": 1e-3})
-    return h
-
-
-def _labels(n, size, seed=0):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, n, size)
-    y[:n] = np.arange(n)
-    return y, np.where(rng.random(size) < 0.7, y, (y + 1) % n)
 
 
 # ── plot helpers: every figure type at 3, 10 and 20 classes or curves ────────
@@ -4844,10 +6972,6 @@ def test_plot_batch_loss_draws_every_update(tmp_path, figures):
 
 # ── optimizer paths ───────────────────────────────────────────────────────────
 
-def _quadratic_grad(x, y):
-    return 2 * (x - 3), 2 * (y - 5)
-
-
 def test_optimizer_path_sgd_closed_form():
     lr, steps = 0.1, 20
     path = tn.optimizer_path(lambda params: tn.SGD(params, lr=lr), _quadratic_grad, (0, 0), steps)
@@ -4857,27 +6981,6 @@ def test_optimizer_path_sgd_closed_form():
                                rtol=1e-12)
     with pytest.raises(ValueError, match="optimizer_path"):
         tn.optimizer_path(lambda params: tn.SGD(params, lr=lr), _quadratic_grad, (0, 0, 0), 3)
-
-
-def test_optimizer_path_matches_torch():
-    torch = pytest.importorskip("torch")
-
-    def torch_path(make, steps):
-        p = torch.zeros(2, dtype=torch.float64, requires_grad=True)
-        opt, out = make([p]), [p.detach().clone().numpy()]
-        for _ in range(steps):
-            opt.zero_grad()
-            ((p[0] - 3) ** 2 + (p[1] - 5) ** 2).backward()
-            opt.step()
-            out.append(p.detach().clone().numpy())
-        return np.array(out)
-    for ours, theirs in ((lambda ps: tn.Adam(ps, lr=0.2), lambda ps: torch.optim.Adam(ps, lr=0.2)),
-                         (lambda ps: tn.RMSprop(ps, lr=0.1),
-                          lambda ps: torch.optim.RMSprop(ps, lr=0.1)),
-                         (lambda ps: tn.SGD(ps, lr=0.01, momentum=0.9),
-                          lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9))):
-        assert_parity(tn.optimizer_path(ours, _quadratic_grad, (0, 0), 50), torch_path(theirs, 50),
-                      "optimizer_path", rtol=1e-10)
 
 
 def test_plot_optimizer_paths_draws_each_path_over_contours(tmp_path, figures):
@@ -4893,6 +6996,317 @@ def test_plot_optimizer_paths_draws_each_path_over_contours(tmp_path, figures):
     for name, p in paths.items():
         np.testing.assert_allclose(np.c_[drawn[name].get_xdata(), drawn[name].get_ydata()], p)
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["SGD", "Adam", "minimum"]
+
+
+# ── figures: returned, shown or written; what each one draws ──────────────────
+
+@pytest.fixture
+def pyplot():
+    """matplotlib.pyplot; every figure is closed after the test (without a path, helpers leave
+    theirs open)."""
+    import matplotlib.pyplot as plt
+
+    yield plt
+    plt.close("all")
+
+
+def _every_plot(path):
+    """{helper: a call of it with `path`} on small inputs."""
+    y, y_pred = _labels(3, 30)
+    f = lambda x, y: x**2 + y**2  # noqa: E731
+    return {
+        "plot_history": lambda: tn.plot_history(_history(), path),
+        "plot_curves": lambda: tn.plot_curves({"a": _history(), "b": _history(scale=2)}, path),
+        "plot_confusion_matrix": lambda: tn.plot_confusion_matrix(y, y_pred, path, IRIS),
+        "plot_predictions": lambda: tn.plot_predictions(
+            np.zeros((30, 1, 8, 8)), y, y_pred, path, n=4
+        ),
+        "plot_embeddings": lambda: tn.plot_embeddings(
+            {"z": np.random.default_rng(0).random((30, 2))}, y, path
+        ),
+        "plot_batch_loss": lambda: tn.plot_batch_loss(_history(), path),
+        "plot_optimizer_paths": lambda: tn.plot_optimizer_paths(
+            {"p": (f, {"a": np.ones((3, 2))})}, path
+        ),
+    }
+
+
+def test_every_plot_helper_returns_its_figure_left_open_without_a_path(
+    tmp_path, monkeypatch, pyplot
+):
+    import inspect
+
+    from matplotlib.figure import Figure
+
+    monkeypatch.chdir(tmp_path)
+    helpers = _every_plot(None)
+    assert sorted(helpers) == sorted(n for n in dir(tn) if n.startswith("plot_"))
+    for name, draw in helpers.items():
+        fig = draw()
+        assert isinstance(fig, Figure), name
+        assert fig in [pyplot.figure(n) for n in pyplot.get_fignums()], (
+            f"{name}: the figure is lost"
+        )
+        assert inspect.signature(getattr(tn, name)).parameters["path"].default is None
+    assert os.listdir(tmp_path) == []  # nothing written
+
+
+@pytest.mark.parametrize(
+    "name, magic",
+    [("loss.png", b"\x89PNG"), ("figs/deeper/loss.PDF", b"%PDF"), ("loss.svg", b"<?xml")],
+)
+def test_plot_path_format_follows_the_extension_and_folders_are_created(
+    tmp_path, pyplot, name, magic
+):
+    helpers = list(_every_plot(tmp_path / name).items())
+    if not name.endswith(".png"):       # every helper writes through _save: two are enough here
+        helpers = helpers[:2]
+    for helper, draw in helpers:
+        fig = draw()
+        assert (tmp_path / name).read_bytes().startswith(magic), helper
+        assert not os.path.exists(f"{tmp_path / name}.tmp")
+        assert fig not in [pyplot.figure(n) for n in pyplot.get_fignums()], f"{helper}: left open"
+        (tmp_path / name).unlink()
+    if name.endswith(".svg"):
+        tn.plot_batch_loss([1.0, 0.5], str(tmp_path / name))  # a str path as well as a Path
+        assert "<svg" in (tmp_path / name).read_text()
+
+
+def test_plot_path_errors_name_the_path_given(tmp_path, pyplot):
+    for bad in ("loss", "loss.txt"):
+        with pytest.raises(
+            ValueError, match=rf"plot_history: cannot tell the format of '{bad}'.*\.png.*\.svg"
+        ):
+            tn.plot_history(_history(), bad)
+    (tmp_path / "afile").write_text("")
+    target = str(tmp_path / "afile" / "loss.png")  # a folder that is a file
+    message = rf"plot_batch_loss: cannot write '{re.escape(target)}': \w[\w ]+$"   # + the reason
+    with pytest.raises(OSError, match=message):
+        tn.plot_batch_loss([1.0, 0.5], target)
+    assert os.listdir(tmp_path) == ["afile"]
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 3, 7])
+def test_plot_history_ticks_whole_epochs(pyplot, epochs):
+    ax = tn.plot_history(_history(epochs), keys=("loss",)).axes[0]
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert all(t == int(t) for t in ticks) and 1 in ticks
+    if epochs < 3:
+        assert ticks == list(range(1, epochs + 1)) and ax.get_xlim() == (0.5, epochs + 0.5)
+    assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "loss"
+    assert ax.xaxis.get_gridlines()[0].get_visible()                   # a light grid
+
+
+def test_plot_titles_wrap_to_the_figure_width(pyplot):
+    title = " ".join(f"word{i}" for i in range(60))
+    fig = tn.plot_batch_loss([1.0, 0.5], title=title)      # 8 inches: 8 * 72 / (0.6 * 12) = 80
+    lines = fig._suptitle.get_text().splitlines()
+    assert " ".join(lines) == f"{title}: training loss after every update"
+    assert max(map(len, lines)) <= 80 and all(len(line) > 70 for line in lines[:-1])
+
+
+def test_plot_history_panels_are_titled_by_their_key(pyplot):
+    fig = tn.plot_history(_history(4), keys=("accuracy", "nope", "loss"), title="Run")
+    assert [ax.get_title() for ax in fig.axes] == ["accuracy", "loss"]
+    assert fig._suptitle.get_text() == "Run: accuracy and loss per epoch"
+    training, validation = fig.axes[1].get_lines()
+    np.testing.assert_array_equal(training.get_xdata(), [1, 2, 3, 4])
+    np.testing.assert_allclose(validation.get_ydata(), [1.2 / (e + 1) for e in range(4)])
+    assert tn.plot_history(_history(4))._suptitle is None  # no title, no suptitle
+    curves = tn.plot_curves({"a": _history(3)}, keys=("val_loss", "loss"), title="Runs")
+    assert [ax.get_title() for ax in curves.axes] == ["val_loss", "loss"]
+    assert curves._suptitle.get_text() == "Runs: val_loss and loss per epoch"
+    emb = tn.plot_embeddings(
+        {"raw": np.zeros((4, 2)), "learned": np.ones((4, 2))}, [0, 1, 1, 0], class_names=["a", "b"]
+    )
+    assert [ax.get_title() for ax in emb.axes] == ["raw", "learned"]
+    assert [t.get_text() for t in emb.axes[-1].get_legend().get_texts()] == ["a", "b"]
+
+
+def test_plot_predictions_captions_mistakes_first_in_red(pyplot):
+    y_true, y_pred = np.array([0, 1, 2, 1, 0, 2]), np.array([0, 2, 2, 1, 1, 2])
+    X = np.random.default_rng(0).random((6, 1, 5, 5))
+    fig = tn.plot_predictions(
+        X, y_true, y_pred, class_names=["cat", "dog", "eel"], n=6, title="Pets"
+    )
+    shown = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in shown] == [
+        "eel (dog)",
+        "dog (cat)",
+        "cat (cat)",
+        "eel (eel)",
+        "dog (dog)",
+        "eel (eel)",
+    ]
+    import matplotlib.colors
+
+    red = [matplotlib.colors.same_color(ax.title.get_color(), "red") for ax in shown]
+    assert red == [True, True, False, False, False, False]
+    for ax, bad in zip(shown, red):
+        assert ax.axison == bad
+        assert (
+            all(matplotlib.colors.same_color(s.get_edgecolor(), "red") for s in ax.spines.values())
+            == bad
+        )
+    np.testing.assert_array_equal(
+        shown[0].images[0].get_array(), X[1, 0]
+    )  # the first mistake's image
+    assert (
+        fig._suptitle.get_text()
+        == "Pets: predicted (true) test images; 2 of 6 misclassified, shown first in red"
+    )
+    assert len([ax for ax in tn.plot_predictions(X, y_true, y_pred, n=4).axes if ax.images]) == 4
+
+
+def test_plot_confusion_matrix_ticks_name_the_classes_and_cells_count(pyplot):
+    y, y_pred = np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 2, 0])
+    fig = tn.plot_confusion_matrix(y, y_pred, class_names=IRIS)
+    ax = fig.axes[0]
+    assert (
+        [t.get_text() for t in ax.get_xticklabels()]
+        == IRIS
+        == [t.get_text() for t in ax.get_yticklabels()]
+    )
+    cells = {
+        (round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts
+    }
+    assert cells == {(i, j): str(c) for (i, j), c in np.ndenumerate(tn.confusion_matrix(y, y_pred))}
+    assert ax.get_xlabel() == "predicted class" and ax.get_ylabel() == "true class"
+    assert ax.get_title() == "accuracy 0.6667 (4/6)"
+    ids = tn.plot_confusion_matrix(y, y_pred).axes[0]
+    assert [t.get_text() for t in ids.get_xticklabels()] == ["0", "1", "2"]
+
+
+def test_plot_confusion_matrix_slants_long_names_and_widens(pyplot):
+    y = np.arange(6) % 3
+
+    def drawn(names):
+        fig = tn.plot_confusion_matrix(y, y, class_names=names)
+        return fig, {t.get_rotation() for t in fig.axes[0].get_xticklabels()}
+
+    short, level = drawn(["a", "b", "c"])
+    middle, slanted = drawn(["abcdefgh", "bcdefghi", "cdefghij"])
+    long, vertical = drawn(["a rather long class name", "b rather long class name", "c"])
+    assert (level, slanted, vertical) == ({0.0}, {45.0}, {90.0})
+    assert short.get_figwidth() < middle.get_figwidth() < long.get_figwidth()
+    assert short.get_figheight() < middle.get_figheight() < long.get_figheight()
+    assert {t.get_ha() for t in middle.axes[0].get_xticklabels()} == {"right"}
+    assert {t.get_ha() for t in short.axes[0].get_xticklabels()} == {"center"}
+
+
+@pytest.mark.parametrize("epochs, marks", [(4, [25.5, 50.5, 75.5]), (2, [50.5]), (1, []), (25, [])])
+def test_plot_batch_loss_marks_the_end_of_each_epoch(pyplot, epochs, marks):
+    h = _history(n_epochs=epochs, batches=100 // epochs)
+    fig = tn.plot_batch_loss(h)
+    ax = fig.axes[0]
+    vertical = [
+        line.get_xdata()[0]
+        for line in ax.get_lines()
+        if line.get_label() != "loss of each update" and len(set(line.get_xdata())) == 1
+    ]
+    assert vertical == marks
+    top = [c for c in ax.child_axes]
+    assert len(top) == (epochs > 1)
+    if top:
+        assert top[0].get_xlabel() == "epoch"
+        per = 100 // epochs
+        np.testing.assert_allclose(top[0]._functions[0](np.array([per, 2 * per])), [1, 2])
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert ("end of an epoch" in labels) == bool(marks)
+    raw, mean = ax.get_lines()[:2]
+    window = max(1, len(h.batch_loss) // 50)
+    np.testing.assert_allclose(mean.get_ydata()[0], np.mean(h.batch_loss[:window]))
+    np.testing.assert_array_equal(mean.get_xdata()[:2], [window, window + 1])
+    assert labels[:2] == ["loss of each update", f"mean of the last {window}"]
+    assert ax.get_yscale() == "linear"
+
+
+def test_plot_batch_loss_log_scale_over_two_decades(pyplot):
+    assert tn.plot_batch_loss([1000.0, 1.0, 9.0]).axes[0].get_yscale() == "log"
+    assert tn.plot_batch_loss([100.0, 1.0, 9.0]).axes[0].get_yscale() == "linear"
+    assert tn.plot_batch_loss([1000.0, 0.0, 9.0]).axes[0].get_yscale() == "linear"  # log of 0: no
+    ax = tn.plot_batch_loss([0.5, 0.4]).axes[0]
+    assert len(ax.get_lines()) == 1 and not ax.child_axes  # 2 updates: no mean, no epochs
+
+
+def test_plot_optimizer_paths_view_covers_every_path_under_contours(pyplot):
+    from matplotlib.contour import ContourSet
+
+    f = lambda x, y: (x - 1) ** 2 + 10 * (y + 2) ** 2  # noqa: E731
+    far = np.array([[0.0, 0.0], [-30.0, 4.0], [-20.0, 12.0]])
+    near = np.array([[0.0, 0.0], [0.5, -1.0], [1.0, -2.0]])
+    fig = tn.plot_optimizer_paths(
+        {
+            "a long panel title " * 4: (f, {"far": far, "near": near}, (1, -2)),
+            "second": (f, {"near": near}),
+        },
+        title="Paths",
+    )
+    ax, other = fig.axes[:2]
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    for p in (far, near, [(1, -2)]):
+        assert (x0 < np.asarray(p)[:, 0]).all() and (np.asarray(p)[:, 0] < x1).all()
+        assert (y0 < np.asarray(p)[:, 1]).all() and (np.asarray(p)[:, 1] < y1).all()
+    assert x0 > -30 - 0.15 * 31 - 0.15 and x1 < 1 + 0.15 * 31 + 0.15  # a margin, not more
+    assert other.get_xlim()[0] > -1 and other.get_ylim()[1] < 1  # each panel its own view
+    [contours] = [c for c in ax.collections if isinstance(c, ContourSet)]
+    assert len(contours.levels) >= 10 and np.all(np.diff(contours.levels) > 0)
+    grid = np.array([v for path in contours.get_paths() for v in path.vertices])
+    for axis, (lo, hi) in enumerate(((x0, x1), (y0, y1))):          # drawn over the whole view
+        assert lo - 1e-9 <= grid[:, axis].min() <= lo + 0.05 * (hi - lo)
+        assert hi - 0.05 * (hi - lo) <= grid[:, axis].max() <= hi + 1e-9
+    z = f(*np.meshgrid(np.linspace(x0, x1, 50), np.linspace(y0, y1, 50)))
+    assert contours.levels[0] < np.quantile(z, 0.05) and contours.levels[-1] > np.quantile(z, 0.5)
+    assert ax.get_title().replace("\n", " ") == ("a long panel title " * 4).strip()
+    assert "\n" in ax.get_title() and other.get_title() == "second"
+    drawn = {line.get_label(): line for line in ax.get_lines()}
+    np.testing.assert_array_equal(drawn["far"].get_xydata(), far)
+    starts = [
+        line for line in ax.get_lines() if line.get_marker() == "o" and line.get_color() == "black"
+    ]
+    assert [tuple(line.get_xydata()[0]) for line in starts] == [(0, 0), (0, 0)]
+    ends = [line for line in ax.get_lines() if line.get_markersize() == 9]
+    assert [tuple(line.get_xydata()[0]) for line in ends] == [(-20, 12), (1, -2)]
+    assert [
+        line.get_xydata()[0].tolist() for line in ax.get_lines() if line.get_label() == "minimum"
+    ] == [[1, -2]]
+    assert fig._suptitle.get_text() == "Paths"
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Training scripts: the script helpers, the scripts run end to end on small data,
+# what they run
+# ════════════════════════════════════════════════════════════════════════════
+
+def _main(script, argv, monkeypatch):
+    """Run script's main() in-process with argv (for flags rejected before any data is read)."""
+    module = importlib.import_module(script)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *argv])
+    module.main()
+
+
+@pytest.mark.parametrize("script", ["train_mnist", "train_svhn", "train_iris"])
+def test_script_help(script, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as e:
+        _main(script, ["--help"], monkeypatch)
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for flag in ("--epochs", "--batch-size", "--lr", "--optimizer", "--scheduler", "--weight-decay",
+                 "--seed", "--data-dir", "--out", "--quick", "--no-plots"):
+        assert flag in out
+    assert "a small subset and 1 epoch" in out
+    extra = {"train_mnist": ("--projection {tsne,pca}", "--embeddings"),
+             "train_svhn": ("--sweep", "--batchnorm"),
+             "train_iris": ("--loss {ce,nll,mse}", "--activation {relu,sigmoid}",
+                            "--trajectories")}[script]
+    for flag in extra:
+        assert flag in out
+
+
+LAST_LINE = re.compile(r"^test accuracy: 0\.\d{4}$|^test accuracy: 1\.0000$")
+EPOCH_LINE = re.compile(r"^epoch 1/1 - loss: \d+\.\d{4} - accuracy: \d\.\d{4} - "
+                        r"val_loss: \d+\.\d{4} - val_accuracy: \d\.\d{4} - lr: ", re.M)
+RUN_PNGS = ("loss.png", "accuracy.png", "batch_loss.png", "confusion.png")
 
 
 # ── training-script helpers ───────────────────────────────────────────────────
@@ -4972,57 +7386,6 @@ def test_save_run_figures_titles_name_the_run(tmp_path, figures):
 
 # ── the training scripts ──────────────────────────────────────────────────────
 
-def _command(script, *args, env=None):
-    """subprocess.run's arguments for the script, with this moment's environment and folder."""
-    # one BLAS thread: on a busy 2-core machine OpenBLAS threads wait on each other (2-5x slower)
-    env = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", **os.environ, **(env or {})}
-    env.pop("DISPLAY", None)
-    env.pop("MPLBACKEND", None)      # the scripts must pick Agg themselves
-    return dict(args=[sys.executable, os.path.join(SCRIPTS, script), *map(str, args)],
-                env=env, cwd=os.getcwd(), capture_output=True, text=True, timeout=300)
-
-
-def _run(script, *args, env=None):
-    return subprocess.run(**_command(script, *args, env=env))
-
-
-# The slowest script runs start when the session starts (those of the selected tests), one at a
-# time in its own process with one BLAS thread: they take the second core while the other tests
-# run here.
-BACKGROUND = {  # test: out folder -> (script, args, env, needs MNIST)
-    "test_train_mnist_quick_embeddings_and_optimizers": lambda out: (
-        "train_mnist.py", ["--quick", "--embeddings", "--projection", "pca",
-                           "--compare-optimizers", "--out", out, "--data-dir", DATA], None, True),
-    "test_train_mnist_quick_cnn_mse": lambda out: (
-        "train_mnist.py", ["--quick", "--model", "cnn", "--loss", "mse", "--no-plots",
-                           "--out", out, "--data-dir", DATA], None, True),
-    "test_train_svhn_sweep": lambda out: (
-        "train_svhn.py", ["--quick", "--sweep", "--scheduler", "cosine", "--data-dir",
-                          _svhn_files(out / "data"), "--out", out / "out"], None, False),
-    "test_bench_smoke_runs_every_table": lambda out: (
-        "bench_tinynet.py", ["--smoke", "--out", out / "bench.json"], {"TINYNET_DATA": DATA},
-        False),
-}
-
-
-@pytest.fixture(scope="session", autouse=True)
-def background(request, tmp_path_factory):
-    """background(test name) -> (its out folder, its CompletedProcess). The runs of the selected
-    tests start at session start, one after another (one process beside this one: 2 cores);
-    a run that needs MNIST starts only if the data is there (the test then fails on need())."""
-    from concurrent.futures import ThreadPoolExecutor
-    selected, started = {item.originalname for item in request.session.items}, {}
-    pool = ThreadPoolExecutor(max_workers=1)
-    for name in [name for name in BACKGROUND if name in selected]:
-        out = tmp_path_factory.mktemp(name)
-        script, args, env, mnist = BACKGROUND[name](out)
-        if not mnist or os.path.isdir(os.path.join(DATA, "mnist")):
-            # the command is made now: later tests change os.environ and the folder
-            started[name] = out, pool.submit(subprocess.run, **_command(script, *args, env=env))
-    yield lambda name: (started[name][0], started[name][1].result())
-    pool.shutdown(cancel_futures=True)
-
-
 def _check_run(r, out, pngs):
     assert r.returncode == 0, r.stderr[-3000:]
     assert LAST_LINE.match(r.stdout.splitlines()[-1]), r.stdout[-500:]
@@ -5048,36 +7411,6 @@ def _assert_clean_failure(r, *parts):
     assert "Traceback" not in r.stderr, r.stderr[-2000:]
     for part in ("--data-dir", "TINYNET_DATA", *parts):
         assert part in r.stderr, f"{part!r} not in: {r.stderr}"
-
-
-def _mnist_dir():
-    need(os.path.join(DATA, "mnist"))             # fails, not skips, under CI
-    return DATA
-
-
-def _main(script, argv, monkeypatch):
-    """Run script's main() in-process with argv (for flags rejected before any data is read)."""
-    module = importlib.import_module(script)
-    monkeypatch.setattr(sys, "argv", [f"{script}.py", *argv])
-    module.main()
-
-
-@pytest.mark.parametrize("script", ["train_mnist", "train_svhn", "train_iris"])
-def test_script_help(script, monkeypatch, capsys):
-    with pytest.raises(SystemExit) as e:
-        _main(script, ["--help"], monkeypatch)
-    assert e.value.code == 0
-    out = " ".join(capsys.readouterr().out.split())
-    for flag in ("--epochs", "--batch-size", "--lr", "--optimizer", "--scheduler", "--weight-decay",
-                 "--seed", "--data-dir", "--out", "--quick", "--no-plots"):
-        assert flag in out
-    assert "a small subset and 1 epoch" in out
-    extra = {"train_mnist": ("--projection {tsne,pca}", "--embeddings"),
-             "train_svhn": ("--sweep", "--batchnorm"),
-             "train_iris": ("--loss {ce,nll,mse}", "--activation {relu,sigmoid}",
-                            "--trajectories")}[script]
-    for flag in extra:
-        assert flag in out
 
 
 @pytest.mark.parametrize("script, argv, message", [
@@ -5225,26 +7558,6 @@ def test_train_mnist_epochs_default_depends_on_the_model(tmp_path, argv, epochs)
 
 
 # SVHN
-
-@pytest.fixture
-def svhn_dir(tmp_path):
-    return _svhn_files(tmp_path / "data")
-
-
-def _svhn_files(data):
-    """Small synthetic SVHN files in the official layout in data/svhn: X (32, 32, 3, N) uint8,
-    y (N, 1), 10 for digit 0. Returns data."""
-    from scipy.io import savemat
-    rng = np.random.default_rng(0)
-    folder = data / "svhn"
-    folder.mkdir(parents=True)
-    for split, n in (("train", 300), ("test", 100)):
-        X = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
-        X[:, :, 2] //= 4  # channels with different statistics
-        savemat(folder / f"{split}_32x32.mat",
-                {"X": X, "y": rng.integers(1, 11, (n, 1)).astype(np.uint8)})
-    return data
-
 
 def test_train_svhn_quick_cnn_batchnorm_normalizes_with_training_statistics(tmp_path, svhn_dir):
     out = tmp_path / "out"
@@ -5649,728 +7962,6 @@ def test_train_iris_says_what_it_runs(monkeypatch, capsys, tmp_path):
     assert out.index("training mlp") < out.index("epoch 1/1")
 
 
-# ════════════════════════════════════════════════════════════════════════════
-# Attention and transformers: Linear on (*, in_features), LayerNorm, GELU, MultiheadAttention,
-# TransformerEncoderLayer, PositionalEmbedding, MeanOverSteps (issue 20); masks, cross-attention,
-# a causal encoder layer, TransformerDecoderLayer (issue 25)
-# ════════════════════════════════════════════════════════════════════════════
-
-def _torch_twin(ours, theirs, jitter=0.1, seed=0):
-    """ours (float64) and the torch module theirs with the same weights, moved off their init
-    (LayerNorm's ones and zeros, attention's zero biases) by jitter * N(0, 1)."""
-    rng = np.random.default_rng(seed)
-    theirs.double()
-    assert list(ours.state_dict()) == list(theirs.state_dict())         # torch's keys and order
-    state = {k: v.detach().numpy() + jitter * rng.standard_normal(tuple(v.shape))
-             for k, v in theirs.state_dict().items()}
-    theirs.load_state_dict({k: torch.tensor(v) for k, v in state.items()})
-    ours.astype(np.float64).load_state_dict(state)
-    return ours, theirs
-
-
-def _assert_param_grads(ours, theirs):
-    """Every parameter gradient, paired by torch's names."""
-    named = dict(theirs.named_parameters())
-    assert [k for k, _ in ours.named_parameters()] == list(named)
-    for k, p in ours.named_parameters():
-        assert_parity(p.grad, named[k].grad, f"{ours!r} {k}.grad")
-
-
-@pytest.mark.parametrize("shape", [(4,), (2, 3, 4), (2, 1, 3, 4), (0, 4)])
-@pytest.mark.parametrize("bias", [True, False])
-def test_linear_takes_any_leading_axes_as_torch(shape, bias):
-    ours, theirs = _torch_twin(tn.Linear(4, 3, bias), torch.nn.Linear(4, 3, bias))
-    x = randn(0, shape)
-    layer_parity(ours, theirs, x, randn(1, shape[:-1] + (3,)))
-    if x.size:
-        _assert_param_grads(ours, theirs)
-
-
-@pytest.mark.parametrize("normalized_shape, shape", [(4, (3, 4)), (4, (2, 5, 4)),
-                                                     ((3, 4), (2, 3, 4)), ([2, 3, 4], (2, 3, 4))])
-@pytest.mark.parametrize("affine", [True, False])
-def test_layer_norm_matches_torch(normalized_shape, shape, affine):
-    kw = dict(eps=1e-3, elementwise_affine=affine)
-    ours, theirs = _torch_twin(tn.LayerNorm(normalized_shape, **kw),
-                               torch.nn.LayerNorm(normalized_shape, **kw))
-    layer_parity(ours, theirs, 3 * randn(0, shape) + 1, randn(1, shape))
-    _assert_param_grads(ours, theirs)
-
-
-@pytest.mark.parametrize("approximate", ["none", "tanh"])
-def test_gelu_matches_torch(approximate):
-    x = np.concatenate([randn(0, 200) * 3, [0.0, -1e-8, 1e-8, 5.9, 6.1, -8.5, 8.5, 30.0, -30.0]])
-    layer_parity(tn.GELU(approximate), torch.nn.GELU(approximate), x.reshape(11, 19),
-                 randn(1, (11, 19)))
-
-
-def test_erf_is_float64_exact():
-    x = np.linspace(-7, 7, 5601)
-    np.testing.assert_allclose(tn._erf(x), [math.erf(v) for v in x], rtol=0, atol=5e-15)
-
-
-MHA_CASES = [  # embed_dim, num_heads, bias, batch_first, causal, (A, B, E): (N, T, E) or (T, N, E)
-    (8, 2, True, False, False, (5, 3, 8)), (8, 2, True, True, True, (3, 5, 8)),
-    (6, 3, False, True, False, (2, 4, 6)), (6, 1, True, False, True, (4, 2, 6)),
-    (4, 4, False, True, True, (1, 1, 4))]
-
-
-@pytest.mark.parametrize("embed_dim, num_heads, bias, batch_first, causal, shape", MHA_CASES)
-def test_multihead_attention_matches_torch(embed_dim, num_heads, bias, batch_first, causal, shape):
-    kw = dict(bias=bias, batch_first=batch_first)
-    ours, theirs = _torch_twin(tn.MultiheadAttention(embed_dim, num_heads, causal=causal, **kw),
-                               torch.nn.MultiheadAttention(embed_dim, num_heads, **kw))
-    t = shape[1 if batch_first else 0]
-    mask = torch.nn.Transformer.generate_square_subsequent_mask(t, dtype=torch.float64)
-    weights = []
-
-    def torch_fn(x):
-        y, w = theirs(x, x, x, attn_mask=mask if causal else None)
-        weights.append(w)
-        return y
-    layer_parity(ours, torch_fn, randn(0, shape), randn(1, shape))
-    _assert_param_grads(ours, theirs)
-    assert_parity(ours.attn_weights, weights[0], "attention weights averaged over heads")
-    if causal:
-        assert np.all(np.triu(ours.attn_weights, 1) == 0)
-
-
-@pytest.mark.parametrize("norm_first", [False, True])
-@pytest.mark.parametrize("activation, batch_first, shape", [
-    ("relu", False, (5, 3, 8)), ("gelu", True, (3, 5, 8)), ("gelu", False, (1, 2, 8))])
-def test_transformer_encoder_layer_matches_torch(norm_first, activation, batch_first, shape):
-    kw = dict(dim_feedforward=12, dropout=0.0, activation=activation, layer_norm_eps=1e-4,
-              batch_first=batch_first, norm_first=norm_first)
-    ours, theirs = _torch_twin(tn.TransformerEncoderLayer(8, 2, **kw),
-                               torch.nn.TransformerEncoderLayer(8, 2, **kw))
-    layer_parity(ours, theirs, randn(0, shape), randn(1, shape))
-    _assert_param_grads(ours, theirs)
-
-
-def test_transformer_encoder_layer_with_dropout_matches_torch_in_eval():
-    kw = dict(dropout=0.3, batch_first=True)
-    ours, theirs = _torch_twin(tn.TransformerEncoderLayer(8, 4, 16, **kw),
-                               torch.nn.TransformerEncoderLayer(8, 4, 16, **kw))
-    ours.eval(), theirs.eval()
-    assert not any(layer.training for layer in ours._sa + ours._ff + [ours.norm1, ours.norm2])
-    layer_parity(ours, theirs, randn(0, (3, 5, 8)), randn(1, (3, 5, 8)))
-    _assert_param_grads(ours, theirs)
-    ours.train()
-    assert all(layer.training for layer in ours._sa + ours._ff + [ours.norm1, ours.norm2])
-
-
-def _attention_masks(kind, n, heads, t_q, t_k, seed=3):
-    """(our keyword arguments, torch's) for masks of a kind: "none" or "+"-joined parts among
-    bool-2d, float-2d, bool-3d, float-3d (attn_mask (L, S) or (N * heads, L, S)), padding,
-    padding-float (key_padding_mask (N, S)) and causal (ours: is_causal alone; torch: also the
-    mask). A float mask holds N(0, 1) values and -inf where a bool one would be True. Key 0 is
-    never masked, so that no query loses all its keys."""
-    rng, ours = np.random.default_rng(seed), {}
-
-    def masked(shape, as_float):
-        mask = rng.random(shape) < 0.4
-        mask[..., 0] = False
-        return np.where(mask, -np.inf, rng.standard_normal(shape)) if as_float else mask
-    for part in kind.split("+"):
-        if part[:4] in ("bool", "floa"):
-            shape = (t_q, t_k) if part.endswith("2d") else (n * heads, t_q, t_k)
-            ours["attn_mask"] = masked(shape, part.startswith("float"))
-        elif part.startswith("padding"):
-            ours["key_padding_mask"] = masked((n, t_k), part.endswith("float"))
-        elif part == "causal":
-            ours["is_causal"] = True
-    theirs = {k: torch.tensor(v) for k, v in ours.items() if k != "is_causal"}
-    if "is_causal" in ours:          # torch: the flag is a hint, the mask must be given too
-        causal = torch.ones(t_q, t_k, dtype=torch.bool).triu(1)
-        like = theirs.get("key_padding_mask", causal)             # one dtype, as torch wants
-        mask = theirs.get("attn_mask", torch.zeros(t_q, t_k, dtype=like.dtype))
-        theirs["attn_mask"] = (mask | causal if mask.dtype == torch.bool
-                               else mask.masked_fill(causal, -math.inf))
-        theirs["is_causal"] = True
-    return ours, theirs
-
-
-MASK_KINDS = ["none", "bool-2d", "float-2d", "bool-3d", "float-3d", "padding", "padding-float",
-              "causal", "bool-3d+padding+causal", "float-2d+padding-float"]
-
-
-@pytest.mark.parametrize("kind", MASK_KINDS)
-@pytest.mark.parametrize("cross, batch_first", [(False, True), (True, False), (True, True)])
-def test_multihead_attention_masks_and_cross_attention_match_torch(kind, cross, batch_first):
-    """Output, weights (mean and per head), dquery, dkey, dvalue and every parameter gradient;
-    cross-attention with L = 3 queries and S = 5 keys, key != value."""
-    n, h, e, t_q = 3, 2, 4, 3
-    t_k = 5 if cross else t_q
-    kw = dict(bias=kind != "bool-2d", batch_first=batch_first)
-    ours, theirs = _torch_twin(tn.MultiheadAttention(e, h, **kw),
-                               torch.nn.MultiheadAttention(e, h, **kw))
-    our_masks, their_masks = _attention_masks(kind, n, h, t_q, t_k)
-
-    def tokens(seed, t):
-        return randn(seed, (n, t, e) if batch_first else (t, n, e))
-    query, key, value = tokens(0, t_q), tokens(1, t_k), tokens(2, t_k)
-    for average in (True, False):
-        ours.zero_grad(), theirs.zero_grad()
-        qt, kt, vt = T(query), T(key), T(value)
-        yt, wt = theirs(qt, *((kt, vt) if cross else (qt, qt)), average_attn_weights=average,
-                        **their_masks)
-        g = randn(3, tuple(yt.shape))
-        yt.backward(T(g, False))
-        y = ours(query, *((key, value) if cross else ()), average_attn_weights=average,
-                 **our_masks)
-        assert_parity(y, yt, f"{kind} output")
-        assert_parity(ours.attn_weights, wt, f"{kind} weights, average={average}")
-        assert_parity(ours.backward(g), qt.grad, f"{kind} dquery")
-        if cross:
-            assert_parity(ours.grad_key, kt.grad, f"{kind} dkey")
-            assert_parity(ours.grad_value, vt.grad, f"{kind} dvalue")
-        else:
-            assert ours.grad_key is None and ours.grad_value is None
-        _assert_param_grads(ours, theirs)
-
-
-def test_multihead_attention_key_and_value_as_the_query_equal_self_attention():
-    """mha(x, x, x) takes the cross-attention path (three products); it equals mha(x) and its
-    dquery + dkey + dvalue equals self-attention's dx."""
-    tn.manual_seed(0)
-    mha = tn.MultiheadAttention(4, 2, batch_first=True, causal=True).astype(np.float64)
-    x, g = randn(0, (2, 3, 4)), randn(1, (2, 3, 4))
-    y, dx = mha(x), mha.backward(g)
-    np.testing.assert_allclose(mha(x, x, x), y, rtol=1e-12, atol=1e-14)
-    dsum = mha.backward(g) + mha.grad_key + mha.grad_value
-    np.testing.assert_allclose(dsum, dx, rtol=1e-12, atol=1e-14)
-
-
-def test_multihead_attention_all_masked_query_raises_where_torch_gives_nan():
-    """torch 2.13 returns NaN for a query whose keys are all masked (output, weights and every
-    gradient it reaches); tinynet raises a ValueError instead, before the NaN can spread."""
-    mha, theirs = _torch_twin(tn.MultiheadAttention(4, 2), torch.nn.MultiheadAttention(4, 2))
-    x = randn(0, (3, 2, 4))                                         # (L, N, E)
-    padding = np.array([[False, False, True], [True, True, True]])  # sequence 1: all padding
-    row = np.zeros((3, 3), bool)
-    row[1] = True                                                   # query 1 sees no key
-    left = np.array([[True, False, False], [False, False, False]])  # left padding + causal:
-    causal = torch.ones(3, 3, dtype=torch.bool).triu(1)             # query 0 sees no key
-    for masks, their_masks in [
-            (dict(key_padding_mask=padding), dict(key_padding_mask=torch.tensor(padding))),
-            (dict(attn_mask=row), dict(attn_mask=torch.tensor(row))),
-            (dict(attn_mask=np.where(row, -np.inf, 0.0)),
-             dict(attn_mask=torch.tensor(np.where(row, -np.inf, 0.0)))),
-            (dict(key_padding_mask=left, is_causal=True),
-             dict(key_padding_mask=torch.tensor(left), attn_mask=causal, is_causal=True))]:
-        xt = T(x)
-        y, w = theirs(xt, xt, xt, **their_masks)
-        y.sum().backward()
-        assert y.isnan().any() and w.isnan().any() and xt.grad.isnan().any()
-        assert theirs.in_proj_weight.grad.isnan().all()      # NaN reaches every weight
-        theirs.zero_grad()
-        with pytest.raises(ValueError, match=r"^MultiheadAttention: a query has all its keys "
-                                             r"masked \(its softmax is 0/0; torch returns NaN\)"):
-            mha(x, **masks)
-    encoder = tn.TransformerEncoderLayer(4, 2, 8)
-    with pytest.raises(ValueError, match=r"^MultiheadAttention: a query has all its keys masked"):
-        encoder(x, src_key_padding_mask=padding)
-
-
-def _renamed(masks, names):
-    """Mask keyword arguments under a layer's names: attn_mask -> src_mask, ..."""
-    return {names[k]: v for k, v in masks.items()}
-
-
-ENCODER_NAMES = dict(attn_mask="src_mask", key_padding_mask="src_key_padding_mask",
-                     is_causal="is_causal")
-
-
-@pytest.mark.parametrize("norm_first", [False, True])
-@pytest.mark.parametrize("kind, batch_first, causal", [
-    ("bool-2d", True, False), ("float-3d", False, False), ("padding", True, False),
-    ("causal", False, False), ("bool-3d+padding+causal", True, False),
-    ("padding-float", True, True), ("none", False, True)])
-def test_transformer_encoder_layer_with_masks_matches_torch(norm_first, kind, batch_first,
-                                                            causal):
-    """src_mask, src_key_padding_mask and is_causal as torch's; causal=True applies the square
-    subsequent mask with no argument (torch is given it)."""
-    n, t = 2, 4
-    kw = dict(dim_feedforward=12, dropout=0.0, layer_norm_eps=1e-4, batch_first=batch_first,
-              norm_first=norm_first)
-    ours, theirs = _torch_twin(tn.TransformerEncoderLayer(8, 2, causal=causal, **kw),
-                               torch.nn.TransformerEncoderLayer(8, 2, **kw))
-    our_masks, their_masks = _attention_masks(kind + "+causal" * causal, n, 2, t, t)
-    if causal:                                    # the layer's flag, not an argument
-        del our_masks["is_causal"]
-    x, g = (randn(seed, (n, t, 8) if batch_first else (t, n, 8)) for seed in (0, 1))
-    xt = T(x)
-    yt = theirs(xt, **_renamed(their_masks, ENCODER_NAMES))
-    yt.backward(T(g, False))
-    assert_parity(ours(x, **_renamed(our_masks, ENCODER_NAMES)), yt, f"{kind} output")
-    assert_parity(ours.backward(g), xt.grad, f"{kind} dsrc")
-    _assert_param_grads(ours, theirs)
-
-
-DECODER_NAMES = [dict(attn_mask="tgt_mask", key_padding_mask="tgt_key_padding_mask",
-                      is_causal="tgt_is_causal"),
-                 dict(attn_mask="memory_mask", key_padding_mask="memory_key_padding_mask",
-                      is_causal="memory_is_causal")]
-
-
-def _decoder_masks(n, heads, t, s, masks=True):
-    """(ours, torch's) decoder mask arguments: a causal target with padding and a 3-D bool mask;
-    a float memory mask with float padding (and memory_is_causal in the second case)."""
-    if not masks:
-        return {}, {}
-    tgt = _attention_masks("bool-3d+padding+causal", n, heads, t, t, seed=4)
-    memory = _attention_masks(f"float-2d+padding-float{'+causal' * (masks == 'all')}", n, heads,
-                              t, s, seed=5)
-    return [_renamed(tgt[i], DECODER_NAMES[0]) | _renamed(memory[i], DECODER_NAMES[1])
-            for i in (0, 1)]
-
-
-@pytest.mark.parametrize("norm_first", [False, True])
-@pytest.mark.parametrize("activation, batch_first", [("relu", False), ("gelu", True)])
-@pytest.mark.parametrize("masks", [None, "some", "all"])
-def test_transformer_decoder_layer_matches_torch(norm_first, activation, batch_first, masks):
-    """Output, dtgt, dmemory and every parameter gradient, with L = 3 target and S = 4 memory
-    tokens, without and with every mask."""
-    n, t, s = 2, 3, 4
-    kw = dict(dim_feedforward=12, dropout=0.0, activation=activation, layer_norm_eps=1e-4,
-              batch_first=batch_first, norm_first=norm_first)
-    ours, theirs = _torch_twin(tn.TransformerDecoderLayer(8, 2, **kw),
-                               torch.nn.TransformerDecoderLayer(8, 2, **kw))
-    our_masks, their_masks = _decoder_masks(n, 2, t, s, masks)
-
-    def tokens(seed, steps):
-        return randn(seed, (n, steps, 8) if batch_first else (steps, n, 8))
-    tgt, memory, g = tokens(0, t), tokens(1, s), tokens(2, t)
-    tgt_t, memory_t = T(tgt), T(memory)
-    yt = theirs(tgt_t, memory_t, **their_masks)
-    yt.backward(T(g, False))
-    assert_parity(ours(tgt, memory, **our_masks), yt, "decoder output")
-    assert_parity(ours.backward(g), tgt_t.grad, "decoder dtgt")
-    assert_parity(ours.grad_memory, memory_t.grad, "decoder dmemory")
-    _assert_param_grads(ours, theirs)
-
-
-def test_transformer_decoder_layer_with_dropout_matches_torch_in_eval():
-    kw = dict(dropout=0.3, batch_first=True)
-    ours, theirs = _torch_twin(tn.TransformerDecoderLayer(8, 4, 16, **kw),
-                               torch.nn.TransformerDecoderLayer(8, 4, 16, **kw))
-    ours.eval(), theirs.eval()
-    sublayers = ours._sa + ours._ca + ours._ff + [ours.norm1, ours.norm2, ours.norm3]
-    assert len(sublayers) == 12 and not any(layer.training for layer in sublayers)
-    tgt, memory = randn(0, (3, 5, 8)), randn(1, (3, 2, 8))
-    tgt_t, memory_t = T(tgt), T(memory)
-    yt = theirs(tgt_t, memory_t)
-    yt.sum().backward()
-    assert_parity(ours(tgt, memory), yt, "decoder output in eval")
-    assert_parity(ours.backward(np.ones((3, 5, 8))), tgt_t.grad, "decoder dtgt in eval")
-    assert_parity(ours.grad_memory, memory_t.grad, "decoder dmemory in eval")
-    _assert_param_grads(ours, theirs)
-    ours.train()
-    assert all(layer.training for layer in sublayers)
-
-
-class _DecoderOnOneArray(tn.Layer):
-    """A decoder layer as a function of one array, [tgt; memory] along the tokens, for
-    tn.gradcheck: backward returns [dtgt; dmemory]."""
-
-    def __init__(self, decoder, t, masks):
-        self.decoder, self.t, self.masks = decoder, t, masks
-
-    def forward(self, x):
-        return self.decoder(x[:, :self.t], x[:, self.t:], **self.masks)
-
-    def backward(self, grad):
-        dtgt = self.decoder.backward(grad)
-        return np.concatenate([dtgt, self.decoder.grad_memory], axis=1)
-
-    def parameters(self):
-        return self.decoder.parameters()
-
-
-@pytest.mark.parametrize("norm_first, activation, masks", [(False, "relu", None),
-                                                           (True, "gelu", "all")])
-def test_transformer_decoder_layer_gradcheck(norm_first, activation, masks):
-    tn.manual_seed(0)
-    decoder = tn.TransformerDecoderLayer(4, 2, 6, 0.0, activation, batch_first=True,
-                                         norm_first=norm_first).astype(np.float64)
-    rng = np.random.default_rng(2)
-    for p in decoder.parameters():                  # off the zero biases and unit scales
-        p.data += 0.3 * rng.standard_normal(p.data.shape)
-    layer = _DecoderOnOneArray(decoder, 3, _decoder_masks(2, 2, 3, 2, masks)[0])
-    assert tn.gradcheck(layer, away_from_kinks(0, (2, 5, 4))) < 1e-7
-
-
-def _gpt(causal=True, vocab=7, steps=5):
-    """A baby GPT: token and position embeddings, a pre-norm causal encoder block, a head."""
-    tn.manual_seed(0)
-    return tn.Sequential(tn.Embedding(vocab, 8), tn.PositionalEmbedding(steps, 8),
-                         tn.TransformerEncoderLayer(8, 2, 16, 0.1, "gelu", batch_first=True,
-                                                    norm_first=True, causal=causal),
-                         tn.Linear(8, vocab))
-
-
-def test_causal_model_to_torch_and_back():
-    """The torch twin applies the square subsequent mask: logits of a token do not depend on
-    later tokens, in both, and they agree; from_torch gives causal=True back."""
-    model = _gpt().astype(np.float64).eval()
-    net = model.to_torch()
-    assert isinstance(net[2], torch.nn.TransformerEncoderLayer) and net[2].causal
-    assert list(net.state_dict()) == list(model.state_dict())
-    tokens = np.array([[1, 2, 3, 4, 5], [6, 5, 4, 3, 2]])
-    later = tokens.copy()
-    later[:, 3:] = 0                                     # change the last two tokens
-    with torch.no_grad():
-        theirs, theirs_later = (net(torch.tensor(x)).numpy() for x in (tokens, later))
-    ours = model.predict(tokens)
-    assert_parity(ours, theirs, "causal model to_torch")
-    np.testing.assert_array_equal(model.predict(later)[:, :3], ours[:, :3])
-    np.testing.assert_allclose(theirs_later[:, :3], theirs[:, :3], rtol=1e-12, atol=1e-12)
-    assert not np.allclose(_gpt(causal=False).astype(np.float64).eval().predict(tokens), ours)
-    back = tn.Sequential.from_torch(net)
-    assert back[2].causal and repr(back) == repr(model)
-    np.testing.assert_array_equal(back.predict(tokens), ours)
-    plain = tn.Sequential.from_torch(torch.nn.Sequential(torch.nn.TransformerEncoderLayer(4, 2)))
-    assert plain[0].causal is False
-
-
-def test_causal_model_save_load_keeps_causal(tmp_path):
-    model = _gpt().eval()
-    assert model.config()["layers"][2]["kwargs"]["causal"] is True
-    model.save(tmp_path / "gpt.npz")
-    loaded = tn.Sequential.load(tmp_path / "gpt.npz").eval()
-    tokens = np.array([[1, 2, 3, 4, 5], [6, 5, 4, 3, 2]])
-    assert loaded[2].causal and repr(loaded) == repr(model)
-    np.testing.assert_array_equal(loaded.predict(tokens), model.predict(tokens))
-
-
-def _mha_call(**kwargs):
-    """Self-attention (L = S = 3, N = 2, E = 4, 2 heads) with kwargs: key/value shapes or masks."""
-    args = [np.zeros(kwargs.pop(k)) for k in ("key", "value") if k in kwargs]
-    return lambda: tn.MultiheadAttention(4, 2)(np.zeros((3, 2, 4)), *args, **kwargs)
-
-
-def _decoder_call(memory=(5, 2, 4), **masks):
-    """A decoder layer (E = 4, 2 heads) on tgt (3, 2, 4) and memory of that shape, with masks."""
-    return lambda: tn.TransformerDecoderLayer(4, 2, 8)(np.zeros((3, 2, 4)), np.zeros(memory),
-                                                       **masks)
-
-
-@pytest.mark.parametrize("call, match", [
-    (_mha_call(attn_mask=np.zeros((3, 4), bool)),
-     r"^MultiheadAttention: attn_mask must be a bool or float array of shape \(3, 3\) or "
-     r"\(4, 3, 3\), got bool of shape \(3, 4\)$"),
-    (_mha_call(attn_mask=np.zeros((3, 3), np.int64)),
-     r"^MultiheadAttention: attn_mask .*, got int64 of shape \(3, 3\)$"),
-    (_mha_call(attn_mask=np.zeros((2, 3, 3), bool)),
-     r"^MultiheadAttention: attn_mask .*\(4, 3, 3\), got bool of shape \(2, 3, 3\)$"),
-    (_mha_call(key_padding_mask=np.zeros((3, 2), bool)),
-     r"^MultiheadAttention: key_padding_mask must be a bool or float array of shape \(2, 3\), "
-     r"got bool of shape \(3, 2\)$"),
-    (_mha_call(key=(5, 3, 4), value=(5, 3, 4)),
-     r"^MultiheadAttention: expected a 3-D key \(T, N, E\) with E = 4, N = 2 as query "
-     r"\(3, 2, 4\) and T >= 1 tokens, got shape \(5, 3, 4\)$"),
-    (_mha_call(key=(5, 2, 6), value=(5, 2, 4)),
-     r"^MultiheadAttention: expected a 3-D key .*E = 4.*got shape \(5, 2, 6\)$"),
-    (_mha_call(key=(5, 2, 4), value=(5, 1, 4)),
-     r"^MultiheadAttention: expected a 3-D value .*N = 2 as query.*got shape \(5, 1, 4\)$"),
-    (_mha_call(key=(5, 2, 4), value=(4, 2, 4)),
-     r"^MultiheadAttention: key and value must have the same shape, got key \(5, 2, 4\) and "
-     r"value \(4, 2, 4\)$"),
-    (_mha_call(key=(5, 2, 4)), r"^MultiheadAttention: expected a 3-D value .*got shape \(\)$"),
-    (_mha_call(key=(5, 2, 4), value=(5, 2, 4), attn_mask=np.zeros((3, 3), bool)),
-     r"^MultiheadAttention: attn_mask .*\(3, 5\) or \(4, 3, 5\), got bool of shape \(3, 3\)$"),
-    (lambda: tn.TransformerEncoderLayer(4, 2, 8)(np.zeros((3, 2, 4)),
-                                                src_mask=np.zeros((3, 3), np.int32)),
-     r"^TransformerEncoderLayer: src_mask must be a bool or float array of shape \(3, 3\) or "
-     r"\(4, 3, 3\), got int32 of shape \(3, 3\)$"),
-    (lambda: tn.TransformerEncoderLayer(4, 2, 8, batch_first=True)(
-        np.zeros((3, 2, 4)), src_key_padding_mask=np.zeros((2, 3), bool)),
-     r"^TransformerEncoderLayer: src_key_padding_mask .* shape \(3, 2\), got bool of shape "
-     r"\(2, 3\)$"),
-    (_decoder_call(memory=(5, 2, 6)),
-     r"^TransformerDecoderLayer: expected a 3-D memory \(T, N, E\) with E = 4, N = 2 as tgt "
-     r"\(3, 2, 4\) and T >= 1 tokens, got shape \(5, 2, 6\)$"),
-    (_decoder_call(memory=(5, 3, 4)),
-     r"^TransformerDecoderLayer: expected a 3-D memory .*got shape \(5, 3, 4\)$"),
-    (_decoder_call(tgt_mask=np.zeros((3, 5), bool)),
-     r"^TransformerDecoderLayer: tgt_mask .* \(3, 3\) or \(4, 3, 3\), got bool of shape "
-     r"\(3, 5\)$"),
-    (_decoder_call(memory_mask=np.zeros((3, 3))),
-     r"^TransformerDecoderLayer: memory_mask .* \(3, 5\) or \(4, 3, 5\), got float64 of shape "
-     r"\(3, 3\)$"),
-    (_decoder_call(tgt_key_padding_mask=np.zeros((2, 5), bool)),
-     r"^TransformerDecoderLayer: tgt_key_padding_mask .* \(2, 3\), got bool of shape \(2, 5\)$"),
-    (_decoder_call(memory_key_padding_mask=np.zeros((2, 3), bool)),
-     r"^TransformerDecoderLayer: memory_key_padding_mask .* \(2, 5\), got bool of shape "
-     r"\(2, 3\)$"),
-    (lambda: tn.TransformerDecoderLayer(4, 2, 8)(np.zeros((3, 2, 5)), np.zeros((5, 2, 4))),
-     r"^TransformerDecoderLayer: expected a 3-D tgt \(T, N, E\) with E = 4 and T >= 1 tokens, "
-     r"got shape \(3, 2, 5\)$"),
-])
-def test_attention_masks_key_value_memory_reject_bad_input(call, match):
-    with pytest.raises(ValueError, match=match):
-        call()
-
-
-def test_positional_embedding_and_mean_over_steps_match_torch_expressions():
-    tn.manual_seed(0)
-    pos = tn.PositionalEmbedding(6, 4).astype(np.float64)
-    table = T(pos.weight.data)                         # torch: an nn.Parameter added to x
-    layer_parity(pos, lambda x: x + table[:x.shape[1]], randn(0, (3, 5, 4)), randn(1, (3, 5, 4)))
-    assert_parity(pos.weight.grad, table.grad, "PositionalEmbedding weight.grad")
-    assert pos.weight.grad[5].tolist() == [0.0] * 4                   # position 5 unused by T = 5
-    one = pos.forward(np.zeros((2, 1, 4)))                            # T = 1 token
-    np.testing.assert_array_equal(one, pos.weight.data[None, :1].repeat(2, 0))
-    assert 0.01 < float(tn.PositionalEmbedding(100, 50).weight.data.std()) < 0.03
-    for dim, shape in ((1, (3, 5, 4)), (-1, (2, 3)), (0, (4, 2))):
-        layer_parity(tn.MeanOverSteps(dim), lambda x, d=dim: x.mean(dim=d), randn(0, shape),
-                     randn(1, tuple(np.delete(shape, dim))))
-
-
-def test_attention_layers_init_as_torch():
-    tn.manual_seed(0)
-    mha = tn.MultiheadAttention(16, 4)
-    w, bound = mha.in_proj_weight.data, math.sqrt(6 / (16 + 48))    # Xavier uniform on (3E, E)
-    assert w.shape == (48, 16) and w.dtype == np.float32 and 0.9 * bound < np.abs(w).max() <= bound
-    assert not mha.in_proj_bias.data.any() and not mha.out_proj_bias.data.any()
-    assert 0.9 / 4 < np.abs(mha.out_proj_weight.data).max() <= 1 / 4   # a Linear's init
-    norm = tn.LayerNorm((2, 3))
-    assert norm.weight.data.tolist() == [[1.0] * 3] * 2 and not norm.bias.data.any()
-    assert tn.LayerNorm(3, elementwise_affine=False).parameters() == []
-    theirs, default = torch.nn.TransformerEncoderLayer(8, 2), tn.TransformerEncoderLayer(8, 2)
-    assert (default.dim_feedforward, default.dropout, default.activation, default.layer_norm_eps,
-            default.batch_first, default.norm_first) == (2048, 0.1, "relu", 1e-5, False, False)
-    assert default.linear1.weight.data.shape == tuple(theirs.linear1.weight.shape)
-    theirs = torch.nn.TransformerEncoderLayer(8, 2, 16)
-    ours = tn.TransformerEncoderLayer(8, 2, 16)
-    assert [(k, p.data.shape) for k, p in ours.named_parameters()] == \
-        [(k, tuple(v.shape)) for k, v in theirs.named_parameters()]
-    default = tn.TransformerDecoderLayer(8, 2)
-    assert (default.dim_feedforward, default.dropout, default.activation, default.layer_norm_eps,
-            default.batch_first, default.norm_first) == (2048, 0.1, "relu", 1e-5, False, False)
-    assert not tn.TransformerEncoderLayer(8, 2).causal
-    theirs = torch.nn.TransformerDecoderLayer(8, 2, 16)
-    ours = tn.TransformerDecoderLayer(8, 2, 16)
-    assert [(k, p.data.shape) for k, p in ours.named_parameters()] == \
-        [(k, tuple(v.shape)) for k, v in theirs.named_parameters()]
-    assert list(dict.fromkeys(k.split(".")[0] for k in ours.state_dict())) == [
-        "self_attn", "multihead_attn", "linear1", "linear2", "norm1", "norm2", "norm3"]
-
-
-ATTENTION_GRADCHECK = [
-    ("LayerNorm", lambda: tn.LayerNorm(4), (3, 4)),
-    ("LayerNorm-2d-no-affine", lambda: tn.LayerNorm((2, 3), elementwise_affine=False), (2, 2, 3)),
-    ("GELU", lambda: tn.GELU(), (3, 7)),
-    ("GELU-tanh", lambda: tn.GELU("tanh"), (3, 7)),
-    ("MultiheadAttention", lambda: tn.MultiheadAttention(6, 2), (4, 2, 6)),
-    ("MultiheadAttention-causal", lambda: tn.MultiheadAttention(4, 2, bias=False, batch_first=True,
-                                                                causal=True), (2, 3, 4)),
-    ("TransformerEncoderLayer", lambda: tn.TransformerEncoderLayer(4, 2, 6, 0.0), (3, 2, 4)),
-    ("TransformerEncoderLayer-pre-gelu", lambda: tn.TransformerEncoderLayer(
-        4, 2, 6, dropout=0.0, activation="gelu", batch_first=True, norm_first=True), (2, 3, 4)),
-    ("PositionalEmbedding", lambda: tn.PositionalEmbedding(4, 3), (2, 3, 3)),
-    ("MeanOverSteps", lambda: tn.MeanOverSteps(), (2, 3, 4)),
-    ("Linear-3d", lambda: tn.Linear(4, 3), (2, 3, 4)),
-]
-
-
-@pytest.mark.parametrize("make, shape", [pytest.param(m, s, id=i)
-                                         for i, m, s in ATTENTION_GRADCHECK])
-def test_attention_layers_gradcheck(make, shape):
-    tn.manual_seed(0)
-    layer = make().astype(np.float64)
-    rng = np.random.default_rng(2)
-    for p in layer.parameters():                      # off the zero biases and unit scales
-        p.data += 0.3 * rng.standard_normal(p.data.shape)
-    assert tn.gradcheck(layer, away_from_kinks(0, shape)) < 1e-7
-
-
-@pytest.mark.parametrize("make", [
-    lambda: tn.MultiheadAttention(4, 2, dropout=0.4, batch_first=True),
-    lambda: tn.TransformerEncoderLayer(4, 2, 6, dropout=0.4, batch_first=True)])
-def test_attention_dropout_in_training_has_the_right_gradient(make):
-    """In training the masks come from tinynet's generator; reseeded before each forward, the
-    layer is a fixed function whose backward must match central differences."""
-    tn.manual_seed(0)
-    layer = make().astype(np.float64)
-    x, r = randn(0, (2, 3, 4)), randn(1, (2, 3, 4))
-
-    def f(x):
-        tn.manual_seed(7)
-        return float(np.sum(layer.forward(x) * r))
-    f(x)
-    analytic = layer.backward(r)
-    np.testing.assert_allclose(analytic, tn.numerical_gradient(f, x.copy()), rtol=1e-6, atol=1e-8)
-    tn.manual_seed(7)
-    y1 = layer.forward(x)
-    assert not np.allclose(y1, layer.eval().forward(x))          # dropout acts in training only
-    tn.manual_seed(7)
-    np.testing.assert_array_equal(layer.train().forward(x), y1)    # same seed, same masks
-
-
-def test_attention_dropout_is_inverted_dropout():
-    """Training-mode outputs average to the eval-mode output: the kept weights are scaled by
-    1 / (1 - p)."""
-    tn.manual_seed(0)
-    mha = tn.MultiheadAttention(4, 2, dropout=0.5, bias=False, batch_first=True).astype(np.float64)
-    x = randn(0, (1, 3, 4))
-    mean = np.mean([mha.forward(x) for _ in range(2000)], axis=0)
-    expected = mha.eval().forward(x)
-    np.testing.assert_allclose(mean, expected, atol=0.1 * np.abs(expected).max())
-
-
-def _transformer_model(batch_first=True, norm_first=False, tokens=()):
-    return tn.Sequential(tn.Linear(3, 8), *tokens, tn.LayerNorm(8), tn.GELU("tanh"),
-                         tn.TransformerEncoderLayer(8, 2, 12, 0.0, "gelu", batch_first=batch_first,
-                                                    norm_first=norm_first),
-                         tn.TransformerEncoderLayer(8, 4, 6, 0.2, batch_first=batch_first),
-                         tn.Linear(8, 2))
-
-
-@pytest.mark.parametrize("batch_first, norm_first, mean", [(True, False, True),
-                                                          (False, True, False)])
-def test_transformer_model_to_torch_and_back(batch_first, norm_first, mean):
-    """train_mnist's transformer model (a position embedding, encoder layers, a mean over the
-    tokens) and one without the last two, to torch and back."""
-    tn.manual_seed(0)
-    tokens = [tn.PositionalEmbedding(6, 8)] if batch_first else []
-    model = _transformer_model(batch_first, norm_first, tokens)
-    if mean:
-        model = tn.Sequential(*model.layers[:-1], tn.MeanOverSteps(), model.layers[-1])
-    model = model.astype(np.float64).eval()
-    net = model.to_torch()
-    assert [type(m).__name__ for m in net] == [type(layer).__name__ for layer in model]
-    assert list(net.state_dict()) == list(model.state_dict())
-    x = randn(0, (2, 5, 3))
-    with torch.no_grad():
-        assert_parity(model.predict(x), net(torch.tensor(x)), "to_torch outputs")
-    back = tn.Sequential.from_torch(net)
-    assert repr(back) == repr(model) and not back.training
-    np.testing.assert_array_equal(back.predict(x), model.predict(x))
-
-
-def test_attention_layers_without_a_torch_sequential_twin_say_why():
-    with pytest.raises(ValueError, match=r"^Sequential.to_torch: layer 1 \(MultiheadAttention"
-                                         r".*returns a tuple"):
-        tn.Sequential(tn.Linear(4, 4), tn.MultiheadAttention(4, 2)).to_torch()
-    with pytest.raises(ValueError, match=r"^Sequential.to_torch: layer 0 \(TransformerDecoderLayer"
-                                         r".*two inputs \(tgt, memory\)"):
-        tn.Sequential(tn.TransformerDecoderLayer(4, 2, 8)).to_torch()
-    custom = torch.nn.TransformerEncoderLayer(4, 2, 8, activation=torch.tanh)
-    with pytest.raises(ValueError, match=r"^Sequential.from_torch: TransformerEncoderLayer with a "
-                                         r"custom activation"):
-        tn.Sequential.from_torch(torch.nn.Sequential(custom))
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_transformer_model_save_load(tmp_path, dtype):
-    tn.manual_seed(0)
-    mha = tn.MultiheadAttention(8, 2, dropout=0.1, bias=False, batch_first=True, causal=True)
-    model = tn.Sequential(tn.Linear(3, 8), tn.PositionalEmbedding(5, 8), mha,
-                          *_transformer_model().layers[1:-1], tn.MeanOverSteps(),
-                          tn.Linear(8, 2)).astype(dtype)
-    model.eval()
-    model.save(tmp_path / "t.npz")
-    loaded = tn.Sequential.load(tmp_path / "t.npz")
-    assert repr(loaded) == repr(model) and list(loaded.state_dict()) == list(model.state_dict())
-    keys = model.state_dict()
-    assert "5.self_attn.out_proj.weight" in keys and "2.in_proj_bias" not in keys
-    assert all(p.data.dtype == dtype for p in loaded.parameters())
-    x = randn(0, (2, 4, 3)).astype(dtype)
-    np.testing.assert_array_equal(loaded.eval().predict(x), model.predict(x))
-
-
-def test_transformer_model_fits_a_sequence_task():
-    """Which of 2 marked tokens comes first: needs attention across the sequence."""
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((256, 6, 2)).astype(np.float32) * 0.1
-    first, second = rng.integers(0, 6, 256), rng.integers(0, 6, 256)
-    X[np.arange(256), first, 0] = 1
-    X[np.arange(256), second, 1] = 1
-    y = (first < second).astype(np.int64)
-    tn.manual_seed(0)
-    model = tn.Sequential(tn.Linear(2, 16), tn.PositionalEmbedding(6, 16),
-                          tn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True),
-                          tn.MeanOverSteps(), tn.Linear(16, 2))
-    model.compile(tn.Adam(model.parameters(), lr=3e-3), tn.CrossEntropyLoss())
-    history = model.fit(X, y, batch_size=32, epochs=25, verbose=0)
-    assert history.history["accuracy"][-1] > 0.9
-
-
-@pytest.mark.parametrize("make, shape, match", [
-    (lambda: tn.MultiheadAttention(4, 2), (3, 4), r"^MultiheadAttention: expected a 3-D input "
-                                                  r"\(T, N, E\) with E = 4 and T >= 1 tokens, got "
-                                                  r"shape \(3, 4\)$"),
-    (lambda: tn.MultiheadAttention(4, 2, batch_first=True), (2, 3, 5),
-     r"^MultiheadAttention: .*\(N, T, E\).*\(2, 3, 5\)"),
-    (lambda: tn.MultiheadAttention(4, 2), (0, 2, 4),
-     r"^MultiheadAttention: .*T >= 1 tokens, got shape \(0, 2, 4\)"),
-    (lambda: tn.TransformerEncoderLayer(4, 2, 8, batch_first=True), (2, 0, 4),
-     r"^TransformerEncoderLayer: .*\(N, T, E\) with E = 4 and T >= 1 tokens, got shape "
-     r"\(2, 0, 4\)"),
-    (lambda: tn.TransformerEncoderLayer(4, 2, 8), (2, 3, 6),
-     r"^TransformerEncoderLayer: .*E = 4.*\(2, 3, 6\)"),
-    (lambda: tn.LayerNorm((3, 4)), (2, 4, 3),
-     r"^LayerNorm: expected input \(\*, 3, 4\), got shape \(2, 4, 3\)$"),
-    (lambda: tn.LayerNorm(4), (), r"^LayerNorm: expected input \(\*, 4\), got shape \(\)$"),
-    (lambda: tn.PositionalEmbedding(4, 3), (2, 5, 3),
-     r"^PositionalEmbedding: expected input \(N, T, 3\) with 1 <= T <= max_len=4, "
-     r"got shape \(2, 5, 3\)$"),
-    (lambda: tn.PositionalEmbedding(4, 3), (2, 0, 3),
-     r"^PositionalEmbedding: .*got shape \(2, 0, 3\)$"),
-    (lambda: tn.PositionalEmbedding(4, 3), (2, 3, 2),
-     r"^PositionalEmbedding: .*\(N, T, 3\).*\(2, 3, 2\)$"),
-    (lambda: tn.MeanOverSteps(), (2, 0, 3),
-     r"^MeanOverSteps: expected .* at least 1 step on axis 1, got shape"),
-    (lambda: tn.MeanOverSteps(2), (2, 3), r"^MeanOverSteps: .*axis 2, got shape \(2, 3\)$"),
-])
-def test_attention_layers_reject_bad_input(make, shape, match):
-    with pytest.raises(ValueError, match=match):
-        make().forward(np.zeros(shape))
-
-
-def test_attention_layers_reject_bad_arguments():
-    with pytest.raises(ValueError, match=r"^MultiheadAttention: embed_dim \(6\) must be divisible "
-                                         r"by num_heads \(4\)$"):
-        tn.MultiheadAttention(6, 4)
-    with pytest.raises(ValueError, match=r"^MultiheadAttention: embed_dim \(6\) .*\(4\)$"):
-        tn.TransformerEncoderLayer(6, 4)
-    with pytest.raises(ValueError, match=r"^GELU: approximate must be 'none' or 'tanh', "
-                                         r"got 'erf'$"):
-        tn.GELU("erf")
-    with pytest.raises(ValueError, match=r"^TransformerEncoderLayer: activation must be 'relu' or "
-                                         r"'gelu', got 'tanh'$"):
-        tn.TransformerEncoderLayer(4, 2, activation="tanh")
-    with pytest.raises(ValueError, match=r"^TransformerDecoderLayer: activation must be 'relu' or "
-                                         r"'gelu', got 'tanh'$"):
-        tn.TransformerDecoderLayer(4, 2, activation="tanh")
-    for layer in (tn.LayerNorm(3), tn.GELU(), tn.MultiheadAttention(4, 2),
-                  tn.PositionalEmbedding(3, 2), tn.MeanOverSteps()):
-        name = type(layer).__name__
-        with pytest.raises(RuntimeError, match=f"^{name}.backward called before forward$"):
-            layer.backward(np.ones((2, 3, 4)))
-
-
-def test_attention_layers_keep_float32():
-    tn.manual_seed(0)
-    model = tn.Sequential(tn.Linear(3, 8), tn.PositionalEmbedding(4, 8), tn.GELU(),
-                          tn.TransformerEncoderLayer(8, 2, 6, batch_first=True), tn.LayerNorm(8),
-                          tn.MeanOverSteps(), tn.Linear(8, 2))
-    x = randn(0, (2, 4, 3)).astype(np.float32)
-    y = model.forward(x)
-    assert y.dtype == np.float32 and model.backward(np.ones_like(y)).dtype == np.float32
-    assert all(p.grad.dtype == np.float32 and p.grad.any() for p in model.parameters())
-    decoder = tn.TransformerDecoderLayer(8, 2, 6, batch_first=True)
-    memory = randn(1, (2, 3, 8)).astype(np.float32)
-    masks = dict(tgt_is_causal=True, memory_mask=np.zeros((4, 3)),
-                 memory_key_padding_mask=np.array([[False, False, True]] * 2))
-    x = randn(2, (2, 4, 8)).astype(np.float32)
-    y = decoder(x, memory, **masks)
-    assert y.dtype == np.float32 and decoder.backward(np.ones_like(y)).dtype == np.float32
-    assert decoder.grad_memory.dtype == np.float32
-    assert all(p.grad.dtype == np.float32 and p.grad.any() for p in decoder.parameters())
-
-
 def test_train_mnist_transformer_model_and_attention_figure(tmp_path):
     train_mnist = importlib.import_module("train_mnist")
     tn.manual_seed(0)
@@ -6386,1120 +7977,6 @@ def test_train_mnist_transformer_model_and_attention_figure(tmp_path):
     assert fig.axes[1].get_xlabel() == "key: row attended to"
     rows = fig.axes[1].images[0].get_array().sum(axis=1)
     np.testing.assert_allclose(rows, 1, rtol=1e-5)           # each query's weights sum to 1
-
-
-# ════════════════════════════════════════════════════════════════════════════
-# Benchmark
-# ════════════════════════════════════════════════════════════════════════════
-
-def test_bench_smoke_runs_every_table(background):
-    """bench_tinynet.py --smoke runs every code path (epochs, layers with their GEMM limits, BLAS
-    threads quiet and busy, memory) on tiny data in a few seconds; no timing is asserted."""
-    tmp_path, r = background("test_bench_smoke_runs_every_table")
-    assert r.returncode == 0, r.stderr[-3000:]
-    res = json.loads((tmp_path / "bench.json").read_text())
-    assert set(res["epochs"]) == {"mlp", "cnn-small", "cnn-32-64", "lstm", "transformer"}
-    assert set(res["busy"]) == {"quiet", "busy"}
-    assert {"Conv2d 32->64 k3 p1 @14", "Conv2d 1->32 k3 p1 @28", "Linear 784->256",
-            "MaxPool2d(2) @28", "BatchNorm2d(32) @28"} <= set(res["layers"])
-    for row in list(res["epochs"].values()) + list(res["layers"].values()):
-        assert row["tinynet_s" if "tinynet_s" in row else "tinynet_ms"] > 0 and row["ratio"] > 0
-    assert res["layers"]["Conv2d 32->64 k3 p1 @14"]["gemm_ms"] > 0
-    assert (res["memory"]["mlp"]["tinynet_peak_mb"] > 0
-            and res["info"]["torch_threads_tried"] == [1, 2])
-
-
-# ════════════════════════════════════════════════════════════════════════════
-# Reference checks: losses' reduction, gradcheck on each array's scale, errors that
-# name the culprit, and behaviours that once could break unnoticed
-# ════════════════════════════════════════════════════════════════════════════
-
-TORCH_LOSSES = {"CrossEntropyLoss": F.cross_entropy, "NLLLoss": F.nll_loss, "MSELoss": F.mse_loss,
-                "BCEWithLogitsLoss": F.binary_cross_entropy_with_logits}
-
-
-def _loss_case(name, seed=0):
-    """(pred, target) for the loss `name`, float64: logits / log-probabilities and int labels,
-    or predictions and targets of one shape."""
-    rng = np.random.default_rng(seed)
-    if name in ("CrossEntropyLoss", "NLLLoss"):
-        pred = rng.standard_normal((6, 4))
-        return (log_softmax(pred) if name == "NLLLoss" else pred), np.array([0, 3, 1, 1, 2, 0])
-    if name == "MSELoss":
-        return rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
-    return rng.standard_normal((7, 1)) * 3, rng.integers(0, 2, (7, 1)) * 1.0
-
-
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("name", list(TORCH_LOSSES))
-def test_loss_reduction_matches_torch(name, reduction):
-    pred, target = _loss_case(name)
-    loss = getattr(tn, name)(reduction=reduction)
-    value = loss(pred, target)
-    xt, tt = T(pred), torch.from_numpy(target)
-    tv = TORCH_LOSSES[name](xt, tt, reduction=reduction)
-    assert type(value) is (np.ndarray if reduction == "none" else float)
-    assert_parity(np.asarray(value), tv, f"{loss!r} forward")
-    g = np.random.default_rng(1).standard_normal(tuple(tv.shape))   # dL/d(what forward returned)
-    tv.backward(torch.from_numpy(g))
-    assert_parity(loss.backward(g), xt.grad, f"{loss!r} backward(grad)")
-    xt = T(pred)
-    TORCH_LOSSES[name](xt, tt, reduction=reduction).sum().backward()
-    assert_parity(loss.backward(), xt.grad, f"{loss!r} backward()")       # grad of the sum
-
-
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("name", list(TORCH_LOSSES))
-def test_loss_reduction_gradcheck(name, reduction):
-    pred, target = _loss_case(name, seed=2)
-    loss = getattr(tn, name)(reduction=reduction)
-    shape = np.shape(loss(pred, target))
-    w = np.random.default_rng(3).standard_normal(shape)     # upstream gradient: L = sum(w * loss)
-    analytic = loss.backward(w)
-    numeric = tn.numerical_gradient(lambda p: float(np.sum(w * loss.forward(p, target))),
-                                    pred.copy())
-    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
-
-
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("name", list(TORCH_LOSSES))
-def test_loss_reduction_keeps_float32(name, reduction):
-    pred, target = _loss_case(name)
-    loss = getattr(tn, name)(reduction=reduction)
-    value = loss(pred.astype(np.float32), target)
-    assert reduction != "none" or value.dtype == np.float32
-    assert loss.backward().dtype == np.float32
-    assert loss.backward(np.ones(np.shape(value), np.float64)).dtype == np.float32
-
-
-@pytest.mark.parametrize("name", list(TORCH_LOSSES))
-def test_loss_errors_name_the_loss(name):
-    with pytest.raises(RuntimeError, match=f"^{name}.backward called before forward$"):
-        getattr(tn, name)().backward()
-    with pytest.raises(ValueError,
-                       match=f"^{name}: expected reduction 'mean', 'sum' or 'none', got 'avg'$"):
-        getattr(tn, name)(reduction="avg")
-    pred, target = _loss_case(name)
-    loss = getattr(tn, name)(reduction="none")
-    loss(pred, target)
-    with pytest.raises(ValueError, match=rf"^{name}.backward: expected grad of the shape forward "
-                                         rf"returned, \({len(pred)},.*\), got \(3,\)$"):
-        loss.backward(np.ones(3))
-    assert repr(loss) == f"{name}(reduction='none')" and repr(getattr(tn, name)()) == f"{name}()"
-
-
-@pytest.mark.parametrize("name", list(TORCH_LOSSES))
-def test_loss_takes_python_lists(name):
-    pred, target = _loss_case(name)
-    loss, ref = getattr(tn, name)(), getattr(tn, name)()
-    assert loss(pred.tolist(), target.tolist()) == ref(pred, target)
-    np.testing.assert_array_equal(loss.backward(), ref.backward())
-
-
-def test_nll_loss_takes_a_certain_row_and_names_the_first_bad_one():
-    """log(1) = 0 is a log-probability: a row [0, -inf, ...] is valid (its loss is 0), and the
-    error names the first row that is not one."""
-    certain = np.array([[0.0, -np.inf, -np.inf], [np.log(0.5), np.log(0.5), -np.inf]])
-    assert tn.NLLLoss()(certain, np.array([0, 1])) == pytest.approx(np.log(2) / 2)
-    with pytest.raises(ValueError, match="got row 2 with max 0.5"):
-        tn.NLLLoss()(np.vstack([certain, [[0.5, -1.0, -2.0]]]), np.array([0, 1, 0]))
-
-
-def test_bce_with_logits_rejects_a_scalar_and_a_third_axis():
-    for shape in ((), (4, 1, 1), (4, 3)):
-        with pytest.raises(ValueError,
-                           match=r"^BCEWithLogitsLoss: expected logits \(N,\) or \(N, 1\)"):
-            tn.BCEWithLogitsLoss()(np.zeros(shape), np.zeros(shape))
-
-
-class _Options(tn.Layer):
-    def __init__(self, shift=None, center=False, bias=True):
-        self.shift, self.center = shift, center
-        self.bias = tn.Parameter(np.zeros(1)) if bias else None
-
-    def forward(self, x):
-        return x
-
-
-def test_config_tells_the_bias_parameter_from_flags_and_none():
-    """A Parameter (or None) stands for the bias flag; other flags and None values stay as
-    they are."""
-    assert _Options().config()["kwargs"] == {"shift": None, "center": False, "bias": True}
-    assert (_Options(shift=1.5, center=True, bias=False).config()["kwargs"]
-            == {"shift": 1.5, "center": True, "bias": False})
-
-
-def test_mse_loss_takes_integer_lists():
-    loss = tn.MSELoss()
-    assert loss([1, 2, 3], [1, 1, 1]) == pytest.approx(5 / 3)
-    np.testing.assert_allclose(loss.backward(), [0, 2 / 3, 4 / 3])
-    assert tn.MSELoss(reduction="sum")([[1, 2]], [[0, 0]]) == 5.0
-
-
-def test_compile_rejects_reduction_none_and_a_sum_trains_as_a_scaled_mean():
-    model = _small_model()
-    with pytest.raises(ValueError, match=r"^Sequential.compile: CrossEntropyLoss\(reduction="
-                                         r"'none'\) gives one loss per sample; .*'mean' "
-                                         r"\(the default\) or 'sum'"):
-        model.compile(tn.SGD(model.parameters(), lr=0.1), tn.CrossEntropyLoss(reduction="none"))
-    X, y = _tiny_data(16)
-    X = X.astype(np.float64)
-    summed, mean = _small_model().astype(np.float64), _small_model().astype(np.float64)
-    summed.compile(tn.SGD(summed.parameters(), lr=0.01), tn.CrossEntropyLoss(reduction="sum"))
-    mean.compile(tn.SGD(mean.parameters(), lr=0.01 * 16), tn.CrossEntropyLoss())
-    loss_sum, _ = summed.train_step(X, y)
-    loss_mean, _ = mean.train_step(X, y)
-    assert loss_sum == pytest.approx(16 * loss_mean, rel=1e-12)
-    for a, b in zip(summed.parameters(), mean.parameters()):
-        np.testing.assert_allclose(a.data, b.data, rtol=1e-12, atol=1e-15)
-
-
-class _HalfWeightLinear(tn.Linear):
-    def backward(self, grad):
-        gx = super().backward(grad)
-        self.weight.grad *= 0.5                   # half the true weight gradient
-        return gx
-
-
-@pytest.mark.parametrize("seed", [0, 1, 42, 1234])
-def test_gradcheck_judges_each_array_on_its_own_scale(seed):
-    """A weight gradient off by half on inputs of 1e-7 reports ~0.5 (it reported 1e-7 when the
-    error was relative to the largest gradient: the bias's and the input's, 1e7 times larger)."""
-    tn.manual_seed(seed)
-    x = np.random.default_rng(seed).standard_normal((5, 4)) * 1e-7
-    assert 0.45 < tn.gradcheck(_HalfWeightLinear(4, 3).astype(np.float64), x) < 0.55
-    tn.manual_seed(seed)
-    assert tn.gradcheck(tn.Linear(4, 3).astype(np.float64), x) < 1e-7
-
-
-def test_gradcheck_computes_what_its_docstring_says():
-    """error = max(max|g - d| - noise, 0) / max(max|g|, max|d|) per array, noise = 8 macheps
-    sum|y r| / eps, r the golden-ratio sequence: recomputed here on a case where noise matters."""
-    tn.manual_seed(0)
-    layer = _HalfWeightLinear(4, 3).astype(np.float64)
-    x = np.random.default_rng(0).standard_normal((5, 4)) * 1e-7
-    reported = tn.gradcheck(layer, x)
-    y = layer.forward(x)
-    r = ((np.arange(y.size) * (math.sqrt(5) - 1) / 2 + 0.5) % 1.0 * 2 - 1).reshape(y.shape)
-    noise = 8 * np.finfo(np.float64).eps * np.abs(y * r).sum() / 1e-6
-    layer.zero_grad()
-    grads = [(layer.backward(r), x)] + [(p.grad.copy(), p.data) for p in layer.parameters()]
-    errors = []
-    for g, at in grads:
-        d = tn.numerical_gradient(lambda _: float(np.sum(layer.forward(x) * r)), at)
-        errors.append(max(np.abs(g - d).max() - noise, 0) / max(np.abs(g).max(), np.abs(d).max()))
-    assert noise > 0.01 * np.abs(grads[1][0]).max()          # the floor matters in this case
-    assert reported == pytest.approx(max(errors), rel=1e-9)
-
-
-def test_gradcheck_checks_the_parameters_of_a_compiled_model():
-    """compile makes the first layer skip its input gradient: gradcheck checks the parameters."""
-    tn.manual_seed(0)
-    x = away_from_kinks(0, (5, 4))
-    for first, bad in ((_HalfWeightLinear(4, 3), True), (tn.Linear(4, 3), False)):
-        model = tn.Sequential(first, tn.Tanh(), tn.Linear(3, 2)).astype(np.float64)
-        model.compile(tn.SGD(model.parameters(), lr=0.1), tn.MSELoss())
-        model.forward(x)
-        assert model.backward(np.ones((5, 2))) is None
-        assert (tn.gradcheck(model, x) > 0.1) == bad
-
-
-class _OneNumber(tn.LRScheduler):
-    def get_lr(self):
-        return self.base_lrs[0] * 0.5 ** self.last_epoch
-
-
-def test_scheduler_get_lr_may_return_one_number_for_one_group():
-    opt = tn.SGD([tn.Parameter(np.zeros(2))], lr=0.1)
-    sched = _OneNumber(opt)
-    sched.step()
-    sched.step()
-    assert opt.lr == 0.025 and type(opt.lr) is float and sched.get_last_lr() == [0.025]
-    two = tn.SGD([{"params": [tn.Parameter(np.zeros(2))]}, {"params": [tn.Parameter(np.zeros(1))]}],
-                 lr=0.1)
-    with pytest.raises(ValueError, match=r"^_OneNumber: get_lr returned one number for 2 parameter "
-                                         r"groups: return one lr per parameter group \(a list\)$"):
-        _OneNumber(two)
-
-    class Three(tn.LRScheduler):
-        def get_lr(self):
-            return [0.1, 0.2, 0.3]
-    with pytest.raises(ValueError, match=r"^Three: get_lr returned 3 lrs for 2 parameter groups: "
-                                         r"return one lr per parameter group$"):
-        Three(two)
-
-
-def test_scheduler_attributes_set_after_super_init_get_an_error_that_says_so():
-    class Late(tn.LRScheduler):
-        def __init__(self, optimizer, warmup):
-            super().__init__(optimizer)
-            self.warmup = warmup
-
-        def get_lr(self):
-            return [base * min(1.0, (self.last_epoch + 1) / self.warmup) for base in self.base_lrs]
-
-    class Buggy(tn.LRScheduler):
-        def get_lr(self):
-            return [self.optimizer.no_such_thing]
-
-    opt = tn.SGD([tn.Parameter(np.zeros(2))], lr=0.1)
-    with pytest.raises(AttributeError, match=r"^Late: get_lr reads self.warmup, which is not set "
-                                             r"yet: set your attributes BEFORE "
-                                             r"super\(\).__init__\(optimizer\)"):
-        Late(opt, 5)
-    with pytest.raises(AttributeError, match="no_such_thing") as error:    # not about self: as is
-        Buggy(opt)
-    assert "BEFORE" not in str(error.value)
-
-
-def _numpy_scalars(kw):
-    """kw with every float (and each beta) as a NumPy float64 scalar."""
-    return {k: tuple(map(np.float64, v)) if k == "betas" else
-            np.float64(v) if isinstance(v, float) else v for k, v in kw.items()}
-
-
-def _assert_plain_floats(opt):
-    for group in opt.param_groups:
-        for k, v in group.items():
-            if k != "params":
-                plain = ({type(b) for b in v} == {float} if k == "betas"
-                         else type(v) in (float, bool))
-                assert plain, (k, v)
-
-
-@pytest.mark.parametrize("name, kw", OPTIMIZER_CONFIGS + [("Lion", dict(weight_decay=0.1))])
-def test_optimizer_stores_numpy_hyperparameters_as_python_floats(name, kw):
-    """NumPy 2 promotes float32 arrays to float64 in arithmetic with a np.float64 scalar: a
-    hyper-parameter kept as one would make every update of a float32 model float64."""
-    p = tn.Parameter(np.ones(3, np.float32))
-    opt = getattr(tn, name)([p], **_numpy_scalars(kw))
-    _assert_plain_floats(opt)
-    opt.lr = np.float64(0.01)                                      # the setter too
-    state = opt.state_dict()
-    state["param_groups"] = [_numpy_scalars(g) for g in state["param_groups"]]
-    opt.load_state_dict(state)                                     # and a loaded state
-    _assert_plain_floats(opt)
-    p.grad[...] = 0.5
-    opt.step()
-    assert p.data.dtype == np.float32
-
-
-@pytest.mark.parametrize("sched, kw", SCHEDULER_CONFIGS + [
-    ("ReduceLROnPlateau", dict(factor=0.5, patience=0, min_lr=1e-3))])
-def test_scheduler_writes_python_floats_from_numpy_arguments(sched, kw):
-    opt = tn.SGD([tn.Parameter(np.ones(3, np.float32))], lr=np.float64(0.1),
-                 momentum=np.float64(0.9))
-    s = getattr(tn, sched)(opt, **_numpy_scalars(kw))
-    for step in range(12):
-        s.step(np.float64(1.0)) if sched == "ReduceLROnPlateau" else s.step()
-        _assert_plain_floats(opt)
-    assert {type(lr) for lr in s.get_last_lr()} == {float}
-
-
-@pytest.mark.parametrize("val_size, n_val", [(1, 1), (np.int32(1), 1), (19, 19), (0.05, 1),
-                                             (0.95, 19)])
-def test_train_val_split_takes_an_int_as_a_count_and_a_float_as_a_fraction(val_size, n_val):
-    X, y = np.arange(40).reshape(20, 2), np.arange(20)
-    X_tr, y_tr, X_val, y_val = tn.train_val_split(X, y, val_size, shuffle=False)
-    np.testing.assert_array_equal(y_val, np.arange(20 - n_val, 20))
-    np.testing.assert_array_equal(X_tr[:, 0] // 2, np.arange(20 - n_val))
-
-
-def test_suite_finds_iris_without_tinynet_data(monkeypatch):
-    """`pytest test_tinynet.py` with no environment variable reads data/iris.csv (it ships):
-    the suite's DATA is tn._data_dir(), which falls back to the data/ folder beside tinynet.py."""
-    monkeypatch.delenv("TINYNET_DATA", raising=False)
-    assert "\nDATA = tn._data_dir()  " in open(__file__).read()
-    out = tn._data_dir()
-    assert os.path.samefile(out, os.path.join(HERE, "data"))
-    assert os.path.exists(os.path.join(out, "iris.csv"))
-
-
-# ════════════════════════════════════════════════════════════════════════════
-# Sequences: Embedding, RNN, LSTM, GRU, LastStep and Flatten's options against torch in
-# float64, gradient checks, initialisation, torch interop, save/load, bad input
-# ════════════════════════════════════════════════════════════════════════════
-
-RECURRENT_CASES = [  # class, kwargs (input_size 4, hidden_size 3 unless given), input shape
-    ("RNN", {}, (5, 3, 4)),
-    (
-        "RNN",
-        {"nonlinearity": "relu", "num_layers": 2, "bidirectional": True, "batch_first": True},
-        (3, 5, 4),
-    ),
-    ("RNN", {"num_layers": 2, "bias": False, "bidirectional": True}, (4, 2, 4)),
-    ("RNN", {"nonlinearity": "relu", "bias": False, "batch_first": True}, (1, 1, 4)),
-    ("LSTM", {}, (5, 3, 4)),
-    ("LSTM", {"num_layers": 2, "bidirectional": True, "batch_first": True}, (3, 5, 4)),
-    ("LSTM", {"num_layers": 2, "bias": False, "batch_first": True}, (2, 4, 4)),
-    ("LSTM", {"bidirectional": True, "bias": False, "hidden_size": 5}, (1, 1, 4)),
-    ("GRU", {}, (5, 3, 4)),
-    ("GRU", {"num_layers": 2, "bidirectional": True, "batch_first": True}, (3, 5, 4)),
-    ("GRU", {"num_layers": 2, "bias": False}, (4, 2, 4)),
-    (
-        "GRU",
-        {"bidirectional": True, "bias": False, "batch_first": True, "hidden_size": 5},
-        (1, 1, 4),
-    ),
-    ("LSTM", {"num_layers": 2, "dropout": 0.5}, (4, 2, 4)),  # eval: no dropout, as torch
-    ("GRU", {"num_layers": 3, "dropout": 0.3, "bidirectional": True}, (3, 2, 4)),
-]
-
-
-def recurrent_pair(name, kw, seed=0):
-    """tinynet's and torch's layer (float64, eval if it has dropout) with the same weights."""
-    kw = {"input_size": 4, "hidden_size": 3} | kw
-    tn.manual_seed(seed)
-    ours = getattr(tn, name)(**kw).astype(np.float64)
-    theirs = getattr(torch.nn, name)(**kw).double()
-    theirs.load_state_dict(
-        {k: torch.from_numpy(v) for k, v in ours.state_dict().items()}
-    )  # strict: same keys
-    if kw.get("dropout"):
-        ours.eval(), theirs.eval()
-    return ours, theirs
-
-
-@pytest.mark.parametrize(
-    "name, kw, shape", RECURRENT_CASES, ids=[f"{n}-{k}-{s}" for n, k, s in RECURRENT_CASES]
-)
-def test_recurrent_matches_torch(name, kw, shape):
-    """Output, input gradient, h_n (and c_n), every parameter gradient by torch's name, and the
-    state-dict keys in torch's order."""
-    ours, theirs = recurrent_pair(name, kw)
-    assert list(ours.state_dict()) == list(theirs.state_dict())
-    x, finals = randn(1, shape), []
-    y = theirs(T(x))[0]
-    layer_parity(
-        ours, lambda t: (finals.append(theirs(t)[1]), theirs(t)[0])[1], x, randn(2, tuple(y.shape))
-    )
-    h_n, c_n = finals[0] if name == "LSTM" else (finals[0], None)
-    assert_parity(ours.h_n, h_n, f"{ours!r} h_n")
-    if c_n is not None:
-        assert_parity(ours.c_n, c_n, f"{ours!r} c_n")
-    for (k, p), (k2, q) in zip(ours.named_parameters(), theirs.named_parameters(), strict=True):
-        assert k == k2
-        assert_parity(p.grad, q.grad, f"{ours!r} {k} gradient")
-
-
-@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
-def test_recurrent_dropout_between_layers_matches_torch(name):
-    """In training, layer 2 reads layer 1's output times the dropout mask / (1 - p), and nothing
-    else is dropped: torch's two one-layer modules with our mask in between give the same
-    output and gradients."""
-    ours, _ = recurrent_pair(name, {"num_layers": 2, "dropout": 0.4, "batch_first": True})
-    ours.train()
-    layers = [
-        getattr(torch.nn, name)(4 if i == 0 else 3, 3, batch_first=True).double() for i in range(2)
-    ]
-    for i, m in enumerate(layers):
-        m.load_state_dict(
-            {
-                k.replace(f"_l{i}", "_l0"): torch.from_numpy(v)
-                for k, v in ours.state_dict().items()
-                if f"_l{i}" in k
-            }
-        )
-    x, g = randn(1, (3, 6, 4)), randn(2, (3, 6, 3))
-    y = ours.forward(x)
-    mask = ours._cache[1][0].swapaxes(0, 1)  # (N, T, H): batch first, as the modules
-    assert ((mask == 0) | (mask == 1 / 0.6)).all() and 0 < (mask == 0).mean() < 1
-    xt = T(x)
-    yt = layers[1](layers[0](xt)[0] * torch.from_numpy(mask))[0]
-    yt.backward(T(g, False))
-    assert_parity(y, yt, f"{name} with dropout, forward")
-    assert_parity(ours.backward(g), xt.grad, f"{name} with dropout, input gradient")
-    for i, m in enumerate(layers):
-        for k, q in m.named_parameters():
-            assert_parity(
-                getattr(ours, k.replace("_l0", f"_l{i}")).grad, q.grad, f"{name} {k} l{i} gradient"
-            )
-
-
-@pytest.mark.parametrize("name, kw, shape", [
-    ("RNN", {"num_layers": 2, "bidirectional": True}, (3, 2, 2)),
-    ("RNN", {"nonlinearity": "relu", "batch_first": True, "bias": False}, (2, 3, 2)),
-    ("LSTM", {"num_layers": 2, "bidirectional": True, "batch_first": True}, (2, 3, 2)),
-    ("LSTM", {"bias": False}, (3, 2, 2)),
-    ("GRU", {"num_layers": 2, "bidirectional": True}, (3, 2, 2)),
-    ("GRU", {"batch_first": True, "bias": False}, (2, 3, 2)),
-])
-def test_recurrent_gradcheck(name, kw, shape):
-    tn.manual_seed(0)
-    layer = getattr(tn, name)(2, 3, **kw).astype(np.float64)
-    assert tn.gradcheck(layer, away_from_kinks(0, shape)) < 1e-7
-
-
-# ── state in and out (torch's hx), and one step at a time (cells) ───────────
-
-def _torch_hx(name, states):
-    """Torch's hx from our (h_0, c_0) arrays: a tuple for an LSTM, h_0 alone otherwise."""
-    return tuple(T(s) for s in states) if name == "LSTM" else T(states[0])
-
-
-@pytest.mark.parametrize("given", [True, False], ids=["hx", "no-hx"])
-@pytest.mark.parametrize(
-    "name, kw, shape", RECURRENT_CASES, ids=[f"{n}-{k}-{s}" for n, k, s in RECURRENT_CASES]
-)
-def test_recurrent_state_in_and_out_matches_torch(name, kw, shape, given):
-    """forward(x, hx) and backward(dy, grad_h_n, grad_c_n) against torch's autograd of
-    sum(y dy) + sum(h_n grad_h_n) + sum(c_n grad_c_n): output, h_n, c_n, dx, grad_h0, grad_c0
-    and every parameter gradient. hx=None is zeros, and grad_h0 is then the gradient at zeros."""
-    ours, theirs = recurrent_pair(name, kw)
-    batch_first = kw.get("batch_first", False)
-    N = shape[0] if batch_first else shape[1]
-    rows = ours.num_layers * (1 + ours.bidirectional)
-    state_shape = (rows, N, ours.hidden_size)
-    states = [randn(3 + i, state_shape) for i in range(2 if name == "LSTM" else 1)]
-    x = randn(1, shape)
-    xt, hxt = T(x), _torch_hx(name, states if given else [np.zeros(state_shape)] * len(states))
-    yt, finals = theirs(xt, hxt)
-    finals = finals if name == "LSTM" else (finals,)
-    dy = randn(2, tuple(yt.shape))
-    d_finals = [randn(5 + i, state_shape) for i in range(len(finals))]
-    loss = (yt * T(dy, False)).sum()
-    loss = loss + sum((f * T(d, False)).sum() for f, d in zip(finals, d_finals))
-    loss.backward()
-    hx = None if not given else (tuple(states) if name == "LSTM" else states[0])
-    y = ours(x, hx)
-    dx = ours.backward(dy, *d_finals)
-    assert_parity(y, yt, f"{ours!r} output")
-    assert_parity(ours.h_n, finals[0], f"{ours!r} h_n")
-    assert_parity(dx, xt.grad, f"{ours!r} dx")
-    hxt = hxt if name == "LSTM" else (hxt,)
-    assert_parity(ours.grad_h0, hxt[0].grad, f"{ours!r} grad_h0")
-    if name == "LSTM":
-        assert_parity(ours.c_n, finals[1], f"{ours!r} c_n")
-        assert_parity(ours.grad_c0, hxt[1].grad, f"{ours!r} grad_c0")
-    else:
-        assert not hasattr(ours, "c_n") and not hasattr(ours, "grad_c0")
-    for (k, p), (k2, q) in zip(ours.named_parameters(), theirs.named_parameters(), strict=True):
-        assert_parity(p.grad, q.grad, f"{ours!r} {k} gradient")
-
-
-CELL_CASES = [  # class, kwargs (input_size 4, hidden_size 3 unless given)
-    ("RNNCell", {}),
-    ("RNNCell", {"nonlinearity": "relu", "bias": False}),
-    ("LSTMCell", {}),
-    ("LSTMCell", {"bias": False, "hidden_size": 5}),
-    ("GRUCell", {}),
-    ("GRUCell", {"bias": False}),
-]
-
-
-def cell_pair(name, kw, seed=0):
-    """tinynet's and torch's cell (float64) with the same weights; torch's keys, strictly."""
-    kw = {"input_size": 4, "hidden_size": 3} | kw
-    tn.manual_seed(seed)
-    ours = getattr(tn, name)(**kw).astype(np.float64)
-    theirs = getattr(torch.nn, name)(**kw).double()
-    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
-    return ours, theirs
-
-
-@pytest.mark.parametrize("given", [True, False], ids=["h0", "no-h0"])
-@pytest.mark.parametrize("name, kw", CELL_CASES, ids=[f"{n}-{k}" for n, k in CELL_CASES])
-def test_cell_over_several_steps_matches_torch_autograd(name, kw, given):
-    """Four calls stack up; backward in reverse order, by hand (dh_t = dL/dh_t from the loss plus
-    dh_{t} from step t + 1), gives what torch's autograd gives through nn.*Cell with the same
-    weights: every h_t (c_t), dx_t, dh_0 (dc_0) and parameter gradient."""
-    ours, theirs = cell_pair(name, kw)
-    lstm = name == "LSTMCell"
-    steps, N, H = 4, 2, ours.hidden_size
-    xs = [randn(10 + t, (N, 4)) for t in range(steps)]
-    dhs = [randn(20 + t, (N, H)) for t in range(steps)]         # dL/dh_t from each step's loss
-    dc_last = randn(30, (N, H))                                 # dL/dc_T from beyond (LSTM)
-    h0, c0 = (randn(1, (N, H)), randn(2, (N, H))) if given else (np.zeros((N, H)),) * 2
-    xts, h0t, c0t = [T(x) for x in xs], T(h0), T(c0)
-    ht, ct, loss = h0t, c0t, 0
-    hs_torch, cs_torch = [], []
-    for t in range(steps):
-        if lstm:
-            ht, ct = theirs(xts[t], (ht, ct))
-        else:
-            ht = theirs(xts[t], ht)
-        hs_torch.append(ht)
-        cs_torch.append(ct)
-        loss = loss + (ht * T(dhs[t], False)).sum()
-    if lstm:
-        loss = loss + (ct * T(dc_last, False)).sum()
-    loss.backward()
-    h, c = (h0, c0) if given else (None, None)
-    for t in range(steps):                                     # forward: the calls stack up
-        if lstm:
-            h, c = ours(xs[t], None if h is None else (h, c))
-            assert_parity(c, cs_torch[t], f"{name} c_{t + 1}")
-        else:
-            h = ours(xs[t], h)
-        assert_parity(h, hs_torch[t], f"{name} h_{t + 1}")
-    dh, dc = 0, dc_last
-    for t in reversed(range(steps)):                           # backward: latest call first
-        if lstm:
-            dx, dh, dc = ours.backward(dhs[t] + dh, dc)
-        else:
-            dx, dh = ours.backward(dhs[t] + dh)
-        assert_parity(dx, xts[t].grad, f"{name} dx_{t + 1}")
-    assert_parity(dh, h0t.grad, f"{name} dh_0")
-    if lstm:
-        assert_parity(dc, c0t.grad, f"{name} dc_0")
-    for (k, p), (k2, q) in zip(ours.named_parameters(), theirs.named_parameters(), strict=True):
-        assert k == k2
-        assert_parity(p.grad, q.grad, f"{name} {k} gradient")
-
-
-class _Unrolled(tn.Layer):
-    """A cell called over x's T steps from a fixed h_0 (c_0): x (T, N, F) -> the h_t (T, N, H);
-    backward calls the cell's backward from t = T to 1. So that gradcheck can check a cell."""
-
-    def __init__(self, cell, h0, c0):
-        self.cell, self.h0, self.c0 = cell, h0, c0
-
-    def parameters(self):
-        return self.cell.parameters()
-
-    def forward(self, x):
-        h, c, hs = self.h0, self.c0, []
-        for x_t in x:
-            if isinstance(self.cell, tn.LSTMCell):
-                h, c = self.cell(x_t, (h, c))
-            else:
-                h = self.cell(x_t, h)
-            hs.append(h)
-        return np.stack(hs)
-
-    def backward(self, grad):
-        dh, dc, dxs = 0, None, []
-        for g in grad[::-1]:
-            if isinstance(self.cell, tn.LSTMCell):
-                dx, dh, dc = self.cell.backward(g + dh, dc)
-            else:
-                dx, dh = self.cell.backward(g + dh)
-            dxs.append(dx)
-        self.dh0, self.dc0 = dh, dc
-        return np.stack(dxs[::-1])
-
-
-@pytest.mark.parametrize("name, kw", CELL_CASES, ids=[f"{n}-{k}" for n, k in CELL_CASES])
-def test_cell_gradcheck(name, kw):
-    """gradcheck over three steps (x and every parameter), and dh_0 (dc_0) against central
-    differences."""
-    tn.manual_seed(0)
-    cell = getattr(tn, name)(2, **{"hidden_size": 3} | kw).astype(np.float64)
-    H = cell.hidden_size
-    h0, c0 = away_from_kinks(1, (2, H)), away_from_kinks(2, (2, H))
-    unrolled = _Unrolled(cell, h0, c0)
-    x = away_from_kinks(0, (3, 2, 2))
-    assert tn.gradcheck(unrolled, x) < 1e-7
-    r = randn(3, (3, 2, H))
-    unrolled.forward(x)
-    unrolled.backward(r)
-    f = lambda _: float(np.sum(unrolled.forward(x) * r))  # noqa: E731
-    np.testing.assert_allclose(unrolled.dh0, tn.numerical_gradient(f, h0), rtol=1e-6, atol=1e-8)
-    if name == "LSTMCell":
-        np.testing.assert_allclose(unrolled.dc0, tn.numerical_gradient(f, c0), rtol=1e-6, atol=1e-8)
-
-
-@pytest.mark.parametrize("name, kw", [("RNN", {"nonlinearity": "relu"}), ("LSTM", {}),
-                                      ("GRU", {"batch_first": True})])
-def test_state_carried_across_two_chunks_equals_one_run(name, kw):
-    """Two layers with the same weights read x[:2] then x[2:] from the first one's h_n (c_n):
-    the outputs and final states are one run's. Backward, the second one's grad_h0 (grad_c0)
-    goes in as the first one's grad_h_n (grad_c_n): dx and the summed parameter gradients are
-    one run's."""
-    kw = {"num_layers": 2, "dropout": 0.3} | kw
-    whole, _ = recurrent_pair(name, kw)
-    first, _ = recurrent_pair(name, kw)
-    second, _ = recurrent_pair(name, kw)
-    axis = 1 if kw.get("batch_first") else 0                      # the steps' axis
-    steps_first = (5, 2) if axis == 0 else (2, 5)                 # T = 5, N = 2
-    x, dy = randn(1, (*steps_first, 4)), randn(2, (*steps_first, 3))
-    x1, x2 = np.split(x, [2], axis=axis)
-    dy1, dy2 = np.split(dy, [2], axis=axis)
-    lstm = name == "LSTM"
-    y1 = first(x1)
-    y2 = second(x2, (first.h_n, first.c_n) if lstm else first.h_n)
-    np.testing.assert_allclose(np.concatenate([y1, y2], axis=axis), whole(x), rtol=1e-12)
-    np.testing.assert_allclose(second.h_n, whole.h_n, rtol=1e-12)
-    dx2 = second.backward(dy2)
-    dx1 = first.backward(dy1, second.grad_h0, second.grad_c0 if lstm else None)
-    np.testing.assert_allclose(np.concatenate([dx1, dx2], axis=axis), whole.backward(dy),
-                               rtol=1e-10, atol=1e-14)
-    if lstm:
-        np.testing.assert_allclose(second.c_n, whole.c_n, rtol=1e-12)
-    for p, q, r in zip(first.parameters(), second.parameters(), whole.parameters(), strict=True):
-        np.testing.assert_allclose(p.grad + q.grad, r.grad, rtol=1e-10, atol=1e-14)
-
-
-def test_final_states_after_predict_and_in_eval_mode_match_torch():
-    """h_n and c_n are attributes set by every forward: after Sequential.predict (which drops the
-    caches) and in eval mode they are the last batch's final states, as torch returns them."""
-    tn.manual_seed(0)
-    model = tn.Sequential(tn.LSTM(4, 3, num_layers=2, batch_first=True), tn.LastStep(),
-                          tn.Linear(3, 2)).astype(np.float64)
-    theirs = torch.nn.LSTM(4, 3, num_layers=2, batch_first=True).double()
-    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in model[0].state_dict().items()})
-    x = randn(1, (5, 6, 4))
-    _, (h_n, c_n) = theirs(T(x))
-    model.predict(x)                                            # (it drops the layers' caches)
-    assert_parity(model[0].h_n, h_n, "LSTM h_n after predict")
-    assert_parity(model[0].c_n, c_n, "LSTM c_n after predict")
-    gru = tn.GRU(4, 3).astype(np.float64).eval()
-    gru(x)
-    assert gru.h_n.shape == (1, 6, 3)
-
-
-def test_recurrent_states_keep_the_layers_dtype():
-    """A float32 layer given float64 states computes in float32, and so do its gradients."""
-    tn.manual_seed(0)
-    lstm, cell = tn.LSTM(4, 3, num_layers=2), tn.GRUCell(4, 3)
-    x, states = np.ones((5, 2, 4), np.float32), (np.ones((2, 2, 3)), np.ones((2, 2, 3)))
-    y = lstm(x, states)
-    lstm.backward(np.ones_like(y), np.ones((2, 2, 3)), np.ones((2, 2, 3)))
-    arrays = [y, lstm.h_n, lstm.c_n, lstm.grad_h0, lstm.grad_c0]
-    h = cell(x[0], np.ones((2, 3)))
-    arrays += [h, *cell.backward(np.ones((2, 3)))]
-    assert [a.dtype for a in arrays] == [np.float32] * len(arrays)
-
-
-def test_cell_stack_in_training_and_eval_mode():
-    """In training, calls stack up and each backward undoes the latest one; once all are undone,
-    a new call starts a new stack. In eval mode calls are not kept (a sampling loop may call a
-    cell thousands of times), so backward has nothing to undo; predict empties the stack."""
-    tn.manual_seed(0)
-    cell = tn.GRUCell(4, 3).astype(np.float64)
-    x = randn(1, (2, 4))
-    h1 = cell(x)
-    h2 = cell(x, h1)
-    dx2, dh1 = cell.backward(np.ones((2, 3)))
-    dx1, dh0 = cell.backward(dh1)
-    assert dx1.shape == dx2.shape == (2, 4) and dh0.shape == (2, 3)
-    with pytest.raises(RuntimeError, match=r"^GRUCell.backward: no call left to undo"):
-        cell.backward(np.ones((2, 3)))
-    np.testing.assert_array_equal(cell(x, h1), h2)             # a new stack
-    cell.backward(np.ones((2, 3)))
-    cell.eval()
-    h = None
-    for _ in range(1000):
-        h = cell(x, h)
-    assert not cell._cache
-    with pytest.raises(RuntimeError, match=r"^GRUCell.backward: no call left to undo"):
-        cell.backward(np.ones((2, 3)))
-    model = tn.Sequential(tn.RNNCell(4, 3), tn.Linear(3, 2))
-    model(x.astype(np.float32))
-    model.predict(x.astype(np.float32))
-    with pytest.raises(RuntimeError, match=r"^RNNCell.backward: no call left to undo"):
-        model[0].backward(np.ones((2, 3), np.float32))
-
-
-def test_cells_init_as_torch():
-    """torch's parameter names, shapes and order; U(-1/sqrt(H), 1/sqrt(H)); float32."""
-    tn.manual_seed(0)
-    for name, gates in [("RNNCell", 1), ("LSTMCell", 4), ("GRUCell", 3)]:
-        cell, ref = getattr(tn, name)(20, 50), getattr(torch.nn, name)(20, 50)
-        assert [(k, v.shape) for k, v in cell.state_dict().items()] == [
-            (k, tuple(v.shape)) for k, v in ref.state_dict().items()]
-        for k, p in cell.named_parameters():
-            assert p.data.dtype == np.float32 and p.data.shape[0] == 50 * gates
-            assert 0.9 / math.sqrt(50) < np.abs(p.data).max() <= 1 / math.sqrt(50), k
-        assert [k for k, _ in getattr(tn, name)(2, 3, bias=False).named_parameters()] == [
-            "weight_ih", "weight_hh"]
-    assert repr(tn.RNNCell(2, 3)) == "RNNCell(input_size=2, hidden_size=3, bias=True, " \
-                                     "nonlinearity='tanh')"
-    assert tn.LSTMCell(2, 3)(np.zeros((4, 2), np.float32))[1].dtype == np.float32
-
-
-@pytest.mark.parametrize(
-    "call, match",
-    [
-        (lambda: tn.RNN(4, 3, num_layers=2)(np.zeros((5, 2, 4)), np.zeros((1, 2, 3))),
-         r"^RNN: expected h_0 of shape \(2, 2, 3\), got \(1, 2, 3\)"),
-        (lambda: tn.GRU(4, 3, bidirectional=True, batch_first=True)(np.zeros((2, 5, 4)),
-                                                                     np.zeros((2, 5, 3))),
-         r"^GRU: expected h_0 of shape \(2, 2, 3\), got \(2, 5, 3\)"),
-        (lambda: tn.LSTM(4, 3)(np.zeros((5, 2, 4)), np.zeros((1, 2, 3))),
-         r"^LSTM: expected hx = \(h_0, c_0\), each of shape \(1, 2, 3\), got ndarray"),
-        (lambda: tn.LSTM(4, 3)(np.zeros((5, 2, 4)), (np.zeros((1, 2, 3)), np.zeros((2, 3)))),
-         r"^LSTM: expected c_0 of shape \(1, 2, 3\), got \(2, 3\)"),
-        (lambda: tn.RNN(4, 3)(np.zeros((5, 2, 4)), (np.zeros((1, 2, 3)), np.zeros((1, 2, 3)))),
-         r"^RNN: expected h_0 of shape \(1, 2, 3\), got \(2, 1, 2, 3\)"),
-        (lambda: _after_forward(tn.LSTM(4, 3)).backward(np.zeros((5, 2, 3)), np.zeros((2, 3))),
-         r"^LSTM: expected grad_h_n of shape \(1, 2, 3\), got \(2, 3\)"),
-        (lambda: _after_forward(tn.GRU(4, 3)).backward(np.zeros((5, 2, 3)), None,
-                                                       np.zeros((1, 2, 3))),
-         r"^GRU: there is no c_n, so no grad_c_n"),
-        (lambda: tn.LSTMCell(4, 3).backward(np.zeros((2, 3))),
-         r"^LSTMCell.backward: no call left to undo"),
-        (lambda: tn.RNNCell(4, 3)(np.zeros(4)),
-         r"^RNNCell: expected 2-D input with 4 features on axis 1, got shape \(4,\)"),
-        (lambda: tn.GRUCell(4, 3)(np.zeros((2, 4)), np.zeros((3, 3))),
-         r"^GRUCell: expected h of shape \(2, 3\), got \(3, 3\)"),
-        (lambda: tn.LSTMCell(4, 3)(np.zeros((2, 4)), np.zeros((2, 3))),
-         r"^LSTMCell: expected hx = \(h, c\) or None, got ndarray"),
-        (lambda: tn.LSTMCell(4, 3)(np.zeros((2, 4)), (None, np.zeros((2, 4)))),
-         r"^LSTMCell: expected c of shape \(2, 3\), got \(2, 4\)"),
-        (lambda: _after_forward(tn.RNNCell(4, 3), (2, 4)).backward(np.zeros((2, 4))),
-         r"^RNNCell: expected dh of shape \(2, 3\), got \(2, 4\)"),
-        (lambda: tn.RNNCell(4, 3, nonlinearity="gelu"),
-         r"^RNNCell: nonlinearity must be 'tanh' or 'relu', got 'gelu'"),
-    ],
-    ids=["RNN-h0", "GRU-h0-batch-first", "LSTM-hx-not-a-pair", "LSTM-c0", "RNN-tuple",
-         "LSTM-grad-h-n", "GRU-grad-c-n", "cell-backward-first", "cell-x", "cell-h",
-         "LSTMCell-hx", "LSTMCell-c", "cell-dh", "cell-nonlinearity"],
-)
-def test_recurrent_states_and_cells_reject_bad_input(call, match):
-    with pytest.raises((ValueError, RuntimeError), match=match):
-        call()
-
-
-def _after_forward(layer, shape=(5, 2, 4)):
-    layer(np.zeros(shape, np.float32))
-    return layer
-
-
-@pytest.mark.parametrize(
-    "make, x",
-    [
-        (lambda: tn.Embedding(6, 3), np.array([[0, 5, 2, 2], [5, 5, 1, 0]])),
-        (lambda: tn.LastStep(), (2, 4, 3)),
-        (lambda: tn.LastStep(dim=0), (4, 2, 3)),
-        (lambda: tn.Flatten(1, 2), (2, 2, 3, 2)),
-        (
-            lambda: tn.Sequential(
-                tn.Embedding(5, 2, padding_idx=0),
-                tn.GRU(2, 3, batch_first=True),
-                tn.LastStep(),
-                tn.Linear(3, 2),
-            ),
-            np.array([[1, 2, 4], [3, 3, 2]]),
-        ),
-    ],
-    ids=["Embedding", "LastStep", "LastStep-dim0", "Flatten-1-2", "Embedding-GRU-model"],
-)
-def test_sequence_layer_gradcheck(make, x):
-    """(Not with the padding index in x: its row gets no gradient, as torch, though the output
-    depends on it; test_embedding_matches_torch checks that.)"""
-    tn.manual_seed(0)
-    layer = make().astype(np.float64)
-    assert tn.gradcheck(layer, x if isinstance(x, np.ndarray) else away_from_kinks(0, x)) < 1e-7
-
-
-@pytest.mark.parametrize("padding_idx", [None, 1, -1])
-def test_embedding_matches_torch(padding_idx):
-    """Forward, and the weight gradient: repeated indices add up, the padding row gets none."""
-    tn.manual_seed(0)
-    ours = tn.Embedding(5, 3, padding_idx=padding_idx).astype(np.float64)
-    theirs = torch.nn.Embedding(5, 3, padding_idx=padding_idx).double()
-    assert ours.padding_idx == theirs.padding_idx
-    if padding_idx is not None:
-        assert not ours.weight.data[padding_idx].any()
-    theirs.load_state_dict({"weight": torch.from_numpy(ours.weight.data)})
-    x = np.array([[[1, 4, 4], [0, 1, 1]], [[4, 3, 1], [1, 1, 2]]])  # (2, 2, 3) indices, repeated
-    g = randn(2, (2, 2, 3, 3))
-    y = theirs(torch.from_numpy(x))
-    y.backward(T(g, False))
-    assert_parity(ours.forward(x), y, "Embedding forward")
-    assert ours.backward(g) is None
-    assert_parity(ours.weight.grad, theirs.weight.grad, "Embedding weight gradient")
-
-
-@pytest.mark.parametrize(
-    "dim, shape", [(1, (2, 4, 3)), (0, (4, 2, 3)), (-1, (2, 3)), (1, (3, 1, 2, 2))]
-)
-def test_last_step_matches_torch(dim, shape):
-    layer_parity(tn.LastStep(dim), lambda t: t.select(dim, -1), randn(1, shape),
-                 randn(2, tuple(np.take(np.zeros(shape), -1, axis=dim).shape)))
-
-
-@pytest.mark.parametrize(
-    "start, end, shape",
-    [
-        (1, 2, (2, 1, 4, 3)),
-        (0, -1, (2, 3, 4)),
-        (2, 3, (2, 3, 4, 5)),
-        (-3, -2, (2, 3, 4, 5)),
-        (1, 1, (2, 3, 4)),
-        (0, 1, (2, 3)),
-        (-3, -1, (2, 3, 4)),
-    ],
-)
-def test_flatten_options_match_torch(start, end, shape):
-    flat = torch.nn.Flatten(start, end)
-    layer_parity(
-        tn.Flatten(start, end),
-        flat,
-        randn(1, shape),
-        randn(2, tuple(flat(torch.zeros(shape)).shape)),
-    )
-
-
-@pytest.mark.parametrize(
-    "dims, shape",
-    [
-        ((0, 2, 1), (2, 3, 4)),
-        ((1, 0), (3, 5)),
-        ((2, 0, 3, 1), (2, 3, 4, 5)),
-        ((0, -1, 1), (2, 3, 4)),
-        (((0, 2, 1),), (2, 3, 4)),                 # one tuple, as x.permute((0, 2, 1))
-        ((0, 1, 2), (2, 3, 4)),
-    ],
-    ids=["NTV-NVT", "2d", "4d", "negative", "tuple", "identity"],
-)
-def test_permute_matches_torch(dims, shape):
-    layer_parity(tn.Permute(*dims), lambda t: t.permute(*dims), randn(1, shape),
-                 randn(2, tuple(torch.zeros(shape).permute(*dims).shape)))
-
-
-@pytest.mark.parametrize("dims, shape", [((0, 2, 1), (2, 3, 4)), ((2, 0, 3, 1), (2, 3, 2, 3))])
-def test_permute_gradcheck(dims, shape):
-    assert tn.gradcheck(tn.Permute(*dims), randn(0, shape)) < 1e-7
-
-
-@pytest.mark.parametrize(
-    "dims, shape",
-    [((0, 1), (2, 3, 4)), ((0, 1, 1), (2, 3, 4)), ((0, 1, 3), (2, 3, 4)), ((0, 2, 1), (2, 3)),
-     ((0, -4, 1), (2, 3, 4))],
-    ids=["too-few", "repeated", "out-of-range", "too-many", "negative-out-of-range"],
-)
-def test_permute_rejects_dims_that_are_not_a_permutation(dims, shape):
-    with pytest.raises(ValueError, match=rf"^Permute: dims {re.escape(str(dims))} are not a "
-                                         rf"permutation of the {len(shape)} axes of an input of "
-                                         rf"shape {re.escape(str(shape))}$"):
-        tn.Permute(*dims)(np.zeros(shape))
-    with pytest.raises(TypeError, match=r"^Permute: expected integer dims, got \(0, 2.0, 1\)$"):
-        tn.Permute(0, 2.0, 1)
-
-
-def test_permute_to_torch_from_torch_and_save_load(tmp_path):
-    """A language model's head (N, T, V) -> (N, V, T) in a Sequential: the same torch model
-    (x.permute(0, 2, 1)), back from torch, and through save/load, with the same outputs."""
-    tn.manual_seed(0)
-    model = tn.Sequential(tn.Embedding(6, 4), tn.GRU(4, 3, batch_first=True), tn.Linear(3, 5),
-                          tn.Permute(0, 2, 1)).astype(np.float64)
-    x = np.random.default_rng(0).integers(0, 6, (2, 7))
-    out = model.predict(x)
-    assert out.shape == (2, 5, 7) and repr(model[-1]) == "Permute(0, 2, 1)"
-    net = model.to_torch()
-    assert_parity(out, net(torch.from_numpy(x)), "Permute model to_torch outputs")
-    back = tn.Sequential.from_torch(net)
-    assert repr(back) == repr(model) and back[-1].dims == (0, 2, 1)
-    np.testing.assert_array_equal(back.predict(x), out)
-    model.save(tmp_path / "m.npz")
-    loaded = tn.Sequential.load(tmp_path / "m.npz")
-    assert loaded[-1].config() == {"class": "Permute", "args": [0, 2, 1], "kwargs": {}}
-    np.testing.assert_array_equal(loaded.predict(x), out)
-    tn.Sequential(tn.Permute(*np.array([1, 0]))).save(tmp_path / "numpy-dims.npz")
-    assert tn.Sequential.load(tmp_path / "numpy-dims.npz")[0].dims == (1, 0)
-
-
-def test_sequence_layers_init_matches_torch():
-    """U(-1/sqrt(H), 1/sqrt(H)) for every recurrent weight and bias; N(0, 1) for Embedding."""
-    tn.manual_seed(0)
-    for name in ("RNN", "LSTM", "GRU"):
-        layer, ref = (
-            getattr(tn, name)(20, 50, num_layers=2, bidirectional=True),
-            getattr(torch.nn, name)(20, 50, 2),
-        )
-        gates = ref.weight_hh_l0.shape[0] // 50
-        for k, p in layer.named_parameters():
-            assert p.data.dtype == np.float32 and p.data.shape[0] == 50 * gates
-            assert np.abs(p.data).max() <= 1 / math.sqrt(50) and np.abs(
-                p.data
-            ).max() > 0.9 / math.sqrt(50), k
-    w = tn.Embedding(400, 50, padding_idx=3).weight.data
-    assert w.dtype == np.float32 and not w[3].any()
-    assert abs(w.mean()) < 0.02 and abs(w.std() - 1) < 0.02
-
-
-SEQUENCE_MODELS = [
-    lambda: tn.Sequential(
-        tn.Embedding(7, 4, padding_idx=0),
-        tn.LSTM(4, 5, num_layers=2, batch_first=True, dropout=0.3),
-        tn.LastStep(),
-        tn.Linear(5, 3),
-    ),
-    lambda: tn.Sequential(
-        tn.Flatten(2, 3),
-        tn.GRU(6, 3, bidirectional=True, bias=False),
-        tn.LastStep(dim=0),
-        tn.Linear(6, 2),
-    ),
-    lambda: tn.Sequential(
-        tn.Flatten(2, 3), tn.RNN(6, 4, nonlinearity="relu", num_layers=2), tn.LastStep(0)
-    ),
-]
-
-
-def _sequence_input(model):
-    return (np.random.default_rng(0).integers(0, 7, (4, 5)) if isinstance(model[0], tn.Embedding)
-            else np.random.default_rng(0).standard_normal((5, 4, 2, 3)))
-
-
-@pytest.mark.parametrize("make", SEQUENCE_MODELS)
-def test_sequence_models_to_torch_and_back(make):
-    tn.manual_seed(0)
-    model = make().astype(np.float64).eval()
-    net = model.to_torch()
-    assert isinstance(net, torch.nn.Sequential) and not net.training
-    assert list(net.state_dict()) == list(model.state_dict())
-    x = _sequence_input(model)
-    assert_parity(model.predict(x), net(torch.from_numpy(x)), "to_torch outputs")
-    back = tn.Sequential.from_torch(net)
-    assert repr(back) == repr(model)
-    for (k, v), (k2, v2) in zip(model.state_dict().items(), back.state_dict().items(), strict=True):
-        assert k == k2 and v2.dtype == np.float64
-        np.testing.assert_array_equal(v, v2)
-
-
-def test_from_torch_takes_plain_recurrent_modules_and_names_unsupported_options():
-    net = torch.nn.Sequential(
-        torch.nn.Embedding(5, 3, padding_idx=-2), torch.nn.GRU(3, 4, bias=False)
-    )
-    model = tn.Sequential.from_torch(net)
-    assert model[0].padding_idx == 3 and model[1].bias is False and model[1].parameters()
-    for module, option in [(torch.nn.LSTM(3, 4, proj_size=2), "proj_size=2"),
-                           (torch.nn.Embedding(5, 3, max_norm=1.0), "max_norm=1.0"),
-                           (torch.nn.Embedding(5, 3, sparse=True), "sparse=True")]:
-        with pytest.raises(
-            ValueError,
-            match=rf"Sequential.from_torch: module 0 .*{re.escape(option)} is not supported",
-        ):
-            tn.Sequential.from_torch(torch.nn.Sequential(module))
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("make", SEQUENCE_MODELS)
-def test_sequence_models_save_load_round_trip(tmp_path, make, dtype):
-    tn.manual_seed(0)
-    model = make().astype(dtype)
-    model.save(tmp_path / "m.npz")
-    loaded = tn.Sequential.load(tmp_path / "m.npz")
-    assert repr(loaded) == repr(model) and all(p.data.dtype == dtype for p in loaded.parameters())
-    x = _sequence_input(model)
-    out = loaded.predict(x)
-    assert out.dtype == dtype
-    np.testing.assert_array_equal(out, model.predict(x))
-
-
-def test_sequence_model_fits_a_sequence_task():
-    """Embedding + LSTM + LastStep + Linear learns whether token 1 occurs in a sequence of 8."""
-    rng = np.random.default_rng(0)
-    X = rng.integers(1, 6, (256, 8)) * (rng.random((256, 8)) < 0.9)      # 0: padding, 1..5: tokens
-    y = (X == 1).any(axis=1).astype(np.int64)
-    tn.manual_seed(0)
-    model = tn.Sequential(
-        tn.Embedding(6, 8, padding_idx=0),
-        tn.LSTM(8, 16, batch_first=True),
-        tn.LastStep(),
-        tn.Linear(16, 2),
-    )
-    model.compile(tn.Adam(model.parameters(), lr=0.02), tn.CrossEntropyLoss())
-    model.fit(X[:192], y[:192], epochs=15, batch_size=32, verbose=0)
-    assert model.evaluate(X[192:], y[192:])["accuracy"] >= 0.9
-    lines = []
-    model.summary(print_fn=lines.append)
-    assert "(None, 8, 16)" in lines[0] and "Total params: 1,746" in lines[0]   # 48 + 1,664 + 34
-
-
-@pytest.mark.parametrize(
-    "layer, x, exc, match",
-    [
-        (
-            lambda: tn.LSTM(4, 3),
-            np.zeros((5, 4)),
-            ValueError,
-            r"^LSTM: expected shape \(T, N, 4\) .*got \(5, 4\)",
-        ),
-        (
-            lambda: tn.GRU(4, 3, batch_first=True),
-            np.zeros((2, 5, 3)),
-            ValueError,
-            r"^GRU: expected shape \(N, T, 4\) .*got \(2, 5, 3\)",
-        ),
-        (
-            lambda: tn.RNN(4, 3),
-            np.zeros((0, 2, 4)),
-            ValueError,
-            r"^RNN: .*N, T > 0, got \(0, 2, 4\)",
-        ),
-        (
-            lambda: tn.LSTM(4, 3, batch_first=True),
-            np.zeros((2, 0, 4)),
-            ValueError,
-            r"^LSTM: .*got \(2, 0, 4\)",
-        ),
-        (
-            lambda: tn.Embedding(5, 2),
-            np.array([0.0, 1.0]),
-            ValueError,
-            r"^Embedding: expected integer indices.*float64",
-        ),
-        (
-            lambda: tn.Embedding(5, 2),
-            np.array([True]),
-            ValueError,
-            r"^Embedding: expected integer indices.*bool",
-        ),
-        (
-            lambda: tn.Embedding(5, 2),
-            np.array([[0, 5]]),
-            ValueError,
-            r"^Embedding: .*\[0, 5\).*got int64 \[0 5\]$",
-        ),
-        (
-            lambda: tn.Embedding(5, 2),
-            np.array([-1, 2]),
-            ValueError,
-            r"^Embedding: .*\[0, 5\).*got int64 \[-1 +2\]$",
-        ),
-        (lambda: tn.LastStep(), np.zeros(3), ValueError, r"^LastStep: .*axis 1, got shape \(3,\)"),
-        (lambda: tn.LastStep(), np.zeros((2, 0, 3)), ValueError, r"^LastStep: .*\(2, 0, 3\)"),
-        (
-            lambda: tn.Flatten(2, 1),
-            np.zeros((2, 3, 4)),
-            ValueError,
-            r"^Flatten: start_dim=2, end_dim=1 do not fit.*comes after",
-        ),
-        (
-            lambda: tn.Flatten(1, 3),
-            np.zeros((2, 3, 4)),
-            ValueError,
-            r"^Flatten: .*end_dim=3 do not fit.*\(2, 3, 4\)",
-        ),
-        (lambda: tn.Flatten(0, 3), np.zeros((2, 3, 4)), ValueError, r"^Flatten: .*end_dim=3 do"),
-        (lambda: tn.Flatten(3, -1), np.zeros((2, 3, 4)), ValueError, r"^Flatten: start_dim=3,"),
-    ],
-    ids=[
-        "LSTM-rank",
-        "GRU-features",
-        "RNN-no-steps",
-        "LSTM-no-steps",
-        "Embedding-float",
-        "Embedding-bool",
-        "Embedding-too-large",
-        "Embedding-negative",
-        "LastStep-rank",
-        "LastStep-no-steps",
-        "Flatten-order",
-        "Flatten-range",
-        "Flatten-end-beyond",
-        "Flatten-start-beyond",
-    ],
-)
-def test_sequence_layers_reject_bad_input(layer, x, exc, match):
-    with pytest.raises(exc, match=match):
-        layer().forward(x)
-
-
-def test_sequence_layers_reject_bad_arguments():
-    with pytest.raises(
-        ValueError, match=r"RNN: nonlinearity must be 'tanh' or 'relu', got 'sigmoid'"
-    ):
-        tn.RNN(2, 3, nonlinearity="sigmoid")
-    for name, p in [("RNN", 1.5), ("LSTM", 1), ("GRU", -0.1)]:
-        with pytest.raises(ValueError, match=rf"{name}: dropout must be in \[0, 1\), got {p}"):
-            getattr(tn, name)(2, 3, dropout=p)
-    with pytest.raises(IndexError):
-        tn.Embedding(5, 2, padding_idx=5)
 
 
 @pytest.mark.parametrize("model", ["lstm", "gru"])
@@ -7532,9 +8009,47 @@ def test_train_iris_mse_is_the_labs_summed_squared_error(tmp_path, capsys):
     assert isinstance(model[-1], tn.Softmax) and isinstance(model.loss, tn.MSELoss)
     assert model.loss.reduction == "sum"
 
+
 # ════════════════════════════════════════════════════════════════════════════
-# Copying a class: the minimal excerpt of each layer runs alone and stays short
+# Benchmark
 # ════════════════════════════════════════════════════════════════════════════
+
+def test_bench_smoke_runs_every_table(background):
+    """bench_tinynet.py --smoke runs every code path (epochs, layers with their GEMM limits, BLAS
+    threads quiet and busy, memory) on tiny data in a few seconds; no timing is asserted."""
+    tmp_path, r = background("test_bench_smoke_runs_every_table")
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "bench.json").read_text())
+    assert set(res["epochs"]) == {"mlp", "cnn-small", "cnn-32-64", "lstm", "transformer"}
+    assert set(res["busy"]) == {"quiet", "busy"}
+    assert {"Conv2d 32->64 k3 p1 @14", "Conv2d 1->32 k3 p1 @28", "Linear 784->256",
+            "MaxPool2d(2) @28", "BatchNorm2d(32) @28"} <= set(res["layers"])
+    for row in list(res["epochs"].values()) + list(res["layers"].values()):
+        assert row["tinynet_s" if "tinynet_s" in row else "tinynet_ms"] > 0 and row["ratio"] > 0
+    assert res["layers"]["Conv2d 32->64 k3 p1 @14"]["gemm_ms"] > 0
+    assert (res["memory"]["mlp"]["tinynet_peak_mb"] > 0
+            and res["info"]["torch_threads_tried"] == [1, 2])
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# Copying a class, the README, the notebook, installing, dependencies: each
+# layer's excerpt runs alone and stays short, README's numbers, the README's
+# notebook in a Jupyter kernel, pip install, imports
+# ════════════════════════════════════════════════════════════════════════════
+
+def test_import_loads_only_numpy_and_stdlib():
+    code = ("import json, sys; before = set(sys.modules); import tinynet; "
+            "print(json.dumps(sorted(set(sys.modules) - before)))")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.abspath(tn.__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout
+    loaded = json.loads(out)
+    assert "tinynet" in loaded and "numpy" in loaded
+    foreign = [m for m in loaded
+               if m.split(".")[0] not in sys.stdlib_module_names | {"numpy", "tinynet"}
+               and not re.fullmatch(r"_?cython_\w+", m)]  # registered by numpy's Cython extensions
+    assert foreign == []
+
 
 PUBLIC_LAYERS = ["Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
                  "Flatten", "Dropout", "Normalize", "Conv2d", "MaxPool2d", "AvgPool2d",
@@ -7689,148 +8204,7 @@ def test_readme_test_count_is_the_suites(request):
     assert abs(stated - len(items)) <= 0.1 * len(items), (stated, len(items))
 
 
-# ════════════════════════════════════════════════════════════════════════════
-# Dependencies: importing tinynet loads only numpy and the standard library
-# ════════════════════════════════════════════════════════════════════════════
-
-def test_import_loads_only_numpy_and_stdlib():
-    code = ("import json, sys; before = set(sys.modules); import tinynet; "
-            "print(json.dumps(sorted(set(sys.modules) - before)))")
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.abspath(tn.__file__)))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         check=True).stdout
-    loaded = json.loads(out)
-    assert "tinynet" in loaded and "numpy" in loaded
-    foreign = [m for m in loaded
-               if m.split(".")[0] not in sys.stdlib_module_names | {"numpy", "tinynet"}
-               and not re.fullmatch(r"_?cython_\w+", m)]  # registered by numpy's Cython extensions
-    assert foreign == []
-
-
-# ════════════════════════════════════════════════════════════════════════════
-# Where students work (issue 19): summary as Keras, a loaded model that evaluates, figures
-# returned and shown or written, progress in a notebook, the install, the README's notebook
-# ════════════════════════════════════════════════════════════════════════════
-
-
-def test_summary_prints_the_table_and_returns_none(capsys):
-    model = tn.Sequential(tn.Flatten(), tn.Linear(12, 5), tn.ReLU(), tn.Linear(5, 2))
-    assert model.summary() is None  # not a string a notebook would echo escaped
-    out = capsys.readouterr().out
-    assert out.startswith("Layer") and out.endswith("Total params: 77\n")
-    assert "0: Flatten()" in out and "(None, 12)" in out  # inferred before any data: (12,)
-
-
-@pytest.mark.parametrize(
-    "layers, shape",
-    [
-        ([tn.Flatten(), tn.Dropout(), tn.Linear(12, 3)], (12,)),
-        ([tn.Normalize(np.zeros(12), np.ones(12)), tn.Sigmoid(), tn.Linear(12, 3)], (12,)),
-        ([tn.Flatten(), tn.BatchNorm1d(12), tn.Linear(12, 3)], (12,)),
-        ([tn.Normalize([0.5, 0.5, 0.5], [0.2, 0.2, 0.2]), tn.Flatten(), tn.Linear(12, 3)], None),
-        ([tn.BatchNorm1d(3), tn.Flatten(), tn.Linear(12, 3)], None),
-        ([tn.Conv2d(3, 4, 3), tn.Flatten(), tn.Linear(12, 3)], None),
-        ([tn.MaxPool2d(2), tn.Linear(12, 3)], None),
-    ],
-)
-def test_summary_infers_the_input_shape_only_when_the_layers_tell_it(layers, shape):
-    model = tn.Sequential(layers)
-    assert model._implied_input_shape() == shape
-    if shape is None:
-        with pytest.raises(
-            ValueError, match=r"Sequential\.summary: the layers do not tell .* input_shape"
-        ):
-            model.summary()
-    else:
-        lines = []
-        model.summary(print_fn=lines.append)
-        assert re.search(r"Linear\(12, 3\) +\(None, 3\) +39\n", lines[0]), lines[0]
-
-
-def test_summary_after_calling_the_model_directly():
-    model = tn.Sequential(tn.Conv2d(1, 2, 3), tn.Flatten(), tn.Linear(8, 2))
-    model(np.zeros((5, 1, 4, 4), np.float32))  # forward through __call__, no predict
-    lines = []
-    model.summary(print_fn=lines.append)
-    assert "(None, 2, 2, 2)" in lines[0] and "(None, 8)" in lines[0]
-
-
-def test_summary_fits_100_columns_with_long_layer_arguments():
-    mean = np.linspace(0.1, 0.9, 784)
-    model = tn.Sequential(
-        tn.Normalize(mean, mean + 1), tn.Linear(784, 256), tn.ReLU(), tn.Linear(256, 10)
-    )
-    lines = []
-    model.summary(print_fn=lines.append)
-    assert max(map(len, lines[0].splitlines())) <= 100, lines[0]
-    assert "Normalize([784 values], [784 values])" in lines[0]
-    conv = tn.Sequential(
-        tn.Normalize([0.49, 0.48, 0.45], [0.25, 0.24, 0.26]),
-        tn.Conv2d(3, 64, kernel_size=(3, 5), stride=2, padding=1),
-        tn.MaxPool2d(2),
-    )
-    conv.summary(input_shape=(3, 32, 32), print_fn=lines.append)
-    assert max(map(len, lines[1].splitlines())) <= 100, lines[1]
-    for piece in (
-        "Normalize([3 values], [3 values])",
-        "Conv2d(3, 64, [3, 5], stride=2, padding=1)",
-        "MaxPool2d(2, stride=2)",
-        "(None, 64, 16, 15)",
-        "(None, 64, 8, 7)",
-    ):
-        assert piece in lines[1], piece
-    assert tn._describe(tn.Linear(3, 4, bias=False)) == "Linear(3, 4, bias=False)"
-
-    class Tagged(tn.Layer):
-        def __init__(self, tag):
-            self.tag = tag
-
-    text = tn._describe(Tagged("a very long tag, longer than a summary column"))
-    assert len(text) == 44 and text.startswith("Tagged('a very long") and text.endswith("…)")
-
-
-@pytest.mark.parametrize(
-    "loss, metrics", [(tn.CrossEntropyLoss(), ("accuracy",)), (tn.MSELoss(), ())]
-)
-def test_a_loaded_model_evaluates_with_the_loss_it_was_saved_with(tmp_path, loss, metrics):
-    tn.manual_seed(0)
-    model = tn.Sequential(tn.Linear(4, 3))
-    X = np.random.default_rng(0).standard_normal((20, 4)).astype(np.float32)
-    y = np.arange(20) % 3
-    target = y if isinstance(loss, tn.CrossEntropyLoss) else tn.one_hot(y, 3)
-    model.compile(tn.SGD(model.parameters(), lr=0.1), loss, metrics=metrics)
-    model.fit(X, target, epochs=2, verbose=0)
-    model.save(tmp_path / "m.npz")
-    loaded = tn.Sequential.load(tmp_path / "m.npz")
-    assert type(loaded.loss) is type(loss) and loaded.metrics == metrics
-    assert loaded.evaluate(X, target) == model.evaluate(X, target)
-    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
-    with pytest.raises(RuntimeError, match="compile"):  # training needs an optimizer
-        loaded.fit(X, target, verbose=0)
-
-
-def test_load_reads_files_without_a_loss_and_names_an_unknown_one(tmp_path):
-    model = tn.Sequential(tn.Linear(4, 3))
-    model.save(tmp_path / "plain.npz")  # never compiled: as files saved before
-    loaded = tn.Sequential.load(tmp_path / "plain.npz")
-    assert loaded.loss is None
-    np.testing.assert_array_equal(loaded.predict(np.ones((2, 4))), model.predict(np.ones((2, 4))))
-
-    class Hinge(tn.Loss):
-        def forward(self, pred, target):
-            return 0.0
-
-    model.compile(tn.SGD(model.parameters(), lr=0.1), Hinge())
-    model.save(tmp_path / "own.npz")
-    with pytest.raises(ValueError, match=r"unknown loss class 'Hinge'.*custom_objects"):
-        tn.Sequential.load(tmp_path / "own.npz")
-    assert isinstance(
-        tn.Sequential.load(tmp_path / "own.npz", custom_objects={"Hinge": Hinge}).loss, Hinge
-    )
-
-
 # ── installing: a light pyproject, optional packages named when missing ─────────
-
 
 def _copy_project(dest, names=("tinynet.py", "pyproject.toml", "README.md", "requirements.txt")):
     import shutil
@@ -7993,26 +8367,12 @@ def test_optional_packages_are_named_when_missing(tmp_path, monkeypatch):
 
 # ── the README's notebook, run in a real Jupyter kernel ──────────────────────
 
-
 def _readme_notebook_cells():
     """The ```python blocks of the README's section "In a notebook or on Colab", in order."""
     with open(os.path.join(HERE, "README.md"), encoding="utf-8") as fh:
         readme = fh.read()
     section = readme.split("\n## In a notebook or on Colab\n")[1].split("\n## ")[0]
     return re.findall(r"```python\n(.*?)```", section, re.S)
-
-
-def _small_mnist(folder, n_train=3000, n_test=500):
-    """The first images of the real MNIST as IDX files in folder/mnist (the notebook's data)."""
-    need(os.path.join(DATA, "mnist"))
-    X_train, y_train, X_test, y_test = tn.load_mnist(DATA, download=False)
-    os.makedirs(folder / "mnist")
-    for kind, X, y, n in (("train", X_train, y_train, n_train), ("t10k", X_test, y_test, n_test)):
-        write_idx(
-            folder / "mnist" / f"{kind}-images-idx3-ubyte.gz",
-            np.rint(X[:n, 0] * 255).astype(np.uint8),
-        )
-        write_idx(folder / "mnist" / f"{kind}-labels-idx1-ubyte.gz", y[:n].astype(np.uint8))
 
 
 def _outputs(cell, kind=None):
@@ -8106,321 +8466,3 @@ def test_readme_notebook_runs_in_a_jupyter_kernel(tmp_path, monkeypatch):
     assert size < 100_000 and len(long_fit.outputs) == 1
     assert long_fit.outputs[0].data["text/plain"].count("\n") == 99
     assert "widgets" not in nb.metadata
-
-
-# ── figures: returned, shown or written; what each one draws ──────────────────
-
-
-@pytest.fixture
-def pyplot():
-    """matplotlib.pyplot; every figure is closed after the test (without a path, helpers leave
-    theirs open)."""
-    import matplotlib.pyplot as plt
-
-    yield plt
-    plt.close("all")
-
-
-def _every_plot(path):
-    """{helper: a call of it with `path`} on small inputs."""
-    y, y_pred = _labels(3, 30)
-    f = lambda x, y: x**2 + y**2  # noqa: E731
-    return {
-        "plot_history": lambda: tn.plot_history(_history(), path),
-        "plot_curves": lambda: tn.plot_curves({"a": _history(), "b": _history(scale=2)}, path),
-        "plot_confusion_matrix": lambda: tn.plot_confusion_matrix(y, y_pred, path, IRIS),
-        "plot_predictions": lambda: tn.plot_predictions(
-            np.zeros((30, 1, 8, 8)), y, y_pred, path, n=4
-        ),
-        "plot_embeddings": lambda: tn.plot_embeddings(
-            {"z": np.random.default_rng(0).random((30, 2))}, y, path
-        ),
-        "plot_batch_loss": lambda: tn.plot_batch_loss(_history(), path),
-        "plot_optimizer_paths": lambda: tn.plot_optimizer_paths(
-            {"p": (f, {"a": np.ones((3, 2))})}, path
-        ),
-    }
-
-
-def test_every_plot_helper_returns_its_figure_left_open_without_a_path(
-    tmp_path, monkeypatch, pyplot
-):
-    import inspect
-
-    from matplotlib.figure import Figure
-
-    monkeypatch.chdir(tmp_path)
-    helpers = _every_plot(None)
-    assert sorted(helpers) == sorted(n for n in dir(tn) if n.startswith("plot_"))
-    for name, draw in helpers.items():
-        fig = draw()
-        assert isinstance(fig, Figure), name
-        assert fig in [pyplot.figure(n) for n in pyplot.get_fignums()], (
-            f"{name}: the figure is lost"
-        )
-        assert inspect.signature(getattr(tn, name)).parameters["path"].default is None
-    assert os.listdir(tmp_path) == []  # nothing written
-
-
-@pytest.mark.parametrize(
-    "name, magic",
-    [("loss.png", b"\x89PNG"), ("figs/deeper/loss.PDF", b"%PDF"), ("loss.svg", b"<?xml")],
-)
-def test_plot_path_format_follows_the_extension_and_folders_are_created(
-    tmp_path, pyplot, name, magic
-):
-    helpers = list(_every_plot(tmp_path / name).items())
-    if not name.endswith(".png"):       # every helper writes through _save: two are enough here
-        helpers = helpers[:2]
-    for helper, draw in helpers:
-        fig = draw()
-        assert (tmp_path / name).read_bytes().startswith(magic), helper
-        assert not os.path.exists(f"{tmp_path / name}.tmp")
-        assert fig not in [pyplot.figure(n) for n in pyplot.get_fignums()], f"{helper}: left open"
-        (tmp_path / name).unlink()
-    if name.endswith(".svg"):
-        tn.plot_batch_loss([1.0, 0.5], str(tmp_path / name))  # a str path as well as a Path
-        assert "<svg" in (tmp_path / name).read_text()
-
-
-def test_plot_path_errors_name_the_path_given(tmp_path, pyplot):
-    for bad in ("loss", "loss.txt"):
-        with pytest.raises(
-            ValueError, match=rf"plot_history: cannot tell the format of '{bad}'.*\.png.*\.svg"
-        ):
-            tn.plot_history(_history(), bad)
-    (tmp_path / "afile").write_text("")
-    target = str(tmp_path / "afile" / "loss.png")  # a folder that is a file
-    message = rf"plot_batch_loss: cannot write '{re.escape(target)}': \w[\w ]+$"   # + the reason
-    with pytest.raises(OSError, match=message):
-        tn.plot_batch_loss([1.0, 0.5], target)
-    assert os.listdir(tmp_path) == ["afile"]
-
-
-@pytest.mark.parametrize("epochs", [1, 2, 3, 7])
-def test_plot_history_ticks_whole_epochs(pyplot, epochs):
-    ax = tn.plot_history(_history(epochs), keys=("loss",)).axes[0]
-    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
-    assert all(t == int(t) for t in ticks) and 1 in ticks
-    if epochs < 3:
-        assert ticks == list(range(1, epochs + 1)) and ax.get_xlim() == (0.5, epochs + 0.5)
-    assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "loss"
-    assert ax.xaxis.get_gridlines()[0].get_visible()                   # a light grid
-
-
-def test_plot_titles_wrap_to_the_figure_width(pyplot):
-    title = " ".join(f"word{i}" for i in range(60))
-    fig = tn.plot_batch_loss([1.0, 0.5], title=title)      # 8 inches: 8 * 72 / (0.6 * 12) = 80
-    lines = fig._suptitle.get_text().splitlines()
-    assert " ".join(lines) == f"{title}: training loss after every update"
-    assert max(map(len, lines)) <= 80 and all(len(line) > 70 for line in lines[:-1])
-
-
-def test_plot_history_panels_are_titled_by_their_key(pyplot):
-    fig = tn.plot_history(_history(4), keys=("accuracy", "nope", "loss"), title="Run")
-    assert [ax.get_title() for ax in fig.axes] == ["accuracy", "loss"]
-    assert fig._suptitle.get_text() == "Run: accuracy and loss per epoch"
-    training, validation = fig.axes[1].get_lines()
-    np.testing.assert_array_equal(training.get_xdata(), [1, 2, 3, 4])
-    np.testing.assert_allclose(validation.get_ydata(), [1.2 / (e + 1) for e in range(4)])
-    assert tn.plot_history(_history(4))._suptitle is None  # no title, no suptitle
-    curves = tn.plot_curves({"a": _history(3)}, keys=("val_loss", "loss"), title="Runs")
-    assert [ax.get_title() for ax in curves.axes] == ["val_loss", "loss"]
-    assert curves._suptitle.get_text() == "Runs: val_loss and loss per epoch"
-    emb = tn.plot_embeddings(
-        {"raw": np.zeros((4, 2)), "learned": np.ones((4, 2))}, [0, 1, 1, 0], class_names=["a", "b"]
-    )
-    assert [ax.get_title() for ax in emb.axes] == ["raw", "learned"]
-    assert [t.get_text() for t in emb.axes[-1].get_legend().get_texts()] == ["a", "b"]
-
-
-def test_plot_predictions_captions_mistakes_first_in_red(pyplot):
-    y_true, y_pred = np.array([0, 1, 2, 1, 0, 2]), np.array([0, 2, 2, 1, 1, 2])
-    X = np.random.default_rng(0).random((6, 1, 5, 5))
-    fig = tn.plot_predictions(
-        X, y_true, y_pred, class_names=["cat", "dog", "eel"], n=6, title="Pets"
-    )
-    shown = [ax for ax in fig.axes if ax.images]
-    assert [ax.get_title() for ax in shown] == [
-        "eel (dog)",
-        "dog (cat)",
-        "cat (cat)",
-        "eel (eel)",
-        "dog (dog)",
-        "eel (eel)",
-    ]
-    import matplotlib.colors
-
-    red = [matplotlib.colors.same_color(ax.title.get_color(), "red") for ax in shown]
-    assert red == [True, True, False, False, False, False]
-    for ax, bad in zip(shown, red):
-        assert ax.axison == bad
-        assert (
-            all(matplotlib.colors.same_color(s.get_edgecolor(), "red") for s in ax.spines.values())
-            == bad
-        )
-    np.testing.assert_array_equal(
-        shown[0].images[0].get_array(), X[1, 0]
-    )  # the first mistake's image
-    assert (
-        fig._suptitle.get_text()
-        == "Pets: predicted (true) test images; 2 of 6 misclassified, shown first in red"
-    )
-    assert len([ax for ax in tn.plot_predictions(X, y_true, y_pred, n=4).axes if ax.images]) == 4
-
-
-def test_plot_confusion_matrix_ticks_name_the_classes_and_cells_count(pyplot):
-    y, y_pred = np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 2, 0])
-    fig = tn.plot_confusion_matrix(y, y_pred, class_names=IRIS)
-    ax = fig.axes[0]
-    assert (
-        [t.get_text() for t in ax.get_xticklabels()]
-        == IRIS
-        == [t.get_text() for t in ax.get_yticklabels()]
-    )
-    cells = {
-        (round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts
-    }
-    assert cells == {(i, j): str(c) for (i, j), c in np.ndenumerate(tn.confusion_matrix(y, y_pred))}
-    assert ax.get_xlabel() == "predicted class" and ax.get_ylabel() == "true class"
-    assert ax.get_title() == "accuracy 0.6667 (4/6)"
-    ids = tn.plot_confusion_matrix(y, y_pred).axes[0]
-    assert [t.get_text() for t in ids.get_xticklabels()] == ["0", "1", "2"]
-
-
-def test_plot_confusion_matrix_slants_long_names_and_widens(pyplot):
-    y = np.arange(6) % 3
-
-    def drawn(names):
-        fig = tn.plot_confusion_matrix(y, y, class_names=names)
-        return fig, {t.get_rotation() for t in fig.axes[0].get_xticklabels()}
-
-    short, level = drawn(["a", "b", "c"])
-    middle, slanted = drawn(["abcdefgh", "bcdefghi", "cdefghij"])
-    long, vertical = drawn(["a rather long class name", "b rather long class name", "c"])
-    assert (level, slanted, vertical) == ({0.0}, {45.0}, {90.0})
-    assert short.get_figwidth() < middle.get_figwidth() < long.get_figwidth()
-    assert short.get_figheight() < middle.get_figheight() < long.get_figheight()
-    assert {t.get_ha() for t in middle.axes[0].get_xticklabels()} == {"right"}
-    assert {t.get_ha() for t in short.axes[0].get_xticklabels()} == {"center"}
-
-
-@pytest.mark.parametrize("epochs, marks", [(4, [25.5, 50.5, 75.5]), (2, [50.5]), (1, []), (25, [])])
-def test_plot_batch_loss_marks_the_end_of_each_epoch(pyplot, epochs, marks):
-    h = _history(n_epochs=epochs, batches=100 // epochs)
-    fig = tn.plot_batch_loss(h)
-    ax = fig.axes[0]
-    vertical = [
-        line.get_xdata()[0]
-        for line in ax.get_lines()
-        if line.get_label() != "loss of each update" and len(set(line.get_xdata())) == 1
-    ]
-    assert vertical == marks
-    top = [c for c in ax.child_axes]
-    assert len(top) == (epochs > 1)
-    if top:
-        assert top[0].get_xlabel() == "epoch"
-        per = 100 // epochs
-        np.testing.assert_allclose(top[0]._functions[0](np.array([per, 2 * per])), [1, 2])
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert ("end of an epoch" in labels) == bool(marks)
-    raw, mean = ax.get_lines()[:2]
-    window = max(1, len(h.batch_loss) // 50)
-    np.testing.assert_allclose(mean.get_ydata()[0], np.mean(h.batch_loss[:window]))
-    np.testing.assert_array_equal(mean.get_xdata()[:2], [window, window + 1])
-    assert labels[:2] == ["loss of each update", f"mean of the last {window}"]
-    assert ax.get_yscale() == "linear"
-
-
-def test_plot_batch_loss_log_scale_over_two_decades(pyplot):
-    assert tn.plot_batch_loss([1000.0, 1.0, 9.0]).axes[0].get_yscale() == "log"
-    assert tn.plot_batch_loss([100.0, 1.0, 9.0]).axes[0].get_yscale() == "linear"
-    assert tn.plot_batch_loss([1000.0, 0.0, 9.0]).axes[0].get_yscale() == "linear"  # log of 0: no
-    ax = tn.plot_batch_loss([0.5, 0.4]).axes[0]
-    assert len(ax.get_lines()) == 1 and not ax.child_axes  # 2 updates: no mean, no epochs
-
-
-def test_plot_optimizer_paths_view_covers_every_path_under_contours(pyplot):
-    from matplotlib.contour import ContourSet
-
-    f = lambda x, y: (x - 1) ** 2 + 10 * (y + 2) ** 2  # noqa: E731
-    far = np.array([[0.0, 0.0], [-30.0, 4.0], [-20.0, 12.0]])
-    near = np.array([[0.0, 0.0], [0.5, -1.0], [1.0, -2.0]])
-    fig = tn.plot_optimizer_paths(
-        {
-            "a long panel title " * 4: (f, {"far": far, "near": near}, (1, -2)),
-            "second": (f, {"near": near}),
-        },
-        title="Paths",
-    )
-    ax, other = fig.axes[:2]
-    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
-    for p in (far, near, [(1, -2)]):
-        assert (x0 < np.asarray(p)[:, 0]).all() and (np.asarray(p)[:, 0] < x1).all()
-        assert (y0 < np.asarray(p)[:, 1]).all() and (np.asarray(p)[:, 1] < y1).all()
-    assert x0 > -30 - 0.15 * 31 - 0.15 and x1 < 1 + 0.15 * 31 + 0.15  # a margin, not more
-    assert other.get_xlim()[0] > -1 and other.get_ylim()[1] < 1  # each panel its own view
-    [contours] = [c for c in ax.collections if isinstance(c, ContourSet)]
-    assert len(contours.levels) >= 10 and np.all(np.diff(contours.levels) > 0)
-    grid = np.array([v for path in contours.get_paths() for v in path.vertices])
-    for axis, (lo, hi) in enumerate(((x0, x1), (y0, y1))):          # drawn over the whole view
-        assert lo - 1e-9 <= grid[:, axis].min() <= lo + 0.05 * (hi - lo)
-        assert hi - 0.05 * (hi - lo) <= grid[:, axis].max() <= hi + 1e-9
-    z = f(*np.meshgrid(np.linspace(x0, x1, 50), np.linspace(y0, y1, 50)))
-    assert contours.levels[0] < np.quantile(z, 0.05) and contours.levels[-1] > np.quantile(z, 0.5)
-    assert ax.get_title().replace("\n", " ") == ("a long panel title " * 4).strip()
-    assert "\n" in ax.get_title() and other.get_title() == "second"
-    drawn = {line.get_label(): line for line in ax.get_lines()}
-    np.testing.assert_array_equal(drawn["far"].get_xydata(), far)
-    starts = [
-        line for line in ax.get_lines() if line.get_marker() == "o" and line.get_color() == "black"
-    ]
-    assert [tuple(line.get_xydata()[0]) for line in starts] == [(0, 0), (0, 0)]
-    ends = [line for line in ax.get_lines() if line.get_markersize() == 9]
-    assert [tuple(line.get_xydata()[0]) for line in ends] == [(-20, 12), (1, -2)]
-    assert [
-        line.get_xydata()[0].tolist() for line in ax.get_lines() if line.get_label() == "minimum"
-    ] == [[1, -2]]
-    assert fig._suptitle.get_text() == "Paths"
-
-
-def test_fit_progress_in_a_notebook_is_one_display_updated_in_place(monkeypatch, capsys):
-    import types
-
-    import IPython.display
-
-    shown = []
-
-    class Handle:
-        def update(self, bundle, raw):
-            shown.append(bundle)
-
-    def display(bundle, raw, display_id):
-        shown.append(bundle)
-        return Handle()
-
-    import IPython
-
-    kernel = types.SimpleNamespace(kernel=object())                   # as in a Jupyter kernel
-    monkeypatch.setattr(IPython, "get_ipython", lambda: kernel)
-    monkeypatch.setattr(IPython.display, "display", display)
-    clock = iter(range(100, 1000))
-    monkeypatch.setattr(tn.time, "monotonic", lambda: next(clock))    # every batch is 1 s later
-    X = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
-    model = tn.Sequential(tn.Linear(4, 2))
-    model.compile(tn.SGD(model.parameters(), lr=0.1), tn.CrossEntropyLoss())
-    history = model.fit(X, np.arange(8) % 2, epochs=2, batch_size=4, verbose=1)
-    assert capsys.readouterr() == ("", "")                              # nothing printed
-    texts = [b["text/plain"] for b in shown]
-    assert texts[0] == ""
-    assert re.fullmatch(r"epoch 1/2 \[==========> {9}\] 1/2 - loss: \d\.\d{4} - accuracy: 0\.\d{4}",
-                        texts[1]), texts[1]
-    assert re.fullmatch(r"epoch 1/2 \[=+\] 2/2 - loss: \d\.\d{4} - accuracy: 0\.\d{4}", texts[2])
-    loss = history.history["loss"][0]
-    assert f"loss: {loss:.4f}" in texts[2]             # the running mean at the end
-    lines = texts[-1].splitlines()
-    assert len(shown) == 1 + 3 + 3 and len(lines) == 2
-    assert lines[0].startswith(f"epoch 1/2 - loss: {loss:.4f} - accuracy: ")
-    assert texts[4].startswith(lines[0] + "\nepoch 2/2 [")
-    assert '<progress value="1" max="2"></progress> 1/2 - loss: ' in shown[1]["text/html"]
-    assert shown[-1]["text/html"] == '<pre style="margin: 0">' + texts[-1] + "</pre>"
