@@ -813,6 +813,8 @@ def test_adam_step_on_a_tied_weight_matches_torch():
 # Layers: parity with torch, initialisation, dtype, dropout, bad input
 # ════════════════════════════════════════════════════════════════════════════
 
+# ── parity with torch.nn in float64 ──────────────────────────────────────────
+
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("n,fin,fout", [(1, 1, 1), (5, 3, 4), (16, 10, 7), (33, 64, 2)])
 def test_linear_matches_torch(n, fin, fout, bias):
@@ -828,8 +830,6 @@ def test_linear_matches_torch(n, fin, fout, bias):
     else:
         assert layer.bias is None and layer.parameters() == [layer.weight]
 
-
-# ── parity with torch.nn in float64 ──────────────────────────────────────────
 
 @pytest.mark.parametrize("shape", SHAPES_ND)
 @pytest.mark.parametrize("name", ["ReLU", "Sigmoid", "Tanh"])
@@ -3904,6 +3904,8 @@ def test_scheduler_writes_python_floats_from_numpy_arguments(sched, kw):
 # model surface, schedulers in fit, end to end
 # ════════════════════════════════════════════════════════════════════════════
 
+# ── forward and backward against torch.nn.Sequential ────────────────────────
+
 @pytest.mark.parametrize("variant", ["nll", "cross_entropy", "softmax_mse"])
 @pytest.mark.parametrize("n,n_in,h1,h2,c,seed", [(1, 3, 4, 5, 2, 0), (8, 4, 16, 8, 3, 1),
                                                  (64, 20, 32, 16, 10, 2)])
@@ -3929,8 +3931,6 @@ def test_sequential_mlp_matches_torch(variant, n, n_in, h1, h2, c, seed):
     for k in ours:
         assert_parity(ours[k].grad, theirs[k].grad, k)
 
-
-# ── forward and backward against torch.nn.Sequential ────────────────────────
 
 def test_cnn_sequential_matches_torch():
     torch.manual_seed(0)
@@ -5636,6 +5636,8 @@ def test_fit_logistic_regression_with_bce_with_logits():
 # own layers, checkpoints and resume), corrupt files
 # ════════════════════════════════════════════════════════════════════════════
 
+# ── state dicts and torch interop ───────────────────────────────────────────
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_state_dict_tinynet_to_torch(seed):
     model, _ = mlp_pair(5, 12, 6, 3, "LogSoftmax", seed=seed)
@@ -5649,8 +5651,6 @@ def test_state_dict_tinynet_to_torch(seed):
     np.testing.assert_allclose(model.predict(x), ref(torch.from_numpy(x)).detach().numpy(),
                                rtol=1e-5, atol=1e-6)
 
-
-# ── state dicts and torch interop ───────────────────────────────────────────
 
 def test_state_dict_keys_are_torchs():
     model = tn.Sequential(tn.Linear(4, 8), tn.ReLU(), tn.Dropout(0.1), tn.Linear(8, 3, bias=False))
