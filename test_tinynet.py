@@ -2849,6 +2849,111 @@ def test_bce_with_logits_rejects_bad_input():
     assert loss(np.zeros(3, np.float32), np.ones(3)) == pytest.approx(math.log(2))
 
 
+TORCH_LOSSES = {"CrossEntropyLoss": F.cross_entropy, "NLLLoss": F.nll_loss, "MSELoss": F.mse_loss,
+                "BCEWithLogitsLoss": F.binary_cross_entropy_with_logits}
+
+
+def _loss_case(name, seed=0):
+    """(pred, target) for the loss `name`, float64: logits / log-probabilities and int labels,
+    or predictions and targets of one shape."""
+    rng = np.random.default_rng(seed)
+    if name in ("CrossEntropyLoss", "NLLLoss"):
+        pred = rng.standard_normal((6, 4))
+        return (log_softmax(pred) if name == "NLLLoss" else pred), np.array([0, 3, 1, 1, 2, 0])
+    if name == "MSELoss":
+        return rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
+    return rng.standard_normal((7, 1)) * 3, rng.integers(0, 2, (7, 1)) * 1.0
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name", list(TORCH_LOSSES))
+def test_loss_reduction_matches_torch(name, reduction):
+    pred, target = _loss_case(name)
+    loss = getattr(tn, name)(reduction=reduction)
+    value = loss(pred, target)
+    xt, tt = T(pred), torch.from_numpy(target)
+    tv = TORCH_LOSSES[name](xt, tt, reduction=reduction)
+    assert type(value) is (np.ndarray if reduction == "none" else float)
+    assert_parity(np.asarray(value), tv, f"{loss!r} forward")
+    g = np.random.default_rng(1).standard_normal(tuple(tv.shape))   # dL/d(what forward returned)
+    tv.backward(torch.from_numpy(g))
+    assert_parity(loss.backward(g), xt.grad, f"{loss!r} backward(grad)")
+    xt = T(pred)
+    TORCH_LOSSES[name](xt, tt, reduction=reduction).sum().backward()
+    assert_parity(loss.backward(), xt.grad, f"{loss!r} backward()")       # grad of the sum
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name", list(TORCH_LOSSES))
+def test_loss_reduction_gradcheck(name, reduction):
+    pred, target = _loss_case(name, seed=2)
+    loss = getattr(tn, name)(reduction=reduction)
+    shape = np.shape(loss(pred, target))
+    w = np.random.default_rng(3).standard_normal(shape)     # upstream gradient: L = sum(w * loss)
+    analytic = loss.backward(w)
+    numeric = tn.numerical_gradient(lambda p: float(np.sum(w * loss.forward(p, target))),
+                                    pred.copy())
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name", list(TORCH_LOSSES))
+def test_loss_reduction_keeps_float32(name, reduction):
+    pred, target = _loss_case(name)
+    loss = getattr(tn, name)(reduction=reduction)
+    value = loss(pred.astype(np.float32), target)
+    assert reduction != "none" or value.dtype == np.float32
+    assert loss.backward().dtype == np.float32
+    assert loss.backward(np.ones(np.shape(value), np.float64)).dtype == np.float32
+
+
+@pytest.mark.parametrize("name", list(TORCH_LOSSES))
+def test_loss_errors_name_the_loss(name):
+    with pytest.raises(RuntimeError, match=f"^{name}.backward called before forward$"):
+        getattr(tn, name)().backward()
+    with pytest.raises(ValueError,
+                       match=f"^{name}: expected reduction 'mean', 'sum' or 'none', got 'avg'$"):
+        getattr(tn, name)(reduction="avg")
+    pred, target = _loss_case(name)
+    loss = getattr(tn, name)(reduction="none")
+    loss(pred, target)
+    with pytest.raises(ValueError, match=rf"^{name}.backward: expected grad of the shape forward "
+                                         rf"returned, \({len(pred)},.*\), got \(3,\)$"):
+        loss.backward(np.ones(3))
+    assert repr(loss) == f"{name}(reduction='none')" and repr(getattr(tn, name)()) == f"{name}()"
+
+
+@pytest.mark.parametrize("name", list(TORCH_LOSSES))
+def test_loss_takes_python_lists(name):
+    pred, target = _loss_case(name)
+    loss, ref = getattr(tn, name)(), getattr(tn, name)()
+    assert loss(pred.tolist(), target.tolist()) == ref(pred, target)
+    np.testing.assert_array_equal(loss.backward(), ref.backward())
+
+
+def test_nll_loss_takes_a_certain_row_and_names_the_first_bad_one():
+    """log(1) = 0 is a log-probability: a row [0, -inf, ...] is valid (its loss is 0), and the
+    error names the first row that is not one."""
+    certain = np.array([[0.0, -np.inf, -np.inf], [np.log(0.5), np.log(0.5), -np.inf]])
+    assert tn.NLLLoss()(certain, np.array([0, 1])) == pytest.approx(np.log(2) / 2)
+    with pytest.raises(ValueError, match="got row 2 with max 0.5"):
+        tn.NLLLoss()(np.vstack([certain, [[0.5, -1.0, -2.0]]]), np.array([0, 1, 0]))
+
+
+def test_bce_with_logits_rejects_a_scalar_and_a_third_axis():
+    for shape in ((), (4, 1, 1), (4, 3)):
+        with pytest.raises(ValueError,
+                           match=r"^BCEWithLogitsLoss: expected logits \(N,\) or \(N, 1\)"):
+            tn.BCEWithLogitsLoss()(np.zeros(shape), np.zeros(shape))
+
+
+def test_mse_loss_takes_integer_lists():
+    loss = tn.MSELoss()
+    assert loss([1, 2, 3], [1, 1, 1]) == pytest.approx(5 / 3)
+    np.testing.assert_allclose(loss.backward(), [0, 2 / 3, 4 / 3])
+    assert tn.MSELoss(reduction="sum")([[1, 2]], [[0, 0]]) == 5.0
+
+
 # ── CrossEntropyLoss and NLLLoss over positions (N, C, d1, ...): class weights, ignored
 # targets, label smoothing, as torch ──
 
@@ -3067,111 +3172,6 @@ def test_sequence_logits_through_permute_and_cross_entropy_match_torch():
     model.backward(loss.backward())
     for (k, p), tp in zip(model.named_parameters(), net.parameters(), strict=True):
         assert_parity(p.grad, tp.grad, f"Permute + CrossEntropyLoss {k} gradient")
-
-
-TORCH_LOSSES = {"CrossEntropyLoss": F.cross_entropy, "NLLLoss": F.nll_loss, "MSELoss": F.mse_loss,
-                "BCEWithLogitsLoss": F.binary_cross_entropy_with_logits}
-
-
-def _loss_case(name, seed=0):
-    """(pred, target) for the loss `name`, float64: logits / log-probabilities and int labels,
-    or predictions and targets of one shape."""
-    rng = np.random.default_rng(seed)
-    if name in ("CrossEntropyLoss", "NLLLoss"):
-        pred = rng.standard_normal((6, 4))
-        return (log_softmax(pred) if name == "NLLLoss" else pred), np.array([0, 3, 1, 1, 2, 0])
-    if name == "MSELoss":
-        return rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
-    return rng.standard_normal((7, 1)) * 3, rng.integers(0, 2, (7, 1)) * 1.0
-
-
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("name", list(TORCH_LOSSES))
-def test_loss_reduction_matches_torch(name, reduction):
-    pred, target = _loss_case(name)
-    loss = getattr(tn, name)(reduction=reduction)
-    value = loss(pred, target)
-    xt, tt = T(pred), torch.from_numpy(target)
-    tv = TORCH_LOSSES[name](xt, tt, reduction=reduction)
-    assert type(value) is (np.ndarray if reduction == "none" else float)
-    assert_parity(np.asarray(value), tv, f"{loss!r} forward")
-    g = np.random.default_rng(1).standard_normal(tuple(tv.shape))   # dL/d(what forward returned)
-    tv.backward(torch.from_numpy(g))
-    assert_parity(loss.backward(g), xt.grad, f"{loss!r} backward(grad)")
-    xt = T(pred)
-    TORCH_LOSSES[name](xt, tt, reduction=reduction).sum().backward()
-    assert_parity(loss.backward(), xt.grad, f"{loss!r} backward()")       # grad of the sum
-
-
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("name", list(TORCH_LOSSES))
-def test_loss_reduction_gradcheck(name, reduction):
-    pred, target = _loss_case(name, seed=2)
-    loss = getattr(tn, name)(reduction=reduction)
-    shape = np.shape(loss(pred, target))
-    w = np.random.default_rng(3).standard_normal(shape)     # upstream gradient: L = sum(w * loss)
-    analytic = loss.backward(w)
-    numeric = tn.numerical_gradient(lambda p: float(np.sum(w * loss.forward(p, target))),
-                                    pred.copy())
-    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
-
-
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("name", list(TORCH_LOSSES))
-def test_loss_reduction_keeps_float32(name, reduction):
-    pred, target = _loss_case(name)
-    loss = getattr(tn, name)(reduction=reduction)
-    value = loss(pred.astype(np.float32), target)
-    assert reduction != "none" or value.dtype == np.float32
-    assert loss.backward().dtype == np.float32
-    assert loss.backward(np.ones(np.shape(value), np.float64)).dtype == np.float32
-
-
-@pytest.mark.parametrize("name", list(TORCH_LOSSES))
-def test_loss_errors_name_the_loss(name):
-    with pytest.raises(RuntimeError, match=f"^{name}.backward called before forward$"):
-        getattr(tn, name)().backward()
-    with pytest.raises(ValueError,
-                       match=f"^{name}: expected reduction 'mean', 'sum' or 'none', got 'avg'$"):
-        getattr(tn, name)(reduction="avg")
-    pred, target = _loss_case(name)
-    loss = getattr(tn, name)(reduction="none")
-    loss(pred, target)
-    with pytest.raises(ValueError, match=rf"^{name}.backward: expected grad of the shape forward "
-                                         rf"returned, \({len(pred)},.*\), got \(3,\)$"):
-        loss.backward(np.ones(3))
-    assert repr(loss) == f"{name}(reduction='none')" and repr(getattr(tn, name)()) == f"{name}()"
-
-
-@pytest.mark.parametrize("name", list(TORCH_LOSSES))
-def test_loss_takes_python_lists(name):
-    pred, target = _loss_case(name)
-    loss, ref = getattr(tn, name)(), getattr(tn, name)()
-    assert loss(pred.tolist(), target.tolist()) == ref(pred, target)
-    np.testing.assert_array_equal(loss.backward(), ref.backward())
-
-
-def test_nll_loss_takes_a_certain_row_and_names_the_first_bad_one():
-    """log(1) = 0 is a log-probability: a row [0, -inf, ...] is valid (its loss is 0), and the
-    error names the first row that is not one."""
-    certain = np.array([[0.0, -np.inf, -np.inf], [np.log(0.5), np.log(0.5), -np.inf]])
-    assert tn.NLLLoss()(certain, np.array([0, 1])) == pytest.approx(np.log(2) / 2)
-    with pytest.raises(ValueError, match="got row 2 with max 0.5"):
-        tn.NLLLoss()(np.vstack([certain, [[0.5, -1.0, -2.0]]]), np.array([0, 1, 0]))
-
-
-def test_bce_with_logits_rejects_a_scalar_and_a_third_axis():
-    for shape in ((), (4, 1, 1), (4, 3)):
-        with pytest.raises(ValueError,
-                           match=r"^BCEWithLogitsLoss: expected logits \(N,\) or \(N, 1\)"):
-            tn.BCEWithLogitsLoss()(np.zeros(shape), np.zeros(shape))
-
-
-def test_mse_loss_takes_integer_lists():
-    loss = tn.MSELoss()
-    assert loss([1, 2, 3], [1, 1, 1]) == pytest.approx(5 / 3)
-    np.testing.assert_allclose(loss.backward(), [0, 2 / 3, 4 / 3])
-    assert tn.MSELoss(reduction="sum")([[1, 2]], [[0, 0]]) == 5.0
 
 
 # ════════════════════════════════════════════════════════════════════════════
