@@ -3133,6 +3133,8 @@ def minibatches(X, y, batch_size, shuffle=True):
 DATA_MIRRORS = {
     "mnist": ["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"],
     "svhn": ["http://ufldl.stanford.edu/housenumbers/"],
+    "shakespeare": [
+        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/"],
 }
 DATA_MD5 = {
     "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
@@ -3142,6 +3144,7 @@ DATA_MD5 = {
     "train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373",
     "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3",
     "extra_32x32.mat": "a93ce644f1a588dc4d68dda5feec44a7",
+    "input.txt": "6fb458f1232090904fb40fe944165e91",       # Tiny Shakespeare
 }
 
 # IDX type byte -> big-endian dtype of the data
@@ -3375,6 +3378,22 @@ def train_val_split(X, y, val_size, shuffle=True, stratify=False):
     in_val[by_class[rank >= np.repeat(counts - k, counts)]] = True      # the last k of each class
     train, val = order[~in_val[order]], order[in_val[order]]
     return X[train], y[train], X[val], y[val]
+
+
+def load_shakespeare(data_dir=None, download=True):
+    """Tiny Shakespeare, the char-rnn corpus, as one string: <data_dir>/shakespeare/input.txt
+    (1,115,394 characters of plays, 65 distinct), downloaded if missing.
+
+    A character-level language model reads it as a sequence of integer codes:
+        chars = sorted(set(text))                          # the vocabulary, V = 65
+        index = {ch: i for i, ch in enumerate(chars)}
+        codes = np.array([index[ch] for ch in text])       # (1115394,) int64
+    A missing file with download=False raises FileNotFoundError saying where to put it.
+    """
+    folder = os.path.join(_data_dir(data_dir), "shakespeare")
+    path = _find("shakespeare", "input.txt", folder, download, "load_shakespeare")
+    with open(path, encoding="utf-8") as f:
+        return f.read()
 
 
 # ════════════════════════════════════════════════════════════════════════════
