@@ -395,12 +395,13 @@ def torch_text_model(model):
     return net
 
 
-def text_pair(kind, vocab_size, embed, hidden, lr, dtype=np.float32, seed=0):
+def text_pair(kind, vocab_size, embed, hidden, seq_len, lr, dtype=np.float32, seed=0):
     """(tinynet model compiled with Adam(lr) and CrossEntropyLoss, its torch twin, torch's
     Adam(lr)): train_text.build_model under manual_seed(seed), in dtype."""
     import torch
     tn.manual_seed(seed)
-    model = train_text.build_model(kind, vocab_size, embed, hidden).astype(dtype)
+    model = train_text.build_model(kind, vocab_size, embed=embed, hidden=hidden,
+                                   seq_len=seq_len).astype(dtype)
     model.compile(tn.Adam(model.parameters(), lr=lr), tn.CrossEntropyLoss())
     tmodel = torch_text_model(model)
     return model, tmodel, torch.optim.Adam(tmodel.parameters(), lr=lr)
@@ -456,7 +457,7 @@ def faster_torch_threads(tmodel, topt, X, Y, batch, steps=4):
         torch.set_num_threads(n)
         net = copy.deepcopy(tmodel)
         opt = type(topt)(net.parameters(), **topt.defaults)
-        times = [torch_text_epoch(net, opt, X, Y, np.arange(batch), batch)[1]
+        times = [torch_text_epoch(net, opt, X, Y, np.arange(min(batch, len(X))), batch)[1]
                  for _ in range(steps + 1)]
         medians[n] = statistics.median(times[1:])
     threads = min(medians, key=medians.get)
@@ -489,8 +490,8 @@ def bench_text(recipe, synthetic=False, windows=None):
     recipe.seed. windows: use the first that many training windows (--quick)."""
     X, Y, X_val, Y_val, V = text_data(recipe.seq_len, synthetic)
     X, Y = X[:windows], Y[:windows]
-    model, tmodel, topt = text_pair(recipe.model, V, recipe.embed, recipe.hidden, recipe.lr,
-                                    seed=recipe.seed)
+    model, tmodel, topt = text_pair(recipe.model, V, recipe.embed, recipe.hidden, recipe.seq_len,
+                                    recipe.lr, seed=recipe.seed)
     threads = faster_torch_threads(tmodel, topt, X, Y, recipe.batch_size)
     rng = np.random.default_rng(recipe.seed)
     times = {"tinynet": 0.0, "torch": 0.0}
@@ -534,6 +535,20 @@ def write_json(results, path):
     os.replace(tmp, path)
 
 
+def main_text(args, info):
+    """--text: train_text.py's default recipe (--quick: 1 epoch on 1,000 windows; --smoke: the
+    tiny recipe on random text) in both libraries; writes {"info", "text"} to args.out."""
+    recipe = (SMOKE_TEXT_RECIPE if args.smoke
+              else train_text.parse_args(["--epochs", "1"] if args.quick else [])[1])
+    del info["train_samples"]
+    print("train_text.py's language model in tinynet and PyTorch CPU, float32: the same initial "
+          "weights, batches and Adam; torch at its faster of 1 and 2 threads, tinynet at NumPy's "
+          "default BLAS threads:", json.dumps(info), flush=True)
+    results = {"info": info, "text": bench_text(recipe, args.smoke, 1000 if args.quick else None)}
+    write_json(results, args.out)
+    print(f"wrote {args.out}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="subsets and fewer repeats: about a minute")
@@ -568,18 +583,12 @@ def main():
             "torch": torch.__version__, "torch_threads_tried": list(TORCH_THREADS),
             "tinynet_blas": blas_info(), "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
             "train_samples": n, "quick": args.quick, "smoke": args.smoke}
+    if args.text:
+        return main_text(args, info)
     print("tinynet vs PyTorch CPU, float32, batch 64, Adam lr 1e-3; torch at its faster of 1 and 2 "
           "threads, tinynet at NumPy's default BLAS threads:", json.dumps(info), flush=True)
     tn.manual_seed(0)
     torch.manual_seed(0)
-    if args.text:
-        recipe = train_text.parse_args(["--epochs", "1"] if args.quick else [])[1]
-        print("train_text.py's language model, float32, the same weights, batches and Adam:",
-              flush=True)
-        results = {"info": info, "text": bench_text(recipe, args.smoke,
-                                                    1000 if args.quick else None)}
-        write_json(results, args.out)
-        return print(f"wrote {args.out}")
     X, y = load(n, args.smoke)
     print(f"epoch time (median of {epochs} epochs, alternating, {pause} s pause between runs):",
           flush=True)

@@ -4879,7 +4879,7 @@ def _tiny_text_model(kind, seed=0):
     """train_text's model in float64: V 7, E 4, H 5."""
     train_text = importlib.import_module("train_text")
     tn.manual_seed(seed)
-    return train_text.build_model(kind, 7, 4, 5).astype(np.float64)
+    return train_text.build_model(kind, 7, embed=4, hidden=5, seq_len=16).astype(np.float64)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
@@ -4910,7 +4910,7 @@ def test_bench_text_trains_as_torch_does_in_float64(kind):
     rng = np.random.default_rng(0)
     X, Y, X_val, Y_val = (rng.integers(0, 7, shape) for shape in [(8, 5)] * 2 + [(3, 5)] * 2)
     tn.manual_seed(0)
-    model, tmodel, topt = bench.text_pair(kind, 7, 4, 5, lr=0.05, dtype=np.float64)
+    model, tmodel, topt = bench.text_pair(kind, 7, 4, 5, 5, lr=0.05, dtype=np.float64)
     assert next(tmodel.parameters()).dtype == torch.float64
     losses, torch_losses = [], []
     for order in (rng.permutation(8), rng.permutation(8)):      # 2 epochs of 2 batches
@@ -4921,6 +4921,77 @@ def test_bench_text_trains_as_torch_does_in_float64(kind):
     assert_parity(np.array(losses), np.array(torch_losses), f"{kind} batch losses")
     assert_parity(np.array(model.evaluate(X_val, Y_val)["loss"]),
                   np.array(bench.torch_text_loss(tmodel, X_val, Y_val)), f"{kind} val loss")
+
+
+# README's captioning example: its code block run as it is (on the real MNIST from
+# $TINYNET_DATA), then its hand-written backward against torch's autograd
+
+def _readme_code(heading):
+    """The ```python block of README's section `### <heading>`."""
+    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+        section = f.read().split(f"\n### {heading}\n")[1].split("\n### ")[0]
+    [code] = re.findall(r"```python\n(.*?)```", section, re.S)
+    return code
+
+
+@pytest.fixture(scope="module")
+def captioning(mnist):
+    """The namespace README's captioning block leaves, run with tn.load_mnist giving the
+    module's MNIST (it trains on the first 3,000 training images, tests on 1,000)."""
+    code = _readme_code("Captioning: a model of two inputs")
+    load_mnist = tn.load_mnist
+    tn.load_mnist = lambda *args, **kwargs: mnist
+    try:
+        namespace = {}
+        exec(compile(code, "README.md (Captioning)", "exec"), namespace)
+    finally:
+        tn.load_mnist = load_mnist
+    return namespace
+
+
+def test_readme_captioning_spells_held_out_digits(captioning):
+    threshold = float(re.search(r"the test holds it at (0\.\d+) or more", _readme())[1])
+    assert captioning["exact"] >= threshold, captioning["exact"]
+    model = captioning["model"]
+    assert isinstance(model, tn.Model) and len(model.parameters()) == 9   # found as attributes
+    digits = captioning["y_test"][:1000]
+    right = captioning["predicted"] == np.array(captioning["WORDS"])[digits]
+    assert right.mean() == captioning["exact"] and set(digits[right]) == set(range(10))
+
+
+def test_readme_captioner_backward_through_h0_matches_torch(captioning):
+    Captioner, V = captioning["Captioner"], len(captioning["VOCAB"])
+    tn.manual_seed(0)
+    model = Captioner(V, embed=3, hidden=4).astype(np.float64)
+
+    class TorchCaptioner(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj, self.embed = torch.nn.Linear(784, 4), torch.nn.Embedding(V, 3)
+            self.lstm, self.head = torch.nn.LSTM(3, 4, batch_first=True), torch.nn.Linear(4, V)
+
+        def forward(self, images, tokens):
+            h0 = self.proj(images.reshape(len(images), 784))[None]
+            h, _ = self.lstm(self.embed(tokens), (h0, torch.zeros_like(h0)))
+            return self.head(h).permute(0, 2, 1)
+
+    ref = TorchCaptioner().double()
+    ref.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    rng = np.random.default_rng(0)
+    images = rng.random((3, 1, 28, 28))
+    captions = captioning["captions"][[7, 1, 3]]
+    loss = tn.CrossEntropyLoss(ignore_index=0)
+    value = loss(model.forward((images, captions[:, :-1])), captions[:, 1:])
+    model.zero_grad()
+    model.backward(loss.backward())
+    expected = F.cross_entropy(ref(T(images, False), torch.from_numpy(captions[:, :-1])),
+                               torch.from_numpy(captions[:, 1:]), ignore_index=0)
+    expected.backward()
+    assert_parity(np.array(value), expected, "captioning loss")
+    torch_params = dict(ref.named_parameters())
+    for name, p in model.named_parameters():
+        assert_parity(p.grad, torch_params[name].grad, f"Captioner {name} gradient")
+    assert np.abs(model.proj.weight.grad).max() > 0          # the gradient reached h0's Linear
 
 
 # ════════════════════════════════════════════════════════════════════════════

@@ -36,6 +36,12 @@ def encode(text):
     return np.array([index[ch] for ch in text], dtype=np.int64), chars
 
 
+def encode_prompt(prompt, chars):
+    """The codes of prompt's characters in the vocabulary chars (all of them must be in it)."""
+    index = {ch: i for i, ch in enumerate(chars)}
+    return [index[ch] for ch in prompt]
+
+
 def decode(codes, chars):
     """The text that `codes` stand for."""
     return "".join(chars[code] for code in codes)
@@ -59,24 +65,25 @@ def _recurrent(cell, vocab_size, embed, hidden):
             tn.Linear(hidden, vocab_size), tn.Permute(0, 2, 1)]
 
 
-def lstm(vocab_size, embed, hidden):
+def lstm(vocab_size, embed=64, hidden=256, **_):
     """Embedding, LSTM(E, H) over the characters, Linear(H, V) to the next character's logits."""
     return _recurrent(tn.LSTM, vocab_size, embed, hidden)
 
 
-def gru(vocab_size, embed, hidden):
+def gru(vocab_size, embed=64, hidden=256, **_):
     """The same with a GRU."""
     return _recurrent(tn.GRU, vocab_size, embed, hidden)
 
 
-# --model: name -> builder of the layers from (vocab_size, embed, hidden). A new architecture
-# is one more builder here; its output must be logits (N, V, T).
+# --model: name -> builder of the layers from vocab_size and the model flags as keywords
+# (embed, hidden, seq_len; each takes what it needs). A new architecture is one more builder
+# here; its layers must turn codes (N, T) into logits (N, V, T).
 MODELS = {"lstm": lstm, "gru": gru}
 
 
-def build_model(kind, vocab_size, embed, hidden):
-    """The Sequential MODELS[kind] builds."""
-    return tn.Sequential(MODELS[kind](vocab_size, embed, hidden))
+def build_model(kind, vocab_size, **options):
+    """The Sequential that MODELS[kind] builds from options (embed=, hidden=, seq_len=)."""
+    return tn.Sequential(MODELS[kind](vocab_size, **options))
 
 
 # ── writing ────────────────────────────────────────────────────────────────────
@@ -246,7 +253,7 @@ def main(argv=None):
     print(f"{len(text):,} characters, {V} distinct; train {len(X_train):,} windows of "
           f"{args.seq_len}, validation {len(X_val):,}")
 
-    model = build_model(args.model, V, args.embed, args.hidden)
+    model = build_model(args.model, V, embed=args.embed, hidden=args.hidden, seq_len=args.seq_len)
     model.compile(tn.Adam(model.parameters(), lr=args.lr), tn.CrossEntropyLoss())
     model.summary((args.seq_len,))
     print(f"training {args.model} E {args.embed}, H {args.hidden} | Adam lr {args.lr:g} | "
@@ -274,12 +281,6 @@ def main(argv=None):
     print(f"saved history.csv, loss.png and batch_loss.png in {args.out}")
     val_loss = model.evaluate(X_val, Y_val)["loss"]
     print(f"validation loss: {val_loss:.4f}")
-
-
-def encode_prompt(prompt, chars):
-    """The codes of prompt's characters in the vocabulary chars."""
-    index = {ch: i for i, ch in enumerate(chars)}
-    return [index[ch] for ch in prompt]
 
 
 if __name__ == "__main__":
