@@ -384,7 +384,7 @@ def torch_text_model(model):
             cls = tn._torch_sequence_modules()[name]
             modules.append(cls(layer.input_size, layer.hidden_size, batch_first=True))
         elif name == "Linear":
-            modules.append(torch.nn.Linear(*layer.weight.data.shape[::-1]))
+            modules.append(torch.nn.Linear(layer.in_features, layer.out_features))
         elif name == "Permute":
             modules.append(Permute(*layer.dims))
         else:
