@@ -353,52 +353,20 @@ def load(n, synthetic=False):
 
 
 # ── train_text.py's language model in both libraries (--text) ──────────────────
-# The same recipe run twice: the same initial weights (tinynet's, through the state dict), the
-# same windows in the same batches in the same order, Adam with the same settings, float32.
+# The same recipe run twice: the same initial weights (tinynet's, through to_torch), the same
+# windows in the same batches in the same order, Adam with the same settings, float32.
 # Each epoch is timed in both libraries, alternating; then both validation losses.
 
-def torch_text_model(model):
-    """torch.nn.Sequential twin of train_text's model (Embedding, LSTM or GRU returning its
-    output, Linear, a permute), holding a copy of `model`'s weights, in its dtype."""
-    import torch
-
-    class Permute(torch.nn.Module):
-        def __init__(self, *dims):
-            super().__init__()
-            self.dims = dims
-
-        def forward(self, x):
-            return x.permute(*self.dims)
-
-    modules = []
-    for layer in model:
-        name = type(layer).__name__
-        if name == "Embedding":
-            modules.append(torch.nn.Embedding(layer.num_embeddings, layer.embedding_dim))
-        elif name in ("LSTM", "GRU"):
-            cls = tn._torch_sequence_modules()[name]
-            modules.append(cls(layer.input_size, layer.hidden_size, batch_first=True))
-        elif name == "Linear":
-            modules.append(torch.nn.Linear(layer.in_features, layer.out_features))
-        elif name == "Permute":
-            modules.append(Permute(*layer.dims))
-        else:
-            raise ValueError(f"torch_text_model: no torch twin for {name}")
-    dtype = getattr(torch, model.parameters()[0].data.dtype.name)
-    net = torch.nn.Sequential(*modules).to(dtype)
-    net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()})
-    return net
-
-
 def text_pair(kind, vocab_size, embed, hidden, seq_len, lr, dtype=np.float32, seed=0):
-    """(tinynet model compiled with Adam(lr) and CrossEntropyLoss, its torch twin, torch's
-    Adam(lr)): train_text.build_model under manual_seed(seed), in dtype."""
+    """(tinynet model compiled with Adam(lr) and CrossEntropyLoss, its torch twin with the same
+    weights from Sequential.to_torch, torch's Adam(lr)): train_text.build_model under
+    manual_seed(seed), in dtype."""
     import torch
     tn.manual_seed(seed)
     model = train_text.build_model(kind, vocab_size, embed=embed, hidden=hidden,
                                    seq_len=seq_len).astype(dtype)
     model.compile(tn.Adam(model.parameters(), lr=lr), tn.CrossEntropyLoss())
-    tmodel = torch_text_model(model)
+    tmodel = model.to_torch()
     return model, tmodel, torch.optim.Adam(tmodel.parameters(), lr=lr)
 
 

@@ -4933,6 +4933,8 @@ def test_train_text_quick_writes_a_sample_and_its_loss(tmp_path):
     assert (out / "history.csv").read_text().splitlines()[0].startswith("epoch,loss,")
     for name in ("loss.png", "batch_loss.png"):
         _png_ok(out / name)
+    model = tn.Sequential.load(out / "model.npz")
+    assert [type(layer).__name__ for layer in model] == ["Embedding", "LSTM", "Linear", "Permute"]
     # a loss a little under ln 65 = 4.17 after 8 small steps
     assert 2.5 < float(lines[-1].split()[-1]) < 4.17
 
@@ -4942,7 +4944,9 @@ def test_train_text_quick_writes_a_sample_and_its_loss(tmp_path):
     (["--epochs", "0"], "argument --epochs: expected a positive integer, got '0'"),
     (["--seq-len", "-3"], "argument --seq-len: expected a positive integer, got '-3'"),
     (["--temperature", "0"], "argument --temperature: expected a positive number, got '0'"),
-    (["--sample", "many"], "argument --sample: expected an integer >= 0, got 'many'"),
+    (["--sample", "many"], "argument --sample: expected a positive integer, got 'many'"),
+    (["--prompt", ""], "argument --prompt: expected at least one character, got ''"),
+    (["--threads", "four"], "argument --threads: expected auto or a positive integer"),
     (["--lr", "-1"], "argument --lr: expected a positive number, got '-1'"),
     (["--quick", "--epochs", "2"], "--epochs has no effect with --quick"),
     (["--hiden", "8"], "unrecognized arguments: --hiden 8"),
@@ -4961,8 +4965,12 @@ def test_train_text_help_and_missing_data(monkeypatch, capsys, tmp_path):
     assert e.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
     for flag in ("--model {gru,lstm}", "--epochs", "--batch-size", "--seq-len", "--hidden", "--lr",
-                 "--seed", "--sample", "--temperature", "--quick", "--out", "--data-dir"):
+                 "--seed", "--sample", "--temperature", "--quick", "--out", "--data-dir",
+                 "--threads"):
         assert flag in out
+    with open(os.path.join(SCRIPTS, "train_text.py")) as fh:                 # public names only
+        used = set(re.findall(r"\btn\.(\w+)", fh.read()))
+    assert used and all(hasattr(tn, n) and not n.startswith("_") for n in used), used
     monkeypatch.setitem(tn.DATA_MIRRORS, "shakespeare", ["http://127.0.0.1:9/closed/"])
     with pytest.raises(SystemExit) as e:
         _main("train_text", ["--quick", "--data-dir", str(tmp_path / "empty"), "--out",

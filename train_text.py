@@ -14,16 +14,16 @@ of -log p(next character) over every position, in nats per character (ln 65 = 4.
 uniform guess). Then it writes --sample characters one at a time, each drawn from
 softmax(logits / --temperature), carrying the recurrent state from one character to the next
 (each new character costs one step, not a re-run of the text so far). It prints the sample,
-writes loss.png, batch_loss.png and history.csv under --out, and ends with the line
+writes model.npz, history.csv, loss.png and batch_loss.png under --out, and ends with the line
 `validation loss: <nats per character>`.
 """
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
 
+import scripts_common as common
 import tinynet as tn
 
 # ── the text as integer codes ──────────────────────────────────────────────────
@@ -156,48 +156,29 @@ def writer(model, seq_len):
 
 # ── the script ─────────────────────────────────────────────────────────────────
 
-def _checked(convert, check, expected):
-    """An argparse type: convert(text), accepted when check(value), else argparse's usage
-    error "argument --flag: expected <expected>, got '<text>'" (exit status 2)."""
-    def parse(text):
-        try:
-            value = convert(text)
-        except ValueError:
-            value = None
-        if value is None or not check(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-    return parse
-
-
-positive_int = _checked(int, lambda v: v > 0, "a positive integer")
-nonnegative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
-positive_float = _checked(float, lambda v: 0 < v < float("inf"), "a positive number")
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(MODELS), default="lstm",
                         help="the network between the embedding and the output (%(default)s)")
-    parser.add_argument("--epochs", type=positive_int, default=3,
+    parser.add_argument("--epochs", type=common.positive_int, default=5,
                         help="passes over the training windows (%(default)s)")
-    parser.add_argument("--batch-size", type=positive_int, default=64,
+    parser.add_argument("--batch-size", type=common.positive_int, default=64,
                         help="windows per minibatch (%(default)s)")
-    parser.add_argument("--seq-len", type=positive_int, default=100,
+    parser.add_argument("--seq-len", type=common.positive_int, default=100,
                         help="characters per window: the steps backpropagated through "
                              "(%(default)s)")
-    parser.add_argument("--embed", type=positive_int, default=64,
+    parser.add_argument("--embed", type=common.positive_int, default=64,
                         help="embedding size E (%(default)s)")
-    parser.add_argument("--hidden", type=positive_int, default=256,
+    parser.add_argument("--hidden", type=common.positive_int, default=256,
                         help="hidden size H of the recurrent layer (%(default)s)")
-    parser.add_argument("--lr", type=positive_float, default=2e-3,
+    parser.add_argument("--lr", type=common.positive_float, default=3e-3,
                         help="Adam's learning rate (%(default)s)")
     parser.add_argument("--seed", type=int, default=0,
                         help="tinynet.manual_seed, and the sampling's generator (%(default)s)")
-    parser.add_argument("--sample", type=nonnegative_int, default=500,
+    parser.add_argument("--sample", type=common.positive_int, default=500,
                         help="characters to write after training (%(default)s)")
-    parser.add_argument("--temperature", type=positive_float, default=0.8,
+    parser.add_argument("--temperature", type=common.positive_float, default=0.8,
                         help="divides the logits before the softmax when sampling: below 1 "
                              "safer, above 1 wilder (%(default)s)")
     parser.add_argument("--prompt", default="\n",
@@ -210,26 +191,26 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="a tiny run (smoke test): 1 epoch on 256 training windows, "
                              "validation on 64")
+    parser.add_argument("--threads", type=common.threads_flag, default="auto",
+                        help="BLAS threads: a number, or auto: try 1 and 2 on the first batches "
+                             "and keep the faster (%(default)s)")
     args = parser.parse_args(argv)
-    typed = sys.argv[1:] if argv is None else argv
-    if args.quick and any(a == "--epochs" or a.startswith("--epochs=") for a in typed):
-        parser.error("--epochs has no effect with --quick, which trains 1 epoch; remove it")
+    if args.quick:
+        common.reject_flags(parser, ["--epochs"], "with --quick, which trains 1 epoch", argv)
+    if not args.prompt:
+        parser.error("argument --prompt: expected at least one character, got ''")
     return parser, args
 
 
 def load_text_or_exit(data_dir):
-    """Tiny Shakespeare, or exit with status 1 saying where to put it."""
+    """Tiny Shakespeare from <data_dir>/shakespeare/input.txt (downloaded if missing), or exit
+    with status 1 saying where to put it."""
     try:
         return tn.load_shakespeare(data_dir)
     except OSError as e:
-        folder = os.path.abspath(os.path.join(data_dir or os.environ.get("TINYNET_DATA")
-                                              or "data", "shakespeare"))
-        raise SystemExit(f"train_text.py: Tiny Shakespeare is not available.\n{e}\n\n"
-                         f"What to do: get input.txt (the char-rnn corpus, "
-                         f"{tn.DATA_MIRRORS['shakespeare'][0]}input.txt)\nand put it in "
-                         f"{folder}{os.sep}, or run with --data-dir DIR (or set the\n"
-                         "TINYNET_DATA environment variable to DIR) where DIR/shakespeare/ "
-                         "holds it.") from None
+        common.exit_missing_data("train_text.py", "Tiny Shakespeare", e, ["input.txt"], data_dir,
+                                 "shakespeare", "the char-rnn corpus, "
+                                 f"{tn.DATA_MIRRORS['shakespeare'][0]}input.txt")
 
 
 def main(argv=None):
@@ -254,17 +235,19 @@ def main(argv=None):
           f"{args.seq_len}, validation {len(X_val):,}")
 
     model = build_model(args.model, V, embed=args.embed, hidden=args.hidden, seq_len=args.seq_len)
-    model.compile(tn.Adam(model.parameters(), lr=args.lr), tn.CrossEntropyLoss())
+    optimizer = tn.Adam(model.parameters(), lr=args.lr)
+    model.compile(optimizer, tn.CrossEntropyLoss())
     model.summary((args.seq_len,))
-    print(f"training {args.model} E {args.embed}, H {args.hidden} | Adam lr {args.lr:g} | "
-          f"batch {args.batch_size}, {args.epochs} epochs")
+    description = (f"{args.model} E {args.embed}, H {args.hidden}, windows of {args.seq_len}, "
+                   f"batch {args.batch_size}, {args.epochs} epochs")
+    print(common.describe_run(description, optimizer, None))
     start = time.perf_counter()
     history = model.fit(X_train, Y_train, batch_size=args.batch_size, epochs=args.epochs,
-                        validation_data=(X_val, Y_val), verbose=1)
+                        validation_data=(X_val, Y_val), verbose=1,
+                        callbacks=common.blas_thread_callbacks(args.threads))
     print(f"trained in {time.perf_counter() - start:.1f} s")
 
-    os.makedirs(args.out, exist_ok=True)
-    history.to_csv(os.path.join(args.out, "history.csv"))
+    common.save_model_and_history(model, history, args.out)
     title = f"Tiny Shakespeare, {args.model} E {args.embed} H {args.hidden}, T {args.seq_len}"
     tn.plot_history(history, os.path.join(args.out, "loss.png"), keys=("loss",), title=title)
     tn.plot_batch_loss(history, os.path.join(args.out, "batch_loss.png"), title=title)
@@ -278,7 +261,7 @@ def main(argv=None):
               f"({seconds:.2f} s) ---")
         print(prompt + decode(written, chars))
         print("---")
-    print(f"saved history.csv, loss.png and batch_loss.png in {args.out}")
+    print(f"saved model.npz, history.csv, loss.png and batch_loss.png in {args.out}")
     val_loss = model.evaluate(X_val, Y_val)["loss"]
     print(f"validation loss: {val_loss:.4f}")
 
