@@ -247,6 +247,7 @@ def main(argv=None):
                         callbacks=common.blas_thread_callbacks(args.threads))
     print(f"trained in {time.perf_counter() - start:.1f} s")
 
+    os.makedirs(args.out, exist_ok=True)
     common.save_model_and_history(model, history, args.out)
     title = f"Tiny Shakespeare, {args.model} E {args.embed} H {args.hidden}, T {args.seq_len}"
     tn.plot_history(history, os.path.join(args.out, "loss.png"), keys=("loss",), title=title)
