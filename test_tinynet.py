@@ -5044,6 +5044,28 @@ def _readme_code(heading):
     return code
 
 
+def test_readme_language_model_blocks_run(monkeypatch, capsys):
+    """README's language model (fit cut to one batch of 8 windows) and its writing loop, with
+    the carried state: 500 characters of the vocabulary come out."""
+    _shakespeare_dir()
+    section = open(os.path.join(HERE, "README.md"), encoding="utf-8").read().split(
+        "\n### A character-level language model\n")[1].split("\n### ")[0]
+    train, write = re.findall(r"```python\n(.*?)```", section, re.S)
+    fit = tn.Sequential.fit
+    monkeypatch.setattr(tn.Sequential, "fit", lambda self, x, y, **kwargs: fit(
+        self, x[:8], y[:8], batch_size=8, epochs=1, verbose=0))
+    namespace = {"np": np, "tn": tn}
+    exec(compile(train, "README.md (language model)", "exec"), namespace)
+    lstm = namespace["model"][1]
+    calls = []
+    monkeypatch.setattr(lstm, "forward", lambda x, hx=None, forward=lstm.forward: (
+        calls.append((np.shape(x), hx is None)) or forward(x, hx)))
+    exec(compile(write, "README.md (writing)", "exec"), namespace)
+    written = capsys.readouterr().out.rstrip("\n")
+    assert len(written) == 500 and set(written) <= set(namespace["chars"])
+    assert calls[0] == ((1, 1, 64), True) and set(calls[1:]) == {((1, 1, 64), False)}
+
+
 @pytest.fixture(scope="module")
 def captioning(mnist):
     """The namespace README's captioning block leaves, run with tn.load_mnist giving the
