@@ -8,9 +8,9 @@ converts everything in place.
 
 Sections, in order: parameters and base layer · layers (ending with sequences: embedding
 and recurrent layers) · attention and transformers · losses · optimizers · schedulers ·
-Sequential, History and callbacks · saving, loading and PyTorch interop · gradient check ·
+Model, Sequential, History and callbacks · saving, loading and PyTorch interop · gradient check ·
 data · plots.
-A layer copies out alone with `Layer` (the core: 26 lines), `Parameter`, `_rng`
+A layer copies out alone with `Layer` (the core: 43 lines), `Parameter`, `_rng`
 and the few helpers it names; saving, loading, astype and repr are LayerState's,
 composed into Layer in their own section. Only numpy (and the standard library)
 is imported at module level; tqdm, matplotlib, scipy, scikit-learn, threadpoolctl
@@ -78,8 +78,23 @@ class Layer:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         return self._cache
 
-    def parameters(self):              # attributes with .data and .grad, in order: weight, bias
-        return [v for v in vars(self).values() if _is_parameter(v)]
+    def _sublayers(self):
+        """(name, layer) pairs, torch's child modules: the public attributes that are Layers, and
+        the Layers in public lists or tuples ("blocks.0", as torch's ModuleList); never "_name"."""
+        for name, v in vars(self).items():
+            if name.startswith("_"):
+                continue
+            if isinstance(v, Layer):
+                yield name, v
+            elif isinstance(v, (list, tuple)):
+                for i, item in enumerate(v):
+                    if isinstance(item, Layer):
+                        yield f"{name}.{i}", item
+
+    def parameters(self):              # own (weight, bias), then each sublayer's; a tied one once
+        every = [v for v in vars(self).values() if _is_parameter(v)]
+        every += [p for _, layer in self._sublayers() for p in layer.parameters()]
+        return list({id(p): p for p in every}.values())
 
     def zero_grad(self):
         for p in self.parameters():
@@ -87,6 +102,8 @@ class Layer:
 
     def train(self, mode=True):
         self.training = mode
+        for _, layer in self._sublayers():
+            layer.train(mode)
         return self
 
     def eval(self):
@@ -245,6 +262,38 @@ class Flatten(Layer):
         dx = np.empty_like(self._saved())
         dx[...] = grad.reshape(dx.shape)
         return dx
+
+
+class Permute(Layer):
+    """y = x.transpose(dims): the axes of x reordered, batch included, as torch's
+    x.permute(*dims): Permute(0, 2, 1) turns a language model's logits (N, T, V) into
+    (N, V, T), the classes on axis 1 as CrossEntropyLoss takes them. Negative dims count
+    from the end. backward: dx = dy.transpose(argsort(dims)), the inverse reordering."""
+
+    def __init__(self, *dims):
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = tuple(dims[0])                          # Permute((0, 2, 1)), as x.permute
+        if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in dims):
+            raise TypeError(f"Permute: expected integer dims, got {dims}")
+        self.dims = tuple(int(d) for d in dims)            # NumPy integers too: saved as JSON
+
+    def forward(self, x):
+        x = np.asarray(x)
+        n = x.ndim
+        if sorted(d % n if -n <= d < n else d for d in self.dims) != list(range(n)):
+            raise ValueError(f"Permute: dims {self.dims} are not a permutation of the {n} axes "
+                             f"of an input of shape {x.shape}")
+        self._cache = dims = tuple(d % n for d in self.dims)
+        return x.transpose(dims)
+
+    def backward(self, grad):
+        return grad.transpose(np.argsort(self._saved()))
+
+    def config(self):                          # the dims are positional: Permute(0, 2, 1)
+        return {"class": "Permute", "args": list(self.dims), "kwargs": {}}
+
+    def __repr__(self):
+        return f"Permute({', '.join(map(str, self.dims))})"
 
 
 class Dropout(Layer):
@@ -529,7 +578,7 @@ class BatchNorm2d(_BatchNorm):
     ndim, axes = 4, "nchw"
 
 
-# ── Sequences: embedding and recurrent layers ───────────────────────────────
+# ── Sequences: embedding, recurrent layers and cells ────────────────────────
 # A recurrent layer loops over the time steps (the algorithm is sequential), never over samples
 # or features: x W_ih^T for all steps is one matrix product before the loop, the loop does only
 # h_{t-1} W_hh^T and the gates, and each weight gradient is one product after the loop.
@@ -556,135 +605,392 @@ class Embedding(Layer):
         np.add.at(self.weight.grad, x, grad * (x != self.padding_idx)[..., None])   # repeats add up
 
 
+def _sigmoid(a):
+    """1 / (1 + exp(-a)), computed as 0.5 + 0.5 tanh(a / 2): the same number, never overflowing."""
+    return 0.5 + 0.5 * np.tanh(0.5 * a)
+
+
+def _state(layer, what, value, shape, dtype):
+    """A state array (h_0, c_0, ...) of `shape` and `dtype`: zeros if value is None, else value
+    (cast), or a ValueError naming the layer unless value has that shape."""
+    if value is None:
+        return np.zeros(shape, dtype)
+    if np.shape(value) != shape:
+        raise ValueError(f"{type(layer).__name__}: expected {what} of shape {shape}, "
+                         f"got {np.shape(value)}")
+    return np.asarray(value, dtype)
+
+
+# ── One time step: the formulas of RNN/RNNCell, LSTM/LSTMCell, GRU/GRUCell ──
+# Each step class holds one step's forward and backward, as CS231n's rnn_step_forward/backward;
+# the layers (_RNNBase: the loops over time, layers and directions) and the cells (_CellBase: one
+# step per call) both use them. A step receives xw = x_t W_ih^T + b_ih already computed (the
+# layer computes it for all t in one product) and returns h_t, c_t (None but in an LSTM) and a
+# cache; its backward returns dxw = dL/dxw, dhw = dL/d(h_{t-1} W_hh^T + b_hh), dh_{t-1}, dc_{t-1}.
+
+class _RNNStep:
+    """Elman RNN step: h_t = tanh(xw + h_{t-1} W_hh^T + b_hh)   (N, H)   (relu if asked)
+    backward, given dh = dL/dh_t:   da = dh (1 - h_t^2)   (relu: dh [h_t > 0])
+        dxw = dhw = da;   dh_{t-1} = da W_hh.   An RNN has no c: None comes in and goes out."""
+    gates = 1              # W_ih: (gates * H, F), W_hh: (gates * H, H); LSTM 4, GRU 3
+    cell_state = False     # only an LSTM carries a c_t beside h_t
+
+    def _check_nonlinearity(self, nonlinearity):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"{type(self).__name__}: nonlinearity must be 'tanh' or 'relu', "
+                             f"got {nonlinearity!r}")
+
+    def _step_forward(self, xw, h_prev, c_prev, W_hh, b_hh):
+        a = xw + h_prev @ W_hh.T + b_hh                                    # (N, H)
+        h = np.tanh(a) if self.nonlinearity == "tanh" else np.maximum(a, 0)
+        return h, None, h                                      # the cache: h_t
+
+    def _step_backward(self, dh, dc, h, W_hh):
+        da = dh * (1 - h * h) if self.nonlinearity == "tanh" else dh * (h > 0)   # (N, H)
+        return da, da, da @ W_hh, None
+
+
+class _LSTMStep:
+    """LSTM step, in blocks of H columns in torch's order i, f, g, o:
+        a = xw + h_{t-1} W_hh^T + b_hh                          (N, 4H)
+        i = sigmoid(a_i);  f = sigmoid(a_f);  g = tanh(a_g);  o = sigmoid(a_o)     (N, H) each
+        c_t = f c_{t-1} + i g;   h_t = o tanh(c_t)
+    backward, given dh = dL/dh_t and dc = dL/dc_t (from the steps after t):
+        dc_t = dc + dh o (1 - tanh(c_t)^2)        (h_t depends on c_t too)
+        da = [dc_t g i (1 - i),  dc_t c_{t-1} f (1 - f),  dc_t i (1 - g^2),  dh tanh(c_t) o (1 - o)]
+        dxw = dhw = da;   dh_{t-1} = da W_hh;   dc_{t-1} = dc_t f"""
+    gates = 4
+    cell_state = True
+
+    def _step_forward(self, xw, h_prev, c_prev, W_hh, b_hh):
+        H = self.hidden_size
+        a = xw + h_prev @ W_hh.T + b_hh                                    # (N, 4H)
+        i = _sigmoid(a[:, :H])                                             # (N, H)
+        f = _sigmoid(a[:, H:2 * H])
+        g = np.tanh(a[:, 2 * H:3 * H])
+        o = _sigmoid(a[:, 3 * H:])
+        c = f * c_prev + i * g
+        tanh_c = np.tanh(c)
+        h = o * tanh_c
+        return h, c, ((i, f, g, o), c_prev, tanh_c)
+
+    def _step_backward(self, dh, dc, cache, W_hh):
+        gates, c_prev, tanh_c = cache
+        i, f, g, o = gates
+        dc = dc + dh * o * (1 - tanh_c * tanh_c)                           # (N, H)
+        da_i = dc * g * i * (1 - i)
+        da_f = dc * c_prev * f * (1 - f)
+        da_g = dc * i * (1 - g * g)
+        da_o = dh * tanh_c * o * (1 - o)
+        da = np.concatenate([da_i, da_f, da_g, da_o], axis=1)             # (N, 4H)
+        return da, da, da @ W_hh, dc * f
+
+
+class _GRUStep:
+    """GRU step (torch's: r multiplies hw_n), in blocks r, z, n of H columns, with
+    hw = h_{t-1} W_hh^T + b_hh (N, 3H):
+        r = sigmoid(xw_r + hw_r);  z = sigmoid(xw_z + hw_z);  n = tanh(xw_n + r hw_n)   (N, H)
+        h_t = (1 - z) n + z h_{t-1}
+    backward, given dh = dL/dh_t:
+        dn = dh (1 - z) (1 - n^2);   dz = dh (h_{t-1} - n) z (1 - z);   dr = dn hw_n r (1 - r)
+        dxw = [dr, dz, dn];   dhw = [dr, dz, dn r];   dh_{t-1} = dh z + dhw W_hh"""
+    gates = 3
+    cell_state = False
+
+    def _step_forward(self, xw, h_prev, c_prev, W_hh, b_hh):
+        H = self.hidden_size
+        hw = h_prev @ W_hh.T + b_hh                                        # (N, 3H)
+        rz = _sigmoid(xw[:, :2 * H] + hw[:, :2 * H])                       # (N, 2H): r and z
+        r = rz[:, :H]
+        z = rz[:, H:]
+        hw_n = hw[:, 2 * H:]                                               # (N, H)
+        n = np.tanh(xw[:, 2 * H:] + r * hw_n)
+        h = (1 - z) * n + z * h_prev
+        return h, None, ((r, z, n), hw_n, h_prev)
+
+    def _step_backward(self, dh, dc, cache, W_hh):
+        gates, hw_n, h_prev = cache
+        r, z, n = gates
+        dn = dh * (1 - z) * (1 - n * n)                                    # (N, H)
+        dz = dh * (h_prev - n) * z * (1 - z)
+        dr = dn * hw_n * r * (1 - r)
+        dxw = np.concatenate([dr, dz, dn], axis=1)                         # (N, 3H)
+        dhw = np.concatenate([dr, dz, dn * r], axis=1)
+        return dxw, dhw, dh * z + dhw @ W_hh, None
+
+
+# ── Recurrent layers: the loops over time steps, layers and directions ──────
+
 class _RNNBase(Layer):
-    """RNN, LSTM, GRU: x (T, N, F) (batch_first: (N, T, F)) -> y (T, N, D*H), the last layer's h_t
-    (D = 2 if bidirectional: the reverse reads t = T..1); final h: .h_n (num_layers * D, N, H).
-    BPTT: t = T..1 by _cell_back, then dW_ih = dgi^T x, dW_hh = dgh^T h_{t-1}, dx = dgi W_ih."""
-    kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")    # all ~ U(-1/sqrt(H), 1/sqrt(H))
+    """RNN, LSTM, GRU: the loops over layers, directions and time steps around one step's
+    formulas (_RNNStep, _LSTMStep, _GRUStep, which the cells use too).
+        x (T, N, F) (batch_first: (N, T, F)), hx = h_0 (an LSTM: (h_0, c_0)) (L * D, N, H) or None
+        (zeros) -> y (T, N, D * H), the last layer's h_t;  .h_n (.c_n): the final states
+    L = num_layers; D = 2 if bidirectional: the reverse direction reads t = T..1. Row l * D + d
+    of the states is layer l's direction d. Layer l > 0 reads layer l - 1's output, dropped out
+    in training. backward(dy, grad_h_n=None, grad_c_n=None) -> dx, and .grad_h0 (.grad_c0):
+    dL/dh_0 (dL/dc_0), also when hx was None (the gradient at the zero state)."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False):
         if not 0 <= dropout < 1:
             raise ValueError(f"{type(self).__name__}: dropout must be in [0, 1), got {dropout}")
-        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.bias, self.batch_first, self.dropout = bias, batch_first, dropout
-        self.bidirectional, D, G = bidirectional, 1 + bidirectional, self.gates * hidden_size
-        for i, sfx in [(i, sfx) for i in range(num_layers) for sfx in ("", "_reverse")[:D]]:
-            shapes = [(G, D * hidden_size if i else input_size), (G, hidden_size), (G,), (G,)]
-            for kind, shape in zip(self.kinds, shapes[:4 if bias else 2]):   # torch's order
-                w = _rng.uniform(-1 / math.sqrt(hidden_size), 1 / math.sqrt(hidden_size), shape)
-                setattr(self, f"{kind}_l{i}{sfx}", Parameter(w.astype(np.float32)))
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = dropout
+        self.bidirectional = bidirectional
+        D = 1 + bidirectional
+        G = self.gates * hidden_size
+        bound = 1 / math.sqrt(hidden_size)
+        for layer in range(num_layers):
+            shapes = {"weight_ih": (G, D * hidden_size if layer else input_size),
+                      "weight_hh": (G, hidden_size), "bias_ih": (G,), "bias_hh": (G,)}
+            for direction in range(D):                         # torch's order of keys
+                for kind in list(shapes)[:4 if bias else 2]:
+                    w = _rng.uniform(-bound, bound, shapes[kind]).astype(np.float32)
+                    setattr(self, f"{kind}_l{layer}" + "_reverse" * direction, Parameter(w))
 
-    def forward(self, x):
+    def _params(self, layer, direction):
+        """weight_ih, weight_hh, bias_ih, bias_hh (None without bias) of one layer, direction."""
+        suffix = f"_l{layer}" + "_reverse" * direction
+        return [getattr(self, kind + suffix, None)
+                for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+
+    def forward(self, x, hx=None):
         if np.ndim(x) != 3 or np.shape(x)[2] != self.input_size or 0 in np.shape(x):
             axes = "N, T" if self.batch_first else "T, N"
             raise ValueError(f"{type(self).__name__}: expected shape ({axes}, {self.input_size}) "
                              f"with N, T > 0, got {np.shape(x)}")
         x = np.swapaxes(x, 0, 1) if self.batch_first else np.asarray(x)     # (T, N, F)
-        (T, N, _), H, self._cache = x.shape, self.hidden_size, []
-        for i, drop in enumerate([0] + [self.dropout * self.training] * (self.num_layers - 1)):
-            mask = (_rng.random(x.shape) >= drop) / x.dtype.type(1 - drop) if drop else 1  # dropout
-            x, runs = x * mask, []
-            for o, sfx in ((1, ""), (-1, "_reverse"))[:1 + self.bidirectional]:  # o: step order
-                W = [getattr(self, f"{kind}_l{i}{sfx}", None) for kind in self.kinds]
-                W_ih, W_hh, b_ih, b_hh = (0 if p is None else p.data for p in W)   # no bias: 0
-                gi = (x[::o].reshape(T * N, -1) @ W_ih.T + b_ih).reshape(T, N, -1)  # (T, N, G)
-                hs, c, saved = np.zeros((T + 1, N, H), gi.dtype), 0, [None] * T  # h_0 = c_0 = 0
-                for t in range(T):          # h_t, c_t = cell(gi_t, gh = h_{t-1} W_hh^T + b_hh, ...)
-                    hs[t + 1], c, saved[t] = self._cell(gi[t], hs[t] @ W_hh.T + b_hh, hs[t], c)
-                runs.append((o, W, hs, c, saved))
-            self._cache.append((x, mask, runs))
-            x = np.concatenate([hs[1:][::o] for o, _, hs, _, _ in runs], axis=2)
-        self.h_n = np.stack([hs[-1] for *_, runs in self._cache for _, _, hs, _, _ in runs])
-        return x.swapaxes(0, 1) if self.batch_first else x                  # (T, N, D*H)
+        D = 1 + self.bidirectional
+        shape = (self.num_layers * D, x.shape[1], self.hidden_size)         # (L * D, N, H)
+        if self.cell_state:                                                 # an LSTM
+            hx = (None, None) if hx is None else hx
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise ValueError(f"{type(self).__name__}: expected hx = (h_0, c_0), each of shape "
+                                 f"{shape}, got {type(hx).__name__} of shape {np.shape(hx)}")
+            h_0, c_0 = hx
+            c_0 = _state(self, "c_0", c_0, shape, x.dtype)
+            self.c_n = np.empty_like(c_0)
+        else:
+            h_0, c_0 = hx, [None] * shape[0]
+        h_0 = _state(self, "h_0", h_0, shape, x.dtype)
+        self.h_n = np.empty_like(h_0)
+        self._cache = []                                # per layer: its dropout mask, its runs
+        for layer in range(self.num_layers):
+            p = self.dropout if layer > 0 and self.training else 0
+            mask = (_rng.random(x.shape) >= p) / x.dtype.type(1 - p) if p else 1
+            x = x * mask
+            outputs = []
+            runs = []
+            for direction in range(D):
+                k = layer * D + direction
+                x_run = x[::-1] if direction else x     # the reverse direction reads t = T..1
+                hs, c_T, steps = self._run(x_run, h_0[k], c_0[k], self._params(layer, direction))
+                self.h_n[k] = hs[-1]
+                if self.cell_state:
+                    self.c_n[k] = c_T
+                outputs.append(hs[:0:-1] if direction else hs[1:])   # h_t in x's order (T, N, H)
+                runs.append((x_run, hs, steps))
+            self._cache.append((mask, runs))
+            x = np.concatenate(outputs, axis=2)                            # (T, N, D * H)
+        return x.swapaxes(0, 1) if self.batch_first else x
 
-    def backward(self, grad):                                               # grad: like the output
-        grad = grad.swapaxes(0, 1) if self.batch_first else grad            # (T, N, D*H)
-        for i in reversed(range(self.num_layers)):
-            (x, mask, runs), dx, T = self._saved()[i], 0, len(grad)
-            for dy, (o, W, hs, _, saved) in zip(np.split(grad, len(runs), axis=2), runs):
-                (W_ih, W_hh, b_ih, b_hh), dgi, dgh, dh, dc = W, [None] * T, [None] * T, 0, 0
-                for t in reversed(range(T)):            # from dh_T = dc_T = 0; the cell's formulas
-                    dgi[t], dgh[t], dh, dc = self._cell_back(dh + dy[::o][t], dc, W_hh, *saved[t])
-                dgi, dgh = np.stack(dgi), np.stack(dgh)                     # (T, N, G), (T, N, G)
-                W_ih.grad += dgi.reshape(-1, dgi.shape[2]).T @ x[::o].reshape(-1, x.shape[2])
-                W_hh.grad += dgh.reshape(-1, dgh.shape[2]).T @ hs[:-1].reshape(-1, hs.shape[2])
-                for b, db in [(b_ih, dgi), (b_hh, dgh)] if self.bias else []:
-                    b.grad += db.sum(axis=(0, 1))                           # db = sum dg
-                dx = dx + (dgi @ W_ih.data)[::o] if i or self.needs_input_grad else None  # dgi W_ih
-            grad = None if dx is None else dx * mask
-        return grad.swapaxes(0, 1) if self.batch_first and grad is not None else grad
+    def _run(self, x, h, c, params):
+        """One layer in one direction: x (T, N, F), h_0, c_0 (N, H) -> h_0..h_T (T + 1, N, H), c_T,
+        the steps' caches. x W_ih^T + b_ih for every t is one product before the loop."""
+        weight_ih, weight_hh, bias_ih, bias_hh = params
+        b_ih = 0 if bias_ih is None else bias_ih.data                      # (G,)
+        b_hh = 0 if bias_hh is None else bias_hh.data
+        T, N, F = x.shape
+        xw = (x.reshape(T * N, F) @ weight_ih.data.T + b_ih).reshape(T, N, -1)   # (T, N, G)
+        hs = np.empty((T + 1, N, self.hidden_size), xw.dtype)
+        hs[0] = h
+        steps = []
+        for t in range(T):
+            h, c, cache = self._step_forward(xw[t], h, c, weight_hh.data, b_hh)
+            hs[t + 1] = h
+            steps.append(cache)
+        return hs, c, steps
+
+    def backward(self, grad_out, grad_h_n=None, grad_c_n=None):
+        """dL/dy, dL/dh_n, dL/dc_n (None: 0) -> dL/dx; sets .grad_h0 (.grad_c0)."""
+        cache = self._saved()
+        dy = grad_out.swapaxes(0, 1) if self.batch_first else grad_out     # (T, N, D * H)
+        D = 1 + self.bidirectional
+        H = self.hidden_size
+        dh_n = _state(self, "grad_h_n", grad_h_n, self.h_n.shape, dy.dtype)   # (L * D, N, H)
+        dc_n = [None] * len(dh_n)                            # an RNN or a GRU has no c
+        if self.cell_state:
+            dc_n = _state(self, "grad_c_n", grad_c_n, self.c_n.shape, dy.dtype)
+            self.grad_c0 = np.empty_like(dc_n)
+        elif grad_c_n is not None:
+            raise ValueError(f"{type(self).__name__}: there is no c_n, so no grad_c_n")
+        self.grad_h0 = np.empty_like(dh_n)
+        for layer in reversed(range(self.num_layers)):
+            mask, runs = cache[layer]
+            need_dx = layer > 0 or self.needs_input_grad    # not for the first layer of a model
+            dx = 0                                          # the directions' dx add up
+            for direction in range(D):
+                k = layer * D + direction
+                dhs = dy[:, :, direction * H:(direction + 1) * H]          # (T, N, H)
+                dhs = dhs[::-1] if direction else dhs       # in the order the run read x
+                params = self._params(layer, direction)
+                dx_run, self.grad_h0[k], dc_0 = self._run_backward(dhs, dh_n[k], dc_n[k],
+                                                                   runs[direction], params, need_dx)
+                if self.cell_state:
+                    self.grad_c0[k] = dc_0
+                if need_dx:
+                    dx = dx + (dx_run[::-1] if direction else dx_run)      # (T, N, F)
+            dy = dx * mask
+        if not self.needs_input_grad:
+            return None
+        return dy.swapaxes(0, 1) if self.batch_first else dy
+
+    def _run_backward(self, dhs, dh, dc, run, params, need_dx):
+        """Backpropagation through time, t = T..1, in one layer and direction: dhs (T, N, H) =
+        dL/dh_t from the output, dh, dc = dL/dh_T, dL/dc_T -> dx (T, N, F), dL/dh_0, dL/dc_0;
+        each weight's gradient is one product after the loop."""
+        x, hs, steps = run
+        weight_ih, weight_hh, bias_ih, bias_hh = params
+        T, N, F = x.shape
+        dxw = np.empty((T, N, weight_hh.data.shape[0]), hs.dtype)         # (T, N, G)
+        dhw = np.empty_like(dxw)
+        for t in reversed(range(T)):
+            dh = dh + dhs[t]                            # h_t goes to the output and to step t + 1
+            dxw[t], dhw[t], dh, dc = self._step_backward(dh, dc, steps[t], weight_hh.data)
+        weight_ih.grad += dxw.reshape(T * N, -1).T @ x.reshape(T * N, F)
+        weight_hh.grad += dhw.reshape(T * N, -1).T @ hs[:-1].reshape(T * N, -1)
+        if bias_ih is not None:
+            bias_ih.grad += dxw.sum(axis=(0, 1))
+            bias_hh.grad += dhw.sum(axis=(0, 1))
+        dx = dxw @ weight_ih.data if need_dx else None
+        return dx, dh, dc
 
 
-class RNN(_RNNBase):
-    """Elman RNN, as torch.nn.RNN. Per step (gi_t = x_t W_ih^T + b_ih, gh = h_{t-1} W_hh^T + b_hh):
-        h_t = tanh(gi_t + gh)  (or relu)   (N, H)
-    backward, with dh = dL/dh_t:  dgi_t = dgh_t = dh (1 - h_t^2)  (relu: dh (h_t > 0)),
-        dh_{t-1} = dgh_t W_hh."""
-    gates = 1           # blocks of H rows in W_ih and W_hh: LSTM 4 (i, f, g, o), GRU 3 (r, z, n)
+class RNN(_RNNStep, _RNNBase):
+    """Elman RNN, as torch.nn.RNN: the loops of _RNNBase around _RNNStep's formulas."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"RNN: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self._check_nonlinearity(nonlinearity)
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional)
 
-    def _cell(self, gi, gh, h, c):                  # gi, gh: (N, H) -> h_t, c (unused), saved
-        h = np.tanh(gi + gh) if self.nonlinearity == "tanh" else np.maximum(gi + gh, 0)
-        return h, c, (h,)
 
-    def _cell_back(self, dh, dc, W_hh, h):
-        da = dh * (1 - h * h) if self.nonlinearity == "tanh" else dh * (h > 0)
-        return da, da, da @ W_hh.data, dc
+class LSTM(_LSTMStep, _RNNBase):
+    """Long short-term memory, as torch.nn.LSTM: the loops of _RNNBase around _LSTMStep's
+    formulas. hx = (h_0, c_0); after forward .h_n and .c_n, after backward .grad_h0, .grad_c0."""
 
 
-class LSTM(_RNNBase):
-    """Long short-term memory, as torch.nn.LSTM. Per step, i, f, g, o = split(gi_t + gh) (N, 4H):
-        i, f, o = sigmoid(i, f, o);  g = tanh(g);  c_t = f c_{t-1} + i g;  h_t = o tanh(c_t)  (N, H)
-    backward, with dh = dL/dh_t, dc = dL/dc_t:  dc += dh o (1 - tanh(c_t)^2);  dc_{t-1} = dc f;
-        dgi_t = dgh_t = [dc g i (1-i), dc c_{t-1} f (1-f), dc i (1-g^2), dh tanh(c_t) o (1-o)]"""
-    gates = 4
-    c_n = property(lambda self: np.stack([c for *_, runs in self._saved() for *_, c, _ in runs]))
-
-    def _cell(self, gi, gh, h, c):                  # gi, gh: (N, 4H); h, c: (N, H)
-        i, f, g, o = (gi + gh).reshape(-1, 4, self.hidden_size).swapaxes(0, 1)  # 4 (N, H) blocks
-        i, f, o = (0.5 + 0.5 * np.tanh(0.5 * a) for a in (i, f, o))    # sigmoid (no exp overflow)
-        g = np.tanh(g)
-        c_t = f * c + i * g
-        tanh_c = np.tanh(c_t)
-        return o * tanh_c, c_t, (i, f, g, o, c, tanh_c)
-
-    def _cell_back(self, dh, dc, W_hh, i, f, g, o, c, tanh_c):      # c: c_{t-1}
-        dc = dc + dh * o * (1 - tanh_c ** 2)
-        da = np.concatenate([dc * g * i * (1 - i), dc * c * f * (1 - f), dc * i * (1 - g * g),
-                             dh * tanh_c * o * (1 - o)], axis=1)              # (N, 4H)
-        return da, da, da @ W_hh.data, dc * f                  # dh_{t-1} = dgh_t W_hh
+class GRU(_GRUStep, _RNNBase):
+    """Gated recurrent unit, as torch.nn.GRU: the loops of _RNNBase around _GRUStep's formulas."""
 
 
-class GRU(_RNNBase):
-    """Gated recurrent unit, as torch.nn.GRU (layers, directions, loops over t: _RNNBase). Per
-    step, in blocks r, z, n of H columns of gi_t = x_t W_ih^T + b_ih and gh = h_{t-1} W_hh^T + b_hh:
-        r = sigmoid(gi_r + gh_r);  z = sigmoid(gi_z + gh_z);  n = tanh(gi_n + r * gh_n)  (torch's)
-        h_t = (1 - z) n + z h_{t-1}
-    backward, with dh = dL/dh_t:
-        dn = dh (1 - z) (1 - n^2);   dz = dh (h_{t-1} - n) z (1 - z);   dr = dn gh_n r (1 - r)
-        dgi_t = [dr, dz, dn];   dgh_t = [dr, dz, dn r];   dh_{t-1} = dh z + dgh_t W_hh."""
-    gates = 3
+# ── Cells: one time step per call, backpropagation through time by hand ─────
 
-    def _cell(self, gi, gh, h, c):                  # gi, gh: (N, 3H); h: (N, H)
-        H = self.hidden_size
-        rz = 0.5 + 0.5 * np.tanh(0.5 * (gi[:, :2 * H] + gh[:, :2 * H]))       # sigmoid (N, 2H)
-        r, z = rz[:, :H], rz[:, H:]
-        n = np.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
-        return (1 - z) * n + z * h, c, (r, z, n, gh[:, 2 * H:], h)
+class _CellBase(Layer):
+    """RNNCell, LSTMCell, GRUCell: one step per call, by the same step formulas as their layers,
+    with torch's weight_ih (G, F), weight_hh (G, H), bias_ih, bias_hh (G,) (G = gates * H),
+    all ~ U(-1/sqrt(H), 1/sqrt(H)).
+    Calls stack up: each call in training mode is kept, and backward undoes the latest call not
+    yet undone (so calling backward in reverse order is backpropagation through time), returning
+    dL/dx and dL/dh_{t-1} (dL/dc_{t-1}) and adding into the weights' grads. In eval mode calls
+    are not kept (a sampling loop may call the cell thousands of times), and predict or evaluate
+    of a model empties the stack."""
 
-    def _cell_back(self, dh, dc, W_hh, r, z, n, gh_n, h):
-        dn = dh * (1 - z) * (1 - n * n)
-        dr, dz = dn * gh_n * r * (1 - r), dh * (h - n) * z * (1 - z)
-        dgh = np.concatenate([dr, dz, dn * r], axis=1)
-        return np.concatenate([dr, dz, dn], axis=1), dgh, dh * z + dgh @ W_hh.data, dc
+    def __init__(self, input_size, hidden_size, bias=True):
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        G = self.gates * hidden_size
+        bound = 1 / math.sqrt(hidden_size)
+        shapes = {"weight_ih": (G, input_size), "weight_hh": (G, hidden_size), "bias_ih": (G,),
+                  "bias_hh": (G,)}
+        for kind in list(shapes)[:4 if bias else 2]:
+            w = _rng.uniform(-bound, bound, shapes[kind]).astype(np.float32)
+            setattr(self, kind, Parameter(w))
+        self._cache = None                       # the stack of calls not yet undone
+
+    def _call(self, x, h_prev, c_prev):
+        """One step: x (N, F), h_{t-1}, c_{t-1} (N, H) or None (zeros) -> h_t, c_t."""
+        x = _check_input(self, x, 2, self.input_size)
+        shape = (x.shape[0], self.hidden_size)
+        h_prev = _state(self, "h", h_prev, shape, x.dtype)                 # (N, H)
+        if self.cell_state:
+            c_prev = _state(self, "c", c_prev, shape, x.dtype)
+        b_ih = self.bias_ih.data if self.bias else 0
+        b_hh = self.bias_hh.data if self.bias else 0
+        xw = x @ self.weight_ih.data.T + b_ih                              # (N, G)
+        h, c, cache = self._step_forward(xw, h_prev, c_prev, self.weight_hh.data, b_hh)
+        if self.training:
+            self._cache = self._cache or []
+            self._cache.append((x, h_prev, cache))
+        return h, c
+
+    def _undo(self, dh, dc):
+        """Backward of the latest call not yet undone: dL/dh_t, dL/dc_t -> dL/dx, dL/dh_{t-1},
+        dL/dc_{t-1}."""
+        if not self._cache:
+            raise RuntimeError(f"{type(self).__name__}.backward: no call left to undo (each "
+                               "backward undoes one call made in training mode, latest first)")
+        x, h_prev, cache = self._cache.pop()
+        dh = _state(self, "dh", dh, h_prev.shape, h_prev.dtype)           # (N, H)
+        if self.cell_state:
+            dc = _state(self, "dc", dc, h_prev.shape, h_prev.dtype)
+        dxw, dhw, dh_prev, dc_prev = self._step_backward(dh, dc, cache, self.weight_hh.data)
+        self.weight_ih.grad += dxw.T @ x                                   # (G, F)
+        self.weight_hh.grad += dhw.T @ h_prev                              # (G, H)
+        if self.bias:
+            self.bias_ih.grad += dxw.sum(axis=0)
+            self.bias_hh.grad += dhw.sum(axis=0)
+        return dxw @ self.weight_ih.data, dh_prev, dc_prev
+
+    def forward(self, x, hx=None):
+        """h_t = cell(x, h_{t-1}): x (N, F), hx (N, H) or None (zeros) -> (N, H)."""
+        h, _ = self._call(x, hx, None)
+        return h
+
+    def backward(self, dh):
+        """dL/dh_t -> (dL/dx, dL/dh_{t-1}) of the latest call not yet undone."""
+        dx, dh_prev, _ = self._undo(dh, None)
+        return dx, dh_prev
+
+
+class RNNCell(_RNNStep, _CellBase):
+    """One step of an Elman RNN, as torch.nn.RNNCell: h = cell(x, h); dx, dh = cell.backward(dh).
+    Formulas: _RNNStep; the stack of calls: _CellBase."""
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh"):
+        self._check_nonlinearity(nonlinearity)
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, bias)
+
+
+class LSTMCell(_LSTMStep, _CellBase):
+    """One step of an LSTM, as torch.nn.LSTMCell: h, c = cell(x, (h, c));
+    dx, dh, dc = cell.backward(dh, dc). Formulas: _LSTMStep; the stack of calls: _CellBase."""
+
+    def forward(self, x, hx=None):
+        """x (N, F), hx = (h_{t-1}, c_{t-1}) (N, H) each, or None (zeros) -> h_t, c_t."""
+        if hx is None:
+            hx = (None, None)
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise ValueError(f"LSTMCell: expected hx = (h, c) or None, got {type(hx).__name__}")
+        return self._call(x, hx[0], hx[1])
+
+    def backward(self, dh, dc=None):
+        """dL/dh_t, dL/dc_t (None: 0) -> (dL/dx, dL/dh_{t-1}, dL/dc_{t-1}) of the latest call."""
+        return self._undo(dh, dc)
+
+
+class GRUCell(_GRUStep, _CellBase):
+    """One step of a GRU, as torch.nn.GRUCell: h = cell(x, h); dx, dh = cell.backward(dh).
+    Formulas: _GRUStep; the stack of calls: _CellBase."""
 
 
 class LastStep(Layer):
@@ -793,24 +1099,55 @@ class GELU(Layer):
         return grad * self._saved()
 
 
-def _check_tokens(layer, x, features, batch_first):
-    """x as an array, if (N, T, E = features) ((T, N, E) if not batch_first) with T >= 1."""
+def _check_tokens(layer, x, features, batch_first, name="input", like=None):
+    """x as an array, if (N, T, E = features) ((T, N, E) if not batch_first) with T >= 1 tokens
+    and, given like = (its name, an array of the same layout), like's N; else a ValueError."""
     x, layout = np.asarray(x), "(N, T, E)" if batch_first else "(T, N, E)"
-    if x.ndim != 3 or x.shape[2] != features or x.shape[1 if batch_first else 0] == 0:
-        raise ValueError(f"{type(layer).__name__}: expected a 3-D input {layout} with "
-                         f"E = {features} and T >= 1 tokens, got shape {x.shape}")
+    axis = 1 if batch_first else 0                                    # T's; N's is 1 - axis
+    n = like and np.shape(like[1])[1 - axis]                          # like's N, or None
+    if (x.ndim != 3 or x.shape[2] != features or x.shape[axis] == 0
+            or n not in (None, x.shape[1 - axis])):
+        same_n = f", N = {n} as {like[0]} {np.shape(like[1])}" if like else ""
+        raise ValueError(f"{type(layer).__name__}: expected a 3-D {name} {layout} with "
+                         f"E = {features}{same_n} and T >= 1 tokens, got shape {x.shape}")
     return x
 
 
+def _masks(layer, n, t_q, t_k, heads, **masks):
+    """The masks given, checked (bool or float; (N, S) if a key_padding_mask, else (L, S) or
+    (N * heads, L, S); a ValueError naming it otherwise), as what they add to the scores
+    (N, heads, L, S) (broadcast): -inf where a bool mask is True (not allowed), a float as it is."""
+    added = []
+    for name, mask in masks.items():
+        if mask is None:
+            continue
+        mask, padding = np.asarray(mask), name.endswith("key_padding_mask")
+        shapes = [(n, t_k)] if padding else [(t_q, t_k), (n * heads, t_q, t_k)]
+        if mask.shape not in shapes or mask.dtype.kind not in "bf":
+            raise ValueError(f"{type(layer).__name__}: {name} must be a bool or float array of "
+                             f"shape {' or '.join(map(str, shapes))}, got {mask.dtype} of shape "
+                             f"{mask.shape}")
+        mask = np.where(mask, -np.inf, 0) if mask.dtype == bool else mask
+        shape = (n, 1, 1, t_k) if padding else (-1, heads if mask.ndim == 3 else 1, t_q, t_k)
+        added.append(mask.reshape(shape))
+    return added
+
+
 class MultiheadAttention(Layer):
-    """Self-attention, as torch.nn.MultiheadAttention's mha(x, x, x), x: (N, T, E) if batch_first
-    else (T, N, E). [q, k, v] = x W_in^T + b_in, split into h = num_heads heads of hs = E / h;
-    A = softmax(q k^T / sqrt(hs) + M) over keys (N, h, T, T), M = -inf above the diagonal if
-    causal, else 0;  D = dropout(A);  o = D v, heads concatenated;  y = o W_out^T + b_out.
-    backward: do = dy W_out;  dD = do v^T,  dv = D^T do,  dA = dropout'(dD),
-    dS = A * (dA - sum_keys dA * A),  dq = dS k / sqrt(hs),  dk = dS^T q / sqrt(hs);
-    dW_in = dqkv^T x,  dx = dqkv W_in (b_in, W_out, b_out: as a Linear's). Init as torch: W_in
-    Xavier-uniform, W_out U(+-1/sqrt(E)), biases 0. .attn_weights: A's mean over heads (N, T, T)."""
+    """As torch.nn.MultiheadAttention: y = mha(query, key, value): (N, L, E), (N, S, E), (N, S, E)
+    if batch_first else (L, N, E), (S, N, E), (S, N, E); key and value None: self-attention.
+    q = query W_q^T + b_q, k = key W_k^T + b_k, v = value W_v^T + b_v ([W_q; W_k; W_v] = W_in
+    (3E, E); self-attention: one product x W_in^T), split into h = num_heads heads of hs = E / h;
+    A = softmax(q k^T / sqrt(hs) + M) over keys (N, h, L, S), M the masks' sum: attn_mask (L, S)
+    or (N * h, L, S), key_padding_mask (N, S) (bool: -inf where True; float: as it is), the causal
+    mask (-inf above the diagonal) if is_causal or causal;  D = dropout(A);  o = D v, heads
+    concatenated;  y = o W_out^T + b_out.   backward: do = dy W_out;  dD = do v^T,  dv = D^T do,
+    dA = dropout'(dD),  dS = A * (dA - sum_keys dA * A),  dq = dS k / sqrt(hs),
+    dk = dS^T q / sqrt(hs);  dW_q = dq^T query,  dquery = dq W_q (k, v alike): returns dquery,
+    leaves .grad_key, .grad_value (self-attention: dx = their sum, in one product; they are None).
+    b_in, W_out, b_out: as a Linear's. Init as torch: W_in Xavier-uniform, W_out U(+-1/sqrt(E)),
+    biases 0. .attn_weights: A's mean over heads (N, L, S), or A (N, h, L, S). A query with all its
+    keys masked: ValueError (torch returns NaN)."""
 
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, batch_first=False,
                  causal=False):
@@ -830,44 +1167,73 @@ class MultiheadAttention(Layer):
         return [(k.replace("out_proj_", "out_proj."), p) for k, p in vars(self).items()
                 if hasattr(p, "grad")]
 
-    def forward(self, x):
-        x = _check_tokens(self, x, self.embed_dim, self.batch_first)
-        x = x if self.batch_first else x.transpose(1, 0, 2)                  # (N, T, E)
-        (n, t, e), h = x.shape, self.num_heads
-        qkv = x.reshape(n * t, e) @ self.in_proj_weight.data.T               # (N T, 3E)
-        qkv += 0 if self.in_proj_bias is None else self.in_proj_bias.data
-        q, k, v = qkv.reshape(n, t, 3, h, e // h).transpose(2, 0, 3, 1, 4)  # each (N, h, T, hs)
-        s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(e // h)                  # (N, h, T, T)
-        if self.causal:
-            s += np.triu(np.full((t, t), -np.inf, s.dtype), 1)
-        a = np.exp(s - s.max(axis=-1, keepdims=True))
+    def forward(self, query, key=None, value=None, key_padding_mask=None, attn_mask=None,
+                is_causal=False, average_attn_weights=True):
+        e, h, hs = self.embed_dim, self.num_heads, self.embed_dim // self.num_heads
+        cross = key is not None or value is not None
+        x = _check_tokens(self, query, e, self.batch_first, "query" if cross else "input")
+        inputs = [x]                # what the in-projection multiplies: x by all of W_in, or
+        if cross:                   # query, key, value by W_q, W_k, W_v
+            key = _check_tokens(self, key, e, self.batch_first, "key", ("query", x))
+            value = _check_tokens(self, value, e, self.batch_first, "value", ("query", x))
+            if key.shape != value.shape:
+                raise ValueError(f"MultiheadAttention: key and value must have the same shape, "
+                                 f"got key {key.shape} and value {value.shape}")
+            inputs += [key, value]
+        inputs = [u if self.batch_first else u.transpose(1, 0, 2) for u in inputs]  # (N, T, E)
+        (n, t_q, _), t_k = inputs[0].shape, inputs[-1].shape[1]                # L, S
+        causal = np.triu(np.ones((t_q, t_k), bool), 1) if is_causal or self.causal else None
+        masks = _masks(self, n, t_q, t_k, h, attn_mask=attn_mask,
+                       key_padding_mask=key_padding_mask, causal=causal)
+        heads, rows = [], 3 * e // len(inputs)              # q, k, v: (N, h, T, hs) each
+        for i, u in enumerate(inputs):                      # W_in's rows i * rows, ...
+            r = slice(i * rows, (i + 1) * rows)
+            proj = u.reshape(-1, e) @ self.in_proj_weight.data[r].T          # (N T, 3E or E)
+            proj += 0 if self.in_proj_bias is None else self.in_proj_bias.data[r]
+            heads += list(proj.reshape(n, u.shape[1], -1, h, hs).transpose(2, 0, 3, 1, 4))
+        q, k, v = heads
+        s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hs)                      # (N, h, L, S)
+        for mask in masks:
+            s += mask
+        s_max = s.max(axis=-1, keepdims=True)
+        if masks and np.isneginf(s_max).any():
+            raise ValueError("MultiheadAttention: a query has all its keys masked (its softmax "
+                             "is 0/0; torch returns NaN): leave each query at least one key")
+        a = np.exp(s - s_max)
         a /= a.sum(axis=-1, keepdims=True)
-        self.attn_weights = a.mean(axis=1)                                   # (N, T, T)
+        self.attn_weights = a.mean(axis=1) if average_attn_weights else a    # (N, [h,] L, S)
         p = self.dropout if self.training else 0                             # dropout(A) = A keep
         keep = (_rng.random(a.shape, dtype=np.float32) >= p) / a.dtype.type(1 - p) if p else 1
-        o = (a * keep @ v).transpose(0, 2, 1, 3).reshape(n * t, e)           # (N T, E)
-        self._cache = x, o, q, k, v, a, keep
+        o = (a * keep @ v).transpose(0, 2, 1, 3).reshape(n * t_q, e)         # (N L, E)
+        self._cache = inputs, o, q, k, v, a, keep
         y = o @ self.out_proj_weight.data.T
-        y = (y + (0 if self.out_proj_bias is None else self.out_proj_bias.data)).reshape(n, t, e)
+        y = (y + (0 if self.out_proj_bias is None else self.out_proj_bias.data)).reshape(n, t_q, e)
         return y if self.batch_first else y.transpose(1, 0, 2)
 
     def backward(self, grad):
-        x, o, q, k, v, a, keep = self._saved()
-        (n, t, e), h = x.shape, self.num_heads
-        grad = (grad if self.batch_first else grad.transpose(1, 0, 2)).reshape(n * t, e)
+        inputs, o, q, k, v, a, keep = self._saved()
+        (n, t_q, e), h = inputs[0].shape, self.num_heads
+        grad = (grad if self.batch_first else grad.transpose(1, 0, 2)).reshape(n * t_q, e)
         self.out_proj_weight.grad += grad.T @ o
-        do = (grad @ self.out_proj_weight.data).reshape(n, t, h, e // h).transpose(0, 2, 1, 3)
-        dd = do @ v.transpose(0, 1, 3, 2)                                    # (N, h, T, T)
-        dv = (a * keep).transpose(0, 1, 3, 2) @ do                           # (N, h, T, hs)
+        do = (grad @ self.out_proj_weight.data).reshape(n, t_q, h, e // h).transpose(0, 2, 1, 3)
+        dd = do @ v.transpose(0, 1, 3, 2)                                    # (N, h, L, S)
+        dv = (a * keep).transpose(0, 1, 3, 2) @ do                           # (N, h, S, hs)
         ds = a * (dd * keep - (dd * keep * a).sum(axis=-1, keepdims=True)) / math.sqrt(e // h)
-        dqkv = np.stack([ds @ k, ds.transpose(0, 1, 3, 2) @ q, dv], axis=2)  # (N, h, 3, T, hs)
-        dqkv = dqkv.transpose(0, 3, 2, 1, 4).reshape(n * t, 3 * e)
-        self.in_proj_weight.grad += dqkv.T @ x.reshape(n * t, e)
-        for b, g in ((self.in_proj_bias, dqkv), (self.out_proj_bias, grad)):
-            if b is not None:
-                b.grad += g.sum(axis=0)
-        dx = (dqkv @ self.in_proj_weight.data).reshape(n, t, e)
-        return dx if self.batch_first else dx.transpose(1, 0, 2)
+        dqkv = [ds @ k, ds.transpose(0, 1, 3, 2) @ q, dv]                    # (N, h, T, hs) each
+        dqkv = [np.stack(dqkv, axis=2)] if len(inputs) == 1 else [d[:, :, None] for d in dqkv]
+        grads, rows = [], 3 * e // len(inputs)
+        for i, (u, d) in enumerate(zip(inputs, dqkv)):
+            r = slice(i * rows, (i + 1) * rows)
+            d = d.transpose(0, 3, 2, 1, 4).reshape(-1, rows)                 # (N T, 3E or E)
+            self.in_proj_weight.grad[r] += d.T @ u.reshape(-1, e)
+            if self.in_proj_bias is not None:
+                self.in_proj_bias.grad[r] += d.sum(axis=0)
+            du = (d @ self.in_proj_weight.data[r]).reshape(u.shape)          # (N, T, E)
+            grads.append(du if self.batch_first else du.transpose(1, 0, 2))
+        if self.out_proj_bias is not None:
+            self.out_proj_bias.grad += grad.sum(axis=0)
+        self.grad_key, self.grad_value = grads[1:] or (None, None)
+        return grads[0]
 
 
 class TransformerEncoderLayer(Layer):
@@ -875,52 +1241,122 @@ class TransformerEncoderLayer(Layer):
     sa(x) = dropout1(self_attn(x)),  ff(x) = dropout2(linear2(dropout(activation(linear1(x))))).
     post-norm (norm_first=False):  h = norm1(x + sa(x)),  y = norm2(h + ff(h)).
     pre-norm (norm_first=True):    h = x + sa(norm1(x)),  y = h + ff(norm2(h)).  backward: the
-    sublayers' backward in reverse order; a residual x + f(x) gives dx = dy + f'(dy)."""
+    sublayers' backward in reverse order; a residual x + f(x) gives dx = dy + f'(dy).
+    forward(src, src_mask, src_key_padding_mask, is_causal): self_attn's attn_mask (T, T) or
+    (N * nhead, T, T), key_padding_mask (N, T), is_causal; causal=True: always causal (GPT)."""
 
     def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1, activation="relu",
-                 layer_norm_eps=1e-5, batch_first=False, norm_first=False):
+                 layer_norm_eps=1e-5, batch_first=False, norm_first=False, causal=False):
         if activation not in ("relu", "gelu"):
             raise ValueError(f"TransformerEncoderLayer: activation must be 'relu' or 'gelu', "
                              f"got {activation!r}")
         self.d_model, self.nhead, self.dim_feedforward = d_model, nhead, dim_feedforward
         self.dropout, self.activation, self.layer_norm_eps = dropout, activation, layer_norm_eps
         self.batch_first, self.norm_first, d, f = batch_first, norm_first, d_model, dim_feedforward
+        self.causal = causal
         self.self_attn = MultiheadAttention(d, nhead, dropout, batch_first=batch_first)
         self.linear1, self.linear2 = Linear(d, f), Linear(f, d)
         self.norm1, self.norm2 = LayerNorm(d, layer_norm_eps), LayerNorm(d, layer_norm_eps)
         self.dropout1, self.dropout2 = Dropout(dropout), Dropout(dropout)
         act = ReLU() if activation == "relu" else GELU()
-        self.sa = [self.self_attn, self.dropout1]                            # the two branches
-        self.ff = [self.linear1, act, Dropout(dropout), self.linear2, self.dropout2]
+        self._sa = [self.self_attn, self.dropout1]                           # the two branches
+        self._ff = [self.linear1, act, Dropout(dropout), self.linear2, self.dropout2]
 
-    def parameters(self):             # the sublayers' in torch's order: self_attn, linear1, ...
-        return [p for v in vars(self).values() if isinstance(v, Layer) for p in v.parameters()]
-
-    def train(self, mode=True):
-        for layer in self.sa + self.ff + [self.norm1, self.norm2]:
+    def train(self, mode=True):       # the sublayers, and those only in _ff: activation, dropout
+        for layer in [v for v in vars(self).values() if isinstance(v, Layer)] + self._ff:
             layer.train(mode)
-        return super().train(mode)
+        return Layer.train(self, mode)
 
-    def forward(self, x):
-        x, run = _check_tokens(self, x, self.d_model, self.batch_first), self._chain
-        if self.norm_first:
-            h = x + run(self.sa, self.norm1.forward(x))
-            return h + run(self.ff, self.norm2.forward(h))
-        h = self.norm1.forward(x + run(self.sa, x))
-        return self.norm2.forward(h + run(self.ff, h))
+    def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
+        x = _check_tokens(self, src, self.d_model, self.batch_first, "src")
+        n, t = x.shape[:2] if self.batch_first else x.shape[1::-1]
+        _masks(self, n, t, t, self.nhead, src_mask=src_mask,
+               src_key_padding_mask=src_key_padding_mask)
+        h = self._block(self.norm1, self._sa, x, attn_mask=src_mask,
+                        key_padding_mask=src_key_padding_mask, is_causal=is_causal or self.causal)
+        return self._block(self.norm2, self._ff, h)
 
     def backward(self, grad):
+        dh = self._block_back(self.norm2, self._ff, grad)
+        return self._block_back(self.norm1, self._sa, dh)
+
+    def _block(self, norm, layers, x, *args, **kwargs):
+        """norm(x + f(x)), or x + f(norm(x)) if norm_first; f: the layers in order, args and
+        kwargs going to the first (the attention: memory, masks)."""
+        def f(x):
+            return self._chain(layers[1:], layers[0].forward(x, *args, **kwargs))
+        return x + f(norm.forward(x)) if self.norm_first else norm.forward(x + f(x))
+
+    def _block_back(self, norm, layers, grad):    # the residual's dy goes to x and through f
         if self.norm_first:
-            dh = grad + self.norm2.backward(self._chain(self.ff, grad, back=True))
-            return dh + self.norm1.backward(self._chain(self.sa, dh, back=True))
-        dz = self.norm2.backward(grad)
-        dh = self.norm1.backward(dz + self._chain(self.ff, dz, back=True))
-        return dh + self._chain(self.sa, dh, back=True)
+            return grad + norm.backward(self._chain(layers, grad, back=True))
+        dz = norm.backward(grad)
+        return dz + self._chain(layers, dz, back=True)
 
     def _chain(self, layers, x, back=False):  # the layers' forward in order, or backward reversed
         for layer in reversed(layers) if back else layers:
             x = layer.backward(x) if back else layer.forward(x)
         return x
+
+
+class TransformerDecoderLayer(Layer):
+    """As torch.nn.TransformerDecoderLayer (same sublayers and keys): tgt x, y: (N, L, E) or
+    (L, N, E); memory m (the encoder's output): (N, S, E) or (S, N, E).
+    sa(x) = dropout1(self_attn(x, tgt masks)),  ca(x) = dropout2(multihead_attn(x, m, m, memory
+    masks)),  ff(x) = dropout3(linear2(dropout(activation(linear1(x))))).
+    post-norm (norm_first=False):  h = norm1(x + sa(x)),  g = norm2(h + ca(h)),
+                                   y = norm3(g + ff(g)).
+    pre-norm (norm_first=True):    h = x + sa(norm1(x)),  g = h + ca(norm2(h)),
+                                   y = g + ff(norm3(g)).
+    backward(dy) returns dtgt and leaves .grad_memory = dkey + dvalue of multihead_attn.
+    Masks: tgt_mask (L, L) or (N * nhead, L, L), memory_mask (L, S) or (N * nhead, L, S),
+    tgt_key_padding_mask (N, L), memory_key_padding_mask (N, S): bool (True = not allowed) or
+    float (added to the scores); tgt_is_causal, memory_is_causal: the flag alone applies the
+    causal mask."""
+
+    def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1, activation="relu",
+                 layer_norm_eps=1e-5, batch_first=False, norm_first=False):
+        if activation not in ("relu", "gelu"):
+            raise ValueError(f"TransformerDecoderLayer: activation must be 'relu' or 'gelu', "
+                             f"got {activation!r}")
+        self.d_model, self.nhead, self.dim_feedforward = d_model, nhead, dim_feedforward
+        self.dropout, self.activation, self.layer_norm_eps = dropout, activation, layer_norm_eps
+        self.batch_first, self.norm_first, d, f = batch_first, norm_first, d_model, dim_feedforward
+        self.self_attn = MultiheadAttention(d, nhead, dropout, batch_first=batch_first)
+        self.multihead_attn = MultiheadAttention(d, nhead, dropout, batch_first=batch_first)
+        self.linear1, self.linear2 = Linear(d, f), Linear(f, d)
+        self.norm1, self.norm2, self.norm3 = [LayerNorm(d, layer_norm_eps) for _ in range(3)]
+        self.dropout1, self.dropout2, self.dropout3 = [Dropout(dropout) for _ in range(3)]
+        act = ReLU() if activation == "relu" else GELU()
+        self._sa = [self.self_attn, self.dropout1]                          # the three branches
+        self._ca = [self.multihead_attn, self.dropout2]
+        self._ff = [self.linear1, act, Dropout(dropout), self.linear2, self.dropout3]
+
+    train = TransformerEncoderLayer.train
+    _block, _block_back = TransformerEncoderLayer._block, TransformerEncoderLayer._block_back
+    _chain = TransformerEncoderLayer._chain           # the encoder's blocks, as they are
+
+    def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
+                memory_key_padding_mask=None, tgt_is_causal=False, memory_is_causal=False):
+        x = _check_tokens(self, tgt, self.d_model, self.batch_first, "tgt")
+        m = _check_tokens(self, memory, self.d_model, self.batch_first, "memory", ("tgt", x))
+        n, t = x.shape[:2] if self.batch_first else x.shape[1::-1]
+        s = m.shape[1 if self.batch_first else 0]
+        _masks(self, n, t, t, self.nhead, tgt_mask=tgt_mask,
+               tgt_key_padding_mask=tgt_key_padding_mask)
+        _masks(self, n, t, s, self.nhead, memory_mask=memory_mask,
+               memory_key_padding_mask=memory_key_padding_mask)
+        h = self._block(self.norm1, self._sa, x, attn_mask=tgt_mask,
+                        key_padding_mask=tgt_key_padding_mask, is_causal=tgt_is_causal)
+        g = self._block(self.norm2, self._ca, h, m, m, attn_mask=memory_mask,
+                        key_padding_mask=memory_key_padding_mask, is_causal=memory_is_causal)
+        return self._block(self.norm3, self._ff, g)
+
+    def backward(self, grad):
+        dg = self._block_back(self.norm3, self._ff, grad)
+        dh = self._block_back(self.norm2, self._ca, dg)
+        self.grad_memory = self.multihead_attn.grad_key + self.multihead_attn.grad_value
+        return self._block_back(self.norm1, self._sa, dh)
 
 
 class PositionalEmbedding(Layer):
@@ -974,13 +1410,16 @@ class MeanOverSteps(Layer):
 class Loss:
     """Base class: `loss(pred, target)` is `loss.forward(pred, target)`; backward() -> dloss/dpred.
 
-    Each loss is made of terms, one per sample (CrossEntropyLoss, NLLLoss) or per element
-    (MSELoss, BCEWithLogitsLoss). reduction, as torch: "mean" (the default) averages them,
-    "sum" adds them (forward returns a float), "none" returns the array of terms. backward(grad)
-    chains the rule: grad is dL/d(what forward returned), 1 by default; with "none" an array
-    of the terms' shape (ones by default: the gradient of their sum).
-    A subclass's forward computes the terms and returns `self._reduce(terms)`; `_grad()` gives
-    d term / d pred (the terms' gradients, pred's shape).
+    Each loss is made of terms, one per position (CrossEntropyLoss, NLLLoss: one per sample, or
+    per sample and step) or per element (MSELoss, BCEWithLogitsLoss). reduction, as torch:
+        "mean" (the default): sum(terms) / denominator, the number of terms unless the loss says
+               otherwise (CrossEntropyLoss with class weights or ignored targets);
+        "sum":  sum(terms) (forward returns a float);
+        "none": the array of terms.
+    backward(grad) chains the rule: grad is dL/d(what forward returned), 1 by default; with
+    "none" an array of the terms' shape (ones by default: the gradient of their sum).
+    A subclass's forward computes the terms and returns `self._reduce(terms)` (or
+    `self._reduce(terms, denominator)`); `_grad()` gives d term / d pred (pred's shape).
     `hint`: the usual causes of a loss that becomes NaN or infinite (fit's error message)."""
     hint = "a learning rate too large (try one 10x smaller) or inputs that are not standardised"
     _cache = None             # what forward keeps for backward
@@ -994,97 +1433,227 @@ class Loss:
     def __call__(self, pred, target):
         return self.forward(pred, target)
 
+    def config(self):
+        """{"class": name, "kwargs": constructor arguments} read back from the attributes of the
+        same names (arrays as lists): what Sequential.save writes to rebuild the loss."""
+        kwargs = {}
+        for arg, _ in _init_args(type(self)):
+            if hasattr(self, arg):                         # a subclass may skip our __init__
+                value = getattr(self, arg)
+                kwargs[arg] = value.tolist() if isinstance(value, np.ndarray) else value
+        return {"class": type(self).__name__, "kwargs": kwargs}
+
     def __repr__(self):
-        reduction = getattr(self, "reduction", "mean")      # a subclass may skip our __init__
-        args = "" if reduction == "mean" else f"reduction={reduction!r}"
-        return f"{type(self).__name__}({args})"
+        defaults = {arg: spec.default for arg, spec in _init_args(type(self))}
+        args = [f"{k}={v!r}" for k, v in self.config()["kwargs"].items() if v != defaults[k]]
+        return f"{type(self).__name__}({', '.join(args)})"
 
     def _saved(self):                  # what forward cached; a clear error if it has not run
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         return self._cache
 
-    def _reduce(self, terms):
-        """The terms -> their mean or sum (a float), or themselves ("none"); notes their shape."""
+    def _reduce(self, terms, denominator=None):
+        """The terms -> sum / denominator ("mean"; the number of terms by default), their sum
+        ("sum") or themselves ("none"). Notes the terms' shape and the denominator for backward.
+        A zero denominator gives 0 / 0 = NaN, as torch (e.g. every target ignored)."""
         self._terms_shape = terms.shape
+        self._denominator = terms.size if denominator is None else denominator
         if self.reduction == "none":
             return terms
-        return float(terms.mean() if self.reduction == "mean" else terms.sum())
+        total = terms.sum()
+        if self.reduction == "sum":
+            return float(total)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(total / total.dtype.type(self._denominator))
 
     def backward(self, grad=None):
-        """dloss/dpred = d term / d pred (divided by the number of terms for "mean"), times grad."""
+        """dloss/dpred = d term / d pred (divided by the denominator for "mean"), times grad.
+        With "none", grad has the terms' shape: pred's, or pred's without its class axis 1
+        (one term per position), then it is spread over the classes."""
         d, shape = self._grad(), self._terms_shape
         if self.reduction == "mean":
-            d /= d.dtype.type(math.prod(shape))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                d /= d.dtype.type(self._denominator)
         if grad is None:
             return d
         grad, want = np.asarray(grad, d.dtype), shape if self.reduction == "none" else ()
         if grad.shape != want:
             raise ValueError(f"{type(self).__name__}.backward: expected grad of the shape forward "
                              f"returned, {want}, got {grad.shape}")
-        return d * grad.reshape(want + (1,) * (d.ndim - len(want)))
+        if 0 < grad.ndim < d.ndim:
+            grad = np.expand_dims(grad, 1)                 # (N, d1, ...) -> (N, 1, d1, ...)
+        return d * grad
 
-    def _check_labels(self, pred, target):
-        """pred (N, C) and integer labels (N,) in [0, C), else a ValueError/TypeError naming
-        the loss."""
+
+def _class_weight(loss, weight):
+    """A class weight (a list, NumPy array or torch tensor of C numbers) as a float64 array, or
+    None; a ValueError naming the loss unless it is 1-D."""
+    if weight is None:
+        return None
+    weight = np.array(_plain(weight), dtype=np.float64)
+    if weight.ndim != 1:
+        raise ValueError(f"{type(loss).__name__}: expected a 1-D class weight (one number per "
+                         f"class), got shape {weight.shape}")
+    return weight
+
+
+class _WeightedLoss(Loss):
+    """What CrossEntropyLoss and NLLLoss share (torch's _WeightedLoss): pred (N, C) or
+    (N, C, d1, ...) with the classes on axis 1, integer labels t of shape (N,) or (N, d1, ...);
+    one term per position i (a sample, and its d1, ... indices), 0 where t_i == ignore_index.
+
+        w[c]: the class weight (1 without `weight`);  counted_i = (t_i != ignore_index)
+        "mean": sum_i term_i / sum_i counted_i w[t_i]   (the number of counted positions when
+                unweighted; 0 / 0 = NaN when every target is ignored, as torch)
+    The gradient is exactly 0 at ignored positions."""
+
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean"):
+        super().__init__(reduction)
+        self.weight = _class_weight(self, weight)
+        self.ignore_index = ignore_index
+
+    def _targets(self, pred, target):
+        """Checked pred (float) and target, and per position: the label (0 where ignored: any
+        class will do, its weight is 0), its weight w[t] (0 where ignored), the counted mask
+        and the class weights w (C,) in pred's dtype."""
         name, pred, target = type(self).__name__, np.asarray(pred), np.asarray(target)
-        if pred.ndim != 2:
-            raise ValueError(f"{name}: expected pred of shape (N, C), got {pred.shape}")
-        if target.shape != pred.shape[:1]:
-            raise ValueError(f"{name}: expected target of shape ({pred.shape[0]},) for pred "
+        if pred.ndim < 2:
+            raise ValueError(f"{name}: expected pred of shape (N, C) or (N, C, d1, ...), "
+                             f"got {pred.shape}")
+        if not np.issubdtype(pred.dtype, np.floating):
+            pred = pred.astype(np.float64)                 # Python lists of ints: compute in float
+        positions = pred.shape[:1] + pred.shape[2:]        # pred's shape without the class axis
+        if target.shape != positions:
+            raise ValueError(f"{name}: expected target of shape {positions} for pred "
                              f"{pred.shape}, got {target.shape}")
         if not np.issubdtype(target.dtype, np.integer):
             raise TypeError(f"{name}: expected integer class labels, got dtype {target.dtype}")
-        if target.size and (target.min() < 0 or target.max() >= pred.shape[1]):
-            raise ValueError(f"{name}: labels must be in [0, {pred.shape[1]}), "
-                             f"got min {target.min()} max {target.max()}")
-        return pred, target
+        classes = pred.shape[1]
+        counted = target != self.ignore_index                               # (N, d1, ...)
+        labels = target[counted]
+        if labels.size and (labels.min() < 0 or labels.max() >= classes):
+            raise ValueError(f"{name}: labels must be in [0, {classes}), got min {labels.min()} "
+                             f"max {labels.max()} (among the targets not equal to ignore_index="
+                             f"{self.ignore_index})")
+        if self.weight is not None and self.weight.shape != (classes,):
+            raise ValueError(f"{name}: expected a class weight of shape ({classes},), one per "
+                             f"class of pred {pred.shape}, got {self.weight.shape}")
+        w = np.ones(classes, pred.dtype) if self.weight is None else self.weight.astype(pred.dtype)
+        label = np.where(counted, target, 0)                                 # (N, d1, ...)
+        label_weight = np.where(counted, w[label], 0)                        # (N, d1, ...)
+        return pred, label, label_weight, counted, w
+
+    def _denominator_of(self, label_weight, counted):
+        """sum of w[t_i] over counted positions; their number when there is no class weight."""
+        return counted.sum() if self.weight is None else label_weight.sum()
+
+    def backward(self, grad=None):
+        d = super().backward(grad)
+        # exactly 0 at ignored positions, as torch: also where the mean is 0 / 0 or grad is NaN
+        _, _, _, counted, _ = self._saved()
+        if not counted.all():
+            np.copyto(d, 0, where=~np.expand_dims(counted, 1))
+        return d
 
 
-class CrossEntropyLoss(Loss):
-    """term_n = logsumexp(x_n) - x_n[t_n]  (log-softmax and NLL fused, stable), one per sample.
+def _pick(logp, label):
+    """logp[n, label[n, ...], ...]: the log-probability of each position's label (class axis 1)."""
+    return np.take_along_axis(logp, np.expand_dims(label, 1), axis=1)[:, 0]
 
-    pred: logits (N, C); target: int labels (N,).  d term_n / d x_n = softmax(x_n) - onehot(t_n);
-    "mean" divides by N.
+
+class CrossEntropyLoss(_WeightedLoss):
+    """Cross-entropy on logits, log-softmax fused in (stable), torch's weights and smoothing.
+
+    logits x (N, C) or (N, C, d1, ...); labels t (N,) or (N, d1, ...); at each position i:
+        logp_i = log_softmax(x_i) over the C classes (axis 1)
+        q_i[c] = (1 - eps) w[t_i] [c == t_i] + eps / C w[c]       the smoothed, weighted target
+        term_i = -sum_c q_i[c] logp_i[c]
+               = (1 - eps) w[t_i] (-logp_i[t_i]) + eps / C sum_c w[c] (-logp_i[c])
+        term_i = 0 where t_i == ignore_index
+        "mean": sum_i term_i / sum_i counted_i w[t_i]   (both parts over the same denominator;
+                the number of counted positions without weight)
+        d term_i / d x_i = (sum_c q_i[c]) softmax(x_i) - q_i
+    eps = label_smoothing, w = weight (1 without). Without weight and smoothing: term_i =
+    -logp_i[t_i] and d term_i / d x_i = softmax(x_i) - onehot(t_i).
     """
 
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+        super().__init__(weight, ignore_index, reduction)
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"CrossEntropyLoss: expected label_smoothing in [0, 1], "
+                             f"got {label_smoothing!r}")
+        self.label_smoothing = label_smoothing
+
     def forward(self, pred, target):
-        pred, target = self._check_labels(pred, target)
-        logp = _log_softmax(pred, 1)
-        self._cache = logp, target
-        return self._reduce(-logp[np.arange(len(target)), target])
+        pred, label, label_weight, counted, w = self._targets(pred, target)
+        logp = _log_softmax(pred, 1)                                         # (N, C, d1, ...)
+        eps, classes = self.label_smoothing, pred.shape[1]
+        terms = (1 - eps) * label_weight * -_pick(logp, label)               # (N, d1, ...)
+        if eps:
+            class_weight = w.reshape((1, classes) + (1,) * (logp.ndim - 2))  # (1, C, 1, ...)
+            smooth = -(class_weight * logp).sum(axis=1)                      # (N, d1, ...)
+            terms += eps / classes * np.where(counted, smooth, 0)
+        self._cache = logp, label, label_weight, counted, w
+        return self._reduce(terms, self._denominator_of(label_weight, counted))
 
     def _grad(self):
-        logp, target = self._saved()
-        grad = np.exp(logp)
-        grad[np.arange(len(target)), target] -= 1
+        logp, label, label_weight, counted, w = self._saved()
+        eps, classes = self.label_smoothing, logp.shape[1]
+        label = np.expand_dims(label, 1)                                     # (N, 1, d1, ...)
+        label_weight = np.expand_dims(label_weight, 1)                       # (N, 1, d1, ...)
+        counted = np.expand_dims(counted, 1)                                 # (N, 1, d1, ...)
+        # (sum_c q_i[c]) softmax(x_i) - q_i, q_i the smoothed, weighted target (0 if ignored):
+        # sum_c q_i[c] = (1 - eps) w[t_i] + eps / C sum(w)
+        q_total = (1 - eps) * label_weight + eps / classes * w.sum() * counted  # (N, 1, d1, ...)
+        grad = q_total * np.exp(logp)                                        # (N, C, d1, ...)
+        if eps:
+            class_weight = w.reshape((1, classes) + (1,) * (logp.ndim - 2))  # (1, C, 1, ...)
+            grad -= eps / classes * class_weight * counted
+        # and q_i's (1 - eps) w[t_i] at the label: grad[i, t_i] -= (1 - eps) w[t_i]
+        at_label = np.take_along_axis(grad, label, axis=1) - (1 - eps) * label_weight
+        np.put_along_axis(grad, label, at_label, axis=1)
         return grad
 
 
-class NLLLoss(Loss):
-    """term_n = -logp_n[t_n];  pred: log-probabilities (N, C), target: int labels (N,).
-    d term_n / d logp_n = -onehot(t_n); "mean" divides by N. Input that is not log-probabilities
-    (a value > 0, or rows whose exp does not sum to 1 within 1e-3) raises a ValueError: add
-    LogSoftmax before it."""
+class NLLLoss(_WeightedLoss):
+    """Negative log-likelihood of log-probabilities, with torch's class weights:
+
+    logp (N, C) or (N, C, d1, ...) (LogSoftmax on axis 1); labels t (N,) or (N, d1, ...):
+        term_i = -w[t_i] logp_i[t_i];  0 where t_i == ignore_index
+        "mean": sum_i term_i / sum_i counted_i w[t_i]   (the number of counted positions
+                without weight)
+        d term_i / d logp_i = -w[t_i] onehot(t_i)
+    Input that is not log-probabilities (a value > 0, or a position whose exp over axis 1 does
+    not sum to 1 within 1e-3, ignored positions included) raises a ValueError: add LogSoftmax
+    before it."""
     hint = ("inputs that are not log-probabilities (add LogSoftmax, or use CrossEntropyLoss on "
             "logits), or a learning rate too large")
 
     def forward(self, pred, target):
-        pred, target = self._check_labels(pred, target)
-        total = np.exp(pred).sum(axis=1)
-        if np.any(pred > 0) or np.any(np.abs(total - 1) > 1e-3):
-            bad = int(np.argmax((pred > 0).any(axis=1) | (np.abs(total - 1) > 1e-3)))
-            raise ValueError(f"NLLLoss: expected log-probabilities (every value <= 0, each row's "
-                             f"exp summing to 1), got row {bad} with max {pred[bad].max():.4g} "
-                             f"and exp-sum {total[bad]:.4g}; add LogSoftmax() as the model's "
-                             "last layer, or use CrossEntropyLoss on logits")
-        self._cache = pred, target
-        return self._reduce(-pred[np.arange(len(target)), target])
+        pred, label, label_weight, counted, w = self._targets(pred, target)
+        total = np.exp(pred).sum(axis=1)                                     # (N, d1, ...)
+        bad = (pred > 0).any(axis=1) | (np.abs(total - 1) > 1e-3)            # (N, d1, ...)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            where = f"row {first[0]}" if pred.ndim == 2 else f"position {first}"
+            values = np.moveaxis(pred, 1, -1)[first]                          # (C,)
+            raise ValueError(f"NLLLoss: expected log-probabilities (every value <= 0, each "
+                             f"position's exp summing to 1 over axis 1), got {where} with max "
+                             f"{values.max():.4g} and exp-sum {total[first]:.4g}; add "
+                             "LogSoftmax() as the model's last layer, or use CrossEntropyLoss "
+                             "on logits")
+        # 0 where ignored, not times 0: an ignored position's pick may be log(0) = -inf
+        logp_label = np.where(counted, _pick(pred, label), 0)                # (N, d1, ...)
+        terms = label_weight * -logp_label
+        self._cache = pred, label, label_weight, counted, w
+        return self._reduce(terms, self._denominator_of(label_weight, counted))
 
     def _grad(self):
-        pred, target = self._saved()
-        grad = np.zeros_like(pred)
-        grad[np.arange(len(target)), target] = -1
+        pred, label, label_weight, counted, w = self._saved()
+        grad = np.zeros_like(pred)                                           # (N, C, d1, ...)
+        # grad[i, t_i] = -w[t_i]
+        np.put_along_axis(grad, np.expand_dims(label, 1), -np.expand_dims(label_weight, 1), 1)
         return grad
 
 
@@ -1890,7 +2459,7 @@ class ReduceLROnPlateau(LRScheduler):
 
 
 # ════════════════════════════════════════════════════════════════════════════
-# Sequential, History and callbacks
+# Model, Sequential, History and callbacks
 # ════════════════════════════════════════════════════════════════════════════
 
 class Callback:
@@ -2234,80 +2803,43 @@ class NonFiniteLoss(ValueError):
     batch)."""
 
 
-class Sequential(Layer):
-    """A stack of layers run in order, with Keras's compile / fit / evaluate / predict.
+def _rows(x, index):
+    """x[index], or each input's rows for several inputs (a tuple of arrays with one first axis)."""
+    return tuple(a[index] for a in x) if isinstance(x, tuple) else x[index]
 
-    `Sequential([l1, l2])`, `Sequential(l1, l2)` or `add(layer)`. State-dict keys are
-    torch.nn.Sequential's ("0.weight", "1.running_mean", ...).
+
+def _length(x):
+    """The number of samples in x (the first input's, for several inputs)."""
+    return len(x[0]) if isinstance(x, tuple) else len(x)
+
+
+def _drop_caches(layer):
+    """Forget what forward saved for backward, in the layer and every sublayer (frees memory)."""
+    layer._cache = None
+    for _, sublayer in layer._sublayers():
+        _drop_caches(sublayer)
+
+
+class Model(Layer):
+    """A Layer with Keras's training surface: compile / fit / evaluate / predict / train_step,
+    callbacks, get_weights / set_weights / count_params, save_weights / load_weights.
+
+    Sequential is one. For a model of your own, subclass it: hold the sublayers as attributes
+    in __init__ (a Layer, or a list of Layers), write forward(x) and backward(grad) by hand
+    (backward calls the sublayers' backward in reverse order), and fit it. Several inputs come
+    as a tuple of arrays with one first axis, `fit((X_img, X_tokens), y)`: they are batched
+    and shuffled together and forward gets the tuple (evaluate and predict too).
     """
+    optimizer = loss = scheduler = history = None
+    metrics, stop_training = (), False
 
-    def __init__(self, *layers):
-        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
-            layers = layers[0]
-        self.layers = []
-        for layer in layers:
-            self.add(layer)
-        self.optimizer = self.loss = self.scheduler = self._input_shape = self.history = None
-        self.metrics, self.stop_training = (), False
-
-    def add(self, layer):
-        if not isinstance(layer, Layer):
-            raise TypeError(f"Sequential.add: expected a Layer, got {type(layer).__name__}")
-        self.layers.append(layer)
-        return self
-
-    def __getitem__(self, i):
-        return self.layers[i]
-
-    def __len__(self):
-        return len(self.layers)
-
-    def __repr__(self):
-        return "Sequential(\n" + "".join(f"  ({i}): {layer!r}\n"
-                                          for i, layer in enumerate(self.layers)) + ")"
-
-    # -- the model: forward, backward, parameters -------------------------------
     def forward(self, x):
-        self._input_shape = np.shape(x)[1:]
-        for layer in self.layers:
-            x = layer.forward(x)
-        return x
+        raise NotImplementedError(f"{type(self).__name__}: a Model subclass defines forward(x) "
+                                  "(and backward(grad)) itself")
 
     def backward(self, grad):
-        """Every layer's backward, last to first; returns grad wrt the input, or None once a layer
-        returns None: after `compile`, the first layer with parameters skips its input gradient
-        (see compile), and the layers before it have nothing to learn."""
-        for layer in reversed(self.layers):
-            grad = layer.backward(grad)
-            if grad is None:
-                break
-        return grad
-
-    def parameters(self):
-        return [p for layer in self.layers for p in layer.parameters()]
-
-    def named_parameters(self):
-        return [(f"{i}.{k}", p) for i, layer in enumerate(self.layers)
-                for k, p in layer.named_parameters()]
-
-    def named_buffers(self):
-        return [(f"{i}.{k}", b) for i, layer in enumerate(self.layers)
-                for k, b in layer.named_buffers()]
-
-    def _state_arrays(self):               # layer by layer, as torch.nn.Sequential's state_dict
-        return {f"{i}.{k}": v for i, layer in enumerate(self.layers)
-                for k, v in layer._state_arrays().items()}
-
-    def train(self, mode=True):
-        self.training = mode
-        for layer in self.layers:
-            layer.train(mode)
-        return self
-
-    def astype(self, dtype):
-        for layer in self.layers:
-            layer.astype(dtype)
-        return self
+        raise NotImplementedError(f"{type(self).__name__}: a Model subclass defines backward(grad)"
+                                  " itself (the sublayers' backward, in reverse order)")
 
     def _dtype(self):
         params = self.parameters()
@@ -2316,9 +2848,10 @@ class Sequential(Layer):
     # -- Keras's names for the weights ----------------------------------------------
     @property
     def weights(self):
-        """Every layer's parameter arrays (parameters() order), then its buffers: the live arrays,
-        in state_dict() order (Keras's model.weights, BatchNorm's moving statistics included)."""
-        return list(self._state_arrays().values())
+        """Every parameter's array, then every buffer, in state_dict() order, each array once (a
+        tied weight once): the live arrays (Keras's model.weights, BatchNorm's moving statistics
+        included)."""
+        return [w for _, w in _once(self._state_arrays().items())]
 
     def get_weights(self):
         """Copies of `weights`, as Keras's get_weights()."""
@@ -2326,16 +2859,44 @@ class Sequential(Layer):
 
     def set_weights(self, weights):
         """Copy a list like get_weights()'s into the model (shapes checked before any copy)."""
-        keys = list(self._state_arrays())
-        if len(weights) != len(keys):
-            raise ValueError(f"Sequential.set_weights: expected {len(keys)} arrays (as get_weights "
+        name, own = type(self).__name__, _once(self._state_arrays().items())
+        if len(weights) != len(own):
+            raise ValueError(f"{name}.set_weights: expected {len(own)} arrays (as get_weights "
                              f"returns), got {len(weights)}")
-        self.load_state_dict(dict(zip(keys, weights)))
+        for (key, w), new in zip(own, weights):
+            if np.shape(new) != w.shape:
+                raise ValueError(f"{name}.set_weights: {key!r} has shape {np.shape(new)}, "
+                                 f"expected {w.shape}")
+        for (_, w), new in zip(own, weights):
+            w[...] = _plain(new)
 
     def count_params(self):
-        """Number of values in `weights`, as Keras's (buffers such as BatchNorm's running
-        statistics count too; sum(p.data.size for p in model.parameters()) counts the learnable)."""
+        """Number of values in `weights`, as Keras's: a tied weight counts once, and buffers such
+        as BatchNorm's running statistics count too (sum(p.data.size for p in
+        model.parameters()) counts the learnable)."""
         return sum(w.size for w in self.weights)
+
+    def save_weights(self, path):
+        """The state_dict() in one .npz (torch's keys), written atomically."""
+        with _atomic_open(path) as f:
+            np.savez(f, **self.state_dict())
+
+    def load_weights(self, path):
+        """Load an .npz of save_weights (or of save, save_checkpoint) into the model, in place;
+        keys and shapes must match (see load_state_dict)."""
+        where = f"{type(self).__name__}.load_weights: {path}"
+        with open(path, "rb") as fh:              # a missing file raises FileNotFoundError
+            try:
+                with np.load(fh, allow_pickle=False) as f:
+                    arrays = dict(f)
+            except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+                raise ValueError(f"{where} is not an .npz of weights ({e})") from None
+        # a model file's architecture, a checkpoint's optimizer: not weights
+        state = {k: v for k, v in arrays.items() if not k.startswith("__") and "/" not in k}
+        try:
+            return self.load_state_dict(state)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
 
     # -- training ---------------------------------------------------------------
     def compile(self, optimizer, loss, metrics=("accuracy",), scheduler=None):
@@ -2344,37 +2905,30 @@ class Sequential(Layer):
         metrics: "accuracy", or "acc" (Keras's alias: the logs then say "acc", "val_acc").
         The scheduler is a tn.LRScheduler, or any object with step() and its two attributes
         `step_every` ("epoch" or "batch") and `needs_metric` (True: step(val_loss)).
-
-        Training needs no gradient wrt the data (as torch's autograd when x.requires_grad is
-        False), so compile sets `needs_input_grad = False` on the first layer with parameters:
-        its backward skips dx (an MLP's first dx = dy W) and `backward` stops there. Set it back
-        to True on that layer to get input gradients (saliency maps) from a compiled model.
         """
+        name = type(self).__name__
         if not isinstance(loss, Loss):
-            raise TypeError(f"Sequential.compile: loss must be a Loss instance such as "
+            raise TypeError(f"{name}.compile: loss must be a Loss instance such as "
                             f"CrossEntropyLoss(), got {loss!r}")
         if getattr(loss, "reduction", "mean") == "none":
-            raise ValueError(f"Sequential.compile: {loss!r} gives one loss per sample; fit "
+            raise ValueError(f"{name}.compile: {loss!r} gives one loss per sample; fit "
                              "needs one number per batch: use reduction='mean' (the default) "
                              "or 'sum'")
         unknown = set(metrics) - {"accuracy", "acc"}
         if unknown:
-            raise ValueError(f"Sequential.compile: unknown metrics {sorted(unknown)}; "
+            raise ValueError(f"{name}.compile: unknown metrics {sorted(unknown)}; "
                              f"known: ['accuracy'] (or its alias 'acc')")
         if scheduler is not None:
             missing = [a for a in ("step_every", "needs_metric") if not hasattr(scheduler, a)]
             if missing:
-                raise TypeError(f"Sequential.compile: the scheduler {type(scheduler).__name__} has "
+                raise TypeError(f"{name}.compile: the scheduler {type(scheduler).__name__} has "
                                 f"no {' and no '.join(missing)}; subclass tn.LRScheduler, or set "
                                 f"step_every = 'epoch' or 'batch' and needs_metric = False")
             if scheduler.step_every not in ("epoch", "batch"):
-                raise ValueError(f"Sequential.compile: the scheduler's step_every must be 'epoch' "
+                raise ValueError(f"{name}.compile: the scheduler's step_every must be 'epoch' "
                                  f"or 'batch', got {scheduler.step_every!r}")
         self.optimizer, self.loss, self.metrics = optimizer, loss, tuple(metrics)
         self.scheduler = scheduler
-        first = next((layer for layer in self.layers if layer.parameters()), None)
-        if first is not None:
-            first.needs_input_grad = False
         return self
 
     def train_step(self, x, y):
@@ -2404,6 +2958,7 @@ class Sequential(Layer):
         """Train on (x, y) in minibatches of batch_size (None: 32), one `train_step` each, from
         epoch `initial_epoch` up to `epochs` (Keras's arguments, in Keras's order); -> History.
 
+        x is an array, or a tuple of arrays (several inputs: batched and shuffled together).
         The scheduler steps after every batch or every epoch, as its `step_every` says; one that
         `needs_metric` (ReduceLROnPlateau) gets val_loss, or the training loss without validation
         data. `validation_split` holds out the last fraction of x before shuffling (as Keras;
@@ -2412,41 +2967,46 @@ class Sequential(Layer):
         a run (e.g. after load_checkpoint): epochs are numbered from it, and a scheduler that
         counts epochs (or batches) and is behind is first stepped up to it.
         """
+        name = type(self).__name__
         if self.optimizer is None:
-            raise RuntimeError("Sequential.fit: call compile(optimizer, loss) first")
+            raise RuntimeError(f"{name}.fit: call compile(optimizer, loss) first")
         batch_size = 32 if batch_size is None else batch_size
         if batch_size < 1:
-            raise ValueError(f"Sequential.fit: batch_size must be >= 1 (or None: 32), "
+            raise ValueError(f"{name}.fit: batch_size must be >= 1 (or None: 32), "
                              f"got {batch_size}")
         x, y, validation_data = self._fit_data(x, y, validation_data, validation_split)
-        steps = math.ceil(len(x) / batch_size)
+        steps = math.ceil(_length(x) / batch_size)
         callbacks = self._callbacks(callbacks, verbose, epochs, steps)
         self._continue_schedule(initial_epoch, steps)
         self.stop_training, logs = False, {}
         _notify(callbacks, "on_train_begin", {})
         for epoch in range(initial_epoch, epochs):
             self.train()
-            lr, seen, total, correct = self.optimizer.param_groups[0]["lr"], 0, 0.0, 0
+            lr, seen, total = self.optimizer.param_groups[0]["lr"], 0, 0.0
+            correct = counted = 0                  # accuracy: positions right, positions counted
             _notify(callbacks, "on_epoch_begin", epoch, {})
-            for batch, (xb, yb) in enumerate(minibatches(x, y, batch_size, shuffle)):
+            # the rows of each batch, drawn as minibatches draws them
+            for batch, (rows, yb) in enumerate(minibatches(np.arange(len(y)), y, batch_size,
+                                                           shuffle)):
+                xb = _rows(x, rows)
                 _notify(callbacks, "on_train_batch_begin", batch, {})
                 try:
                     loss, out = self.train_step(xb, yb)
                 except NonFiniteLoss as e:
-                    raise NonFiniteLoss(f"Sequential.fit: at epoch {epoch + 1}, batch {batch + 1}, "
+                    raise NonFiniteLoss(f"{name}.fit: at epoch {epoch + 1}, batch {batch + 1}, "
                                         f"{e}") from None
-                batch_logs = {"loss": loss, "size": len(xb)}
+                batch_logs = {"loss": loss, "size": len(yb)}
                 if self.metrics:
-                    right = self._correct(out, yb)
-                    batch_logs.update(dict.fromkeys(self.metrics, right / len(xb)))
-                    correct += right
-                seen, total = seen + len(xb), total + loss * len(xb)
+                    right, positions = self._correct(out, yb, "fit")
+                    batch_logs.update(dict.fromkeys(self.metrics, right / max(positions, 1)))
+                    correct, counted = correct + right, counted + positions
+                seen, total = seen + len(yb), total + loss * len(yb)
                 _notify(callbacks, "on_train_batch_end", batch, batch_logs)
                 if self.stop_training:
                     break
-            logs = {"loss": total / seen, **dict.fromkeys(self.metrics, correct / seen)}
+            logs = {"loss": total / seen, **dict.fromkeys(self.metrics, correct / max(counted, 1))}
             if validation_data is not None:
-                val = self._evaluate(*validation_data, callbacks=callbacks)
+                val = self._evaluate(*validation_data, callbacks=callbacks, where="fit")
                 logs.update({"val_" + k: v for k, v in val.items()})
             logs["lr"] = lr
             if self.scheduler is not None and self.scheduler.step_every == "epoch":
@@ -2466,12 +3026,12 @@ class Sequential(Layer):
         callbacks = list(callbacks or [])
         for c in callbacks:
             if isinstance(c, LRScheduler):
-                raise TypeError(f"Sequential.fit: {type(c).__name__} is a scheduler, not a "
-                                f"callback: pass it to compile(optimizer, loss, scheduler=...), "
-                                f"which steps it")
+                raise TypeError(f"{type(self).__name__}.fit: {type(c).__name__} is a scheduler, "
+                                f"not a callback: pass it to compile(optimizer, loss, "
+                                f"scheduler=...), which steps it")
             if not isinstance(c, Callback):
-                raise TypeError(f"Sequential.fit: callbacks must be tn.Callback instances, "
-                                f"got {type(c).__name__}")
+                raise TypeError(f"{type(self).__name__}.fit: callbacks must be tn.Callback "
+                                f"instances, got {type(c).__name__}")
         self.history = History()
         callbacks += [self.history, ProgressLog(verbose, epochs, steps)]
         for c in callbacks:
@@ -2487,8 +3047,8 @@ class Sequential(Layer):
         if sched is None or sched.needs_metric or initial_epoch == 0:
             return
         if not hasattr(sched, "last_epoch"):
-            raise TypeError(f"Sequential.fit: initial_epoch={initial_epoch} needs the scheduler's "
-                            f"step count last_epoch; {type(sched).__name__} has none")
+            raise TypeError(f"{type(self).__name__}.fit: initial_epoch={initial_epoch} needs the "
+                            f"scheduler's step count last_epoch; {type(sched).__name__} has none")
         while sched.last_epoch < initial_epoch * (steps if sched.step_every == "batch" else 1):
             sched.step()
 
@@ -2499,91 +3059,219 @@ class Sequential(Layer):
             return x, y, self._check_data("fit (validation_data)", *validation_data)
         if validation_split:
             if not 0 < validation_split < 1:
-                raise ValueError(f"Sequential.fit: validation_split must be in (0, 1), "
+                raise ValueError(f"{type(self).__name__}.fit: validation_split must be in (0, 1), "
                                  f"got {validation_split}")
-            cut = int(len(x) * (1 - validation_split))
-            return x[:cut], y[:cut], (x[cut:], y[cut:])
+            cut = int(len(y) * (1 - validation_split))
+            return _rows(x, slice(None, cut)), y[:cut], (_rows(x, slice(cut, None)), y[cut:])
         return x, y, None
 
     def _check_data(self, where, X, y):
-        """Cast X to the model's dtype; reject mismatched lengths and NaN/Inf."""
-        X, y = np.asarray(X), np.asarray(y)
-        if len(X) != len(y):
-            raise ValueError(f"Sequential.{where}: X has {len(X)} samples but y has {len(y)}")
-        for name, a in (("X", X), ("y", y)):
+        """Cast X (an array, or a tuple of arrays) to the model's dtype; reject inputs whose
+        first axes differ, a y of another length, and NaN/Inf."""
+        name = type(self).__name__
+        inputs, y = [np.asarray(a) for a in (X if isinstance(X, tuple) else (X,))], np.asarray(y)
+        if len({len(a) for a in inputs}) > 1:
+            raise ValueError(f"{name}.{where}: the inputs must share their first axis (one row "
+                             f"per sample), got shapes {', '.join(str(a.shape) for a in inputs)}")
+        if len(inputs[0]) != len(y):
+            raise ValueError(f"{name}.{where}: X has {len(inputs[0])} samples but y has {len(y)}")
+        for what, a in [("X", a) for a in inputs] + [("y", y)]:
             if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
-                raise ValueError(f"Sequential.{where}: {name} contains NaN or Inf")
+                raise ValueError(f"{name}.{where}: {what} contains NaN or Inf")
         return self._as_input(X), y
 
     def _as_input(self, X):
-        """X in the model's dtype, except the integer indices of a first Embedding layer."""
+        """X (or each input of a tuple) as the model computes: float arrays in the model's dtype;
+        integer ones (token indices) as they are."""
+        if isinstance(X, tuple):
+            return tuple(self._as_input(a) for a in X)
         X = np.asarray(X)
-        first = self.layers[0] if self.layers else None
-        if isinstance(first, Embedding) and np.issubdtype(X.dtype, np.integer):
+        if np.issubdtype(X.dtype, np.integer):
             return X
         return X.astype(self._dtype(), copy=False)
 
-    @staticmethod
-    def _correct(out, y):
-        """Number of rows whose arg-max matches the label (or the one-hot target's arg-max);
-        one output column: the logit's sign against a 0/1 target."""
+    def _correct(self, out, y, where="fit"):
+        """(positions right, positions counted) for accuracy.
+
+        Class-index targets y (N, d1, ...) against outputs (N, C, d1, ...), as the losses take
+        them: a position is right when the arg-max over the C classes (axis 1) is its target;
+        positions whose target is the loss's ignore_index (if it has one) are not counted.
+        A target shaped as the output (one-hot, probabilities): arg-max against arg-max. One
+        output column (N, 1): the logit's sign against a 0/1 target."""
         if out.ndim == 2 and out.shape[1] == 1:
-            return int(((out[:, 0] > 0) == (np.reshape(y, len(y)) > 0.5)).sum())
-        return int((out.argmax(axis=1) == (y.argmax(axis=1) if y.ndim == 2 else y)).sum())
+            return int(((out[:, 0] > 0) == (np.reshape(y, len(y)) > 0.5)).sum()), len(y)
+        if y.shape == out.shape:
+            return int((out.argmax(axis=1) == y.argmax(axis=1)).sum()), y.size // y.shape[1]
+        positions = out.shape[:1] + out.shape[2:]
+        if y.shape != positions:
+            raise ValueError(f"{type(self).__name__}.{where}: accuracy needs one class index per "
+                             f"position of the output {out.shape}, targets of shape {positions}"
+                             f" (or {out.shape}: one-hot), got targets of shape {y.shape}")
+        ignore_index = getattr(self.loss, "ignore_index", None)
+        counted = np.ones(y.shape, bool) if ignore_index is None else y != ignore_index
+        right = (out.argmax(axis=1) == y) & counted
+        return int(right.sum()), int(counted.sum())
 
     # -- inference ----------------------------------------------------------------
-    def _outputs(self, X, batch_size, callbacks=()):
-        """Yield, batch by batch in eval mode, the list of every layer's output; drop caches after.
+    def _predictions(self, X, batch_size, callbacks=()):
+        """Yield forward's output batch by batch, in eval mode; drop the caches after.
         callbacks: told on_test_batch_begin/end around each batch."""
         was_training = self.training
         self.eval()
         X = self._as_input(X)
-        self._input_shape = X.shape[1:]               # for summary()
         try:
-            for batch, i in enumerate(range(0, len(X), batch_size)):
+            for batch, start in enumerate(range(0, _length(X), batch_size)):
                 _notify(callbacks, "on_test_batch_begin", batch, {})
-                outs, x = [], X[i:i + batch_size]
-                for layer in self.layers:
-                    x = layer.forward(x)
-                    outs.append(x)
-                _notify(callbacks, "on_test_batch_end", batch, {"size": len(x)})
-                yield outs
+                out = self.forward(_rows(X, slice(start, start + batch_size)))
+                _notify(callbacks, "on_test_batch_end", batch, {"size": len(out)})
+                yield out
         finally:
-            for layer in self.layers:
-                layer._cache = None
+            _drop_caches(self)
             self.train(was_training)
 
     def predict(self, x, batch_size=256, verbose=0):
-        """The model's outputs for x, computed in batches in eval mode (verbose: accepted for
-        Keras's calls; predict prints nothing)."""
-        return np.concatenate([outs[-1] for outs in self._outputs(x, batch_size)])
-
-    def activations(self, X, batch_size=256):
-        """[output of every layer] for X, in eval mode: the hidden representations."""
-        return [np.concatenate(col) for col in zip(*self._outputs(X, batch_size))]
+        """The model's outputs for x (an array, or a tuple of arrays), computed in batches in eval
+        mode (verbose: accepted for Keras's calls; predict prints nothing)."""
+        return np.concatenate(list(self._predictions(x, batch_size)))
 
     def evaluate(self, x, y, batch_size=256, verbose=0, return_dict=True):
         """{"loss": mean loss, "accuracy": fraction correct} on (x, y), in eval mode. Unlike
         Keras, a dict by default; return_dict=False gives Keras's [loss, accuracy] (the loss
         alone without metrics). verbose: accepted for Keras's calls; evaluate prints nothing."""
         if self.loss is None:
-            raise RuntimeError("Sequential.evaluate: call compile(optimizer, loss) first")
-        result = self._evaluate(*self._check_data("evaluate", x, y), batch_size)
+            raise RuntimeError(f"{type(self).__name__}.evaluate: call compile(optimizer, loss) "
+                               "first")
+        result = self._evaluate(*self._check_data("evaluate", x, y), batch_size, where="evaluate")
         if return_dict:
             return result
         return list(result.values()) if len(result) > 1 else result["loss"]
 
-    def _evaluate(self, x, y, batch_size=256, callbacks=()):
+    def _evaluate(self, x, y, batch_size=256, callbacks=(), where="evaluate"):
         """evaluate, on data already checked and cast by _check_data; callbacks (fit's, in
         validation) are told on_test_begin, on_test_batch_begin/end and on_test_end."""
         _notify(callbacks, "on_test_begin", {})
-        out = np.concatenate([outs[-1] for outs in self._outputs(x, batch_size, callbacks)])
+        out = np.concatenate(list(self._predictions(x, batch_size, callbacks)))
         result = {"loss": self.loss.forward(out, y)}
         self.loss._cache = None
         if self.metrics:
-            result.update(dict.fromkeys(self.metrics, self._correct(out, y) / len(y)))
+            right, counted = self._correct(out, y, where)
+            result.update(dict.fromkeys(self.metrics, right / max(counted, 1)))
         _notify(callbacks, "on_test_end", dict(result))
         return result
+
+    def summary(self, print_fn=None):
+        """Print a table of the sublayers (name, layer, parameters) and the total; -> None. No
+        output shapes, as Keras's summary of a subclassed model: forward is yours (Sequential's
+        summary runs its layers and shows them). print_fn: as Sequential.summary's."""
+        own = sum(p.data.size for p in vars(self).values() if _is_parameter(p))
+        rows = [("(own parameters)", own)] if own else []
+        rows += [(f"{name}: {_describe(layer)}", sum(p.data.size for p in layer.parameters()))
+                 for name, layer in self._sublayers()]
+        w = max([len(label) for label, _ in rows] + [10]) + 4
+        lines = [f"{'Layer':<{w}}{'Param #':>12}", "=" * (w + 12)]
+        lines += [f"{label:<{w}}{n:>12,}" for label, n in rows]
+        total = sum(p.data.size for p in self.parameters())
+        tied = " (a tied weight counted once)" if total < sum(n for _, n in rows) else ""
+        lines += ["=" * (w + 12), f"Total params: {total:,}{tied}"]
+        (print_fn or print)("\n".join(lines))
+
+
+class Sequential(Model):
+    """A stack of layers run in order: a Model (compile / fit / evaluate / predict).
+
+    `Sequential([l1, l2])`, `Sequential(l1, l2)` or `add(layer)`. State-dict keys are
+    torch.nn.Sequential's ("0.weight", "1.running_mean", ...).
+    """
+    _input_shape = None              # of the last input seen, for summary()
+
+    def __init__(self, *layers):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = layers[0]
+        self.layers = []
+        for layer in layers:
+            self.add(layer)
+
+    def add(self, layer):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential.add: expected a Layer, got {type(layer).__name__}")
+        self.layers.append(layer)
+        return self
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __repr__(self):
+        return "Sequential(\n" + "".join(f"  ({i}): {layer!r}\n"
+                                          for i, layer in enumerate(self.layers)) + ")"
+
+    def _sublayers(self):                 # named "0", "1", ... as torch.nn.Sequential's
+        return [(str(i), layer) for i, layer in enumerate(self.layers)]
+
+    # -- the model: forward, backward ------------------------------------------------
+    def forward(self, x):
+        self._input_shape = np.shape(x)[1:]
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, grad):
+        """Every layer's backward, last to first; returns grad wrt the input, or None once a layer
+        returns None: after `compile`, the first layer with parameters skips its input gradient
+        (see compile), and the layers before it have nothing to learn."""
+        for layer in reversed(self.layers):
+            grad = layer.backward(grad)
+            if grad is None:
+                break
+        return grad
+
+    def compile(self, optimizer, loss, metrics=("accuracy",), scheduler=None):
+        """Model.compile, and: training needs no gradient wrt the data (as torch's autograd when
+        x.requires_grad is False), so compile sets `needs_input_grad = False` on the first layer
+        with parameters: its backward skips dx (an MLP's first dx = dy W) and `backward` stops
+        there. Set it back to True on that layer to get input gradients (saliency maps) from a
+        compiled model."""
+        super().compile(optimizer, loss, metrics, scheduler)
+        first = next((layer for layer in self.layers if layer.parameters()), None)
+        if first is not None:
+            first.needs_input_grad = False
+        return self
+
+    def _as_input(self, X):
+        """X in the model's dtype, except the integer indices of a first Embedding layer."""
+        if isinstance(X, tuple):
+            raise TypeError("Sequential: takes one input array, got a tuple; several inputs need "
+                            "a tn.Model subclass whose forward takes the tuple")
+        X = np.asarray(X)
+        first = self.layers[0] if self.layers else None
+        if isinstance(first, Embedding) and np.issubdtype(X.dtype, np.integer):
+            return X
+        return X.astype(self._dtype(), copy=False)
+
+    # -- every layer's output -----------------------------------------------------------
+    def _outputs(self, X, batch_size):
+        """Yield, batch by batch in eval mode, the list of every layer's output (activations,
+        summary); drop the caches after."""
+        was_training = self.training
+        self.eval()
+        X = self._as_input(X)
+        self._input_shape = X.shape[1:]               # for summary()
+        try:
+            for i in range(0, len(X), batch_size):
+                outs, x = [], X[i:i + batch_size]
+                for layer in self.layers:
+                    x = layer.forward(x)
+                    outs.append(x)
+                yield outs
+        finally:
+            _drop_caches(self)
+            self.train(was_training)
+
+    def activations(self, X, batch_size=256):
+        """[output of every layer] for X, in eval mode: the hidden representations."""
+        return [np.concatenate(col) for col in zip(*self._outputs(X, batch_size))]
 
     def summary(self, input_shape=None, print_fn=None):
         """Print a table of layer, output shape and parameter count, with the total; -> None.
@@ -2734,22 +3422,30 @@ class LayerState:
     buffers = ()
 
     def named_parameters(self):
-        """[(name, parameter)] in attribute order; a sublayer (an attribute that is a Layer) adds
-        its own under "attribute.name", as torch's nested keys (self_attn.in_proj_weight)."""
-        named = []
-        for k, v in vars(self).items():
-            if _is_parameter(v):
-                named.append((k, v))
-            elif isinstance(v, Layer):
-                named += [(f"{k}.{name}", p) for name, p in v.named_parameters()]
-        return named
+        """[(name, parameter)] in torch's order: own Parameters in attribute order, then each
+        sublayer's under "sublayer.name" ("blocks.0.weight"); a Parameter reached twice (a tied
+        weight) is listed once, under its first name (torch's remove_duplicate)."""
+        own = [(k, v) for k, v in vars(self).items() if _is_parameter(v)]
+        return _once(own + [(f"{name}.{k}", p) for name, layer in self._sublayers()
+                            for k, p in layer.named_parameters()])
 
     def named_buffers(self):
-        return [(k, getattr(self, k)) for k in self.buffers]
+        """[(name, array)]: own buffers, then each sublayer's, as named_parameters."""
+        own = [(k, getattr(self, k)) for k in self.buffers]
+        return _once(own + [(f"{name}.{k}", b) for name, layer in self._sublayers()
+                            for k, b in layer.named_buffers()])
 
     def _state_arrays(self):
-        """{name: the live array}: parameters' data, then buffers."""
-        return {k: p.data for k, p in self.named_parameters()} | dict(self.named_buffers())
+        """{name: the live array} in torch's state_dict order: own parameters' data, own buffers,
+        then each sublayer's under "sublayer.name". A tied Parameter keeps each of its names
+        (torch's state_dict too): load_state_dict fills it from each."""
+        sublayers = list(self._sublayers())
+        inside = tuple(f"{name}." for name, _ in sublayers)      # keys of a sublayer's parameters
+        arrays = {k: p.data for k, p in self.named_parameters() if not k.startswith(inside)}
+        arrays |= {k: getattr(self, k) for k in self.buffers}
+        for name, layer in sublayers:
+            arrays |= {f"{name}.{k}": v for k, v in layer._state_arrays().items()}
+        return arrays
 
     def state_dict(self):
         """{name: copy of the array}, parameters then buffers, with torch's key names."""
@@ -2779,11 +3475,14 @@ class LayerState:
         return self
 
     def astype(self, dtype):
-        """Convert every parameter (and its grad) and buffer to `dtype`, in place."""
+        """Convert every parameter (and its grad) and buffer to `dtype`, in place, sublayers too
+        (an array already of that dtype is kept: a tied Parameter reached again is left alone)."""
         for p in self.parameters():
-            p.data, p.grad = p.data.astype(dtype), p.grad.astype(dtype)
-        for k, b in self.named_buffers():
-            setattr(self, k, b.astype(dtype))
+            p.data, p.grad = p.data.astype(dtype, copy=False), p.grad.astype(dtype, copy=False)
+        for k in self.buffers:
+            setattr(self, k, getattr(self, k).astype(dtype, copy=False))
+        for _, layer in self._sublayers():
+            layer.astype(dtype)
         return self
 
     def config(self):
@@ -2818,6 +3517,14 @@ Layer.config = LayerState.config
 Layer.__repr__ = LayerState.__repr__
 
 
+def _once(named):
+    """[(name, value)] without the values listed before under another name (a tied Parameter)."""
+    first = {}
+    for name, value in named:
+        first.setdefault(id(value), (name, value))
+    return list(first.values())
+
+
 def _init_args(cls):
     """[(name, inspect.Parameter)] of the named arguments of cls's constructor."""
     return [(name, spec)
@@ -2830,9 +3537,7 @@ def _model_arrays(model):
     model the JSON also holds its loss ({"class", "kwargs"}) and metrics."""
     config = model.config()
     if getattr(model, "loss", None) is not None:
-        loss = model.loss
-        kwargs = {k: getattr(loss, k) for k, _ in _init_args(type(loss)) if hasattr(loss, k)}
-        config["loss"] = {"class": type(loss).__name__, "kwargs": kwargs}
+        config["loss"] = model.loss.config()              # a class weight as a list
         config["metrics"] = list(model.metrics)
     return dict(model.state_dict(), __architecture__=np.array(json.dumps(config)))
 
@@ -2912,12 +3617,14 @@ _TORCH_LAYERS = ("Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm1d", "B
                  "Dropout", "Flatten", "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
                  "Softmax", "LogSoftmax")
 _TORCH_LAYERS += ("Embedding", "RNN", "LSTM", "GRU", "LastStep", "MeanOverSteps",
-                  "PositionalEmbedding")                          # see _torch_sequence_modules
+                  "PositionalEmbedding", "Permute")               # see _torch_sequence_modules
 _TORCH_LAYERS += ("LayerNorm", "GELU", "TransformerEncoderLayer")
 # why some tinynet layers have no twin in torch.nn.Sequential
 _NOT_IN_TORCH = {
     "MultiheadAttention": "torch's takes (query, key, value) and returns a tuple, so it cannot "
-                          "sit in torch.nn.Sequential; TransformerEncoderLayer can"}
+                          "sit in torch.nn.Sequential; TransformerEncoderLayer can",
+    "TransformerDecoderLayer": "it takes two inputs (tgt, memory), so it cannot sit in "
+                               "torch.nn.Sequential"}
 
 
 def _torch_encoder_args(m):
@@ -2929,7 +3636,7 @@ def _torch_encoder_args(m):
                 dim_feedforward=m.linear1.out_features, dropout=m.dropout.p,
                 activation=("relu", "gelu")[m.activation_relu_or_gelu - 1],
                 layer_norm_eps=m.norm1.eps, batch_first=m.self_attn.batch_first,
-                norm_first=m.norm_first)
+                norm_first=m.norm_first, causal=getattr(m, "causal", False))
 _TORCH_DEFAULTS = {"dilation": (1, (1, 1)), "groups": (1,), "padding_mode": ("zeros",),
                    "ceil_mode": (False,), "return_indices": (False,), "count_include_pad": (True,),
                    "divisor_override": (None,), "affine": (True,), "track_running_stats": (True,)}
@@ -2940,8 +3647,10 @@ _TORCH_DEFAULTS |= {"max_norm": (None,), "scale_grad_by_freq": (False,), "sparse
 def _torch_sequence_modules():
     """{name: torch module class} for the layers of a torch.nn.Sequential that torch.nn lacks:
     RNN, LSTM and GRU returning only their output (torch's return (output, h_n)), with torch's
-    names, arguments and state-dict keys; LastStep, MeanOverSteps and PositionalEmbedding as a
-    torch user writes them (x[:, -1], x.mean(dim=1), x + table[:T]), with tinynet's arguments."""
+    names, arguments and state-dict keys; LastStep, MeanOverSteps, PositionalEmbedding and
+    Permute as a torch user writes them (x[:, -1], x.mean(dim=1), x + table[:T],
+    x.permute(0, 2, 1)), with tinynet's arguments; TransformerEncoderLayer: torch's, with
+    tinynet's causal flag (the square subsequent mask)."""
     import torch
 
     def output_only(cls):
@@ -2968,9 +3677,34 @@ def _torch_sequence_modules():
         def forward(self, x):
             return x + self.weight[:x.shape[1]]
 
+    class Permute(torch.nn.Module):
+        def __init__(self, *dims):
+            super().__init__()
+            self.dims = dims
+
+        def forward(self, x):
+            return x.permute(*self.dims)
+
+    class TransformerEncoderLayer(torch.nn.TransformerEncoderLayer):
+        def __init__(self, *args, causal=False, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.causal = causal
+
+        def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
+            if self.causal:    # torch applies the causal mask it is given (with src_mask's)
+                t = src.shape[1 if self.self_attn.batch_first else 0]
+                causal = torch.nn.Transformer.generate_square_subsequent_mask(
+                    t, device=src.device, dtype=src.dtype)
+                if src_mask is not None and src_mask.dtype == torch.bool:
+                    src_mask = torch.zeros_like(causal).masked_fill(src_mask, -math.inf)
+                src_mask = causal if src_mask is None else causal + src_mask
+            return super().forward(src, src_mask, src_key_padding_mask,
+                                   is_causal=is_causal or self.causal)
+
     recurrent = {name: output_only(getattr(torch.nn, name)) for name in ("RNN", "LSTM", "GRU")}
     return recurrent | {"LastStep": LastStep, "MeanOverSteps": MeanOverSteps,
-                        "PositionalEmbedding": PositionalEmbedding}
+                        "PositionalEmbedding": PositionalEmbedding, "Permute": Permute,
+                        "TransformerEncoderLayer": TransformerEncoderLayer}
 
 
 def _to_torch(model):
@@ -2985,7 +3719,7 @@ def _to_torch(model):
             raise ValueError(f"Sequential.to_torch: layer {i} ({layer!r}) has no torch.nn "
                              f"equivalent{why}; convertible: {', '.join(_TORCH_LAYERS)}")
         cls = modules.get(config["class"]) or getattr(torch.nn, config["class"])
-        layers.append(cls(**config["kwargs"]))
+        layers.append(cls(*config.get("args", ()), **config["kwargs"]))     # args: Permute's dims
     net = torch.nn.Sequential(*layers).to(getattr(torch, model._dtype().name)).train(model.training)
     missing, unexpected = net.load_state_dict({k: torch.from_numpy(v)
                                                for k, v in model.state_dict().items()},
@@ -3010,6 +3744,9 @@ def _from_torch(module):
         cls = globals()[name]
         if name == "TransformerEncoderLayer":
             layers.append(cls(**_torch_encoder_args(m)))
+            continue
+        if name == "Permute":
+            layers.append(cls(*m.dims))
             continue
         bias = getattr(m, "bias", None)        # a Parameter or None (Linear), or a flag (LSTM)
         layers.append(cls(**{a: bias is not None and bias is not False if a == "bias"
@@ -3070,12 +3807,15 @@ def gradcheck(layer, x, eps=1e-6):
     mode). Buffers (BatchNorm's running statistics) are restored after. When backward returns
     None for the input (a compiled model's first layer with parameters skips it, see
     Sequential.compile), only the parameters are checked,
-    as for integer x (Embedding's indices), which has no gradient.
+    as for integer x (Embedding's indices), which has no gradient. Several inputs: x is a tuple
+    of arrays (forward gets the tuple) and backward returns a tuple of their gradients.
     """
     if any(p.data.dtype != np.float64 for p in layer.parameters()):
         raise TypeError(f"gradcheck: {layer!r} must be float64; call .astype(np.float64) first")
-    integer = np.issubdtype(np.asarray(x).dtype, np.integer)     # indices (Embedding): no gradient
-    x = np.array(x, dtype=None if integer else np.float64)
+    several = isinstance(x, tuple)          # several inputs: forward gets the tuple
+    inputs = [np.array(a, dtype=None if np.issubdtype(np.asarray(a).dtype, np.integer)
+                       else np.float64) for a in (x if several else (x,))]
+    x = tuple(inputs) if several else inputs[0]
     state = layer.state_dict()
     y = layer.forward(x)
     r = (np.arange(y.size) * 0.6180339887498949 + 0.5) % 1.0 * 2 - 1
@@ -3083,7 +3823,10 @@ def gradcheck(layer, x, eps=1e-6):
     noise = 8 * np.finfo(np.float64).eps * float(np.abs(y * r).sum()) / eps
     layer.zero_grad()
     grad_x = layer.backward(r)
-    pairs = [] if integer or grad_x is None else [(grad_x, x)]
+    # one gradient per input (a tuple of them for several inputs; None: not computed)
+    grads = grad_x if several and grad_x is not None else [grad_x] * len(inputs)
+    pairs = [(g, a) for g, a in zip(grads, inputs)
+             if g is not None and not np.issubdtype(a.dtype, np.integer)]   # indices: no gradient
     pairs += [(p.grad.copy(), p.data) for p in layer.parameters()]
     f = lambda _: float(np.sum(layer.forward(x) * r))  # noqa: E731
     worst = 0.0
