@@ -470,6 +470,10 @@ def bench_text(recipe, synthetic=False, windows=None):
                                                          recipe.batch_size)
             times[library] += seconds
             losses[library] += batch_losses
+        if not synthetic:
+            print(f"  epoch {epoch + 1}/{recipe.epochs}: tinynet {times['tinynet']:.1f} s, "
+                  f"torch {times['torch']:.1f} s so far; last batch's loss tinynet "
+                  f"{losses['tinynet'][-1]:.4f}, torch {losses['torch'][-1]:.4f}", flush=True)
     row = {"recipe": {k: getattr(recipe, k) for k in ("model", "epochs", "batch_size", "seq_len",
                                                       "embed", "hidden", "lr", "seed")},
            "train_windows": len(X), "val_windows": len(X_val), "vocab_size": V,
