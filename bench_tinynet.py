@@ -355,7 +355,8 @@ def load(n, synthetic=False):
 # ── train_text.py's language model in both libraries (--text) ──────────────────
 # The same recipe run twice: the same initial weights (tinynet's, through to_torch), the same
 # windows in the same batches in the same order, Adam with the same settings, float32.
-# Each epoch is timed in both libraries, alternating; then both validation losses.
+# Each epoch is timed in both libraries, alternating (the ratio: of the median epochs, which
+# holds on a busy machine); then both validation losses.
 
 def text_pair(kind, vocab_size, embed, hidden, seq_len, lr, dtype=np.float32, seed=0):
     """(tinynet model compiled with Adam(lr) and CrossEntropyLoss, its torch twin with the same
@@ -457,7 +458,7 @@ def bench_text(recipe, synthetic=False, windows=None):
                                     recipe.lr, seed=recipe.seed)
     threads = faster_torch_threads(tmodel, topt, X, Y, recipe.batch_size)
     rng = np.random.default_rng(recipe.seed)
-    times = {"tinynet": 0.0, "torch": 0.0}
+    times = {"tinynet": [], "torch": []}                    # seconds of each epoch
     losses = {"tinynet": [], "torch": []}
     for epoch in range(recipe.epochs):
         order = rng.permutation(len(X))
@@ -468,26 +469,30 @@ def bench_text(recipe, synthetic=False, windows=None):
             else:
                 batch_losses, seconds = torch_text_epoch(tmodel, topt, X, Y, order,
                                                          recipe.batch_size)
-            times[library] += seconds
+            times[library].append(seconds)
             losses[library] += batch_losses
         if not synthetic:
-            print(f"  epoch {epoch + 1}/{recipe.epochs}: tinynet {times['tinynet']:.1f} s, "
-                  f"torch {times['torch']:.1f} s so far; last batch's loss tinynet "
+            print(f"  epoch {epoch + 1}/{recipe.epochs}: tinynet {times['tinynet'][-1]:.1f} s, "
+                  f"torch {times['torch'][-1]:.1f} s; last batch's loss tinynet "
                   f"{losses['tinynet'][-1]:.4f}, torch {losses['torch'][-1]:.4f}", flush=True)
     row = {"recipe": {k: getattr(recipe, k) for k in ("model", "epochs", "batch_size", "seq_len",
                                                       "embed", "hidden", "lr", "seed")},
            "train_windows": len(X), "val_windows": len(X_val), "vocab_size": V,
            "torch_threads": threads,
-           "tinynet_s": times["tinynet"], "torch_s": times["torch"],
-           "ratio": times["tinynet"] / times["torch"],
+           "tinynet_s": sum(times["tinynet"]), "torch_s": sum(times["torch"]),
+           "tinynet_epoch_s": statistics.median(times["tinynet"]),
+           "torch_epoch_s": statistics.median(times["torch"]),
+           "epochs_s": times,
            "tinynet_val_loss": model.evaluate(X_val, Y_val)["loss"],
            "torch_val_loss": torch_text_loss(tmodel, X_val, Y_val),
            "tinynet_last_loss": losses["tinynet"][-1], "torch_last_loss": losses["torch"][-1]}
+    row["ratio"] = row["tinynet_epoch_s"] / row["torch_epoch_s"]
     row["val_loss_difference"] = row["tinynet_val_loss"] - row["torch_val_loss"]
     print(f"  text {recipe.model} E {recipe.embed} H {recipe.hidden} T {recipe.seq_len}, batch "
           f"{recipe.batch_size}, {recipe.epochs} epochs of {len(X)} windows: training tinynet "
-          f"{row['tinynet_s']:.1f} s   torch {row['torch_s']:.1f} s ({row['torch_threads']} thr)"
-          f"   ratio {row['ratio']:.2f}\n"
+          f"{row['tinynet_s']:.1f} s   torch {row['torch_s']:.1f} s ({row['torch_threads']} thr); "
+          f"median epoch tinynet {row['tinynet_epoch_s']:.1f} s   torch "
+          f"{row['torch_epoch_s']:.1f} s   ratio {row['ratio']:.2f}\n"
           f"  validation loss (nats per character): tinynet {row['tinynet_val_loss']:.4f}   "
           f"torch {row['torch_val_loss']:.4f}   difference {row['val_loss_difference']:+.4f}",
           flush=True)
