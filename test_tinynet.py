@@ -5769,6 +5769,15 @@ def test_train_text_rejects_bad_flags(argv, message, monkeypatch, capsys, tmp_pa
     assert not (tmp_path / "out").exists()               # rejected before the run starts
 
 
+def test_train_text_rejects_a_prompt_outside_the_vocabulary(monkeypatch, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        _main("train_text", ["--prompt", "Ça", "--data-dir", _shakespeare_dir(), "--out",
+                             str(tmp_path / "out")], monkeypatch)
+    assert e.value.code == 2
+    assert "--prompt: characters not in the text: 'Ç'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_train_text_help_and_missing_data(monkeypatch, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         _main("train_text", ["--help"], monkeypatch)

@@ -28,18 +28,12 @@ import tinynet as tn
 
 # ── the text as integer codes ──────────────────────────────────────────────────
 
-def encode(text):
-    """text -> (codes, chars): chars the sorted distinct characters (the vocabulary, V of
-    them), codes (len(text),) int64 with text[i] == chars[codes[i]]."""
-    chars = sorted(set(text))
+def encode(text, chars=None):
+    """text -> (codes, chars): chars the vocabulary (None: the sorted distinct characters of
+    text, V of them), codes (len(text),) int64 with text[i] == chars[codes[i]]."""
+    chars = sorted(set(text)) if chars is None else chars
     index = {ch: i for i, ch in enumerate(chars)}
     return np.array([index[ch] for ch in text], dtype=np.int64), chars
-
-
-def encode_prompt(prompt, chars):
-    """The codes of prompt's characters in the vocabulary chars (all of them must be in it)."""
-    index = {ch: i for i, ch in enumerate(chars)}
-    return [index[ch] for ch in prompt]
 
 
 def decode(codes, chars):
@@ -253,15 +247,14 @@ def main(argv=None):
     tn.plot_history(history, os.path.join(args.out, "loss.png"), keys=("loss",), title=title)
     tn.plot_batch_loss(history, os.path.join(args.out, "batch_loss.png"), title=title)
 
-    if args.sample:
-        start = time.perf_counter()
-        written = sample(writer(model, args.seq_len), encode_prompt(prompt, chars), args.sample,
-                         args.temperature, np.random.default_rng(args.seed))
-        seconds = time.perf_counter() - start
-        print(f"--- {args.sample} characters at temperature {args.temperature:g} "
-              f"({seconds:.2f} s) ---")
-        print(prompt + decode(written, chars))
-        print("---")
+    start = time.perf_counter()
+    written = sample(writer(model, args.seq_len), encode(prompt, chars)[0], args.sample,
+                     args.temperature, np.random.default_rng(args.seed))
+    seconds = time.perf_counter() - start
+    print(f"--- {args.sample} characters at temperature {args.temperature:g} "
+          f"({seconds:.2f} s) ---")
+    print(prompt + decode(written, chars))
+    print("---")
     print(f"saved model.npz, history.csv, loss.png and batch_loss.png in {args.out}")
     val_loss = model.evaluate(X_val, Y_val)["loss"]
     print(f"validation loss: {val_loss:.4f}")
