@@ -6836,13 +6836,6 @@ def test_optimizer_path_matches_torch():
                       "optimizer_path", rtol=1e-10)
 
 
-IRIS = ["setosa", "versicolor", "virginica"]
-CLASS_NAMES = {3: IRIS, 10: [str(i) for i in range(10)],
-               20: ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                    "ship", "truck", "apple", "aquarium_fish", "baby", "bear", "beaver", "bed",
-                    "bee", "beetle", "bicycle", "bottle"]}
-
-
 # ── checking figures ──────────────────────────────────────────────────────────
 
 def _in_view_tick_labels(axis):
@@ -6926,6 +6919,13 @@ def _assert_text_fits(fig):
 
 
 # ── plot helpers: every figure type at 3, 10 and 20 classes or curves ────────
+
+IRIS = ["setosa", "versicolor", "virginica"]
+CLASS_NAMES = {3: IRIS, 10: [str(i) for i in range(10)],
+               20: ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                    "ship", "truck", "apple", "aquarium_fish", "baby", "bear", "beaver", "bed",
+                    "bee", "beetle", "bicycle", "bottle"]}
+
 
 @pytest.mark.parametrize("n", [3, 10, 20])
 def test_every_plot_helper_writes_a_png_whose_text_fits(tmp_path, figures, n):
@@ -7362,12 +7362,6 @@ def test_script_help(script, monkeypatch, capsys):
         assert flag in out
 
 
-LAST_LINE = re.compile(r"^test accuracy: 0\.\d{4}$|^test accuracy: 1\.0000$")
-EPOCH_LINE = re.compile(r"^epoch 1/1 - loss: \d+\.\d{4} - accuracy: \d\.\d{4} - "
-                        r"val_loss: \d+\.\d{4} - val_accuracy: \d\.\d{4} - lr: ", re.M)
-RUN_PNGS = ("loss.png", "accuracy.png", "batch_loss.png", "confusion.png")
-
-
 # ── training-script helpers ───────────────────────────────────────────────────
 
 def _parser():
@@ -7432,6 +7426,9 @@ def test_scripts_use_only_public_names_and_their_helpers_live_beside_them():
         assert set(re.findall(r"\btn\.(_\w+)", fh.read())) == {"_data_dir"}
 
 
+RUN_PNGS = ("loss.png", "accuracy.png", "batch_loss.png", "confusion.png")
+
+
 def test_save_run_figures_titles_name_the_run(tmp_path, figures):
     y, y_pred = _labels(10, 60)
     common.save_run_figures(_history(), y, y_pred, tmp_path, "MNIST mlp, adam lr 0.003",
@@ -7444,6 +7441,11 @@ def test_save_run_figures_titles_name_the_run(tmp_path, figures):
 
 
 # ── the training scripts ──────────────────────────────────────────────────────
+
+LAST_LINE = re.compile(r"^test accuracy: 0\.\d{4}$|^test accuracy: 1\.0000$")
+EPOCH_LINE = re.compile(r"^epoch 1/1 - loss: \d+\.\d{4} - accuracy: \d\.\d{4} - "
+                        r"val_loss: \d+\.\d{4} - val_accuracy: \d\.\d{4} - lr: ", re.M)
+
 
 def _check_run(r, out, pngs):
     assert r.returncode == 0, r.stderr[-3000:]
@@ -8021,6 +8023,56 @@ def test_train_iris_says_what_it_runs(monkeypatch, capsys, tmp_path):
     assert out.index("training mlp") < out.index("epoch 1/1")
 
 
+def test_train_mnist_transformer_model_and_attention_figure(tmp_path):
+    train_mnist = importlib.import_module("train_mnist")
+    tn.manual_seed(0)
+    model = tn.Sequential(train_mnist.build_model("transformer")[0].layers)
+    X = np.random.default_rng(0).random((3, 1, 28, 28)).astype(np.float32)
+    assert model.forward(X).shape == (3, 10)
+    assert sum(isinstance(layer, tn.TransformerEncoderLayer) for layer in model) == 2
+    fig = train_mnist.plot_attention(model, X[:1], np.array([7]), tmp_path / "attention.png")
+    _png_ok(tmp_path / "attention.png")
+    predicted = model.predict(X[:1]).argmax()
+    assert [ax.get_title() for ax in fig.axes[:3]] == [f"digit 7 (predicted {predicted})",
+                                                      "encoder layer 1", "encoder layer 2"]
+    assert fig.axes[1].get_xlabel() == "key: row attended to"
+    rows = fig.axes[1].images[0].get_array().sum(axis=1)
+    np.testing.assert_allclose(rows, 1, rtol=1e-5)           # each query's weights sum to 1
+
+
+@pytest.mark.parametrize("model", ["lstm", "gru"])
+def test_train_mnist_recurrent_models_read_rows_as_steps(model, tmp_path):
+    train_mnist = importlib.import_module("train_mnist")
+    net, _ = train_mnist.build_model(model)
+    assert ([type(layer).__name__ for layer in net]
+            == ["Flatten", model.upper(), "LastStep", "Linear"])
+    assert net.predict(np.zeros((3, 1, 28, 28), np.float32)).shape == (3, 10) and net[1].batch_first
+    r = _run(
+        "train_mnist.py",
+        "--model",
+        model,
+        "--data-dir",
+        tmp_path / "empty",
+        "--out",
+        tmp_path / "out",
+        env=_refused_downloads(),
+    )                 # stops at the missing data, after the config
+    assert r.returncode == 1 and "'epochs': 8," in r.stdout
+
+
+def test_train_iris_mse_is_the_labs_summed_squared_error(tmp_path, capsys):
+    """--loss mse: a Softmax output and MSELoss(reduction="sum") on one-hot targets, as the lab."""
+    train_iris = importlib.import_module("train_iris")
+    train_iris.main(["--loss", "mse", "--quick", "--no-plots", "--threads", "1",
+                     "--out", str(tmp_path)])
+    assert "mse loss" in capsys.readouterr().out
+    model = tn.Sequential.load(tmp_path / "model.npz")
+    assert isinstance(model[-1], tn.Softmax) and isinstance(model.loss, tn.MSELoss)
+    assert model.loss.reduction == "sum"
+
+
+# ── the text script: train_text.py's character-level language model ─────────
+
 VAL_LINE = re.compile(r"^validation loss: \d+\.\d{4}$")
 
 
@@ -8138,54 +8190,6 @@ def test_writing_with_a_carried_state_equals_rerunning_the_prefix(kind):
     assert train_text.sample(train_text.carried_state(model), [1, 2], 10, 1e-4) == greedy
 
 
-def test_train_mnist_transformer_model_and_attention_figure(tmp_path):
-    train_mnist = importlib.import_module("train_mnist")
-    tn.manual_seed(0)
-    model = tn.Sequential(train_mnist.build_model("transformer")[0].layers)
-    X = np.random.default_rng(0).random((3, 1, 28, 28)).astype(np.float32)
-    assert model.forward(X).shape == (3, 10)
-    assert sum(isinstance(layer, tn.TransformerEncoderLayer) for layer in model) == 2
-    fig = train_mnist.plot_attention(model, X[:1], np.array([7]), tmp_path / "attention.png")
-    _png_ok(tmp_path / "attention.png")
-    predicted = model.predict(X[:1]).argmax()
-    assert [ax.get_title() for ax in fig.axes[:3]] == [f"digit 7 (predicted {predicted})",
-                                                      "encoder layer 1", "encoder layer 2"]
-    assert fig.axes[1].get_xlabel() == "key: row attended to"
-    rows = fig.axes[1].images[0].get_array().sum(axis=1)
-    np.testing.assert_allclose(rows, 1, rtol=1e-5)           # each query's weights sum to 1
-
-
-@pytest.mark.parametrize("model", ["lstm", "gru"])
-def test_train_mnist_recurrent_models_read_rows_as_steps(model, tmp_path):
-    train_mnist = importlib.import_module("train_mnist")
-    net, _ = train_mnist.build_model(model)
-    assert ([type(layer).__name__ for layer in net]
-            == ["Flatten", model.upper(), "LastStep", "Linear"])
-    assert net.predict(np.zeros((3, 1, 28, 28), np.float32)).shape == (3, 10) and net[1].batch_first
-    r = _run(
-        "train_mnist.py",
-        "--model",
-        model,
-        "--data-dir",
-        tmp_path / "empty",
-        "--out",
-        tmp_path / "out",
-        env=_refused_downloads(),
-    )                 # stops at the missing data, after the config
-    assert r.returncode == 1 and "'epochs': 8," in r.stdout
-
-
-def test_train_iris_mse_is_the_labs_summed_squared_error(tmp_path, capsys):
-    """--loss mse: a Softmax output and MSELoss(reduction="sum") on one-hot targets, as the lab."""
-    train_iris = importlib.import_module("train_iris")
-    train_iris.main(["--loss", "mse", "--quick", "--no-plots", "--threads", "1",
-                     "--out", str(tmp_path)])
-    assert "mse loss" in capsys.readouterr().out
-    model = tn.Sequential.load(tmp_path / "model.npz")
-    assert isinstance(model[-1], tn.Softmax) and isinstance(model.loss, tn.MSELoss)
-    assert model.loss.reduction == "sum"
-
-
 # ════════════════════════════════════════════════════════════════════════════
 # Benchmark
 # ════════════════════════════════════════════════════════════════════════════
@@ -8244,106 +8248,6 @@ def test_import_loads_only_numpy_and_stdlib():
                if m.split(".")[0] not in sys.stdlib_module_names | {"numpy", "tinynet"}
                and not re.fullmatch(r"_?cython_\w+", m)]  # registered by numpy's Cython extensions
     assert foreign == []
-
-
-# README's captioning example: its code block run as it is (on the real MNIST from
-# $TINYNET_DATA), then its hand-written backward against torch's autograd
-
-def _readme_code(heading):
-    """The ```python block of README's section `### <heading>`."""
-    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
-        section = f.read().split(f"\n### {heading}\n")[1].split("\n### ")[0]
-    [code] = re.findall(r"```python\n(.*?)```", section, re.S)
-    return code
-
-
-def test_readme_language_model_blocks_run(monkeypatch, capsys):
-    """README's language model (fit cut to one batch of 8 windows) and its writing loop, with
-    the carried state: 500 characters of the vocabulary come out."""
-    _shakespeare_dir()
-    section = open(os.path.join(HERE, "README.md"), encoding="utf-8").read().split(
-        "\n### A character-level language model\n")[1].split("\n### ")[0]
-    train, write = re.findall(r"```python\n(.*?)```", section, re.S)
-    fit = tn.Sequential.fit
-    monkeypatch.setattr(tn.Sequential, "fit", lambda self, x, y, **kwargs: fit(
-        self, x[:8], y[:8], batch_size=8, epochs=1, verbose=0))
-    namespace = {"np": np, "tn": tn}
-    exec(compile(train, "README.md (language model)", "exec"), namespace)
-    lstm = namespace["model"][1]
-    calls = []
-    monkeypatch.setattr(lstm, "forward", lambda x, hx=None, forward=lstm.forward: (
-        calls.append((np.shape(x), hx is None)) or forward(x, hx)))
-    exec(compile(write, "README.md (writing)", "exec"), namespace)
-    written = capsys.readouterr().out.rstrip("\n")
-    assert len(written) == 500 and set(written) <= set(namespace["chars"])
-    assert calls[0] == ((1, 1, 64), True) and set(calls[1:]) == {((1, 1, 64), False)}
-
-
-@pytest.fixture(scope="module")
-def captioning(mnist):
-    """The namespace README's captioning block leaves, run with tn.load_mnist giving the
-    module's MNIST (it trains on the first 10,000 training images, tests on 1,000)."""
-    code = _readme_code("Captioning: a model of two inputs")
-    load_mnist = tn.load_mnist
-    tn.load_mnist = lambda *args, **kwargs: mnist
-    try:
-        namespace = {}
-        exec(compile(code, "README.md (Captioning)", "exec"), namespace)
-    finally:
-        tn.load_mnist = load_mnist
-    return namespace
-
-
-def _readme():
-    """README.md with its lines joined: a sentence may wrap anywhere."""
-    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
-        return " ".join(f.read().split())
-
-
-def test_readme_captioning_spells_held_out_digits(captioning):
-    threshold = float(re.search(r"the test runs this block and holds it at (0\.\d+) or more",
-                                _readme())[1])
-    assert captioning["exact"] >= threshold, captioning["exact"]
-    model = captioning["model"]
-    assert isinstance(model, tn.Model) and len(model.parameters()) == 9   # found as attributes
-    digits = captioning["y_test"][:1000]
-    right = captioning["predicted"] == np.array(captioning["WORDS"])[digits]
-    assert right.mean() == captioning["exact"] and set(digits[right]) == set(range(10))
-
-
-def test_readme_captioner_backward_through_h0_matches_torch(captioning):
-    Captioner, V = captioning["Captioner"], len(captioning["VOCAB"])
-    tn.manual_seed(0)
-    model = Captioner(V, embed=3, hidden=4).astype(np.float64)
-
-    class TorchCaptioner(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.proj, self.embed = torch.nn.Linear(784, 4), torch.nn.Embedding(V, 3)
-            self.lstm, self.head = torch.nn.LSTM(3, 4, batch_first=True), torch.nn.Linear(4, V)
-
-        def forward(self, images, tokens):
-            h0 = self.proj(images.reshape(len(images), 784))[None]
-            h, _ = self.lstm(self.embed(tokens), (h0, torch.zeros_like(h0)))
-            return self.head(h).permute(0, 2, 1)
-
-    ref = TorchCaptioner().double()
-    ref.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
-    rng = np.random.default_rng(0)
-    images = rng.random((3, 1, 28, 28))
-    captions = captioning["captions"][[7, 1, 3]]
-    loss = tn.CrossEntropyLoss(ignore_index=0)
-    value = loss(model.forward((images, captions[:, :-1])), captions[:, 1:])
-    model.zero_grad()
-    model.backward(loss.backward())
-    expected = F.cross_entropy(ref(T(images, False), torch.from_numpy(captions[:, :-1])),
-                               torch.from_numpy(captions[:, 1:]), ignore_index=0)
-    expected.backward()
-    assert_parity(np.array(value), expected, "captioning loss")
-    torch_params = dict(ref.named_parameters())
-    for name, p in model.named_parameters():
-        assert_parity(p.grad, torch_params[name].grad, f"Captioner {name} gradient")
-    assert np.abs(model.proj.weight.grad).max() > 0          # the gradient reached h0's Linear
 
 
 PUBLIC_LAYERS = ["Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
@@ -8463,6 +8367,12 @@ def test_each_layer_copies_out_alone_and_stays_short(capsys):
     assert all(sizes[name] <= most for name, most in COPIED_WHOLE.items()), sizes
 
 
+def _readme():
+    """README.md with its lines joined: a sentence may wrap anywhere."""
+    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+        return " ".join(f.read().split())
+
+
 def test_readme_states_the_sizes_the_code_has():
     """Every figure the README (and tinynet's docstring) gives about the code is checked here."""
     defs, _ = _definitions()
@@ -8491,6 +8401,100 @@ def test_readme_test_count_is_the_suites(request):
         pytest.skip("only part of test_tinynet.py was collected")
     stated = int(re.search(r"The suite \(about (\d+) tests", _readme())[1])
     assert abs(stated - len(items)) <= 0.1 * len(items), (stated, len(items))
+
+
+# README's captioning example: its code block run as it is (on the real MNIST from
+# $TINYNET_DATA), then its hand-written backward against torch's autograd
+
+def _readme_code(heading):
+    """The ```python block of README's section `### <heading>`."""
+    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+        section = f.read().split(f"\n### {heading}\n")[1].split("\n### ")[0]
+    [code] = re.findall(r"```python\n(.*?)```", section, re.S)
+    return code
+
+
+@pytest.fixture(scope="module")
+def captioning(mnist):
+    """The namespace README's captioning block leaves, run with tn.load_mnist giving the
+    module's MNIST (it trains on the first 10,000 training images, tests on 1,000)."""
+    code = _readme_code("Captioning: a model of two inputs")
+    load_mnist = tn.load_mnist
+    tn.load_mnist = lambda *args, **kwargs: mnist
+    try:
+        namespace = {}
+        exec(compile(code, "README.md (Captioning)", "exec"), namespace)
+    finally:
+        tn.load_mnist = load_mnist
+    return namespace
+
+
+def test_readme_captioning_spells_held_out_digits(captioning):
+    threshold = float(re.search(r"the test runs this block and holds it at (0\.\d+) or more",
+                                _readme())[1])
+    assert captioning["exact"] >= threshold, captioning["exact"]
+    model = captioning["model"]
+    assert isinstance(model, tn.Model) and len(model.parameters()) == 9   # found as attributes
+    digits = captioning["y_test"][:1000]
+    right = captioning["predicted"] == np.array(captioning["WORDS"])[digits]
+    assert right.mean() == captioning["exact"] and set(digits[right]) == set(range(10))
+
+
+def test_readme_captioner_backward_through_h0_matches_torch(captioning):
+    Captioner, V = captioning["Captioner"], len(captioning["VOCAB"])
+    tn.manual_seed(0)
+    model = Captioner(V, embed=3, hidden=4).astype(np.float64)
+
+    class TorchCaptioner(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj, self.embed = torch.nn.Linear(784, 4), torch.nn.Embedding(V, 3)
+            self.lstm, self.head = torch.nn.LSTM(3, 4, batch_first=True), torch.nn.Linear(4, V)
+
+        def forward(self, images, tokens):
+            h0 = self.proj(images.reshape(len(images), 784))[None]
+            h, _ = self.lstm(self.embed(tokens), (h0, torch.zeros_like(h0)))
+            return self.head(h).permute(0, 2, 1)
+
+    ref = TorchCaptioner().double()
+    ref.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    rng = np.random.default_rng(0)
+    images = rng.random((3, 1, 28, 28))
+    captions = captioning["captions"][[7, 1, 3]]
+    loss = tn.CrossEntropyLoss(ignore_index=0)
+    value = loss(model.forward((images, captions[:, :-1])), captions[:, 1:])
+    model.zero_grad()
+    model.backward(loss.backward())
+    expected = F.cross_entropy(ref(T(images, False), torch.from_numpy(captions[:, :-1])),
+                               torch.from_numpy(captions[:, 1:]), ignore_index=0)
+    expected.backward()
+    assert_parity(np.array(value), expected, "captioning loss")
+    torch_params = dict(ref.named_parameters())
+    for name, p in model.named_parameters():
+        assert_parity(p.grad, torch_params[name].grad, f"Captioner {name} gradient")
+    assert np.abs(model.proj.weight.grad).max() > 0          # the gradient reached h0's Linear
+
+
+def test_readme_language_model_blocks_run(monkeypatch, capsys):
+    """README's language model (fit cut to one batch of 8 windows) and its writing loop, with
+    the carried state: 500 characters of the vocabulary come out."""
+    _shakespeare_dir()
+    section = open(os.path.join(HERE, "README.md"), encoding="utf-8").read().split(
+        "\n### A character-level language model\n")[1].split("\n### ")[0]
+    train, write = re.findall(r"```python\n(.*?)```", section, re.S)
+    fit = tn.Sequential.fit
+    monkeypatch.setattr(tn.Sequential, "fit", lambda self, x, y, **kwargs: fit(
+        self, x[:8], y[:8], batch_size=8, epochs=1, verbose=0))
+    namespace = {"np": np, "tn": tn}
+    exec(compile(train, "README.md (language model)", "exec"), namespace)
+    lstm = namespace["model"][1]
+    calls = []
+    monkeypatch.setattr(lstm, "forward", lambda x, hx=None, forward=lstm.forward: (
+        calls.append((np.shape(x), hx is None)) or forward(x, hx)))
+    exec(compile(write, "README.md (writing)", "exec"), namespace)
+    written = capsys.readouterr().out.rstrip("\n")
+    assert len(written) == 500 and set(written) <= set(namespace["chars"])
+    assert calls[0] == ((1, 1, 64), True) and set(calls[1:]) == {((1, 1, 64), False)}
 
 
 # ── installing: a light pyproject, optional packages named when missing ─────────
