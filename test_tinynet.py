@@ -5107,6 +5107,106 @@ def test_train_mnist_transformer_model_and_attention_figure(tmp_path, figures):
 
 
 # ════════════════════════════════════════════════════════════════════════════
+# Attention at work (issue 25): padded sequences classified with MeanOverSteps' mask, the GPT of
+# train_text.py --model gpt (tied weights, one step against torch), the README's translation toy
+# ════════════════════════════════════════════════════════════════════════════
+
+def _masked_mean_torch(dim, mask):
+    """torch's masked mean over axis dim: (x * m).sum(dim) / m.sum(dim), m the mask with x's
+    trailing axes as 1."""
+    def f(x):
+        m = torch.tensor(mask).reshape(mask.shape + (1,) * (x.dim() - mask.ndim)).to(x.dtype)
+        return (x * m).sum(dim) / m.sum(dim)
+    return f
+
+
+@pytest.mark.parametrize("dim, shape", [(1, (3, 5, 4)), (0, (5, 3, 4)), (-1, (3, 5)),
+                                        (1, (2, 4, 3, 2))])
+def test_mean_over_steps_with_a_mask_matches_torch(dim, shape):
+    d = dim % len(shape)
+    steps_shape = shape[:max(d + 1, 2)]
+    mask = np.random.default_rng(3).random(steps_shape) > 0.4
+    np.moveaxis(mask, d, 0)[0] = True                      # at least one real step in each
+    x, g = randn(0, shape), randn(1, tuple(np.delete(shape, d)))
+    layer = tn.MeanOverSteps(dim)
+    xt = T(x)
+    yt = _masked_mean_torch(d, mask)(xt)
+    yt.backward(T(g, False))
+    assert_parity(layer.forward(x, mask=mask), yt, f"MeanOverSteps({dim}) with a mask")
+    assert_parity(layer.backward(g), xt.grad, f"MeanOverSteps({dim}) with a mask, dx")
+    padding = ~np.broadcast_to(mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim)), shape)
+    assert not layer.backward(g)[padding].any()                # padding gets no gradient
+    full = np.ones(steps_shape, bool)                          # every step real: the plain mean
+    np.testing.assert_allclose(layer.forward(x, mask=full), tn.MeanOverSteps(dim).forward(x),
+                               rtol=1e-13, atol=1e-15)
+    assert layer.forward(x.astype(np.float32), mask=mask).dtype == np.float32
+
+
+class _PaddedClassifier(tn.Model):
+    """Token codes (N, T), 0 = padding -> 3 class logits: an encoder layer that ignores the
+    padding (src_key_padding_mask) and a mean over the real steps (MeanOverSteps' mask)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = tn.Embedding(10, 8, padding_idx=0)
+        self.pos = tn.PositionalEmbedding(7, 8)
+        self.encoder = tn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.mean = tn.MeanOverSteps()
+        self.head = tn.Linear(8, 3)
+
+    def forward(self, tokens):
+        pad = tokens == 0                                      # (N, T), True at padding
+        h = self.encoder(self.pos(self.embed(tokens)), src_key_padding_mask=pad)   # (N, T, 8)
+        return self.head(self.mean(h, mask=~pad))              # (N, 3)
+
+    def backward(self, grad):
+        dh = self.encoder.backward(self.mean.backward(self.head.backward(grad)))
+        self.embed.backward(self.pos.backward(dh))
+
+
+def test_padded_sequences_classify_as_unpadded():
+    """The padded batch's outputs and parameter gradients equal those of each sequence alone,
+    unpadded: the padding changes nothing."""
+    tn.manual_seed(0)
+    model = _PaddedClassifier().astype(np.float64)
+    rng = np.random.default_rng(0)
+    lengths = [3, 7, 1, 5]
+    tokens = np.zeros((4, 7), np.int64)
+    for i, n in enumerate(lengths):
+        tokens[i, :n] = rng.integers(1, 10, n)
+    g = randn(1, (4, 3))
+    model.zero_grad()
+    y = model.forward(tokens)
+    model.backward(g)
+    padded_grads = [p.grad.copy() for p in model.parameters()]
+    model.zero_grad()
+    for i, n in enumerate(lengths):
+        alone = model.forward(tokens[i:i + 1, :n])
+        np.testing.assert_allclose(y[i:i + 1], alone, rtol=1e-12, atol=1e-14)
+        model.backward(g[i:i + 1])                             # the gradients add up
+    for (name, p), padded in zip(model.named_parameters(), padded_grads, strict=True):
+        np.testing.assert_allclose(padded, p.grad, rtol=1e-10, atol=1e-13, err_msg=name)
+    unmasked = model.head(tn.MeanOverSteps()(model.encoder(model.pos(model.embed(tokens)))))
+    assert not np.allclose(unmasked, y)                        # without the masks it differs
+
+
+@pytest.mark.parametrize("x_shape, mask, match", [
+    ((2, 3, 4), np.ones((2, 3), np.int64),
+     r"^MeanOverSteps: expected mask, a bool array of shape \(2, 3\) \(True = a real step\) "
+     r"for x of shape \(2, 3, 4\), got int64 of shape \(2, 3\)$"),
+    ((2, 3, 4), np.ones((3, 2), bool), r"^MeanOverSteps: .*shape \(2, 3\).*got bool of shape "
+                                       r"\(3, 2\)$"),
+    ((2, 3, 4), np.ones((2, 3, 4), bool), r"^MeanOverSteps: .*got bool of shape \(2, 3, 4\)$"),
+    ((2, 3, 4), np.array([[True, False, False], [False, False, False]]),
+     r"^MeanOverSteps: every sequence needs at least 1 real step, but mask \(shape \(2, 3\)\) "
+     r"has 1 with none$"),
+])
+def test_mean_over_steps_rejects_bad_masks(x_shape, mask, match):
+    with pytest.raises(ValueError, match=match):
+        tn.MeanOverSteps().forward(np.zeros(x_shape), mask=mask)
+
+
+# ════════════════════════════════════════════════════════════════════════════
 # Benchmark
 # ════════════════════════════════════════════════════════════════════════════
 
