@@ -67,20 +67,14 @@ def blas_info():
         return "threadpoolctl not installed"
 
 
-def torch_layer(name, args):
-    """torch.nn's layer `name`, or, for the tinynet layers that torch.nn lacks, the module a
-    torch user writes, as Sequential.to_torch builds it (PositionalEmbedding: a learned table
-    added to x; MeanOverSteps: a mean; LastStep; LSTM returning only its output)."""
-    import torch
-    return (tn._torch_sequence_modules().get(name) or getattr(torch.nn, name))(*args)
-
-
 def build(spec, batch=BATCH):
-    """The same architecture in both libraries, torch's weights copied into tinynet's."""
+    """The same architecture in both libraries: tinynet's, and its torch twin with the same
+    weights from Sequential.to_torch (torch.nn's layers; for those torch.nn lacks, the module a
+    torch user writes: PositionalEmbedding a learned table added to x, MeanOverSteps a mean,
+    LastStep, LSTM returning only its output)."""
     import torch
-    tmodel = torch.nn.Sequential(*[torch_layer(name, args) for name, args in spec])
     model = tn.Sequential([getattr(tn, name)(*args) for name, args in spec])
-    model.load_state_dict(tmodel.state_dict())
+    tmodel = model.to_torch()
     model.compile(tn.Adam(model.parameters(), lr=LR), tn.CrossEntropyLoss())
     return model, tmodel, torch.optim.Adam(tmodel.parameters(), lr=LR)
 
@@ -296,7 +290,8 @@ def memory_child(library, workload, n, epochs, synthetic):
         epoch = lambda: model.fit(X, y, epochs=1, batch_size=BATCH, verbose=0)  # noqa: E731
     else:
         import torch
-        tmodel = torch.nn.Sequential(*[torch_layer(name, a) for name, a in WORKLOADS[workload]])
+        tmodel = tn.Sequential([getattr(tn, name)(*args)
+                                for name, args in WORKLOADS[workload]]).to_torch()
         topt = torch.optim.Adam(tmodel.parameters(), lr=LR)
         Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
         epoch = lambda: torch_epoch(tmodel, topt, Xt, yt)  # noqa: E731

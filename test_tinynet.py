@@ -30,6 +30,7 @@ import threadpoolctl
 import torch
 import torch.nn.functional as F
 
+import scripts_common as common
 import tinynet as tn
 
 # One thread for torch and for BLAS here: the tests' arrays are tiny, and the script runs
@@ -2328,12 +2329,12 @@ def test_blas_threads_chooses_by_the_mean_so_that_stalls_count():
 
 def test_threads_flag_sets_blas_threads_or_asks_for_the_callback():
     from threadpoolctl import threadpool_limits
-    assert [type(c) for c in tn.blas_thread_callbacks("auto")] == [tn.BlasThreads]
+    assert [type(c) for c in common.blas_thread_callbacks("auto")] == [tn.BlasThreads]
     with threadpool_limits(2, user_api="blas"):
-        assert tn.blas_thread_callbacks("1") == [] and _blas_threads() == 1
+        assert common.blas_thread_callbacks("1") == [] and _blas_threads() == 1
     with pytest.raises(ValueError,
                        match="--threads: expected auto or a positive number, got 'two'"):
-        tn.blas_thread_callbacks("two")
+        common.blas_thread_callbacks("two")
 
 
 def test_stop_training_set_by_a_callback_ends_fit():
@@ -3352,6 +3353,37 @@ def test_data_dir_resolution(tmp_path, monkeypatch):
     assert os.path.isabs(default) and os.path.basename(default) == "data"
 
 
+def test_data_dir_beside_a_clone_else_the_user_cache(tmp_path, monkeypatch):
+    """data/ beside tinynet.py in a clone or a folder of one's own; the user cache when pip put
+    tinynet.py there (a tinynet-*.dist-info beside it), in a site-packages, or where it may not
+    write."""
+    monkeypatch.delenv("TINYNET_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+    def data_dir_of(folder, *beside):
+        folder.mkdir(parents=True)
+        for name in beside:
+            (folder / name).mkdir()
+        monkeypatch.setattr(tn, "_DATA_BESIDE", str(folder / "data"))
+        return tn._data_dir()
+    cache = str(tmp_path / "xdg" / "tinynet")
+    assert data_dir_of(tmp_path / "clone", "data") == str(tmp_path / "clone" / "data")
+    assert data_dir_of(tmp_path / "own") == str(tmp_path / "own" / "data")    # a copied tinynet.py
+    assert data_dir_of(tmp_path / "target", "tinynet-0.1.dist-info") == cache
+    assert data_dir_of(tmp_path / "lib" / "site-packages") == cache
+    assert data_dir_of(tmp_path / "lib" / "dist-packages") == cache
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert tn._data_dir() == str(tmp_path / "home" / ".cache" / "tinynet")
+    assert tn._data_dir(tmp_path / "arg") == str(tmp_path / "arg")          # the argument wins
+    monkeypatch.setenv("TINYNET_DATA", str(tmp_path / "env"))
+    assert tn._data_dir() == str(tmp_path / "env")                          # and $TINYNET_DATA
+    monkeypatch.delenv("TINYNET_DATA")
+    data_dir_of(tmp_path / "read-only", "data")
+    monkeypatch.setattr(tn.os, "access", lambda path, mode: False)     # a folder it may not write
+    assert tn._data_dir() == str(tmp_path / "home" / ".cache" / "tinynet")
+
+
 # ── Iris ────────────────────────────────────────────────────────────────────
 
 def test_load_iris():
@@ -3390,10 +3422,34 @@ def test_load_iris_rejects_bad_file(tmp_path, text):
 def test_load_iris_rejects_a_missing_file_saying_where_and_how(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYNET_DATA", str(tmp_path))
     monkeypatch.setattr(tn, "_DATA_BESIDE", str(tmp_path / "beside"))
+    monkeypatch.setitem(sys.modules, "sklearn", None)       # as if scikit-learn were not installed
     with pytest.raises(FileNotFoundError,
                        match=r"load_iris: iris.csv not found; looked in .*iris.csv and "
-                             r".*beside.iris.csv.*TINYNET_DATA.*load_iris\(path\)"):
-        tn.load_iris()
+                             r".*beside.iris.csv and in scikit-learn.*MD5 "
+                             r"d69a16ea6136ccb02a7c37c66375ebba.*TINYNET_DATA.*load_iris\(path\)"
+                             r".*download=True"):
+        tn.load_iris(download=False)
+    with pytest.raises(FileNotFoundError, match=r"load_iris: .*nowhere.csv not found"):
+        tn.load_iris(tmp_path / "nowhere.csv")
+    assert os.listdir(tmp_path) == []
+
+
+def test_load_iris_reads_scikit_learns_copy_when_it_has_none(tmp_path, monkeypatch):
+    """An installed tinynet has no data/iris.csv; scikit-learn ships the same file (same bytes),
+    read in place, found without importing scikit-learn, and only when its MD5 matches."""
+    monkeypatch.setenv("TINYNET_DATA", str(tmp_path))
+    monkeypatch.setattr(tn, "_DATA_BESIDE", str(tmp_path / "beside"))
+    ours = os.path.join(HERE, "data", "iris.csv")
+    need(ours)
+    path = tn._sklearn_iris()
+    assert path.endswith(os.path.join("sklearn", "datasets", "data", "iris.csv"))
+    with open(path, "rb") as theirs, open(ours, "rb") as fh:
+        assert theirs.read() == fh.read()
+    X, y = tn.load_iris(download=False)
+    assert X.shape == (150, 4) and np.bincount(y).tolist() == [50, 50, 50]
+    assert os.listdir(tmp_path) == []                       # read where it is, not copied
+    monkeypatch.setitem(tn.DATA_MD5, "iris.csv", "0" * 32)
+    assert tn._sklearn_iris() is None                       # another file: not used
 
 
 # ── downloads, from a local http.server ─────────────────────────────────────
@@ -3442,7 +3498,7 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """(base URL, {file name: (bytes, md5)}) of a server on 127.0.0.1 holding small MNIST and
-    SVHN files."""
+    SVHN files, and the real iris.csv."""
     root = tmp_path_factory.mktemp("www")
     rng = np.random.default_rng(0)
     files = {}
@@ -3451,7 +3507,9 @@ def server(tmp_path_factory):
         write_idx(root / name, rng.integers(0, 10 if len(shape) == 1 else 256, shape,
                                             dtype=np.uint8))
     svhn_file(root, "test", 5)
-    for name in MNIST_NAMES + ["test_32x32.mat"]:
+    with open(os.path.join(HERE, "data", "iris.csv"), "rb") as fh:     # the real one
+        (root / "iris.csv").write_bytes(fh.read())
+    for name in MNIST_NAMES + ["test_32x32.mat", "iris.csv"]:
         files[name] = ((root / name).read_bytes(),
                        hashlib.md5((root / name).read_bytes()).hexdigest())
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -3521,6 +3579,24 @@ def test_download_svhn(tmp_path, monkeypatch, server):
     X, y = tn.load_svhn("test", tmp_path)
     assert X.shape == (5, 3, 32, 32) and y[0] == 0
     assert_downloaded(tmp_path / "svhn", {"test_32x32.mat": server[1]["test_32x32.mat"]})
+
+
+def test_download_iris_without_scikit_learn(tmp_path, monkeypatch, server):
+    monkeypatch.setenv("TINYNET_DATA", str(tmp_path / "data"))
+    monkeypatch.setattr(tn, "_DATA_BESIDE", str(tmp_path / "beside"))
+    monkeypatch.setitem(sys.modules, "sklearn", None)       # as if scikit-learn were not installed
+    base, files = server
+    monkeypatch.setitem(tn.DATA_MIRRORS, "iris", [f"{base}/missing/", f"{base}/good/"])
+    assert files["iris.csv"][1] == tn.DATA_MD5["iris.csv"]  # the published MD5, not patched
+    published = tn.DATA_MD5["iris.csv"]
+    monkeypatch.setitem(tn.DATA_MD5, "iris.csv", "0" * 32)
+    with pytest.raises(OSError, match=r"iris.csv: MD5 " + published):
+        tn.load_iris()
+    assert os.listdir(tmp_path / "data") == []              # nothing kept, no .part
+    monkeypatch.setitem(tn.DATA_MD5, "iris.csv", published)
+    X, y = tn.load_iris()
+    assert_downloaded(tmp_path / "data", {"iris.csv": files["iris.csv"]})
+    assert X.shape == (150, 4) and np.bincount(y).tolist() == [50, 50, 50]
 
 
 # ── SVHN, on small .mat files in the official layout ────────────────────────
@@ -4016,22 +4092,22 @@ def test_plot_optimizer_paths_draws_each_path_over_contours(tmp_path, figures):
 # ── training-script helpers ───────────────────────────────────────────────────
 
 def _parser():
-    return tn.add_common_args(argparse.ArgumentParser(prog="train_x.py"))
+    return common.add_common_args(argparse.ArgumentParser(prog="train_x.py"))
 
 
 def test_flags_typed_sees_typed_flags_even_at_their_default():
     parser = _parser()
-    assert tn.flags_typed(parser, []) == set()
-    assert (tn.flags_typed(parser, ["--lr", "0.001", "--quick", "--batch=64"])
+    assert common.flags_typed(parser, []) == set()
+    assert (common.flags_typed(parser, ["--lr", "0.001", "--quick", "--batch=64"])
             == {"--lr", "--quick", "--batch-size"})
 
 
 def test_reject_flags_exits_with_a_usage_error(capsys):
     parser = _parser()
-    tn.reject_flags(parser, ["--lr"], "with --sweep", argv=["--epochs", "3"])  # not typed: fine
+    common.reject_flags(parser, ["--lr"], "with --sweep", argv=["--epochs", "3"])  # not typed: fine
     with pytest.raises(SystemExit) as e:
-        tn.reject_flags(parser, ["--lr", "--optimizer", "--epochs"], "with --sweep",
-                        argv=["--lr=0.001", "--optimizer", "adam"])
+        common.reject_flags(parser, ["--lr", "--optimizer", "--epochs"], "with --sweep",
+                            argv=["--lr=0.001", "--optimizer", "adam"])
     assert e.value.code == 2
     assert ("--lr and --optimizer have no effect with --sweep; remove them"
             in capsys.readouterr().err)
@@ -4039,8 +4115,8 @@ def test_reject_flags_exits_with_a_usage_error(capsys):
 
 def test_exit_missing_data_says_what_to_do(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        tn.exit_missing_data("train_x.py", "X", OSError("tried: http://a, http://b"),
-                             ["a.gz", "b.gz"], tmp_path, "x", "from http://example.org/")
+        common.exit_missing_data("train_x.py", "X", OSError("tried: http://a, http://b"),
+                                 ["a.gz", "b.gz"], tmp_path, "x", "from http://example.org/")
     message = str(e.value.code)
     for part in ("train_x.py: X is not available", "tried: http://a, http://b", "a.gz, b.gz",
                  str(tmp_path / "x"), "--data-dir", "TINYNET_DATA"):
@@ -4057,10 +4133,30 @@ def test_old_helpers_are_gone_and_scripts_compile_and_fit_themselves():
         assert ".compile(" in source and ".fit(" in source and "tn.manual_seed(args.seed)" in source
 
 
+SCRIPT_HELPERS = ("OPTIMIZER_CHOICES", "SCHEDULER_CHOICES", "positive_int", "positive_float",
+                  "nonnegative_float", "threads_flag", "add_common_args", "check_common_args",
+                  "flags_typed", "reject_flags", "exit_missing_data", "blas_thread_callbacks",
+                  "make_optimizer", "make_scheduler", "describe_run", "describe_schedule",
+                  "save_model_and_history", "save_run_figures", "print_table")
+
+
+def test_scripts_use_only_public_names_and_their_helpers_live_beside_them():
+    for name in SCRIPT_HELPERS:
+        assert hasattr(common, name) and not hasattr(tn, name), name
+    assert isinstance(tn.BlasThreads(), tn.Callback)           # a callback students may use
+    for script in ("train_mnist.py", "train_svhn.py", "train_iris.py", "bench_tinynet.py"):
+        with open(os.path.join(SCRIPTS, script)) as fh:
+            used = set(re.findall(r"\btn\.(\w+)", fh.read()))
+        assert used and all(hasattr(tn, n) and not n.startswith("_") for n in used), (script, used)
+    with open(os.path.join(SCRIPTS, "scripts_common.py")) as fh:
+        # the one private name: the data folder that exit_missing_data's message names
+        assert set(re.findall(r"\btn\.(_\w+)", fh.read())) == {"_data_dir"}
+
+
 def test_save_run_figures_titles_name_the_run(tmp_path, figures):
     y, y_pred = _labels(10, 60)
-    tn.save_run_figures(_history(), y, y_pred, tmp_path, "MNIST mlp, adam lr 0.003",
-                        X_test=np.random.default_rng(0).random((60, 1, 28, 28)))
+    common.save_run_figures(_history(), y, y_pred, tmp_path, "MNIST mlp, adam lr 0.003",
+                            X_test=np.random.default_rng(0).random((60, 1, 28, 28)))
     for name in RUN_PNGS + ("predictions.png",):
         _png_ok(tmp_path / name)
     assert len(figures) == 5
@@ -4422,11 +4518,11 @@ def test_bad_flag_values_are_refused_before_any_data_loads(script, argv, message
 
 
 def test_flag_types_accept_good_values():
-    assert tn.positive_int("3") == 3 and tn.positive_float("1e-3") == 1e-3
-    assert tn.nonnegative_float("0") == 0.0 and tn.threads_flag("auto") == "auto"
-    assert tn.threads_flag("2") == "2" and tn.threads_flag("1") == "1"
-    for parse, text in ((tn.positive_int, "1"), (tn.positive_float, "1e-300"),
-                        (tn.nonnegative_float, "1e-300")):
+    assert common.positive_int("3") == 3 and common.positive_float("1e-3") == 1e-3
+    assert common.nonnegative_float("0") == 0.0 and common.threads_flag("auto") == "auto"
+    assert common.threads_flag("2") == "2" and common.threads_flag("1") == "1"
+    for parse, text in ((common.positive_int, "1"), (common.positive_float, "1e-300"),
+                        (common.nonnegative_float, "1e-300")):
         assert parse(text) > 0
 
 
@@ -4441,8 +4537,9 @@ def test_add_common_args_defaults_and_types():
                                  "--weight-decay", "0", "--threads", "1", "--seed", "-3"])
     assert (args.epochs, args.batch_size, args.lr, args.weight_decay, args.threads, args.seed) == (
         1, 1, 0.5, 0.0, "1", -3)
-    args = tn.add_common_args(argparse.ArgumentParser(prog="x.py"), epochs=3, batch_size=7, lr=0.2,
-                              optimizer="sgd", scheduler="step", weight_decay=0.1).parse_args([])
+    parser = common.add_common_args(argparse.ArgumentParser(prog="x.py"), epochs=3, batch_size=7,
+                                    lr=0.2, optimizer="sgd", scheduler="step", weight_decay=0.1)
+    args = parser.parse_args([])
     assert (args.epochs, args.batch_size, args.lr, args.optimizer, args.scheduler,
             args.weight_decay) == (3, 7, 0.2, "sgd", "step", 0.1)
 
@@ -4554,32 +4651,32 @@ def test_weight_decay_flag_decays_weights_only_unless_decay_all(mnist_main, caps
     assert len(group["params"]) == 4 and group["weight_decay"] == 0.01
 
 
-@pytest.mark.parametrize("name", tn.OPTIMIZER_CHOICES)
+@pytest.mark.parametrize("name", common.OPTIMIZER_CHOICES)
 def test_make_optimizer_weight_decay_leaves_biases_and_norms_alone(name):
     tn.manual_seed(0)
     model = tn.Sequential(tn.Conv2d(1, 2, 3), tn.BatchNorm2d(2), tn.Flatten(), tn.Linear(8, 3))
-    opt = tn.make_optimizer(name, model.parameters(), 0.1, weight_decay=0.5)
+    opt = common.make_optimizer(name, model.parameters(), 0.1, weight_decay=0.5)
     before = [p.data.copy() for p in model.parameters()]
     model.zero_grad()
     opt.step()                                              # zero gradients: only the decay moves
     for p, old in zip(model.parameters(), before):
         assert np.array_equal(p.data, old) == (p.data.ndim < 2), (name, p.data.shape)
-    opt = tn.make_optimizer(name, model.parameters(), 0.1, weight_decay=0.5, decay_all=True)
+    opt = common.make_optimizer(name, model.parameters(), 0.1, weight_decay=0.5, decay_all=True)
     bias = model[3].bias.data.copy()
     opt.step()
     assert not np.array_equal(model[3].bias.data, bias)
-    assert len(tn.make_optimizer(name, model.parameters(), 0.1).param_groups) == 1
+    assert len(common.make_optimizer(name, model.parameters(), 0.1).param_groups) == 1
     only_biases = [model[0].bias, model[3].bias]
-    assert len(tn.make_optimizer(name, only_biases, 0.1, weight_decay=0.5).param_groups) == 1
+    assert len(common.make_optimizer(name, only_biases, 0.1, weight_decay=0.5).param_groups) == 1
 
 
 def test_make_optimizer_momentum_and_defaults():
     params = [tn.Parameter(np.zeros(3))]
-    assert tn.make_optimizer("sgd", params, 0.1).param_groups[0]["momentum"] == 0
-    assert tn.make_optimizer("momentum", params, 0.1).param_groups[0]["momentum"] == 0.9
-    assert type(tn.make_optimizer("adamw", params, 0.1)) is tn.AdamW
+    assert common.make_optimizer("sgd", params, 0.1).param_groups[0]["momentum"] == 0
+    assert common.make_optimizer("momentum", params, 0.1).param_groups[0]["momentum"] == 0.9
+    assert type(common.make_optimizer("adamw", params, 0.1)) is tn.AdamW
     with pytest.raises(ValueError, match="make_optimizer: expected one of"):
-        tn.make_optimizer("adagrad", params, 0.1)
+        common.make_optimizer("adagrad", params, 0.1)
 
 
 @pytest.mark.parametrize("train_size, batch_size, batches", [(1000, 100, 10), (1001, 100, 11),
@@ -4587,7 +4684,7 @@ def test_make_optimizer_momentum_and_defaults():
 def test_make_scheduler_counts_the_steps_as_fit_does(train_size, batch_size, batches):
     def make(name, epochs, **kw):
         opt = tn.SGD([tn.Parameter(np.zeros(2))], lr=1.0, momentum=0.9)
-        return tn.make_scheduler(name, opt, epochs, train_size, batch_size, **kw)
+        return common.make_scheduler(name, opt, epochs, train_size, batch_size, **kw)
     one = make("onecycle", 3)
     assert one.total_steps == 3 * batches and one.step_every == "batch"
     for _ in range(3 * batches - 1):                       # the whole run steps without error
@@ -4610,23 +4707,24 @@ def test_make_scheduler_counts_the_steps_as_fit_does(train_size, batch_size, bat
 
 def test_onecycle_and_run_line_with_an_optimizer_without_momentum_or_betas():
     opt = tn.Adagrad([tn.Parameter(np.zeros(2))], lr=0.1)      # neither momentum nor betas
-    scheduler = tn.make_scheduler("onecycle", opt, 2, 10, 5)
+    scheduler = common.make_scheduler("onecycle", opt, 2, 10, 5)
     assert not scheduler.cycle_momentum and "momentum" not in opt.param_groups[0]
-    line = tn.describe_run("m", opt, scheduler)
+    line = common.describe_run("m", opt, scheduler)
     assert line.startswith("training m | Adagrad lr 0.1, momentum 0,")
 
 
 def test_print_table_and_save_model_and_history(tmp_path, capsys):
-    tn.print_table([{"run": "a", "acc": 0.5}, {"run": "bb", "acc": 0.123456}], tmp_path / "t.csv")
+    common.print_table([{"run": "a", "acc": 0.5}, {"run": "bb", "acc": 0.123456}],
+                       tmp_path / "t.csv")
     assert capsys.readouterr().out.splitlines() == ["run  acc", "a    0.5", "bb   0.1235"]
     assert (tmp_path / "t.csv").read_text() == "run,acc\na,0.5\nbb,0.123456\n"
-    tn.print_table([{"one row": 1}])
+    common.print_table([{"one row": 1}])
     assert capsys.readouterr().out == "one row\n1\n"
     tn.manual_seed(0)
     model = tn.Sequential(tn.Linear(3, 2))
     model.compile(tn.SGD(model.parameters(), lr=0.1), tn.CrossEntropyLoss())
     history = model.fit(np.ones((4, 3), np.float32), np.array([0, 1, 0, 1]), epochs=2, verbose=0)
-    tn.save_model_and_history(model, history, tmp_path)
+    common.save_model_and_history(model, history, tmp_path)
     np.testing.assert_array_equal(tn.Sequential.load(tmp_path / "model.npz")[0].weight.data,
                                   model[0].weight.data)
     assert len((tmp_path / "history.csv").read_text().splitlines()) == 3
@@ -4635,15 +4733,15 @@ def test_print_table_and_save_model_and_history(tmp_path, capsys):
 def test_make_scheduler_rejects_unknown_names():
     opt = tn.SGD([tn.Parameter(np.zeros(2))], lr=1.0)
     with pytest.raises(ValueError, match="make_scheduler: expected one of"):
-        tn.make_scheduler("linear", opt, 3, 10, 5)
+        common.make_scheduler("linear", opt, 3, 10, 5)
     with pytest.raises(ValueError, match="make_scheduler: expected step_every 'epoch' or 'batch'"):
-        tn.make_scheduler("step", opt, 3, 10, 5, step_every="update")
+        common.make_scheduler("step", opt, 3, 10, 5, step_every="update")
 
 
 def test_describe_schedule_says_what_each_schedule_does():
     def describe(name, **kw):
         opt = tn.SGD([tn.Parameter(np.zeros(2))], lr=0.1)
-        return tn.describe_schedule(tn.make_scheduler(name, opt, 4, 100, 50, **kw))
+        return common.describe_schedule(common.make_scheduler(name, opt, 4, 100, 50, **kw))
     assert describe("none") == "none (constant lr)"
     assert describe("step") == "MultiStepLR, lr x0.1 at epochs 2, 3"
     assert describe("exponential", gamma=0.5, step_every="batch") == \
@@ -4652,13 +4750,13 @@ def test_describe_schedule_says_what_each_schedule_does():
     assert describe("warm-restarts", step_every="batch") == \
         "CosineAnnealingWarmRestarts, cosine restarting every 2 batches (T_mult 1)"
     opt = tn.SGD([tn.Parameter(np.zeros(2))], lr=0.1)
-    assert tn.describe_schedule(tn.LinearLR(opt)) == "LinearLR, stepped every epoch"
+    assert common.describe_schedule(tn.LinearLR(opt)) == "LinearLR, stepped every epoch"
 
 
 def test_exit_missing_data_for_a_single_file(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        tn.exit_missing_data("train_iris.py", "Iris", FileNotFoundError("no iris.csv in X"),
-                             ["iris.csv"], tmp_path, "", "the 150-row table")
+        common.exit_missing_data("train_iris.py", "Iris", FileNotFoundError("no iris.csv in X"),
+                                 ["iris.csv"], tmp_path, "", "the 150-row table")
     message = str(e.value.code)
     assert f"get iris.csv (the 150-row table)\nand put it in {tmp_path}{os.sep}, or run" in message
     assert "where DIR/ holds it." in message and "them" not in message and "DIR//" not in message
@@ -5088,16 +5186,15 @@ def test_attention_layers_keep_float32():
     assert all(p.grad.dtype == np.float32 and p.grad.any() for p in model.parameters())
 
 
-def test_train_mnist_transformer_model_and_attention_figure(tmp_path, figures):
+def test_train_mnist_transformer_model_and_attention_figure(tmp_path):
     train_mnist = importlib.import_module("train_mnist")
     tn.manual_seed(0)
     model = tn.Sequential(train_mnist.build_model("transformer")[0].layers)
     X = np.random.default_rng(0).random((3, 1, 28, 28)).astype(np.float32)
     assert model.forward(X).shape == (3, 10)
     assert sum(isinstance(layer, tn.TransformerEncoderLayer) for layer in model) == 2
-    train_mnist.plot_attention(model, X[:1], np.array([7]), tmp_path / "attention.png")
+    fig = train_mnist.plot_attention(model, X[:1], np.array([7]), tmp_path / "attention.png")
     _png_ok(tmp_path / "attention.png")
-    [fig] = figures
     predicted = model.predict(X[:1]).argmax()
     assert [ax.get_title() for ax in fig.axes[:3]] == [f"digit 7 (predicted {predicted})",
                                                       "encoder layer 1", "encoder layer 2"]
@@ -6279,8 +6376,12 @@ def _copy_project(dest, names=("tinynet.py", "pyproject.toml", "README.md", "req
     return dest
 
 
-def test_pip_install_gives_the_module_from_any_folder_even_one_holding_a_clone(tmp_path):
-    src, site, holder = _copy_project(tmp_path / "src"), tmp_path / "site", tmp_path / "content"
+@pytest.fixture(scope="module")
+def pip_installed(tmp_path_factory):
+    """(folder, pip's CompletedProcess) of `pip install --no-deps --target folder` of the project,
+    done once for the tests that import an installed tinynet."""
+    root = tmp_path_factory.mktemp("install")
+    src, site = _copy_project(root / "src"), root / "site"
     r = subprocess.run(
         [
             sys.executable,
@@ -6300,6 +6401,13 @@ def test_pip_install_gives_the_module_from_any_folder_even_one_holding_a_clone(t
         text=True,
         timeout=300,
     )
+    return site, r
+
+
+def test_pip_install_gives_the_module_from_any_folder_even_one_holding_a_clone(
+    tmp_path, pip_installed
+):
+    (site, r), holder = pip_installed, tmp_path / "content"
     assert r.returncode == 0, r.stderr
     info = f"tinynet-{tn.__version__}.dist-info"
     assert sorted(p.name for p in site.iterdir() if p.name != "__pycache__") == [info, "tinynet.py"]
@@ -6326,6 +6434,51 @@ def test_pip_install_gives_the_module_from_any_folder_even_one_holding_a_clone(t
         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
     )
     assert "has no attribute 'Sequential'" in r.stderr  # the trap the README's %cd avoids
+
+
+def test_an_installed_tinynet_keeps_its_data_in_the_user_cache(tmp_path, pip_installed, server):
+    """tinynet installed by pip into a read-only folder, imported from another folder with
+    TINYNET_DATA unset: its data folder is ~/.cache/tinynet; load_iris reads scikit-learn's copy,
+    and without scikit-learn downloads iris.csv into the cache (from a local server, with the
+    published MD5); load_mnist downloads there too; nothing is written beside tinynet.py."""
+    (site, r), (base, files) = pip_installed, server
+    assert r.returncode == 0, r.stderr
+    home, cache = tmp_path / "home", tmp_path / "home" / ".cache" / "tinynet"
+    (tmp_path / "work").mkdir()
+    mnist_md5 = {name: files[name][1] for name in MNIST_NAMES}
+    code = textwrap.dedent(f"""
+        import json, os, sys
+        import tinynet as tn
+        tn.DATA_MIRRORS["iris"] = ["{base}/missing/", "{base}/good/"]      # never the internet
+        tn.DATA_MIRRORS["mnist"] = ["{base}/good/"]
+        tn.DATA_MD5.update({mnist_md5!r})                  # the small MNIST files' MD5
+        seen = {{"file": tn.__file__, "data_dir": tn._data_dir()}}
+        X, y = tn.load_iris()                           # scikit-learn's copy, read in place
+        seen["iris"] = [X.shape[0], os.path.exists(os.path.join(tn._data_dir(), "iris.csv"))]
+        sys.modules["sklearn"] = None                   # as if scikit-learn were not installed
+        X, y = tn.load_iris()                           # downloaded, the published MD5 checked
+        seen["iris"] += [X.shape[0], int(y.sum())]
+        seen["mnist"] = [len(a) for a in tn.load_mnist()]
+        print(json.dumps(seen))
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("TINYNET_DATA", "XDG_CACHE_HOME")}
+    env |= {"PYTHONPATH": str(site), "HOME": str(home), "PYTHONDONTWRITEBYTECODE": "1"}
+    before = sorted(p.name for p in site.iterdir())
+    os.chmod(site, 0o555)                               # a site-packages it may not write
+    try:
+        r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path / "work", env=env,
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        os.chmod(site, 0o755)
+    assert r.returncode == 0, r.stderr
+    seen = json.loads(r.stdout.splitlines()[-1])
+    assert seen["file"] == str(site / "tinynet.py") and seen["data_dir"] == str(cache)
+    assert seen["iris"] == [150, False, 150, 150]
+    assert seen["mnist"] == [6, 6, 4, 4]
+    assert sorted(p.name for p in site.iterdir()) == before
+    assert sorted(os.listdir(cache)) == ["iris.csv", "mnist"]
+    assert_downloaded(cache / "mnist", {name: files[name] for name in MNIST_NAMES})
+    assert (cache / "iris.csv").read_bytes() == files["iris.csv"][0]
 
 
 def test_requirements_runtime_apart_from_tests_and_ruff_configured():
@@ -6364,7 +6517,7 @@ def test_optional_packages_are_named_when_missing(tmp_path, monkeypatch):
     with pytest.raises(
         ImportError, match=r"--threads: .* needs threadpoolctl: pip install threadpoolctl"
     ):
-        tn.blas_thread_callbacks("1")
+        common.blas_thread_callbacks("1")
     callback = tn.BlasThreads()  # auto: does nothing without it
     callback.on_train_begin()
     callback.on_batch_begin(0)

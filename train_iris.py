@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 
+import scripts_common as common
 import tinynet as tn
 
 CLASSES = ("setosa", "versicolor", "virginica")
@@ -34,13 +35,13 @@ def build_model(mean, std, activation="relu", loss="ce"):
 def load_iris_or_exit(data_dir):
     """(X, y) from <data_dir>/iris.csv, or (no --data-dir) where tn.load_iris looks:
     $TINYNET_DATA/iris.csv, else data/iris.csv beside tinynet.py; exits with status 1 and
-    instructions when it is missing."""
+    instructions when it is missing (and cannot be downloaded)."""
     try:
         return tn.load_iris(os.path.join(data_dir, "iris.csv") if data_dir else None)
-    except FileNotFoundError as e:
-        tn.exit_missing_data("train_iris.py", "Iris", e, ["iris.csv"], data_dir, "",
-                             "the 150-row table in scikit-learn's layout, "
-                             "sklearn/datasets/data/iris.csv")
+    except OSError as e:
+        common.exit_missing_data("train_iris.py", "Iris", e, ["iris.csv"], data_dir, "",
+                                 "the 150-row table in scikit-learn's layout, "
+                                 "sklearn/datasets/data/iris.csv")
 
 
 # The lab's two test functions and their gradients, for --trajectories.
@@ -91,7 +92,7 @@ def draw_trajectories(path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    tn.add_common_args(parser, epochs=100, batch_size=16, lr=1e-3)
+    common.add_common_args(parser, epochs=100, batch_size=16, lr=1e-3)
     parser.add_argument("--loss", choices=("ce", "nll", "mse"), default="ce",
                         help="ce: CrossEntropyLoss on logits; nll: LogSoftmax + NLLLoss; mse: "
                              "Softmax + MSELoss(reduction='sum') on one-hot targets (%(default)s)")
@@ -102,11 +103,12 @@ def main(argv=None):
                              "(trajectories.png)")
     args = parser.parse_args(argv)
     if args.quick:
-        tn.reject_flags(parser, ["--epochs"], "with --quick, which trains 1 epoch", argv)
+        common.reject_flags(parser, ["--epochs"], "with --quick, which trains 1 epoch", argv)
         args.epochs = 1
-    tn.check_common_args(parser, args, argv)
+    common.check_common_args(parser, args, argv)
     if args.no_plots:
-        tn.reject_flags(parser, ["--trajectories"], "with --no-plots, which draws no figure", argv)
+        common.reject_flags(parser, ["--trajectories"], "with --no-plots, which draws no figure",
+                            argv)
     tn.manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
     print("config:", vars(args))
@@ -120,25 +122,25 @@ def main(argv=None):
 
     model = build_model(X_train.mean(axis=0), X_train.std(axis=0), args.activation, args.loss)
     model.summary((4,))
-    optimizer = tn.make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay,
-                                  args.decay_all)
-    scheduler = tn.make_scheduler(args.scheduler, optimizer, args.epochs, len(X_train),
-                                  args.batch_size, args.gamma, args.step_every)
+    optimizer = common.make_optimizer(args.optimizer, model.parameters(), args.lr,
+                                      args.weight_decay, args.decay_all)
+    scheduler = common.make_scheduler(args.scheduler, optimizer, args.epochs, len(X_train),
+                                      args.batch_size, args.gamma, args.step_every)
     loss = {"ce": tn.CrossEntropyLoss(), "nll": tn.NLLLoss(), "mse": tn.MSELoss(reduction="sum")}
     model.compile(optimizer, loss[args.loss], scheduler=scheduler)
     target = (lambda y: tn.one_hot(y, 3)) if args.loss == "mse" else (lambda y: y)
     description = f"mlp 4-100-100-3 {args.activation}, {args.loss} loss"
-    print(tn.describe_run(description, optimizer, scheduler))
+    print(common.describe_run(description, optimizer, scheduler))
     history = model.fit(X_train, target(y_train), epochs=args.epochs, batch_size=args.batch_size,
                         validation_data=(X_val, target(y_val)), verbose=1,
-                        callbacks=tn.blas_thread_callbacks(args.threads))
+                        callbacks=common.blas_thread_callbacks(args.threads))
 
     y_pred = model.predict(X_test).argmax(axis=1)
-    tn.save_model_and_history(model, history, args.out)
+    common.save_model_and_history(model, history, args.out)
     if not args.no_plots:
         title = (f"Iris, MLP 4-100-100-3 {args.activation}, {args.loss} loss, "
                  f"{args.optimizer} lr {args.lr:g}")
-        tn.save_run_figures(history, y_test, y_pred, args.out, title, CLASSES)
+        common.save_run_figures(history, y_test, y_pred, args.out, title, CLASSES)
     if args.trajectories:
         draw_trajectories(os.path.join(args.out, "trajectories.png"))
     print(f"saved model.npz, history.csv{'' if args.no_plots else ' and figures'} in {args.out}")

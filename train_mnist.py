@@ -29,6 +29,7 @@ import time
 
 import numpy as np
 
+import scripts_common as common
 import tinynet as tn
 
 
@@ -108,14 +109,15 @@ def transformer_layers(d_model=64, nhead=4, dim_feedforward=128, dropout=0.1):
 
 def plot_attention(model, X, y, path):
     """attention.png: for each image of X (a row of the figure), the image and, per encoder
-    layer, which rows (keys, x axis) each row (query, y axis) attends to, averaged over heads."""
-    plt = tn._pyplot()
+    layer, which rows (keys, x axis) each row (query, y axis) attends to, averaged over heads.
+    Returns the figure, written to `path` (a matplotlib Figure: no window, no pyplot state)."""
+    from matplotlib.figure import Figure
     model.eval()
     y_pred = model.predict(X).argmax(axis=1)
     model.forward(X)                                 # leaves each layer's attention weights
     layers = [layer for layer in model if isinstance(layer, tn.TransformerEncoderLayer)]
-    fig, axes = plt.subplots(len(X), 1 + len(layers), figsize=(3.2 * (1 + len(layers)), 3 * len(X)),
-                             layout="constrained", squeeze=False)
+    fig = Figure(figsize=(3.2 * (1 + len(layers)), 3 * len(X)), layout="constrained")
+    axes = fig.subplots(len(X), 1 + len(layers), squeeze=False)
     for i, row in enumerate(axes):
         row[0].imshow(X[i, 0], cmap="gray_r")
         row[0].set_title(f"digit {y[i]} (predicted {y_pred[i]})", fontsize=10)
@@ -128,7 +130,8 @@ def plot_attention(model, X, y, path):
             fig.colorbar(im, ax=row[j + 1], shrink=0.8, label="attention weight")
     fig.suptitle("Transformer attention on MNIST test digits: each image row is a token; "
                  "weights averaged over heads", fontsize=11)
-    tn._save(fig, path, "plot_attention")
+    fig.savefig(path, dpi=100)
+    return fig
 
 
 def loss_for(kind):
@@ -150,8 +153,8 @@ def load_mnist_or_exit(data_dir, quick=False):
     except OSError as e:
         files = [f"{s}-{k}-idx{d}-ubyte.gz" for s in ("train", "t10k")
                  for k, d in (("images", 3), ("labels", 1))]
-        tn.exit_missing_data("train_mnist.py", "MNIST", e, files, data_dir, "mnist",
-                             "from https://ossci-datasets.s3.amazonaws.com/mnist/")
+        common.exit_missing_data("train_mnist.py", "MNIST", e, files, data_dir, "mnist",
+                                 "from https://ossci-datasets.s3.amazonaws.com/mnist/")
     X_train, y_train, X_val, y_val = (X_train[:-10000], y_train[:-10000],
                                       X_train[-10000:], y_train[-10000:])
     if quick:
@@ -228,19 +231,20 @@ def compare_optimizers(args, train, val):
         print(f"--- {label}")
         tn.manual_seed(args.seed)
         model, description = build_model(args.model, args.loss, **model_options(args))
-        optimizer = tn.make_optimizer(name, model.parameters(), lr,
-                                      1e-2 if name == "adamw" else 0.0)
-        scheduler = tn.make_scheduler(schedule, optimizer, epochs, len(train[0]), args.batch_size)
-        print(tn.describe_run(description, optimizer, scheduler))
+        optimizer = common.make_optimizer(name, model.parameters(), lr,
+                                          1e-2 if name == "adamw" else 0.0)
+        scheduler = common.make_scheduler(schedule, optimizer, epochs, len(train[0]),
+                                          args.batch_size)
+        print(common.describe_run(description, optimizer, scheduler))
         model.compile(optimizer, loss_for(args.loss), scheduler=scheduler)
         start = time.perf_counter()
         histories[label] = h = model.fit(*train, epochs=epochs, batch_size=args.batch_size,
                                          validation_data=val, verbose=2,
-                                         callbacks=tn.blas_thread_callbacks(args.threads)).history
+                                         callbacks=common.blas_thread_callbacks(args.threads)).history
         rows.append({"run": label, "val_accuracy": h["val_accuracy"][-1],
                      "val_loss": h["val_loss"][-1],
                      "s_per_epoch": (time.perf_counter() - start) / epochs})
-    tn.print_table(rows, os.path.join(args.out, "optimizers.csv"))
+    common.print_table(rows, os.path.join(args.out, "optimizers.csv"))
     if not args.no_plots:
         tn.plot_curves(histories, os.path.join(args.out, "optimizers.png"),
                        title=f"MNIST {args.model}, {args.loss} loss: optimizers compared")
@@ -254,7 +258,8 @@ def model_options(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    tn.add_common_args(parser, epochs=10, batch_size=128, lr=3e-3, optimizer="adam", scheduler=None)
+    common.add_common_args(parser, epochs=10, batch_size=128, lr=3e-3, optimizer="adam",
+                           scheduler=None)
     epochs = parser._option_string_actions["--epochs"]       # its default depends on --model
     epochs.default = None
     epochs.help = "passes over the training set (" + ", ".join(
@@ -264,9 +269,9 @@ def main(argv=None):
                                           "optimizer adam, none with any --optimizer given)")
     parser.add_argument("--model", choices=tuple(MODELS), default="mlp",
                         help="architecture; labcnn is the CNN lab's network (%(default)s)")
-    parser.add_argument("--hidden", type=tn.positive_int, nargs="+", default=[256], metavar="N",
+    parser.add_argument("--hidden", type=common.positive_int, nargs="+", default=[256], metavar="N",
                         help="mlp: hidden layer sizes, e.g. 40 40 (%(default)s)")
-    parser.add_argument("--channels", type=tn.positive_int, nargs=2, default=[8, 16],
+    parser.add_argument("--channels", type=common.positive_int, nargs=2, default=[8, 16],
                         metavar=("C1", "C2"), help="labcnn: channels of its two convs (8 16)")
     parser.add_argument("--loss", choices=("ce", "mse"), default="ce",
                         help="ce: CrossEntropyLoss on logits; mse: Softmax + MSELoss on one-hot "
@@ -281,23 +286,23 @@ def main(argv=None):
                         help="also train with every optimizer")
     args = parser.parse_args(argv)
     if args.quick:
-        tn.reject_flags(parser, ["--epochs"], "with --quick, which trains 1 epoch", argv)
+        common.reject_flags(parser, ["--epochs"], "with --quick, which trains 1 epoch", argv)
         args.epochs = 1
     elif args.epochs is None:                 # the convnet reaches 99.3% in 6 epochs
         args.epochs = MODELS[args.model][1]
     if args.scheduler is None:                # plain --optimizer sgd is plain SGD at --lr
         args.scheduler = "onecycle" if args.optimizer == "adam" else "none"
-    tn.check_common_args(parser, args, argv)
+    common.check_common_args(parser, args, argv)
     if not args.embeddings:
-        tn.reject_flags(parser, ["--projection"], "without --embeddings", argv)
+        common.reject_flags(parser, ["--projection"], "without --embeddings", argv)
     if args.no_plots:
-        tn.reject_flags(parser, ["--projection"], "with --no-plots, which draws no embeddings",
-                        argv)
+        common.reject_flags(parser, ["--projection"], "with --no-plots, which draws no embeddings",
+                            argv)
     if args.model != "mlp":
-        tn.reject_flags(parser, ["--hidden"], f"with --model {args.model} (mlp takes it)", argv)
+        common.reject_flags(parser, ["--hidden"], f"with --model {args.model} (mlp takes it)", argv)
     if args.model != "labcnn":
-        tn.reject_flags(parser, ["--channels"], f"with --model {args.model} (labcnn takes it)",
-                        argv)
+        common.reject_flags(parser, ["--channels"], f"with --model {args.model} (labcnn takes it)",
+                            argv)
     tn.manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
     print("config:", vars(args))
@@ -308,23 +313,23 @@ def main(argv=None):
 
     model, description = build_model(args.model, args.loss, **model_options(args))
     model.summary((1, 28, 28))
-    optimizer = tn.make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay,
-                                  args.decay_all)
-    scheduler = tn.make_scheduler(args.scheduler, optimizer, args.epochs, len(X_train),
-                                  args.batch_size, args.gamma, args.step_every)
+    optimizer = common.make_optimizer(args.optimizer, model.parameters(), args.lr,
+                                      args.weight_decay, args.decay_all)
+    scheduler = common.make_scheduler(args.scheduler, optimizer, args.epochs, len(X_train),
+                                      args.batch_size, args.gamma, args.step_every)
     model.compile(optimizer, loss_for(args.loss), scheduler=scheduler)
-    print(tn.describe_run(description, optimizer, scheduler))
+    print(common.describe_run(description, optimizer, scheduler))
     start = time.perf_counter()
     history = model.fit(X_train, t_train, epochs=args.epochs, batch_size=args.batch_size,
                         validation_data=(X_val, t_val), verbose=1,
-                        callbacks=tn.blas_thread_callbacks(args.threads))
+                        callbacks=common.blas_thread_callbacks(args.threads))
     print(f"training time: {time.perf_counter() - start:.1f} s")
 
     y_pred = model.predict(X_test).argmax(axis=1)
-    tn.save_model_and_history(model, history, args.out)
+    common.save_model_and_history(model, history, args.out)
     if not args.no_plots:
         title = f"MNIST {args.model}, {args.loss} loss, {args.optimizer} lr {args.lr:g}"
-        tn.save_run_figures(history, y_test, y_pred, args.out, title, X_test=X_test)
+        common.save_run_figures(history, y_test, y_pred, args.out, title, X_test=X_test)
     if args.model == "transformer" and not args.no_plots:
         plot_attention(model, X_test[:4], y_test[:4], os.path.join(args.out, "attention.png"))
     if args.embeddings:

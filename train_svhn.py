@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 
+import scripts_common as common
 import tinynet as tn
 
 SWEEP = {"lr": (1e-3, 1e-2), "optimizer": ("adam", "momentum"), "batchnorm": (False, True)}
@@ -85,8 +86,8 @@ def load_svhn_or_exit(data_dir, quick=False):
         X, y = tn.load_svhn("train", data_dir)
         X_test, y_test = tn.load_svhn("test", data_dir)
     except OSError as e:
-        tn.exit_missing_data("train_svhn.py", "SVHN", e, ["train_32x32.mat", "test_32x32.mat"],
-                             data_dir, "svhn", "from http://ufldl.stanford.edu/housenumbers/")
+        common.exit_missing_data("train_svhn.py", "SVHN", e, ["train_32x32.mat", "test_32x32.mat"],
+                                 data_dir, "svhn", "from http://ufldl.stanford.edu/housenumbers/")
     if quick:
         X, y, X_test, y_test = X[:1500], y[:1500], X_test[:500], y_test[:500]
     return (*tn.train_val_split(X, y, 0.3, stratify=True), X_test, y_test)
@@ -102,17 +103,17 @@ def sweep(args, train, val, mean, std):
         print(f"--- {name}")
         tn.manual_seed(args.seed)
         model = build_model(mean, std, args.model, batchnorm)
-        opt = tn.make_optimizer(optimizer, model.parameters(), lr, args.weight_decay,
-                                args.decay_all)
-        scheduler = tn.make_scheduler(args.scheduler, opt, args.epochs, len(train[0]),
-                                      args.batch_size, args.gamma, args.step_every)
+        opt = common.make_optimizer(optimizer, model.parameters(), lr, args.weight_decay,
+                                    args.decay_all)
+        scheduler = common.make_scheduler(args.scheduler, opt, args.epochs, len(train[0]),
+                                          args.batch_size, args.gamma, args.step_every)
         model.compile(opt, tn.CrossEntropyLoss(), scheduler=scheduler)
-        print(tn.describe_run(describe_model(args.model, batchnorm), opt, scheduler))
+        print(common.describe_run(describe_model(args.model, batchnorm), opt, scheduler))
         start = time.perf_counter()
         histories[name] = history = model.fit(*train, epochs=args.epochs,
                                               batch_size=args.batch_size,
                                               validation_data=val, verbose=2,
-                                              callbacks=tn.blas_thread_callbacks(args.threads))
+                                              callbacks=common.blas_thread_callbacks(args.threads))
         h = {k: v[-1] for k, v in history.history.items()}
         rows.append({"lr": lr, "optimizer": optimizer, "batchnorm": batchnorm,
                      "train_loss": h["loss"], "val_loss": h["val_loss"],
@@ -122,7 +123,7 @@ def sweep(args, train, val, mean, std):
         if not args.no_plots:
             tn.plot_history(history, os.path.join(args.out, f"loss_{name}.png"), keys=("loss",),
                             title=f"SVHN {args.model} {name}")
-    tn.print_table(rows, os.path.join(args.out, "results.csv"))
+    common.print_table(rows, os.path.join(args.out, "results.csv"))
     if not args.no_plots:
         tn.plot_curves(histories, os.path.join(args.out, "sweep.png"),
                        title=f"SVHN {args.model}: lr x optimizer x batchnorm sweep")
@@ -139,7 +140,7 @@ def describe_model(kind, batchnorm):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    tn.add_common_args(parser, epochs=10, batch_size=128, lr=1e-3, optimizer="adam")
+    common.add_common_args(parser, epochs=10, batch_size=128, lr=1e-3, optimizer="adam")
     parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp",
                         help="architecture (%(default)s)")
     parser.add_argument("--batchnorm", action="store_true",
@@ -153,13 +154,13 @@ def main(argv=None):
                              "parameter)")
     args = parser.parse_args(argv)
     if args.quick:
-        tn.reject_flags(parser, ["--epochs"], "with --quick, which trains 1 epoch", argv)
+        common.reject_flags(parser, ["--epochs"], "with --quick, which trains 1 epoch", argv)
         args.epochs = 1
-    tn.check_common_args(parser, args, argv)
+    common.check_common_args(parser, args, argv)
     if args.sweep:
-        tn.reject_flags(parser, ["--lr", "--optimizer", "--batchnorm", "--gradcheck"],
-                        "with --sweep, which trains every lr x optimizer x batchnorm of its grid",
-                        argv)
+        common.reject_flags(parser, ["--lr", "--optimizer", "--batchnorm", "--gradcheck"],
+                            "with --sweep, which trains every lr x optimizer x batchnorm of its "
+                            "grid", argv)
     tn.manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
     print("config:", vars(args))
@@ -176,22 +177,22 @@ def main(argv=None):
         model.summary((3, 32, 32))
         if args.gradcheck:
             check_gradients(model, X_train[:4])
-        optimizer = tn.make_optimizer(args.optimizer, model.parameters(), args.lr,
-                                      args.weight_decay, args.decay_all)
-        scheduler = tn.make_scheduler(args.scheduler, optimizer, args.epochs, len(X_train),
-                                      args.batch_size, args.gamma, args.step_every)
+        optimizer = common.make_optimizer(args.optimizer, model.parameters(), args.lr,
+                                          args.weight_decay, args.decay_all)
+        scheduler = common.make_scheduler(args.scheduler, optimizer, args.epochs, len(X_train),
+                                          args.batch_size, args.gamma, args.step_every)
         model.compile(optimizer, tn.CrossEntropyLoss(), scheduler=scheduler)
-        print(tn.describe_run(describe_model(args.model, args.batchnorm), optimizer, scheduler))
+        print(common.describe_run(describe_model(args.model, args.batchnorm), optimizer, scheduler))
         history = model.fit(X_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
                             validation_data=(X_val, y_val), verbose=1,
-                            callbacks=tn.blas_thread_callbacks(args.threads))
+                            callbacks=common.blas_thread_callbacks(args.threads))
         title = (f"SVHN {args.model}{' + batchnorm' if args.batchnorm else ''}, "
                  f"{args.optimizer} lr {args.lr:g}")
 
     y_pred = model.predict(X_test).argmax(axis=1)
-    tn.save_model_and_history(model, history, args.out)
+    common.save_model_and_history(model, history, args.out)
     if not args.no_plots:
-        tn.save_run_figures(history, y_test, y_pred, args.out, title, X_test=X_test)
+        common.save_run_figures(history, y_test, y_pred, args.out, title, X_test=X_test)
     print(f"saved model.npz, history.csv{'' if args.no_plots else ' and figures'} in {args.out}")
     print(f"test accuracy: {np.mean(y_pred == y_test):.4f}")
 
