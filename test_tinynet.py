@@ -779,8 +779,14 @@ def test_classification_loss_rejects_bad_labels(name, labels, exc, pattern):
            r"expected target of shape \(4,\) for pred \(4, 3\), got \(5,\)"),
           ("target-2d", (4, 3), (4, 3),
            r"expected target of shape \(4,\) for pred \(4, 3\), got \(4, 3\)"),
-          ("pred-1d", (4,), (4,), r"expected pred of shape \(N, C\), got \(4,\)"),
-          ("pred-3d", (2, 3, 4), (2,), r"expected pred of shape \(N, C\), got \(2, 3, 4\)")]],
+          ("pred-1d", (4,), (4,),
+           r"expected pred of shape \(N, C\) or \(N, C, d1, \.\.\.\), got \(4,\)"),
+          ("pred-3d", (2, 3, 4), (2,),
+           r"expected target of shape \(2, 4\) for pred \(2, 3, 4\), got \(2,\)"),
+          ("target-steps-first", (2, 3, 4), (4, 2),
+           r"expected target of shape \(2, 4\) for pred \(2, 3, 4\), got \(4, 2\)"),
+          ("target-of-pred-4d", (2, 3, 4, 5), (2, 4),
+           r"expected target of shape \(2, 4, 5\) for pred \(2, 3, 4, 5\), got \(2, 4\)")]],
     *[pytest.param("MSELoss", pred_shape, target_shape,
                    rf".*same shape, got {re.escape(str(pred_shape))} "
                    rf"and {re.escape(str(target_shape))}",
@@ -835,6 +841,226 @@ def test_bce_with_logits_rejects_bad_input():
     with pytest.raises(ValueError, match=r"targets must be in \[0, 1\], got 0.0..2.0"):
         loss(np.zeros(3), np.array([0.0, 1.0, 2.0]))
     assert loss(np.zeros(3, np.float32), np.ones(3)) == pytest.approx(math.log(2))
+
+
+# ── CrossEntropyLoss and NLLLoss over positions (N, C, d1, ...): class weights, ignored
+# targets, label smoothing, as torch (issue 24) ──
+
+CLASS_LOSS_SHAPES = [(5, 4), (3, 4, 6), (2, 3, 4, 2)]     # (N, C), (N, C, T), (N, C, d1, d2)
+CLASS_LOSS_OPTIONS = {                                    # option -> (kwargs, every k-th ignored)
+    "plain": ({}, 0),
+    "ignored": ({}, 3),
+    "ignore-a-class": ({"ignore_index": 1}, 0),           # a padding token that is a class
+    "weighted": ({"weight": "list"}, 0),
+    "smoothed": ({"label_smoothing": 0.2}, 0),
+    "weighted-smoothed-ignored": ({"weight": "tensor", "label_smoothing": 0.3}, 3),
+    "weighted-ignored": ({"weight": "array", "ignore_index": 2}, 4),
+}
+
+
+def _class_loss_case(name, shape, option, seed=0):
+    """(pred, target, our kwargs, torch's kwargs) in float64: logits (log-probabilities for
+    NLLLoss) of `shape` with classes on axis 1, int labels with every k-th position set to
+    ignore_index, and a class weight as a list, array or torch tensor."""
+    rng = np.random.default_rng(seed)
+    kw, every = CLASS_LOSS_OPTIONS[option]
+    kw, classes = dict(kw), shape[1]
+    pred = rng.standard_normal(shape)
+    if name == "NLLLoss":
+        pred = log_softmax(pred)
+    target = rng.integers(0, classes, shape[:1] + shape[2:])
+    if every:
+        target.reshape(-1)[::every] = kw.get("ignore_index", -100)
+    weight = 0.2 + rng.random(classes)
+    torch_kw = dict(kw)
+    if "weight" in kw:
+        kw["weight"] = {"list": weight.tolist(), "array": weight,
+                        "tensor": torch.from_numpy(weight)}[kw["weight"]]
+        torch_kw["weight"] = torch.from_numpy(weight)
+    return pred, target, kw, torch_kw
+
+
+def _torch_class_loss(name, pred_t, target, reduction, **kw):
+    fn = F.cross_entropy if name == "CrossEntropyLoss" else F.nll_loss
+    return fn(pred_t, torch.from_numpy(target), reduction=reduction, **kw)
+
+
+@pytest.mark.parametrize("shape", CLASS_LOSS_SHAPES, ids=["NC", "NCT", "NCd1d2"])
+@pytest.mark.parametrize("name, option", [
+    (name, option) for name in ("CrossEntropyLoss", "NLLLoss") for option in CLASS_LOSS_OPTIONS
+    if name == "CrossEntropyLoss" or "smoothed" not in option])
+def test_class_loss_over_positions_matches_torch(name, shape, option):
+    """Value and gradient for every reduction: backward() (the mean's or sum's gradient, or that
+    of the sum of the "none" terms) and backward(grad) with an upstream gradient; exactly 0 at
+    ignored positions. (NLLLoss has no label_smoothing.)"""
+    pred, target, kw, torch_kw = _class_loss_case(name, shape, option)
+    ignored = target == kw.get("ignore_index", -100)
+    assert option not in ("plain", "weighted", "smoothed") or not ignored.any()
+    assert option in ("plain", "weighted", "smoothed") or ignored.any()
+    for reduction in ("mean", "sum", "none"):
+        loss = getattr(tn, name)(reduction=reduction, **kw)
+        what = f"{loss!r} on {shape}"
+        with np.errstate(over="raise", divide="raise", invalid="raise"):
+            value = loss(pred, target)
+        assert type(value) is (np.ndarray if reduction == "none" else float)
+        pt = T(pred)
+        ref = _torch_class_loss(name, pt, target, reduction, **torch_kw)
+        assert_parity(np.asarray(value), ref, f"{what} value")
+        ref.sum().backward()
+        grad = loss.backward()
+        assert_parity(grad, pt.grad, f"{what} backward()")
+        assert not grad[np.broadcast_to(np.expand_dims(ignored, 1), shape)].any()
+        g = np.random.default_rng(1).standard_normal(np.shape(value))
+        pt = T(pred)
+        _torch_class_loss(name, pt, target, reduction, **torch_kw).backward(T(g, False))
+        assert_parity(loss.backward(g), pt.grad, f"{what} backward(grad)")
+
+
+@pytest.mark.parametrize("name, kw", [
+    ("CrossEntropyLoss", {}), ("CrossEntropyLoss", {"weight": [1.0, 2.0, 0.5]}),
+    ("CrossEntropyLoss", {"label_smoothing": 0.1}),
+    ("CrossEntropyLoss", {"weight": [1.0, 2.0, 0.5], "label_smoothing": 0.1}),
+    ("NLLLoss", {}), ("NLLLoss", {"weight": [1.0, 2.0, 0.5]})],
+    ids=["CE", "CE-weighted", "CE-smoothed", "CE-weighted-smoothed", "NLL", "NLL-weighted"])
+def test_class_loss_with_every_target_ignored_is_nan_as_torch(name, kw):
+    """"mean" is 0 / 0 = NaN (torch's value; fit stops on it) with a zero gradient; "sum" is 0;
+    "none" is all zeros. An upstream NaN at an ignored position still gives 0, as torch."""
+    pred = randn(0, (2, 3, 4))
+    pred = log_softmax(pred) if name == "NLLLoss" else pred
+    target = np.full((2, 4), -100)
+    torch_kw = {k: T(v, False) if k == "weight" else v for k, v in kw.items()}
+    for reduction in ("mean", "sum", "none"):
+        loss = getattr(tn, name)(reduction=reduction, **kw)
+        with np.errstate(all="raise"):
+            value = loss(pred, target)
+            grad = loss.backward()
+        pt = T(pred)
+        ref = _torch_class_loss(name, pt, target, reduction, **torch_kw)
+        ref.sum().backward()
+        assert_parity(np.asarray(value), ref, f"{loss!r} value")
+        assert_parity(grad, pt.grad, f"{loss!r} gradient")
+        assert (reduction == "mean") == np.isnan(value).all()
+        assert not grad.any()
+    loss = getattr(tn, name)(reduction="none", **kw)
+    loss(pred, target)
+    assert not loss.backward(np.full((2, 4), np.nan)).any()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name", ["CrossEntropyLoss", "NLLLoss"])
+def test_class_loss_over_positions_gradcheck(name, reduction):
+    """L = sum(w * loss(pred)) against central differences, with weights, ignored positions and
+    (CrossEntropyLoss) smoothing together."""
+    pred, target, kw, _ = _class_loss_case(name, (2, 3, 4, 2), "weighted-smoothed-ignored", 5)
+    if name == "NLLLoss":
+        del kw["label_smoothing"]
+        pred = randn(5, pred.shape)        # NLLLoss checks log-probabilities: perturb logits
+    loss = getattr(tn, name)(reduction=reduction, **kw)
+    logp = log_softmax(pred) if name == "NLLLoss" else pred
+    w = np.random.default_rng(3).standard_normal(np.shape(loss(logp, target)))
+    if name == "NLLLoss":        # through log_softmax: d/dx = dlogp - softmax * sum(dlogp)
+        dlogp = loss.backward(w)
+        analytic = dlogp - np.exp(logp) * dlogp.sum(axis=1, keepdims=True)
+        numeric = tn.numerical_gradient(
+            lambda x: float(np.sum(w * loss.forward(log_softmax(x), target))), pred.copy())
+    else:
+        analytic = loss.backward(w)
+        numeric = tn.numerical_gradient(lambda x: float(np.sum(w * loss.forward(x, target))),
+                                        pred.copy())
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["CrossEntropyLoss", "NLLLoss"])
+def test_class_loss_weight_as_list_array_or_tensor_in_the_input_dtype(name):
+    """A class weight given as a list, an int array or a torch tensor gives the same loss; it is
+    kept as a float64 array and used in pred's dtype (float32 in, float32 gradient out)."""
+    pred, target, _, _ = _class_loss_case(name, (3, 4, 5), "ignored")
+    weights = [[1, 2, 3, 4], np.array([1, 2, 3, 4]), torch.tensor([1.0, 2.0, 3.0, 4.0])]
+    losses = [getattr(tn, name)(weight=w) for w in weights]
+    assert all(type(loss.weight) is np.ndarray and loss.weight.dtype == np.float64
+               for loss in losses)
+    values = [loss(pred, target) for loss in losses]
+    assert values[0] == values[1] == values[2]
+    value32 = losses[0](pred.astype(np.float32), target)
+    assert losses[0].backward().dtype == np.float32
+    assert value32 == pytest.approx(values[0], rel=1e-5)
+
+
+def test_class_loss_rejects_bad_weights_labels_and_smoothing():
+    pred = randn(0, (2, 3, 4))
+    target = np.array([[0, 1, 2, 1], [2, -100, 0, 1]])
+    for name in ("CrossEntropyLoss", "NLLLoss"):
+        x = log_softmax(pred) if name == "NLLLoss" else pred
+        with pytest.raises(ValueError, match=rf"^{name}: expected a class weight of shape \(3,\), "
+                                             rf"one per class of pred \(2, 3, 4\), got \(4,\)$"):
+            getattr(tn, name)(weight=[1.0, 1.0, 1.0, 1.0])(x, target)
+        with pytest.raises(ValueError, match=rf"^{name}: expected a 1-D class weight .*\(1, 3\)$"):
+            getattr(tn, name)(weight=[[1.0, 1.0, 1.0]])
+        with pytest.raises(ValueError, match=rf"^{name}: labels must be in \[0, 3\), got min 0 "
+                                             rf"max 3 \(among .* ignore_index=-100\)$"):
+            getattr(tn, name)()(x, np.where(target == 2, 3, target))
+        with pytest.raises(ValueError, match=rf"^{name}: labels must be in \[0, 3\), got min -100 "
+                                             rf"max 2 \(among .* ignore_index=1\)$"):
+            getattr(tn, name)(ignore_index=1)(x, target)
+        with pytest.raises(ValueError, match=rf"^{name}: expected target of shape \(2, 4\) for "
+                                             rf"pred \(2, 3, 4\), got \(2, 3\)$"):
+            getattr(tn, name)()(x, target[:, :3])
+        with pytest.raises(TypeError, match=rf"^{name}: expected integer class labels"):
+            getattr(tn, name)()(x, target * 1.0)
+        assert math.isfinite(getattr(tn, name)(ignore_index=-100)(x, target))
+    for eps in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=rf"^CrossEntropyLoss: expected label_smoothing in "
+                                             rf"\[0, 1\], got {eps}$"):
+            tn.CrossEntropyLoss(label_smoothing=eps)
+
+
+def test_nll_loss_checks_log_probabilities_at_every_position_ignored_ones_too():
+    logp = log_softmax(randn(0, (2, 3, 4)))
+    target = np.array([[0, 1, 2, 1], [2, -100, 0, 1]])
+    logp[1, :, 1] = 0.5                                    # the ignored position: not log-probs
+    with pytest.raises(ValueError, match=r"^NLLLoss: expected log-probabilities .* got position "
+                                         r"\(1, 1\) with max 0\.5 .*add LogSoftmax"):
+        tn.NLLLoss()(logp, target)
+
+
+def test_class_loss_repr_shows_its_options_and_a_weighted_loss_saves_and_loads(tmp_path):
+    assert repr(tn.CrossEntropyLoss()) == "CrossEntropyLoss()"
+    assert (repr(tn.CrossEntropyLoss(weight=np.array([1, 2]), ignore_index=0,
+                                     label_smoothing=0.1, reduction="sum"))
+            == "CrossEntropyLoss(weight=[1.0, 2.0], ignore_index=0, reduction='sum', "
+               "label_smoothing=0.1)")
+    assert repr(tn.NLLLoss(ignore_index=3)) == "NLLLoss(ignore_index=3)"
+    tn.manual_seed(0)
+    model = tn.Sequential(tn.Linear(4, 3))
+    loss = tn.CrossEntropyLoss(weight=[1.0, 3.0, 0.5], ignore_index=2, label_smoothing=0.2)
+    model.compile(tn.SGD(model.parameters(), lr=0.1), loss)
+    model.save(tmp_path / "m.npz")
+    loaded = tn.Sequential.load(tmp_path / "m.npz")
+    assert repr(loaded.loss) == repr(loss)
+    X, y = _tiny_data(12)
+    assert loaded.evaluate(X, y) == model.evaluate(X, y)
+
+
+def test_sequence_logits_through_permute_and_cross_entropy_match_torch():
+    """A language model's last steps, as torch writes them: Linear on (N, T, H) -> (N, T, V),
+    permuted to (N, V, T) for cross_entropy with (N, T) targets, padding ignored: the loss and
+    every parameter gradient."""
+    tn.manual_seed(0)
+    model = tn.Sequential(tn.Embedding(6, 4), tn.Linear(4, 5), tn.Permute(0, 2, 1))
+    model.astype(np.float64)
+    net = model.to_torch()
+    x = np.random.default_rng(0).integers(0, 6, (3, 7))
+    y = np.random.default_rng(1).integers(0, 5, (3, 7))
+    y[:, 5:] = 0                                            # padding: class 0, ignored
+    loss = tn.CrossEntropyLoss(ignore_index=0, label_smoothing=0.1)
+    ref = F.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y), ignore_index=0,
+                          label_smoothing=0.1)
+    ref.backward()
+    model.zero_grad()
+    assert_parity(loss(model.forward(x), y), ref, "Permute + CrossEntropyLoss value")
+    model.backward(loss.backward())
+    for (k, p), tp in zip(model.named_parameters(), net.parameters(), strict=True):
+        assert_parity(p.grad, tp.grad, f"Permute + CrossEntropyLoss {k} gradient")
 
 
 # ════════════════════════════════════════════════════════════════════════════
@@ -5850,6 +6076,65 @@ def test_flatten_options_match_torch(start, end, shape):
     )
 
 
+@pytest.mark.parametrize(
+    "dims, shape",
+    [
+        ((0, 2, 1), (2, 3, 4)),
+        ((1, 0), (3, 5)),
+        ((2, 0, 3, 1), (2, 3, 4, 5)),
+        ((0, -1, 1), (2, 3, 4)),
+        (((0, 2, 1),), (2, 3, 4)),                 # one tuple, as x.permute((0, 2, 1))
+        ((0, 1, 2), (2, 3, 4)),
+    ],
+    ids=["NTV-NVT", "2d", "4d", "negative", "tuple", "identity"],
+)
+def test_permute_matches_torch(dims, shape):
+    layer_parity(tn.Permute(*dims), lambda t: t.permute(*dims), randn(1, shape),
+                 randn(2, tuple(torch.zeros(shape).permute(*dims).shape)))
+
+
+@pytest.mark.parametrize("dims, shape", [((0, 2, 1), (2, 3, 4)), ((2, 0, 3, 1), (2, 3, 2, 3))])
+def test_permute_gradcheck(dims, shape):
+    assert tn.gradcheck(tn.Permute(*dims), randn(0, shape)) < 1e-7
+
+
+@pytest.mark.parametrize(
+    "dims, shape",
+    [((0, 1), (2, 3, 4)), ((0, 1, 1), (2, 3, 4)), ((0, 1, 3), (2, 3, 4)), ((0, 2, 1), (2, 3)),
+     ((0, -4, 1), (2, 3, 4))],
+    ids=["too-few", "repeated", "out-of-range", "too-many", "negative-out-of-range"],
+)
+def test_permute_rejects_dims_that_are_not_a_permutation(dims, shape):
+    with pytest.raises(ValueError, match=rf"^Permute: dims {re.escape(str(dims))} are not a "
+                                         rf"permutation of the {len(shape)} axes of an input of "
+                                         rf"shape {re.escape(str(shape))}$"):
+        tn.Permute(*dims)(np.zeros(shape))
+    with pytest.raises(TypeError, match=r"^Permute: expected integer dims, got \(0, 2.0, 1\)$"):
+        tn.Permute(0, 2.0, 1)
+
+
+def test_permute_to_torch_from_torch_and_save_load(tmp_path):
+    """A language model's head (N, T, V) -> (N, V, T) in a Sequential: the same torch model
+    (x.permute(0, 2, 1)), back from torch, and through save/load, with the same outputs."""
+    tn.manual_seed(0)
+    model = tn.Sequential(tn.Embedding(6, 4), tn.GRU(4, 3, batch_first=True), tn.Linear(3, 5),
+                          tn.Permute(0, 2, 1)).astype(np.float64)
+    x = np.random.default_rng(0).integers(0, 6, (2, 7))
+    out = model.predict(x)
+    assert out.shape == (2, 5, 7) and repr(model[-1]) == "Permute(0, 2, 1)"
+    net = model.to_torch()
+    assert_parity(out, net(torch.from_numpy(x)), "Permute model to_torch outputs")
+    back = tn.Sequential.from_torch(net)
+    assert repr(back) == repr(model) and back[-1].dims == (0, 2, 1)
+    np.testing.assert_array_equal(back.predict(x), out)
+    model.save(tmp_path / "m.npz")
+    loaded = tn.Sequential.load(tmp_path / "m.npz")
+    assert loaded[-1].config() == {"class": "Permute", "args": [0, 2, 1], "kwargs": {}}
+    np.testing.assert_array_equal(loaded.predict(x), out)
+    tn.Sequential(tn.Permute(*np.array([1, 0]))).save(tmp_path / "numpy-dims.npz")
+    assert tn.Sequential.load(tmp_path / "numpy-dims.npz")[0].dims == (1, 0)
+
+
 def test_sequence_layers_init_matches_torch():
     """U(-1/sqrt(H), 1/sqrt(H)) for every recurrent weight and bias; N(0, 1) for Embedding."""
     tn.manual_seed(0)
@@ -6116,6 +6401,8 @@ PUBLIC_LAYERS += [*ATTENTION_EXCERPTS, "PositionalEmbedding", "MeanOverSteps"]
 EXCERPT_ARGS |= {"LayerNorm": ((5,), (2, 3, 5)), "MultiheadAttention": ((6, 2, 0.2), (3, 2, 6)),
                  "TransformerEncoderLayer": ((6, 3, 8), (3, 2, 6)),
                  "PositionalEmbedding": ((4, 5), (2, 3, 5)), "MeanOverSteps": ((), (2, 3, 5))}
+PUBLIC_LAYERS += ["Permute"]
+EXCERPT_ARGS |= {"Permute": ((0, 2, 1), (2, 3, 5))}
 
 
 def _definitions():

@@ -247,6 +247,38 @@ class Flatten(Layer):
         return dx
 
 
+class Permute(Layer):
+    """y = x.transpose(dims): the axes of x reordered, batch included, as torch's
+    x.permute(*dims): Permute(0, 2, 1) turns a language model's logits (N, T, V) into
+    (N, V, T), the classes on axis 1 as CrossEntropyLoss takes them. Negative dims count
+    from the end. backward: dx = dy.transpose(argsort(dims)), the inverse reordering."""
+
+    def __init__(self, *dims):
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = tuple(dims[0])                          # Permute((0, 2, 1)), as x.permute
+        if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in dims):
+            raise TypeError(f"Permute: expected integer dims, got {dims}")
+        self.dims = tuple(int(d) for d in dims)            # NumPy integers too: saved as JSON
+
+    def forward(self, x):
+        x = np.asarray(x)
+        n = x.ndim
+        if sorted(d % n if -n <= d < n else d for d in self.dims) != list(range(n)):
+            raise ValueError(f"Permute: dims {self.dims} are not a permutation of the {n} axes "
+                             f"of an input of shape {x.shape}")
+        self._cache = dims = tuple(d % n for d in self.dims)
+        return x.transpose(dims)
+
+    def backward(self, grad):
+        return grad.transpose(np.argsort(self._saved()))
+
+    def config(self):                          # the dims are positional: Permute(0, 2, 1)
+        return {"class": "Permute", "args": list(self.dims), "kwargs": {}}
+
+    def __repr__(self):
+        return f"Permute({', '.join(map(str, self.dims))})"
+
+
 class Dropout(Layer):
     """Inverted dropout. Training: y = x * m / (1 - p) with m ~ Bernoulli(1 - p) per element;
     dx = dy * m / (1 - p). Eval (or p = 0): y = x, dx = dy."""
@@ -1001,13 +1033,16 @@ class MeanOverSteps(Layer):
 class Loss:
     """Base class: `loss(pred, target)` is `loss.forward(pred, target)`; backward() -> dloss/dpred.
 
-    Each loss is made of terms, one per sample (CrossEntropyLoss, NLLLoss) or per element
-    (MSELoss, BCEWithLogitsLoss). reduction, as torch: "mean" (the default) averages them,
-    "sum" adds them (forward returns a float), "none" returns the array of terms. backward(grad)
-    chains the rule: grad is dL/d(what forward returned), 1 by default; with "none" an array
-    of the terms' shape (ones by default: the gradient of their sum).
-    A subclass's forward computes the terms and returns `self._reduce(terms)`; `_grad()` gives
-    d term / d pred (the terms' gradients, pred's shape).
+    Each loss is made of terms, one per position (CrossEntropyLoss, NLLLoss: one per sample, or
+    per sample and step) or per element (MSELoss, BCEWithLogitsLoss). reduction, as torch:
+        "mean" (the default): sum(terms) / denominator, the number of terms unless the loss says
+               otherwise (CrossEntropyLoss with class weights or ignored targets);
+        "sum":  sum(terms) (forward returns a float);
+        "none": the array of terms.
+    backward(grad) chains the rule: grad is dL/d(what forward returned), 1 by default; with
+    "none" an array of the terms' shape (ones by default: the gradient of their sum).
+    A subclass's forward computes the terms and returns `self._reduce(terms)` (or
+    `self._reduce(terms, denominator)`); `_grad()` gives d term / d pred (pred's shape).
     `hint`: the usual causes of a loss that becomes NaN or infinite (fit's error message)."""
     hint = "a learning rate too large (try one 10x smaller) or inputs that are not standardised"
     _cache = None             # what forward keeps for backward
@@ -1021,97 +1056,227 @@ class Loss:
     def __call__(self, pred, target):
         return self.forward(pred, target)
 
+    def config(self):
+        """{"class": name, "kwargs": constructor arguments} read back from the attributes of the
+        same names (arrays as lists): what Sequential.save writes to rebuild the loss."""
+        kwargs = {}
+        for arg, _ in _init_args(type(self)):
+            if hasattr(self, arg):                         # a subclass may skip our __init__
+                value = getattr(self, arg)
+                kwargs[arg] = value.tolist() if isinstance(value, np.ndarray) else value
+        return {"class": type(self).__name__, "kwargs": kwargs}
+
     def __repr__(self):
-        reduction = getattr(self, "reduction", "mean")      # a subclass may skip our __init__
-        args = "" if reduction == "mean" else f"reduction={reduction!r}"
-        return f"{type(self).__name__}({args})"
+        defaults = {arg: spec.default for arg, spec in _init_args(type(self))}
+        args = [f"{k}={v!r}" for k, v in self.config()["kwargs"].items() if v != defaults[k]]
+        return f"{type(self).__name__}({', '.join(args)})"
 
     def _saved(self):                  # what forward cached; a clear error if it has not run
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         return self._cache
 
-    def _reduce(self, terms):
-        """The terms -> their mean or sum (a float), or themselves ("none"); notes their shape."""
+    def _reduce(self, terms, denominator=None):
+        """The terms -> sum / denominator ("mean"; the number of terms by default), their sum
+        ("sum") or themselves ("none"). Notes the terms' shape and the denominator for backward.
+        A zero denominator gives 0 / 0 = NaN, as torch (e.g. every target ignored)."""
         self._terms_shape = terms.shape
+        self._denominator = terms.size if denominator is None else denominator
         if self.reduction == "none":
             return terms
-        return float(terms.mean() if self.reduction == "mean" else terms.sum())
+        total = terms.sum()
+        if self.reduction == "sum":
+            return float(total)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(total / total.dtype.type(self._denominator))
 
     def backward(self, grad=None):
-        """dloss/dpred = d term / d pred (divided by the number of terms for "mean"), times grad."""
+        """dloss/dpred = d term / d pred (divided by the denominator for "mean"), times grad.
+        With "none", grad has the terms' shape: pred's, or pred's without its class axis 1
+        (one term per position), then it is spread over the classes."""
         d, shape = self._grad(), self._terms_shape
         if self.reduction == "mean":
-            d /= d.dtype.type(math.prod(shape))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                d /= d.dtype.type(self._denominator)
         if grad is None:
             return d
         grad, want = np.asarray(grad, d.dtype), shape if self.reduction == "none" else ()
         if grad.shape != want:
             raise ValueError(f"{type(self).__name__}.backward: expected grad of the shape forward "
                              f"returned, {want}, got {grad.shape}")
-        return d * grad.reshape(want + (1,) * (d.ndim - len(want)))
+        if 0 < grad.ndim < d.ndim:
+            grad = np.expand_dims(grad, 1)                 # (N, d1, ...) -> (N, 1, d1, ...)
+        return d * grad
 
-    def _check_labels(self, pred, target):
-        """pred (N, C) and integer labels (N,) in [0, C), else a ValueError/TypeError naming
-        the loss."""
+
+def _class_weight(loss, weight):
+    """A class weight (a list, NumPy array or torch tensor of C numbers) as a float64 array, or
+    None; a ValueError naming the loss unless it is 1-D."""
+    if weight is None:
+        return None
+    weight = np.array(_plain(weight), dtype=np.float64)
+    if weight.ndim != 1:
+        raise ValueError(f"{type(loss).__name__}: expected a 1-D class weight (one number per "
+                         f"class), got shape {weight.shape}")
+    return weight
+
+
+class _WeightedLoss(Loss):
+    """What CrossEntropyLoss and NLLLoss share (torch's _WeightedLoss): pred (N, C) or
+    (N, C, d1, ...) with the classes on axis 1, integer labels t of shape (N,) or (N, d1, ...);
+    one term per position i (a sample, and its d1, ... indices), 0 where t_i == ignore_index.
+
+        w[c]: the class weight (1 without `weight`);  counted_i = (t_i != ignore_index)
+        "mean": sum_i term_i / sum_i counted_i w[t_i]   (the number of counted positions when
+                unweighted; 0 / 0 = NaN when every target is ignored, as torch)
+    The gradient is exactly 0 at ignored positions."""
+
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean"):
+        super().__init__(reduction)
+        self.weight = _class_weight(self, weight)
+        self.ignore_index = ignore_index
+
+    def _targets(self, pred, target):
+        """Checked pred (float) and target, and per position: the label (0 where ignored: any
+        class will do, its weight is 0), its weight w[t] (0 where ignored), the counted mask
+        and the class weights w (C,) in pred's dtype."""
         name, pred, target = type(self).__name__, np.asarray(pred), np.asarray(target)
-        if pred.ndim != 2:
-            raise ValueError(f"{name}: expected pred of shape (N, C), got {pred.shape}")
-        if target.shape != pred.shape[:1]:
-            raise ValueError(f"{name}: expected target of shape ({pred.shape[0]},) for pred "
+        if pred.ndim < 2:
+            raise ValueError(f"{name}: expected pred of shape (N, C) or (N, C, d1, ...), "
+                             f"got {pred.shape}")
+        if not np.issubdtype(pred.dtype, np.floating):
+            pred = pred.astype(np.float64)                 # Python lists of ints: compute in float
+        positions = pred.shape[:1] + pred.shape[2:]        # pred's shape without the class axis
+        if target.shape != positions:
+            raise ValueError(f"{name}: expected target of shape {positions} for pred "
                              f"{pred.shape}, got {target.shape}")
         if not np.issubdtype(target.dtype, np.integer):
             raise TypeError(f"{name}: expected integer class labels, got dtype {target.dtype}")
-        if target.size and (target.min() < 0 or target.max() >= pred.shape[1]):
-            raise ValueError(f"{name}: labels must be in [0, {pred.shape[1]}), "
-                             f"got min {target.min()} max {target.max()}")
-        return pred, target
+        classes = pred.shape[1]
+        counted = target != self.ignore_index                               # (N, d1, ...)
+        labels = target[counted]
+        if labels.size and (labels.min() < 0 or labels.max() >= classes):
+            raise ValueError(f"{name}: labels must be in [0, {classes}), got min {labels.min()} "
+                             f"max {labels.max()} (among the targets not equal to ignore_index="
+                             f"{self.ignore_index})")
+        if self.weight is not None and self.weight.shape != (classes,):
+            raise ValueError(f"{name}: expected a class weight of shape ({classes},), one per "
+                             f"class of pred {pred.shape}, got {self.weight.shape}")
+        w = np.ones(classes, pred.dtype) if self.weight is None else self.weight.astype(pred.dtype)
+        label = np.where(counted, target, 0)                                 # (N, d1, ...)
+        label_weight = np.where(counted, w[label], 0)                        # (N, d1, ...)
+        return pred, label, label_weight, counted, w
+
+    def _denominator_of(self, label_weight, counted):
+        """sum of w[t_i] over counted positions; their number when there is no class weight."""
+        return counted.sum() if self.weight is None else label_weight.sum()
+
+    def backward(self, grad=None):
+        d = super().backward(grad)
+        # exactly 0 at ignored positions, as torch: also where the mean is 0 / 0 or grad is NaN
+        _, _, _, counted, _ = self._saved()
+        if not counted.all():
+            np.copyto(d, 0, where=~np.expand_dims(counted, 1))
+        return d
 
 
-class CrossEntropyLoss(Loss):
-    """term_n = logsumexp(x_n) - x_n[t_n]  (log-softmax and NLL fused, stable), one per sample.
+def _pick(logp, label):
+    """logp[n, label[n, ...], ...]: the log-probability of each position's label (class axis 1)."""
+    return np.take_along_axis(logp, np.expand_dims(label, 1), axis=1)[:, 0]
 
-    pred: logits (N, C); target: int labels (N,).  d term_n / d x_n = softmax(x_n) - onehot(t_n);
-    "mean" divides by N.
+
+class CrossEntropyLoss(_WeightedLoss):
+    """Cross-entropy on logits, log-softmax fused in (stable), torch's weights and smoothing.
+
+    logits x (N, C) or (N, C, d1, ...); labels t (N,) or (N, d1, ...); at each position i:
+        logp_i = log_softmax(x_i) over the C classes (axis 1)
+        q_i[c] = (1 - eps) w[t_i] [c == t_i] + eps / C w[c]       the smoothed, weighted target
+        term_i = -sum_c q_i[c] logp_i[c]
+               = (1 - eps) w[t_i] (-logp_i[t_i]) + eps / C sum_c w[c] (-logp_i[c])
+        term_i = 0 where t_i == ignore_index
+        "mean": sum_i term_i / sum_i counted_i w[t_i]   (both parts over the same denominator;
+                the number of counted positions without weight)
+        d term_i / d x_i = (sum_c q_i[c]) softmax(x_i) - q_i
+    eps = label_smoothing, w = weight (1 without). Without weight and smoothing: term_i =
+    -logp_i[t_i] and d term_i / d x_i = softmax(x_i) - onehot(t_i).
     """
 
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+        super().__init__(weight, ignore_index, reduction)
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"CrossEntropyLoss: expected label_smoothing in [0, 1], "
+                             f"got {label_smoothing!r}")
+        self.label_smoothing = label_smoothing
+
     def forward(self, pred, target):
-        pred, target = self._check_labels(pred, target)
-        logp = _log_softmax(pred, 1)
-        self._cache = logp, target
-        return self._reduce(-logp[np.arange(len(target)), target])
+        pred, label, label_weight, counted, w = self._targets(pred, target)
+        logp = _log_softmax(pred, 1)                                         # (N, C, d1, ...)
+        eps, classes = self.label_smoothing, pred.shape[1]
+        terms = (1 - eps) * label_weight * -_pick(logp, label)               # (N, d1, ...)
+        if eps:
+            class_weight = w.reshape((1, classes) + (1,) * (logp.ndim - 2))  # (1, C, 1, ...)
+            smooth = -(class_weight * logp).sum(axis=1)                      # (N, d1, ...)
+            terms += eps / classes * np.where(counted, smooth, 0)
+        self._cache = logp, label, label_weight, counted, w
+        return self._reduce(terms, self._denominator_of(label_weight, counted))
 
     def _grad(self):
-        logp, target = self._saved()
-        grad = np.exp(logp)
-        grad[np.arange(len(target)), target] -= 1
+        logp, label, label_weight, counted, w = self._saved()
+        eps, classes = self.label_smoothing, logp.shape[1]
+        label = np.expand_dims(label, 1)                                     # (N, 1, d1, ...)
+        label_weight = np.expand_dims(label_weight, 1)                       # (N, 1, d1, ...)
+        counted = np.expand_dims(counted, 1)                                 # (N, 1, d1, ...)
+        # (sum_c q_i[c]) softmax(x_i) - q_i, q_i the smoothed, weighted target (0 if ignored):
+        # sum_c q_i[c] = (1 - eps) w[t_i] + eps / C sum(w)
+        q_total = (1 - eps) * label_weight + eps / classes * w.sum() * counted  # (N, 1, d1, ...)
+        grad = q_total * np.exp(logp)                                        # (N, C, d1, ...)
+        if eps:
+            class_weight = w.reshape((1, classes) + (1,) * (logp.ndim - 2))  # (1, C, 1, ...)
+            grad -= eps / classes * class_weight * counted
+        # and q_i's (1 - eps) w[t_i] at the label: grad[i, t_i] -= (1 - eps) w[t_i]
+        at_label = np.take_along_axis(grad, label, axis=1) - (1 - eps) * label_weight
+        np.put_along_axis(grad, label, at_label, axis=1)
         return grad
 
 
-class NLLLoss(Loss):
-    """term_n = -logp_n[t_n];  pred: log-probabilities (N, C), target: int labels (N,).
-    d term_n / d logp_n = -onehot(t_n); "mean" divides by N. Input that is not log-probabilities
-    (a value > 0, or rows whose exp does not sum to 1 within 1e-3) raises a ValueError: add
-    LogSoftmax before it."""
+class NLLLoss(_WeightedLoss):
+    """Negative log-likelihood of log-probabilities, with torch's class weights:
+
+    logp (N, C) or (N, C, d1, ...) (LogSoftmax on axis 1); labels t (N,) or (N, d1, ...):
+        term_i = -w[t_i] logp_i[t_i];  0 where t_i == ignore_index
+        "mean": sum_i term_i / sum_i counted_i w[t_i]   (the number of counted positions
+                without weight)
+        d term_i / d logp_i = -w[t_i] onehot(t_i)
+    Input that is not log-probabilities (a value > 0, or a position whose exp over axis 1 does
+    not sum to 1 within 1e-3, ignored positions included) raises a ValueError: add LogSoftmax
+    before it."""
     hint = ("inputs that are not log-probabilities (add LogSoftmax, or use CrossEntropyLoss on "
             "logits), or a learning rate too large")
 
     def forward(self, pred, target):
-        pred, target = self._check_labels(pred, target)
-        total = np.exp(pred).sum(axis=1)
-        if np.any(pred > 0) or np.any(np.abs(total - 1) > 1e-3):
-            bad = int(np.argmax((pred > 0).any(axis=1) | (np.abs(total - 1) > 1e-3)))
-            raise ValueError(f"NLLLoss: expected log-probabilities (every value <= 0, each row's "
-                             f"exp summing to 1), got row {bad} with max {pred[bad].max():.4g} "
-                             f"and exp-sum {total[bad]:.4g}; add LogSoftmax() as the model's "
-                             "last layer, or use CrossEntropyLoss on logits")
-        self._cache = pred, target
-        return self._reduce(-pred[np.arange(len(target)), target])
+        pred, label, label_weight, counted, w = self._targets(pred, target)
+        total = np.exp(pred).sum(axis=1)                                     # (N, d1, ...)
+        bad = (pred > 0).any(axis=1) | (np.abs(total - 1) > 1e-3)            # (N, d1, ...)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            where = f"row {first[0]}" if pred.ndim == 2 else f"position {first}"
+            values = np.moveaxis(pred, 1, -1)[first]                          # (C,)
+            raise ValueError(f"NLLLoss: expected log-probabilities (every value <= 0, each "
+                             f"position's exp summing to 1 over axis 1), got {where} with max "
+                             f"{values.max():.4g} and exp-sum {total[first]:.4g}; add "
+                             "LogSoftmax() as the model's last layer, or use CrossEntropyLoss "
+                             "on logits")
+        # 0 where ignored, not times 0: an ignored position's pick may be log(0) = -inf
+        logp_label = np.where(counted, _pick(pred, label), 0)                # (N, d1, ...)
+        terms = label_weight * -logp_label
+        self._cache = pred, label, label_weight, counted, w
+        return self._reduce(terms, self._denominator_of(label_weight, counted))
 
     def _grad(self):
-        pred, target = self._saved()
-        grad = np.zeros_like(pred)
-        grad[np.arange(len(target)), target] = -1
+        pred, label, label_weight, counted, w = self._saved()
+        grad = np.zeros_like(pred)                                           # (N, C, d1, ...)
+        # grad[i, t_i] = -w[t_i]
+        np.put_along_axis(grad, np.expand_dims(label, 1), -np.expand_dims(label_weight, 1), 1)
         return grad
 
 
@@ -2857,9 +3022,7 @@ def _model_arrays(model):
     model the JSON also holds its loss ({"class", "kwargs"}) and metrics."""
     config = model.config()
     if getattr(model, "loss", None) is not None:
-        loss = model.loss
-        kwargs = {k: getattr(loss, k) for k, _ in _init_args(type(loss)) if hasattr(loss, k)}
-        config["loss"] = {"class": type(loss).__name__, "kwargs": kwargs}
+        config["loss"] = model.loss.config()              # a class weight as a list
         config["metrics"] = list(model.metrics)
     return dict(model.state_dict(), __architecture__=np.array(json.dumps(config)))
 
@@ -2939,7 +3102,7 @@ _TORCH_LAYERS = ("Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm1d", "B
                  "Dropout", "Flatten", "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
                  "Softmax", "LogSoftmax")
 _TORCH_LAYERS += ("Embedding", "RNN", "LSTM", "GRU", "LastStep", "MeanOverSteps",
-                  "PositionalEmbedding")                          # see _torch_sequence_modules
+                  "PositionalEmbedding", "Permute")               # see _torch_sequence_modules
 _TORCH_LAYERS += ("LayerNorm", "GELU", "TransformerEncoderLayer")
 # why some tinynet layers have no twin in torch.nn.Sequential
 _NOT_IN_TORCH = {
@@ -2967,8 +3130,9 @@ _TORCH_DEFAULTS |= {"max_norm": (None,), "scale_grad_by_freq": (False,), "sparse
 def _torch_sequence_modules():
     """{name: torch module class} for the layers of a torch.nn.Sequential that torch.nn lacks:
     RNN, LSTM and GRU returning only their output (torch's return (output, h_n)), with torch's
-    names, arguments and state-dict keys; LastStep, MeanOverSteps and PositionalEmbedding as a
-    torch user writes them (x[:, -1], x.mean(dim=1), x + table[:T]), with tinynet's arguments."""
+    names, arguments and state-dict keys; LastStep, MeanOverSteps, PositionalEmbedding and
+    Permute as a torch user writes them (x[:, -1], x.mean(dim=1), x + table[:T],
+    x.permute(0, 2, 1)), with tinynet's arguments."""
     import torch
 
     def output_only(cls):
@@ -2995,9 +3159,17 @@ def _torch_sequence_modules():
         def forward(self, x):
             return x + self.weight[:x.shape[1]]
 
+    class Permute(torch.nn.Module):
+        def __init__(self, *dims):
+            super().__init__()
+            self.dims = dims
+
+        def forward(self, x):
+            return x.permute(*self.dims)
+
     recurrent = {name: output_only(getattr(torch.nn, name)) for name in ("RNN", "LSTM", "GRU")}
     return recurrent | {"LastStep": LastStep, "MeanOverSteps": MeanOverSteps,
-                        "PositionalEmbedding": PositionalEmbedding}
+                        "PositionalEmbedding": PositionalEmbedding, "Permute": Permute}
 
 
 def _to_torch(model):
@@ -3012,7 +3184,7 @@ def _to_torch(model):
             raise ValueError(f"Sequential.to_torch: layer {i} ({layer!r}) has no torch.nn "
                              f"equivalent{why}; convertible: {', '.join(_TORCH_LAYERS)}")
         cls = modules.get(config["class"]) or getattr(torch.nn, config["class"])
-        layers.append(cls(**config["kwargs"]))
+        layers.append(cls(*config.get("args", ()), **config["kwargs"]))     # args: Permute's dims
     net = torch.nn.Sequential(*layers).to(getattr(torch, model._dtype().name)).train(model.training)
     missing, unexpected = net.load_state_dict({k: torch.from_numpy(v)
                                                for k, v in model.state_dict().items()},
@@ -3037,6 +3209,9 @@ def _from_torch(module):
         cls = globals()[name]
         if name == "TransformerEncoderLayer":
             layers.append(cls(**_torch_encoder_args(m)))
+            continue
+        if name == "Permute":
+            layers.append(cls(*m.dims))
             continue
         bias = getattr(m, "bias", None)        # a Parameter or None (Linear), or a flag (LSTM)
         layers.append(cls(**{a: bias is not None and bias is not False if a == "bias"
