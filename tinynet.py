@@ -8,9 +8,9 @@ converts everything in place.
 
 Sections, in order: parameters and base layer · layers (ending with sequences: embedding
 and recurrent layers) · attention and transformers · losses · optimizers · schedulers ·
-Sequential, History and callbacks · saving, loading and PyTorch interop · gradient check ·
+Model, Sequential, History and callbacks · saving, loading and PyTorch interop · gradient check ·
 data · plots.
-A layer copies out alone with `Layer` (the core: 26 lines), `Parameter`, `_rng`
+A layer copies out alone with `Layer` (the core: 43 lines), `Parameter`, `_rng`
 and the few helpers it names; saving, loading, astype and repr are LayerState's,
 composed into Layer in their own section. Only numpy (and the standard library)
 is imported at module level; tqdm, matplotlib, scipy, scikit-learn, threadpoolctl
@@ -78,8 +78,23 @@ class Layer:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         return self._cache
 
-    def parameters(self):              # attributes with .data and .grad, in order: weight, bias
-        return [v for v in vars(self).values() if _is_parameter(v)]
+    def _sublayers(self):
+        """(name, layer) pairs, torch's child modules: the public attributes that are Layers, and
+        the Layers in public lists or tuples ("blocks.0", as torch's ModuleList); never "_name"."""
+        for name, v in vars(self).items():
+            if name.startswith("_"):
+                continue
+            if isinstance(v, Layer):
+                yield name, v
+            elif isinstance(v, (list, tuple)):
+                for i, item in enumerate(v):
+                    if isinstance(item, Layer):
+                        yield f"{name}.{i}", item
+
+    def parameters(self):              # own (weight, bias), then each sublayer's; a tied one once
+        every = [v for v in vars(self).values() if _is_parameter(v)]
+        every += [p for _, layer in self._sublayers() for p in layer.parameters()]
+        return list({id(p): p for p in every}.values())
 
     def zero_grad(self):
         for p in self.parameters():
@@ -87,6 +102,8 @@ class Layer:
 
     def train(self, mode=True):
         self.training = mode
+        for _, layer in self._sublayers():
+            layer.train(mode)
         return self
 
     def eval(self):
@@ -561,7 +578,7 @@ class BatchNorm2d(_BatchNorm):
     ndim, axes = 4, "nchw"
 
 
-# ── Sequences: embedding and recurrent layers ───────────────────────────────
+# ── Sequences: embedding, recurrent layers and cells ────────────────────────
 # A recurrent layer loops over the time steps (the algorithm is sequential), never over samples
 # or features: x W_ih^T for all steps is one matrix product before the loop, the loop does only
 # h_{t-1} W_hh^T and the gates, and each weight gradient is one product after the loop.
@@ -588,135 +605,392 @@ class Embedding(Layer):
         np.add.at(self.weight.grad, x, grad * (x != self.padding_idx)[..., None])   # repeats add up
 
 
+def _sigmoid(a):
+    """1 / (1 + exp(-a)), computed as 0.5 + 0.5 tanh(a / 2): the same number, never overflowing."""
+    return 0.5 + 0.5 * np.tanh(0.5 * a)
+
+
+def _state(layer, what, value, shape, dtype):
+    """A state array (h_0, c_0, ...) of `shape` and `dtype`: zeros if value is None, else value
+    (cast), or a ValueError naming the layer unless value has that shape."""
+    if value is None:
+        return np.zeros(shape, dtype)
+    if np.shape(value) != shape:
+        raise ValueError(f"{type(layer).__name__}: expected {what} of shape {shape}, "
+                         f"got {np.shape(value)}")
+    return np.asarray(value, dtype)
+
+
+# ── One time step: the formulas of RNN/RNNCell, LSTM/LSTMCell, GRU/GRUCell ──
+# Each step class holds one step's forward and backward, as CS231n's rnn_step_forward/backward;
+# the layers (_RNNBase: the loops over time, layers and directions) and the cells (_CellBase: one
+# step per call) both use them. A step receives xw = x_t W_ih^T + b_ih already computed (the
+# layer computes it for all t in one product) and returns h_t, c_t (None but in an LSTM) and a
+# cache; its backward returns dxw = dL/dxw, dhw = dL/d(h_{t-1} W_hh^T + b_hh), dh_{t-1}, dc_{t-1}.
+
+class _RNNStep:
+    """Elman RNN step: h_t = tanh(xw + h_{t-1} W_hh^T + b_hh)   (N, H)   (relu if asked)
+    backward, given dh = dL/dh_t:   da = dh (1 - h_t^2)   (relu: dh [h_t > 0])
+        dxw = dhw = da;   dh_{t-1} = da W_hh.   An RNN has no c: None comes in and goes out."""
+    gates = 1              # W_ih: (gates * H, F), W_hh: (gates * H, H); LSTM 4, GRU 3
+    cell_state = False     # only an LSTM carries a c_t beside h_t
+
+    def _check_nonlinearity(self, nonlinearity):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"{type(self).__name__}: nonlinearity must be 'tanh' or 'relu', "
+                             f"got {nonlinearity!r}")
+
+    def _step_forward(self, xw, h_prev, c_prev, W_hh, b_hh):
+        a = xw + h_prev @ W_hh.T + b_hh                                    # (N, H)
+        h = np.tanh(a) if self.nonlinearity == "tanh" else np.maximum(a, 0)
+        return h, None, h                                      # the cache: h_t
+
+    def _step_backward(self, dh, dc, h, W_hh):
+        da = dh * (1 - h * h) if self.nonlinearity == "tanh" else dh * (h > 0)   # (N, H)
+        return da, da, da @ W_hh, None
+
+
+class _LSTMStep:
+    """LSTM step, in blocks of H columns in torch's order i, f, g, o:
+        a = xw + h_{t-1} W_hh^T + b_hh                          (N, 4H)
+        i = sigmoid(a_i);  f = sigmoid(a_f);  g = tanh(a_g);  o = sigmoid(a_o)     (N, H) each
+        c_t = f c_{t-1} + i g;   h_t = o tanh(c_t)
+    backward, given dh = dL/dh_t and dc = dL/dc_t (from the steps after t):
+        dc_t = dc + dh o (1 - tanh(c_t)^2)        (h_t depends on c_t too)
+        da = [dc_t g i (1 - i),  dc_t c_{t-1} f (1 - f),  dc_t i (1 - g^2),  dh tanh(c_t) o (1 - o)]
+        dxw = dhw = da;   dh_{t-1} = da W_hh;   dc_{t-1} = dc_t f"""
+    gates = 4
+    cell_state = True
+
+    def _step_forward(self, xw, h_prev, c_prev, W_hh, b_hh):
+        H = self.hidden_size
+        a = xw + h_prev @ W_hh.T + b_hh                                    # (N, 4H)
+        i = _sigmoid(a[:, :H])                                             # (N, H)
+        f = _sigmoid(a[:, H:2 * H])
+        g = np.tanh(a[:, 2 * H:3 * H])
+        o = _sigmoid(a[:, 3 * H:])
+        c = f * c_prev + i * g
+        tanh_c = np.tanh(c)
+        h = o * tanh_c
+        return h, c, ((i, f, g, o), c_prev, tanh_c)
+
+    def _step_backward(self, dh, dc, cache, W_hh):
+        gates, c_prev, tanh_c = cache
+        i, f, g, o = gates
+        dc = dc + dh * o * (1 - tanh_c * tanh_c)                           # (N, H)
+        da_i = dc * g * i * (1 - i)
+        da_f = dc * c_prev * f * (1 - f)
+        da_g = dc * i * (1 - g * g)
+        da_o = dh * tanh_c * o * (1 - o)
+        da = np.concatenate([da_i, da_f, da_g, da_o], axis=1)             # (N, 4H)
+        return da, da, da @ W_hh, dc * f
+
+
+class _GRUStep:
+    """GRU step (torch's: r multiplies hw_n), in blocks r, z, n of H columns, with
+    hw = h_{t-1} W_hh^T + b_hh (N, 3H):
+        r = sigmoid(xw_r + hw_r);  z = sigmoid(xw_z + hw_z);  n = tanh(xw_n + r hw_n)   (N, H)
+        h_t = (1 - z) n + z h_{t-1}
+    backward, given dh = dL/dh_t:
+        dn = dh (1 - z) (1 - n^2);   dz = dh (h_{t-1} - n) z (1 - z);   dr = dn hw_n r (1 - r)
+        dxw = [dr, dz, dn];   dhw = [dr, dz, dn r];   dh_{t-1} = dh z + dhw W_hh"""
+    gates = 3
+    cell_state = False
+
+    def _step_forward(self, xw, h_prev, c_prev, W_hh, b_hh):
+        H = self.hidden_size
+        hw = h_prev @ W_hh.T + b_hh                                        # (N, 3H)
+        rz = _sigmoid(xw[:, :2 * H] + hw[:, :2 * H])                       # (N, 2H): r and z
+        r = rz[:, :H]
+        z = rz[:, H:]
+        hw_n = hw[:, 2 * H:]                                               # (N, H)
+        n = np.tanh(xw[:, 2 * H:] + r * hw_n)
+        h = (1 - z) * n + z * h_prev
+        return h, None, ((r, z, n), hw_n, h_prev)
+
+    def _step_backward(self, dh, dc, cache, W_hh):
+        gates, hw_n, h_prev = cache
+        r, z, n = gates
+        dn = dh * (1 - z) * (1 - n * n)                                    # (N, H)
+        dz = dh * (h_prev - n) * z * (1 - z)
+        dr = dn * hw_n * r * (1 - r)
+        dxw = np.concatenate([dr, dz, dn], axis=1)                         # (N, 3H)
+        dhw = np.concatenate([dr, dz, dn * r], axis=1)
+        return dxw, dhw, dh * z + dhw @ W_hh, None
+
+
+# ── Recurrent layers: the loops over time steps, layers and directions ──────
+
 class _RNNBase(Layer):
-    """RNN, LSTM, GRU: x (T, N, F) (batch_first: (N, T, F)) -> y (T, N, D*H), the last layer's h_t
-    (D = 2 if bidirectional: the reverse reads t = T..1); final h: .h_n (num_layers * D, N, H).
-    BPTT: t = T..1 by _cell_back, then dW_ih = dgi^T x, dW_hh = dgh^T h_{t-1}, dx = dgi W_ih."""
-    kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")    # all ~ U(-1/sqrt(H), 1/sqrt(H))
+    """RNN, LSTM, GRU: the loops over layers, directions and time steps around one step's
+    formulas (_RNNStep, _LSTMStep, _GRUStep, which the cells use too).
+        x (T, N, F) (batch_first: (N, T, F)), hx = h_0 (an LSTM: (h_0, c_0)) (L * D, N, H) or None
+        (zeros) -> y (T, N, D * H), the last layer's h_t;  .h_n (.c_n): the final states
+    L = num_layers; D = 2 if bidirectional: the reverse direction reads t = T..1. Row l * D + d
+    of the states is layer l's direction d. Layer l > 0 reads layer l - 1's output, dropped out
+    in training. backward(dy, grad_h_n=None, grad_c_n=None) -> dx, and .grad_h0 (.grad_c0):
+    dL/dh_0 (dL/dc_0), also when hx was None (the gradient at the zero state)."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False):
         if not 0 <= dropout < 1:
             raise ValueError(f"{type(self).__name__}: dropout must be in [0, 1), got {dropout}")
-        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.bias, self.batch_first, self.dropout = bias, batch_first, dropout
-        self.bidirectional, D, G = bidirectional, 1 + bidirectional, self.gates * hidden_size
-        for i, sfx in [(i, sfx) for i in range(num_layers) for sfx in ("", "_reverse")[:D]]:
-            shapes = [(G, D * hidden_size if i else input_size), (G, hidden_size), (G,), (G,)]
-            for kind, shape in zip(self.kinds, shapes[:4 if bias else 2]):   # torch's order
-                w = _rng.uniform(-1 / math.sqrt(hidden_size), 1 / math.sqrt(hidden_size), shape)
-                setattr(self, f"{kind}_l{i}{sfx}", Parameter(w.astype(np.float32)))
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = dropout
+        self.bidirectional = bidirectional
+        D = 1 + bidirectional
+        G = self.gates * hidden_size
+        bound = 1 / math.sqrt(hidden_size)
+        for layer in range(num_layers):
+            shapes = {"weight_ih": (G, D * hidden_size if layer else input_size),
+                      "weight_hh": (G, hidden_size), "bias_ih": (G,), "bias_hh": (G,)}
+            for direction in range(D):                         # torch's order of keys
+                for kind in list(shapes)[:4 if bias else 2]:
+                    w = _rng.uniform(-bound, bound, shapes[kind]).astype(np.float32)
+                    setattr(self, f"{kind}_l{layer}" + "_reverse" * direction, Parameter(w))
 
-    def forward(self, x):
+    def _params(self, layer, direction):
+        """weight_ih, weight_hh, bias_ih, bias_hh (None without bias) of one layer, direction."""
+        suffix = f"_l{layer}" + "_reverse" * direction
+        return [getattr(self, kind + suffix, None)
+                for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+
+    def forward(self, x, hx=None):
         if np.ndim(x) != 3 or np.shape(x)[2] != self.input_size or 0 in np.shape(x):
             axes = "N, T" if self.batch_first else "T, N"
             raise ValueError(f"{type(self).__name__}: expected shape ({axes}, {self.input_size}) "
                              f"with N, T > 0, got {np.shape(x)}")
         x = np.swapaxes(x, 0, 1) if self.batch_first else np.asarray(x)     # (T, N, F)
-        (T, N, _), H, self._cache = x.shape, self.hidden_size, []
-        for i, drop in enumerate([0] + [self.dropout * self.training] * (self.num_layers - 1)):
-            mask = (_rng.random(x.shape) >= drop) / x.dtype.type(1 - drop) if drop else 1  # dropout
-            x, runs = x * mask, []
-            for o, sfx in ((1, ""), (-1, "_reverse"))[:1 + self.bidirectional]:  # o: step order
-                W = [getattr(self, f"{kind}_l{i}{sfx}", None) for kind in self.kinds]
-                W_ih, W_hh, b_ih, b_hh = (0 if p is None else p.data for p in W)   # no bias: 0
-                gi = (x[::o].reshape(T * N, -1) @ W_ih.T + b_ih).reshape(T, N, -1)  # (T, N, G)
-                hs, c, saved = np.zeros((T + 1, N, H), gi.dtype), 0, [None] * T  # h_0 = c_0 = 0
-                for t in range(T):          # h_t, c_t = cell(gi_t, gh = h_{t-1} W_hh^T + b_hh, ...)
-                    hs[t + 1], c, saved[t] = self._cell(gi[t], hs[t] @ W_hh.T + b_hh, hs[t], c)
-                runs.append((o, W, hs, c, saved))
-            self._cache.append((x, mask, runs))
-            x = np.concatenate([hs[1:][::o] for o, _, hs, _, _ in runs], axis=2)
-        self.h_n = np.stack([hs[-1] for *_, runs in self._cache for _, _, hs, _, _ in runs])
-        return x.swapaxes(0, 1) if self.batch_first else x                  # (T, N, D*H)
+        D = 1 + self.bidirectional
+        shape = (self.num_layers * D, x.shape[1], self.hidden_size)         # (L * D, N, H)
+        if self.cell_state:                                                 # an LSTM
+            hx = (None, None) if hx is None else hx
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise ValueError(f"{type(self).__name__}: expected hx = (h_0, c_0), each of shape "
+                                 f"{shape}, got {type(hx).__name__} of shape {np.shape(hx)}")
+            h_0, c_0 = hx
+            c_0 = _state(self, "c_0", c_0, shape, x.dtype)
+            self.c_n = np.empty_like(c_0)
+        else:
+            h_0, c_0 = hx, [None] * shape[0]
+        h_0 = _state(self, "h_0", h_0, shape, x.dtype)
+        self.h_n = np.empty_like(h_0)
+        self._cache = []                                # per layer: its dropout mask, its runs
+        for layer in range(self.num_layers):
+            p = self.dropout if layer > 0 and self.training else 0
+            mask = (_rng.random(x.shape) >= p) / x.dtype.type(1 - p) if p else 1
+            x = x * mask
+            outputs = []
+            runs = []
+            for direction in range(D):
+                k = layer * D + direction
+                x_run = x[::-1] if direction else x     # the reverse direction reads t = T..1
+                hs, c_T, steps = self._run(x_run, h_0[k], c_0[k], self._params(layer, direction))
+                self.h_n[k] = hs[-1]
+                if self.cell_state:
+                    self.c_n[k] = c_T
+                outputs.append(hs[:0:-1] if direction else hs[1:])   # h_t in x's order (T, N, H)
+                runs.append((x_run, hs, steps))
+            self._cache.append((mask, runs))
+            x = np.concatenate(outputs, axis=2)                            # (T, N, D * H)
+        return x.swapaxes(0, 1) if self.batch_first else x
 
-    def backward(self, grad):                                               # grad: like the output
-        grad = grad.swapaxes(0, 1) if self.batch_first else grad            # (T, N, D*H)
-        for i in reversed(range(self.num_layers)):
-            (x, mask, runs), dx, T = self._saved()[i], 0, len(grad)
-            for dy, (o, W, hs, _, saved) in zip(np.split(grad, len(runs), axis=2), runs):
-                (W_ih, W_hh, b_ih, b_hh), dgi, dgh, dh, dc = W, [None] * T, [None] * T, 0, 0
-                for t in reversed(range(T)):            # from dh_T = dc_T = 0; the cell's formulas
-                    dgi[t], dgh[t], dh, dc = self._cell_back(dh + dy[::o][t], dc, W_hh, *saved[t])
-                dgi, dgh = np.stack(dgi), np.stack(dgh)                     # (T, N, G), (T, N, G)
-                W_ih.grad += dgi.reshape(-1, dgi.shape[2]).T @ x[::o].reshape(-1, x.shape[2])
-                W_hh.grad += dgh.reshape(-1, dgh.shape[2]).T @ hs[:-1].reshape(-1, hs.shape[2])
-                for b, db in [(b_ih, dgi), (b_hh, dgh)] if self.bias else []:
-                    b.grad += db.sum(axis=(0, 1))                           # db = sum dg
-                dx = dx + (dgi @ W_ih.data)[::o] if i or self.needs_input_grad else None  # dgi W_ih
-            grad = None if dx is None else dx * mask
-        return grad.swapaxes(0, 1) if self.batch_first and grad is not None else grad
+    def _run(self, x, h, c, params):
+        """One layer in one direction: x (T, N, F), h_0, c_0 (N, H) -> h_0..h_T (T + 1, N, H), c_T,
+        the steps' caches. x W_ih^T + b_ih for every t is one product before the loop."""
+        weight_ih, weight_hh, bias_ih, bias_hh = params
+        b_ih = 0 if bias_ih is None else bias_ih.data                      # (G,)
+        b_hh = 0 if bias_hh is None else bias_hh.data
+        T, N, F = x.shape
+        xw = (x.reshape(T * N, F) @ weight_ih.data.T + b_ih).reshape(T, N, -1)   # (T, N, G)
+        hs = np.empty((T + 1, N, self.hidden_size), xw.dtype)
+        hs[0] = h
+        steps = []
+        for t in range(T):
+            h, c, cache = self._step_forward(xw[t], h, c, weight_hh.data, b_hh)
+            hs[t + 1] = h
+            steps.append(cache)
+        return hs, c, steps
+
+    def backward(self, grad_out, grad_h_n=None, grad_c_n=None):
+        """dL/dy, dL/dh_n, dL/dc_n (None: 0) -> dL/dx; sets .grad_h0 (.grad_c0)."""
+        cache = self._saved()
+        dy = grad_out.swapaxes(0, 1) if self.batch_first else grad_out     # (T, N, D * H)
+        D = 1 + self.bidirectional
+        H = self.hidden_size
+        dh_n = _state(self, "grad_h_n", grad_h_n, self.h_n.shape, dy.dtype)   # (L * D, N, H)
+        dc_n = [None] * len(dh_n)                            # an RNN or a GRU has no c
+        if self.cell_state:
+            dc_n = _state(self, "grad_c_n", grad_c_n, self.c_n.shape, dy.dtype)
+            self.grad_c0 = np.empty_like(dc_n)
+        elif grad_c_n is not None:
+            raise ValueError(f"{type(self).__name__}: there is no c_n, so no grad_c_n")
+        self.grad_h0 = np.empty_like(dh_n)
+        for layer in reversed(range(self.num_layers)):
+            mask, runs = cache[layer]
+            need_dx = layer > 0 or self.needs_input_grad    # not for the first layer of a model
+            dx = 0                                          # the directions' dx add up
+            for direction in range(D):
+                k = layer * D + direction
+                dhs = dy[:, :, direction * H:(direction + 1) * H]          # (T, N, H)
+                dhs = dhs[::-1] if direction else dhs       # in the order the run read x
+                params = self._params(layer, direction)
+                dx_run, self.grad_h0[k], dc_0 = self._run_backward(dhs, dh_n[k], dc_n[k],
+                                                                   runs[direction], params, need_dx)
+                if self.cell_state:
+                    self.grad_c0[k] = dc_0
+                if need_dx:
+                    dx = dx + (dx_run[::-1] if direction else dx_run)      # (T, N, F)
+            dy = dx * mask
+        if not self.needs_input_grad:
+            return None
+        return dy.swapaxes(0, 1) if self.batch_first else dy
+
+    def _run_backward(self, dhs, dh, dc, run, params, need_dx):
+        """Backpropagation through time, t = T..1, in one layer and direction: dhs (T, N, H) =
+        dL/dh_t from the output, dh, dc = dL/dh_T, dL/dc_T -> dx (T, N, F), dL/dh_0, dL/dc_0;
+        each weight's gradient is one product after the loop."""
+        x, hs, steps = run
+        weight_ih, weight_hh, bias_ih, bias_hh = params
+        T, N, F = x.shape
+        dxw = np.empty((T, N, weight_hh.data.shape[0]), hs.dtype)         # (T, N, G)
+        dhw = np.empty_like(dxw)
+        for t in reversed(range(T)):
+            dh = dh + dhs[t]                            # h_t goes to the output and to step t + 1
+            dxw[t], dhw[t], dh, dc = self._step_backward(dh, dc, steps[t], weight_hh.data)
+        weight_ih.grad += dxw.reshape(T * N, -1).T @ x.reshape(T * N, F)
+        weight_hh.grad += dhw.reshape(T * N, -1).T @ hs[:-1].reshape(T * N, -1)
+        if bias_ih is not None:
+            bias_ih.grad += dxw.sum(axis=(0, 1))
+            bias_hh.grad += dhw.sum(axis=(0, 1))
+        dx = dxw @ weight_ih.data if need_dx else None
+        return dx, dh, dc
 
 
-class RNN(_RNNBase):
-    """Elman RNN, as torch.nn.RNN. Per step (gi_t = x_t W_ih^T + b_ih, gh = h_{t-1} W_hh^T + b_hh):
-        h_t = tanh(gi_t + gh)  (or relu)   (N, H)
-    backward, with dh = dL/dh_t:  dgi_t = dgh_t = dh (1 - h_t^2)  (relu: dh (h_t > 0)),
-        dh_{t-1} = dgh_t W_hh."""
-    gates = 1           # blocks of H rows in W_ih and W_hh: LSTM 4 (i, f, g, o), GRU 3 (r, z, n)
+class RNN(_RNNStep, _RNNBase):
+    """Elman RNN, as torch.nn.RNN: the loops of _RNNBase around _RNNStep's formulas."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"RNN: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self._check_nonlinearity(nonlinearity)
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional)
 
-    def _cell(self, gi, gh, h, c):                  # gi, gh: (N, H) -> h_t, c (unused), saved
-        h = np.tanh(gi + gh) if self.nonlinearity == "tanh" else np.maximum(gi + gh, 0)
-        return h, c, (h,)
 
-    def _cell_back(self, dh, dc, W_hh, h):
-        da = dh * (1 - h * h) if self.nonlinearity == "tanh" else dh * (h > 0)
-        return da, da, da @ W_hh.data, dc
+class LSTM(_LSTMStep, _RNNBase):
+    """Long short-term memory, as torch.nn.LSTM: the loops of _RNNBase around _LSTMStep's
+    formulas. hx = (h_0, c_0); after forward .h_n and .c_n, after backward .grad_h0, .grad_c0."""
 
 
-class LSTM(_RNNBase):
-    """Long short-term memory, as torch.nn.LSTM. Per step, i, f, g, o = split(gi_t + gh) (N, 4H):
-        i, f, o = sigmoid(i, f, o);  g = tanh(g);  c_t = f c_{t-1} + i g;  h_t = o tanh(c_t)  (N, H)
-    backward, with dh = dL/dh_t, dc = dL/dc_t:  dc += dh o (1 - tanh(c_t)^2);  dc_{t-1} = dc f;
-        dgi_t = dgh_t = [dc g i (1-i), dc c_{t-1} f (1-f), dc i (1-g^2), dh tanh(c_t) o (1-o)]"""
-    gates = 4
-    c_n = property(lambda self: np.stack([c for *_, runs in self._saved() for *_, c, _ in runs]))
-
-    def _cell(self, gi, gh, h, c):                  # gi, gh: (N, 4H); h, c: (N, H)
-        i, f, g, o = (gi + gh).reshape(-1, 4, self.hidden_size).swapaxes(0, 1)  # 4 (N, H) blocks
-        i, f, o = (0.5 + 0.5 * np.tanh(0.5 * a) for a in (i, f, o))    # sigmoid (no exp overflow)
-        g = np.tanh(g)
-        c_t = f * c + i * g
-        tanh_c = np.tanh(c_t)
-        return o * tanh_c, c_t, (i, f, g, o, c, tanh_c)
-
-    def _cell_back(self, dh, dc, W_hh, i, f, g, o, c, tanh_c):      # c: c_{t-1}
-        dc = dc + dh * o * (1 - tanh_c ** 2)
-        da = np.concatenate([dc * g * i * (1 - i), dc * c * f * (1 - f), dc * i * (1 - g * g),
-                             dh * tanh_c * o * (1 - o)], axis=1)              # (N, 4H)
-        return da, da, da @ W_hh.data, dc * f                  # dh_{t-1} = dgh_t W_hh
+class GRU(_GRUStep, _RNNBase):
+    """Gated recurrent unit, as torch.nn.GRU: the loops of _RNNBase around _GRUStep's formulas."""
 
 
-class GRU(_RNNBase):
-    """Gated recurrent unit, as torch.nn.GRU (layers, directions, loops over t: _RNNBase). Per
-    step, in blocks r, z, n of H columns of gi_t = x_t W_ih^T + b_ih and gh = h_{t-1} W_hh^T + b_hh:
-        r = sigmoid(gi_r + gh_r);  z = sigmoid(gi_z + gh_z);  n = tanh(gi_n + r * gh_n)  (torch's)
-        h_t = (1 - z) n + z h_{t-1}
-    backward, with dh = dL/dh_t:
-        dn = dh (1 - z) (1 - n^2);   dz = dh (h_{t-1} - n) z (1 - z);   dr = dn gh_n r (1 - r)
-        dgi_t = [dr, dz, dn];   dgh_t = [dr, dz, dn r];   dh_{t-1} = dh z + dgh_t W_hh."""
-    gates = 3
+# ── Cells: one time step per call, backpropagation through time by hand ─────
 
-    def _cell(self, gi, gh, h, c):                  # gi, gh: (N, 3H); h: (N, H)
-        H = self.hidden_size
-        rz = 0.5 + 0.5 * np.tanh(0.5 * (gi[:, :2 * H] + gh[:, :2 * H]))       # sigmoid (N, 2H)
-        r, z = rz[:, :H], rz[:, H:]
-        n = np.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
-        return (1 - z) * n + z * h, c, (r, z, n, gh[:, 2 * H:], h)
+class _CellBase(Layer):
+    """RNNCell, LSTMCell, GRUCell: one step per call, by the same step formulas as their layers,
+    with torch's weight_ih (G, F), weight_hh (G, H), bias_ih, bias_hh (G,) (G = gates * H),
+    all ~ U(-1/sqrt(H), 1/sqrt(H)).
+    Calls stack up: each call in training mode is kept, and backward undoes the latest call not
+    yet undone (so calling backward in reverse order is backpropagation through time), returning
+    dL/dx and dL/dh_{t-1} (dL/dc_{t-1}) and adding into the weights' grads. In eval mode calls
+    are not kept (a sampling loop may call the cell thousands of times), and predict or evaluate
+    of a model empties the stack."""
 
-    def _cell_back(self, dh, dc, W_hh, r, z, n, gh_n, h):
-        dn = dh * (1 - z) * (1 - n * n)
-        dr, dz = dn * gh_n * r * (1 - r), dh * (h - n) * z * (1 - z)
-        dgh = np.concatenate([dr, dz, dn * r], axis=1)
-        return np.concatenate([dr, dz, dn], axis=1), dgh, dh * z + dgh @ W_hh.data, dc
+    def __init__(self, input_size, hidden_size, bias=True):
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        G = self.gates * hidden_size
+        bound = 1 / math.sqrt(hidden_size)
+        shapes = {"weight_ih": (G, input_size), "weight_hh": (G, hidden_size), "bias_ih": (G,),
+                  "bias_hh": (G,)}
+        for kind in list(shapes)[:4 if bias else 2]:
+            w = _rng.uniform(-bound, bound, shapes[kind]).astype(np.float32)
+            setattr(self, kind, Parameter(w))
+        self._cache = None                       # the stack of calls not yet undone
+
+    def _call(self, x, h_prev, c_prev):
+        """One step: x (N, F), h_{t-1}, c_{t-1} (N, H) or None (zeros) -> h_t, c_t."""
+        x = _check_input(self, x, 2, self.input_size)
+        shape = (x.shape[0], self.hidden_size)
+        h_prev = _state(self, "h", h_prev, shape, x.dtype)                 # (N, H)
+        if self.cell_state:
+            c_prev = _state(self, "c", c_prev, shape, x.dtype)
+        b_ih = self.bias_ih.data if self.bias else 0
+        b_hh = self.bias_hh.data if self.bias else 0
+        xw = x @ self.weight_ih.data.T + b_ih                              # (N, G)
+        h, c, cache = self._step_forward(xw, h_prev, c_prev, self.weight_hh.data, b_hh)
+        if self.training:
+            self._cache = self._cache or []
+            self._cache.append((x, h_prev, cache))
+        return h, c
+
+    def _undo(self, dh, dc):
+        """Backward of the latest call not yet undone: dL/dh_t, dL/dc_t -> dL/dx, dL/dh_{t-1},
+        dL/dc_{t-1}."""
+        if not self._cache:
+            raise RuntimeError(f"{type(self).__name__}.backward: no call left to undo (each "
+                               "backward undoes one call made in training mode, latest first)")
+        x, h_prev, cache = self._cache.pop()
+        dh = _state(self, "dh", dh, h_prev.shape, h_prev.dtype)           # (N, H)
+        if self.cell_state:
+            dc = _state(self, "dc", dc, h_prev.shape, h_prev.dtype)
+        dxw, dhw, dh_prev, dc_prev = self._step_backward(dh, dc, cache, self.weight_hh.data)
+        self.weight_ih.grad += dxw.T @ x                                   # (G, F)
+        self.weight_hh.grad += dhw.T @ h_prev                              # (G, H)
+        if self.bias:
+            self.bias_ih.grad += dxw.sum(axis=0)
+            self.bias_hh.grad += dhw.sum(axis=0)
+        return dxw @ self.weight_ih.data, dh_prev, dc_prev
+
+    def forward(self, x, hx=None):
+        """h_t = cell(x, h_{t-1}): x (N, F), hx (N, H) or None (zeros) -> (N, H)."""
+        h, _ = self._call(x, hx, None)
+        return h
+
+    def backward(self, dh):
+        """dL/dh_t -> (dL/dx, dL/dh_{t-1}) of the latest call not yet undone."""
+        dx, dh_prev, _ = self._undo(dh, None)
+        return dx, dh_prev
+
+
+class RNNCell(_RNNStep, _CellBase):
+    """One step of an Elman RNN, as torch.nn.RNNCell: h = cell(x, h); dx, dh = cell.backward(dh).
+    Formulas: _RNNStep; the stack of calls: _CellBase."""
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh"):
+        self._check_nonlinearity(nonlinearity)
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, bias)
+
+
+class LSTMCell(_LSTMStep, _CellBase):
+    """One step of an LSTM, as torch.nn.LSTMCell: h, c = cell(x, (h, c));
+    dx, dh, dc = cell.backward(dh, dc). Formulas: _LSTMStep; the stack of calls: _CellBase."""
+
+    def forward(self, x, hx=None):
+        """x (N, F), hx = (h_{t-1}, c_{t-1}) (N, H) each, or None (zeros) -> h_t, c_t."""
+        if hx is None:
+            hx = (None, None)
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise ValueError(f"LSTMCell: expected hx = (h, c) or None, got {type(hx).__name__}")
+        return self._call(x, hx[0], hx[1])
+
+    def backward(self, dh, dc=None):
+        """dL/dh_t, dL/dc_t (None: 0) -> (dL/dx, dL/dh_{t-1}, dL/dc_{t-1}) of the latest call."""
+        return self._undo(dh, dc)
+
+
+class GRUCell(_GRUStep, _CellBase):
+    """One step of a GRU, as torch.nn.GRUCell: h = cell(x, h); dx, dh = cell.backward(dh).
+    Formulas: _GRUStep; the stack of calls: _CellBase."""
 
 
 class LastStep(Layer):
@@ -922,32 +1196,32 @@ class TransformerEncoderLayer(Layer):
         self.norm1, self.norm2 = LayerNorm(d, layer_norm_eps), LayerNorm(d, layer_norm_eps)
         self.dropout1, self.dropout2 = Dropout(dropout), Dropout(dropout)
         act = ReLU() if activation == "relu" else GELU()
-        self.sa = [self.self_attn, self.dropout1]                            # the two branches
-        self.ff = [self.linear1, act, Dropout(dropout), self.linear2, self.dropout2]
+        self._sa = [self.self_attn, self.dropout1]                           # the two branches
+        self._ff = [self.linear1, act, Dropout(dropout), self.linear2, self.dropout2]
 
     def parameters(self):             # the sublayers' in torch's order: self_attn, linear1, ...
         return [p for v in vars(self).values() if isinstance(v, Layer) for p in v.parameters()]
 
     def train(self, mode=True):
-        for layer in self.sa + self.ff + [self.norm1, self.norm2]:
+        for layer in self._sa + self._ff + [self.norm1, self.norm2]:
             layer.train(mode)
         return super().train(mode)
 
     def forward(self, x):
         x, run = _check_tokens(self, x, self.d_model, self.batch_first), self._chain
         if self.norm_first:
-            h = x + run(self.sa, self.norm1.forward(x))
-            return h + run(self.ff, self.norm2.forward(h))
-        h = self.norm1.forward(x + run(self.sa, x))
-        return self.norm2.forward(h + run(self.ff, h))
+            h = x + run(self._sa, self.norm1.forward(x))
+            return h + run(self._ff, self.norm2.forward(h))
+        h = self.norm1.forward(x + run(self._sa, x))
+        return self.norm2.forward(h + run(self._ff, h))
 
     def backward(self, grad):
         if self.norm_first:
-            dh = grad + self.norm2.backward(self._chain(self.ff, grad, back=True))
-            return dh + self.norm1.backward(self._chain(self.sa, dh, back=True))
+            dh = grad + self.norm2.backward(self._chain(self._ff, grad, back=True))
+            return dh + self.norm1.backward(self._chain(self._sa, dh, back=True))
         dz = self.norm2.backward(grad)
-        dh = self.norm1.backward(dz + self._chain(self.ff, dz, back=True))
-        return dh + self._chain(self.sa, dh, back=True)
+        dh = self.norm1.backward(dz + self._chain(self._ff, dz, back=True))
+        return dh + self._chain(self._sa, dh, back=True)
 
     def _chain(self, layers, x, back=False):  # the layers' forward in order, or backward reversed
         for layer in reversed(layers) if back else layers:
@@ -2082,7 +2356,7 @@ class ReduceLROnPlateau(LRScheduler):
 
 
 # ════════════════════════════════════════════════════════════════════════════
-# Sequential, History and callbacks
+# Model, Sequential, History and callbacks
 # ════════════════════════════════════════════════════════════════════════════
 
 class Callback:
@@ -2426,80 +2700,43 @@ class NonFiniteLoss(ValueError):
     batch)."""
 
 
-class Sequential(Layer):
-    """A stack of layers run in order, with Keras's compile / fit / evaluate / predict.
+def _rows(x, index):
+    """x[index], or each input's rows for several inputs (a tuple of arrays with one first axis)."""
+    return tuple(a[index] for a in x) if isinstance(x, tuple) else x[index]
 
-    `Sequential([l1, l2])`, `Sequential(l1, l2)` or `add(layer)`. State-dict keys are
-    torch.nn.Sequential's ("0.weight", "1.running_mean", ...).
+
+def _length(x):
+    """The number of samples in x (the first input's, for several inputs)."""
+    return len(x[0]) if isinstance(x, tuple) else len(x)
+
+
+def _drop_caches(layer):
+    """Forget what forward saved for backward, in the layer and every sublayer (frees memory)."""
+    layer._cache = None
+    for _, sublayer in layer._sublayers():
+        _drop_caches(sublayer)
+
+
+class Model(Layer):
+    """A Layer with Keras's training surface: compile / fit / evaluate / predict / train_step,
+    callbacks, get_weights / set_weights / count_params, save_weights / load_weights.
+
+    Sequential is one. For a model of your own, subclass it: hold the sublayers as attributes
+    in __init__ (a Layer, or a list of Layers), write forward(x) and backward(grad) by hand
+    (backward calls the sublayers' backward in reverse order), and fit it. Several inputs come
+    as a tuple of arrays with one first axis, `fit((X_img, X_tokens), y)`: they are batched
+    and shuffled together and forward gets the tuple (evaluate and predict too).
     """
+    optimizer = loss = scheduler = history = None
+    metrics, stop_training = (), False
 
-    def __init__(self, *layers):
-        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
-            layers = layers[0]
-        self.layers = []
-        for layer in layers:
-            self.add(layer)
-        self.optimizer = self.loss = self.scheduler = self._input_shape = self.history = None
-        self.metrics, self.stop_training = (), False
-
-    def add(self, layer):
-        if not isinstance(layer, Layer):
-            raise TypeError(f"Sequential.add: expected a Layer, got {type(layer).__name__}")
-        self.layers.append(layer)
-        return self
-
-    def __getitem__(self, i):
-        return self.layers[i]
-
-    def __len__(self):
-        return len(self.layers)
-
-    def __repr__(self):
-        return "Sequential(\n" + "".join(f"  ({i}): {layer!r}\n"
-                                          for i, layer in enumerate(self.layers)) + ")"
-
-    # -- the model: forward, backward, parameters -------------------------------
     def forward(self, x):
-        self._input_shape = np.shape(x)[1:]
-        for layer in self.layers:
-            x = layer.forward(x)
-        return x
+        raise NotImplementedError(f"{type(self).__name__}: a Model subclass defines forward(x) "
+                                  "(and backward(grad)) itself")
 
     def backward(self, grad):
-        """Every layer's backward, last to first; returns grad wrt the input, or None once a layer
-        returns None: after `compile`, the first layer with parameters skips its input gradient
-        (see compile), and the layers before it have nothing to learn."""
-        for layer in reversed(self.layers):
-            grad = layer.backward(grad)
-            if grad is None:
-                break
-        return grad
-
-    def parameters(self):
-        return [p for layer in self.layers for p in layer.parameters()]
-
-    def named_parameters(self):
-        return [(f"{i}.{k}", p) for i, layer in enumerate(self.layers)
-                for k, p in layer.named_parameters()]
-
-    def named_buffers(self):
-        return [(f"{i}.{k}", b) for i, layer in enumerate(self.layers)
-                for k, b in layer.named_buffers()]
-
-    def _state_arrays(self):               # layer by layer, as torch.nn.Sequential's state_dict
-        return {f"{i}.{k}": v for i, layer in enumerate(self.layers)
-                for k, v in layer._state_arrays().items()}
-
-    def train(self, mode=True):
-        self.training = mode
-        for layer in self.layers:
-            layer.train(mode)
-        return self
-
-    def astype(self, dtype):
-        for layer in self.layers:
-            layer.astype(dtype)
-        return self
+        raise NotImplementedError(f"{type(self).__name__}: a Model subclass defines backward(grad)"
+                                  " itself (the sublayers' backward, in reverse order)")
 
     def _dtype(self):
         params = self.parameters()
@@ -2508,9 +2745,10 @@ class Sequential(Layer):
     # -- Keras's names for the weights ----------------------------------------------
     @property
     def weights(self):
-        """Every layer's parameter arrays (parameters() order), then its buffers: the live arrays,
-        in state_dict() order (Keras's model.weights, BatchNorm's moving statistics included)."""
-        return list(self._state_arrays().values())
+        """Every parameter's array, then every buffer, in state_dict() order, each array once (a
+        tied weight once): the live arrays (Keras's model.weights, BatchNorm's moving statistics
+        included)."""
+        return [w for _, w in _once(self._state_arrays().items())]
 
     def get_weights(self):
         """Copies of `weights`, as Keras's get_weights()."""
@@ -2518,16 +2756,44 @@ class Sequential(Layer):
 
     def set_weights(self, weights):
         """Copy a list like get_weights()'s into the model (shapes checked before any copy)."""
-        keys = list(self._state_arrays())
-        if len(weights) != len(keys):
-            raise ValueError(f"Sequential.set_weights: expected {len(keys)} arrays (as get_weights "
+        name, own = type(self).__name__, _once(self._state_arrays().items())
+        if len(weights) != len(own):
+            raise ValueError(f"{name}.set_weights: expected {len(own)} arrays (as get_weights "
                              f"returns), got {len(weights)}")
-        self.load_state_dict(dict(zip(keys, weights)))
+        for (key, w), new in zip(own, weights):
+            if np.shape(new) != w.shape:
+                raise ValueError(f"{name}.set_weights: {key!r} has shape {np.shape(new)}, "
+                                 f"expected {w.shape}")
+        for (_, w), new in zip(own, weights):
+            w[...] = _plain(new)
 
     def count_params(self):
-        """Number of values in `weights`, as Keras's (buffers such as BatchNorm's running
-        statistics count too; sum(p.data.size for p in model.parameters()) counts the learnable)."""
+        """Number of values in `weights`, as Keras's: a tied weight counts once, and buffers such
+        as BatchNorm's running statistics count too (sum(p.data.size for p in
+        model.parameters()) counts the learnable)."""
         return sum(w.size for w in self.weights)
+
+    def save_weights(self, path):
+        """The state_dict() in one .npz (torch's keys), written atomically."""
+        with _atomic_open(path) as f:
+            np.savez(f, **self.state_dict())
+
+    def load_weights(self, path):
+        """Load an .npz of save_weights (or of save, save_checkpoint) into the model, in place;
+        keys and shapes must match (see load_state_dict)."""
+        where = f"{type(self).__name__}.load_weights: {path}"
+        with open(path, "rb") as fh:              # a missing file raises FileNotFoundError
+            try:
+                with np.load(fh, allow_pickle=False) as f:
+                    arrays = dict(f)
+            except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+                raise ValueError(f"{where} is not an .npz of weights ({e})") from None
+        # a model file's architecture, a checkpoint's optimizer: not weights
+        state = {k: v for k, v in arrays.items() if not k.startswith("__") and "/" not in k}
+        try:
+            return self.load_state_dict(state)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
 
     # -- training ---------------------------------------------------------------
     def compile(self, optimizer, loss, metrics=("accuracy",), scheduler=None):
@@ -2536,37 +2802,30 @@ class Sequential(Layer):
         metrics: "accuracy", or "acc" (Keras's alias: the logs then say "acc", "val_acc").
         The scheduler is a tn.LRScheduler, or any object with step() and its two attributes
         `step_every` ("epoch" or "batch") and `needs_metric` (True: step(val_loss)).
-
-        Training needs no gradient wrt the data (as torch's autograd when x.requires_grad is
-        False), so compile sets `needs_input_grad = False` on the first layer with parameters:
-        its backward skips dx (an MLP's first dx = dy W) and `backward` stops there. Set it back
-        to True on that layer to get input gradients (saliency maps) from a compiled model.
         """
+        name = type(self).__name__
         if not isinstance(loss, Loss):
-            raise TypeError(f"Sequential.compile: loss must be a Loss instance such as "
+            raise TypeError(f"{name}.compile: loss must be a Loss instance such as "
                             f"CrossEntropyLoss(), got {loss!r}")
         if getattr(loss, "reduction", "mean") == "none":
-            raise ValueError(f"Sequential.compile: {loss!r} gives one loss per sample; fit "
+            raise ValueError(f"{name}.compile: {loss!r} gives one loss per sample; fit "
                              "needs one number per batch: use reduction='mean' (the default) "
                              "or 'sum'")
         unknown = set(metrics) - {"accuracy", "acc"}
         if unknown:
-            raise ValueError(f"Sequential.compile: unknown metrics {sorted(unknown)}; "
+            raise ValueError(f"{name}.compile: unknown metrics {sorted(unknown)}; "
                              f"known: ['accuracy'] (or its alias 'acc')")
         if scheduler is not None:
             missing = [a for a in ("step_every", "needs_metric") if not hasattr(scheduler, a)]
             if missing:
-                raise TypeError(f"Sequential.compile: the scheduler {type(scheduler).__name__} has "
+                raise TypeError(f"{name}.compile: the scheduler {type(scheduler).__name__} has "
                                 f"no {' and no '.join(missing)}; subclass tn.LRScheduler, or set "
                                 f"step_every = 'epoch' or 'batch' and needs_metric = False")
             if scheduler.step_every not in ("epoch", "batch"):
-                raise ValueError(f"Sequential.compile: the scheduler's step_every must be 'epoch' "
+                raise ValueError(f"{name}.compile: the scheduler's step_every must be 'epoch' "
                                  f"or 'batch', got {scheduler.step_every!r}")
         self.optimizer, self.loss, self.metrics = optimizer, loss, tuple(metrics)
         self.scheduler = scheduler
-        first = next((layer for layer in self.layers if layer.parameters()), None)
-        if first is not None:
-            first.needs_input_grad = False
         return self
 
     def train_step(self, x, y):
@@ -2596,6 +2855,7 @@ class Sequential(Layer):
         """Train on (x, y) in minibatches of batch_size (None: 32), one `train_step` each, from
         epoch `initial_epoch` up to `epochs` (Keras's arguments, in Keras's order); -> History.
 
+        x is an array, or a tuple of arrays (several inputs: batched and shuffled together).
         The scheduler steps after every batch or every epoch, as its `step_every` says; one that
         `needs_metric` (ReduceLROnPlateau) gets val_loss, or the training loss without validation
         data. `validation_split` holds out the last fraction of x before shuffling (as Keras;
@@ -2604,41 +2864,46 @@ class Sequential(Layer):
         a run (e.g. after load_checkpoint): epochs are numbered from it, and a scheduler that
         counts epochs (or batches) and is behind is first stepped up to it.
         """
+        name = type(self).__name__
         if self.optimizer is None:
-            raise RuntimeError("Sequential.fit: call compile(optimizer, loss) first")
+            raise RuntimeError(f"{name}.fit: call compile(optimizer, loss) first")
         batch_size = 32 if batch_size is None else batch_size
         if batch_size < 1:
-            raise ValueError(f"Sequential.fit: batch_size must be >= 1 (or None: 32), "
+            raise ValueError(f"{name}.fit: batch_size must be >= 1 (or None: 32), "
                              f"got {batch_size}")
         x, y, validation_data = self._fit_data(x, y, validation_data, validation_split)
-        steps = math.ceil(len(x) / batch_size)
+        steps = math.ceil(_length(x) / batch_size)
         callbacks = self._callbacks(callbacks, verbose, epochs, steps)
         self._continue_schedule(initial_epoch, steps)
         self.stop_training, logs = False, {}
         _notify(callbacks, "on_train_begin", {})
         for epoch in range(initial_epoch, epochs):
             self.train()
-            lr, seen, total, correct = self.optimizer.param_groups[0]["lr"], 0, 0.0, 0
+            lr, seen, total = self.optimizer.param_groups[0]["lr"], 0, 0.0
+            correct = counted = 0                  # accuracy: positions right, positions counted
             _notify(callbacks, "on_epoch_begin", epoch, {})
-            for batch, (xb, yb) in enumerate(minibatches(x, y, batch_size, shuffle)):
+            # the rows of each batch, drawn as minibatches draws them
+            for batch, (rows, yb) in enumerate(minibatches(np.arange(len(y)), y, batch_size,
+                                                           shuffle)):
+                xb = _rows(x, rows)
                 _notify(callbacks, "on_train_batch_begin", batch, {})
                 try:
                     loss, out = self.train_step(xb, yb)
                 except NonFiniteLoss as e:
-                    raise NonFiniteLoss(f"Sequential.fit: at epoch {epoch + 1}, batch {batch + 1}, "
+                    raise NonFiniteLoss(f"{name}.fit: at epoch {epoch + 1}, batch {batch + 1}, "
                                         f"{e}") from None
-                batch_logs = {"loss": loss, "size": len(xb)}
+                batch_logs = {"loss": loss, "size": len(yb)}
                 if self.metrics:
-                    right = self._correct(out, yb)
-                    batch_logs.update(dict.fromkeys(self.metrics, right / len(xb)))
-                    correct += right
-                seen, total = seen + len(xb), total + loss * len(xb)
+                    right, positions = self._correct(out, yb, "fit")
+                    batch_logs.update(dict.fromkeys(self.metrics, right / max(positions, 1)))
+                    correct, counted = correct + right, counted + positions
+                seen, total = seen + len(yb), total + loss * len(yb)
                 _notify(callbacks, "on_train_batch_end", batch, batch_logs)
                 if self.stop_training:
                     break
-            logs = {"loss": total / seen, **dict.fromkeys(self.metrics, correct / seen)}
+            logs = {"loss": total / seen, **dict.fromkeys(self.metrics, correct / max(counted, 1))}
             if validation_data is not None:
-                val = self._evaluate(*validation_data, callbacks=callbacks)
+                val = self._evaluate(*validation_data, callbacks=callbacks, where="fit")
                 logs.update({"val_" + k: v for k, v in val.items()})
             logs["lr"] = lr
             if self.scheduler is not None and self.scheduler.step_every == "epoch":
@@ -2658,12 +2923,12 @@ class Sequential(Layer):
         callbacks = list(callbacks or [])
         for c in callbacks:
             if isinstance(c, LRScheduler):
-                raise TypeError(f"Sequential.fit: {type(c).__name__} is a scheduler, not a "
-                                f"callback: pass it to compile(optimizer, loss, scheduler=...), "
-                                f"which steps it")
+                raise TypeError(f"{type(self).__name__}.fit: {type(c).__name__} is a scheduler, "
+                                f"not a callback: pass it to compile(optimizer, loss, "
+                                f"scheduler=...), which steps it")
             if not isinstance(c, Callback):
-                raise TypeError(f"Sequential.fit: callbacks must be tn.Callback instances, "
-                                f"got {type(c).__name__}")
+                raise TypeError(f"{type(self).__name__}.fit: callbacks must be tn.Callback "
+                                f"instances, got {type(c).__name__}")
         self.history = History()
         callbacks += [self.history, ProgressLog(verbose, epochs, steps)]
         for c in callbacks:
@@ -2679,8 +2944,8 @@ class Sequential(Layer):
         if sched is None or sched.needs_metric or initial_epoch == 0:
             return
         if not hasattr(sched, "last_epoch"):
-            raise TypeError(f"Sequential.fit: initial_epoch={initial_epoch} needs the scheduler's "
-                            f"step count last_epoch; {type(sched).__name__} has none")
+            raise TypeError(f"{type(self).__name__}.fit: initial_epoch={initial_epoch} needs the "
+                            f"scheduler's step count last_epoch; {type(sched).__name__} has none")
         while sched.last_epoch < initial_epoch * (steps if sched.step_every == "batch" else 1):
             sched.step()
 
@@ -2691,91 +2956,219 @@ class Sequential(Layer):
             return x, y, self._check_data("fit (validation_data)", *validation_data)
         if validation_split:
             if not 0 < validation_split < 1:
-                raise ValueError(f"Sequential.fit: validation_split must be in (0, 1), "
+                raise ValueError(f"{type(self).__name__}.fit: validation_split must be in (0, 1), "
                                  f"got {validation_split}")
-            cut = int(len(x) * (1 - validation_split))
-            return x[:cut], y[:cut], (x[cut:], y[cut:])
+            cut = int(len(y) * (1 - validation_split))
+            return _rows(x, slice(None, cut)), y[:cut], (_rows(x, slice(cut, None)), y[cut:])
         return x, y, None
 
     def _check_data(self, where, X, y):
-        """Cast X to the model's dtype; reject mismatched lengths and NaN/Inf."""
-        X, y = np.asarray(X), np.asarray(y)
-        if len(X) != len(y):
-            raise ValueError(f"Sequential.{where}: X has {len(X)} samples but y has {len(y)}")
-        for name, a in (("X", X), ("y", y)):
+        """Cast X (an array, or a tuple of arrays) to the model's dtype; reject inputs whose
+        first axes differ, a y of another length, and NaN/Inf."""
+        name = type(self).__name__
+        inputs, y = [np.asarray(a) for a in (X if isinstance(X, tuple) else (X,))], np.asarray(y)
+        if len({len(a) for a in inputs}) > 1:
+            raise ValueError(f"{name}.{where}: the inputs must share their first axis (one row "
+                             f"per sample), got shapes {', '.join(str(a.shape) for a in inputs)}")
+        if len(inputs[0]) != len(y):
+            raise ValueError(f"{name}.{where}: X has {len(inputs[0])} samples but y has {len(y)}")
+        for what, a in [("X", a) for a in inputs] + [("y", y)]:
             if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
-                raise ValueError(f"Sequential.{where}: {name} contains NaN or Inf")
+                raise ValueError(f"{name}.{where}: {what} contains NaN or Inf")
         return self._as_input(X), y
 
     def _as_input(self, X):
-        """X in the model's dtype, except the integer indices of a first Embedding layer."""
+        """X (or each input of a tuple) as the model computes: float arrays in the model's dtype;
+        integer ones (token indices) as they are."""
+        if isinstance(X, tuple):
+            return tuple(self._as_input(a) for a in X)
         X = np.asarray(X)
-        first = self.layers[0] if self.layers else None
-        if isinstance(first, Embedding) and np.issubdtype(X.dtype, np.integer):
+        if np.issubdtype(X.dtype, np.integer):
             return X
         return X.astype(self._dtype(), copy=False)
 
-    @staticmethod
-    def _correct(out, y):
-        """Number of rows whose arg-max matches the label (or the one-hot target's arg-max);
-        one output column: the logit's sign against a 0/1 target."""
+    def _correct(self, out, y, where="fit"):
+        """(positions right, positions counted) for accuracy.
+
+        Class-index targets y (N, d1, ...) against outputs (N, C, d1, ...), as the losses take
+        them: a position is right when the arg-max over the C classes (axis 1) is its target;
+        positions whose target is the loss's ignore_index (if it has one) are not counted.
+        A target shaped as the output (one-hot, probabilities): arg-max against arg-max. One
+        output column (N, 1): the logit's sign against a 0/1 target."""
         if out.ndim == 2 and out.shape[1] == 1:
-            return int(((out[:, 0] > 0) == (np.reshape(y, len(y)) > 0.5)).sum())
-        return int((out.argmax(axis=1) == (y.argmax(axis=1) if y.ndim == 2 else y)).sum())
+            return int(((out[:, 0] > 0) == (np.reshape(y, len(y)) > 0.5)).sum()), len(y)
+        if y.shape == out.shape:
+            return int((out.argmax(axis=1) == y.argmax(axis=1)).sum()), y.size // y.shape[1]
+        positions = out.shape[:1] + out.shape[2:]
+        if y.shape != positions:
+            raise ValueError(f"{type(self).__name__}.{where}: accuracy needs one class index per "
+                             f"position of the output {out.shape}, targets of shape {positions}"
+                             f" (or {out.shape}: one-hot), got targets of shape {y.shape}")
+        ignore_index = getattr(self.loss, "ignore_index", None)
+        counted = np.ones(y.shape, bool) if ignore_index is None else y != ignore_index
+        right = (out.argmax(axis=1) == y) & counted
+        return int(right.sum()), int(counted.sum())
 
     # -- inference ----------------------------------------------------------------
-    def _outputs(self, X, batch_size, callbacks=()):
-        """Yield, batch by batch in eval mode, the list of every layer's output; drop caches after.
+    def _predictions(self, X, batch_size, callbacks=()):
+        """Yield forward's output batch by batch, in eval mode; drop the caches after.
         callbacks: told on_test_batch_begin/end around each batch."""
         was_training = self.training
         self.eval()
         X = self._as_input(X)
-        self._input_shape = X.shape[1:]               # for summary()
         try:
-            for batch, i in enumerate(range(0, len(X), batch_size)):
+            for batch, start in enumerate(range(0, _length(X), batch_size)):
                 _notify(callbacks, "on_test_batch_begin", batch, {})
-                outs, x = [], X[i:i + batch_size]
-                for layer in self.layers:
-                    x = layer.forward(x)
-                    outs.append(x)
-                _notify(callbacks, "on_test_batch_end", batch, {"size": len(x)})
-                yield outs
+                out = self.forward(_rows(X, slice(start, start + batch_size)))
+                _notify(callbacks, "on_test_batch_end", batch, {"size": len(out)})
+                yield out
         finally:
-            for layer in self.layers:
-                layer._cache = None
+            _drop_caches(self)
             self.train(was_training)
 
     def predict(self, x, batch_size=256, verbose=0):
-        """The model's outputs for x, computed in batches in eval mode (verbose: accepted for
-        Keras's calls; predict prints nothing)."""
-        return np.concatenate([outs[-1] for outs in self._outputs(x, batch_size)])
-
-    def activations(self, X, batch_size=256):
-        """[output of every layer] for X, in eval mode: the hidden representations."""
-        return [np.concatenate(col) for col in zip(*self._outputs(X, batch_size))]
+        """The model's outputs for x (an array, or a tuple of arrays), computed in batches in eval
+        mode (verbose: accepted for Keras's calls; predict prints nothing)."""
+        return np.concatenate(list(self._predictions(x, batch_size)))
 
     def evaluate(self, x, y, batch_size=256, verbose=0, return_dict=True):
         """{"loss": mean loss, "accuracy": fraction correct} on (x, y), in eval mode. Unlike
         Keras, a dict by default; return_dict=False gives Keras's [loss, accuracy] (the loss
         alone without metrics). verbose: accepted for Keras's calls; evaluate prints nothing."""
         if self.loss is None:
-            raise RuntimeError("Sequential.evaluate: call compile(optimizer, loss) first")
-        result = self._evaluate(*self._check_data("evaluate", x, y), batch_size)
+            raise RuntimeError(f"{type(self).__name__}.evaluate: call compile(optimizer, loss) "
+                               "first")
+        result = self._evaluate(*self._check_data("evaluate", x, y), batch_size, where="evaluate")
         if return_dict:
             return result
         return list(result.values()) if len(result) > 1 else result["loss"]
 
-    def _evaluate(self, x, y, batch_size=256, callbacks=()):
+    def _evaluate(self, x, y, batch_size=256, callbacks=(), where="evaluate"):
         """evaluate, on data already checked and cast by _check_data; callbacks (fit's, in
         validation) are told on_test_begin, on_test_batch_begin/end and on_test_end."""
         _notify(callbacks, "on_test_begin", {})
-        out = np.concatenate([outs[-1] for outs in self._outputs(x, batch_size, callbacks)])
+        out = np.concatenate(list(self._predictions(x, batch_size, callbacks)))
         result = {"loss": self.loss.forward(out, y)}
         self.loss._cache = None
         if self.metrics:
-            result.update(dict.fromkeys(self.metrics, self._correct(out, y) / len(y)))
+            right, counted = self._correct(out, y, where)
+            result.update(dict.fromkeys(self.metrics, right / max(counted, 1)))
         _notify(callbacks, "on_test_end", dict(result))
         return result
+
+    def summary(self, print_fn=None):
+        """Print a table of the sublayers (name, layer, parameters) and the total; -> None. No
+        output shapes, as Keras's summary of a subclassed model: forward is yours (Sequential's
+        summary runs its layers and shows them). print_fn: as Sequential.summary's."""
+        own = sum(p.data.size for p in vars(self).values() if _is_parameter(p))
+        rows = [("(own parameters)", own)] if own else []
+        rows += [(f"{name}: {_describe(layer)}", sum(p.data.size for p in layer.parameters()))
+                 for name, layer in self._sublayers()]
+        w = max([len(label) for label, _ in rows] + [10]) + 4
+        lines = [f"{'Layer':<{w}}{'Param #':>12}", "=" * (w + 12)]
+        lines += [f"{label:<{w}}{n:>12,}" for label, n in rows]
+        total = sum(p.data.size for p in self.parameters())
+        tied = " (a tied weight counted once)" if total < sum(n for _, n in rows) else ""
+        lines += ["=" * (w + 12), f"Total params: {total:,}{tied}"]
+        (print_fn or print)("\n".join(lines))
+
+
+class Sequential(Model):
+    """A stack of layers run in order: a Model (compile / fit / evaluate / predict).
+
+    `Sequential([l1, l2])`, `Sequential(l1, l2)` or `add(layer)`. State-dict keys are
+    torch.nn.Sequential's ("0.weight", "1.running_mean", ...).
+    """
+    _input_shape = None              # of the last input seen, for summary()
+
+    def __init__(self, *layers):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = layers[0]
+        self.layers = []
+        for layer in layers:
+            self.add(layer)
+
+    def add(self, layer):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential.add: expected a Layer, got {type(layer).__name__}")
+        self.layers.append(layer)
+        return self
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __repr__(self):
+        return "Sequential(\n" + "".join(f"  ({i}): {layer!r}\n"
+                                          for i, layer in enumerate(self.layers)) + ")"
+
+    def _sublayers(self):                 # named "0", "1", ... as torch.nn.Sequential's
+        return [(str(i), layer) for i, layer in enumerate(self.layers)]
+
+    # -- the model: forward, backward ------------------------------------------------
+    def forward(self, x):
+        self._input_shape = np.shape(x)[1:]
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, grad):
+        """Every layer's backward, last to first; returns grad wrt the input, or None once a layer
+        returns None: after `compile`, the first layer with parameters skips its input gradient
+        (see compile), and the layers before it have nothing to learn."""
+        for layer in reversed(self.layers):
+            grad = layer.backward(grad)
+            if grad is None:
+                break
+        return grad
+
+    def compile(self, optimizer, loss, metrics=("accuracy",), scheduler=None):
+        """Model.compile, and: training needs no gradient wrt the data (as torch's autograd when
+        x.requires_grad is False), so compile sets `needs_input_grad = False` on the first layer
+        with parameters: its backward skips dx (an MLP's first dx = dy W) and `backward` stops
+        there. Set it back to True on that layer to get input gradients (saliency maps) from a
+        compiled model."""
+        super().compile(optimizer, loss, metrics, scheduler)
+        first = next((layer for layer in self.layers if layer.parameters()), None)
+        if first is not None:
+            first.needs_input_grad = False
+        return self
+
+    def _as_input(self, X):
+        """X in the model's dtype, except the integer indices of a first Embedding layer."""
+        if isinstance(X, tuple):
+            raise TypeError("Sequential: takes one input array, got a tuple; several inputs need "
+                            "a tn.Model subclass whose forward takes the tuple")
+        X = np.asarray(X)
+        first = self.layers[0] if self.layers else None
+        if isinstance(first, Embedding) and np.issubdtype(X.dtype, np.integer):
+            return X
+        return X.astype(self._dtype(), copy=False)
+
+    # -- every layer's output -----------------------------------------------------------
+    def _outputs(self, X, batch_size):
+        """Yield, batch by batch in eval mode, the list of every layer's output (activations,
+        summary); drop the caches after."""
+        was_training = self.training
+        self.eval()
+        X = self._as_input(X)
+        self._input_shape = X.shape[1:]               # for summary()
+        try:
+            for i in range(0, len(X), batch_size):
+                outs, x = [], X[i:i + batch_size]
+                for layer in self.layers:
+                    x = layer.forward(x)
+                    outs.append(x)
+                yield outs
+        finally:
+            _drop_caches(self)
+            self.train(was_training)
+
+    def activations(self, X, batch_size=256):
+        """[output of every layer] for X, in eval mode: the hidden representations."""
+        return [np.concatenate(col) for col in zip(*self._outputs(X, batch_size))]
 
     def summary(self, input_shape=None, print_fn=None):
         """Print a table of layer, output shape and parameter count, with the total; -> None.
@@ -2926,22 +3319,30 @@ class LayerState:
     buffers = ()
 
     def named_parameters(self):
-        """[(name, parameter)] in attribute order; a sublayer (an attribute that is a Layer) adds
-        its own under "attribute.name", as torch's nested keys (self_attn.in_proj_weight)."""
-        named = []
-        for k, v in vars(self).items():
-            if _is_parameter(v):
-                named.append((k, v))
-            elif isinstance(v, Layer):
-                named += [(f"{k}.{name}", p) for name, p in v.named_parameters()]
-        return named
+        """[(name, parameter)] in torch's order: own Parameters in attribute order, then each
+        sublayer's under "sublayer.name" ("blocks.0.weight"); a Parameter reached twice (a tied
+        weight) is listed once, under its first name (torch's remove_duplicate)."""
+        own = [(k, v) for k, v in vars(self).items() if _is_parameter(v)]
+        return _once(own + [(f"{name}.{k}", p) for name, layer in self._sublayers()
+                            for k, p in layer.named_parameters()])
 
     def named_buffers(self):
-        return [(k, getattr(self, k)) for k in self.buffers]
+        """[(name, array)]: own buffers, then each sublayer's, as named_parameters."""
+        own = [(k, getattr(self, k)) for k in self.buffers]
+        return _once(own + [(f"{name}.{k}", b) for name, layer in self._sublayers()
+                            for k, b in layer.named_buffers()])
 
     def _state_arrays(self):
-        """{name: the live array}: parameters' data, then buffers."""
-        return {k: p.data for k, p in self.named_parameters()} | dict(self.named_buffers())
+        """{name: the live array} in torch's state_dict order: own parameters' data, own buffers,
+        then each sublayer's under "sublayer.name". A tied Parameter keeps each of its names
+        (torch's state_dict too): load_state_dict fills it from each."""
+        sublayers = list(self._sublayers())
+        inside = tuple(f"{name}." for name, _ in sublayers)      # keys of a sublayer's parameters
+        arrays = {k: p.data for k, p in self.named_parameters() if not k.startswith(inside)}
+        arrays |= {k: getattr(self, k) for k in self.buffers}
+        for name, layer in sublayers:
+            arrays |= {f"{name}.{k}": v for k, v in layer._state_arrays().items()}
+        return arrays
 
     def state_dict(self):
         """{name: copy of the array}, parameters then buffers, with torch's key names."""
@@ -2971,11 +3372,14 @@ class LayerState:
         return self
 
     def astype(self, dtype):
-        """Convert every parameter (and its grad) and buffer to `dtype`, in place."""
+        """Convert every parameter (and its grad) and buffer to `dtype`, in place, sublayers too
+        (an array already of that dtype is kept: a tied Parameter reached again is left alone)."""
         for p in self.parameters():
-            p.data, p.grad = p.data.astype(dtype), p.grad.astype(dtype)
-        for k, b in self.named_buffers():
-            setattr(self, k, b.astype(dtype))
+            p.data, p.grad = p.data.astype(dtype, copy=False), p.grad.astype(dtype, copy=False)
+        for k in self.buffers:
+            setattr(self, k, getattr(self, k).astype(dtype, copy=False))
+        for _, layer in self._sublayers():
+            layer.astype(dtype)
         return self
 
     def config(self):
@@ -3008,6 +3412,14 @@ Layer.load_state_dict = LayerState.load_state_dict
 Layer.astype = LayerState.astype
 Layer.config = LayerState.config
 Layer.__repr__ = LayerState.__repr__
+
+
+def _once(named):
+    """[(name, value)] without the values listed before under another name (a tied Parameter)."""
+    first = {}
+    for name, value in named:
+        first.setdefault(id(value), (name, value))
+    return list(first.values())
 
 
 def _init_args(cls):
@@ -3272,12 +3684,15 @@ def gradcheck(layer, x, eps=1e-6):
     mode). Buffers (BatchNorm's running statistics) are restored after. When backward returns
     None for the input (a compiled model's first layer with parameters skips it, see
     Sequential.compile), only the parameters are checked,
-    as for integer x (Embedding's indices), which has no gradient.
+    as for integer x (Embedding's indices), which has no gradient. Several inputs: x is a tuple
+    of arrays (forward gets the tuple) and backward returns a tuple of their gradients.
     """
     if any(p.data.dtype != np.float64 for p in layer.parameters()):
         raise TypeError(f"gradcheck: {layer!r} must be float64; call .astype(np.float64) first")
-    integer = np.issubdtype(np.asarray(x).dtype, np.integer)     # indices (Embedding): no gradient
-    x = np.array(x, dtype=None if integer else np.float64)
+    several = isinstance(x, tuple)          # several inputs: forward gets the tuple
+    inputs = [np.array(a, dtype=None if np.issubdtype(np.asarray(a).dtype, np.integer)
+                       else np.float64) for a in (x if several else (x,))]
+    x = tuple(inputs) if several else inputs[0]
     state = layer.state_dict()
     y = layer.forward(x)
     r = (np.arange(y.size) * 0.6180339887498949 + 0.5) % 1.0 * 2 - 1
@@ -3285,7 +3700,10 @@ def gradcheck(layer, x, eps=1e-6):
     noise = 8 * np.finfo(np.float64).eps * float(np.abs(y * r).sum()) / eps
     layer.zero_grad()
     grad_x = layer.backward(r)
-    pairs = [] if integer or grad_x is None else [(grad_x, x)]
+    # one gradient per input (a tuple of them for several inputs; None: not computed)
+    grads = grad_x if several and grad_x is not None else [grad_x] * len(inputs)
+    pairs = [(g, a) for g, a in zip(grads, inputs)
+             if g is not None and not np.issubdtype(a.dtype, np.integer)]   # indices: no gradient
     pairs += [(p.grad.copy(), p.data) for p in layer.parameters()]
     f = lambda _: float(np.sum(layer.forward(x) * r))  # noqa: E731
     worst = 0.0
