@@ -5903,6 +5903,79 @@ def test_mean_over_steps_rejects_bad_masks(x_shape, mask, match):
         tn.MeanOverSteps().forward(np.zeros(x_shape), mask=mask)
 
 
+@pytest.mark.parametrize("tie", [False, True])
+def test_train_text_gpt_step_matches_torch(tie):
+    """train_text's GPT (V 7, E 8, 2 blocks of 2 heads, T 5) and the bench's torch twin in
+    float64: the same parameters (a tied head listed and counted once in both), then one
+    train_step: logits, loss, every gradient (the tied weight's sums both uses), the embedding
+    after Adam's step."""
+    bench = importlib.import_module("bench_tinynet")
+    model, tmodel, topt = bench.text_pair("gpt", 7, 8, 12, 5, lr=0.01, dtype=np.float64,
+                                          layers=2, heads=2, dropout=0.0, tie=tie)
+    layers = list(model)
+    assert (layers[-2].weight is layers[0].weight) == tie
+    assert (tmodel[-2].weight is tmodel[0].weight) == tie
+    blocks = [layer for layer in layers if isinstance(layer, tn.TransformerEncoderLayer)]
+    assert len(blocks) == 2 and all(block.causal and block.norm_first for block in blocks)
+    every_use = sum(p.data.size for layer in layers for p in layer.parameters())
+    assert model.count_params() == sum(p.numel() for p in tmodel.parameters()) == \
+        every_use - 7 * 8 * tie
+    rng = np.random.default_rng(0)
+    X, Y = rng.integers(0, 7, (4, 5)), rng.integers(0, 7, (4, 5))
+    loss, out = model.train_step(X, Y)
+    topt.zero_grad()
+    torch_out = tmodel(torch.tensor(X))
+    torch_loss = F.cross_entropy(torch_out, torch.tensor(Y))
+    torch_loss.backward()
+    assert_parity(out, torch_out, "GPT logits (N, V, T)")
+    assert_parity(np.array(loss), torch_loss, "GPT loss")
+    torch_grads = {k: p.grad.clone() for k, p in tmodel.named_parameters()}
+    topt.step()
+    named = dict(tmodel.named_parameters())
+    assert [k for k, _ in model.named_parameters()] == list(named)
+    for k, p in model.named_parameters():
+        assert_parity(p.grad, torch_grads[k], f"GPT {k}.grad")
+    # the embedding (tied: also the head) stepped once, as torch's (in_proj_bias is not compared:
+    # its key third has a zero gradient up to rounding, which Adam's step magnifies)
+    assert_parity(layers[0].weight.data, named["0.weight"], "GPT 0.weight after Adam's step")
+
+
+def test_train_text_gpt_quick_writes_a_sample_and_its_loss(tmp_path, capsys):
+    """--model gpt --quick runs end to end: a tied GPT trains, writes past its block size (the
+    context cropped to the last --seq-len characters) and prints the validation loss line."""
+    need(os.path.join(DATA, "shakespeare", "input.txt"))
+    train_text = importlib.import_module("train_text")
+    train_text.main(["--model", "gpt", "--quick", "--tie", "--embed", "16", "--hidden", "32",
+                     "--seq-len", "16", "--heads", "2", "--sample", "30", "--prompt", "ROMEO:",
+                     "--data-dir", DATA, "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert re.fullmatch(r"validation loss: \d+\.\d{4}", lines[-1]), out[-500:]
+    assert ("training gpt E 16, H 32, 2 blocks of 2 heads, dropout 0, head tied to the "
+            "embedding, windows of 16") in out
+    start = next(i for i, s in enumerate(lines) if s.startswith("--- 30 characters at "))
+    sample = "\n".join(lines[start + 1:lines.index("---", start)])
+    assert sample.startswith("ROMEO:") and len(sample) == len("ROMEO:") + 30
+    assert 2.5 < float(lines[-1].split()[-1]) < 4.17
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "gpt", "--embed", "16", "--heads", "3"],
+     "--heads 3 must divide --embed 16: each head attends with embed / heads features"),
+    (["--model", "gpt", "--dropout", "1"], "argument --dropout: expected a number in [0, 1), "
+                                           "got 1"),
+    (["--tie", "--layers", "3"], "--layers and --tie have no effect with --model lstm (they are "
+                                 "the GPT's); remove them"),
+    (["--model", "gru", "--heads", "2"], "--heads has no effect with --model gru"),
+])
+def test_train_text_gpt_rejects_bad_flags(argv, message, monkeypatch, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        _main("train_text", [*argv, "--out", str(tmp_path / "out")], monkeypatch)
+    assert e.value.code == 2
+    assert message in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "out").exists()
+
+
 def _readme_attention_blocks():
     """The ```python blocks of the README's section "Attention: a GPT block and a translation
     toy", in order."""
