@@ -5445,7 +5445,8 @@ def test_train_iris_says_what_it_runs(monkeypatch, capsys, tmp_path):
 
 # ════════════════════════════════════════════════════════════════════════════
 # Attention and transformers: Linear on (*, in_features), LayerNorm, GELU, MultiheadAttention,
-# TransformerEncoderLayer, PositionalEmbedding, MeanOverSteps (issue 20)
+# TransformerEncoderLayer, PositionalEmbedding, MeanOverSteps (issue 20); masks, cross-attention,
+# a causal encoder layer, TransformerDecoderLayer (issue 25)
 # ════════════════════════════════════════════════════════════════════════════
 
 def _torch_twin(ours, theirs, jitter=0.1, seed=0):
@@ -5552,6 +5553,359 @@ def test_transformer_encoder_layer_with_dropout_matches_torch_in_eval():
     assert all(layer.training for layer in ours._sa + ours._ff + [ours.norm1, ours.norm2])
 
 
+def _attention_masks(kind, n, heads, t_q, t_k, seed=3):
+    """(our keyword arguments, torch's) for masks of a kind: "none" or "+"-joined parts among
+    bool-2d, float-2d, bool-3d, float-3d (attn_mask (L, S) or (N * heads, L, S)), padding,
+    padding-float (key_padding_mask (N, S)) and causal (ours: is_causal alone; torch: also the
+    mask). A float mask holds N(0, 1) values and -inf where a bool one would be True. Key 0 is
+    never masked, so that no query loses all its keys."""
+    rng, ours = np.random.default_rng(seed), {}
+
+    def masked(shape, as_float):
+        mask = rng.random(shape) < 0.4
+        mask[..., 0] = False
+        return np.where(mask, -np.inf, rng.standard_normal(shape)) if as_float else mask
+    for part in kind.split("+"):
+        if part[:4] in ("bool", "floa"):
+            shape = (t_q, t_k) if part.endswith("2d") else (n * heads, t_q, t_k)
+            ours["attn_mask"] = masked(shape, part.startswith("float"))
+        elif part.startswith("padding"):
+            ours["key_padding_mask"] = masked((n, t_k), part.endswith("float"))
+        elif part == "causal":
+            ours["is_causal"] = True
+    theirs = {k: torch.tensor(v) for k, v in ours.items() if k != "is_causal"}
+    if "is_causal" in ours:          # torch: the flag is a hint, the mask must be given too
+        causal = torch.ones(t_q, t_k, dtype=torch.bool).triu(1)
+        like = theirs.get("key_padding_mask", causal)             # one dtype, as torch wants
+        mask = theirs.get("attn_mask", torch.zeros(t_q, t_k, dtype=like.dtype))
+        theirs["attn_mask"] = (mask | causal if mask.dtype == torch.bool
+                               else mask.masked_fill(causal, -math.inf))
+        theirs["is_causal"] = True
+    return ours, theirs
+
+
+MASK_KINDS = ["none", "bool-2d", "float-2d", "bool-3d", "float-3d", "padding", "padding-float",
+              "causal", "bool-3d+padding+causal", "float-2d+padding-float"]
+
+
+@pytest.mark.parametrize("kind", MASK_KINDS)
+@pytest.mark.parametrize("cross, batch_first", [(False, True), (True, False), (True, True)])
+def test_multihead_attention_masks_and_cross_attention_match_torch(kind, cross, batch_first):
+    """Output, weights (mean and per head), dquery, dkey, dvalue and every parameter gradient;
+    cross-attention with L = 3 queries and S = 5 keys, key != value."""
+    n, h, e, t_q = 3, 2, 4, 3
+    t_k = 5 if cross else t_q
+    kw = dict(bias=kind != "bool-2d", batch_first=batch_first)
+    ours, theirs = _torch_twin(tn.MultiheadAttention(e, h, **kw),
+                               torch.nn.MultiheadAttention(e, h, **kw))
+    our_masks, their_masks = _attention_masks(kind, n, h, t_q, t_k)
+
+    def tokens(seed, t):
+        return randn(seed, (n, t, e) if batch_first else (t, n, e))
+    query, key, value = tokens(0, t_q), tokens(1, t_k), tokens(2, t_k)
+    for average in (True, False):
+        ours.zero_grad(), theirs.zero_grad()
+        qt, kt, vt = T(query), T(key), T(value)
+        yt, wt = theirs(qt, *((kt, vt) if cross else (qt, qt)), average_attn_weights=average,
+                        **their_masks)
+        g = randn(3, tuple(yt.shape))
+        yt.backward(T(g, False))
+        y = ours(query, *((key, value) if cross else ()), average_attn_weights=average,
+                 **our_masks)
+        assert_parity(y, yt, f"{kind} output")
+        assert_parity(ours.attn_weights, wt, f"{kind} weights, average={average}")
+        assert_parity(ours.backward(g), qt.grad, f"{kind} dquery")
+        if cross:
+            assert_parity(ours.grad_key, kt.grad, f"{kind} dkey")
+            assert_parity(ours.grad_value, vt.grad, f"{kind} dvalue")
+        else:
+            assert ours.grad_key is None and ours.grad_value is None
+        _assert_param_grads(ours, theirs)
+
+
+def test_multihead_attention_key_and_value_as_the_query_equal_self_attention():
+    """mha(x, x, x) takes the cross-attention path (three products); it equals mha(x) and its
+    dquery + dkey + dvalue equals self-attention's dx."""
+    tn.manual_seed(0)
+    mha = tn.MultiheadAttention(4, 2, batch_first=True, causal=True).astype(np.float64)
+    x, g = randn(0, (2, 3, 4)), randn(1, (2, 3, 4))
+    y, dx = mha(x), mha.backward(g)
+    np.testing.assert_allclose(mha(x, x, x), y, rtol=1e-12, atol=1e-14)
+    dsum = mha.backward(g) + mha.grad_key + mha.grad_value
+    np.testing.assert_allclose(dsum, dx, rtol=1e-12, atol=1e-14)
+
+
+def test_multihead_attention_all_masked_query_raises_where_torch_gives_nan():
+    """torch 2.13 returns NaN for a query whose keys are all masked (output, weights and every
+    gradient it reaches); tinynet raises a ValueError instead, before the NaN can spread."""
+    mha, theirs = _torch_twin(tn.MultiheadAttention(4, 2), torch.nn.MultiheadAttention(4, 2))
+    x = randn(0, (3, 2, 4))                                         # (L, N, E)
+    padding = np.array([[False, False, True], [True, True, True]])  # sequence 1: all padding
+    row = np.zeros((3, 3), bool)
+    row[1] = True                                                   # query 1 sees no key
+    left = np.array([[True, False, False], [False, False, False]])  # left padding + causal:
+    causal = torch.ones(3, 3, dtype=torch.bool).triu(1)             # query 0 sees no key
+    for masks, their_masks in [
+            (dict(key_padding_mask=padding), dict(key_padding_mask=torch.tensor(padding))),
+            (dict(attn_mask=row), dict(attn_mask=torch.tensor(row))),
+            (dict(attn_mask=np.where(row, -np.inf, 0.0)),
+             dict(attn_mask=torch.tensor(np.where(row, -np.inf, 0.0)))),
+            (dict(key_padding_mask=left, is_causal=True),
+             dict(key_padding_mask=torch.tensor(left), attn_mask=causal, is_causal=True))]:
+        xt = T(x)
+        y, w = theirs(xt, xt, xt, **their_masks)
+        y.sum().backward()
+        assert y.isnan().any() and w.isnan().any() and xt.grad.isnan().any()
+        assert theirs.in_proj_weight.grad.isnan().all()      # NaN reaches every weight
+        theirs.zero_grad()
+        with pytest.raises(ValueError, match=r"^MultiheadAttention: a query has all its keys "
+                                             r"masked \(its softmax is 0/0; torch returns NaN\)"):
+            mha(x, **masks)
+    encoder = tn.TransformerEncoderLayer(4, 2, 8)
+    with pytest.raises(ValueError, match=r"^MultiheadAttention: a query has all its keys masked"):
+        encoder(x, src_key_padding_mask=padding)
+
+
+def _renamed(masks, names):
+    """Mask keyword arguments under a layer's names: attn_mask -> src_mask, ..."""
+    return {names[k]: v for k, v in masks.items()}
+
+
+ENCODER_NAMES = dict(attn_mask="src_mask", key_padding_mask="src_key_padding_mask",
+                     is_causal="is_causal")
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("kind, batch_first, causal", [
+    ("bool-2d", True, False), ("float-3d", False, False), ("padding", True, False),
+    ("causal", False, False), ("bool-3d+padding+causal", True, False),
+    ("padding-float", True, True), ("none", False, True)])
+def test_transformer_encoder_layer_with_masks_matches_torch(norm_first, kind, batch_first,
+                                                            causal):
+    """src_mask, src_key_padding_mask and is_causal as torch's; causal=True applies the square
+    subsequent mask with no argument (torch is given it)."""
+    n, t = 2, 4
+    kw = dict(dim_feedforward=12, dropout=0.0, layer_norm_eps=1e-4, batch_first=batch_first,
+              norm_first=norm_first)
+    ours, theirs = _torch_twin(tn.TransformerEncoderLayer(8, 2, causal=causal, **kw),
+                               torch.nn.TransformerEncoderLayer(8, 2, **kw))
+    our_masks, their_masks = _attention_masks(kind + "+causal" * causal, n, 2, t, t)
+    if causal:                                    # the layer's flag, not an argument
+        del our_masks["is_causal"]
+    x, g = (randn(seed, (n, t, 8) if batch_first else (t, n, 8)) for seed in (0, 1))
+    xt = T(x)
+    yt = theirs(xt, **_renamed(their_masks, ENCODER_NAMES))
+    yt.backward(T(g, False))
+    assert_parity(ours(x, **_renamed(our_masks, ENCODER_NAMES)), yt, f"{kind} output")
+    assert_parity(ours.backward(g), xt.grad, f"{kind} dsrc")
+    _assert_param_grads(ours, theirs)
+
+
+DECODER_NAMES = [dict(attn_mask="tgt_mask", key_padding_mask="tgt_key_padding_mask",
+                      is_causal="tgt_is_causal"),
+                 dict(attn_mask="memory_mask", key_padding_mask="memory_key_padding_mask",
+                      is_causal="memory_is_causal")]
+
+
+def _decoder_masks(n, heads, t, s, masks=True):
+    """(ours, torch's) decoder mask arguments: a causal target with padding and a 3-D bool mask;
+    a float memory mask with float padding (and memory_is_causal in the second case)."""
+    if not masks:
+        return {}, {}
+    tgt = _attention_masks("bool-3d+padding+causal", n, heads, t, t, seed=4)
+    memory = _attention_masks(f"float-2d+padding-float{'+causal' * (masks == 'all')}", n, heads,
+                              t, s, seed=5)
+    return [_renamed(tgt[i], DECODER_NAMES[0]) | _renamed(memory[i], DECODER_NAMES[1])
+            for i in (0, 1)]
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("activation, batch_first", [("relu", False), ("gelu", True)])
+@pytest.mark.parametrize("masks", [None, "some", "all"])
+def test_transformer_decoder_layer_matches_torch(norm_first, activation, batch_first, masks):
+    """Output, dtgt, dmemory and every parameter gradient, with L = 3 target and S = 4 memory
+    tokens, without and with every mask."""
+    n, t, s = 2, 3, 4
+    kw = dict(dim_feedforward=12, dropout=0.0, activation=activation, layer_norm_eps=1e-4,
+              batch_first=batch_first, norm_first=norm_first)
+    ours, theirs = _torch_twin(tn.TransformerDecoderLayer(8, 2, **kw),
+                               torch.nn.TransformerDecoderLayer(8, 2, **kw))
+    our_masks, their_masks = _decoder_masks(n, 2, t, s, masks)
+
+    def tokens(seed, steps):
+        return randn(seed, (n, steps, 8) if batch_first else (steps, n, 8))
+    tgt, memory, g = tokens(0, t), tokens(1, s), tokens(2, t)
+    tgt_t, memory_t = T(tgt), T(memory)
+    yt = theirs(tgt_t, memory_t, **their_masks)
+    yt.backward(T(g, False))
+    assert_parity(ours(tgt, memory, **our_masks), yt, "decoder output")
+    assert_parity(ours.backward(g), tgt_t.grad, "decoder dtgt")
+    assert_parity(ours.grad_memory, memory_t.grad, "decoder dmemory")
+    _assert_param_grads(ours, theirs)
+
+
+def test_transformer_decoder_layer_with_dropout_matches_torch_in_eval():
+    kw = dict(dropout=0.3, batch_first=True)
+    ours, theirs = _torch_twin(tn.TransformerDecoderLayer(8, 4, 16, **kw),
+                               torch.nn.TransformerDecoderLayer(8, 4, 16, **kw))
+    ours.eval(), theirs.eval()
+    sublayers = ours._sa + ours._ca + ours._ff + [ours.norm1, ours.norm2, ours.norm3]
+    assert len(sublayers) == 12 and not any(layer.training for layer in sublayers)
+    tgt, memory = randn(0, (3, 5, 8)), randn(1, (3, 2, 8))
+    tgt_t, memory_t = T(tgt), T(memory)
+    yt = theirs(tgt_t, memory_t)
+    yt.sum().backward()
+    assert_parity(ours(tgt, memory), yt, "decoder output in eval")
+    assert_parity(ours.backward(np.ones((3, 5, 8))), tgt_t.grad, "decoder dtgt in eval")
+    assert_parity(ours.grad_memory, memory_t.grad, "decoder dmemory in eval")
+    _assert_param_grads(ours, theirs)
+    ours.train()
+    assert all(layer.training for layer in sublayers)
+
+
+class _DecoderOnOneArray(tn.Layer):
+    """A decoder layer as a function of one array, [tgt; memory] along the tokens, for
+    tn.gradcheck: backward returns [dtgt; dmemory]."""
+
+    def __init__(self, decoder, t, masks):
+        self.decoder, self.t, self.masks = decoder, t, masks
+
+    def forward(self, x):
+        return self.decoder(x[:, :self.t], x[:, self.t:], **self.masks)
+
+    def backward(self, grad):
+        dtgt = self.decoder.backward(grad)
+        return np.concatenate([dtgt, self.decoder.grad_memory], axis=1)
+
+    def parameters(self):
+        return self.decoder.parameters()
+
+
+@pytest.mark.parametrize("norm_first, activation, masks", [(False, "relu", None),
+                                                           (True, "gelu", "all")])
+def test_transformer_decoder_layer_gradcheck(norm_first, activation, masks):
+    tn.manual_seed(0)
+    decoder = tn.TransformerDecoderLayer(4, 2, 6, 0.0, activation, batch_first=True,
+                                         norm_first=norm_first).astype(np.float64)
+    rng = np.random.default_rng(2)
+    for p in decoder.parameters():                  # off the zero biases and unit scales
+        p.data += 0.3 * rng.standard_normal(p.data.shape)
+    layer = _DecoderOnOneArray(decoder, 3, _decoder_masks(2, 2, 3, 2, masks)[0])
+    assert tn.gradcheck(layer, away_from_kinks(0, (2, 5, 4))) < 1e-7
+
+
+def _gpt(causal=True, vocab=7, steps=5):
+    """A baby GPT: token and position embeddings, a pre-norm causal encoder block, a head."""
+    tn.manual_seed(0)
+    return tn.Sequential(tn.Embedding(vocab, 8), tn.PositionalEmbedding(steps, 8),
+                         tn.TransformerEncoderLayer(8, 2, 16, 0.1, "gelu", batch_first=True,
+                                                    norm_first=True, causal=causal),
+                         tn.Linear(8, vocab))
+
+
+def test_causal_model_to_torch_and_back():
+    """The torch twin applies the square subsequent mask: logits of a token do not depend on
+    later tokens, in both, and they agree; from_torch gives causal=True back."""
+    model = _gpt().astype(np.float64).eval()
+    net = model.to_torch()
+    assert isinstance(net[2], torch.nn.TransformerEncoderLayer) and net[2].causal
+    assert list(net.state_dict()) == list(model.state_dict())
+    tokens = np.array([[1, 2, 3, 4, 5], [6, 5, 4, 3, 2]])
+    later = tokens.copy()
+    later[:, 3:] = 0                                     # change the last two tokens
+    with torch.no_grad():
+        theirs, theirs_later = (net(torch.tensor(x)).numpy() for x in (tokens, later))
+    ours = model.predict(tokens)
+    assert_parity(ours, theirs, "causal model to_torch")
+    np.testing.assert_array_equal(model.predict(later)[:, :3], ours[:, :3])
+    np.testing.assert_allclose(theirs_later[:, :3], theirs[:, :3], rtol=1e-12, atol=1e-12)
+    assert not np.allclose(_gpt(causal=False).astype(np.float64).eval().predict(tokens), ours)
+    back = tn.Sequential.from_torch(net)
+    assert back[2].causal and repr(back) == repr(model)
+    np.testing.assert_array_equal(back.predict(tokens), ours)
+    plain = tn.Sequential.from_torch(torch.nn.Sequential(torch.nn.TransformerEncoderLayer(4, 2)))
+    assert plain[0].causal is False
+
+
+def test_causal_model_save_load_keeps_causal(tmp_path):
+    model = _gpt().eval()
+    assert model.config()["layers"][2]["kwargs"]["causal"] is True
+    model.save(tmp_path / "gpt.npz")
+    loaded = tn.Sequential.load(tmp_path / "gpt.npz").eval()
+    tokens = np.array([[1, 2, 3, 4, 5], [6, 5, 4, 3, 2]])
+    assert loaded[2].causal and repr(loaded) == repr(model)
+    np.testing.assert_array_equal(loaded.predict(tokens), model.predict(tokens))
+
+
+def _mha_call(**kwargs):
+    """Self-attention (L = S = 3, N = 2, E = 4, 2 heads) with kwargs: key/value shapes or masks."""
+    args = [np.zeros(kwargs.pop(k)) for k in ("key", "value") if k in kwargs]
+    return lambda: tn.MultiheadAttention(4, 2)(np.zeros((3, 2, 4)), *args, **kwargs)
+
+
+def _decoder_call(memory=(5, 2, 4), **masks):
+    """A decoder layer (E = 4, 2 heads) on tgt (3, 2, 4) and memory of that shape, with masks."""
+    return lambda: tn.TransformerDecoderLayer(4, 2, 8)(np.zeros((3, 2, 4)), np.zeros(memory),
+                                                       **masks)
+
+
+@pytest.mark.parametrize("call, match", [
+    (_mha_call(attn_mask=np.zeros((3, 4), bool)),
+     r"^MultiheadAttention: attn_mask must be a bool or float array of shape \(3, 3\) or "
+     r"\(4, 3, 3\), got bool of shape \(3, 4\)$"),
+    (_mha_call(attn_mask=np.zeros((3, 3), np.int64)),
+     r"^MultiheadAttention: attn_mask .*, got int64 of shape \(3, 3\)$"),
+    (_mha_call(attn_mask=np.zeros((2, 3, 3), bool)),
+     r"^MultiheadAttention: attn_mask .*\(4, 3, 3\), got bool of shape \(2, 3, 3\)$"),
+    (_mha_call(key_padding_mask=np.zeros((3, 2), bool)),
+     r"^MultiheadAttention: key_padding_mask must be a bool or float array of shape \(2, 3\), "
+     r"got bool of shape \(3, 2\)$"),
+    (_mha_call(key=(5, 3, 4), value=(5, 3, 4)),
+     r"^MultiheadAttention: expected a 3-D key \(T, N, E\) with E = 4, N = 2 as query "
+     r"\(3, 2, 4\) and T >= 1 tokens, got shape \(5, 3, 4\)$"),
+    (_mha_call(key=(5, 2, 6), value=(5, 2, 4)),
+     r"^MultiheadAttention: expected a 3-D key .*E = 4.*got shape \(5, 2, 6\)$"),
+    (_mha_call(key=(5, 2, 4), value=(5, 1, 4)),
+     r"^MultiheadAttention: expected a 3-D value .*N = 2 as query.*got shape \(5, 1, 4\)$"),
+    (_mha_call(key=(5, 2, 4), value=(4, 2, 4)),
+     r"^MultiheadAttention: key and value must have the same shape, got key \(5, 2, 4\) and "
+     r"value \(4, 2, 4\)$"),
+    (_mha_call(key=(5, 2, 4)), r"^MultiheadAttention: expected a 3-D value .*got shape \(\)$"),
+    (_mha_call(key=(5, 2, 4), value=(5, 2, 4), attn_mask=np.zeros((3, 3), bool)),
+     r"^MultiheadAttention: attn_mask .*\(3, 5\) or \(4, 3, 5\), got bool of shape \(3, 3\)$"),
+    (lambda: tn.TransformerEncoderLayer(4, 2, 8)(np.zeros((3, 2, 4)),
+                                                src_mask=np.zeros((3, 3), np.int32)),
+     r"^TransformerEncoderLayer: src_mask must be a bool or float array of shape \(3, 3\) or "
+     r"\(4, 3, 3\), got int32 of shape \(3, 3\)$"),
+    (lambda: tn.TransformerEncoderLayer(4, 2, 8, batch_first=True)(
+        np.zeros((3, 2, 4)), src_key_padding_mask=np.zeros((2, 3), bool)),
+     r"^TransformerEncoderLayer: src_key_padding_mask .* shape \(3, 2\), got bool of shape "
+     r"\(2, 3\)$"),
+    (_decoder_call(memory=(5, 2, 6)),
+     r"^TransformerDecoderLayer: expected a 3-D memory \(T, N, E\) with E = 4, N = 2 as tgt "
+     r"\(3, 2, 4\) and T >= 1 tokens, got shape \(5, 2, 6\)$"),
+    (_decoder_call(memory=(5, 3, 4)),
+     r"^TransformerDecoderLayer: expected a 3-D memory .*got shape \(5, 3, 4\)$"),
+    (_decoder_call(tgt_mask=np.zeros((3, 5), bool)),
+     r"^TransformerDecoderLayer: tgt_mask .* \(3, 3\) or \(4, 3, 3\), got bool of shape "
+     r"\(3, 5\)$"),
+    (_decoder_call(memory_mask=np.zeros((3, 3))),
+     r"^TransformerDecoderLayer: memory_mask .* \(3, 5\) or \(4, 3, 5\), got float64 of shape "
+     r"\(3, 3\)$"),
+    (_decoder_call(tgt_key_padding_mask=np.zeros((2, 5), bool)),
+     r"^TransformerDecoderLayer: tgt_key_padding_mask .* \(2, 3\), got bool of shape \(2, 5\)$"),
+    (_decoder_call(memory_key_padding_mask=np.zeros((2, 3), bool)),
+     r"^TransformerDecoderLayer: memory_key_padding_mask .* \(2, 5\), got bool of shape "
+     r"\(2, 3\)$"),
+    (lambda: tn.TransformerDecoderLayer(4, 2, 8)(np.zeros((3, 2, 5)), np.zeros((5, 2, 4))),
+     r"^TransformerDecoderLayer: expected a 3-D tgt \(T, N, E\) with E = 4 and T >= 1 tokens, "
+     r"got shape \(3, 2, 5\)$"),
+])
+def test_attention_masks_key_value_memory_reject_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
 def test_positional_embedding_and_mean_over_steps_match_torch_expressions():
     tn.manual_seed(0)
     pos = tn.PositionalEmbedding(6, 4).astype(np.float64)
@@ -5585,6 +5939,16 @@ def test_attention_layers_init_as_torch():
     ours = tn.TransformerEncoderLayer(8, 2, 16)
     assert [(k, p.data.shape) for k, p in ours.named_parameters()] == \
         [(k, tuple(v.shape)) for k, v in theirs.named_parameters()]
+    default = tn.TransformerDecoderLayer(8, 2)
+    assert (default.dim_feedforward, default.dropout, default.activation, default.layer_norm_eps,
+            default.batch_first, default.norm_first) == (2048, 0.1, "relu", 1e-5, False, False)
+    assert not tn.TransformerEncoderLayer(8, 2).causal
+    theirs = torch.nn.TransformerDecoderLayer(8, 2, 16)
+    ours = tn.TransformerDecoderLayer(8, 2, 16)
+    assert [(k, p.data.shape) for k, p in ours.named_parameters()] == \
+        [(k, tuple(v.shape)) for k, v in theirs.named_parameters()]
+    assert list(dict.fromkeys(k.split(".")[0] for k in ours.state_dict())) == [
+        "self_attn", "multihead_attn", "linear1", "linear2", "norm1", "norm2", "norm3"]
 
 
 ATTENTION_GRADCHECK = [
@@ -5683,6 +6047,9 @@ def test_attention_layers_without_a_torch_sequential_twin_say_why():
     with pytest.raises(ValueError, match=r"^Sequential.to_torch: layer 1 \(MultiheadAttention"
                                          r".*returns a tuple"):
         tn.Sequential(tn.Linear(4, 4), tn.MultiheadAttention(4, 2)).to_torch()
+    with pytest.raises(ValueError, match=r"^Sequential.to_torch: layer 0 \(TransformerDecoderLayer"
+                                         r".*two inputs \(tgt, memory\)"):
+        tn.Sequential(tn.TransformerDecoderLayer(4, 2, 8)).to_torch()
     custom = torch.nn.TransformerEncoderLayer(4, 2, 8, activation=torch.tanh)
     with pytest.raises(ValueError, match=r"^Sequential.from_torch: TransformerEncoderLayer with a "
                                          r"custom activation"):
@@ -5768,6 +6135,9 @@ def test_attention_layers_reject_bad_arguments():
     with pytest.raises(ValueError, match=r"^TransformerEncoderLayer: activation must be 'relu' or "
                                          r"'gelu', got 'tanh'$"):
         tn.TransformerEncoderLayer(4, 2, activation="tanh")
+    with pytest.raises(ValueError, match=r"^TransformerDecoderLayer: activation must be 'relu' or "
+                                         r"'gelu', got 'tanh'$"):
+        tn.TransformerDecoderLayer(4, 2, activation="tanh")
     for layer in (tn.LayerNorm(3), tn.GELU(), tn.MultiheadAttention(4, 2),
                   tn.PositionalEmbedding(3, 2), tn.MeanOverSteps()):
         name = type(layer).__name__
@@ -5784,6 +6154,15 @@ def test_attention_layers_keep_float32():
     y = model.forward(x)
     assert y.dtype == np.float32 and model.backward(np.ones_like(y)).dtype == np.float32
     assert all(p.grad.dtype == np.float32 and p.grad.any() for p in model.parameters())
+    decoder = tn.TransformerDecoderLayer(8, 2, 6, batch_first=True)
+    memory = randn(1, (2, 3, 8)).astype(np.float32)
+    masks = dict(tgt_is_causal=True, memory_mask=np.zeros((4, 3)),
+                 memory_key_padding_mask=np.array([[False, False, True]] * 2))
+    x = randn(2, (2, 4, 8)).astype(np.float32)
+    y = decoder(x, memory, **masks)
+    assert y.dtype == np.float32 and decoder.backward(np.ones_like(y)).dtype == np.float32
+    assert decoder.grad_memory.dtype == np.float32
+    assert all(p.grad.dtype == np.float32 and p.grad.any() for p in decoder.parameters())
 
 
 def test_train_mnist_transformer_model_and_attention_figure(tmp_path):
@@ -7171,18 +7550,23 @@ EXCERPT_INPUTS = {"Embedding": lambda shape: np.random.default_rng(1).integers(0
 # layer: lines its excerpt may reach. Ceilings to notice, not targets: every excerpt brings the
 # Layer core (43 lines with composition); recurrent layers bring _RNNBase (layers, directions,
 # dropout, states in and out) and their step's formulas; cells bring _CellBase (the stack of
-# calls) and the same step. Readable code first: if a change needs more, raise the number and
-# say why, rather than squeeze the code.
+# calls) and the same step; the decoder's excerpt holds the encoder's, whose blocks it borrows.
+# Readable code first: if a change needs more, raise the number and say why, rather than
+# squeeze the code. The test prints the sizes; README states them.
 COPIED_WHOLE = {"Embedding": 77, "RNN": 270, "LSTM": 270, "GRU": 270, "RNNCell": 210,
                 "LSTMCell": 210, "GRUCell": 210}
-ATTENTION_EXCERPTS = {"LayerNorm": 137, "GELU": 137, "MultiheadAttention": 137,
-                      "TransformerEncoderLayer": 300}
+ATTENTION_EXCERPTS = {"LayerNorm": 137, "GELU": 137, "MultiheadAttention": 195,
+                      "TransformerEncoderLayer": 380, "TransformerDecoderLayer": 440}
 PUBLIC_LAYERS += [*ATTENTION_EXCERPTS, "PositionalEmbedding", "MeanOverSteps"]
 EXCERPT_ARGS |= {"LayerNorm": ((5,), (2, 3, 5)), "MultiheadAttention": ((6, 2, 0.2), (3, 2, 6)),
                  "TransformerEncoderLayer": ((6, 3, 8), (3, 2, 6)),
+                 "TransformerDecoderLayer": ((6, 3, 8), (3, 2, 6)),
                  "PositionalEmbedding": ((4, 5), (2, 3, 5)), "MeanOverSteps": ((), (2, 3, 5))}
 PUBLIC_LAYERS += ["Permute"]
 EXCERPT_ARGS |= {"Permute": ((0, 2, 1), (2, 3, 5))}
+EXCERPT_INPUTS["TransformerDecoderLayer"] = lambda shape: tuple(     # (tgt, memory)
+    np.random.default_rng(seed).standard_normal((t, 2, 6)).astype(np.float32)
+    for seed, t in ((1, 3), (3, 4)))
 
 
 def _definitions():
@@ -7244,8 +7628,9 @@ def test_each_layer_copies_out_alone_and_stays_short(capsys):
         copy, ours = namespace[name](*args), getattr(tn, name)(*args)
         x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
         x = EXCERPT_INPUTS[name](shape) if name in EXCERPT_INPUTS else x
-        y = _as_tuple(ours.forward(x))             # a cell may return (h, c); backward a tuple
-        for a, b in zip(_as_tuple(copy.forward(x)), y, strict=True):
+        inputs = x if isinstance(x, tuple) else (x,)          # several: the decoder's
+        y = _as_tuple(ours.forward(*inputs))       # a cell may return (h, c); backward a tuple
+        for a, b in zip(_as_tuple(copy.forward(*inputs)), y, strict=True):
             np.testing.assert_array_equal(a, b, err_msg=name)
         g = np.random.default_rng(2).standard_normal(y[0].shape).astype(np.float32)
         for a, b in zip(_as_tuple(copy.backward(g)), _as_tuple(ours.backward(g)), strict=True):

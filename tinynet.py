@@ -1099,24 +1099,55 @@ class GELU(Layer):
         return grad * self._saved()
 
 
-def _check_tokens(layer, x, features, batch_first):
-    """x as an array, if (N, T, E = features) ((T, N, E) if not batch_first) with T >= 1."""
+def _check_tokens(layer, x, features, batch_first, name="input", like=None):
+    """x as an array, if (N, T, E = features) ((T, N, E) if not batch_first) with T >= 1 tokens
+    and, given like = (its name, an array of the same layout), like's N; else a ValueError."""
     x, layout = np.asarray(x), "(N, T, E)" if batch_first else "(T, N, E)"
-    if x.ndim != 3 or x.shape[2] != features or x.shape[1 if batch_first else 0] == 0:
-        raise ValueError(f"{type(layer).__name__}: expected a 3-D input {layout} with "
-                         f"E = {features} and T >= 1 tokens, got shape {x.shape}")
+    axis = 1 if batch_first else 0                                    # T's; N's is 1 - axis
+    n = like and np.shape(like[1])[1 - axis]                          # like's N, or None
+    if (x.ndim != 3 or x.shape[2] != features or x.shape[axis] == 0
+            or n not in (None, x.shape[1 - axis])):
+        same_n = f", N = {n} as {like[0]} {np.shape(like[1])}" if like else ""
+        raise ValueError(f"{type(layer).__name__}: expected a 3-D {name} {layout} with "
+                         f"E = {features}{same_n} and T >= 1 tokens, got shape {x.shape}")
     return x
 
 
+def _masks(layer, n, t_q, t_k, heads, **masks):
+    """The masks given, checked (bool or float; (N, S) if a key_padding_mask, else (L, S) or
+    (N * heads, L, S); a ValueError naming it otherwise), as what they add to the scores
+    (N, heads, L, S) (broadcast): -inf where a bool mask is True (not allowed), a float as it is."""
+    added = []
+    for name, mask in masks.items():
+        if mask is None:
+            continue
+        mask, padding = np.asarray(mask), name.endswith("key_padding_mask")
+        shapes = [(n, t_k)] if padding else [(t_q, t_k), (n * heads, t_q, t_k)]
+        if mask.shape not in shapes or mask.dtype.kind not in "bf":
+            raise ValueError(f"{type(layer).__name__}: {name} must be a bool or float array of "
+                             f"shape {' or '.join(map(str, shapes))}, got {mask.dtype} of shape "
+                             f"{mask.shape}")
+        mask = np.where(mask, -np.inf, 0) if mask.dtype == bool else mask
+        shape = (n, 1, 1, t_k) if padding else (-1, heads if mask.ndim == 3 else 1, t_q, t_k)
+        added.append(mask.reshape(shape))
+    return added
+
+
 class MultiheadAttention(Layer):
-    """Self-attention, as torch.nn.MultiheadAttention's mha(x, x, x), x: (N, T, E) if batch_first
-    else (T, N, E). [q, k, v] = x W_in^T + b_in, split into h = num_heads heads of hs = E / h;
-    A = softmax(q k^T / sqrt(hs) + M) over keys (N, h, T, T), M = -inf above the diagonal if
-    causal, else 0;  D = dropout(A);  o = D v, heads concatenated;  y = o W_out^T + b_out.
-    backward: do = dy W_out;  dD = do v^T,  dv = D^T do,  dA = dropout'(dD),
-    dS = A * (dA - sum_keys dA * A),  dq = dS k / sqrt(hs),  dk = dS^T q / sqrt(hs);
-    dW_in = dqkv^T x,  dx = dqkv W_in (b_in, W_out, b_out: as a Linear's). Init as torch: W_in
-    Xavier-uniform, W_out U(+-1/sqrt(E)), biases 0. .attn_weights: A's mean over heads (N, T, T)."""
+    """As torch.nn.MultiheadAttention: y = mha(query, key, value): (N, L, E), (N, S, E), (N, S, E)
+    if batch_first else (L, N, E), (S, N, E), (S, N, E); key and value None: self-attention.
+    q = query W_q^T + b_q, k = key W_k^T + b_k, v = value W_v^T + b_v ([W_q; W_k; W_v] = W_in
+    (3E, E); self-attention: one product x W_in^T), split into h = num_heads heads of hs = E / h;
+    A = softmax(q k^T / sqrt(hs) + M) over keys (N, h, L, S), M the masks' sum: attn_mask (L, S)
+    or (N * h, L, S), key_padding_mask (N, S) (bool: -inf where True; float: as it is), the causal
+    mask (-inf above the diagonal) if is_causal or causal;  D = dropout(A);  o = D v, heads
+    concatenated;  y = o W_out^T + b_out.   backward: do = dy W_out;  dD = do v^T,  dv = D^T do,
+    dA = dropout'(dD),  dS = A * (dA - sum_keys dA * A),  dq = dS k / sqrt(hs),
+    dk = dS^T q / sqrt(hs);  dW_q = dq^T query,  dquery = dq W_q (k, v alike): returns dquery,
+    leaves .grad_key, .grad_value (self-attention: dx = their sum, in one product; they are None).
+    b_in, W_out, b_out: as a Linear's. Init as torch: W_in Xavier-uniform, W_out U(+-1/sqrt(E)),
+    biases 0. .attn_weights: A's mean over heads (N, L, S), or A (N, h, L, S). A query with all its
+    keys masked: ValueError (torch returns NaN)."""
 
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, batch_first=False,
                  causal=False):
@@ -1136,44 +1167,73 @@ class MultiheadAttention(Layer):
         return [(k.replace("out_proj_", "out_proj."), p) for k, p in vars(self).items()
                 if hasattr(p, "grad")]
 
-    def forward(self, x):
-        x = _check_tokens(self, x, self.embed_dim, self.batch_first)
-        x = x if self.batch_first else x.transpose(1, 0, 2)                  # (N, T, E)
-        (n, t, e), h = x.shape, self.num_heads
-        qkv = x.reshape(n * t, e) @ self.in_proj_weight.data.T               # (N T, 3E)
-        qkv += 0 if self.in_proj_bias is None else self.in_proj_bias.data
-        q, k, v = qkv.reshape(n, t, 3, h, e // h).transpose(2, 0, 3, 1, 4)  # each (N, h, T, hs)
-        s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(e // h)                  # (N, h, T, T)
-        if self.causal:
-            s += np.triu(np.full((t, t), -np.inf, s.dtype), 1)
-        a = np.exp(s - s.max(axis=-1, keepdims=True))
+    def forward(self, query, key=None, value=None, key_padding_mask=None, attn_mask=None,
+                is_causal=False, average_attn_weights=True):
+        e, h, hs = self.embed_dim, self.num_heads, self.embed_dim // self.num_heads
+        cross = key is not None or value is not None
+        x = _check_tokens(self, query, e, self.batch_first, "query" if cross else "input")
+        inputs = [x]                # what the in-projection multiplies: x by all of W_in, or
+        if cross:                   # query, key, value by W_q, W_k, W_v
+            key = _check_tokens(self, key, e, self.batch_first, "key", ("query", x))
+            value = _check_tokens(self, value, e, self.batch_first, "value", ("query", x))
+            if key.shape != value.shape:
+                raise ValueError(f"MultiheadAttention: key and value must have the same shape, "
+                                 f"got key {key.shape} and value {value.shape}")
+            inputs += [key, value]
+        inputs = [u if self.batch_first else u.transpose(1, 0, 2) for u in inputs]  # (N, T, E)
+        (n, t_q, _), t_k = inputs[0].shape, inputs[-1].shape[1]                # L, S
+        causal = np.triu(np.ones((t_q, t_k), bool), 1) if is_causal or self.causal else None
+        masks = _masks(self, n, t_q, t_k, h, attn_mask=attn_mask,
+                       key_padding_mask=key_padding_mask, causal=causal)
+        heads, rows = [], 3 * e // len(inputs)              # q, k, v: (N, h, T, hs) each
+        for i, u in enumerate(inputs):                      # W_in's rows i * rows, ...
+            r = slice(i * rows, (i + 1) * rows)
+            proj = u.reshape(-1, e) @ self.in_proj_weight.data[r].T          # (N T, 3E or E)
+            proj += 0 if self.in_proj_bias is None else self.in_proj_bias.data[r]
+            heads += list(proj.reshape(n, u.shape[1], -1, h, hs).transpose(2, 0, 3, 1, 4))
+        q, k, v = heads
+        s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hs)                      # (N, h, L, S)
+        for mask in masks:
+            s += mask
+        s_max = s.max(axis=-1, keepdims=True)
+        if masks and np.isneginf(s_max).any():
+            raise ValueError("MultiheadAttention: a query has all its keys masked (its softmax "
+                             "is 0/0; torch returns NaN): leave each query at least one key")
+        a = np.exp(s - s_max)
         a /= a.sum(axis=-1, keepdims=True)
-        self.attn_weights = a.mean(axis=1)                                   # (N, T, T)
+        self.attn_weights = a.mean(axis=1) if average_attn_weights else a    # (N, [h,] L, S)
         p = self.dropout if self.training else 0                             # dropout(A) = A keep
         keep = (_rng.random(a.shape, dtype=np.float32) >= p) / a.dtype.type(1 - p) if p else 1
-        o = (a * keep @ v).transpose(0, 2, 1, 3).reshape(n * t, e)           # (N T, E)
-        self._cache = x, o, q, k, v, a, keep
+        o = (a * keep @ v).transpose(0, 2, 1, 3).reshape(n * t_q, e)         # (N L, E)
+        self._cache = inputs, o, q, k, v, a, keep
         y = o @ self.out_proj_weight.data.T
-        y = (y + (0 if self.out_proj_bias is None else self.out_proj_bias.data)).reshape(n, t, e)
+        y = (y + (0 if self.out_proj_bias is None else self.out_proj_bias.data)).reshape(n, t_q, e)
         return y if self.batch_first else y.transpose(1, 0, 2)
 
     def backward(self, grad):
-        x, o, q, k, v, a, keep = self._saved()
-        (n, t, e), h = x.shape, self.num_heads
-        grad = (grad if self.batch_first else grad.transpose(1, 0, 2)).reshape(n * t, e)
+        inputs, o, q, k, v, a, keep = self._saved()
+        (n, t_q, e), h = inputs[0].shape, self.num_heads
+        grad = (grad if self.batch_first else grad.transpose(1, 0, 2)).reshape(n * t_q, e)
         self.out_proj_weight.grad += grad.T @ o
-        do = (grad @ self.out_proj_weight.data).reshape(n, t, h, e // h).transpose(0, 2, 1, 3)
-        dd = do @ v.transpose(0, 1, 3, 2)                                    # (N, h, T, T)
-        dv = (a * keep).transpose(0, 1, 3, 2) @ do                           # (N, h, T, hs)
+        do = (grad @ self.out_proj_weight.data).reshape(n, t_q, h, e // h).transpose(0, 2, 1, 3)
+        dd = do @ v.transpose(0, 1, 3, 2)                                    # (N, h, L, S)
+        dv = (a * keep).transpose(0, 1, 3, 2) @ do                           # (N, h, S, hs)
         ds = a * (dd * keep - (dd * keep * a).sum(axis=-1, keepdims=True)) / math.sqrt(e // h)
-        dqkv = np.stack([ds @ k, ds.transpose(0, 1, 3, 2) @ q, dv], axis=2)  # (N, h, 3, T, hs)
-        dqkv = dqkv.transpose(0, 3, 2, 1, 4).reshape(n * t, 3 * e)
-        self.in_proj_weight.grad += dqkv.T @ x.reshape(n * t, e)
-        for b, g in ((self.in_proj_bias, dqkv), (self.out_proj_bias, grad)):
-            if b is not None:
-                b.grad += g.sum(axis=0)
-        dx = (dqkv @ self.in_proj_weight.data).reshape(n, t, e)
-        return dx if self.batch_first else dx.transpose(1, 0, 2)
+        dqkv = [ds @ k, ds.transpose(0, 1, 3, 2) @ q, dv]                    # (N, h, T, hs) each
+        dqkv = [np.stack(dqkv, axis=2)] if len(inputs) == 1 else [d[:, :, None] for d in dqkv]
+        grads, rows = [], 3 * e // len(inputs)
+        for i, (u, d) in enumerate(zip(inputs, dqkv)):
+            r = slice(i * rows, (i + 1) * rows)
+            d = d.transpose(0, 3, 2, 1, 4).reshape(-1, rows)                 # (N T, 3E or E)
+            self.in_proj_weight.grad[r] += d.T @ u.reshape(-1, e)
+            if self.in_proj_bias is not None:
+                self.in_proj_bias.grad[r] += d.sum(axis=0)
+            du = (d @ self.in_proj_weight.data[r]).reshape(u.shape)          # (N, T, E)
+            grads.append(du if self.batch_first else du.transpose(1, 0, 2))
+        if self.out_proj_bias is not None:
+            self.out_proj_bias.grad += grad.sum(axis=0)
+        self.grad_key, self.grad_value = grads[1:] or (None, None)
+        return grads[0]
 
 
 class TransformerEncoderLayer(Layer):
@@ -1181,16 +1241,19 @@ class TransformerEncoderLayer(Layer):
     sa(x) = dropout1(self_attn(x)),  ff(x) = dropout2(linear2(dropout(activation(linear1(x))))).
     post-norm (norm_first=False):  h = norm1(x + sa(x)),  y = norm2(h + ff(h)).
     pre-norm (norm_first=True):    h = x + sa(norm1(x)),  y = h + ff(norm2(h)).  backward: the
-    sublayers' backward in reverse order; a residual x + f(x) gives dx = dy + f'(dy)."""
+    sublayers' backward in reverse order; a residual x + f(x) gives dx = dy + f'(dy).
+    forward(src, src_mask, src_key_padding_mask, is_causal): self_attn's attn_mask (T, T) or
+    (N * nhead, T, T), key_padding_mask (N, T), is_causal; causal=True: always causal (GPT)."""
 
     def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1, activation="relu",
-                 layer_norm_eps=1e-5, batch_first=False, norm_first=False):
+                 layer_norm_eps=1e-5, batch_first=False, norm_first=False, causal=False):
         if activation not in ("relu", "gelu"):
             raise ValueError(f"TransformerEncoderLayer: activation must be 'relu' or 'gelu', "
                              f"got {activation!r}")
         self.d_model, self.nhead, self.dim_feedforward = d_model, nhead, dim_feedforward
         self.dropout, self.activation, self.layer_norm_eps = dropout, activation, layer_norm_eps
         self.batch_first, self.norm_first, d, f = batch_first, norm_first, d_model, dim_feedforward
+        self.causal = causal
         self.self_attn = MultiheadAttention(d, nhead, dropout, batch_first=batch_first)
         self.linear1, self.linear2 = Linear(d, f), Linear(f, d)
         self.norm1, self.norm2 = LayerNorm(d, layer_norm_eps), LayerNorm(d, layer_norm_eps)
@@ -1199,34 +1262,101 @@ class TransformerEncoderLayer(Layer):
         self._sa = [self.self_attn, self.dropout1]                           # the two branches
         self._ff = [self.linear1, act, Dropout(dropout), self.linear2, self.dropout2]
 
-    def parameters(self):             # the sublayers' in torch's order: self_attn, linear1, ...
-        return [p for v in vars(self).values() if isinstance(v, Layer) for p in v.parameters()]
-
-    def train(self, mode=True):
-        for layer in self._sa + self._ff + [self.norm1, self.norm2]:
+    def train(self, mode=True):       # the sublayers, and those only in _ff: activation, dropout
+        for layer in [v for v in vars(self).values() if isinstance(v, Layer)] + self._ff:
             layer.train(mode)
-        return super().train(mode)
+        return Layer.train(self, mode)
 
-    def forward(self, x):
-        x, run = _check_tokens(self, x, self.d_model, self.batch_first), self._chain
-        if self.norm_first:
-            h = x + run(self._sa, self.norm1.forward(x))
-            return h + run(self._ff, self.norm2.forward(h))
-        h = self.norm1.forward(x + run(self._sa, x))
-        return self.norm2.forward(h + run(self._ff, h))
+    def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
+        x = _check_tokens(self, src, self.d_model, self.batch_first, "src")
+        n, t = x.shape[:2] if self.batch_first else x.shape[1::-1]
+        _masks(self, n, t, t, self.nhead, src_mask=src_mask,
+               src_key_padding_mask=src_key_padding_mask)
+        h = self._block(self.norm1, self._sa, x, attn_mask=src_mask,
+                        key_padding_mask=src_key_padding_mask, is_causal=is_causal or self.causal)
+        return self._block(self.norm2, self._ff, h)
 
     def backward(self, grad):
+        dh = self._block_back(self.norm2, self._ff, grad)
+        return self._block_back(self.norm1, self._sa, dh)
+
+    def _block(self, norm, layers, x, *args, **kwargs):
+        """norm(x + f(x)), or x + f(norm(x)) if norm_first; f: the layers in order, args and
+        kwargs going to the first (the attention: memory, masks)."""
+        def f(x):
+            return self._chain(layers[1:], layers[0].forward(x, *args, **kwargs))
+        return x + f(norm.forward(x)) if self.norm_first else norm.forward(x + f(x))
+
+    def _block_back(self, norm, layers, grad):    # the residual's dy goes to x and through f
         if self.norm_first:
-            dh = grad + self.norm2.backward(self._chain(self._ff, grad, back=True))
-            return dh + self.norm1.backward(self._chain(self._sa, dh, back=True))
-        dz = self.norm2.backward(grad)
-        dh = self.norm1.backward(dz + self._chain(self._ff, dz, back=True))
-        return dh + self._chain(self._sa, dh, back=True)
+            return grad + norm.backward(self._chain(layers, grad, back=True))
+        dz = norm.backward(grad)
+        return dz + self._chain(layers, dz, back=True)
 
     def _chain(self, layers, x, back=False):  # the layers' forward in order, or backward reversed
         for layer in reversed(layers) if back else layers:
             x = layer.backward(x) if back else layer.forward(x)
         return x
+
+
+class TransformerDecoderLayer(Layer):
+    """As torch.nn.TransformerDecoderLayer (same sublayers and keys): tgt x, y: (N, L, E) or
+    (L, N, E); memory m (the encoder's output): (N, S, E) or (S, N, E).
+    sa(x) = dropout1(self_attn(x, tgt masks)),  ca(x) = dropout2(multihead_attn(x, m, m, memory
+    masks)),  ff(x) = dropout3(linear2(dropout(activation(linear1(x))))).
+    post-norm (norm_first=False):  h = norm1(x + sa(x)),  g = norm2(h + ca(h)),
+                                   y = norm3(g + ff(g)).
+    pre-norm (norm_first=True):    h = x + sa(norm1(x)),  g = h + ca(norm2(h)),
+                                   y = g + ff(norm3(g)).
+    backward(dy) returns dtgt and leaves .grad_memory = dkey + dvalue of multihead_attn.
+    Masks: tgt_mask (L, L) or (N * nhead, L, L), memory_mask (L, S) or (N * nhead, L, S),
+    tgt_key_padding_mask (N, L), memory_key_padding_mask (N, S): bool (True = not allowed) or
+    float (added to the scores); tgt_is_causal, memory_is_causal: the flag alone applies the
+    causal mask."""
+
+    def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1, activation="relu",
+                 layer_norm_eps=1e-5, batch_first=False, norm_first=False):
+        if activation not in ("relu", "gelu"):
+            raise ValueError(f"TransformerDecoderLayer: activation must be 'relu' or 'gelu', "
+                             f"got {activation!r}")
+        self.d_model, self.nhead, self.dim_feedforward = d_model, nhead, dim_feedforward
+        self.dropout, self.activation, self.layer_norm_eps = dropout, activation, layer_norm_eps
+        self.batch_first, self.norm_first, d, f = batch_first, norm_first, d_model, dim_feedforward
+        self.self_attn = MultiheadAttention(d, nhead, dropout, batch_first=batch_first)
+        self.multihead_attn = MultiheadAttention(d, nhead, dropout, batch_first=batch_first)
+        self.linear1, self.linear2 = Linear(d, f), Linear(f, d)
+        self.norm1, self.norm2, self.norm3 = [LayerNorm(d, layer_norm_eps) for _ in range(3)]
+        self.dropout1, self.dropout2, self.dropout3 = [Dropout(dropout) for _ in range(3)]
+        act = ReLU() if activation == "relu" else GELU()
+        self._sa = [self.self_attn, self.dropout1]                          # the three branches
+        self._ca = [self.multihead_attn, self.dropout2]
+        self._ff = [self.linear1, act, Dropout(dropout), self.linear2, self.dropout3]
+
+    train = TransformerEncoderLayer.train
+    _block, _block_back = TransformerEncoderLayer._block, TransformerEncoderLayer._block_back
+    _chain = TransformerEncoderLayer._chain           # the encoder's blocks, as they are
+
+    def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
+                memory_key_padding_mask=None, tgt_is_causal=False, memory_is_causal=False):
+        x = _check_tokens(self, tgt, self.d_model, self.batch_first, "tgt")
+        m = _check_tokens(self, memory, self.d_model, self.batch_first, "memory", ("tgt", x))
+        n, t = x.shape[:2] if self.batch_first else x.shape[1::-1]
+        s = m.shape[1 if self.batch_first else 0]
+        _masks(self, n, t, t, self.nhead, tgt_mask=tgt_mask,
+               tgt_key_padding_mask=tgt_key_padding_mask)
+        _masks(self, n, t, s, self.nhead, memory_mask=memory_mask,
+               memory_key_padding_mask=memory_key_padding_mask)
+        h = self._block(self.norm1, self._sa, x, attn_mask=tgt_mask,
+                        key_padding_mask=tgt_key_padding_mask, is_causal=tgt_is_causal)
+        g = self._block(self.norm2, self._ca, h, m, m, attn_mask=memory_mask,
+                        key_padding_mask=memory_key_padding_mask, is_causal=memory_is_causal)
+        return self._block(self.norm3, self._ff, g)
+
+    def backward(self, grad):
+        dg = self._block_back(self.norm3, self._ff, grad)
+        dh = self._block_back(self.norm2, self._ca, dg)
+        self.grad_memory = self.multihead_attn.grad_key + self.multihead_attn.grad_value
+        return self._block_back(self.norm1, self._sa, dh)
 
 
 class PositionalEmbedding(Layer):
@@ -3519,7 +3649,9 @@ _TORCH_LAYERS += ("LayerNorm", "GELU", "TransformerEncoderLayer")
 # why some tinynet layers have no twin in torch.nn.Sequential
 _NOT_IN_TORCH = {
     "MultiheadAttention": "torch's takes (query, key, value) and returns a tuple, so it cannot "
-                          "sit in torch.nn.Sequential; TransformerEncoderLayer can"}
+                          "sit in torch.nn.Sequential; TransformerEncoderLayer can",
+    "TransformerDecoderLayer": "it takes two inputs (tgt, memory), so it cannot sit in "
+                               "torch.nn.Sequential"}
 
 
 def _torch_encoder_args(m):
@@ -3531,7 +3663,7 @@ def _torch_encoder_args(m):
                 dim_feedforward=m.linear1.out_features, dropout=m.dropout.p,
                 activation=("relu", "gelu")[m.activation_relu_or_gelu - 1],
                 layer_norm_eps=m.norm1.eps, batch_first=m.self_attn.batch_first,
-                norm_first=m.norm_first)
+                norm_first=m.norm_first, causal=getattr(m, "causal", False))
 _TORCH_DEFAULTS = {"dilation": (1, (1, 1)), "groups": (1,), "padding_mode": ("zeros",),
                    "ceil_mode": (False,), "return_indices": (False,), "count_include_pad": (True,),
                    "divisor_override": (None,), "affine": (True,), "track_running_stats": (True,)}
@@ -3544,7 +3676,8 @@ def _torch_sequence_modules():
     RNN, LSTM and GRU returning only their output (torch's return (output, h_n)), with torch's
     names, arguments and state-dict keys; LastStep, MeanOverSteps, PositionalEmbedding and
     Permute as a torch user writes them (x[:, -1], x.mean(dim=1), x + table[:T],
-    x.permute(0, 2, 1)), with tinynet's arguments."""
+    x.permute(0, 2, 1)), with tinynet's arguments; TransformerEncoderLayer: torch's, with
+    tinynet's causal flag (the square subsequent mask)."""
     import torch
 
     def output_only(cls):
@@ -3579,9 +3712,26 @@ def _torch_sequence_modules():
         def forward(self, x):
             return x.permute(*self.dims)
 
+    class TransformerEncoderLayer(torch.nn.TransformerEncoderLayer):
+        def __init__(self, *args, causal=False, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.causal = causal
+
+        def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
+            if self.causal:    # torch applies the causal mask it is given (with src_mask's)
+                t = src.shape[1 if self.self_attn.batch_first else 0]
+                causal = torch.nn.Transformer.generate_square_subsequent_mask(
+                    t, device=src.device, dtype=src.dtype)
+                if src_mask is not None and src_mask.dtype == torch.bool:
+                    src_mask = torch.zeros_like(causal).masked_fill(src_mask, -math.inf)
+                src_mask = causal if src_mask is None else causal + src_mask
+            return super().forward(src, src_mask, src_key_padding_mask,
+                                   is_causal=is_causal or self.causal)
+
     recurrent = {name: output_only(getattr(torch.nn, name)) for name in ("RNN", "LSTM", "GRU")}
     return recurrent | {"LastStep": LastStep, "MeanOverSteps": MeanOverSteps,
-                        "PositionalEmbedding": PositionalEmbedding, "Permute": Permute}
+                        "PositionalEmbedding": PositionalEmbedding, "Permute": Permute,
+                        "TransformerEncoderLayer": TransformerEncoderLayer}
 
 
 def _to_torch(model):
