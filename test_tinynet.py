@@ -2919,7 +2919,8 @@ def test_stop_training_set_by_a_callback_ends_fit():
 # keras, so that the suite stays fast.
 
 KERAS_FIT_ARGS = ["x", "y", "batch_size", "epochs", "verbose", "callbacks", "validation_split",
-                  "validation_data", "shuffle", "initial_epoch"]     # keras.Model.fit's first ten
+                  "validation_data", "shuffle", "class_weight", "sample_weight",
+                  "initial_epoch"]                                  # keras.Model.fit's first 12
 
 
 def test_fit_takes_keras_arguments_in_keras_order():
@@ -3096,6 +3097,7 @@ def test_keras_hook_names_are_called_in_keras_order():
     model.fit(X, y, batch_size=10, validation_data=(X, y), verbose=0, callbacks=[Log()])
     assert events == ["train_batch_begin 0", "batch_end 0", "train_batch_begin 1", "batch_end 1",
                       "test_begin", "test_batch_begin 0", "test_batch_end 0",
+                      "test_batch_begin 1", "test_batch_end 1",          # batch_size, as Keras
                       "test_end ['accuracy', 'loss']", "epoch_end 0"]
     events.clear()
     model.evaluate(X, y)                                         # fit's callbacks only
@@ -3272,6 +3274,210 @@ def test_accuracy_of_a_single_logit_model():
     assert model._correct(X[:, :1], t[:, 0]) == (6, 10)                 # 1-D targets
     assert model._correct(X[:, :1] / 10, t) == (6, 10)                  # logit 0.05 > 0: right
     assert model._correct(-X[:, :1], t) == (4, 10)
+
+
+# ── class_weight, sample_weight and validation batches, as Keras 3 defines them ──
+# Keras 3's definitions (keras/src/losses/loss.py reduce_weighted_values, reduction
+# "sum_over_batch_size"; data_adapter_utils.class_weight_to_sample_weights; compile's
+# `metrics` unweighted, `weighted_metrics` a Mean weighted by sample_weight; the loss tracker
+# averages batch losses by batch size):
+#     loss = sum_i w_i term_i / N   (N terms, not sum_i w_i)      w_i = class_weight.get(y_i, 1)
+#     weighted accuracy = sum_i w_i right_i / sum_i w_i
+
+def _weighted_setup(metrics=("accuracy",), weighted_metrics=("accuracy",)):
+    """A float64 Linear(2, 3), lr 0 (the logged values are those of these weights), and 6 samples
+    of which 3 are classified right: a wrong divisor or an unweighted mean shows."""
+    model = tn.Sequential(tn.Linear(2, 3)).astype(np.float64)
+    model[0].weight.data[...] = [[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]]
+    model[0].bias.data[...] = [0.0, 0.1, 0.2]
+    model.compile(tn.SGD(model.parameters(), lr=0.0), tn.CrossEntropyLoss(), metrics=metrics,
+                  weighted_metrics=weighted_metrics)
+    X = np.array([[2.0, 0.0], [0.0, 2.0], [-1.0, -1.0], [1.0, 0.5], [0.2, 0.3], [0.5, -2.0]])
+    y = np.array([0, 1, 1, 2, 1, 2])              # predictions 0, 1, 2, 0, 1, 2: right 0, 1, 4, 5
+    return model, X, y
+
+
+def _by_hand(X, y, w):
+    """Keras's definitions, by hand: (sum_i w_i l_i / N, mean right, sum w right / sum w)."""
+    logits = X @ np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]]).T + [0.0, 0.1, 0.2]
+    logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    terms = -logp[np.arange(len(y)), y]
+    right = logits.argmax(axis=1) == y
+    return (w * terms).sum() / len(y), right.mean(), (w * right).sum() / w.sum()
+
+
+def test_fit_sample_weight_and_class_weight_as_keras_define_them():
+    model, X, y = _weighted_setup()
+    w = np.array([1.0, 0.5, 3.0, 2.0, 0.0, 1.5])
+    loss, accuracy, weighted = _by_hand(X, y, w)
+    assert (accuracy, weighted) == (4 / 6, 3.0 / 8.0)          # right: samples 0, 1, 4, 5
+    h = model.fit(X, y, batch_size=6, sample_weight=w, verbose=0).history
+    assert h["loss"] == [pytest.approx(loss, rel=1e-12)]
+    assert h["loss"][0] != pytest.approx(loss * len(y) / w.sum())   # not divided by sum(w)
+    assert h["accuracy"] == [accuracy] and h["weighted_accuracy"] == [weighted]
+    # two batches: the logged loss is the batch losses averaged by batch size (Keras's tracker)
+    h = model.fit(X, y, batch_size=4, shuffle=False, sample_weight=w, verbose=0).history
+    first, second = _by_hand(X[:4], y[:4], w[:4])[0], _by_hand(X[4:], y[4:], w[4:])[0]
+    assert h["loss"] == [pytest.approx((4 * first + 2 * second) / 6, rel=1e-12)]
+    # class_weight: w_i = class_weight.get(y_i, 1), for training only
+    class_weight = {0: 2.0, 2: 0.25}
+    w = np.array([2.0, 1.0, 1.0, 0.25, 1.0, 0.25])
+    loss, accuracy, weighted = _by_hand(X, y, w)
+    h = model.fit(X, y, batch_size=6, class_weight=class_weight, validation_data=(X, y),
+                  verbose=0).history
+    assert h["loss"] == [pytest.approx(loss, rel=1e-12)] and h["weighted_accuracy"] == [weighted]
+    assert h["val_loss"] == [pytest.approx(_by_hand(X, y, np.ones(6))[0], rel=1e-12)]
+    assert h["val_weighted_accuracy"] == [accuracy]                    # no weights in validation
+    # weighted_metrics alone: "accuracy" is the weighted one, as Keras names it
+    model, X, y = _weighted_setup(metrics=(), weighted_metrics=("accuracy",))
+    h = model.fit(X, y, batch_size=6, class_weight=class_weight, verbose=0).history
+    assert sorted(h) == ["accuracy", "loss", "lr"] and h["accuracy"] == [weighted]
+
+
+def test_validation_and_evaluate_take_sample_weight_as_keras():
+    model, X, y = _weighted_setup()
+    w = np.array([1.0, 0.5, 3.0, 2.0, 0.0, 1.5])
+    loss, accuracy, weighted = _by_hand(X, y, w)
+    h = model.fit(X, y, validation_data=(X, y, w), verbose=0).history
+    assert h["val_loss"] == [pytest.approx(loss, rel=1e-12)]
+    assert h["val_accuracy"] == [accuracy] and h["val_weighted_accuracy"] == [weighted]
+    assert model.evaluate(X, y, sample_weight=w) == {
+        "loss": pytest.approx(loss, rel=1e-12), "accuracy": accuracy,
+        "weighted_accuracy": weighted}
+    # validation_split holds out the last samples and their weights
+    X2, y2, w2 = np.concatenate([X, X]), np.concatenate([y, y]), np.concatenate([w * 0 + 1, w])
+    h = model.fit(X2, y2, validation_split=0.5, sample_weight=w2, verbose=0).history
+    assert h["val_loss"] == [pytest.approx(loss, rel=1e-12)]
+    assert h["val_weighted_accuracy"] == [weighted]
+
+
+def test_weighted_loss_gradient_is_torchs_weighted_loss_gradient():
+    """train_step's backward is the gradient of sum_i w_i term_i / n: against torch's autograd
+    on the same weighted loss, in float64; per sample (N,) and per position (N, T) weights,
+    ignored targets (n counts the others, as Keras's mask), MSELoss, reduction="sum"."""
+    F = torch.nn.functional
+    rng = np.random.default_rng(3)
+    N, T, D, C = 5, 4, 3, 6
+    x = rng.standard_normal((N, T, D))
+    y = rng.integers(0, C, (N, T))
+    y[0, 1] = y[3, 0] = -100                                        # ignored: n = 18
+    cases = [("sample", tn.CrossEntropyLoss(), rng.random(N)),
+             ("position", tn.CrossEntropyLoss(), rng.random((N, T))),
+             ("smoothed", tn.CrossEntropyLoss(label_smoothing=0.1), rng.random(N)),
+             ("sum", tn.CrossEntropyLoss(reduction="sum"), rng.random((N, T)))]
+    for what, loss_fn, w in cases:
+        tn.manual_seed(0)
+        model = tn.Sequential(tn.Linear(D, C), tn.Permute(0, 2, 1)).astype(np.float64)
+        model.compile(tn.SGD(model.parameters(), lr=0.0), loss_fn)
+        linear = torch.nn.Linear(D, C).double()
+        linear.load_state_dict({k[2:]: torch.tensor(v) for k, v in model.state_dict().items()})
+        loss, _ = model.train_step(x, y, w)
+        terms = F.cross_entropy(linear(torch.tensor(x)).permute(0, 2, 1), torch.tensor(y),
+                                reduction="none", label_smoothing=loss_fn.label_smoothing)
+        weights = torch.tensor(w if w.ndim == 2 else w[:, None])
+        loss_t = (weights * terms).sum() / (1 if what == "sum" else 18)
+        loss_t.backward()
+        assert_parity(np.array(loss), loss_t, f"{what}: weighted loss")
+        assert_parity(model[0].weight.grad, linear.weight.grad, f"{what}: weight grad")
+        assert_parity(model[0].bias.grad, linear.bias.grad, f"{what}: bias grad")
+    # MSELoss: terms per element (N, D), a sample's weight on each: sum_i w_i sum_d e^2 / (N D)
+    tn.manual_seed(0)
+    model = tn.Sequential(tn.Linear(D, 2)).astype(np.float64)
+    model.compile(tn.SGD(model.parameters(), lr=0.0), tn.MSELoss(), metrics=())
+    linear = torch.nn.Linear(D, 2).double()
+    linear.load_state_dict({k[2:]: torch.tensor(v) for k, v in model.state_dict().items()})
+    xs, target, w = x[:, 0], rng.standard_normal((N, 2)), rng.random(N)
+    loss, _ = model.train_step(xs, target, w)
+    loss_t = (torch.tensor(w[:, None]) * (linear(torch.tensor(xs)) - torch.tensor(target)) ** 2
+              ).sum() / (N * 2)
+    loss_t.backward()
+    assert_parity(np.array(loss), loss_t, "MSELoss: weighted loss")
+    assert_parity(model[0].weight.grad, linear.weight.grad, "MSELoss: weight grad")
+
+
+def test_class_weight_per_position_for_sequence_targets():
+    """Class-index targets (N, T): each position gets its target's class weight (Keras's temporal
+    sample weights); ignored positions are not counted; one-hot targets: the arg-max class."""
+    model = tn.Sequential(tn.Linear(3, 4), tn.Permute(0, 2, 1)).astype(np.float64)
+    model.compile(tn.SGD(model.parameters(), lr=0.0), tn.CrossEntropyLoss())
+    y = np.array([[0, 1, 3], [2, -100, 1]])
+    weights = model._class_weights(y, {1: 3.0, 3: 0.5})
+    np.testing.assert_array_equal(weights, [[1.0, 3.0, 0.5], [1.0, 1.0, 3.0]])
+    one_hot = np.eye(4)[[0, 3, 1]]
+    np.testing.assert_array_equal(model._class_weights(one_hot, {3: 2.0}), [1.0, 2.0, 1.0])
+    x = np.random.default_rng(0).standard_normal((2, 3, 3))
+    out = model.predict(x)
+    right = out.argmax(axis=1) == np.where(y < 0, 0, y)
+    counted = y != -100
+    expected = (weights * right * counted).sum() / (weights * counted).sum()
+    assert model._correct(out, y, weights=weights) == (
+        pytest.approx((weights * right * counted).sum()), pytest.approx((weights * counted).sum()))
+    model.compile(model.optimizer, model.loss, metrics=(), weighted_metrics=("accuracy",))
+    h = model.fit(x, y, class_weight={1: 3.0, 3: 0.5}, verbose=0).history
+    assert h["accuracy"] == [pytest.approx(expected)]
+
+
+def test_validation_runs_in_batches_of_batch_size():
+    """Keras evaluates validation data in batches of batch_size: on_test_batch_begin is called
+    ceil(n_val / batch_size) times per epoch (evaluate and predict keep their batch_size)."""
+    class Count(tn.Callback):
+        def __init__(self):
+            self.sizes = []
+
+        def on_test_batch_end(self, batch, logs=None):
+            self.sizes.append(logs["size"])
+
+    X, y = _tiny_data(40)
+    count = Count()
+    _compiled().fit(X, y, batch_size=4, epochs=2, validation_split=0.25, verbose=0,
+                    callbacks=[count])
+    assert count.sizes == [4, 4, 2] * 2                          # 10 held out, batches of 4
+    count.sizes.clear()
+    _compiled().fit(X, y, validation_data=(X[:9], y[:9]), batch_size=5, verbose=0,
+                    callbacks=[count])
+    assert count.sizes == [5, 4]
+    count.sizes.clear()
+    _compiled().fit(X, y, validation_data=(X, y), verbose=0, callbacks=[count])   # None: 32
+    assert count.sizes == [32, 8]
+
+
+def test_fit_weights_bad_input_errors_name_fit():
+    model, X, y = _weighted_setup()
+    with pytest.raises(ValueError, match=r"Sequential\.fit: sample_weight must have shape "
+                                         r"\(6,\) \(one weight per sample\), got shape \(5,\)"):
+        model.fit(X, y, sample_weight=np.ones(5), verbose=0)
+    with pytest.raises(ValueError, match=r"Sequential\.fit: sample weights must be finite and "
+                                         r">= 0, got min -1"):
+        model.fit(X, y, sample_weight=[1, 1, -1, 1, 1, 1], verbose=0)
+    with pytest.raises(ValueError, match=r"sample weights must be finite"):
+        model.fit(X, y, sample_weight=[1, 1, np.nan, 1, 1, 1], verbose=0)
+    with pytest.raises(TypeError, match=r"Sequential\.fit: sample_weight must be numbers"):
+        model.fit(X, y, sample_weight=["a"] * 6, verbose=0)
+    with pytest.raises(ValueError, match=r"Sequential\.fit: class_weight names class 3, which the "
+                                         r"targets do not have \(their classes: \[0, 1, 2\]\)"):
+        model.fit(X, y, class_weight={0: 1.0, 3: 2.0}, verbose=0)
+    with pytest.raises(ValueError, match=r"Sequential\.fit: class weights must be finite numbers "
+                                         r">= 0, got -2\.0 for class 1"):
+        model.fit(X, y, class_weight={1: -2.0}, verbose=0)
+    with pytest.raises(TypeError, match=r"Sequential\.fit: class_weight's keys must be class "
+                                        r"indices \(integers\), got '1'"):
+        model.fit(X, y, class_weight={"1": 2.0}, verbose=0)
+    with pytest.raises(TypeError, match=r"Sequential\.fit: class_weight must be a dict"):
+        model.fit(X, y, class_weight=[1.0, 2.0, 3.0], verbose=0)
+    with pytest.raises(ValueError, match=r"Sequential\.fit: give class_weight or sample_weight, "
+                                         r"not both"):
+        model.fit(X, y, class_weight={0: 2.0}, sample_weight=np.ones(6), verbose=0)
+    with pytest.raises(ValueError, match=r"Sequential\.fit \(validation_data\): sample_weight "
+                                         r"must have shape \(6,\)"):
+        model.fit(X, y, validation_data=(X, y, np.ones(2)), verbose=0)
+    with pytest.raises(ValueError, match=r"Sequential\.fit: validation_data must be \(x, y\) or "
+                                         r"\(x, y, sample_weight\), got tuple of length 4"):
+        model.fit(X, y, validation_data=(X, y, y, y), verbose=0)
+    with pytest.raises(ValueError, match=r"Sequential\.evaluate: sample_weight must have shape"):
+        model.evaluate(X, y, sample_weight=np.ones(7))
+    with pytest.raises(ValueError, match=r"Sequential\.compile: unknown metrics \['mse'\]"):
+        model.compile(model.optimizer, model.loss, weighted_metrics=("mse",))
+    assert model.get_weights()[0][0, 0] == 1.0                  # nothing ran
 
 
 # ── schedulers in fit ───────────────────────────────────────────────────────
@@ -7548,12 +7754,12 @@ EXCERPT_ARGS |= {"Embedding": ((7, 3), (2, 5)), "RNN": ((3, 4, 2), (5, 2, 3)),
                  "LSTMCell": ((3, 4), (5, 3)), "GRUCell": ((3, 4), (5, 3))}
 EXCERPT_INPUTS = {"Embedding": lambda shape: np.random.default_rng(1).integers(0, 7, shape)}
 # layer: lines its excerpt may reach. Ceilings to notice, not targets: every excerpt brings the
-# Layer core (43 lines with composition); recurrent layers bring _RNNBase (layers, directions,
+# Layer core (44 lines with composition); recurrent layers bring _RNNBase (layers, directions,
 # dropout, states in and out) and their step's formulas; cells bring _CellBase (the stack of
 # calls) and the same step; the decoder's excerpt holds the encoder's, whose blocks it borrows.
 # Readable code first: if a change needs more, raise the number and say why, rather than
 # squeeze the code. The test prints the sizes; README states them.
-COPIED_WHOLE = {"Embedding": 77, "RNN": 270, "LSTM": 270, "GRU": 270, "RNNCell": 210,
+COPIED_WHOLE = {"Embedding": 78, "RNN": 270, "LSTM": 270, "GRU": 270, "RNNCell": 210,
                 "LSTMCell": 210, "GRUCell": 210}
 ATTENTION_EXCERPTS = {"LayerNorm": 137, "GELU": 137, "MultiheadAttention": 195,
                       "TransformerEncoderLayer": 380, "TransformerDecoderLayer": 440}
@@ -7570,8 +7776,9 @@ EXCERPT_INPUTS["TransformerDecoderLayer"] = lambda shape: tuple(     # (tgt, mem
 
 
 def _definitions():
-    """{name: (ast node, source lines)} of every module-level definition of tinynet.py, and the
-    import lines."""
+    """{name: source text} of every module-level definition of tinynet.py, and the import lines.
+    `class Layer(LayerState):` is taken as `class Layer:`, as a copy may write it (LayerState is
+    the saving part a copied layer does not need; Layer's docstring says so)."""
     source = open(tn.__file__).read()
     tree, lines = ast.parse(source), source.splitlines()
     defs, imports = {}, []
@@ -7581,7 +7788,7 @@ def _definitions():
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             imports.append(text)
         elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            defs[node.name] = text
+            defs[node.name] = text.replace("class Layer(LayerState):", "class Layer:", 1)
         elif isinstance(node, ast.Assign):
             for target in node.targets:
                 if isinstance(target, ast.Name):
@@ -7642,8 +7849,8 @@ def test_each_layer_copies_out_alone_and_stays_short(capsys):
         print("\ncopy excerpt lines: " + ", ".join(f"{k} {v}" for k, v in sizes.items())
               + f"; median {median:g}")
     # ceilings to notice (see COPIED_WHOLE): the Layer core's composition and the three cells
-    # moved the median from 60
-    assert median <= 90 and sizes["Conv2d"] <= 137 and sizes["MaxPool2d"] <= 117, sizes
+    # moved the median from 60; Layer's docstring naming LayerState added 1 line to each
+    assert median <= 90 and sizes["Conv2d"] <= 138 and sizes["MaxPool2d"] <= 118, sizes
     assert all(sizes[name] <= limit for name, limit in ATTENTION_EXCERPTS.items()), sizes
     assert all(sizes[name] <= most for name, most in COPIED_WHOLE.items()), sizes
 

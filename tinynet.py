@@ -10,13 +10,14 @@ Sections, in order: parameters and base layer · layers (ending with sequences: 
 and recurrent layers) · attention and transformers · losses · optimizers · schedulers ·
 Model, Sequential, History and callbacks · saving, loading and PyTorch interop · gradient check ·
 data · plots.
-A layer copies out alone with `Layer` (the core: 43 lines), `Parameter`, `_rng`
+A layer copies out alone with `Layer` (the core: 44 lines), `Parameter`, `_rng`
 and the few helpers it names; saving, loading, astype and repr are LayerState's,
-composed into Layer in their own section. Only numpy (and the standard library)
-is imported at module level; tqdm, matplotlib, scipy, scikit-learn, threadpoolctl
-and torch are imported inside the functions that need them.
+Layer's base class defined just before it, which a copy leaves out (`class Layer:`).
+Only numpy (and the standard library) is imported at module level; tqdm, matplotlib,
+scipy, scikit-learn, threadpoolctl and torch are imported inside the functions that need them.
 """
 import contextlib
+import copy
 import gzip
 import hashlib
 import http.client
@@ -65,8 +66,105 @@ def _is_parameter(v):                 # the one definition: anything with .data 
     return hasattr(v, "data") and hasattr(v, "grad")
 
 
-class Layer:
-    """Base class: forward(x) -> y; backward(grad_y) -> grad_x, adding into parameters' .grad."""
+class LayerState:
+    """Layer's saving part, its base class: named_parameters, named_buffers, state_dict,
+    load_state_dict, astype, config and repr. It uses Layer's parameters() and _sublayers().
+
+    A layer's state is its parameters, then its `buffers` (names of non-learnable arrays, e.g.
+    BatchNorm's running statistics), with torch's key names. Its config is its class and
+    constructor arguments, read back from the attributes of the same names (as torch's layers
+    keep them; a Parameter or None stands for the `bias` flag); a layer of your own that keeps
+    them otherwise defines config().
+    """
+    buffers = ()
+
+    def named_parameters(self):
+        """[(name, parameter)] in torch's order: own Parameters in attribute order, then each
+        sublayer's under "sublayer.name" ("blocks.0.weight"); a Parameter reached twice (a tied
+        weight) is listed once, under its first name (torch's remove_duplicate)."""
+        own = [(k, v) for k, v in vars(self).items() if _is_parameter(v)]
+        return _once(own + [(f"{name}.{k}", p) for name, layer in self._sublayers()
+                            for k, p in layer.named_parameters()])
+
+    def named_buffers(self):
+        """[(name, array)]: own buffers, then each sublayer's, as named_parameters."""
+        own = [(k, getattr(self, k)) for k in self.buffers]
+        return _once(own + [(f"{name}.{k}", b) for name, layer in self._sublayers()
+                            for k, b in layer.named_buffers()])
+
+    def _state_arrays(self):
+        """{name: the live array} in torch's state_dict order: own parameters' data, own buffers,
+        then each sublayer's under "sublayer.name". A tied Parameter keeps each of its names
+        (torch's state_dict too): load_state_dict fills it from each."""
+        sublayers = list(self._sublayers())
+        inside = tuple(f"{name}." for name, _ in sublayers)      # keys of a sublayer's parameters
+        arrays = {k: p.data for k, p in self.named_parameters() if not k.startswith(inside)}
+        arrays |= {k: getattr(self, k) for k in self.buffers}
+        for name, layer in sublayers:
+            arrays |= {f"{name}.{k}": v for k, v in layer._state_arrays().items()}
+        return arrays
+
+    def state_dict(self):
+        """{name: copy of the array}, parameters then buffers, with torch's key names."""
+        return {k: np.array(v) for k, v in self._state_arrays().items()}
+
+    def load_state_dict(self, state):
+        """Copy arrays (NumPy or torch tensors) into the parameters and buffers, in place.
+
+        Keys and shapes must match exactly (torch's `num_batches_tracked` is ignored);
+        values are cast to the layer's dtype. Nothing is copied unless everything matches.
+        """
+        name, own = type(self).__name__, self._state_arrays()
+        state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+        missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+        if missing or unexpected:
+            raise ValueError(f"{name}.load_state_dict: missing keys {missing}, "
+                             f"unexpected keys {unexpected}")
+        pairs = []                                   # check every shape before copying anything
+        for k, v in state.items():
+            v = np.asarray(_plain(v))                   # torch tensors become arrays
+            if v.shape != own[k].shape:
+                raise ValueError(f"{name}.load_state_dict: {k!r} has shape {v.shape}, "
+                                 f"expected {own[k].shape}")
+            pairs.append((own[k], v))
+        for target, v in pairs:
+            target[...] = v
+        return self
+
+    def astype(self, dtype):
+        """Convert every parameter (and its grad) and buffer to `dtype`, in place, sublayers too
+        (an array already of that dtype is kept: a tied Parameter reached again is left alone)."""
+        for p in self.parameters():
+            p.data, p.grad = p.data.astype(dtype, copy=False), p.grad.astype(dtype, copy=False)
+        for k in self.buffers:
+            setattr(self, k, getattr(self, k).astype(dtype, copy=False))
+        for _, layer in self._sublayers():
+            layer.astype(dtype)
+        return self
+
+    def config(self):
+        """{"class": name, "kwargs": constructor arguments}: enough to rebuild the layer."""
+        kwargs = {}
+        for arg, spec in _init_args(type(self)):
+            v = getattr(self, arg, spec.default)
+            if v is spec.empty:
+                raise ValueError(f"{type(self).__name__}: keep the constructor argument {arg!r} "
+                                 f"as self.{arg} "
+                                 "(or define config()) so that the layer can be saved")
+            if _is_parameter(v) or (v is None and isinstance(spec.default, bool)):
+                v = v is not None                                     # the bias flag
+            kwargs[arg] = (v.tolist() if isinstance(v, np.ndarray)
+                           else list(v) if isinstance(v, tuple) else v)
+        return {"class": type(self).__name__, "kwargs": kwargs}
+
+    def __repr__(self):
+        kwargs = self.config()["kwargs"]
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+
+
+class Layer(LayerState):
+    """Base class: forward(x) -> y; backward(grad_y) -> grad_x, adding into parameters' .grad.
+    Saving, loading, astype, repr: LayerState's (above); a copy may write `class Layer:` alone."""
     training = True
     needs_input_grad = True   # False lets backward skip grad_x (the first layer of a model)
 
@@ -2840,6 +2938,15 @@ def _length(x):
     return len(x[0]) if isinstance(x, tuple) else len(x)
 
 
+def _spread(weights, shape):
+    """Weights per sample (N,) or per position (N, d1, ...) broadcast to `shape`: (N, ...) by
+    trailing axes of 1, or (N, C, d1, ...) by a class axis 1 inserted."""
+    if weights.shape == tuple(shape[:1]) + tuple(shape[2:]) and len(shape) > weights.ndim:
+        weights = np.expand_dims(weights, 1)                               # (N, 1, d1, ...)
+    weights = weights.reshape(weights.shape + (1,) * (len(shape) - weights.ndim))
+    return np.broadcast_to(weights, shape)
+
+
 def _drop_caches(layer):
     """Forget what forward saved for backward, in the layer and every sublayer (frees memory)."""
     layer._cache = None
@@ -2858,7 +2965,7 @@ class Model(Layer):
     and shuffled together and forward gets the tuple (evaluate and predict too).
     """
     optimizer = loss = scheduler = history = None
-    metrics, stop_training = (), False
+    metrics, weighted_metrics, stop_training = (), (), False
 
     def forward(self, x):
         raise NotImplementedError(f"{type(self).__name__}: a Model subclass defines forward(x) "
@@ -2926,10 +3033,13 @@ class Model(Layer):
             raise ValueError(f"{where}: {e}") from None
 
     # -- training ---------------------------------------------------------------
-    def compile(self, optimizer, loss, metrics=("accuracy",), scheduler=None):
+    def compile(self, optimizer, loss, metrics=("accuracy",), scheduler=None,
+                weighted_metrics=()):
         """Set the optimizer, the loss (a Loss instance), the metrics and an optional LR scheduler.
 
         metrics: "accuracy", or "acc" (Keras's alias: the logs then say "acc", "val_acc").
+        weighted_metrics: the same names, weighted by fit's sample_weight or class_weight, as
+        Keras's (`metrics` are not weighted); one also in `metrics` is logged "weighted_accuracy".
         The scheduler is a tn.LRScheduler, or any object with step() and its two attributes
         `step_every` ("epoch" or "batch") and `needs_metric` (True: step(val_loss)).
         """
@@ -2941,7 +3051,7 @@ class Model(Layer):
             raise ValueError(f"{name}.compile: {loss!r} gives one loss per sample; fit "
                              "needs one number per batch: use reduction='mean' (the default) "
                              "or 'sum'")
-        unknown = set(metrics) - {"accuracy", "acc"}
+        unknown = (set(metrics) | set(weighted_metrics)) - {"accuracy", "acc"}
         if unknown:
             raise ValueError(f"{name}.compile: unknown metrics {sorted(unknown)}; "
                              f"known: ['accuracy'] (or its alias 'acc')")
@@ -2955,33 +3065,62 @@ class Model(Layer):
                 raise ValueError(f"{name}.compile: the scheduler's step_every must be 'epoch' "
                                  f"or 'batch', got {scheduler.step_every!r}")
         self.optimizer, self.loss, self.metrics = optimizer, loss, tuple(metrics)
-        self.scheduler = scheduler
+        self.weighted_metrics, self.scheduler = tuple(weighted_metrics), scheduler
         return self
 
-    def train_step(self, x, y):
+    def train_step(self, x, y, sample_weight=None):
         """One update on the batch (x, y) -> (loss, output). fit calls it for every batch;
         override it to change a step. The steps:
         1. forward: out = model(x)
-        2. loss = loss(out, y) (a NaN or infinite loss stops training with the usual causes)
+        2. loss = loss(out, y), or with sample weights Keras's weighted mean (see _weighted_loss)
+           (a NaN or infinite loss stops training with the usual causes)
         3. zero every parameter's .grad
         4. backward: every layer adds into its parameters' .grad
         5. optimizer step
         6. the scheduler's step, if it steps after every batch."""
         out = self.forward(x)
-        loss = self.loss.forward(out, y)
+        if sample_weight is None:
+            loss, grad_out = self.loss.forward(out, y), None
+        else:
+            loss, grad_out = self._weighted_loss(out, y, sample_weight)
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"the loss became {loss} "
                                 f"(lr {self.optimizer.param_groups[0]['lr']:g}); "
                                 f"usual causes for {type(self.loss).__name__}: {self.loss.hint}")
         self.optimizer.zero_grad()
-        self.backward(self.loss.backward())
+        self.backward(self.loss.backward() if grad_out is None else grad_out)
         self.optimizer.step()
         if self.scheduler is not None and self.scheduler.step_every == "batch":
             self.scheduler.step()
         return loss, out
 
+    def _weighted_loss(self, out, y, weights, need_grad=True):
+        """Keras's loss with sample weights (reduction "sum_over_batch_size"): the loss's terms
+        (its reduction="none": one per sample, per position or per element), each times the
+        weight w of its sample (or position), summed, and divided by their number n, not by
+        the sum of the weights:
+            loss = sum_i w_i term_i / n        (the loss's reduction "mean"; n counts the terms
+                                                whose target is not its ignore_index, as Keras's
+                                                mask; 0 when n = 0)
+            loss = sum_i w_i term_i            ("sum")
+            dloss/dout = the loss's backward(grad) with grad_i = w_i / n   (w_i for "sum")
+        -> (loss, dloss/dout or None)."""
+        terms_loss = copy.copy(self.loss)              # the same loss, giving its terms
+        terms_loss.reduction = "none"
+        terms = terms_loss.forward(out, y)                          # (N, ...)
+        if np.ndim(terms) == 0:
+            raise TypeError(f"{type(self).__name__}.fit: sample_weight and class_weight need the "
+                            f"loss's terms (reduction='none'); {self.loss!r} returned one number")
+        w = _spread(weights, terms.shape).astype(terms.dtype)      # (N, ...) terms' shape
+        ignore_index = getattr(self.loss, "ignore_index", None)
+        n = terms.size if ignore_index is None else int((y != ignore_index).sum())
+        divisor = max(n, 1) if self.loss.reduction == "mean" else 1
+        loss = float((w * terms).sum() / divisor)
+        return loss, terms_loss.backward(w / divisor) if need_grad else None
+
     def fit(self, x, y, batch_size=None, epochs=1, verbose=1, callbacks=None, validation_split=0.0,
-            validation_data=None, shuffle=True, initial_epoch=0):
+            validation_data=None, shuffle=True, class_weight=None, sample_weight=None,
+            initial_epoch=0):
         """Train on (x, y) in minibatches of batch_size (None: 32), one `train_step` each, from
         epoch `initial_epoch` up to `epochs` (Keras's arguments, in Keras's order); -> History.
 
@@ -2992,7 +3131,20 @@ class Model(Layer):
         ignored when validation_data is given). history: loss, accuracy, val_loss, val_accuracy,
         and lr (the lr each epoch started with). verbose: see ProgressLog. initial_epoch resumes
         a run (e.g. after load_checkpoint): epochs are numbered from it, and a scheduler that
-        counts epochs (or batches) and is behind is first stepped up to it.
+        counts epochs (or batches) and is behind is first stepped up to it. Validation runs in
+        batches of batch_size, as Keras's (on_test_batch_* once per batch).
+
+        Weights, as Keras's (training only; give one or the other):
+        sample_weight: one weight >= 0 per sample (N,), or per target position for class-index
+            targets (N, d1, ...) (Keras's temporal weights); validation_split keeps the held-out
+            samples' weights for val_loss, and validation_data may be (x, y, sample_weight).
+        class_weight: {class: weight}; each sample (or position) gets its target's class weight,
+            1 for a class not named (the class: the label; the arg-max over axis 1 of a one-hot
+            target; a 0/1 target rounded).
+        The batch loss is then sum_i w_i term_i / n (see _weighted_loss) and its gradient is
+        what backward gets; logged loss = those batch losses averaged by batch size, as
+        Keras's. The accuracy of `metrics` is not weighted; `weighted_metrics` is:
+        sum_i w_i right_i / sum_i w_i.
         """
         name = type(self).__name__
         if self.optimizer is None:
@@ -3001,7 +3153,8 @@ class Model(Layer):
         if batch_size < 1:
             raise ValueError(f"{name}.fit: batch_size must be >= 1 (or None: 32), "
                              f"got {batch_size}")
-        x, y, validation_data = self._fit_data(x, y, validation_data, validation_split)
+        x, y, weights, validation_data = self._fit_data(x, y, validation_data, validation_split,
+                                                        class_weight, sample_weight)
         steps = math.ceil(_length(x) / batch_size)
         callbacks = self._callbacks(callbacks, verbose, epochs, steps)
         self._continue_schedule(initial_epoch, steps)
@@ -3010,30 +3163,33 @@ class Model(Layer):
         for epoch in range(initial_epoch, epochs):
             self.train()
             lr, seen, total = self.optimizer.param_groups[0]["lr"], 0, 0.0
-            correct = counted = 0                  # accuracy: positions right, positions counted
+            counts = np.zeros(4)            # accuracy: right, counted; weighted right, counted
             _notify(callbacks, "on_epoch_begin", epoch, {})
             # the rows of each batch, drawn as minibatches draws them
             for batch, (rows, yb) in enumerate(minibatches(np.arange(len(y)), y, batch_size,
                                                            shuffle)):
                 xb = _rows(x, rows)
+                wb = None if weights is None else weights[rows]
                 _notify(callbacks, "on_train_batch_begin", batch, {})
                 try:
-                    loss, out = self.train_step(xb, yb)
+                    if wb is None:
+                        loss, out = self.train_step(xb, yb)
+                    else:
+                        loss, out = self.train_step(xb, yb, wb)
                 except NonFiniteLoss as e:
                     raise NonFiniteLoss(f"{name}.fit: at epoch {epoch + 1}, batch {batch + 1}, "
                                         f"{e}") from None
-                batch_logs = {"loss": loss, "size": len(yb)}
-                if self.metrics:
-                    right, positions = self._correct(out, yb, "fit")
-                    batch_logs.update(dict.fromkeys(self.metrics, right / max(positions, 1)))
-                    correct, counted = correct + right, counted + positions
+                batch_counts = self._accuracy_counts(out, yb, wb, "fit")
+                batch_logs = {"loss": loss, "size": len(yb), **self._metric_logs(batch_counts)}
+                counts += batch_counts
                 seen, total = seen + len(yb), total + loss * len(yb)
                 _notify(callbacks, "on_train_batch_end", batch, batch_logs)
                 if self.stop_training:
                     break
-            logs = {"loss": total / seen, **dict.fromkeys(self.metrics, correct / max(counted, 1))}
+            logs = {"loss": total / seen, **self._metric_logs(counts)}
             if validation_data is not None:
-                val = self._evaluate(*validation_data, callbacks=callbacks, where="fit")
+                val_x, val_y, val_weights = validation_data
+                val = self._evaluate(val_x, val_y, val_weights, batch_size, callbacks, "fit")
                 logs.update({"val_" + k: v for k, v in val.items()})
             logs["lr"] = lr
             if self.scheduler is not None and self.scheduler.step_every == "epoch":
@@ -3079,18 +3235,97 @@ class Model(Layer):
         while sched.last_epoch < initial_epoch * (steps if sched.step_every == "batch" else 1):
             sched.step()
 
-    def _fit_data(self, x, y, validation_data, validation_split):
-        """(x, y, validation_data) checked and cast; validation_split takes the tail of x."""
+    def _fit_data(self, x, y, validation_data, validation_split, class_weight, sample_weight):
+        """(x, y, weights, (val_x, val_y, val_weights) or None) checked and cast; weights: one
+        per sample or position, or None; validation_split takes the tail of x (and of
+        sample_weight; class weights are for training only, as Keras's)."""
+        name = type(self).__name__
         x, y = self._check_data("fit", x, y)
+        if class_weight is not None and sample_weight is not None:
+            raise ValueError(f"{name}.fit: give class_weight or sample_weight, not both (as "
+                             "Keras); to combine them, multiply them into sample_weight")
+        if class_weight is not None:
+            weights = self._class_weights(y, class_weight)
+        else:
+            weights = self._sample_weights("fit", y, sample_weight)
         if validation_data is not None:                      # validation_data wins, as in Keras
-            return x, y, self._check_data("fit (validation_data)", *validation_data)
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise ValueError(f"{name}.fit: validation_data must be (x, y) or (x, y, "
+                                 f"sample_weight), got {type(validation_data).__name__} "
+                                 f"of length {len(validation_data)}")
+            val_x, val_y = self._check_data("fit (validation_data)", *validation_data[:2])
+            val_weights = validation_data[2] if len(validation_data) == 3 else None
+            val_weights = self._sample_weights("fit (validation_data)", val_y, val_weights)
+            return x, y, weights, (val_x, val_y, val_weights)
         if validation_split:
             if not 0 < validation_split < 1:
-                raise ValueError(f"{type(self).__name__}.fit: validation_split must be in (0, 1), "
+                raise ValueError(f"{name}.fit: validation_split must be in (0, 1), "
                                  f"got {validation_split}")
             cut = int(len(y) * (1 - validation_split))
-            return _rows(x, slice(None, cut)), y[:cut], (_rows(x, slice(cut, None)), y[cut:])
-        return x, y, None
+            val_weights = None if sample_weight is None else weights[cut:]
+            return (_rows(x, slice(None, cut)), y[:cut], None if weights is None else weights[:cut],
+                    (_rows(x, slice(cut, None)), y[cut:], val_weights))
+        return x, y, weights, None
+
+    def _sample_weights(self, where, y, sample_weight):
+        """sample_weight as a float64 array of shape (N,), or y's shape for class-index targets
+        (N, d1, ...) (a weight per position); each finite and >= 0. None stays None."""
+        if sample_weight is None:
+            return None
+        name = type(self).__name__
+        try:
+            weights = np.array(_plain(sample_weight), dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name}.{where}: sample_weight must be numbers, one per sample, "
+                            f"got {type(sample_weight).__name__}") from None
+        shapes = [(len(y),)]
+        if y.ndim > 1 and np.issubdtype(y.dtype, np.integer):
+            shapes.append(y.shape)                           # a weight per target position
+        if weights.shape not in shapes:
+            raise ValueError(f"{name}.{where}: sample_weight must have shape "
+                             f"{' or '.join(map(str, shapes))} (one weight per sample"
+                             f"{', or per target position' if len(shapes) > 1 else ''}), "
+                             f"got shape {weights.shape}")
+        if not np.isfinite(weights).all() or (weights < 0).any():
+            raise ValueError(f"{name}.{where}: sample weights must be finite and >= 0, got "
+                             f"min {weights.min():g}, max {weights.max():g}")
+        return weights
+
+    def _class_weights(self, y, class_weight):
+        """Keras's class_weight_to_sample_weights: each target's class weight, 1 for a class not
+        in class_weight; the target's class: its label for integer labels (N,) or (N, d1, ...)
+        (one weight per position), the arg-max over axis 1 for a one-hot target (N, C, ...),
+        the rounded value of a 0/1 target (N,) or (N, 1). A class named that the targets do
+        not have, a key that is not an integer or a weight < 0 is an error."""
+        name = type(self).__name__
+        if not isinstance(class_weight, dict):
+            raise TypeError(f"{name}.fit: class_weight must be a dict {{class index: weight}}, "
+                            f"got {type(class_weight).__name__}")
+        one_hot = y.ndim > 1 and y.shape[1] > 1 and not np.issubdtype(y.dtype, np.integer)
+        if one_hot:
+            labels = y.argmax(axis=1)                                      # (N, d1, ...)
+        elif y.ndim > 1 and y.shape[1] == 1:
+            labels = np.round(y[:, 0]).astype(np.int64)                    # (N,)
+        else:                                    # integer labels (N, d1, ...), 0/1 targets (N,)
+            labels = np.round(y).astype(np.int64)
+        ignore_index = getattr(self.loss, "ignore_index", None)
+        counted = labels if ignore_index is None else labels[labels != ignore_index]
+        classes = list(range(y.shape[1])) if one_hot else np.unique(counted).tolist()
+        for c, w in class_weight.items():
+            if isinstance(c, bool) or not isinstance(c, (int, np.integer)):
+                raise TypeError(f"{name}.fit: class_weight's keys must be class indices "
+                                f"(integers), got {c!r}")
+            if c not in classes:
+                raise ValueError(f"{name}.fit: class_weight names class {c}, which the targets "
+                                 f"do not have (their classes: {classes})")
+            if isinstance(w, bool) or not isinstance(w, (int, float, np.number)) \
+                    or not (math.isfinite(w) and w >= 0):
+                raise ValueError(f"{name}.fit: class weights must be finite numbers >= 0, got "
+                                 f"{w!r} for class {c}")
+        weights = np.ones(labels.shape)                                    # (N, d1, ...)
+        for c, w in class_weight.items():                                  # a loop over classes
+            weights[labels == c] = w
+        return weights
 
     def _check_data(self, where, X, y):
         """Cast X (an array, or a tuple of arrays) to the model's dtype; reject inputs whose
@@ -3117,27 +3352,53 @@ class Model(Layer):
             return X
         return X.astype(self._dtype(), copy=False)
 
-    def _correct(self, out, y, where="fit"):
-        """(positions right, positions counted) for accuracy.
+    def _accuracy_counts(self, out, y, weights, where):
+        """[right, counted, weighted right, weighted counted] for the metrics and weighted_metrics
+        (see _correct; without weights the weighted counts are the plain ones)."""
+        if not (self.metrics or self.weighted_metrics):
+            return np.zeros(4)
+        plain = self._correct(out, y, where)
+        weighted = plain if weights is None else self._correct(out, y, where, weights)
+        return np.array(plain + weighted, dtype=np.float64)
+
+    def _metric_logs(self, counts):
+        """{metric: value} from _accuracy_counts's sums: the accuracy of `metrics`, right /
+        counted, then `weighted_metrics`' (Keras's weighted mean, 0 when the weights sum to 0),
+        named "weighted_accuracy" when "accuracy" is also in `metrics`, as Keras names them."""
+        right, counted, weighted_right, weighted_counted = counts
+        logs = dict.fromkeys(self.metrics, float(right / max(counted, 1)))
+        for metric in self.weighted_metrics:
+            value = float(weighted_right / weighted_counted) if weighted_counted else 0.0
+            logs["weighted_" + metric if metric in self.metrics else metric] = value
+        return logs
+
+    def _correct(self, out, y, where="fit", weights=None):
+        """(positions right, positions counted) for accuracy; with weights (one per sample, or
+        per position), each position counts its weight: (sum w right, sum w counted).
 
         Class-index targets y (N, d1, ...) against outputs (N, C, d1, ...), as the losses take
         them: a position is right when the arg-max over the C classes (axis 1) is its target;
         positions whose target is the loss's ignore_index (if it has one) are not counted.
         A target shaped as the output (one-hot, probabilities): arg-max against arg-max. One
         output column (N, 1): the logit's sign against a 0/1 target."""
-        if out.ndim == 2 and out.shape[1] == 1:
-            return int(((out[:, 0] > 0) == (np.reshape(y, len(y)) > 0.5)).sum()), len(y)
-        if y.shape == out.shape:
-            return int((out.argmax(axis=1) == y.argmax(axis=1)).sum()), y.size // y.shape[1]
         positions = out.shape[:1] + out.shape[2:]
-        if y.shape != positions:
+        counted = np.ones(positions, bool)                                 # (N, d1, ...)
+        if out.ndim == 2 and out.shape[1] == 1:
+            right = (out[:, 0] > 0) == (np.reshape(y, len(y)) > 0.5)       # (N,)
+        elif y.shape == out.shape:
+            right = out.argmax(axis=1) == y.argmax(axis=1)                 # (N, d1, ...)
+        elif y.shape != positions:
             raise ValueError(f"{type(self).__name__}.{where}: accuracy needs one class index per "
                              f"position of the output {out.shape}, targets of shape {positions}"
                              f" (or {out.shape}: one-hot), got targets of shape {y.shape}")
-        ignore_index = getattr(self.loss, "ignore_index", None)
-        counted = np.ones(y.shape, bool) if ignore_index is None else y != ignore_index
-        right = (out.argmax(axis=1) == y) & counted
-        return int(right.sum()), int(counted.sum())
+        else:
+            ignore_index = getattr(self.loss, "ignore_index", None)
+            counted = counted if ignore_index is None else y != ignore_index
+            right = (out.argmax(axis=1) == y) & counted
+        if weights is None:
+            return int(right.sum()), int(counted.sum())
+        w = _spread(weights, right.shape) * counted                        # (N, d1, ...)
+        return float((w * right).sum()), float(w.sum())
 
     # -- inference ----------------------------------------------------------------
     def _predictions(self, X, batch_size, callbacks=()):
@@ -3161,28 +3422,33 @@ class Model(Layer):
         mode (verbose: accepted for Keras's calls; predict prints nothing)."""
         return np.concatenate(list(self._predictions(x, batch_size)))
 
-    def evaluate(self, x, y, batch_size=256, verbose=0, return_dict=True):
+    def evaluate(self, x, y, batch_size=256, verbose=0, return_dict=True, sample_weight=None):
         """{"loss": mean loss, "accuracy": fraction correct} on (x, y), in eval mode. Unlike
         Keras, a dict by default; return_dict=False gives Keras's [loss, accuracy] (the loss
-        alone without metrics). verbose: accepted for Keras's calls; evaluate prints nothing."""
+        alone without metrics). verbose: accepted for Keras's calls; evaluate prints nothing.
+        sample_weight: as fit's (the loss and weighted_metrics weighted, as Keras's)."""
         if self.loss is None:
             raise RuntimeError(f"{type(self).__name__}.evaluate: call compile(optimizer, loss) "
                                "first")
-        result = self._evaluate(*self._check_data("evaluate", x, y), batch_size, where="evaluate")
+        x, y = self._check_data("evaluate", x, y)
+        weights = self._sample_weights("evaluate", y, sample_weight)
+        result = self._evaluate(x, y, weights, batch_size, where="evaluate")
         if return_dict:
             return result
         return list(result.values()) if len(result) > 1 else result["loss"]
 
-    def _evaluate(self, x, y, batch_size=256, callbacks=(), where="evaluate"):
-        """evaluate, on data already checked and cast by _check_data; callbacks (fit's, in
-        validation) are told on_test_begin, on_test_batch_begin/end and on_test_end."""
+    def _evaluate(self, x, y, weights=None, batch_size=256, callbacks=(), where="evaluate"):
+        """evaluate, on data already checked and cast by _check_data (weights: _sample_weights's);
+        callbacks (fit's, in validation) are told on_test_begin, on_test_batch_begin/end (once
+        per batch of batch_size) and on_test_end."""
         _notify(callbacks, "on_test_begin", {})
         out = np.concatenate(list(self._predictions(x, batch_size, callbacks)))
-        result = {"loss": self.loss.forward(out, y)}
-        self.loss._cache = None
-        if self.metrics:
-            right, counted = self._correct(out, y, where)
-            result.update(dict.fromkeys(self.metrics, right / max(counted, 1)))
+        if weights is None:
+            result = {"loss": self.loss.forward(out, y)}
+            self.loss._cache = None
+        else:
+            result = {"loss": self._weighted_loss(out, y, weights, need_grad=False)[0]}
+        result |= self._metric_logs(self._accuracy_counts(out, y, weights, where))
         _notify(callbacks, "on_test_end", dict(result))
         return result
 
@@ -3254,13 +3520,14 @@ class Sequential(Model):
                 break
         return grad
 
-    def compile(self, optimizer, loss, metrics=("accuracy",), scheduler=None):
+    def compile(self, optimizer, loss, metrics=("accuracy",), scheduler=None,
+                weighted_metrics=()):
         """Model.compile, and: training needs no gradient wrt the data (as torch's autograd when
         x.requires_grad is False), so compile sets `needs_input_grad = False` on the first layer
         with parameters: its backward skips dx (an MLP's first dx = dy W) and `backward` stops
         there. Set it back to True on that layer to get input gradients (saliency maps) from a
         compiled model."""
-        super().compile(optimizer, loss, metrics, scheduler)
+        super().compile(optimizer, loss, metrics, scheduler, weighted_metrics)
         first = next((layer for layer in self.layers if layer.parameters()), None)
         if first is not None:
             first.needs_input_grad = False
@@ -3420,9 +3687,8 @@ def _notify(callbacks, event, *args):
 # ════════════════════════════════════════════════════════════════════════════
 # Saving, loading and PyTorch interop
 # ════════════════════════════════════════════════════════════════════════════
-# What Sequential.save/load, checkpoints, torch interop and astype need. LayerState holds
-# Layer's saving part and is composed into Layer below, apart from its core, so that a layer
-# copied out alone does not drag it along (it runs without it; it just cannot be saved).
+# What Sequential.save/load, checkpoints and torch interop need; LayerState (Layer's saving,
+# loading and astype, defined just before Layer) calls the helpers _once and _init_args below.
 
 @contextlib.contextmanager
 def _atomic_open(path, mode="wb"):
@@ -3435,113 +3701,6 @@ def _atomic_open(path, mode="wb"):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-class LayerState:
-    """The saving and loading methods of every Layer (composed into Layer below).
-
-    A layer's state is its parameters, then its `buffers` (names of non-learnable arrays, e.g.
-    BatchNorm's running statistics), with torch's key names. Its config is its class and
-    constructor arguments, read back from the attributes of the same names (as torch's layers
-    keep them; a Parameter or None stands for the `bias` flag); a layer of your own that keeps
-    them otherwise defines config().
-    """
-    buffers = ()
-
-    def named_parameters(self):
-        """[(name, parameter)] in torch's order: own Parameters in attribute order, then each
-        sublayer's under "sublayer.name" ("blocks.0.weight"); a Parameter reached twice (a tied
-        weight) is listed once, under its first name (torch's remove_duplicate)."""
-        own = [(k, v) for k, v in vars(self).items() if _is_parameter(v)]
-        return _once(own + [(f"{name}.{k}", p) for name, layer in self._sublayers()
-                            for k, p in layer.named_parameters()])
-
-    def named_buffers(self):
-        """[(name, array)]: own buffers, then each sublayer's, as named_parameters."""
-        own = [(k, getattr(self, k)) for k in self.buffers]
-        return _once(own + [(f"{name}.{k}", b) for name, layer in self._sublayers()
-                            for k, b in layer.named_buffers()])
-
-    def _state_arrays(self):
-        """{name: the live array} in torch's state_dict order: own parameters' data, own buffers,
-        then each sublayer's under "sublayer.name". A tied Parameter keeps each of its names
-        (torch's state_dict too): load_state_dict fills it from each."""
-        sublayers = list(self._sublayers())
-        inside = tuple(f"{name}." for name, _ in sublayers)      # keys of a sublayer's parameters
-        arrays = {k: p.data for k, p in self.named_parameters() if not k.startswith(inside)}
-        arrays |= {k: getattr(self, k) for k in self.buffers}
-        for name, layer in sublayers:
-            arrays |= {f"{name}.{k}": v for k, v in layer._state_arrays().items()}
-        return arrays
-
-    def state_dict(self):
-        """{name: copy of the array}, parameters then buffers, with torch's key names."""
-        return {k: np.array(v) for k, v in self._state_arrays().items()}
-
-    def load_state_dict(self, state):
-        """Copy arrays (NumPy or torch tensors) into the parameters and buffers, in place.
-
-        Keys and shapes must match exactly (torch's `num_batches_tracked` is ignored);
-        values are cast to the layer's dtype. Nothing is copied unless everything matches.
-        """
-        name, own = type(self).__name__, self._state_arrays()
-        state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-        missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
-        if missing or unexpected:
-            raise ValueError(f"{name}.load_state_dict: missing keys {missing}, "
-                             f"unexpected keys {unexpected}")
-        pairs = []                                   # check every shape before copying anything
-        for k, v in state.items():
-            v = np.asarray(_plain(v))                   # torch tensors become arrays
-            if v.shape != own[k].shape:
-                raise ValueError(f"{name}.load_state_dict: {k!r} has shape {v.shape}, "
-                                 f"expected {own[k].shape}")
-            pairs.append((own[k], v))
-        for target, v in pairs:
-            target[...] = v
-        return self
-
-    def astype(self, dtype):
-        """Convert every parameter (and its grad) and buffer to `dtype`, in place, sublayers too
-        (an array already of that dtype is kept: a tied Parameter reached again is left alone)."""
-        for p in self.parameters():
-            p.data, p.grad = p.data.astype(dtype, copy=False), p.grad.astype(dtype, copy=False)
-        for k in self.buffers:
-            setattr(self, k, getattr(self, k).astype(dtype, copy=False))
-        for _, layer in self._sublayers():
-            layer.astype(dtype)
-        return self
-
-    def config(self):
-        """{"class": name, "kwargs": constructor arguments}: enough to rebuild the layer."""
-        kwargs = {}
-        for arg, spec in _init_args(type(self)):
-            v = getattr(self, arg, spec.default)
-            if v is spec.empty:
-                raise ValueError(f"{type(self).__name__}: keep the constructor argument {arg!r} "
-                                 f"as self.{arg} "
-                                 "(or define config()) so that the layer can be saved")
-            if _is_parameter(v) or (v is None and isinstance(spec.default, bool)):
-                v = v is not None                                     # the bias flag
-            kwargs[arg] = (v.tolist() if isinstance(v, np.ndarray)
-                           else list(v) if isinstance(v, tuple) else v)
-        return {"class": type(self).__name__, "kwargs": kwargs}
-
-    def __repr__(self):
-        kwargs = self.config()["kwargs"]
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
-
-
-# Layer = its core (the first section) + LayerState, method by method:
-Layer.buffers = LayerState.buffers
-Layer.named_parameters = LayerState.named_parameters
-Layer.named_buffers = LayerState.named_buffers
-Layer._state_arrays = LayerState._state_arrays
-Layer.state_dict = LayerState.state_dict
-Layer.load_state_dict = LayerState.load_state_dict
-Layer.astype = LayerState.astype
-Layer.config = LayerState.config
-Layer.__repr__ = LayerState.__repr__
 
 
 def _once(named):
