@@ -4,6 +4,7 @@
     python bench_tinynet.py --quick    # subsets and fewer repeats, about a minute
     python bench_tinynet.py --busy     # also: MLP epoch with one core kept busy, by BLAS threads
     python bench_tinynet.py --smoke    # every code path on tiny random data, a few seconds
+    python bench_tinynet.py --text     # train_text.py's language model alone, in both libraries
 
 Every figure is a ratio taken in the same run (same machine, float32, data), alternating
 the libraries, so that it holds on a noisy machine. PyTorch runs at 1 and at 2 threads
@@ -25,6 +26,7 @@ import time
 import numpy as np
 
 import tinynet as tn
+import train_text
 
 # The training workloads: layer names and arguments are the same in tinynet and torch.nn.
 WORKLOADS = {
@@ -350,12 +352,173 @@ def load(n, synthetic=False):
     return np.ascontiguousarray(X[:n]), y[:n]
 
 
+# ── train_text.py's language model in both libraries (--text) ──────────────────
+# The same recipe run twice: the same initial weights (tinynet's, through to_torch), the same
+# windows in the same batches in the same order, Adam with the same settings, float32.
+# Each epoch is timed in both libraries, alternating (the ratio: of the median epochs, which
+# holds on a busy machine); then both validation losses.
+
+def text_pair(kind, vocab_size, embed, hidden, seq_len, lr, dtype=np.float32, seed=0):
+    """(tinynet model compiled with Adam(lr) and CrossEntropyLoss, its torch twin with the same
+    weights from Sequential.to_torch, torch's Adam(lr)): train_text.build_model under
+    manual_seed(seed), in dtype."""
+    import torch
+    tn.manual_seed(seed)
+    model = train_text.build_model(kind, vocab_size, embed=embed, hidden=hidden,
+                                   seq_len=seq_len).astype(dtype)
+    model.compile(tn.Adam(model.parameters(), lr=lr), tn.CrossEntropyLoss())
+    tmodel = model.to_torch()
+    return model, tmodel, torch.optim.Adam(tmodel.parameters(), lr=lr)
+
+
+def tinynet_text_epoch(model, X, Y, order, batch):
+    """One epoch of model.fit on the windows in `order`, in batches of `batch` as they come
+    (shuffle=False) -> (loss of every batch, seconds)."""
+    start = time.perf_counter()
+    history = model.fit(X[order], Y[order], batch_size=batch, epochs=1, shuffle=False,
+                        verbose=0)
+    return history.batch_loss, time.perf_counter() - start
+
+
+def torch_text_epoch(tmodel, topt, X, Y, order, batch):
+    """The same epoch in torch: the same batches, cross_entropy over (N, V, T) and (N, T)."""
+    import torch
+    F = torch.nn.functional
+    Xt, Yt = torch.from_numpy(X[order]), torch.from_numpy(Y[order])
+    losses = []
+    tmodel.train()
+    start = time.perf_counter()
+    for i in range(0, len(Xt), batch):
+        topt.zero_grad()
+        loss = F.cross_entropy(tmodel(Xt[i:i + batch]), Yt[i:i + batch])
+        loss.backward()
+        topt.step()
+        losses.append(loss.item())
+    return losses, time.perf_counter() - start
+
+
+def torch_text_loss(tmodel, X, Y, batch=256):
+    """torch's mean cross-entropy over every position of the windows X, Y."""
+    import torch
+    tmodel.eval()
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(X), batch):
+            logits = tmodel(torch.from_numpy(X[i:i + batch]))
+            y = torch.from_numpy(Y[i:i + batch])
+            total += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
+    return total / Y.size
+
+
+def faster_torch_threads(tmodel, topt, X, Y, batch, steps=4):
+    """Set torch to the faster of TORCH_THREADS on `steps` batches of a throwaway copy of the
+    model and optimizer (the median step after one warm-up); returns that count."""
+    import copy
+
+    import torch
+    medians = {}
+    for n in TORCH_THREADS:
+        torch.set_num_threads(n)
+        net = copy.deepcopy(tmodel)
+        opt = type(topt)(net.parameters(), **topt.defaults)
+        times = [torch_text_epoch(net, opt, X, Y, np.arange(min(batch, len(X))), batch)[1]
+                 for _ in range(steps + 1)]
+        medians[n] = statistics.median(times[1:])
+    threads = min(medians, key=medians.get)
+    torch.set_num_threads(threads)
+    return threads
+
+
+# --smoke: a tiny recipe on 2,000 random characters (every code path, no meaning)
+SMOKE_TEXT_RECIPE = argparse.Namespace(model="lstm", epochs=1, batch_size=16, seq_len=16, embed=8,
+                                       hidden=16, lr=2e-3, seed=0)
+
+
+def text_data(seq_len, synthetic=False):
+    """train_text.py's windows (X_train, Y_train, X_val, Y_val) and V: Tiny Shakespeare cut as
+    the script cuts it, or (--smoke) 2,000 random characters."""
+    if synthetic:
+        text = "".join(np.random.default_rng(0).choice(list("abcdefgh \n"), 2000))
+    else:
+        text = tn.load_shakespeare()
+    codes, chars = train_text.encode(text)
+    split = int(0.9 * len(codes))
+    X, Y = train_text.windows(codes[:split], seq_len)
+    X_val, Y_val = train_text.windows(codes[split:], seq_len)
+    return X, Y, X_val, Y_val, len(chars)
+
+
+def bench_text(recipe, synthetic=False, windows=None):
+    """Train train_text.py's model with `recipe` (its parsed default flags) in both libraries,
+    epoch by epoch alternating; the orders of the windows come from one generator seeded with
+    recipe.seed. windows: use the first that many training windows (--quick)."""
+    X, Y, X_val, Y_val, V = text_data(recipe.seq_len, synthetic)
+    X, Y = X[:windows], Y[:windows]
+    model, tmodel, topt = text_pair(recipe.model, V, recipe.embed, recipe.hidden, recipe.seq_len,
+                                    recipe.lr, seed=recipe.seed)
+    threads = faster_torch_threads(tmodel, topt, X, Y, recipe.batch_size)
+    rng = np.random.default_rng(recipe.seed)
+    times = {"tinynet": [], "torch": []}                    # seconds of each epoch
+    losses = {"tinynet": [], "torch": []}
+    for epoch in range(recipe.epochs):
+        order = rng.permutation(len(X))
+        for library in ("tinynet", "torch"):
+            time.sleep(0 if synthetic else 1.0)      # let the other library's threads settle
+            if library == "tinynet":
+                batch_losses, seconds = tinynet_text_epoch(model, X, Y, order, recipe.batch_size)
+            else:
+                batch_losses, seconds = torch_text_epoch(tmodel, topt, X, Y, order,
+                                                         recipe.batch_size)
+            times[library].append(seconds)
+            losses[library] += batch_losses
+        if not synthetic:
+            print(f"  epoch {epoch + 1}/{recipe.epochs}: tinynet {times['tinynet'][-1]:.1f} s, "
+                  f"torch {times['torch'][-1]:.1f} s; last batch's loss tinynet "
+                  f"{losses['tinynet'][-1]:.4f}, torch {losses['torch'][-1]:.4f}", flush=True)
+    row = {"recipe": {k: getattr(recipe, k) for k in ("model", "epochs", "batch_size", "seq_len",
+                                                      "embed", "hidden", "lr", "seed")},
+           "train_windows": len(X), "val_windows": len(X_val), "vocab_size": V,
+           "torch_threads": threads,
+           "tinynet_s": sum(times["tinynet"]), "torch_s": sum(times["torch"]),
+           "tinynet_epoch_s": statistics.median(times["tinynet"]),
+           "torch_epoch_s": statistics.median(times["torch"]),
+           "epochs_s": times,
+           "tinynet_val_loss": model.evaluate(X_val, Y_val)["loss"],
+           "torch_val_loss": torch_text_loss(tmodel, X_val, Y_val),
+           "tinynet_last_loss": losses["tinynet"][-1], "torch_last_loss": losses["torch"][-1]}
+    row["ratio"] = row["tinynet_epoch_s"] / row["torch_epoch_s"]
+    row["val_loss_difference"] = row["tinynet_val_loss"] - row["torch_val_loss"]
+    print(f"  text {recipe.model} E {recipe.embed} H {recipe.hidden} T {recipe.seq_len}, batch "
+          f"{recipe.batch_size}, {recipe.epochs} epochs of {len(X)} windows: training tinynet "
+          f"{row['tinynet_s']:.1f} s   torch {row['torch_s']:.1f} s ({row['torch_threads']} thr); "
+          f"median epoch tinynet {row['tinynet_epoch_s']:.1f} s   torch "
+          f"{row['torch_epoch_s']:.1f} s   ratio {row['ratio']:.2f}\n"
+          f"  validation loss (nats per character): tinynet {row['tinynet_val_loss']:.4f}   "
+          f"torch {row['torch_val_loss']:.4f}   difference {row['val_loss_difference']:+.4f}",
+          flush=True)
+    return row
+
+
 def write_json(results, path):
     """Write results to `path` via a temporary file, renamed only when complete."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         json.dump(results, f, indent=1)
     os.replace(tmp, path)
+
+
+def main_text(args, info):
+    """--text: train_text.py's default recipe (--quick: 1 epoch on 1,000 windows; --smoke: the
+    tiny recipe on random text) in both libraries; writes {"info", "text"} to args.out."""
+    recipe = (SMOKE_TEXT_RECIPE if args.smoke
+              else train_text.parse_args(["--epochs", "1"] if args.quick else [])[1])
+    del info["train_samples"]
+    print("train_text.py's language model in tinynet and PyTorch CPU, float32: the same initial "
+          "weights, batches and Adam; torch at its faster of 1 and 2 threads, tinynet at NumPy's "
+          "default BLAS threads:", json.dumps(info), flush=True)
+    results = {"info": info, "text": bench_text(recipe, args.smoke, 1000 if args.quick else None)}
+    write_json(results, args.out)
+    print(f"wrote {args.out}")
 
 
 def main():
@@ -365,6 +528,9 @@ def main():
                    help="every code path on tiny random data (no timing value)")
     p.add_argument("--busy", action="store_true",
                    help="also time the MLP epoch with one core kept busy")
+    p.add_argument("--text", action="store_true",
+                   help="only train_text.py's language model, its default recipe, in both "
+                        "libraries: minutes (with --quick: 1 epoch on 1,000 windows)")
     p.add_argument("--epochs", type=int, default=3,
                    help="epochs per workload and library (median taken)")
     p.add_argument("--out", default="bench.json", help="where to write the results as JSON")
@@ -389,6 +555,8 @@ def main():
             "torch": torch.__version__, "torch_threads_tried": list(TORCH_THREADS),
             "tinynet_blas": blas_info(), "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
             "train_samples": n, "quick": args.quick, "smoke": args.smoke}
+    if args.text:
+        return main_text(args, info)
     print("tinynet vs PyTorch CPU, float32, batch 64, Adam lr 1e-3; torch at its faster of 1 and 2 "
           "threads, tinynet at NumPy's default BLAS threads:", json.dumps(info), flush=True)
     tn.manual_seed(0)
@@ -405,6 +573,9 @@ def main():
         results["busy"] = bench_busy(X, y, 1 if args.smoke else 3 if args.quick else 7, pause)
     print("memory (fresh process per run):", flush=True)
     results["memory"] = bench_memory(mem_n, 2 if args.smoke else 3, mem_workloads, args.smoke)
+    if args.smoke:
+        print("train_text.py's language model, tiny, on random text:", flush=True)
+        results["text"] = bench_text(SMOKE_TEXT_RECIPE, synthetic=True)
     write_json(results, args.out)
     print(f"wrote {args.out}")
 

@@ -5002,6 +5002,10 @@ BACKGROUND = {  # test: out folder -> (script, args, env, needs MNIST)
     "test_bench_smoke_runs_every_table": lambda out: (
         "bench_tinynet.py", ["--smoke", "--out", out / "bench.json"], {"TINYNET_DATA": DATA},
         False),
+    "test_train_text_quick_writes_a_sample_and_its_loss": lambda out: (
+        "train_text.py", ["--quick", "--embed", "16", "--hidden", "32", "--seq-len", "32",
+                          "--sample", "200", "--prompt", "ROMEO:", "--data-dir", DATA,
+                          "--out", out], None, False),
 }
 
 
@@ -5647,6 +5651,295 @@ def test_train_iris_says_what_it_runs(monkeypatch, capsys, tmp_path):
     assert _run_line(out) == ("training mlp 4-100-100-3 relu, ce loss | SGD lr 0.05, momentum 0.9, "
                               "weight decay 0 | schedule: MultiStepLR, lr x0.1 at epochs 1, 1")
     assert out.index("training mlp") < out.index("epoch 1/1")
+
+
+# ════════════════════════════════════════════════════════════════════════════
+# The text script (issue 24): train_text.py's character-level language model on Tiny
+# Shakespeare, load_shakespeare, writing with a carried state, the bench's torch comparison,
+# and README's captioning example
+# ════════════════════════════════════════════════════════════════════════════
+
+SHAKESPEARE = os.path.join(DATA, "shakespeare", "input.txt")
+VAL_LINE = re.compile(r"^validation loss: \d+\.\d{4}$")
+
+
+def _shakespeare_dir():
+    need(SHAKESPEARE)                                 # fails, not skips, under CI
+    return DATA
+
+
+def test_load_shakespeare_reads_the_corpus():
+    text = tn.load_shakespeare(_shakespeare_dir(), download=False)
+    assert len(text) == 1115394 and len(set(text)) == 65
+    assert text.startswith("First Citizen:\nBefore we proceed any further, hear me speak.")
+
+
+def test_load_shakespeare_missing_file_without_download(tmp_path):
+    path = tmp_path / "shakespeare" / "input.txt"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(path))) as err:
+        tn.load_shakespeare(tmp_path, download=False)
+    message = str(err.value)
+    assert "load_shakespeare" in message and "6fb458f1232090904fb40fe944165e91" in message
+    assert ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/"
+            "input.txt") in message
+    assert not (tmp_path / "shakespeare").exists()
+
+
+@pytest.fixture
+def text_server(tmp_path):
+    """(base URL, text, its MD5): input.txt served on 127.0.0.1 by the data section's Handler."""
+    root = tmp_path / "www"
+    root.mkdir()
+    text = "First Citizen:\nSpeak, speak.\n" * 20
+    (root / "input.txt").write_text(text)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.root = str(root)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02},
+                     daemon=True).start()               # shutdown waits for one poll
+    md5 = hashlib.md5(text.encode()).hexdigest()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", text, md5
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_load_shakespeare_downloads_and_checks_the_md5(tmp_path, monkeypatch, text_server):
+    base, text, md5 = text_server
+    monkeypatch.setitem(tn.DATA_MIRRORS, "shakespeare", [f"{base}/missing/", f"{base}/good/"])
+    monkeypatch.setitem(tn.DATA_MD5, "input.txt", "0" * 32)
+    with pytest.raises(OSError, match=f"{base}/good/input.txt: MD5 {md5}, expected 0{{32}}"):
+        tn.load_shakespeare(tmp_path / "a")
+    assert os.listdir(tmp_path / "a" / "shakespeare") == []             # nothing kept, no .part
+    monkeypatch.setitem(tn.DATA_MD5, "input.txt", md5)
+    assert tn.load_shakespeare(tmp_path / "b") == text
+    assert (tmp_path / "b" / "shakespeare" / "input.txt").read_text() == text
+    assert tn.load_shakespeare(tmp_path / "b", download=False) == text
+
+
+def test_train_text_windows_are_the_text_and_its_next_characters():
+    train_text = importlib.import_module("train_text")
+    codes, chars = train_text.encode("to be, or not to be")
+    assert chars == sorted(set("to be, or not to be")) and codes.dtype == np.int64
+    assert train_text.decode(codes, chars) == "to be, or not to be"
+    X, Y = train_text.windows(codes, 4)                  # 19 characters: 4 windows of 4 and 1
+    assert X.shape == Y.shape == (4, 4)
+    assert [train_text.decode(x, chars) for x in X] == ["to b", "e, o", "r no", "t to"]
+    assert [train_text.decode(y, chars) for y in Y] == ["o be", ", or", " not", " to "]
+
+
+def test_train_text_quick_writes_a_sample_and_its_loss(background):
+    _shakespeare_dir()
+    # run in the background: --quick, E 16, H 32, windows of 32, 200 characters after "ROMEO:"
+    out, r = background("test_train_text_quick_writes_a_sample_and_its_loss")
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    assert VAL_LINE.match(lines[-1]), r.stdout[-500:]
+    assert "train 256 windows of 32, validation 64" in r.stdout
+    assert re.search(r"^epoch 1/1 - loss: \d\.\d{4} - .*val_loss: \d\.\d{4}", r.stdout, re.M)
+    start = lines.index(next(s for s in lines if s.startswith("--- 200 characters at "
+                                                              "temperature 0.8")))
+    end = lines.index("---", start)
+    sample = "\n".join(lines[start + 1:end])
+    assert sample.startswith("ROMEO:") and len(sample) == len("ROMEO:") + 200
+    assert (out / "history.csv").read_text().splitlines()[0].startswith("epoch,loss,")
+    for name in ("loss.png", "batch_loss.png"):
+        _png_ok(out / name)
+    model = tn.Sequential.load(out / "model.npz")
+    assert [type(layer).__name__ for layer in model] == ["Embedding", "LSTM", "Linear", "Permute"]
+    # a loss a little under ln 65 = 4.17 after 8 small steps
+    assert 2.5 < float(lines[-1].split()[-1]) < 4.17
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "transformer"], "argument --model: invalid choice: 'transformer'"),
+    (["--epochs", "0"], "argument --epochs: expected a positive integer, got '0'"),
+    (["--seq-len", "-3"], "argument --seq-len: expected a positive integer, got '-3'"),
+    (["--temperature", "0"], "argument --temperature: expected a positive number, got '0'"),
+    (["--sample", "many"], "argument --sample: expected a positive integer, got 'many'"),
+    (["--prompt", ""], "argument --prompt: expected at least one character, got ''"),
+    (["--threads", "four"], "argument --threads: expected auto or a positive integer"),
+    (["--lr", "-1"], "argument --lr: expected a positive number, got '-1'"),
+    (["--quick", "--epochs", "2"], "--epochs has no effect with --quick"),
+    (["--hiden", "8"], "unrecognized arguments: --hiden 8"),
+])
+def test_train_text_rejects_bad_flags(argv, message, monkeypatch, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        _main("train_text", [*argv, "--out", str(tmp_path / "out")], monkeypatch)
+    assert e.value.code == 2
+    assert message in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "out").exists()               # rejected before the run starts
+
+
+def test_train_text_rejects_a_prompt_outside_the_vocabulary(monkeypatch, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        _main("train_text", ["--prompt", "Ça", "--data-dir", _shakespeare_dir(), "--out",
+                             str(tmp_path / "out")], monkeypatch)
+    assert e.value.code == 2
+    assert "--prompt: characters not in the text: 'Ç'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_text_help_and_missing_data(monkeypatch, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        _main("train_text", ["--help"], monkeypatch)
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for flag in ("--model {gru,lstm}", "--epochs", "--batch-size", "--seq-len", "--hidden", "--lr",
+                 "--seed", "--sample", "--temperature", "--quick", "--out", "--data-dir",
+                 "--threads"):
+        assert flag in out
+    with open(os.path.join(SCRIPTS, "train_text.py")) as fh:                 # public names only
+        used = set(re.findall(r"\btn\.(\w+)", fh.read()))
+    assert used and all(hasattr(tn, n) and not n.startswith("_") for n in used), used
+    monkeypatch.setitem(tn.DATA_MIRRORS, "shakespeare", ["http://127.0.0.1:9/closed/"])
+    with pytest.raises(SystemExit) as e:
+        _main("train_text", ["--quick", "--data-dir", str(tmp_path / "empty"), "--out",
+                             str(tmp_path / "out")], monkeypatch)
+    message = str(e.value.code)
+    for part in ("Tiny Shakespeare is not available", "http://127.0.0.1:9/closed/input.txt",
+                 str(tmp_path / "empty" / "shakespeare"), "--data-dir", "TINYNET_DATA"):
+        assert part in message
+
+
+def _tiny_text_model(kind, seed=0):
+    """train_text's model in float64: V 7, E 4, H 5."""
+    train_text = importlib.import_module("train_text")
+    tn.manual_seed(seed)
+    return train_text.build_model(kind, 7, embed=4, hidden=5, seq_len=16).astype(np.float64)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_writing_with_a_carried_state_equals_rerunning_the_prefix(kind):
+    train_text = importlib.import_module("train_text")
+    model = _tiny_text_model(kind)
+    carried, rerun = train_text.carried_state(model), train_text.whole_context(model)
+    codes = np.random.default_rng(0).integers(0, 7, 12)
+    feeds = [codes[:3]] + [[c] for c in codes[3:]]        # a prompt of 3, then one at a time
+    for i, feed in enumerate(feeds):
+        np.testing.assert_allclose(carried(feed), rerun(feed), rtol=1e-9, atol=1e-12,
+                                   err_msg=f"after {3 + i} characters")
+    # sample: the same draws from either way; near temperature 0, the arg-max
+    written = [train_text.sample(f(model), [1, 2], 20, 0.8, np.random.default_rng(3))
+               for f in (train_text.carried_state, train_text.whole_context)]
+    assert written[0] == written[1] and len(written[0]) == 20
+    greedy, state = [], train_text.whole_context(model)
+    logits = state([1, 2])
+    for _ in range(10):
+        greedy.append(int(logits.argmax()))
+        logits = state([greedy[-1]])
+    assert train_text.sample(train_text.carried_state(model), [1, 2], 10, 1e-4) == greedy
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_bench_text_trains_as_torch_does_in_float64(kind):
+    bench = importlib.import_module("bench_tinynet")
+    rng = np.random.default_rng(0)
+    X, Y, X_val, Y_val = (rng.integers(0, 7, shape) for shape in [(8, 5)] * 2 + [(3, 5)] * 2)
+    tn.manual_seed(0)
+    model, tmodel, topt = bench.text_pair(kind, 7, 4, 5, 5, lr=0.05, dtype=np.float64)
+    assert next(tmodel.parameters()).dtype == torch.float64
+    losses, torch_losses = [], []
+    for order in (rng.permutation(8), rng.permutation(8)):      # 2 epochs of 2 batches
+        losses += bench.tinynet_text_epoch(model, X, Y, order, 4)[0]
+        torch_losses += bench.torch_text_epoch(tmodel, topt, X, Y, order, 4)[0]
+    assert len(losses) == 4 and len(set(losses)) == 4
+    # the first loss is the initial weights'; the next three follow Adam's steps
+    assert_parity(np.array(losses), np.array(torch_losses), f"{kind} batch losses")
+    assert_parity(np.array(model.evaluate(X_val, Y_val)["loss"]),
+                  np.array(bench.torch_text_loss(tmodel, X_val, Y_val)), f"{kind} val loss")
+
+
+# README's captioning example: its code block run as it is (on the real MNIST from
+# $TINYNET_DATA), then its hand-written backward against torch's autograd
+
+def _readme_code(heading):
+    """The ```python block of README's section `### <heading>`."""
+    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+        section = f.read().split(f"\n### {heading}\n")[1].split("\n### ")[0]
+    [code] = re.findall(r"```python\n(.*?)```", section, re.S)
+    return code
+
+
+def test_readme_language_model_blocks_run(monkeypatch, capsys):
+    """README's language model (fit cut to one batch of 8 windows) and its writing loop, with
+    the carried state: 500 characters of the vocabulary come out."""
+    _shakespeare_dir()
+    section = open(os.path.join(HERE, "README.md"), encoding="utf-8").read().split(
+        "\n### A character-level language model\n")[1].split("\n### ")[0]
+    train, write = re.findall(r"```python\n(.*?)```", section, re.S)
+    fit = tn.Sequential.fit
+    monkeypatch.setattr(tn.Sequential, "fit", lambda self, x, y, **kwargs: fit(
+        self, x[:8], y[:8], batch_size=8, epochs=1, verbose=0))
+    namespace = {"np": np, "tn": tn}
+    exec(compile(train, "README.md (language model)", "exec"), namespace)
+    lstm = namespace["model"][1]
+    calls = []
+    monkeypatch.setattr(lstm, "forward", lambda x, hx=None, forward=lstm.forward: (
+        calls.append((np.shape(x), hx is None)) or forward(x, hx)))
+    exec(compile(write, "README.md (writing)", "exec"), namespace)
+    written = capsys.readouterr().out.rstrip("\n")
+    assert len(written) == 500 and set(written) <= set(namespace["chars"])
+    assert calls[0] == ((1, 1, 64), True) and set(calls[1:]) == {((1, 1, 64), False)}
+
+
+@pytest.fixture(scope="module")
+def captioning(mnist):
+    """The namespace README's captioning block leaves, run with tn.load_mnist giving the
+    module's MNIST (it trains on the first 10,000 training images, tests on 1,000)."""
+    code = _readme_code("Captioning: a model of two inputs")
+    load_mnist = tn.load_mnist
+    tn.load_mnist = lambda *args, **kwargs: mnist
+    try:
+        namespace = {}
+        exec(compile(code, "README.md (Captioning)", "exec"), namespace)
+    finally:
+        tn.load_mnist = load_mnist
+    return namespace
+
+
+def test_readme_captioning_spells_held_out_digits(captioning):
+    threshold = float(re.search(r"the test runs this block and holds it at (0\.\d+) or more",
+                                _readme())[1])
+    assert captioning["exact"] >= threshold, captioning["exact"]
+    model = captioning["model"]
+    assert isinstance(model, tn.Model) and len(model.parameters()) == 9   # found as attributes
+    digits = captioning["y_test"][:1000]
+    right = captioning["predicted"] == np.array(captioning["WORDS"])[digits]
+    assert right.mean() == captioning["exact"] and set(digits[right]) == set(range(10))
+
+
+def test_readme_captioner_backward_through_h0_matches_torch(captioning):
+    Captioner, V = captioning["Captioner"], len(captioning["VOCAB"])
+    tn.manual_seed(0)
+    model = Captioner(V, embed=3, hidden=4).astype(np.float64)
+
+    class TorchCaptioner(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj, self.embed = torch.nn.Linear(784, 4), torch.nn.Embedding(V, 3)
+            self.lstm, self.head = torch.nn.LSTM(3, 4, batch_first=True), torch.nn.Linear(4, V)
+
+        def forward(self, images, tokens):
+            h0 = self.proj(images.reshape(len(images), 784))[None]
+            h, _ = self.lstm(self.embed(tokens), (h0, torch.zeros_like(h0)))
+            return self.head(h).permute(0, 2, 1)
+
+    ref = TorchCaptioner().double()
+    ref.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    rng = np.random.default_rng(0)
+    images = rng.random((3, 1, 28, 28))
+    captions = captioning["captions"][[7, 1, 3]]
+    loss = tn.CrossEntropyLoss(ignore_index=0)
+    value = loss(model.forward((images, captions[:, :-1])), captions[:, 1:])
+    model.zero_grad()
+    model.backward(loss.backward())
+    expected = F.cross_entropy(ref(T(images, False), torch.from_numpy(captions[:, :-1])),
+                               torch.from_numpy(captions[:, 1:]), ignore_index=0)
+    expected.backward()
+    assert_parity(np.array(value), expected, "captioning loss")
+    torch_params = dict(ref.named_parameters())
+    for name, p in model.named_parameters():
+        assert_parity(p.grad, torch_params[name].grad, f"Captioner {name} gradient")
+    assert np.abs(model.proj.weight.grad).max() > 0          # the gradient reached h0's Linear
 
 
 # ════════════════════════════════════════════════════════════════════════════

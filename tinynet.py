@@ -4068,6 +4068,8 @@ DATA_MIRRORS = {
              "data/",
              "https://raw.githubusercontent.com/scikit-learn/scikit-learn/main/sklearn/datasets/"
              "data/"],
+    "shakespeare": [
+        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/"],
 }
 DATA_MD5 = {
     "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
@@ -4078,6 +4080,7 @@ DATA_MD5 = {
     "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3",
     "extra_32x32.mat": "a93ce644f1a588dc4d68dda5feec44a7",
     "iris.csv": "d69a16ea6136ccb02a7c37c66375ebba",
+    "input.txt": "6fb458f1232090904fb40fe944165e91",       # Tiny Shakespeare
 }
 
 # IDX type byte -> big-endian dtype of the data
@@ -4365,6 +4368,22 @@ def train_val_split(X, y, val_size, shuffle=True, stratify=False):
     in_val[by_class[rank >= np.repeat(counts - k, counts)]] = True      # the last k of each class
     train, val = order[~in_val[order]], order[in_val[order]]
     return X[train], y[train], X[val], y[val]
+
+
+def load_shakespeare(data_dir=None, download=True):
+    """Tiny Shakespeare, the char-rnn corpus, as one string: <data_dir>/shakespeare/input.txt
+    (1,115,394 characters of plays, 65 distinct), downloaded if missing.
+
+    A character-level language model reads it as a sequence of integer codes:
+        chars = sorted(set(text))                          # the vocabulary, V = 65
+        index = {ch: i for i, ch in enumerate(chars)}
+        codes = np.array([index[ch] for ch in text])       # (1115394,) int64
+    A missing file with download=False raises FileNotFoundError saying where to put it.
+    """
+    folder = os.path.join(_data_dir(data_dir), "shakespeare")
+    path = _find("shakespeare", "input.txt", folder, download, "load_shakespeare")
+    with open(path, encoding="utf-8") as f:
+        return f.read()
 
 
 # ════════════════════════════════════════════════════════════════════════════
