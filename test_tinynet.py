@@ -5783,8 +5783,8 @@ def test_train_text_help_and_missing_data(monkeypatch, capsys, tmp_path):
         _main("train_text", ["--help"], monkeypatch)
     assert e.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
-    for flag in ("--model {gru,lstm}", "--epochs", "--batch-size", "--seq-len", "--hidden", "--lr",
-                 "--seed", "--sample", "--temperature", "--quick", "--out", "--data-dir",
+    for flag in ("--model {gpt,gru,lstm}", "--epochs", "--batch-size", "--seq-len", "--hidden",
+                 "--lr", "--seed", "--sample", "--temperature", "--quick", "--out", "--data-dir",
                  "--threads"):
         assert flag in out
     with open(os.path.join(SCRIPTS, "train_text.py")) as fh:                 # public names only
