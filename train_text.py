@@ -13,7 +13,9 @@ trained with fit and CrossEntropyLoss over the (N, V, T) logits and (N, T) targe
 of -log p(next character) over every position, in nats per character (ln 65 = 4.17 for a
 uniform guess). Then it writes --sample characters one at a time, each drawn from
 softmax(logits / --temperature), carrying the recurrent state from one character to the next
-(each new character costs one step, not a re-run of the text so far). It prints the sample,
+(each new character costs one step, not a re-run of the text so far). --model gpt is
+nanoGPT's GPT instead (causal transformer blocks; see gpt() below), which has no state to carry:
+it writes by re-running its last --seq-len characters for each new one. It prints the sample,
 writes model.npz, history.csv, loss.png and batch_loss.png under --out, and ends with the line
 `validation loss: <nats per character>`.
 """
