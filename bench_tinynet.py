@@ -4,7 +4,7 @@
     python bench_tinynet.py --quick    # subsets and fewer repeats, about a minute
     python bench_tinynet.py --busy     # also: MLP epoch with one core kept busy, by BLAS threads
     python bench_tinynet.py --smoke    # every code path on tiny random data, a few seconds
-    python bench_tinynet.py --text     # train_text.py's language model alone, in both libraries
+    python bench_tinynet.py --text     # train_text.py's LSTM and GPT alone, in both libraries
 
 Every figure is a ratio taken in the same run (same machine, float32, data), alternating
 the libraries, so that it holds on a noisy machine. PyTorch runs at 1 and at 2 threads
@@ -358,17 +358,29 @@ def load(n, synthetic=False):
 # Each epoch is timed in both libraries, alternating (the ratio: of the median epochs, which
 # holds on a busy machine); then both validation losses.
 
-def text_pair(kind, vocab_size, embed, hidden, seq_len, lr, dtype=np.float32, seed=0):
+def text_pair(kind, vocab_size, embed, hidden, seq_len, lr, dtype=np.float32, seed=0,
+              **gpt_options):
     """(tinynet model compiled with Adam(lr) and CrossEntropyLoss, its torch twin with the same
     weights from Sequential.to_torch, torch's Adam(lr)): train_text.build_model under
-    manual_seed(seed), in dtype."""
+    manual_seed(seed), in dtype. gpt_options: the GPT's layers, heads, dropout and tie."""
     import torch
     tn.manual_seed(seed)
     model = train_text.build_model(kind, vocab_size, embed=embed, hidden=hidden,
-                                   seq_len=seq_len).astype(dtype)
+                                   seq_len=seq_len, **gpt_options).astype(dtype)
     model.compile(tn.Adam(model.parameters(), lr=lr), tn.CrossEntropyLoss())
-    tmodel = model.to_torch()
+    tmodel = tie_as(model, model.to_torch())
     return model, tmodel, torch.optim.Adam(tmodel.parameters(), lr=lr)
+
+
+def tie_as(model, net):
+    """net, its layer i's weight made its first layer's where model's is (the GPT's head tied to
+    its embedding, --tie): to_torch copies each layer's arrays, so one shared Parameter would
+    become two."""
+    layers = list(model)
+    for i, layer in enumerate(layers[1:], 1):
+        if getattr(layer, "weight", None) is layers[0].weight:
+            net[i].weight = net[0].weight
+    return net
 
 
 def tinynet_text_epoch(model, X, Y, order, batch):
@@ -432,6 +444,9 @@ def faster_torch_threads(tmodel, topt, X, Y, batch, steps=4):
 # --smoke: a tiny recipe on 2,000 random characters (every code path, no meaning)
 SMOKE_TEXT_RECIPE = argparse.Namespace(model="lstm", epochs=1, batch_size=16, seq_len=16, embed=8,
                                        hidden=16, lr=2e-3, seed=0)
+SMOKE_GPT_RECIPE = argparse.Namespace(**{**vars(SMOKE_TEXT_RECIPE), "model": "gpt", "layers": 1,
+                                         "heads": 2, "dropout": 0.0, "tie": True})
+GPT_OPTIONS = ("layers", "heads", "dropout", "tie")     # the recipe's flags only the GPT takes
 
 
 def text_data(seq_len, synthetic=False):
@@ -454,8 +469,9 @@ def bench_text(recipe, synthetic=False, windows=None):
     recipe.seed. windows: use the first that many training windows (--quick)."""
     X, Y, X_val, Y_val, V = text_data(recipe.seq_len, synthetic)
     X, Y = X[:windows], Y[:windows]
+    gpt_options = {k: getattr(recipe, k) for k in GPT_OPTIONS} if recipe.model == "gpt" else {}
     model, tmodel, topt = text_pair(recipe.model, V, recipe.embed, recipe.hidden, recipe.seq_len,
-                                    recipe.lr, seed=recipe.seed)
+                                    recipe.lr, seed=recipe.seed, **gpt_options)
     threads = faster_torch_threads(tmodel, topt, X, Y, recipe.batch_size)
     rng = np.random.default_rng(recipe.seed)
     times = {"tinynet": [], "torch": []}                    # seconds of each epoch
@@ -476,7 +492,8 @@ def bench_text(recipe, synthetic=False, windows=None):
                   f"torch {times['torch'][-1]:.1f} s; last batch's loss tinynet "
                   f"{losses['tinynet'][-1]:.4f}, torch {losses['torch'][-1]:.4f}", flush=True)
     row = {"recipe": {k: getattr(recipe, k) for k in ("model", "epochs", "batch_size", "seq_len",
-                                                      "embed", "hidden", "lr", "seed")},
+                                                      "embed", "hidden", "lr", "seed")}
+           | gpt_options,
            "train_windows": len(X), "val_windows": len(X_val), "vocab_size": V,
            "torch_threads": threads,
            "tinynet_s": sum(times["tinynet"]), "torch_s": sum(times["torch"]),
@@ -488,11 +505,12 @@ def bench_text(recipe, synthetic=False, windows=None):
            "tinynet_last_loss": losses["tinynet"][-1], "torch_last_loss": losses["torch"][-1]}
     row["ratio"] = row["tinynet_epoch_s"] / row["torch_epoch_s"]
     row["val_loss_difference"] = row["tinynet_val_loss"] - row["torch_val_loss"]
-    print(f"  text {recipe.model} E {recipe.embed} H {recipe.hidden} T {recipe.seq_len}, batch "
-          f"{recipe.batch_size}, {recipe.epochs} epochs of {len(X)} windows: training tinynet "
-          f"{row['tinynet_s']:.1f} s   torch {row['torch_s']:.1f} s ({row['torch_threads']} thr); "
-          f"median epoch tinynet {row['tinynet_epoch_s']:.1f} s   torch "
-          f"{row['torch_epoch_s']:.1f} s   ratio {row['ratio']:.2f}\n"
+    blocks = "".join(f" {k} {v}" for k, v in gpt_options.items())     # " layers 2 heads 4 ..."
+    print(f"  text {recipe.model} E {recipe.embed} H {recipe.hidden}{blocks} T {recipe.seq_len}, "
+          f"batch {recipe.batch_size}, {recipe.epochs} epochs of {len(X)} windows: training "
+          f"tinynet {row['tinynet_s']:.1f} s   torch {row['torch_s']:.1f} s "
+          f"({row['torch_threads']} thr); median epoch tinynet {row['tinynet_epoch_s']:.1f} s   "
+          f"torch {row['torch_epoch_s']:.1f} s   ratio {row['ratio']:.2f}\n"
           f"  validation loss (nats per character): tinynet {row['tinynet_val_loss']:.4f}   "
           f"torch {row['torch_val_loss']:.4f}   difference {row['val_loss_difference']:+.4f}",
           flush=True)
@@ -508,8 +526,9 @@ def write_json(results, path):
 
 
 def main_text(args, info):
-    """--text: train_text.py's default recipe (--quick: 1 epoch on 1,000 windows; --smoke: the
-    tiny recipe on random text) in both libraries; writes {"info", "text"} to args.out."""
+    """--text: train_text.py's default recipe, then the same with --model gpt (--quick: 1 epoch
+    on 1,000 windows; --smoke: the tiny recipes on random text) in both libraries; writes
+    {"info", "text", "text_gpt"} to args.out."""
     recipe = (SMOKE_TEXT_RECIPE if args.smoke
               else train_text.parse_args(["--epochs", "1"] if args.quick else [])[1])
     del info["train_samples"]
@@ -517,6 +536,9 @@ def main_text(args, info):
           "weights, batches and Adam; torch at its faster of 1 and 2 threads, tinynet at NumPy's "
           "default BLAS threads:", json.dumps(info), flush=True)
     results = {"info": info, "text": bench_text(recipe, args.smoke, 1000 if args.quick else None)}
+    gpt = (SMOKE_GPT_RECIPE if args.smoke
+           else train_text.parse_args(["--model", "gpt"] + ["--epochs", "1"] * args.quick)[1])
+    results["text_gpt"] = bench_text(gpt, args.smoke, 1000 if args.quick else None)
     write_json(results, args.out)
     print(f"wrote {args.out}")
 
@@ -529,8 +551,9 @@ def main():
     p.add_argument("--busy", action="store_true",
                    help="also time the MLP epoch with one core kept busy")
     p.add_argument("--text", action="store_true",
-                   help="only train_text.py's language model, its default recipe, in both "
-                        "libraries: minutes (with --quick: 1 epoch on 1,000 windows)")
+                   help="only train_text.py's language models, its default recipe and the "
+                        "same with --model gpt, in both libraries: minutes (with --quick: 1 "
+                        "epoch on 1,000 windows)")
     p.add_argument("--epochs", type=int, default=3,
                    help="epochs per workload and library (median taken)")
     p.add_argument("--out", default="bench.json", help="where to write the results as JSON")
@@ -576,6 +599,7 @@ def main():
     if args.smoke:
         print("train_text.py's language model, tiny, on random text:", flush=True)
         results["text"] = bench_text(SMOKE_TEXT_RECIPE, synthetic=True)
+        results["text_gpt"] = bench_text(SMOKE_GPT_RECIPE, synthetic=True)
     write_json(results, args.out)
     print(f"wrote {args.out}")
 

@@ -2716,6 +2716,101 @@ def test_attention_layers_keep_float32():
     assert all(p.grad.dtype == np.float32 and p.grad.any() for p in decoder.parameters())
 
 
+def _masked_mean_torch(dim, mask):
+    """torch's masked mean over axis dim: (x * m).sum(dim) / m.sum(dim), m the mask with x's
+    trailing axes as 1."""
+    def f(x):
+        m = torch.tensor(mask).reshape(mask.shape + (1,) * (x.dim() - mask.ndim)).to(x.dtype)
+        return (x * m).sum(dim) / m.sum(dim)
+    return f
+
+
+@pytest.mark.parametrize("dim, shape", [(1, (3, 5, 4)), (0, (5, 3, 4)), (-1, (3, 5)),
+                                        (1, (2, 4, 3, 2))])
+def test_mean_over_steps_with_a_mask_matches_torch(dim, shape):
+    d = dim % len(shape)
+    steps_shape = shape[:max(d + 1, 2)]
+    mask = np.random.default_rng(3).random(steps_shape) > 0.4
+    np.moveaxis(mask, d, 0)[0] = True                      # at least one real step in each
+    x, g = randn(0, shape), randn(1, tuple(np.delete(shape, d)))
+    layer = tn.MeanOverSteps(dim)
+    xt = T(x)
+    yt = _masked_mean_torch(d, mask)(xt)
+    yt.backward(T(g, False))
+    assert_parity(layer.forward(x, mask=mask), yt, f"MeanOverSteps({dim}) with a mask")
+    assert_parity(layer.backward(g), xt.grad, f"MeanOverSteps({dim}) with a mask, dx")
+    padding = ~np.broadcast_to(mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim)), shape)
+    assert not layer.backward(g)[padding].any()                # padding gets no gradient
+    full = np.ones(steps_shape, bool)                          # every step real: the plain mean
+    np.testing.assert_allclose(layer.forward(x, mask=full), tn.MeanOverSteps(dim).forward(x),
+                               rtol=1e-13, atol=1e-15)
+    assert layer.forward(x.astype(np.float32), mask=mask).dtype == np.float32
+
+
+class _PaddedClassifier(tn.Model):
+    """Token codes (N, T), 0 = padding -> 3 class logits: an encoder layer that ignores the
+    padding (src_key_padding_mask) and a mean over the real steps (MeanOverSteps' mask)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = tn.Embedding(10, 8, padding_idx=0)
+        self.pos = tn.PositionalEmbedding(7, 8)
+        self.encoder = tn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.mean = tn.MeanOverSteps()
+        self.head = tn.Linear(8, 3)
+
+    def forward(self, tokens):
+        pad = tokens == 0                                      # (N, T), True at padding
+        h = self.encoder(self.pos(self.embed(tokens)), src_key_padding_mask=pad)   # (N, T, 8)
+        return self.head(self.mean(h, mask=~pad))              # (N, 3)
+
+    def backward(self, grad):
+        dh = self.encoder.backward(self.mean.backward(self.head.backward(grad)))
+        self.embed.backward(self.pos.backward(dh))
+
+
+def test_padded_sequences_classify_as_unpadded():
+    """The padded batch's outputs and parameter gradients equal those of each sequence alone,
+    unpadded: the padding changes nothing."""
+    tn.manual_seed(0)
+    model = _PaddedClassifier().astype(np.float64)
+    rng = np.random.default_rng(0)
+    lengths = [3, 7, 1, 5]
+    tokens = np.zeros((4, 7), np.int64)
+    for i, n in enumerate(lengths):
+        tokens[i, :n] = rng.integers(1, 10, n)
+    g = randn(1, (4, 3))
+    model.zero_grad()
+    y = model.forward(tokens)
+    model.backward(g)
+    padded_grads = [p.grad.copy() for p in model.parameters()]
+    model.zero_grad()
+    for i, n in enumerate(lengths):
+        alone = model.forward(tokens[i:i + 1, :n])
+        np.testing.assert_allclose(y[i:i + 1], alone, rtol=1e-12, atol=1e-14)
+        model.backward(g[i:i + 1])                             # the gradients add up
+    for (name, p), padded in zip(model.named_parameters(), padded_grads, strict=True):
+        np.testing.assert_allclose(padded, p.grad, rtol=1e-10, atol=1e-13, err_msg=name)
+    unmasked = model.head(tn.MeanOverSteps()(model.encoder(model.pos(model.embed(tokens)))))
+    assert not np.allclose(unmasked, y)                        # without the masks it differs
+
+
+@pytest.mark.parametrize("x_shape, mask, match", [
+    ((2, 3, 4), np.ones((2, 3), np.int64),
+     r"^MeanOverSteps: expected mask, a bool array of shape \(2, 3\) \(True = a real step\) "
+     r"for x of shape \(2, 3, 4\), got int64 of shape \(2, 3\)$"),
+    ((2, 3, 4), np.ones((3, 2), bool), r"^MeanOverSteps: .*shape \(2, 3\).*got bool of shape "
+                                       r"\(3, 2\)$"),
+    ((2, 3, 4), np.ones((2, 3, 4), bool), r"^MeanOverSteps: .*got bool of shape \(2, 3, 4\)$"),
+    ((2, 3, 4), np.array([[True, False, False], [False, False, False]]),
+     r"^MeanOverSteps: every sequence needs at least 1 real step, but mask \(shape \(2, 3\)\) "
+     r"has 1 with none$"),
+])
+def test_mean_over_steps_rejects_bad_masks(x_shape, mask, match):
+    with pytest.raises(ValueError, match=match):
+        tn.MeanOverSteps().forward(np.zeros(x_shape), mask=mask)
+
+
 # ════════════════════════════════════════════════════════════════════════════
 # Losses
 # ════════════════════════════════════════════════════════════════════════════
@@ -8144,8 +8239,8 @@ def test_train_text_help_and_missing_data(monkeypatch, capsys, tmp_path):
         _main("train_text", ["--help"], monkeypatch)
     assert e.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
-    for flag in ("--model {gru,lstm}", "--epochs", "--batch-size", "--seq-len", "--hidden", "--lr",
-                 "--seed", "--sample", "--temperature", "--quick", "--out", "--data-dir",
+    for flag in ("--model {gpt,gru,lstm}", "--epochs", "--batch-size", "--seq-len", "--hidden",
+                 "--lr", "--seed", "--sample", "--temperature", "--quick", "--out", "--data-dir",
                  "--threads"):
         assert flag in out
     with open(os.path.join(SCRIPTS, "train_text.py")) as fh:                 # public names only
@@ -8188,6 +8283,79 @@ def test_writing_with_a_carried_state_equals_rerunning_the_prefix(kind):
         greedy.append(int(logits.argmax()))
         logits = state([greedy[-1]])
     assert train_text.sample(train_text.carried_state(model), [1, 2], 10, 1e-4) == greedy
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_train_text_gpt_step_matches_torch(tie):
+    """train_text's GPT (V 7, E 8, 2 blocks of 2 heads, T 5) and the bench's torch twin in
+    float64: the same parameters (a tied head listed and counted once in both), then one
+    train_step: logits, loss, every gradient (the tied weight's sums both uses), the embedding
+    after Adam's step."""
+    bench = importlib.import_module("bench_tinynet")
+    model, tmodel, topt = bench.text_pair("gpt", 7, 8, 12, 5, lr=0.01, dtype=np.float64,
+                                          layers=2, heads=2, dropout=0.0, tie=tie)
+    layers = list(model)
+    assert (layers[-2].weight is layers[0].weight) == tie
+    assert (tmodel[-2].weight is tmodel[0].weight) == tie
+    blocks = [layer for layer in layers if isinstance(layer, tn.TransformerEncoderLayer)]
+    assert len(blocks) == 2 and all(block.causal and block.norm_first for block in blocks)
+    every_use = sum(p.data.size for layer in layers for p in layer.parameters())
+    assert model.count_params() == sum(p.numel() for p in tmodel.parameters()) == \
+        every_use - 7 * 8 * tie
+    rng = np.random.default_rng(0)
+    X, Y = rng.integers(0, 7, (4, 5)), rng.integers(0, 7, (4, 5))
+    loss, out = model.train_step(X, Y)
+    topt.zero_grad()
+    torch_out = tmodel(torch.tensor(X))
+    torch_loss = F.cross_entropy(torch_out, torch.tensor(Y))
+    torch_loss.backward()
+    assert_parity(out, torch_out, "GPT logits (N, V, T)")
+    assert_parity(np.array(loss), torch_loss, "GPT loss")
+    torch_grads = {k: p.grad.clone() for k, p in tmodel.named_parameters()}
+    topt.step()
+    named = dict(tmodel.named_parameters())
+    assert [k for k, _ in model.named_parameters()] == list(named)
+    for k, p in model.named_parameters():
+        assert_parity(p.grad, torch_grads[k], f"GPT {k}.grad")
+    # the embedding (tied: also the head) stepped once, as torch's (in_proj_bias is not compared:
+    # its key third has a zero gradient up to rounding, which Adam's step magnifies)
+    assert_parity(layers[0].weight.data, named["0.weight"], "GPT 0.weight after Adam's step")
+
+
+def test_train_text_gpt_quick_writes_a_sample_and_its_loss(tmp_path, capsys):
+    """--model gpt --quick runs end to end: a tied GPT trains, writes past its block size (the
+    context cropped to the last --seq-len characters) and prints the validation loss line."""
+    need(os.path.join(DATA, "shakespeare", "input.txt"))
+    train_text = importlib.import_module("train_text")
+    train_text.main(["--model", "gpt", "--quick", "--tie", "--embed", "16", "--hidden", "32",
+                     "--seq-len", "16", "--heads", "2", "--sample", "30", "--prompt", "ROMEO:",
+                     "--data-dir", DATA, "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert re.fullmatch(r"validation loss: \d+\.\d{4}", lines[-1]), out[-500:]
+    assert ("training gpt E 16, H 32, 2 blocks of 2 heads, dropout 0, head tied to the "
+            "embedding, windows of 16") in out
+    start = next(i for i, s in enumerate(lines) if s.startswith("--- 30 characters at "))
+    sample = "\n".join(lines[start + 1:lines.index("---", start)])
+    assert sample.startswith("ROMEO:") and len(sample) == len("ROMEO:") + 30
+    assert 2.5 < float(lines[-1].split()[-1]) < 4.17
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "gpt", "--embed", "16", "--heads", "3"],
+     "--heads 3 must divide --embed 16: each head attends with embed / heads features"),
+    (["--model", "gpt", "--dropout", "1"], "argument --dropout: expected a number in [0, 1), "
+                                           "got 1"),
+    (["--tie", "--layers", "3"], "--layers and --tie have no effect with --model lstm (they are "
+                                 "the GPT's); remove them"),
+    (["--model", "gru", "--heads", "2"], "--heads has no effect with --model gru"),
+])
+def test_train_text_gpt_rejects_bad_flags(argv, message, monkeypatch, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        _main("train_text", [*argv, "--out", str(tmp_path / "out")], monkeypatch)
+    assert e.value.code == 2
+    assert message in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "out").exists()
 
 
 # ════════════════════════════════════════════════════════════════════════════
@@ -8495,6 +8663,35 @@ def test_readme_language_model_blocks_run(monkeypatch, capsys):
     written = capsys.readouterr().out.rstrip("\n")
     assert len(written) == 500 and set(written) <= set(namespace["chars"])
     assert calls[0] == ((1, 1, 64), True) and set(calls[1:]) == {((1, 1, 64), False)}
+
+
+def _readme_attention_blocks():
+    """The ```python blocks of the README's section "Attention: a GPT block and a translation
+    toy", in order."""
+    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as fh:
+        readme = fh.read()
+    section = readme.split("\n### Attention: a GPT block and a translation toy\n")[1]
+    section = re.split(r"\n##+ ", section)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def test_readme_gpt_block_and_translation_toy_run():
+    """The README's GPT (tied: its weight listed once) fits a batch; its translation toy, a Model
+    of an encoder and a decoder layer fit on two inputs, reverses >= 95% of held-out strings
+    exactly with greedy decoding (seeded; about 2 s of training)."""
+    gpt_block, toy = _readme_attention_blocks()
+    scope = {"np": np, "tn": tn}
+    exec(gpt_block, scope)
+    gpt, embed = scope["gpt"], scope["embed"]
+    assert [p is embed.weight for p in gpt.parameters()].count(True) == 1
+    distinct = {id(p): p.data.size for layer in gpt for p in layer.parameters()}
+    assert gpt.count_params() == sum(distinct.values()) == \
+        sum(p.data.size for layer in gpt for p in layer.parameters()) - embed.weight.data.size
+    assert sum(isinstance(layer, tn.TransformerEncoderLayer) and layer.causal for layer in gpt) == 2
+    exec(toy, scope)
+    src, test_src = scope["src"], scope["test_src"]
+    assert not set(map(bytes, test_src.astype(np.uint8))) & set(map(bytes, src.astype(np.uint8)))
+    assert scope["exact_match"] >= 0.95, scope["exact_match"]
 
 
 # ── installing: a light pyproject, optional packages named when missing ─────────

@@ -1482,23 +1482,50 @@ class PositionalEmbedding(Layer):
 class MeanOverSteps(Layer):
     """The mean over the steps (tokens) axis, as Keras's GlobalAveragePooling1D: y = x.mean(dim);
     backward: dx = dy / T, repeated over the T steps. (N, T, E) -> (N, E) with dim=1.
-    torch.nn has no such layer: in torch one writes `x.mean(dim=1)`."""
+    With a mask of the real steps (bool, True = a real step, False = padding, as Keras's mask),
+    the mean is over the real steps only, so a padded sequence gives what it gives unpadded:
+        y = sum_t m_t x_t / sum_t m_t,   backward: dx_t = m_t dy / sum_t m_t.
+    mask has x's shape through the steps axis: (N, T) for x (N, T, E) (dim=1), (T, N) for
+    (T, N, E) (dim=0). It is the negation of attention's key_padding_mask (True = padding).
+    torch.nn has no such layer: in torch one writes `x.mean(dim=1)`, or with a mask
+    `(x * m[..., None]).sum(1) / m.sum(1, keepdim=True)`."""
 
     def __init__(self, dim=1):
         self.dim = dim
 
-    def forward(self, x):
+    def forward(self, x, mask=None):
         x = np.asarray(x)
         if x.ndim < 2 or not -x.ndim <= self.dim < x.ndim or x.shape[self.dim] == 0:
             raise ValueError(f"MeanOverSteps: expected an input with at least 1 step on axis "
                              f"{self.dim}, got shape {x.shape}")
-        self._cache = x.shape
-        return x.mean(axis=self.dim)
+        if mask is None:
+            self._cache = x.shape, None
+            return x.mean(axis=self.dim)
+        weights = self._step_weights(x, np.asarray(mask))           # m_t / sum_t m_t, (N, T, 1)
+        self._cache = x.shape, weights
+        return (x * weights).sum(axis=self.dim)
 
     def backward(self, grad):
-        shape = self._saved()
-        grad = np.expand_dims(grad / shape[self.dim], self.dim)
+        shape, weights = self._saved()
+        if weights is None:
+            weights = 1 / shape[self.dim]
+        grad = np.expand_dims(grad, self.dim) * weights               # (N, 1, E) * (N, T, 1)
         return np.broadcast_to(grad, shape).copy()
+
+    def _step_weights(self, x, mask):
+        """m_t / sum_t m_t in x's dtype, with x's trailing axes as 1: (N, T) -> (N, T, 1)."""
+        dim = self.dim % x.ndim
+        steps_shape = x.shape[:max(dim + 1, 2)]                        # (N, T) for (N, T, E)
+        if mask.dtype != bool or mask.shape != steps_shape:
+            raise ValueError(f"MeanOverSteps: expected mask, a bool array of shape {steps_shape} "
+                             f"(True = a real step) for x of shape {x.shape}, got {mask.dtype} "
+                             f"of shape {mask.shape}")
+        count = mask.sum(axis=dim, keepdims=True)                      # real steps per sequence
+        if not count.all():
+            raise ValueError(f"MeanOverSteps: every sequence needs at least 1 real step, but mask "
+                             f"(shape {mask.shape}) has {int((count == 0).sum())} with none")
+        weights = (mask / count).astype(np.result_type(x.dtype, np.float32), copy=False)
+        return weights.reshape(mask.shape + (1,) * (x.ndim - mask.ndim))
 
 
 # ════════════════════════════════════════════════════════════════════════════

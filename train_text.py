@@ -13,7 +13,9 @@ trained with fit and CrossEntropyLoss over the (N, V, T) logits and (N, T) targe
 of -log p(next character) over every position, in nats per character (ln 65 = 4.17 for a
 uniform guess). Then it writes --sample characters one at a time, each drawn from
 softmax(logits / --temperature), carrying the recurrent state from one character to the next
-(each new character costs one step, not a re-run of the text so far). It prints the sample,
+(each new character costs one step, not a re-run of the text so far). --model gpt is
+nanoGPT's GPT instead (causal transformer blocks; see gpt() below), which has no state to carry:
+it writes by re-running its last --seq-len characters for each new one. It prints the sample,
 writes model.npz, history.csv, loss.png and batch_loss.png under --out, and ends with the line
 `validation loss: <nats per character>`.
 """
@@ -69,10 +71,37 @@ def gru(vocab_size, embed=64, hidden=256, **_):
     return _recurrent(tn.GRU, vocab_size, embed, hidden)
 
 
+def gpt(vocab_size, embed=64, hidden=256, seq_len=100, layers=2, heads=4, dropout=0.0,
+        tie=False, **_):
+    """nanoGPT's GPT (its shakespeare_char "baby GPT", smaller): each character's embedding plus
+    its position's, `layers` causal pre-norm transformer blocks (each character attends to itself
+    and the ones before it: self-attention of `heads` heads, then a feed-forward layer of
+    `hidden` units with GELU), a final LayerNorm, and a Linear head without bias:
+
+        codes (N, T) -> Embedding(V, E) + PositionalEmbedding(T, E) -> (N, T, E)
+                     -> layers x TransformerEncoderLayer(causal) -> LayerNorm(E) -> (N, T, E)
+                     -> Linear(E, V) -> (N, T, V) -> Permute(0, 2, 1) -> logits (N, V, T)
+
+    T = seq_len is the block size, the most characters it sees at once. tie: the head's weight
+    is the embedding's (one Parameter, listed and updated once; its gradient sums both uses),
+    as in nanoGPT and GPT-2. The embedding starts at N(0, 0.02^2), as nanoGPT's (torch's
+    N(0, 1) would give a tied head logits of standard deviation sqrt(E))."""
+    embedding = tn.Embedding(vocab_size, embed)
+    embedding.weight.data *= 0.02
+    head = tn.Linear(embed, vocab_size, bias=False)
+    if tie:
+        head.weight = embedding.weight                        # (V, E) both
+    blocks = [tn.TransformerEncoderLayer(embed, heads, hidden, dropout, activation="gelu",
+                                         batch_first=True, norm_first=True, causal=True)
+              for _ in range(layers)]
+    return [embedding, tn.PositionalEmbedding(seq_len, embed), *blocks, tn.LayerNorm(embed),
+            head, tn.Permute(0, 2, 1)]
+
+
 # --model: name -> builder of the layers from vocab_size and the model flags as keywords
 # (embed, hidden, seq_len; each takes what it needs). A new architecture is one more builder
 # here; its layers must turn codes (N, T) into logits (N, V, T).
-MODELS = {"lstm": lstm, "gru": gru}
+MODELS = {"lstm": lstm, "gru": gru, "gpt": gpt}
 
 
 def build_model(kind, vocab_size, **options):
@@ -150,6 +179,9 @@ def writer(model, seq_len):
 
 # ── the script ─────────────────────────────────────────────────────────────────
 
+GPT_FLAGS = ["--layers", "--heads", "--dropout", "--tie"]        # for --model gpt only
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -165,7 +197,16 @@ def parse_args(argv=None):
     parser.add_argument("--embed", type=common.positive_int, default=64,
                         help="embedding size E (%(default)s)")
     parser.add_argument("--hidden", type=common.positive_int, default=256,
-                        help="hidden size H of the recurrent layer (%(default)s)")
+                        help="hidden size H of the recurrent layer, or the width of the GPT "
+                             "blocks' feed-forward layer (%(default)s)")
+    parser.add_argument("--layers", type=common.positive_int, default=2,
+                        help="--model gpt: transformer blocks (%(default)s)")
+    parser.add_argument("--heads", type=common.positive_int, default=4,
+                        help="--model gpt: attention heads, dividing --embed (%(default)s)")
+    parser.add_argument("--dropout", type=common.nonnegative_float, default=0.0,
+                        help="--model gpt: dropout in the blocks (%(default)s)")
+    parser.add_argument("--tie", action="store_true",
+                        help="--model gpt: the head's weight is the embedding's")
     parser.add_argument("--lr", type=common.positive_float, default=3e-3,
                         help="Adam's learning rate (%(default)s)")
     parser.add_argument("--seed", type=int, default=0,
@@ -191,6 +232,14 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         common.reject_flags(parser, ["--epochs"], "with --quick, which trains 1 epoch", argv)
+    if args.model != "gpt":
+        common.reject_flags(parser, GPT_FLAGS, f"with --model {args.model} (they are the GPT's)",
+                            argv)
+    elif args.dropout >= 1:
+        parser.error(f"argument --dropout: expected a number in [0, 1), got {args.dropout:g}")
+    elif args.embed % args.heads:
+        parser.error(f"--heads {args.heads} must divide --embed {args.embed}: each head "
+                     f"attends with embed / heads features")
     if not args.prompt:
         parser.error("argument --prompt: expected at least one character, got ''")
     return parser, args
@@ -228,12 +277,15 @@ def main(argv=None):
     print(f"{len(text):,} characters, {V} distinct; train {len(X_train):,} windows of "
           f"{args.seq_len}, validation {len(X_val):,}")
 
-    model = build_model(args.model, V, embed=args.embed, hidden=args.hidden, seq_len=args.seq_len)
+    model = build_model(args.model, V, embed=args.embed, hidden=args.hidden, seq_len=args.seq_len,
+                        layers=args.layers, heads=args.heads, dropout=args.dropout, tie=args.tie)
     optimizer = tn.Adam(model.parameters(), lr=args.lr)
     model.compile(optimizer, tn.CrossEntropyLoss())
     model.summary((args.seq_len,))
-    description = (f"{args.model} E {args.embed}, H {args.hidden}, windows of {args.seq_len}, "
-                   f"batch {args.batch_size}, {args.epochs} epochs")
+    blocks = (f", {args.layers} blocks of {args.heads} heads, dropout {args.dropout:g}"
+              + ", head tied to the embedding" * args.tie) if args.model == "gpt" else ""
+    description = (f"{args.model} E {args.embed}, H {args.hidden}{blocks}, windows of "
+                   f"{args.seq_len}, batch {args.batch_size}, {args.epochs} epochs")
     print(common.describe_run(description, optimizer, None))
     start = time.perf_counter()
     history = model.fit(X_train, Y_train, batch_size=args.batch_size, epochs=args.epochs,
