@@ -2571,6 +2571,9 @@ def test_summary():
     conv_like.predict(np.zeros((2, 3, 2, 2)))
     conv_like.summary(print_fn=lines.append)
     assert lines[1] == lines[0]                            # the last input shape is remembered
+    lines = []
+    tn.Sequential(tn.Linear(4, 5), tn.Permute(0, 2, 1)).summary((3, 4), print_fn=lines.append)
+    assert "Permute(0, 2, 1)" in lines[0]                 # positional arguments shown too
 
 
 def test_fit_is_deterministic_under_manual_seed():
