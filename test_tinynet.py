@@ -4591,6 +4591,9 @@ def test_summary():
     conv_like.predict(np.zeros((2, 3, 2, 2)))
     conv_like.summary(print_fn=lines.append)
     assert lines[1] == lines[0]                            # the last input shape is remembered
+    lines = []
+    tn.Sequential(tn.Linear(4, 5), tn.Permute(0, 2, 1)).summary((3, 4), print_fn=lines.append)
+    assert "Permute(0, 2, 1)" in lines[0]                 # positional arguments shown too
 
 
 def test_summary_prints_the_table_and_returns_none(capsys):
@@ -8558,6 +8561,23 @@ def test_readme_states_the_sizes_the_code_has():
             f"`TransformerEncoderLayer` {sizes['TransformerEncoderLayer']} (") in readme
     assert f"`Layer` (the core: {core} lines)" in " ".join(tn.__doc__.split())
     assert not re.search(r"\bX{2,}\b|\.X{2,}", readme), "a placeholder is left in README.md"
+
+
+def test_readme_is_a_front_door_and_its_results_are_in_the_results_file():
+    """No heading twice; every figure of README's "Measured results" stands in RESULTS.md too,
+    whose sections each carry their date."""
+    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    with open(os.path.join(HERE, "RESULTS.md"), encoding="utf-8") as f:
+        results = f.read()
+    headings = re.findall(r"^#+ .*$", re.sub(r"```.*?```", "", readme, flags=re.S), re.M)
+    assert len(headings) == len(set(headings)), sorted(h for h in headings if headings.count(h) > 1)
+    summary = readme.split("\n## Measured results\n")[1]
+    figures = set(re.findall(r"\b\d+\.\d{2,4}\b", summary))
+    assert figures and not figures - set(re.findall(r"\b\d+\.\d{2,4}\b", results)), \
+        sorted(figures - set(re.findall(r"\b\d+\.\d{2,4}\b", results)))
+    for section in re.findall(r"^## (.*)$", results, re.M):
+        assert re.search(r"\(\d{4}-\d{2}-\d{2}\)", section), f"RESULTS.md: {section!r} has no date"
 
 
 def test_readme_test_count_is_the_suites(request):

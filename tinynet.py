@@ -3664,11 +3664,12 @@ def _describe(layer, width=44):
             return f"[{len(v)} values]" if len(v) > 2 else f"[{', '.join(map(show, v))}]"
         return f"{v:.4g}" if isinstance(v, float) else repr(v)
     try:
-        kwargs = layer.config()["kwargs"]
+        config = layer.config()
     except (ValueError, KeyError, TypeError):      # a layer that does not keep its arguments
         return type(layer).__name__
+    kwargs = config.get("kwargs", {})
     specs = dict(_init_args(type(layer)))
-    args = []
+    args = [show(v) for v in config.get("args", ())]          # *args, e.g. Permute's dims
     for k, v in kwargs.items():
         default = specs[k].default if k in specs else None
         if default is inspect.Parameter.empty:
