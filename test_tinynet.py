@@ -4303,7 +4303,7 @@ def test_fit_and_evaluate_with_sequence_targets_count_positions_not_ignored():
 
 
 def test_fit_with_cross_entropy_over_positions_matches_torch():
-    """With CrossEntropyLoss(ignore_index) over (N, C, T) (the losses' part of issue 24)."""
+    """With CrossEntropyLoss(ignore_index) over (N, C, T)."""
     if not hasattr(tn.CrossEntropyLoss(), "ignore_index"):
         pytest.skip("CrossEntropyLoss over (N, C, d1, ...) not merged yet")
     model = _Tagger().astype(np.float64)
