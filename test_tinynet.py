@@ -8591,45 +8591,84 @@ def test_readme_test_count_is_the_suites(request):
     assert abs(stated - len(items)) <= 0.1 * len(items), (stated, len(items))
 
 
-# README's captioning example: its code block run as it is (on the real MNIST from
-# $TINYNET_DATA), then its hand-written backward against torch's autograd
+# README's worked examples: its code blocks run as they are, with the rest of each program
+# (data, training, greedy decoding) here, on the real MNIST and Tiny Shakespeare from
+# $TINYNET_DATA; the captioner's hand-written backward against torch's autograd
 
 def _readme_code(heading):
-    """The ```python block of README's section `### <heading>`."""
+    """The ```python blocks of README's section `### <heading>`, in order."""
     with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
-        section = f.read().split(f"\n### {heading}\n")[1].split("\n### ")[0]
-    [code] = re.findall(r"```python\n(.*?)```", section, re.S)
-    return code
+        section = f.read().split(f"\n### {heading}\n")[1]
+    section = re.split(r"\n##+ ", section)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+CAPTION_VOCAB = ["<null>", "<start>", "<end>"] + sorted(set("".join(WORDS)))   # 3 + 15 letters
+NULL, START, END = 0, 1, 2
+
+
+def _captions():
+    """(10, 7): digit -> <start> s e v e n <end>, then <null>s."""
+    captions = np.zeros((10, 7), np.int64)
+    for digit, word in enumerate(WORDS):
+        tokens = [START] + [CAPTION_VOCAB.index(ch) for ch in word] + [END]
+        captions[digit, :len(tokens)] = tokens
+    return captions
+
+
+def _caption(model, images, max_len=6):
+    """Greedy decoding: each step feeds the token just chosen, from the carried state."""
+    model.eval()
+    h = model.proj(images.reshape(len(images), 784))[None]           # (1, N, H)
+    c = np.zeros_like(h)
+    token = np.full((len(images), 1), START)                          # (N, 1)
+    tokens = []
+    for _ in range(max_len):
+        out = model.lstm(model.embed(token), hx=(h, c))               # (N, 1, H)
+        h, c = model.lstm.h_n, model.lstm.c_n
+        token = model.head(out).argmax(axis=2)                        # (N, 1)
+        tokens.append(token[:, 0])
+    rows = np.stack(tokens, axis=1)                                   # (N, max_len)
+    return np.array(["".join(CAPTION_VOCAB[t] for t in row).split("<end>")[0] for row in rows])
 
 
 @pytest.fixture(scope="module")
 def captioning(mnist):
-    """The namespace README's captioning block leaves, run with tn.load_mnist giving the
-    module's MNIST (it trains on the first 10,000 training images, tests on 1,000)."""
-    code = _readme_code("Captioning: a model of two inputs")
-    load_mnist = tn.load_mnist
-    tn.load_mnist = lambda *args, **kwargs: mnist
-    try:
-        namespace = {}
-        exec(compile(code, "README.md (Captioning)", "exec"), namespace)
-    finally:
-        tn.load_mnist = load_mnist
-    return namespace
+    """README's Captioner trained on the first 10,000 training digits (in: <start> s e v e n,
+    out: s e v e n <end>), 3 epochs, and decoded on the first 1,000 test digits."""
+    [code] = _readme_code("Captioning: a model of two inputs")
+    namespace = {"np": np, "tn": tn}
+    exec(compile(code, "README.md (Captioning)", "exec"), namespace)
+    X_train, y_train, X_test, y_test = mnist
+    captions = _captions()
+    tn.manual_seed(0)
+    model = namespace["Captioner"](len(CAPTION_VOCAB))
+    model.compile(tn.Adam(model.parameters(), lr=1e-2), tn.CrossEntropyLoss(ignore_index=NULL))
+    X, digits = X_train[:10000], y_train[:10000]
+    model.fit((X, captions[digits, :-1]), captions[digits, 1:], batch_size=64, epochs=3,
+              verbose=0)
+    predicted = _caption(model, X_test[:1000])
+    exact = np.mean(predicted == np.array(WORDS)[y_test[:1000]])
+    print(f"\nREADME's captioner: {predicted[:8]}, exact match {exact:.3f}")
+    return dict(namespace, model=model, predicted=predicted, exact=exact, y_test=y_test,
+                captions=captions)
 
 
 def test_readme_captioning_spells_held_out_digits(captioning):
-    threshold = float(re.search(r"the test runs this block and holds it at (0\.\d+) or more",
-                                _readme())[1])
+    threshold = float(re.search(r"\(the test holds it at (0\.\d+) or more\)", _readme())[1])
+    stated = int(re.search(r"it spells (\d+) of the first 1,000 test digits", _readme())[1])
+    assert stated == round(1000 * captioning["exact"]), captioning["exact"]
     assert captioning["exact"] >= threshold, captioning["exact"]
     model = captioning["model"]
     assert isinstance(model, tn.Model) and len(model.parameters()) == 9   # found as attributes
     digits = captioning["y_test"][:1000]
-    right = captioning["predicted"] == np.array(captioning["WORDS"])[digits]
+    right = captioning["predicted"] == np.array(WORDS)[digits]
     assert right.mean() == captioning["exact"] and set(digits[right]) == set(range(10))
 
 
 def test_readme_captioner_backward_through_h0_matches_torch(captioning):
-    Captioner, V = captioning["Captioner"], len(captioning["VOCAB"])
+    Captioner, V = captioning["Captioner"], len(CAPTION_VOCAB)
     tn.manual_seed(0)
     model = Captioner(V, embed=3, hidden=4).astype(np.float64)
 
@@ -8663,55 +8702,78 @@ def test_readme_captioner_backward_through_h0_matches_torch(captioning):
     assert np.abs(model.proj.weight.grad).max() > 0          # the gradient reached h0's Linear
 
 
-def test_readme_language_model_blocks_run(monkeypatch, capsys):
-    """README's language model (fit cut to one batch of 8 windows) and its writing loop, with
-    the carried state: 500 characters of the vocabulary come out."""
+def test_readme_language_model_writes_from_the_carried_state(monkeypatch, capsys):
+    """README's writing loop, on train_text.py's model (untrained): 500 characters of the
+    vocabulary come out, one LSTM step per character, from the carried state."""
+    import train_text
     _shakespeare_dir()
-    section = open(os.path.join(HERE, "README.md"), encoding="utf-8").read().split(
-        "\n### A character-level language model\n")[1].split("\n### ")[0]
-    train, write = re.findall(r"```python\n(.*?)```", section, re.S)
-    fit = tn.Sequential.fit
-    monkeypatch.setattr(tn.Sequential, "fit", lambda self, x, y, **kwargs: fit(
-        self, x[:8], y[:8], batch_size=8, epochs=1, verbose=0))
-    namespace = {"np": np, "tn": tn}
-    exec(compile(train, "README.md (language model)", "exec"), namespace)
-    lstm = namespace["model"][1]
+    [_, write] = _readme_code("Sequences: state in and out, cells, a language model")
+    codes, chars = train_text.encode(tn.load_shakespeare())
+    index = {ch: i for i, ch in enumerate(chars)}
+    tn.manual_seed(0)
+    model = train_text.build_model("lstm", len(chars), embed=64, hidden=256, seq_len=100)
+    assert [type(layer).__name__ for layer in model] == ["Embedding", "LSTM", "Linear", "Permute"]
+    lstm = model[1]
     calls = []
     monkeypatch.setattr(lstm, "forward", lambda x, hx=None, forward=lstm.forward: (
         calls.append((np.shape(x), hx is None)) or forward(x, hx)))
+    namespace = {"np": np, "tn": tn, "model": model, "chars": chars, "index": index}
     exec(compile(write, "README.md (writing)", "exec"), namespace)
     written = capsys.readouterr().out.rstrip("\n")
-    assert len(written) == 500 and set(written) <= set(namespace["chars"])
+    assert len(chars) == 65 and len(written) == 500 and set(written) <= set(chars)
     assert calls[0] == ((1, 1, 64), True) and set(calls[1:]) == {((1, 1, 64), False)}
 
 
-def _readme_attention_blocks():
-    """The ```python blocks of the README's section "Attention: a GPT block and a translation
-    toy", in order."""
-    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as fh:
-        readme = fh.read()
-    section = readme.split("\n### Attention: a GPT block and a translation toy\n")[1]
-    section = re.split(r"\n##+ ", section)[0]
-    return re.findall(r"```python\n(.*?)```", section, re.S)
+BOS = 10                                          # the reversal task's start token; digits 0-9
+
+
+def _reversal_task(n, length=6, seed=0):
+    """Digit strings (n, length); the decoder's input: BOS, then the answer but its last digit
+    (teacher forcing); the answer: the strings reversed."""
+    src = np.random.default_rng(seed).integers(0, 10, (n, length))
+    answer = src[:, ::-1]
+    tgt_in = np.concatenate([np.full((n, 1), BOS), answer[:, :-1]], axis=1)
+    return src, tgt_in, answer
+
+
+def _greedy_decode(model, src):
+    """Each string's answer, one digit at a time: the most likely next digit, fed back."""
+    tgt = np.full((len(src), 1), BOS)
+    for _ in range(src.shape[1]):
+        logits = model.predict((src, tgt))                          # (N, 11, t)
+        tgt = np.concatenate([tgt, logits[:, :, -1].argmax(axis=1)[:, None]], axis=1)
+    return tgt[:, 1:]
 
 
 def test_readme_gpt_block_and_translation_toy_run():
     """The README's GPT (tied: its weight listed once) fits a batch; its translation toy, a Model
     of an encoder and a decoder layer fit on two inputs, reverses >= 95% of held-out strings
     exactly with greedy decoding (seeded; about 2 s of training)."""
-    gpt_block, toy = _readme_attention_blocks()
+    gpt_block, toy = _readme_code("Attention: masks, a GPT, an encoder and a decoder")
     scope = {"np": np, "tn": tn}
     exec(gpt_block, scope)
-    gpt, embed = scope["gpt"], scope["embed"]
+    gpt, embed, V, T = scope["gpt"], scope["embed"], scope["V"], scope["T"]
     assert [p is embed.weight for p in gpt.parameters()].count(True) == 1
     distinct = {id(p): p.data.size for layer in gpt for p in layer.parameters()}
     assert gpt.count_params() == sum(distinct.values()) == \
         sum(p.data.size for layer in gpt for p in layer.parameters()) - embed.weight.data.size
     assert sum(isinstance(layer, tn.TransformerEncoderLayer) and layer.causal for layer in gpt) == 2
+    gpt.compile(tn.AdamW(gpt.parameters(), lr=1e-3), tn.CrossEntropyLoss())
+    codes = np.random.default_rng(0).integers(0, V, (16, T + 1))
+    gpt.fit(codes[:, :-1], codes[:, 1:], batch_size=8, verbose=0)   # targets: the next codes
     exec(toy, scope)
-    src, test_src = scope["src"], scope["test_src"]
+    tn.manual_seed(0)
+    model = scope["Reverser"]()
+    model.compile(tn.Adam(model.parameters(), lr=3e-3), tn.CrossEntropyLoss())
+    src, tgt_in, answer = _reversal_task(2000)
+    model.fit((src, tgt_in), answer, batch_size=32, epochs=4, verbose=0)
+    test_src, _, test_answer = _reversal_task(500, seed=1)             # other strings
     assert not set(map(bytes, test_src.astype(np.uint8))) & set(map(bytes, src.astype(np.uint8)))
-    assert scope["exact_match"] >= 0.95, scope["exact_match"]
+    exact_match = (_greedy_decode(model, test_src) == test_answer).all(axis=1).mean()
+    print(f"\nREADME's translation toy: exact match {exact_match:.3f}")
+    threshold = float(re.search(r"\(the test holds it at (0\.\d+)\)", _readme())[1])
+    assert exact_match >= threshold, exact_match
+    assert "reverses all 500 held-out strings exactly" in _readme() and exact_match == 1.0
 
 
 # ── installing: a light pyproject, optional packages named when missing ─────────
