@@ -4924,6 +4924,33 @@ def test_model_checkpoint_saves_every_epoch_or_the_best(tmp_path):
                                                 save_best_only=True)])
 
 
+def test_model_checkpoint_of_a_model_of_your_own_saves_weights_or_says_how(tmp_path):
+    X, y = _tiny_data(20)
+
+    class Mine(tn.Model):
+        def __init__(self):
+            super().__init__()
+            self.linear = tn.Linear(X.shape[1], 3)
+
+        def forward(self, x):
+            return self.linear(x)
+
+        def backward(self, grad):
+            return self.linear.backward(grad)
+
+    model = Mine()
+    model.compile(tn.SGD(model.parameters(), lr=0.1), tn.CrossEntropyLoss())
+    with pytest.raises(TypeError, match=r"ModelCheckpoint: Mine has no save\(\).*"
+                                        r"save_weights_only=True"):
+        model.fit(X, y, epochs=1, verbose=0, callbacks=[tn.ModelCheckpoint(tmp_path / "m.npz")])
+    assert not os.listdir(tmp_path)                      # refused before the first epoch
+    model.fit(X, y, epochs=2, verbose=0,
+              callbacks=[tn.ModelCheckpoint(tmp_path / "w.npz", save_weights_only=True)])
+    again = Mine()
+    again.load_weights(tmp_path / "w.npz")
+    np.testing.assert_array_equal(again.linear.weight.data, model.linear.weight.data)
+
+
 def _blas_threads():
     from threadpoolctl import threadpool_info
     return min(d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas")

@@ -2739,7 +2739,8 @@ class ModelCheckpoint(Callback):
     filepath may hold fields of the epoch (1-based) and its logs, e.g. "model-{epoch:02d}-
     {val_loss:.3f}.npz". save_best_only: save only when `monitor` beats the best so far.
     save_weights_only: write only the state_dict() arrays (load them back with
-    `model.load_state_dict(np.load(path))`). verbose=1 prints Keras's line for each epoch.
+    `model.load_weights(path)`); a tn.Model of your own has no save() and needs it.
+    verbose=1 prints Keras's line for each epoch.
     """
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False,
@@ -2747,6 +2748,13 @@ class ModelCheckpoint(Callback):
         self.filepath, self.monitor, self.verbose = os.fspath(filepath), monitor, verbose
         self.save_best_only, self.save_weights_only = save_best_only, save_weights_only
         self.larger, self.best = _monitor_is_better(mode, monitor), None
+
+    def on_train_begin(self, logs=None):
+        if not self.save_weights_only and not hasattr(self.model, "save"):
+            name = type(self.model).__name__
+            raise TypeError(f"ModelCheckpoint: {name} has no save() (a tn.Model of your own "
+                            f"keeps no architecture); pass save_weights_only=True and load "
+                            f"the file back with {name}(...).load_weights(path)")
 
     def on_epoch_end(self, epoch, logs=None):
         path = self.filepath.format(epoch=epoch + 1, **logs)
