@@ -1,21 +1,31 @@
-"""tinynet against PyTorch (CPU) on the same work, in one run: epoch time, layer time, memory.
+"""tinynet against PyTorch (CPU) on the same work: epoch and layer time, memory, where time goes.
 
     python bench_tinynet.py            # full run: several minutes, writes bench.json
     python bench_tinynet.py --quick    # subsets and fewer repeats, about a minute
     python bench_tinynet.py --busy     # also: MLP epoch with one core kept busy, by BLAS threads
     python bench_tinynet.py --smoke    # every code path on tiny random data, a few seconds
     python bench_tinynet.py --text     # train_text.py's LSTM and GPT alone, in both libraries
+    python bench_tinynet.py --profile  # the per-phase profile of one training step alone
 
 Every figure is a ratio taken in the same run (same machine, float32, data), alternating
 the libraries, so that it holds on a noisy machine. PyTorch runs at 1 and at 2 threads
 (torch.set_num_threads) and the faster is the reference; the tables say which won.
 tinynet runs with NumPy's default BLAS threads (OpenBLAS: one per core), the way a user
-runs it, and trains through `Sequential.fit(verbose=0)`. Layer rows also give the
-GEMM-bound limit: the layer's matrix products alone, done with np.matmul, so that what
-tinynet spends outside BLAS is visible.
+runs it, and trains through `Sequential.fit(verbose=0)`.
+
+The GEMM-bound limit: the same work's matrix products alone, done with np.matmul on float32
+arrays of the same shapes, so that what tinynet spends outside BLAS is visible. Layer rows
+give it for one forward + backward; epoch rows give it for one epoch ("limit": the products
+of one training step, from `step_products`, times the steps; the last partial batch timed at
+its own size). The profile (--profile, and part of every run) times one training step of
+each workload phase by phase: each layer's forward and backward (with its products alone),
+the loss, the optimizer (zero_grad included), and fit's own per-batch work, which is fit's
+time per step less the sum of the phases.
 """
 import argparse
+import collections
 import json
+import math
 import os
 import platform
 import statistics
@@ -69,15 +79,20 @@ def blas_info():
         return "threadpoolctl not installed"
 
 
+def tinynet_model(spec):
+    """The workload `spec` as a tinynet Sequential, compiled with Adam(lr=LR), CrossEntropyLoss."""
+    model = tn.Sequential([getattr(tn, name)(*args) for name, args in spec])
+    return model.compile(tn.Adam(model.parameters(), lr=LR), tn.CrossEntropyLoss())
+
+
 def build(spec, batch=BATCH):
     """The same architecture in both libraries: tinynet's, and its torch twin with the same
     weights from Sequential.to_torch (torch.nn's layers; for those torch.nn lacks, the module a
     torch user writes: PositionalEmbedding a learned table added to x, MeanOverSteps a mean,
     LastStep, LSTM returning only its output)."""
     import torch
-    model = tn.Sequential([getattr(tn, name)(*args) for name, args in spec])
+    model = tinynet_model(spec)
     tmodel = model.to_torch()
-    model.compile(tn.Adam(model.parameters(), lr=LR), tn.CrossEntropyLoss())
     return model, tmodel, torch.optim.Adam(tmodel.parameters(), lr=LR)
 
 
@@ -105,29 +120,62 @@ def best_torch(times):
     return statistics.median(times[n]), n
 
 
-def bench_epochs(X, y, epochs, pause):
-    """Median epoch time of each workload: tinynet, torch at 1 thread, torch at 2, alternating."""
+def bench_epochs(X, y, epochs, pause, limit_repeats):
+    """Median epoch time of each workload: tinynet, torch at 1 thread, torch at 2, alternating;
+    and in each round the epoch's matrix products alone (epoch_limit, `limit_repeats` runs of a
+    step's products), the median of the rounds."""
     import torch
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    rng = np.random.default_rng(0)
     rows = {}
     for name, spec in WORKLOADS.items():
         model, tmodel, topt = build(spec)
-        tn_times, torch_times = [], {n: [] for n in TORCH_THREADS}
+        limit_epoch = epoch_limit(model, len(X), X.shape[1:], rng)
+        tn_times, torch_times, limit_times = [], {n: [] for n in TORCH_THREADS}, []
         for _ in range(epochs):
             tn_times.append(timed(lambda: model.fit(X, y, epochs=1, batch_size=BATCH, verbose=0),
                                   pause))
             for n in TORCH_THREADS:
                 torch.set_num_threads(n)
                 torch_times[n].append(timed(lambda: torch_epoch(tmodel, topt, Xt, yt), pause))
+            limit_times.append(limit_epoch(limit_repeats))
         tn_s = statistics.median(tn_times)
         torch_s, threads = best_torch(torch_times)
+        limit_s = statistics.median(limit_times)
         rows[name] = {"tinynet_s": tn_s, "torch_s": torch_s, "torch_threads": threads,
                       "ratio": tn_s / torch_s,
                       "torch_s_by_threads": {str(n): statistics.median(t)
-                                             for n, t in torch_times.items()}}
-        print(f"  {name:<10} epoch  tinynet {tn_s:7.2f} s   torch {torch_s:7.2f} s "
-              f"({threads} thr)   ratio {tn_s / torch_s:5.2f}", flush=True)
+                                             for n, t in torch_times.items()},
+                      "limit_s": limit_s, "tinynet_over_limit": tn_s / limit_s,
+                      "torch_over_limit": torch_s / limit_s,
+                      "limit_step_gflop": flops(step_products(model, BATCH, X.shape[1:])) / 1e9,
+                      "limit_full_batches": len(X) // BATCH, "limit_last_batch": len(X) % BATCH}
+        print(f"  {name:<11} epoch  tinynet {tn_s:7.2f} s   torch {torch_s:7.2f} s "
+              f"({threads} thr)   ratio {tn_s / torch_s:5.2f}   limit {limit_s:7.2f} s   "
+              f"tinynet/limit {tn_s / limit_s:5.2f}", flush=True)
     return rows
+
+
+def epoch_limit(model, samples, input_shape, rng, batch=BATCH):
+    """A function(repeats) -> seconds of one epoch's matrix products alone: the median of
+    `repeats` runs of one step's products (step_products at `batch`, after a warm-up run) times
+    the full batches, plus the same for the last partial batch at its own size."""
+    full, rest = divmod(samples, batch)
+    parts = [(full, gemm_limit(step_products(model, batch, input_shape), rng))]
+    if rest:
+        parts.append((1, gemm_limit(step_products(model, rest, input_shape), rng)))
+    return lambda repeats: sum(count * median_s(fn, repeats) for count, fn in parts)
+
+
+def median_s(fn, repeats):
+    """Median of `repeats` calls after a warm-up, in seconds."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def min_ms(fn, repeats):
@@ -141,17 +189,167 @@ def min_ms(fn, repeats):
     return 1e3 * min(times)
 
 
+# ── the GEMM-bound limit: a step's matrix products, derived from the layers' shapes ──
+# A product is (what, b, m, k, n): b products (m, k)·(k, n), one batched np.matmul if b > 1,
+# 2 b m k n FLOPs. Product adds the index of the layer that does it.
+Product = collections.namedtuple("Product", "layer what b m k n")
+
+
+def flops(products):
+    """2 b m k n summed: the multiplies and adds of the products."""
+    return sum(2 * p[-4] * p[-3] * p[-2] * p[-1] for p in products)
+
+
 def gemm_limit(products, rng):
-    """A function doing the matrix products [(m, k, n), ...] with np.matmul on float32 arrays."""
-    pairs = [(rng.standard_normal((m, k), dtype=np.float32),
-              rng.standard_normal((k, n), dtype=np.float32)) for m, k, n in products]
-    return lambda: [a @ b for a, b in pairs]
+    """A function doing the products [(..., b, m, k, n), ...] (each tuple's last four; see
+    Product) with np.matmul on float32 arrays. Products of one shape share one pair of arrays,
+    as every step of a recurrent layer multiplies by the same W_hh."""
+    arrays = {}
+    for p in products:
+        b, m, k, n = shape = tuple(p[-4:])
+        batched = (b,) if b > 1 else ()
+        if shape not in arrays:
+            arrays[shape] = (rng.standard_normal(batched + (m, k), dtype=np.float32),
+                             rng.standard_normal(batched + (k, n), dtype=np.float32))
+    pairs = [arrays[tuple(p[-4:])] for p in products]
+
+    def run():
+        for a, b in pairs:
+            a @ b
+    return run
 
 
-def conv_gemms(n, c, h, w, o, k, p):
-    """forward W·cols, dW = dY·colsᵀ, dX's Wᵀ·dY of a stride-1 Conv2d, as (m, k, n) products."""
-    cols = n * (h + 2 * p - k + 1) * (w + 2 * p - k + 1)
-    return [(o, c * k * k, cols), (o, cols, c * k * k), (c * k * k, o, cols)]
+def linear_products(rows, in_features, out_features, input_grad=True):
+    """Linear(F -> O) on x (M, F), M = rows (N, or N T for tokens):
+    y = x·Wᵀ (M, F)·(F, O);  dW = dyᵀ·x (O, M)·(M, F);  dx = dy·W (M, O)·(O, F) if input_grad."""
+    m, f, o = rows, in_features, out_features
+    products = [("y = x·Wᵀ", 1, m, f, o), ("dW = dyᵀ·x", 1, o, m, f)]
+    return products + [("dx = dy·W", 1, m, o, f)] * input_grad
+
+
+def conv_gemms(n, c, h, w, o, k, p, s=1, input_grad=True):
+    """Conv2d(C -> O, kernel k, padding p, stride s; each an int or a pair) on x (N, C, H, W),
+    as tinynet's Conv2d does it, with K = C kH kW and P = N OH OW windows (cols: (K, P)):
+    y = W·cols (O, K)·(K, P);  dW = (cols·dYᵀ)ᵀ (K, P)·(P, O);  dcols = Wᵀ·dY (K, O)·(O, P)
+    if input_grad (col2im then adds dcols back: no product)."""
+    (kh, kw), (ph, pw), (sh, sw) = (np.broadcast_to(v, 2).tolist() for v in (k, p, s))
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    K, P = c * kh * kw, n * oh * ow
+    products = [("y = W·cols", 1, o, K, P), ("dW = (cols·dYᵀ)ᵀ", 1, K, P, o)]
+    return products + [("dcols = Wᵀ·dY", 1, K, o, P)] * input_grad
+
+
+def recurrent_products(rnn, shape, input_grad=True):
+    """RNN, LSTM, GRU (G = gates H: 4H for an LSTM, 3H a GRU, H an RNN) on x (N, T, F)
+    (batch_first; else (T, N, F)); per layer and direction (F = D H above the first layer):
+    xw = x·W_ihᵀ over all T at once (T N, F)·(F, G);  per step h·W_hhᵀ (N, H)·(H, G), T times;
+    backward per step da·W_hh (N, G)·(G, H), T times (the gate gradients da: dhw for a GRU);
+    dW_ih = daᵀ·x (G, T N)·(T N, F);  dW_hh = daᵀ·h (G, T N)·(T N, H);
+    dx = da·W_ih (T N, G)·(G, F) except in the first layer when not input_grad."""
+    n, t = shape[:2] if rnn.batch_first else shape[1::-1]
+    hidden, directions = rnn.hidden_size, 1 + rnn.bidirectional
+    g = rnn.gates * hidden
+    products = []
+    for layer in range(rnn.num_layers):
+        f = directions * hidden if layer else rnn.input_size
+        for _ in range(directions):
+            products += [("xw = x·W_ihᵀ, all steps", 1, t * n, f, g)]
+            products += [("h·W_hhᵀ, a step", 1, n, hidden, g)] * t
+            products += [("da·W_hh, a step", 1, n, g, hidden)] * t
+            products += [("dW_ih = daᵀ·x", 1, g, t * n, f), ("dW_hh = daᵀ·h", 1, g, t * n, hidden)]
+            products += [("dx = da·W_ih", 1, t * n, g, f)] * (layer > 0 or input_grad)
+    return products
+
+
+def attention_products(mha, shape):
+    """MultiheadAttention, self-attention (the in-projection one product), h heads of d = E / h
+    features, on x (N, L, E) (batch_first; else (L, N, E)):
+    forward   qkv = x·W_inᵀ (N L, E)·(E, 3E);  scores S = Q·Kᵀ, N h products (L, d)·(d, L);
+              o = A·V, N h (L, L)·(L, d)  (A = softmax(S));  y = o·W_outᵀ (N L, E)·(E, E)
+    backward  dW_out = dyᵀ·o (E, N L)·(N L, E);  do = dy·W_out (N L, E)·(E, E);
+              dA = do·Vᵀ N h (L, d)·(d, L);  dV = Aᵀ·do N h (L, L)·(L, d);
+              dQ = dS·K N h (L, L)·(L, d);  dK = dSᵀ·Q N h (L, L)·(L, d);
+              dW_in = dqkvᵀ·x (3E, N L)·(N L, E);  dx = dqkv·W_in (N L, 3E)·(3E, E)
+    (tinynet's attention computes dx also as a model's first layer)."""
+    e, h = mha.embed_dim, mha.num_heads
+    d = e // h
+    n, t = shape[:2] if mha.batch_first else shape[1::-1]
+    rows, pairs = n * t, n * h
+    return [("qkv = x·W_inᵀ", 1, rows, e, 3 * e), ("S = Q·Kᵀ", pairs, t, d, t),
+            ("o = A·V", pairs, t, t, d), ("y = o·W_outᵀ", 1, rows, e, e),
+            ("dW_out = dyᵀ·o", 1, e, rows, e), ("do = dy·W_out", 1, rows, e, e),
+            ("dA = do·Vᵀ", pairs, t, d, t), ("dV = Aᵀ·do", pairs, t, t, d),
+            ("dQ = dS·K", pairs, t, t, d), ("dK = dSᵀ·Q", pairs, t, t, d),
+            ("dW_in = dqkvᵀ·x", 1, 3 * e, rows, e), ("dx = dqkv·W_in", 1, rows, 3 * e, e)]
+
+
+def layer_products(layer, shape, input_grad=True):
+    """The products (what, b, m, k, n) of one layer's forward and backward on an input of
+    `shape`; input_grad False: without the input gradient's, where the layer skips it."""
+    if isinstance(layer, tn.Linear):
+        return linear_products(math.prod(shape[:-1]), layer.in_features, layer.out_features,
+                               input_grad)
+    if isinstance(layer, tn.Conv2d):
+        return conv_gemms(*shape, layer.out_channels, layer.kernel_size, layer.padding,
+                          layer.stride, input_grad)
+    if isinstance(layer, (tn.RNN, tn.LSTM, tn.GRU)):
+        return recurrent_products(layer, shape, input_grad)
+    if isinstance(layer, tn.MultiheadAttention):
+        return attention_products(layer, shape)
+    if isinstance(layer, tn.TransformerEncoderLayer):
+        rows, e, f = math.prod(shape[:-1]), layer.d_model, layer.dim_feedforward
+        return (attention_products(layer.self_attn, shape)
+                + [(f"linear1 {what}", *p) for what, *p in linear_products(rows, e, f)]
+                + [(f"linear2 {what}", *p) for what, *p in linear_products(rows, f, e)])
+    if isinstance(layer, (tn.TransformerDecoderLayer, tn.RNNCell, tn.LSTMCell, tn.GRUCell,
+                          tn.Model)):
+        raise ValueError(f"step_products: no count of {type(layer).__name__}'s products")
+    return []            # activations, pooling, Flatten, normalisation, embeddings, dropout, ...
+
+
+def input_shapes(model, batch, input_shape):
+    """The shape of each layer's input in `model`, from one forward pass of a zero batch in
+    eval mode (the model's mode restored after)."""
+    training = model.training
+    model.eval()
+    x, shapes = np.zeros((batch, *input_shape), np.float32), []
+    for layer in model:
+        shapes.append(x.shape)
+        x = layer.forward(x)
+    model.train(training)
+    return shapes
+
+
+def step_products(model_or_spec, batch, input_shape):
+    """The matrix products of one training step (forward and backward) of a tn.Sequential, or
+    of a spec as in WORKLOADS, on a batch of `batch` inputs of shape input_shape: a list of
+    Product(layer, what, b, m, k, n), b products (m, k)·(k, n) (b > 1: one batched matmul) done
+    by layer number `layer`; 2 b m k n FLOPs each. The shape each layer gets comes from one
+    forward pass of zeros (input_shapes). As in fit (after compile), the first layer with
+    parameters skips its input gradient (Linear, Conv2d and the recurrent layers do).
+    With N = batch, per layer:
+      Linear(F -> O), x (M, F), M = N (N T for tokens):
+          y = x·Wᵀ (M, F)·(F, O);  dW = dyᵀ·x (O, M)·(M, F);  dx = dy·W (M, O)·(O, F)
+      Conv2d(C -> O), K = C kH kW, P = N OH OW (see conv_gemms):
+          y = W·cols (O, K)·(K, P);  dW (K, P)·(P, O);  dcols = Wᵀ·dY (K, O)·(O, P)
+      LSTM (G = 4H; GRU 3H, RNN H), x (N, T, F) (see recurrent_products):
+          x·W_ihᵀ (T N, F)·(F, G);  T times h·W_hhᵀ (N, H)·(H, G) and da·W_hh (N, G)·(G, H);
+          dW_ih (G, T N)·(T N, F);  dW_hh (G, T N)·(T N, H);  dx = da·W_ih (T N, G)·(G, F)
+      MultiheadAttention, x (N, L, E), h heads of d (see attention_products):
+          in-projection (N L, E)·(E, 3E), N h of Q·Kᵀ (L, d)·(d, L) and A·V (L, L)·(L, d),
+          out-projection (N L, E)·(E, E); backward: dW_out, do, and N h of dA, dV, dQ, dK,
+          then dW_in (3E, N L)·(N L, E), dx (N L, 3E)·(3E, E)
+      TransformerEncoderLayer(E, F): its self_attn, then linear1 (E -> F), linear2 (F -> E)
+    Other layers (activations, pooling, Flatten, normalisation, PositionalEmbedding, dropout,
+    LastStep, MeanOverSteps) do no matrix product."""
+    model = (model_or_spec if isinstance(model_or_spec, tn.Sequential)
+             else tn.Sequential([getattr(tn, name)(*args) for name, args in model_or_spec]))
+    layers = list(model)
+    first = next((layer for layer in layers if layer.parameters()), None)
+    products = []
+    for i, (layer, shape) in enumerate(zip(layers, input_shapes(model, batch, input_shape))):
+        products += [Product(i, *p) for p in layer_products(layer, shape, layer is not first)]
+    return products
 
 
 def layer_cases(n=BATCH):
@@ -168,7 +366,7 @@ def layer_cases(n=BATCH):
         ("Conv2d 8->16 k3 @12", ("Conv2d", (8, 16, 3)), (n, 8, 12, 12),
          conv_gemms(n, 8, 12, 12, 16, 3, 0), "C"),
         ("Linear 784->256", ("Linear", (784, 256)), (n, 784),
-         [(n, 784, 256), (256, n, 784), (n, 256, 784)], "C"),
+         linear_products(n, 784, 256), "C"),
         ("MaxPool2d(2) @28", ("MaxPool2d", (2,)), (n, 32, 28, 28), [], "C"),
         ("BatchNorm2d(32) @28", ("BatchNorm2d", (32,)), (n, 32, 28, 28), [], "C"),
         ("BatchNorm2d(32) @28 conv out", ("BatchNorm2d", (32,)), (n, 32, 28, 28), [], "conv"),
@@ -231,6 +429,139 @@ def timing_row(fns, repeats, rounds=3):
     return {"tinynet_ms": best["tinynet"], "torch_ms": best[threads], "torch_threads": threads,
             "torch_ms_by_threads": {str(n): best[n] for n in TORCH_THREADS},
             "gemm_ms": best.get("gemm"), "ratio": best["tinynet"] / best[threads]}
+
+
+def profile_step(model, xb, yb, clock=time.perf_counter):
+    """One training step on (xb, yb) as train_step does it, phase by phase, each timed in
+    seconds: every layer's forward; the loss's forward and backward; the optimizer's zero_grad;
+    every layer's backward, last to first, stopping where one returns None (as
+    Sequential.backward: 0 for the layers it does not reach); the optimizer's step."""
+    layers = list(model)
+    forward, backward = [0.0] * len(layers), [0.0] * len(layers)
+    out = xb
+    for i, layer in enumerate(layers):
+        start = clock()
+        out = layer.forward(out)
+        forward[i] = clock() - start
+    start = clock()
+    model.loss.forward(out, yb)
+    grad = model.loss.backward()
+    loss = clock() - start
+    start = clock()
+    model.optimizer.zero_grad()
+    zero_grad = clock() - start
+    for i in reversed(range(len(layers))):
+        start = clock()
+        grad = layers[i].backward(grad)
+        backward[i] = clock() - start
+        if grad is None:
+            break
+    start = clock()
+    model.optimizer.step()
+    step = clock() - start
+    return {"forward": forward, "backward": backward, "loss": loss, "zero_grad": zero_grad,
+            "optimizer_step": step}
+
+
+class BatchStarts(tn.Callback):
+    """Notes the clock at the start of every training batch: from one start to the next is
+    fit's whole time for a step (the gather, train_step, accuracy, logs, callbacks)."""
+
+    def __init__(self):
+        self.starts = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.starts.append(time.perf_counter())
+
+
+def bench_profile(X, y, steps, warmup, rounds, batch=BATCH):
+    """Where one training step's time goes, for each workload (tinynet alone, float32, Adam):
+    `rounds` rounds of `steps` steps on the first steps * batch samples, after `warmup` steps;
+    each round: the steps phase by phase (profile_step), each layer's products alone `steps`
+    times (step_products), and one epoch of fit on those samples, with BatchStarts: fit's time
+    per step, from one batch's start to the next. Every figure is a median over the steps
+    (fit's: over its rounds * (steps - 1) intervals), in ms, so that a step disturbed by the
+    machine's load counts no more in fit's time than in the phases'. fit's own per-batch work
+    = fit's time per step - the sum of the phases. A layer's share: (forward + backward) /
+    fit's step. Also kept: fit's epoch time / steps (a mean), median of the rounds."""
+    rng = np.random.default_rng(1)
+    samples = steps * batch
+    X, y = X[:samples], y[:samples]
+    rows = {}
+    for name, spec in WORKLOADS.items():
+        model = tinynet_model(spec)
+        layers = list(model)
+        products = step_products(model, batch, X.shape[1:])
+        limits = [gemm_limit([p for p in products if p.layer == i], rng)
+                  if any(p.layer == i for p in products) else None for i in range(len(layers))]
+        model.train()
+        for _ in range(warmup):
+            rows_of_batch = rng.choice(samples, batch, replace=False)
+            profile_step(model, X[rows_of_batch], y[rows_of_batch])
+        phases, products_s, fit_step_s, fit_epoch_s = [], [[] for _ in layers], [], []
+        for _ in range(rounds):
+            order = rng.permutation(samples)
+            for b in range(steps):
+                rows_of_batch = order[b * batch:(b + 1) * batch]     # gathered as fit gathers
+                phases.append(profile_step(model, X[rows_of_batch], y[rows_of_batch]))
+            for i, limit in enumerate(limits):
+                if limit is not None:
+                    products_s[i].append(median_s(limit, steps))
+            clock = BatchStarts()
+            fit_epoch_s.append(timed(lambda: model.fit(X, y, epochs=1, batch_size=batch,
+                                                       verbose=0, callbacks=[clock])))
+            fit_step_s += np.diff(clock.starts).tolist()
+        rows[name] = profile_row(layers, model, phases, products_s, fit_step_s)
+        rows[name].update(batch=batch, steps=steps, rounds=rounds, warmup=warmup,
+                          fit_epoch_step_ms=1e3 * statistics.median(fit_epoch_s) / steps)
+        print_profile(name, rows[name])
+    return rows
+
+
+def profile_row(layers, model, phases, products_s, fit_step_s):
+    """The medians of bench_profile's measurements, in ms, and the shares of fit's step."""
+    def ms(values):
+        return 1e3 * statistics.median(values)
+    step = ms(fit_step_s)
+    row = {"fit_step_ms": step, "layers": []}
+    for i, layer in enumerate(layers):
+        forward = ms([p["forward"][i] for p in phases])
+        backward = ms([p["backward"][i] for p in phases])
+        row["layers"].append({"layer": f"{i} {type(layer).__name__}", "forward_ms": forward,
+                              "backward_ms": backward,
+                              "products_ms": ms(products_s[i]) if products_s[i] else None,
+                              "share": (forward + backward) / step})
+    row["loss"], row["optimizer"] = type(model.loss).__name__, type(model.optimizer).__name__
+    for phase in ("loss", "zero_grad", "optimizer_step"):
+        row[f"{phase}_ms"] = ms([p[phase] for p in phases])
+    row["optimizer_ms"] = row["zero_grad_ms"] + row["optimizer_step_ms"]
+    row["phases_ms"] = (sum(r["forward_ms"] + r["backward_ms"] for r in row["layers"])
+                        + row["loss_ms"] + row["optimizer_ms"])
+    row["fit_own_ms"] = step - row["phases_ms"]
+    row["products_ms"] = sum(r["products_ms"] or 0 for r in row["layers"])
+    for key in ("loss", "optimizer", "fit_own", "products"):
+        row[f"{key}_share"] = row[f"{key}_ms"] / step
+    return row
+
+
+def print_profile(name, row):
+    """The profile of one workload as a compact table (ms, and shares of fit's step)."""
+    print(f"  {name}: fit's step {row['fit_step_ms']:.3f} ms (batch {row['batch']}; an epoch's "
+          f"mean {row['fit_epoch_step_ms']:.3f}); medians of {row['rounds']} rounds of "
+          f"{row['steps']} steps after {row['warmup']} warm-up, ms\n"
+          f"    {'layer':<27}{'forward':>9}{'backward':>10}{'products':>10}{'share':>8}",
+          flush=True)
+    for r in row["layers"]:
+        products = "-" if r["products_ms"] is None else f"{r['products_ms']:.3f}"
+        print(f"    {r['layer']:<27}{r['forward_ms']:9.3f}{r['backward_ms']:10.3f}{products:>10}"
+              f"{r['share']:8.1%}")
+    optimizer = (f"optimizer {row['optimizer']}: step {row['optimizer_step_ms']:.3f}"
+                 f" + zero_grad {row['zero_grad_ms']:.3f}")
+    for label, key in [(f"loss {row['loss']}, forward + backward", "loss"),
+                       (optimizer, "optimizer"),
+                       ("fit's own per-batch work (step - phases)", "fit_own"),
+                       ("the step's products alone (layers' summed)", "products")]:
+        print(f"    {label:<46}{row[key + '_ms']:10.3f}{row[key + '_share']:8.1%}")
 
 
 def bench_busy(X, y, repeats, pause):
@@ -543,6 +874,24 @@ def main_text(args, info):
     print(f"wrote {args.out}")
 
 
+PROFILE_TITLE = ("one training step by phase, tinynet (Adam lr 1e-3, CrossEntropyLoss); optimizer: "
+                 "its step and zero_grad; products: the layer's matrix products alone (NumPy); "
+                 "share: of fit's step:")
+
+
+def main_profile(args, info, profile):
+    """--profile: bench_profile alone (tinynet only), on MNIST's first steps * batch images
+    (--smoke: random ones); writes {"info", "profile"} to args.out."""
+    print("where tinynet's training step goes, float32, NumPy's default BLAS threads:",
+          json.dumps(info), flush=True)
+    tn.manual_seed(0)
+    X, y = load(info["train_samples"], args.smoke)
+    print(PROFILE_TITLE, flush=True)
+    results = {"info": info, "profile": bench_profile(X, y, **profile)}
+    write_json(results, args.out)
+    print(f"wrote {args.out}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="subsets and fewer repeats: about a minute")
@@ -550,10 +899,16 @@ def main():
                    help="every code path on tiny random data (no timing value)")
     p.add_argument("--busy", action="store_true",
                    help="also time the MLP epoch with one core kept busy")
-    p.add_argument("--text", action="store_true",
-                   help="only train_text.py's language models, its default recipe and the "
-                        "same with --model gpt, in both libraries: minutes (with --quick: 1 "
-                        "epoch on 1,000 windows)")
+    alone = p.add_mutually_exclusive_group()
+    alone.add_argument("--text", action="store_true",
+                       help="only train_text.py's language models, its default recipe and the "
+                            "same with --model gpt, in both libraries: minutes (with --quick: 1 "
+                            "epoch on 1,000 windows)")
+    alone.add_argument("--profile", action="store_true",
+                       help="only the profile of one training step of each workload in tinynet, "
+                            "phase by phase (every run has it): layers' forward and backward "
+                            "with their products alone, loss, optimizer, fit's own work; "
+                            "medians of 3 rounds of 50 steps (--quick: of 20), in ms")
     p.add_argument("--epochs", type=int, default=3,
                    help="epochs per workload and library (median taken)")
     p.add_argument("--out", default="bench.json", help="where to write the results as JSON")
@@ -565,13 +920,19 @@ def main():
         return memory_child(*args.memory_child, args.n, args.epochs, args.smoke)
 
     import torch
+    # --smoke: 160 samples, 2 full batches and a partial one (the limit's last-batch path)
     if args.smoke:
-        n, epochs, repeats, pause, mem_n, mem_workloads = 128, 1, 1, 0.0, 128, ["mlp"]
+        n, epochs, repeats, pause, mem_n, mem_workloads = 160, 1, 1, 0.0, 128, ["mlp"]
+        limit_repeats, profile = 1, dict(steps=2, warmup=1, rounds=1, batch=8)
     elif args.quick:
         n, epochs, repeats, pause, mem_n, mem_workloads = 2000, 3, 6, 0.2, 2000, list(WORKLOADS)
+        limit_repeats, profile = 10, dict(steps=20, warmup=5, rounds=3, batch=BATCH)
     else:
         n, epochs, repeats, pause, mem_n, mem_workloads = (60000, max(3, args.epochs), 30, 1.0,
                                                            20000, list(WORKLOADS))
+        limit_repeats, profile = 20, dict(steps=50, warmup=10, rounds=3, batch=BATCH)
+    if args.profile:
+        n = profile["steps"] * profile["batch"]
     info = {"date": time.strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "python": platform.python_version(), "numpy": np.__version__,
@@ -580,6 +941,8 @@ def main():
             "train_samples": n, "quick": args.quick, "smoke": args.smoke}
     if args.text:
         return main_text(args, info)
+    if args.profile:
+        return main_profile(args, info, profile)
     print("tinynet vs PyTorch CPU, float32, batch 64, Adam lr 1e-3; torch at its faster of 1 and 2 "
           "threads, tinynet at NumPy's default BLAS threads:", json.dumps(info), flush=True)
     tn.manual_seed(0)
@@ -587,10 +950,12 @@ def main():
     X, y = load(n, args.smoke)
     print(f"epoch time (median of {epochs} epochs, alternating, {pause} s pause between runs):",
           flush=True)
-    results = {"info": info, "epochs": bench_epochs(X, y, epochs, pause)}
+    results = {"info": info, "epochs": bench_epochs(X, y, epochs, pause, limit_repeats)}
     print(f"layer time, forward + backward (fastest of {repeats} calls, libraries alternating):",
           flush=True)
     results["layers"] = bench_layers(repeats, 2 if args.smoke else BATCH)
+    print(PROFILE_TITLE, flush=True)
+    results["profile"] = bench_profile(X, y, **profile)
     if args.busy or args.smoke:
         print("BLAS threads, MLP epoch (batch 128), quiet and with one core busy:", flush=True)
         results["busy"] = bench_busy(X, y, 1 if args.smoke else 3 if args.quick else 7, pause)

@@ -8411,9 +8411,31 @@ def test_bench_text_trains_as_torch_does_in_float64(kind):
                   np.array(bench.torch_text_loss(tmodel, X_val, Y_val)), f"{kind} val loss")
 
 
+def test_bench_step_products_match_a_count_by_hand():
+    """step_products against a count by hand: the MLP (batch 64), whose first Linear skips dx
+    as in fit; two Conv2d, the second (stride 2, padding 1) with its three products; the LSTM's
+    two products a step over 28 steps."""
+    bench = importlib.import_module("bench_tinynet")
+    mlp = bench.step_products(bench.WORKLOADS["mlp"], 64, (1, 28, 28))
+    assert [(p.layer, p.b, p.m, p.k, p.n) for p in mlp] == [
+        (1, 1, 64, 784, 256), (1, 1, 256, 64, 784),                    # y = x·Wᵀ, dW; no dx
+        (3, 1, 64, 256, 10), (3, 1, 10, 64, 256), (3, 1, 64, 10, 256)]  # y, dW, dx
+    assert bench.flops(mlp) == 2 * 64 * (2 * 784 * 256 + 3 * 256 * 10)
+    # 4 images 1x10x10 -> Conv2d(1, 8, 3): 8x8 windows of 1x3x3 -> Conv2d(8, 16, 3, 2, 1): 4x4
+    # windows of 8x3x3; FLOPs 2 O K P each product
+    convs = bench.step_products([("Conv2d", (1, 8, 3)), ("ReLU", ()),
+                                 ("Conv2d", (8, 16, 3, 2, 1))], 4, (1, 10, 10))
+    assert [p.layer for p in convs] == [0, 0, 2, 2, 2]
+    assert bench.flops(convs) == 2 * (2 * 8 * 9 * 4 * 8 * 8) + 3 * (2 * 16 * 72 * 4 * 4 * 4)
+    lstm = bench.step_products(bench.WORKLOADS["lstm"], 64, (1, 28, 28))
+    assert sum(p.what.endswith("a step") and p.m == 64 for p in lstm) == 2 * 28
+    assert not any(p.what.startswith("dx") for p in lstm if p.layer == 1)   # the first layer
+
+
 def test_bench_smoke_runs_every_table(background):
-    """bench_tinynet.py --smoke runs every code path (epochs, layers with their GEMM limits, BLAS
-    threads quiet and busy, memory) on tiny data in a few seconds; no timing is asserted."""
+    """bench_tinynet.py --smoke runs every code path (epochs with their limits, a last partial
+    batch, layers with their GEMM limits, the per-phase profile, BLAS threads quiet and busy,
+    memory) on tiny data in a few seconds; no timing is asserted."""
     tmp_path, r = background("test_bench_smoke_runs_every_table")
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "bench.json").read_text())
@@ -8424,6 +8446,14 @@ def test_bench_smoke_runs_every_table(background):
     for row in list(res["epochs"].values()) + list(res["layers"].values()):
         assert row["tinynet_s" if "tinynet_s" in row else "tinynet_ms"] > 0 and row["ratio"] > 0
     assert res["layers"]["Conv2d 32->64 k3 p1 @14"]["gemm_ms"] > 0
+    for row in res["epochs"].values():
+        assert row["limit_s"] > 0 and row["limit_last_batch"] == 32 and row["limit_step_gflop"] > 0
+    assert set(res["profile"]) == set(res["epochs"])
+    for row in res["profile"].values():
+        assert row["fit_step_ms"] > 0 and row["optimizer_ms"] > 0 and row["loss_ms"] > 0
+    assert [r["layer"] for r in res["profile"]["mlp"]["layers"]] == ["0 Flatten", "1 Linear",
+                                                                     "2 ReLU", "3 Linear"]
+    assert res["profile"]["cnn-32-64"]["layers"][3]["products_ms"] > 0      # Conv2d(32, 64)
     assert (res["memory"]["mlp"]["tinynet_peak_mb"] > 0
             and res["info"]["torch_threads_tried"] == [1, 2])
 
