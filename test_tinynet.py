@@ -3464,10 +3464,10 @@ def test_optimizer_keeps_float32_and_keys_state_by_parameter(name, kw):
     assert not np.allclose(a.data, b.data)               # their states did not mix
 
 
-def test_optimizer_work_arrays_stay_out_of_the_state_and_follow_the_parameter():
-    """The arrays an update writes its intermediate values into (Optimizer._work, one per
-    parameter) carry nothing between steps: they are not in state or state_dict (torch's keys
-    only), and a parameter converted to float64, or given another shape, gets new ones."""
+def test_optimizer_state_has_torchs_keys_only_and_updates_follow_the_parameter():
+    """The array an update writes its intermediate values into (np.empty_like(p.data), out=) is
+    not kept: state and state_dict hold torch's keys only, and a parameter converted to float64,
+    or given another shape, is updated in its new dtype and shape."""
     p = tn.Parameter(np.ones((2, 3), np.float32))
     adam, sgd = tn.Adam([p], lr=0.1), tn.SGD([p], lr=0.1)
     p.grad[...] = 0.5

@@ -1948,15 +1948,6 @@ class Optimizer:
         """g = grad + weight_decay * p: torch's (coupled) L2 weight decay."""
         return p.grad + weight_decay * p.data if weight_decay else p.grad
 
-    def _work(self, p):
-        """An array like p.data for an update's intermediate values, one per parameter, kept
-        between steps (not in `state`: it carries nothing from one step to the next). A fresh
-        array for each intermediate value, every step, costs more than the arithmetic."""
-        work = self.__dict__.setdefault("_work_arrays", {}).get(p)
-        if work is None or work.shape != p.data.shape or work.dtype != p.data.dtype:
-            work = self._work_arrays[p] = np.empty_like(p.data)
-        return work
-
     def __repr__(self):
         groups = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
         return f"{type(self).__name__}({groups[0] if len(groups) == 1 else groups})"
@@ -2027,7 +2018,8 @@ class SGD(Optimizer):
                                       weight_decay=weight_decay, nesterov=nesterov))
 
     def update(self, p, state, group):
-        g, mu, work = self._l2(p, group["weight_decay"]), group["momentum"], self._work(p)
+        g, mu = self._l2(p, group["weight_decay"]), group["momentum"]
+        work = np.empty_like(p.data)                     # one array for the intermediate values
         if mu:
             b = state.get("momentum_buffer")
             if b is None:
@@ -2131,7 +2123,8 @@ class Adam(Optimizer):
         if self.decoupled:
             p.data *= 1 - lr * wd
         g = p.grad if self.decoupled else self._l2(p, wd)
-        m, v, work = state["exp_avg"], state["exp_avg_sq"], self._work(p)
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        work = np.empty_like(p.data)                     # one array for the intermediate values
         m *= beta1
         m += np.multiply(1 - beta1, g, out=work)                 # m = beta1 m + (1 - beta1) g
         v *= beta2
