@@ -3447,7 +3447,7 @@ class Model(Layer):
             counted = counted if ignore_index is None else y != ignore_index
             right = (out.argmax(axis=1) == y) & counted
         if weights is None:
-            return int(right.sum()), int(counted.sum())
+            return int(np.count_nonzero(right)), int(np.count_nonzero(counted))
         w = _spread(weights, right.shape) * counted                        # (N, d1, ...)
         return float((w * right).sum()), float(w.sum())
 
