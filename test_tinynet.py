@@ -3103,6 +3103,12 @@ def _torch_class_loss(name, pred_t, target, reduction, **kw):
     return fn(pred_t, torch.from_numpy(target), reduction=reduction, **kw)
 
 
+def _took_short_path(loss):
+    """Whether the last forward took the common batch's short path (its cached weighting is
+    None: no per-position weights built)."""
+    return loss._cache[2] is None
+
+
 @pytest.mark.parametrize("shape", CLASS_LOSS_SHAPES, ids=["NC", "NCT", "NCd1d2"])
 @pytest.mark.parametrize("name, option", [
     (name, option) for name in ("CrossEntropyLoss", "NLLLoss") for option in CLASS_LOSS_OPTIONS
@@ -3121,6 +3127,7 @@ def test_class_loss_over_positions_matches_torch(name, shape, option):
         with np.errstate(over="raise", divide="raise", invalid="raise"):
             value = loss(pred, target)
         assert type(value) is (np.ndarray if reduction == "none" else float)
+        assert _took_short_path(loss) == (option == "plain")
         pt = T(pred)
         ref = _torch_class_loss(name, pt, target, reduction, **torch_kw)
         assert_parity(np.asarray(value), ref, f"{what} value")
@@ -3132,6 +3139,35 @@ def test_class_loss_over_positions_matches_torch(name, shape, option):
         pt = T(pred)
         _torch_class_loss(name, pt, target, reduction, **torch_kw).backward(T(g, False))
         assert_parity(loss.backward(g), pt.grad, f"{what} backward(grad)")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", CLASS_LOSS_SHAPES, ids=["NC", "NCT", "NCd1d2"])
+@pytest.mark.parametrize("name", ["CrossEntropyLoss", "NLLLoss"])
+def test_class_loss_short_path_equals_the_general_path(name, shape, dtype):
+    """The common batch (no weight, no smoothing, no target equal to ignore_index) takes the
+    short path; the same batch with a class weight of ones, or with an ignore_index between the
+    smallest and largest target that no target equals, takes the general path. Both give the
+    same value and gradients, bit for bit, for every reduction (torch's values: the parity test
+    above, whose "plain" case takes the short path)."""
+    pred, target, _, _ = _class_loss_case(name, shape, "plain")
+    pred, classes = pred.astype(dtype), shape[1]
+    target[target == 1] = 0                                  # class 1 absent, 0 and C - 1 present
+    target.reshape(-1)[:2] = 0, classes - 1
+    g = np.random.default_rng(1).standard_normal(target.shape)
+    for reduction in ("mean", "sum", "none"):
+        short = getattr(tn, name)(reduction=reduction)
+        value = short(pred, target)
+        assert _took_short_path(short)
+        grad, grad_g = short.backward(), short.backward(g if reduction == "none" else 0.7)
+        assert grad.dtype == dtype
+        for kw in ({"weight": np.ones(classes)}, {"ignore_index": 1}):
+            general = getattr(tn, name)(reduction=reduction, **kw)
+            np.testing.assert_array_equal(general(pred, target), value)
+            assert not _took_short_path(general)
+            np.testing.assert_array_equal(general.backward(), grad)
+            np.testing.assert_array_equal(
+                general.backward(g if reduction == "none" else 0.7), grad_g)
 
 
 @pytest.mark.parametrize("name, kw", [
@@ -3426,6 +3462,27 @@ def test_optimizer_keeps_float32_and_keys_state_by_parameter(name, kw):
     buffers = [v for st in opt.state.values() for v in st.values() if isinstance(v, np.ndarray)]
     assert len(buffers) >= 2 and all(v.dtype == np.float32 and v.shape == (3, 2) for v in buffers)
     assert not np.allclose(a.data, b.data)               # their states did not mix
+
+
+def test_optimizer_state_has_torchs_keys_only_and_updates_follow_the_parameter():
+    """The array an update writes its intermediate values into (np.empty_like(p.data), out=) is
+    not kept: state and state_dict hold torch's keys only, and a parameter converted to float64,
+    or given another shape, is updated in its new dtype and shape."""
+    p = tn.Parameter(np.ones((2, 3), np.float32))
+    adam, sgd = tn.Adam([p], lr=0.1), tn.SGD([p], lr=0.1)
+    p.grad[...] = 0.5
+    adam.step()
+    sgd.step()
+    assert set(adam.state[p]) == set(adam.state_dict()["state"][0]) == {"step", "exp_avg",
+                                                                        "exp_avg_sq"}
+    assert sgd.state[p] == {} and sgd.state_dict()["state"] == {}
+    p.data, p.grad = p.data.astype(np.float64) + 1e-9, np.full((2, 3), 1 / 3)
+    expected = p.data - 0.1 * p.grad                     # in float64: lr * g is not rounded
+    sgd.step()
+    np.testing.assert_array_equal(p.data, expected)
+    p.data, p.grad = np.ones(4), np.full(4, 0.5)
+    sgd.step()
+    np.testing.assert_array_equal(p.data, 0.95)
 
 
 def test_optimizer_lr_is_writable_and_zero_grad():

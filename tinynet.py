@@ -1631,17 +1631,22 @@ class _WeightedLoss(Loss):
         w[c]: the class weight (1 without `weight`);  counted_i = (t_i != ignore_index)
         "mean": sum_i term_i / sum_i counted_i w[t_i]   (the number of counted positions when
                 unweighted; 0 / 0 = NaN when every target is ignored, as torch)
-    The gradient is exactly 0 at ignored positions."""
+    The gradient is exactly 0 at ignored positions.
+
+    The common batch (no class weight, no target equal to ignore_index: see _is_common) has
+    w = 1 and every position counted, so its "mean" divides by the number of positions: the
+    losses take a short path there that builds no per-position weights. forward caches
+    (pred or logp, labels, weighting): weighting is None on the short path, else
+    (label_weight, counted, w) from _weighting."""
 
     def __init__(self, weight=None, ignore_index=-100, reduction="mean"):
         super().__init__(reduction)
         self.weight = _class_weight(self, weight)
         self.ignore_index = ignore_index
 
-    def _targets(self, pred, target):
-        """Checked pred (float) and target, and per position: the label (0 where ignored: any
-        class will do, its weight is 0), its weight w[t] (0 where ignored), the counted mask
-        and the class weights w (C,) in pred's dtype."""
+    def _checked(self, pred, target):
+        """pred (as a float array) and target, checked: classes on axis 1 of pred, target of
+        pred's shape without that axis, integer labels."""
         name, pred, target = type(self).__name__, np.asarray(pred), np.asarray(target)
         if pred.ndim < 2:
             raise ValueError(f"{name}: expected pred of shape (N, C) or (N, C, d1, ...), "
@@ -1654,7 +1659,23 @@ class _WeightedLoss(Loss):
                              f"{pred.shape}, got {target.shape}")
         if not np.issubdtype(target.dtype, np.integer):
             raise TypeError(f"{name}: expected integer class labels, got dtype {target.dtype}")
-        classes = pred.shape[1]
+        return pred, target
+
+    def _is_common(self, target, classes):
+        """True for the common batch: no class weight, at least one target, every target a
+        class in [0, C) and none equal to ignore_index, known from min t and max t alone
+        (an ignore_index between them, even if absent, takes the general path, which checks
+        each target)."""
+        if self.weight is not None or target.size == 0:
+            return False
+        low, high = target.min(), target.max()
+        return 0 <= low and high < classes and not low <= self.ignore_index <= high
+
+    def _weighting(self, pred, target):
+        """The general path, per position: the label (0 where ignored: any class will do, its
+        weight is 0), its weight w[t] (0 where ignored), the counted mask, and the class weights
+        w (C,) in pred's dtype. A counted label outside [0, C) raises."""
+        name, classes = type(self).__name__, pred.shape[1]
         counted = target != self.ignore_index                               # (N, d1, ...)
         labels = target[counted]
         if labels.size and (labels.min() < 0 or labels.max() >= classes):
@@ -1667,7 +1688,7 @@ class _WeightedLoss(Loss):
         w = np.ones(classes, pred.dtype) if self.weight is None else self.weight.astype(pred.dtype)
         label = np.where(counted, target, 0)                                 # (N, d1, ...)
         label_weight = np.where(counted, w[label], 0)                        # (N, d1, ...)
-        return pred, label, label_weight, counted, w
+        return label, label_weight, counted, w
 
     def _denominator_of(self, label_weight, counted):
         """sum of w[t_i] over counted positions; their number when there is no class weight."""
@@ -1676,15 +1697,24 @@ class _WeightedLoss(Loss):
     def backward(self, grad=None):
         d = super().backward(grad)
         # exactly 0 at ignored positions, as torch: also where the mean is 0 / 0 or grad is NaN
-        _, _, _, counted, _ = self._saved()
-        if not counted.all():
-            np.copyto(d, 0, where=~np.expand_dims(counted, 1))
+        weighting = self._saved()[2]                       # None: the common batch, none ignored
+        if weighting is not None:
+            _, counted, _ = weighting
+            if not counted.all():
+                np.copyto(d, 0, where=~np.expand_dims(counted, 1))
         return d
+
+
+def _label_index(label):
+    """The index of each position's label in an array (N, C, d1, ...) with the classes on axis 1:
+    a[_label_index(t)] is a[n, t[n, j, ...], j, ...] at every position (n, j, ...): (N, d1, ...)."""
+    n, *rest = np.indices(label.shape, sparse=True)       # aranges, broadcastable to t's shape
+    return (n, label, *rest)
 
 
 def _pick(logp, label):
     """logp[n, label[n, ...], ...]: the log-probability of each position's label (class axis 1)."""
-    return np.take_along_axis(logp, np.expand_dims(label, 1), axis=1)[:, 0]
+    return logp[_label_index(label)]
 
 
 class CrossEntropyLoss(_WeightedLoss):
@@ -1699,8 +1729,9 @@ class CrossEntropyLoss(_WeightedLoss):
         "mean": sum_i term_i / sum_i counted_i w[t_i]   (both parts over the same denominator;
                 the number of counted positions without weight)
         d term_i / d x_i = (sum_c q_i[c]) softmax(x_i) - q_i
-    eps = label_smoothing, w = weight (1 without). Without weight and smoothing: term_i =
-    -logp_i[t_i] and d term_i / d x_i = softmax(x_i) - onehot(t_i).
+    eps = label_smoothing, w = weight (1 without). The common batch (no weight, no smoothing,
+    no ignored target) takes the short path: term_i = -logp_i[t_i], "mean" divides by the
+    number of positions, and d term_i / d x_i = softmax(x_i) - onehot(t_i).
     """
 
     def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
@@ -1711,33 +1742,38 @@ class CrossEntropyLoss(_WeightedLoss):
         self.label_smoothing = label_smoothing
 
     def forward(self, pred, target):
-        pred, label, label_weight, counted, w = self._targets(pred, target)
+        pred, target = self._checked(pred, target)
         logp = _log_softmax(pred, 1)                                         # (N, C, d1, ...)
         eps, classes = self.label_smoothing, pred.shape[1]
+        if not eps and self._is_common(target, classes):
+            self._cache = logp, target, None
+            return self._reduce(-_pick(logp, target))                        # term_i = -logp_i[t_i]
+        label, label_weight, counted, w = self._weighting(pred, target)
         terms = (1 - eps) * label_weight * -_pick(logp, label)               # (N, d1, ...)
         if eps:
             class_weight = w.reshape((1, classes) + (1,) * (logp.ndim - 2))  # (1, C, 1, ...)
             smooth = -(class_weight * logp).sum(axis=1)                      # (N, d1, ...)
             terms += eps / classes * np.where(counted, smooth, 0)
-        self._cache = logp, label, label_weight, counted, w
+        self._cache = logp, label, (label_weight, counted, w)
         return self._reduce(terms, self._denominator_of(label_weight, counted))
 
     def _grad(self):
-        logp, label, label_weight, counted, w = self._saved()
+        logp, label, weighting = self._saved()
+        grad = np.exp(logp)                                  # softmax(x_i)   (N, C, d1, ...)
+        if weighting is None:
+            grad[_label_index(label)] -= 1                   # softmax(x_i) - onehot(t_i)
+            return grad
+        label_weight, counted, w = weighting
         eps, classes = self.label_smoothing, logp.shape[1]
-        label = np.expand_dims(label, 1)                                     # (N, 1, d1, ...)
-        label_weight = np.expand_dims(label_weight, 1)                       # (N, 1, d1, ...)
-        counted = np.expand_dims(counted, 1)                                 # (N, 1, d1, ...)
         # (sum_c q_i[c]) softmax(x_i) - q_i, q_i the smoothed, weighted target (0 if ignored):
         # sum_c q_i[c] = (1 - eps) w[t_i] + eps / C sum(w)
-        q_total = (1 - eps) * label_weight + eps / classes * w.sum() * counted  # (N, 1, d1, ...)
-        grad = q_total * np.exp(logp)                                        # (N, C, d1, ...)
+        q_total = (1 - eps) * label_weight + eps / classes * w.sum() * counted  # (N, d1, ...)
+        grad *= np.expand_dims(q_total, 1)
         if eps:
             class_weight = w.reshape((1, classes) + (1,) * (logp.ndim - 2))  # (1, C, 1, ...)
-            grad -= eps / classes * class_weight * counted
-        # and q_i's (1 - eps) w[t_i] at the label: grad[i, t_i] -= (1 - eps) w[t_i]
-        at_label = np.take_along_axis(grad, label, axis=1) - (1 - eps) * label_weight
-        np.put_along_axis(grad, label, at_label, axis=1)
+            grad -= eps / classes * class_weight * np.expand_dims(counted, 1)
+        # and q_i's (1 - eps) w[t_i] at the label
+        grad[_label_index(label)] -= (1 - eps) * label_weight
         return grad
 
 
@@ -1749,14 +1785,17 @@ class NLLLoss(_WeightedLoss):
         "mean": sum_i term_i / sum_i counted_i w[t_i]   (the number of counted positions
                 without weight)
         d term_i / d logp_i = -w[t_i] onehot(t_i)
-    Input that is not log-probabilities (a value > 0, or a position whose exp over axis 1 does
-    not sum to 1 within 1e-3, ignored positions included) raises a ValueError: add LogSoftmax
-    before it."""
+    The common batch (no weight, no ignored target) takes the short path: term_i = -logp_i[t_i],
+    "mean" divides by the number of positions. Input that is not log-probabilities (a value > 0,
+    or a position whose exp over axis 1 does not sum to 1 within 1e-3, ignored positions
+    included) raises a ValueError: add LogSoftmax before it."""
     hint = ("inputs that are not log-probabilities (add LogSoftmax, or use CrossEntropyLoss on "
             "logits), or a learning rate too large")
 
     def forward(self, pred, target):
-        pred, label, label_weight, counted, w = self._targets(pred, target)
+        pred, target = self._checked(pred, target)
+        common = self._is_common(target, pred.shape[1])
+        weighting = None if common else self._weighting(pred, target)       # checks the labels
         total = np.exp(pred).sum(axis=1)                                     # (N, d1, ...)
         bad = (pred > 0).any(axis=1) | (np.abs(total - 1) > 1e-3)            # (N, d1, ...)
         if bad.any():
@@ -1768,17 +1807,21 @@ class NLLLoss(_WeightedLoss):
                              f"{values.max():.4g} and exp-sum {total[first]:.4g}; add "
                              "LogSoftmax() as the model's last layer, or use CrossEntropyLoss "
                              "on logits")
+        if common:
+            self._cache = pred, target, None
+            return self._reduce(-_pick(pred, target))                        # term_i = -logp_i[t_i]
+        label, label_weight, counted, w = weighting
         # 0 where ignored, not times 0: an ignored position's pick may be log(0) = -inf
         logp_label = np.where(counted, _pick(pred, label), 0)                # (N, d1, ...)
         terms = label_weight * -logp_label
-        self._cache = pred, label, label_weight, counted, w
+        self._cache = pred, label, (label_weight, counted, w)
         return self._reduce(terms, self._denominator_of(label_weight, counted))
 
     def _grad(self):
-        pred, label, label_weight, counted, w = self._saved()
+        pred, label, weighting = self._saved()
         grad = np.zeros_like(pred)                                           # (N, C, d1, ...)
-        # grad[i, t_i] = -w[t_i]
-        np.put_along_axis(grad, np.expand_dims(label, 1), -np.expand_dims(label_weight, 1), 1)
+        label_weight = 1 if weighting is None else weighting[0]   # w[t_i]; 1: the common batch
+        grad[_label_index(label)] = -label_weight                            # grad[i, t_i]
         return grad
 
 
@@ -1976,15 +2019,16 @@ class SGD(Optimizer):
 
     def update(self, p, state, group):
         g, mu = self._l2(p, group["weight_decay"]), group["momentum"]
+        work = np.empty_like(p.data)                     # one array for the intermediate values
         if mu:
             b = state.get("momentum_buffer")
             if b is None:
                 b = state["momentum_buffer"] = g.copy()
             else:
                 b *= mu
-                b += (1 - group["dampening"]) * g
+                b += np.multiply(1 - group["dampening"], g, out=work)
             g = g + mu * b if group["nesterov"] else b
-        p.data -= group["lr"] * g
+        p.data -= np.multiply(group["lr"], g, out=work)               # p = p - lr * g
 
 
 class RMSprop(Optimizer):
@@ -2080,14 +2124,21 @@ class Adam(Optimizer):
             p.data *= 1 - lr * wd
         g = p.grad if self.decoupled else self._l2(p, wd)
         m, v = state["exp_avg"], state["exp_avg_sq"]
+        work = np.empty_like(p.data)                     # one array for the intermediate values
         m *= beta1
-        m += (1 - beta1) * g
+        m += np.multiply(1 - beta1, g, out=work)                 # m = beta1 m + (1 - beta1) g
         v *= beta2
-        v += (1 - beta2) * g * g
+        g2_term = np.multiply(1 - beta2, g, out=work)
+        g2_term *= g
+        v += g2_term                                             # v = beta2 v + (1 - beta2) g²
         if group["amsgrad"]:
             v = np.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
-        denom = np.sqrt(v) / math.sqrt(1 - beta2 ** t) + group["eps"]
-        p.data -= lr / (1 - beta1 ** t) * m / denom
+        denom = np.sqrt(v, out=work)
+        denom /= math.sqrt(1 - beta2 ** t)
+        denom += group["eps"]                            # denom = sqrt(v) / sqrt(1 - beta2^t) + eps
+        step = np.divide(m, denom, out=work)
+        step *= lr / (1 - beta1 ** t)
+        p.data -= step                                   # p = p - lr / (1 - beta1^t) * m / denom
 
 
 class AdamW(Adam):
@@ -3404,7 +3455,7 @@ class Model(Layer):
             counted = counted if ignore_index is None else y != ignore_index
             right = (out.argmax(axis=1) == y) & counted
         if weights is None:
-            return int(right.sum()), int(counted.sum())
+            return int(np.count_nonzero(right)), int(np.count_nonzero(counted))
         w = _spread(weights, right.shape) * counted                        # (N, d1, ...)
         return float((w * right).sum()), float(w.sum())
 
