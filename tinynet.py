@@ -2019,16 +2019,15 @@ class SGD(Optimizer):
 
     def update(self, p, state, group):
         g, mu = self._l2(p, group["weight_decay"]), group["momentum"]
-        work = np.empty_like(p.data)                     # one array for the intermediate values
         if mu:
             b = state.get("momentum_buffer")
             if b is None:
                 b = state["momentum_buffer"] = g.copy()
             else:
                 b *= mu
-                b += np.multiply(1 - group["dampening"], g, out=work)
+                b += (1 - group["dampening"]) * g
             g = g + mu * b if group["nesterov"] else b
-        p.data -= np.multiply(group["lr"], g, out=work)               # p = p - lr * g
+        p.data -= group["lr"] * g
 
 
 class RMSprop(Optimizer):
@@ -2124,21 +2123,14 @@ class Adam(Optimizer):
             p.data *= 1 - lr * wd
         g = p.grad if self.decoupled else self._l2(p, wd)
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        work = np.empty_like(p.data)                     # one array for the intermediate values
         m *= beta1
-        m += np.multiply(1 - beta1, g, out=work)                 # m = beta1 m + (1 - beta1) g
+        m += (1 - beta1) * g
         v *= beta2
-        g2_term = np.multiply(1 - beta2, g, out=work)
-        g2_term *= g
-        v += g2_term                                             # v = beta2 v + (1 - beta2) g²
+        v += (1 - beta2) * g * g
         if group["amsgrad"]:
             v = np.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
-        denom = np.sqrt(v, out=work)
-        denom /= math.sqrt(1 - beta2 ** t)
-        denom += group["eps"]                            # denom = sqrt(v) / sqrt(1 - beta2^t) + eps
-        step = np.divide(m, denom, out=work)
-        step *= lr / (1 - beta1 ** t)
-        p.data -= step                                   # p = p - lr / (1 - beta1^t) * m / denom
+        denom = np.sqrt(v) / math.sqrt(1 - beta2 ** t) + group["eps"]
+        p.data -= lr / (1 - beta1 ** t) * m / denom
 
 
 class AdamW(Adam):
