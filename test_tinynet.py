@@ -1058,6 +1058,19 @@ def test_batchnorm_matches_torch_in_training_then_eval(cls, shape, momentum, eps
     _assert_same_step(ours, theirs, rng.standard_normal(shape) + 1)
 
 
+def test_batchnorm_channel_sums_in_every_memory_order():
+    """_BatchNorm._sum: BLAS dots over channel rows when both arrays are batch innermost or both
+    C-ordered; einsum otherwise (mixed orders, strided views, BatchNorm1d). Same sums."""
+    a, b = randn(0, (4, 3, 5, 6)), randn(1, (4, 3, 5, 6))
+    bn = tn.BatchNorm2d(3)
+    for x, y in [(a, b), (_batch_innermost(a), _batch_innermost(b)), (a, _batch_innermost(b)),
+                 (a[:, :, ::2], b[:, :, ::2]), (a[:1], b[:1])]:
+        np.testing.assert_allclose(bn._sum(x, y), np.einsum("nchw,nchw->c", x, y), rtol=1e-12)
+        np.testing.assert_allclose(bn._sum(x), x.sum(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(tn.BatchNorm1d(6)._sum(a[0, 0], b[0, 0]),
+                               (a[0, 0] * b[0, 0]).sum(axis=0), rtol=1e-12)
+
+
 @pytest.mark.parametrize("shape", [(5, 3), (4, 3, 6, 5)])
 def test_normalize_matches_torch(shape):
     rng = np.random.default_rng(6)
