@@ -474,6 +474,30 @@ def _out_size(layer, x, kernel, stride, padding, channels=None):
 
 # ── Convolution ─────────────────────────────────────────────────────────────
 
+def _inside(offset, pad, stride, size, out):
+    """The output positions p in [p0, p1) whose input position p * stride + offset - pad lies in
+    0..size-1, at kernel offset `offset`; the windows at the other p read zero padding there."""
+    p0 = max(0, -((offset - pad) // stride))               # ceil((pad - offset) / stride)
+    p1 = min(out, (size - 1 - offset + pad) // stride + 1)
+    return p0, max(p0, p1)
+
+
+def _col2im(dcols, shape, kernel, stride, padding, out_size):
+    """im2col's adjoint: dx[c, p sH + i - pH, q sW + j - pW, n] = sum of dcols[c, i, j, p, q, n]
+    over the kernel offsets (i, j) and windows (p, q) that reach that pixel: dcols (C kH kW,
+    OH OW N) -> dx (C, H, W, N) = shape, kH kW slice adds. What fell on the padding is dropped,
+    so dx needs no padded copy (each add is clipped to the rows and columns inside x)."""
+    (c, h, w, n), (kh, kw), (sh, sw), (ph, pw) = shape, kernel, stride, padding
+    oh, ow = out_size
+    dcols = dcols.reshape(c, kh, kw, oh, ow, n)
+    dx = np.zeros(shape, dcols.dtype)
+    for i, j in np.ndindex(kh, kw):
+        (p0, p1), (q0, q1) = _inside(i, ph, sh, h, oh), _inside(j, pw, sw, w, ow)
+        dx[:, p0 * sh + i - ph:p1 * sh + i - ph:sh,
+           q0 * sw + j - pw:q1 * sw + j - pw:sw] += dcols[:, i, j, p0:p1, q0:q1]
+    return dx
+
+
 class Conv2d(Layer):
     """2-D cross-correlation, as torch.nn.Conv2d (zero padding, no dilation or groups).
 
@@ -521,7 +545,6 @@ class Conv2d(Layer):
 
     def backward(self, grad):                                        # grad: (N, O, OH, OW)
         cols, (n, c, h, w) = self._saved()
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         _, o, oh, ow = grad.shape
         g = np.ascontiguousarray(grad.transpose(1, 2, 3, 0)).reshape(o, -1)   # (O, OH OW N)
         self.weight.grad += (cols @ g.T).T.reshape(self.weight.data.shape)  # faster than g @ cols.T
@@ -529,12 +552,9 @@ class Conv2d(Layer):
             self.bias.grad += g.sum(axis=1)
         if not self.needs_input_grad:
             return None
-        dcols = (self.weight.data.reshape(o, -1).T @ g).reshape(c, kh, kw, oh, ow, n)
-        dxp = np.zeros((c, h + 2 * ph, w + 2 * pw, n), dcols.dtype)
-        for i in range(kh):                                              # col2im
-            for j in range(kw):
-                dxp[:, i:i + sh * oh:sh, j:j + sw * ow:sw] += dcols[:, i, j]
-        return dxp[:, ph:ph + h, pw:pw + w].transpose(3, 0, 1, 2)    # (N, C, H, W), a view
+        dcols = self.weight.data.reshape(o, -1).T @ g                 # (C kH kW, OH OW N)
+        dx = _col2im(dcols, (c, h, w, n), self.kernel_size, self.stride, self.padding, (oh, ow))
+        return dx.transpose(3, 0, 1, 2)                              # (N, C, H, W), a view
 
 
 # ── Pooling ─────────────────────────────────────────────────────────────────
@@ -543,7 +563,9 @@ class _Pool2d(Layer):
     """x (N, C, H, W) -> y (N, C, OH, OW), one value per kH x kW window (MaxPool2d, AvgPool2d);
     OH = (H + 2 pH - kH) // sH + 1, stride = kernel_size by default. The subclass reduces the
     kH kW window offsets with _pool(views) -> (y, state); backward adds back, at each offset k,
-    _window_grad(grad, state, k): array operations per offset, none per window or pixel."""
+    _window_grad(grad, state, k): array operations per offset, none per window or pixel.
+    When stride = kernel_size (the default) the windows do not overlap, and backward writes each
+    offset's gradient straight into its place (out=) instead of adding a temporary."""
     pad_value = 0.0
 
     def __init__(self, kernel_size, stride=None, padding=0):
@@ -572,9 +594,13 @@ class _Pool2d(Layer):
 
     def backward(self, grad):                                        # grad: (N, C, OH, OW)
         xp, state = self._saved()
-        dxp, (ph, pw), (hp, wp) = np.zeros_like(xp), self.padding, xp.shape[2:]
-        for k, view in enumerate(self._offsets(dxp, *grad.shape[2:])):  # overlapping windows add up
-            view += self._window_grad(grad, state, k)
+        (ph, pw), (hp, wp), (oh, ow) = self.padding, xp.shape[2:], grad.shape[2:]
+        dxp = np.zeros_like(xp)
+        for k, view in enumerate(self._offsets(dxp, oh, ow)):
+            if self.stride == self.kernel_size:        # windows tile xp: write, no temporary
+                self._window_grad(grad, state, k, out=view)
+            else:                                      # overlapping windows add up
+                view += self._window_grad(grad, state, k)
         return dxp[:, :, ph:hp - ph, pw:wp - pw]
 
 
@@ -592,8 +618,8 @@ class MaxPool2d(_Pool2d):
             np.maximum(y, v, out=y)                    # a NaN propagates
         return y, argmax
 
-    def _window_grad(self, grad, argmax, k):
-        return grad * (argmax == k)
+    def _window_grad(self, grad, argmax, k, out=None):
+        return np.multiply(grad, argmax == k, out=out)
 
 
 class AvgPool2d(_Pool2d):
@@ -602,8 +628,8 @@ class AvgPool2d(_Pool2d):
     def _pool(self, views):
         return sum(views) / len(views), len(views)
 
-    def _window_grad(self, grad, count, k):
-        return grad / count
+    def _window_grad(self, grad, count, k, out=None):
+        return np.divide(grad, count, out=out)
 
 
 # ── Batch normalisation ─────────────────────────────────────────────────────
@@ -626,8 +652,27 @@ class _BatchNorm(Layer):
         self.running_mean = np.zeros(num_features, np.float32)
         self.running_var = np.ones(num_features, np.float32)
 
-    def _sum(self, *arrays):                 # per-channel sum of the product -> (C,), one pass
-        return np.einsum(",".join([self.axes] * len(arrays)) + "->c", *arrays)
+    def _sum(self, a, b=None):
+        """Σ a (or Σ a b) over every axis but the channel axis 1 -> (C,), in one pass (einsum).
+        Σ a b of two arrays stored alike as channel rows (_rows) is one BLAS dot per row,
+        (..., 1, M) @ (..., M, 1): up to 2x einsum's speed on a Conv2d's output."""
+        if b is None:
+            return np.einsum(f"{self.axes}->c", a)
+        rows_a, rows_b = self._rows(a), self._rows(b)
+        if rows_a is None or rows_b is None or rows_a.shape != rows_b.shape:
+            return np.einsum(f"{self.axes},{self.axes}->c", a, b)
+        dots = np.matmul(rows_a[..., None, :], rows_b[..., :, None])          # (..., C, 1, 1)
+        return dots.reshape(-1, a.shape[1]).sum(axis=0)
+
+    @staticmethod
+    def _rows(x):
+        """x (N, C, H, W) as rows of one channel's values each, without a copy: (C, H W N) when
+        stored batch innermost (a Conv2d's output), (N, C, H W) when C-ordered; else None."""
+        if x.ndim == 4 and x.transpose(1, 2, 3, 0).flags.c_contiguous:
+            return x.transpose(1, 2, 3, 0).reshape(x.shape[1], -1)
+        if x.ndim == 4 and x.flags.c_contiguous:
+            return x.reshape(x.shape[0], x.shape[1], -1)
+        return None
 
     def forward(self, x):
         x = _check_input(self, x, self.ndim, self.num_features)
