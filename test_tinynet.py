@@ -8918,7 +8918,7 @@ def test_readme_gpt_block_and_translation_toy_run():
     gpt_block, toy = _readme_code("Attention: masks, a GPT, an encoder and a decoder")
     scope = {"np": np, "tn": tn}
     exec(gpt_block, scope)
-    gpt, embed, V, T = scope["gpt"], scope["embed"], scope["V"], scope["T"]
+    gpt, embed, V, T = scope["gpt"], scope["embed"], 65, 100
     assert [p is embed.weight for p in gpt.parameters()].count(True) == 1
     distinct = {id(p): p.data.size for layer in gpt for p in layer.parameters()}
     assert gpt.count_params() == sum(distinct.values()) == \
