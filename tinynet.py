@@ -1158,11 +1158,9 @@ class LayerNorm(Layer):
         return (grad - grad.mean(axis=axes, keepdims=True) - xhat * gx_mean) * inv_std
 
 
-# erfcx(z) = exp(z^2) erfc(z) for 0 <= z <= 6 as a polynomial in u = (z - 2) / (z + 2) in
-# [-1, 0.5]: a degree-18 Chebyshev series interpolated once at math.erfc's values, written out in
-# powers of u for Horner's rule. erf(z) = 1 - exp(-z^2) erfcx(z) is then within 3e-15 of math.erf
-# (and 1 - erf(z) < 3e-17 beyond z = 6). float32 takes the series' first 9 terms (degree 8):
-# within 2.4e-7 of erf, float32's own rounding.
+# erfcx(z) = exp(z^2) erfc(z), 0 <= z <= 6: a degree-18 Chebyshev series in u = (z - 2) / (z + 2),
+# interpolated once at math.erfc's values, then in powers of u: erf = 1 - exp(-z^2) erfcx is within
+# 3e-15 of math.erf (1 - erf(z) < 3e-17 beyond z = 6); float32's first 9 terms: within 2.4e-7.
 _ERFCX = np.polynomial.Chebyshev.interpolate(
     lambda u: [math.exp(z * z) * math.erfc(z) for z in 2 * (1 + u) / (1 - u)], 18, domain=[-1, 0.5])
 _ERFCX_POWERS = {np.float64: _ERFCX.convert(kind=np.polynomial.Polynomial).coef,      # p_0..p_18
@@ -1170,27 +1168,19 @@ _ERFCX_POWERS = {np.float64: _ERFCX.convert(kind=np.polynomial.Polynomial).coef,
 
 
 def _erf(x):
-    """erf(x) = sign(x) (1 - exp(-z^2) erfcx(z)), z = min(|x|, 6), vectorised (NumPy has no erf),
-    with erfcx(z) = sum_k p_k u^k, u = (z - 2) / (z + 2) = 1 - 4 / (z + 2), by Horner's rule;
-    in x's dtype if float32, else in float64; three new arrays, the rest in place."""
+    """erf(x) = sign(x) (1 - exp(-z^2) erfcx(z)), z = min(|x|, 6), erfcx(z) = sum_k p_k u^k by
+    Horner's rule, u = 1 - 4 / (z + 2); float32 for a float32 x, else float64 (NumPy has no erf)."""
     dtype = np.float32 if np.result_type(x) == np.float32 else np.float64
-    p = _ERFCX_POWERS[dtype].astype(dtype)                             # p_0..p_n
     z = np.abs(x, dtype=dtype)
     np.minimum(z, 6.0, out=z)
-    u = z + 2
-    np.divide(-4, u, out=u)
-    u += 1                                                             # u = 1 - 4 / (z + 2)
-    erfcx = p[-1] * u
-    for p_k in p[-2:0:-1]:                                             # (p_n u + p_{n-1}) u + ...
-        erfcx += p_k
+    u = 1 - 4 / (z + 2)
+    erfcx = np.zeros_like(u)
+    for p_k in _ERFCX_POWERS[dtype][::-1].astype(dtype):               # p_n, ..., p_0
         erfcx *= u
-    erfcx += p[0]
+        erfcx += p_k
     np.square(z, out=z)
-    np.negative(z, out=z)
-    exp_z2 = np.exp(z, out=z)                                          # exp(-z^2), in z's memory
-    erf_z = erfcx                                                      # erf(z), in erfcx's memory
-    erf_z *= exp_z2
-    np.subtract(1, erf_z, out=erf_z)
+    erfcx *= np.exp(np.negative(z, out=z), out=z)                      # exp(-z^2) erfcx(z)
+    erf_z = np.subtract(1, erfcx, out=erfcx)
     return np.copysign(erf_z, x, out=erf_z)
 
 
@@ -1211,17 +1201,9 @@ class GELU(Layer):
             c = math.sqrt(2 / math.pi)
             t = np.tanh(c * (x + 0.044715 * x ** 3))
             cdf, pdf = (1 + t) / 2, (1 - t * t) * c * (1 + 3 * 0.044715 * x * x) / 2
-        else:                                  # in x's dtype, in place where it can be
-            cdf = _erf(x / math.sqrt(2))
-            cdf += 1
-            cdf /= 2                                                   # Phi(x)
-            pdf = x / -2
-            pdf *= x
-            np.exp(pdf, out=pdf)
-            pdf /= math.sqrt(2 * math.pi)                              # Phi'(x)
-        slope = x * pdf
-        slope += cdf                                                   # dy/dx = Phi + x Phi'
-        self._cache = slope.astype(x.dtype, copy=False)
+        else:                                  # in x's dtype (float32 stays float32)
+            cdf, pdf = (1 + _erf(x / math.sqrt(2))) / 2, np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+        self._cache = (cdf + x * pdf).astype(x.dtype, copy=False)                 # dy/dx
         return (x * cdf).astype(x.dtype, copy=False)
 
     def backward(self, grad):
@@ -1339,8 +1321,7 @@ class MultiheadAttention(Layer):
         o = (dropped @ v).transpose(0, 2, 1, 3).reshape(n * t_q, e)         # (N L, E)
         self._cache = inputs, o, q, k, v, a, keep, dropped
         y = o @ self.out_proj_weight.data.T
-        y += 0 if self.out_proj_bias is None else self.out_proj_bias.data
-        y = y.reshape(n, t_q, e)
+        y = (y + (0 if self.out_proj_bias is None else self.out_proj_bias.data)).reshape(n, t_q, e)
         return y if self.batch_first else y.transpose(1, 0, 2)
 
     def backward(self, grad):
