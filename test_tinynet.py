@@ -1427,6 +1427,27 @@ def test_recurrent_gradcheck(name, kw, shape):
     assert tn.gradcheck(layer, away_from_kinks(0, shape)) < 1e-7
 
 
+@pytest.mark.parametrize("name", ["LSTM", "GRU"])
+def test_recurrent_float32_matches_torch(name):
+    """The gates are computed in place in the input's dtype: a float32 layer stays float32 and
+    equals torch's float32 module to float32 precision (float64 parity is above)."""
+    tn.manual_seed(0)
+    ours = getattr(tn, name)(4, 6, batch_first=True)
+    theirs = getattr(torch.nn, name)(4, 6, batch_first=True)
+    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    x, g = randn(0, (3, 5, 4)).astype(np.float32), randn(1, (3, 5, 6)).astype(np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = theirs(xt)[0]
+    yt.backward(torch.from_numpy(g))
+    y, dx = ours.forward(x), ours.backward(g)
+    assert y.dtype == dx.dtype == np.float32
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-5, atol=1e-6)
+    for (k, p), q in zip(ours.named_parameters(), theirs.parameters(), strict=True):
+        assert p.grad.dtype == np.float32
+        np.testing.assert_allclose(p.grad, q.grad.numpy(), rtol=1e-5, atol=1e-5, err_msg=k)
+
+
 # ── state in and out (torch's hx), and one step at a time (cells) ───────────
 
 @pytest.mark.parametrize("given", [True, False], ids=["hx", "no-hx"])
@@ -2100,8 +2121,32 @@ def test_layer_norm_matches_torch(normalized_shape, shape, affine):
 
 
 def test_erf_is_float64_exact():
+    """To math.erf's rounding in float64; a float32 x: float32 out, to float32's rounding."""
     x = np.linspace(-7, 7, 5601)
     np.testing.assert_allclose(tn._erf(x), [math.erf(v) for v in x], rtol=0, atol=5e-15)
+    x32 = x.astype(np.float32)
+    y32 = tn._erf(x32)
+    assert y32.dtype == np.float32
+    np.testing.assert_allclose(y32, [math.erf(v) for v in x32.tolist()], rtol=0, atol=4e-7)
+    assert tn._erf(np.array([-np.inf, np.inf])).tolist() == [-1.0, 1.0]
+    assert np.isnan(tn._erf(np.array([np.nan]))).all()
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_float32_matches_torch(approximate):
+    """float32 in: float32 throughout (no float64 pass) and torch's float32 GELU to float32
+    precision (torch's float32 erf itself is within 1.5e-7 of erf)."""
+    x = np.concatenate([randn(0, 2000) * 3, [0.0, -1e-8, 1e-8, 5.9, 6.1, -8.5, 8.5, 30.0, -30.0]])
+    x, g = x.astype(np.float32), randn(1, x.shape).astype(np.float32)
+    layer = tn.GELU(approximate)
+    y, dx = layer.forward(x), layer.backward(g)
+    assert y.dtype == dx.dtype == np.float32
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.GELU(approximate)(xt)
+    yt.backward(torch.from_numpy(g))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-6, atol=1e-6)
+    # dy/dx: 1 - tanh(u)^2 in the tail (tanh(u) ~ -1) cancels to a float32 ulp, in torch too
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-6, atol=1e-5)
 
 
 MHA_CASES = [  # embed_dim, num_heads, bias, batch_first, causal, (A, B, E): (N, T, E) or (T, N, E)
@@ -8608,8 +8653,8 @@ EXCERPT_INPUTS = {"Embedding": lambda shape: np.random.default_rng(1).integers(0
 # squeeze the code. The test prints the sizes; README states them.
 COPIED_WHOLE = {"Embedding": 78, "RNN": 270, "LSTM": 270, "GRU": 270, "RNNCell": 210,
                 "LSTMCell": 210, "GRUCell": 210}
-ATTENTION_EXCERPTS = {"LayerNorm": 137, "GELU": 137, "MultiheadAttention": 195,
-                      "TransformerEncoderLayer": 380, "TransformerDecoderLayer": 440}
+ATTENTION_EXCERPTS = {"LayerNorm": 137, "GELU": 137, "MultiheadAttention": 195,  # blocks: +13
+                      "TransformerEncoderLayer": 390, "TransformerDecoderLayer": 450}  # for _erf
 PUBLIC_LAYERS += [*ATTENTION_EXCERPTS, "PositionalEmbedding", "MeanOverSteps"]
 EXCERPT_ARGS |= {"LayerNorm": ((5,), (2, 3, 5)), "MultiheadAttention": ((6, 2, 0.2), (3, 2, 6)),
                  "TransformerEncoderLayer": ((6, 3, 8), (3, 2, 6)),

@@ -1203,17 +1203,30 @@ class LayerNorm(Layer):
         return (grad - grad.mean(axis=axes, keepdims=True) - xhat * gx_mean) * inv_std
 
 
-# exp(z^2) erfc(z) for 0 <= z <= 6 as a degree-18 Chebyshev series in u = (z - 2) / (z + 2),
-# interpolated once at math.erfc's values: erf(z) = 1 - exp(-z^2) erfcx(z) is then within 3e-15
-# of math.erf (and 1 - erf(z) < 3e-17 beyond z = 6).
+# erfcx(z) = exp(z^2) erfc(z), 0 <= z <= 6: a degree-18 Chebyshev series in u = (z - 2) / (z + 2),
+# interpolated once at math.erfc's values, then in powers of u: erf = 1 - exp(-z^2) erfcx is within
+# 3e-15 of math.erf (1 - erf(z) < 3e-17 beyond z = 6); float32's first 9 terms: within 2.4e-7.
 _ERFCX = np.polynomial.Chebyshev.interpolate(
     lambda u: [math.exp(z * z) * math.erfc(z) for z in 2 * (1 + u) / (1 - u)], 18, domain=[-1, 0.5])
+_ERFCX_POWERS = {np.float64: _ERFCX.convert(kind=np.polynomial.Polynomial).coef,      # p_0..p_18
+                 np.float32: _ERFCX.truncate(9).convert(kind=np.polynomial.Polynomial).coef}
 
 
 def _erf(x):
-    """erf(x) = sign(x) (1 - exp(-z^2) erfcx(z)), z = |x|, vectorised (NumPy has no erf)."""
-    z = np.minimum(np.abs(x), 6.0)
-    return np.sign(x) * (1 - np.exp(-z * z) * _ERFCX((z - 2) / (z + 2)))
+    """erf(x) = sign(x) (1 - exp(-z^2) erfcx(z)), z = min(|x|, 6), erfcx(z) = sum_k p_k u^k by
+    Horner's rule, u = 1 - 4 / (z + 2); float32 for a float32 x, else float64 (NumPy has no erf)."""
+    dtype = np.float32 if np.result_type(x) == np.float32 else np.float64
+    z = np.abs(x, dtype=dtype)
+    np.minimum(z, 6.0, out=z)
+    u = 1 - 4 / (z + 2)
+    erfcx = np.zeros_like(u)
+    for p_k in _ERFCX_POWERS[dtype][::-1].astype(dtype):               # p_n, ..., p_0
+        erfcx *= u
+        erfcx += p_k
+    np.square(z, out=z)
+    erfcx *= np.exp(np.negative(z, out=z), out=z)                      # exp(-z^2) erfcx(z)
+    erf_z = np.subtract(1, erfcx, out=erfcx)
+    return np.copysign(erf_z, x, out=erf_z)
 
 
 class GELU(Layer):
@@ -1233,7 +1246,7 @@ class GELU(Layer):
             c = math.sqrt(2 / math.pi)
             t = np.tanh(c * (x + 0.044715 * x ** 3))
             cdf, pdf = (1 + t) / 2, (1 - t * t) * c * (1 + 3 * 0.044715 * x * x) / 2
-        else:
+        else:                                  # in x's dtype (float32 stays float32)
             cdf, pdf = (1 + _erf(x / math.sqrt(2))) / 2, np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
         self._cache = (cdf + x * pdf).astype(x.dtype, copy=False)                 # dy/dx
         return (x * cdf).astype(x.dtype, copy=False)
@@ -1335,33 +1348,39 @@ class MultiheadAttention(Layer):
             proj += 0 if self.in_proj_bias is None else self.in_proj_bias.data[r]
             heads += list(proj.reshape(n, u.shape[1], -1, h, hs).transpose(2, 0, 3, 1, 4))
         q, k, v = heads
-        s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hs)                      # (N, h, L, S)
+        s = q @ k.transpose(0, 1, 3, 2)                                      # (N, h, L, S)
+        s /= math.sqrt(hs)
         for mask in masks:
             s += mask
         s_max = s.max(axis=-1, keepdims=True)
         if masks and np.isneginf(s_max).any():
             raise ValueError("MultiheadAttention: a query has all its keys masked (its softmax "
                              "is 0/0; torch returns NaN): leave each query at least one key")
-        a = np.exp(s - s_max)
+        s -= s_max
+        a = np.exp(s, out=s)                                                 # s's memory reused
         a /= a.sum(axis=-1, keepdims=True)
         self.attn_weights = a.mean(axis=1) if average_attn_weights else a    # (N, [h,] L, S)
         p = self.dropout if self.training else 0                             # dropout(A) = A keep
         keep = (_rng.random(a.shape, dtype=np.float32) >= p) / a.dtype.type(1 - p) if p else 1
-        o = (a * keep @ v).transpose(0, 2, 1, 3).reshape(n * t_q, e)         # (N L, E)
-        self._cache = inputs, o, q, k, v, a, keep
+        dropped = a * keep if p else a                                       # D = dropout(A)
+        o = (dropped @ v).transpose(0, 2, 1, 3).reshape(n * t_q, e)         # (N L, E)
+        self._cache = inputs, o, q, k, v, a, keep, dropped
         y = o @ self.out_proj_weight.data.T
         y = (y + (0 if self.out_proj_bias is None else self.out_proj_bias.data)).reshape(n, t_q, e)
         return y if self.batch_first else y.transpose(1, 0, 2)
 
     def backward(self, grad):
-        inputs, o, q, k, v, a, keep = self._saved()
+        inputs, o, q, k, v, a, keep, dropped = self._saved()
         (n, t_q, e), h = inputs[0].shape, self.num_heads
         grad = (grad if self.batch_first else grad.transpose(1, 0, 2)).reshape(n * t_q, e)
         self.out_proj_weight.grad += grad.T @ o
         do = (grad @ self.out_proj_weight.data).reshape(n, t_q, h, e // h).transpose(0, 2, 1, 3)
-        dd = do @ v.transpose(0, 1, 3, 2)                                    # (N, h, L, S)
-        dv = (a * keep).transpose(0, 1, 3, 2) @ do                           # (N, h, S, hs)
-        ds = a * (dd * keep - (dd * keep * a).sum(axis=-1, keepdims=True)) / math.sqrt(e // h)
+        da = do @ v.transpose(0, 1, 3, 2)                                    # (N, h, L, S)
+        da *= keep                                                           # dA = dropout'(dD)
+        dv = dropped.transpose(0, 1, 3, 2) @ do                              # (N, h, S, hs)
+        ds = da - (da * a).sum(axis=-1, keepdims=True)
+        ds *= a
+        ds /= math.sqrt(e // h)                                              # dS / sqrt(hs)
         dqkv = [ds @ k, ds.transpose(0, 1, 3, 2) @ q, dv]                    # (N, h, T, hs) each
         dqkv = [np.stack(dqkv, axis=2)] if len(inputs) == 1 else [d[:, :, None] for d in dqkv]
         grads, rows = [], 3 * e // len(inputs)
