@@ -1348,39 +1348,33 @@ class MultiheadAttention(Layer):
             proj += 0 if self.in_proj_bias is None else self.in_proj_bias.data[r]
             heads += list(proj.reshape(n, u.shape[1], -1, h, hs).transpose(2, 0, 3, 1, 4))
         q, k, v = heads
-        s = q @ k.transpose(0, 1, 3, 2)                                      # (N, h, L, S)
-        s /= math.sqrt(hs)
+        s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hs)                      # (N, h, L, S)
         for mask in masks:
             s += mask
         s_max = s.max(axis=-1, keepdims=True)
         if masks and np.isneginf(s_max).any():
             raise ValueError("MultiheadAttention: a query has all its keys masked (its softmax "
                              "is 0/0; torch returns NaN): leave each query at least one key")
-        s -= s_max
-        a = np.exp(s, out=s)                                                 # s's memory reused
+        a = np.exp(s - s_max)
         a /= a.sum(axis=-1, keepdims=True)
         self.attn_weights = a.mean(axis=1) if average_attn_weights else a    # (N, [h,] L, S)
         p = self.dropout if self.training else 0                             # dropout(A) = A keep
         keep = (_rng.random(a.shape, dtype=np.float32) >= p) / a.dtype.type(1 - p) if p else 1
-        dropped = a * keep if p else a                                       # D = dropout(A)
-        o = (dropped @ v).transpose(0, 2, 1, 3).reshape(n * t_q, e)         # (N L, E)
-        self._cache = inputs, o, q, k, v, a, keep, dropped
+        o = (a * keep @ v).transpose(0, 2, 1, 3).reshape(n * t_q, e)         # (N L, E)
+        self._cache = inputs, o, q, k, v, a, keep
         y = o @ self.out_proj_weight.data.T
         y = (y + (0 if self.out_proj_bias is None else self.out_proj_bias.data)).reshape(n, t_q, e)
         return y if self.batch_first else y.transpose(1, 0, 2)
 
     def backward(self, grad):
-        inputs, o, q, k, v, a, keep, dropped = self._saved()
+        inputs, o, q, k, v, a, keep = self._saved()
         (n, t_q, e), h = inputs[0].shape, self.num_heads
         grad = (grad if self.batch_first else grad.transpose(1, 0, 2)).reshape(n * t_q, e)
         self.out_proj_weight.grad += grad.T @ o
         do = (grad @ self.out_proj_weight.data).reshape(n, t_q, h, e // h).transpose(0, 2, 1, 3)
-        da = do @ v.transpose(0, 1, 3, 2)                                    # (N, h, L, S)
-        da *= keep                                                           # dA = dropout'(dD)
-        dv = dropped.transpose(0, 1, 3, 2) @ do                              # (N, h, S, hs)
-        ds = da - (da * a).sum(axis=-1, keepdims=True)
-        ds *= a
-        ds /= math.sqrt(e // h)                                              # dS / sqrt(hs)
+        dd = do @ v.transpose(0, 1, 3, 2)                                    # (N, h, L, S)
+        dv = (a * keep).transpose(0, 1, 3, 2) @ do                           # (N, h, S, hs)
+        ds = a * (dd * keep - (dd * keep * a).sum(axis=-1, keepdims=True)) / math.sqrt(e // h)
         dqkv = [ds @ k, ds.transpose(0, 1, 3, 2) @ q, dv]                    # (N, h, T, hs) each
         dqkv = [np.stack(dqkv, axis=2)] if len(inputs) == 1 else [d[:, :, None] for d in dqkv]
         grads, rows = [], 3 * e // len(inputs)
