@@ -167,26 +167,25 @@ def epoch_limit(model, samples, input_shape, rng, batch=BATCH):
     return lambda repeats: sum(count * median_s(fn, repeats) for count, fn in parts)
 
 
-def median_s(fn, repeats):
-    """Median of `repeats` calls after a warm-up, in seconds."""
+def call_times(fn, repeats):
+    """Seconds of each of `repeats` calls of fn, after a warm-up call."""
     fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def median_s(fn, repeats):
+    """Median of `repeats` calls after a warm-up, in seconds."""
+    return statistics.median(call_times(fn, repeats))
 
 
 def min_ms(fn, repeats):
     """Fastest of `repeats` calls after a warm-up, in ms (min: the least disturbed by load)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * min(times)
+    return 1e3 * min(call_times(fn, repeats))
 
 
 # ── the GEMM-bound limit: a step's matrix products, derived from the layers' shapes ──
