@@ -698,19 +698,8 @@ def text_pair(kind, vocab_size, embed, hidden, seq_len, lr, dtype=np.float32, se
     model = train_text.build_model(kind, vocab_size, embed=embed, hidden=hidden,
                                    seq_len=seq_len, **gpt_options).astype(dtype)
     model.compile(tn.Adam(model.parameters(), lr=lr), tn.CrossEntropyLoss())
-    tmodel = tie_as(model, model.to_torch())
+    tmodel = model.to_torch()                       # a tied head stays tied (--tie)
     return model, tmodel, torch.optim.Adam(tmodel.parameters(), lr=lr)
-
-
-def tie_as(model, net):
-    """net, its layer i's weight made its first layer's where model's is (the GPT's head tied to
-    its embedding, --tie): to_torch copies each layer's arrays, so one shared Parameter would
-    become two."""
-    layers = list(model)
-    for i, layer in enumerate(layers[1:], 1):
-        if getattr(layer, "weight", None) is layers[0].weight:
-            net[i].weight = net[0].weight
-    return net
 
 
 def tinynet_text_epoch(model, X, Y, order, batch):

@@ -6076,6 +6076,30 @@ def test_from_torch_float32_trained_weights():
 
 # ── save / load round trips ─────────────────────────────────────────────────
 
+def test_a_tied_weight_stays_tied_through_save_load_and_to_torch(tmp_path):
+    """A head tied to its embedding (train_text.py --tie): Sequential.load and to_torch give one
+    Parameter again, listed and counted once, and a loaded model trains as the saved one."""
+    tn.manual_seed(0)
+    embed, head = tn.Embedding(7, 4), tn.Linear(4, 7, bias=False)
+    head.weight = embed.weight
+    model = tn.Sequential(embed, tn.LayerNorm(4), head, tn.Permute(0, 2, 1)).astype(np.float64)
+    assert model.config()["tied"] == [["0.weight", "2.weight"]]
+    model.save(tmp_path / "tied.npz")
+    loaded = tn.Sequential.load(tmp_path / "tied.npz")
+    assert loaded[2].weight is loaded[0].weight and len(loaded.parameters()) == 3
+    assert loaded.count_params() == model.count_params() == 7 * 4 + 2 * 4
+    net = model.to_torch()
+    assert net[2].weight is net[0].weight and len(list(net.parameters())) == 3
+    X, Y = np.array([[1, 2, 3], [4, 5, 6]]), np.array([[2, 3, 4], [5, 6, 0]])
+    for m in (model, loaded):
+        m.compile(tn.Adam(m.parameters(), lr=0.1), tn.CrossEntropyLoss())
+        m.fit(X, Y, batch_size=2, epochs=3, shuffle=False, verbose=0)
+    np.testing.assert_array_equal(loaded[0].weight.data, model[0].weight.data)
+    np.testing.assert_array_equal(loaded[2].weight.data, model[0].weight.data)
+    untied = tn.Sequential(tn.Embedding(7, 4), tn.Linear(4, 7))
+    assert "tied" not in untied.config()                 # files without ties are as before
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
 def test_save_load_round_trip(tmp_path, arch, dtype):

@@ -3724,7 +3724,11 @@ class Sequential(Model):
 
     # -- saving and converting (see the next section) -----------------------------
     def config(self):
-        return {"class": "Sequential", "layers": [layer.config() for layer in self.layers]}
+        """The layers' configs, and "tied": [[first key, other key], ...] for a Parameter that
+        two layers share (a head tied to its embedding), so that load ties it again."""
+        config = {"class": "Sequential", "layers": [layer.config() for layer in self.layers]}
+        tied = _tied_keys(self)
+        return config | {"tied": tied} if tied else config
 
     def save(self, path):
         """One .npz with every weight and buffer plus the architecture (JSON) and, once compiled,
@@ -3853,6 +3857,34 @@ def _read_model_file(path, caller):
     return {k: v for k, v in arrays.items() if k not in other}, config, other
 
 
+def _tied_keys(model):
+    """[[first key, other key], ...]: the state_dict keys of each Parameter the model reaches
+    twice (named_parameters lists it once, state_dict under both names)."""
+    first, tied = {}, []
+    for i, layer in enumerate(model.layers):
+        for name, p in layer.named_parameters():
+            key = f"{i}.{name}"
+            if id(p) in first:
+                tied.append([first[id(p)], key])
+            first.setdefault(id(p), key)
+    return tied
+
+
+def _tie(model, tied, get=getattr, put=setattr):
+    """Make each [first key, other key] of `tied` one Parameter again in model (a tinynet or a
+    torch Sequential: get and put read and set an attribute, model[i] is layer i)."""
+    def owner(key):                                 # "5.weight" -> (model[5], "weight")
+        index, *path, attr = key.split(".")
+        obj = model[int(index)]
+        for part in path:
+            obj = get(obj, part)
+        return obj, attr
+    for first, other in tied:
+        obj, attr = owner(other)
+        put(obj, attr, get(*owner(first)))
+    return model
+
+
 def _from_config(config, custom_objects=None, where="Sequential.load"):
     """Build a layer (or Sequential) from {"class", "kwargs"} (or {"class", "layers"})."""
     name = config.get("class")
@@ -3861,7 +3893,8 @@ def _from_config(config, custom_objects=None, where="Sequential.load"):
         raise ValueError(f"{where}: unknown layer class {name!r}; if it is your own, pass it as "
                          f"Sequential.load(path, custom_objects={{{name!r}: {name}}})")
     if cls is Sequential:
-        return Sequential([_from_config(c, custom_objects, where) for c in config["layers"]])
+        model = Sequential([_from_config(c, custom_objects, where) for c in config["layers"]])
+        return _tie(model, config.get("tied", []))
     return cls(*config.get("args", ()), **config.get("kwargs", {}))
 
 
@@ -4022,7 +4055,7 @@ def _to_torch(model):
                                               strict=False)
     assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), \
         (missing, unexpected)
-    return net
+    return _tie(net, _tied_keys(model))             # a tied weight stays one Parameter
 
 
 def _from_torch(module):
