@@ -8959,6 +8959,19 @@ def test_readme_language_model_writes_from_the_carried_state(monkeypatch, capsys
     assert calls[0] == ((1, 1, 64), True) and set(calls[1:]) == {((1, 1, 64), False)}
 
 
+def test_readme_training_block_runs(tmp_path, monkeypatch):
+    """README's callbacks, schedule and checkpoint block, on a small model and data."""
+    [block] = _readme_code("Training: callbacks, schedules, checkpoints")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    X, y = _tiny_data(60)
+    scope = {"np": np, "tn": tn, "model": _small_model(), "X": X, "y": y}
+    exec(compile(block, "README.md (Training)", "exec"), scope)
+    assert scope["info"] == {"epoch": 30} and scope["scheduler"].last_epoch == len(
+        scope["history"].history["loss"])
+    assert {"best.npz", "batch_loss.png", "ckpt.npz"} <= set(os.listdir(tmp_path))
+
+
 BOS = 10                                          # the reversal task's start token; digits 0-9
 
 
