@@ -8937,28 +8937,6 @@ def test_readme_captioner_backward_through_h0_matches_torch(captioning):
     assert np.abs(model.proj.weight.grad).max() > 0          # the gradient reached h0's Linear
 
 
-def test_readme_language_model_writes_from_the_carried_state(monkeypatch, capsys):
-    """README's writing loop, on train_text.py's model (untrained): 500 characters of the
-    vocabulary come out, one LSTM step per character, from the carried state."""
-    import train_text
-    _shakespeare_dir()
-    [_, write] = _readme_code("Sequences: state in and out, cells, a language model")
-    codes, chars = train_text.encode(tn.load_shakespeare())
-    index = {ch: i for i, ch in enumerate(chars)}
-    tn.manual_seed(0)
-    model = train_text.build_model("lstm", len(chars), embed=64, hidden=256, seq_len=100)
-    assert [type(layer).__name__ for layer in model] == ["Embedding", "LSTM", "Linear", "Permute"]
-    lstm = model[1]
-    calls = []
-    monkeypatch.setattr(lstm, "forward", lambda x, hx=None, forward=lstm.forward: (
-        calls.append((np.shape(x), hx is None)) or forward(x, hx)))
-    namespace = {"np": np, "tn": tn, "model": model, "chars": chars, "index": index}
-    exec(compile(write, "README.md (writing)", "exec"), namespace)
-    written = capsys.readouterr().out.rstrip("\n")
-    assert len(chars) == 65 and len(written) == 500 and set(written) <= set(chars)
-    assert calls[0] == ((1, 1, 64), True) and set(calls[1:]) == {((1, 1, 64), False)}
-
-
 def test_readme_training_block_runs(tmp_path, monkeypatch):
     """README's callbacks, schedule and checkpoint block, on a small model and data."""
     [block] = _readme_code("Training: callbacks, schedules, checkpoints")
