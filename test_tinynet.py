@@ -6098,6 +6098,21 @@ def test_a_tied_weight_stays_tied_through_save_load_and_to_torch(tmp_path):
     np.testing.assert_array_equal(loaded[2].weight.data, model[0].weight.data)
     untied = tn.Sequential(tn.Embedding(7, 4), tn.Linear(4, 7))
     assert "tied" not in untied.config()                 # files without ties are as before
+    back = tn.Sequential.from_torch(net)                 # and back from torch: tied again
+    assert back[2].weight is back[0].weight and back.count_params() == model.count_params()
+
+
+def test_save_load_keeps_weighted_metrics(tmp_path):
+    model = _small_model()
+    model.compile(tn.SGD(model.parameters(), lr=0.1), tn.CrossEntropyLoss(),
+                  weighted_metrics=["accuracy"])
+    model.save(tmp_path / "m.npz")
+    loaded = tn.Sequential.load(tmp_path / "m.npz")
+    assert loaded.metrics == model.metrics and loaded.weighted_metrics == ("accuracy",)
+    X, y = _tiny_data(20)
+    weights = np.arange(20) % 3
+    assert loaded.evaluate(X, y, sample_weight=weights) == model.evaluate(X, y,
+                                                                         sample_weight=weights)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -3754,6 +3754,7 @@ class Sequential(Model):
                                  f"your own, pass it as Sequential.load(path, "
                                  f"custom_objects={{{name!r}: {name}}})")
             model.loss, model.metrics = cls(**config["loss"]["kwargs"]), tuple(config["metrics"])
+            model.weighted_metrics = tuple(config.get("weighted_metrics", ()))
         return model.load_state_dict(arrays)
 
     def to_torch(self):
@@ -3839,6 +3840,7 @@ def _model_arrays(model):
     if getattr(model, "loss", None) is not None:
         config["loss"] = model.loss.config()              # a class weight as a list
         config["metrics"] = list(model.metrics)
+        config["weighted_metrics"] = list(model.weighted_metrics)
     return dict(model.state_dict(), __architecture__=np.array(json.dumps(config)))
 
 
@@ -4084,7 +4086,13 @@ def _from_torch(module):
     tensors = list(module.parameters())
     if tensors:
         model.astype(np.dtype(str(tensors[0].dtype).removeprefix("torch.")))
-    return model.load_state_dict(module.state_dict()).train(module.training)
+    first, tied = {}, []                             # a Parameter two modules share stays one
+    for key, p in module.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            tied.append([first[id(p)], key])
+        first.setdefault(id(p), key)
+    model.load_state_dict(module.state_dict())
+    return _tie(model, tied).train(module.training)
 
 
 # ════════════════════════════════════════════════════════════════════════════
