@@ -3727,7 +3727,7 @@ class Sequential(Model):
         """The layers' configs, and "tied": [[first key, other key], ...] for a Parameter that
         two layers share (a head tied to its embedding), so that load ties it again."""
         config = {"class": "Sequential", "layers": [layer.config() for layer in self.layers]}
-        tied = _tied_keys(self)
+        tied = _tied_keys(_every_parameter(self))
         return config | {"tied": tied} if tied else config
 
     def save(self, path):
@@ -3859,17 +3859,22 @@ def _read_model_file(path, caller):
     return {k: v for k, v in arrays.items() if k not in other}, config, other
 
 
-def _tied_keys(model):
-    """[[first key, other key], ...]: the state_dict keys of each Parameter the model reaches
-    twice (named_parameters lists it once, state_dict under both names)."""
+def _tied_keys(named):
+    """[[first key, other key], ...] of (key, parameter) pairs in which a parameter comes again:
+    the state_dict keys of each Parameter a model reaches twice."""
     first, tied = {}, []
-    for i, layer in enumerate(model.layers):
-        for name, p in layer.named_parameters():
-            key = f"{i}.{name}"
-            if id(p) in first:
-                tied.append([first[id(p)], key])
-            first.setdefault(id(p), key)
+    for key, p in named:
+        if id(p) in first:
+            tied.append([first[id(p)], key])
+        first.setdefault(id(p), key)
     return tied
+
+
+def _every_parameter(model):
+    """(key, Parameter) of every layer of a Sequential, a tied one under each of its keys
+    (named_parameters lists it once)."""
+    return [(f"{i}.{name}", p) for i, layer in enumerate(model.layers)
+            for name, p in layer.named_parameters()]
 
 
 def _tie(model, tied, get=getattr, put=setattr):
@@ -4057,7 +4062,7 @@ def _to_torch(model):
                                               strict=False)
     assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), \
         (missing, unexpected)
-    return _tie(net, _tied_keys(model))             # a tied weight stays one Parameter
+    return _tie(net, _tied_keys(_every_parameter(model)))   # a tied weight stays one Parameter
 
 
 def _from_torch(module):
@@ -4086,12 +4091,8 @@ def _from_torch(module):
     tensors = list(module.parameters())
     if tensors:
         model.astype(np.dtype(str(tensors[0].dtype).removeprefix("torch.")))
-    first, tied = {}, []                             # a Parameter two modules share stays one
-    for key, p in module.named_parameters(remove_duplicate=False):
-        if id(p) in first:
-            tied.append([first[id(p)], key])
-        first.setdefault(id(p), key)
     model.load_state_dict(module.state_dict())
+    tied = _tied_keys(module.named_parameters(remove_duplicate=False))  # shared: stays one
     return _tie(model, tied).train(module.training)
 
 
